@@ -1,0 +1,7 @@
+"""promoter: make agent-generated files outlive the session that produced them."""
+
+from __future__ import annotations
+
+__all__ = ["__version__"]
+
+__version__ = "0.1.0"

@@ -1,0 +1,65 @@
+"""Time: an injectable clock and RFC 3339 UTC formatting (DESIGN §2)."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import Protocol
+
+__all__ = [
+    "Clock",
+    "SystemClock",
+    "format_time",
+    "from_timestamp",
+    "from_timestamp_ns",
+    "parse_time",
+    "utcnow",
+]
+
+
+class Clock(Protocol):
+    """Wall time for stamps and expiry, monotonic time for waiting."""
+
+    def now(self) -> datetime: ...
+
+    def monotonic(self) -> float: ...
+
+
+class SystemClock:
+    """The real clock."""
+
+    def now(self) -> datetime:
+        return datetime.now(UTC)
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def from_timestamp(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, UTC)
+
+
+def from_timestamp_ns(ns: int) -> datetime:
+    """A file time with microsecond precision (what datetime can hold)."""
+    seconds, rest = divmod(ns, 1_000_000_000)
+    return datetime.fromtimestamp(seconds, UTC).replace(microsecond=rest // 1000)
+
+
+def format_time(value: datetime) -> str:
+    """RFC 3339 in UTC with a `Z`; sub-second digits only when there are any."""
+    value = value.astimezone(UTC)
+    if value.microsecond:
+        return value.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return value.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(text: str) -> datetime:
+    """Parse an RFC 3339 stamp, `Z` or offset, into an aware UTC datetime."""
+    value = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    if value.tzinfo is None:
+        raise ValueError(f"time without a zone: {text!r}")
+    return value.astimezone(UTC)

@@ -1,0 +1,202 @@
+"""Configuration: frozen pydantic models, one per TOML section (DESIGN §4).
+
+`load_config()` merges, in order: built-in defaults, the TOML file, environment
+variables `PROMOTER_<SECTION>__<KEY>`, then `--root`. Any problem becomes a
+ConfigError whose message names the key or the line.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from promoter.errors import ConfigError
+
+__all__ = [
+    "DEFAULT_CONFIG_PATH",
+    "Config",
+    "HttpConfig",
+    "LogConfig",
+    "MetricsConfig",
+    "PromoteConfig",
+    "RetentionConfig",
+    "StorageConfig",
+    "WatchConfig",
+    "load_config",
+    "resolve_config_path",
+]
+
+DEFAULT_CONFIG_PATH = Path("/etc/promoter/config.toml")
+ENV_PREFIX = "PROMOTER_"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class StorageConfig(_Section):
+    root: Path = Path("/app/storage")
+    sessions: Path | None = None
+    artifacts: Path | None = None
+    library: Path | None = None
+
+    @property
+    def sessions_dir(self) -> Path:
+        return self.sessions if self.sessions is not None else self.root / "sessions"
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.artifacts if self.artifacts is not None else self.root / "artifacts"
+
+    @property
+    def library_dir(self) -> Path:
+        return self.library if self.library is not None else self.root / "library"
+
+
+class WatchConfig(_Section):
+    settle_ms: int = Field(default=300, ge=0, le=3_600_000)
+    exclude: tuple[str, ...] = (".*", "*.tmp", "*.part", "*.swp", "*~")
+    observer: Literal["auto", "inotify", "polling"] = "auto"
+    rescan_interval_s: float = Field(default=300, ge=0)
+
+
+class PromoteConfig(_Section):
+    workers: int = Field(default=2, ge=1, le=64)
+    max_file_bytes: int = Field(default=1 << 30, ge=0)
+    max_run_bytes: int = Field(default=10 << 30, ge=0)
+    checksum: Literal["sha256", "none"] = "sha256"
+    allow_hardlinks: bool = False
+
+
+class RetentionConfig(_Section):
+    days: float = Field(default=7, gt=0)
+    sweep_interval_s: float = Field(default=3600, gt=0)
+    workflows: dict[str, float] = Field(default_factory=dict)
+
+    @field_validator("workflows")
+    @classmethod
+    def _positive(cls, value: dict[str, float]) -> dict[str, float]:
+        for name, days in value.items():
+            if days <= 0:
+                raise ValueError(f"retention for workflow {name!r} must be positive")
+        return value
+
+    def days_for(self, workflow_id: str) -> float:
+        """Retention in days for a run of `workflow_id`."""
+        return self.workflows.get(workflow_id, self.days) if workflow_id else self.days
+
+
+class LogConfig(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["json", "console"] = "json"
+
+
+class MetricsConfig(_Section):
+    textfile: str = ""
+    interval_s: float = Field(default=15, gt=0)
+
+
+class HttpConfig(_Section):
+    listen: str = "127.0.0.1:8730"
+    allowed_hosts: tuple[str, ...] = ("localhost", "127.0.0.1", "[::1]")
+    token_file: str = ""
+    cors_origins: tuple[str, ...] = ()
+    max_upload_bytes: int = Field(default=100 << 20, ge=0)
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError("must be HOST:PORT, e.g. 127.0.0.1:8730")
+        return value
+
+
+class Config(_Section):
+    storage: StorageConfig = StorageConfig()
+    watch: WatchConfig = WatchConfig()
+    promote: PromoteConfig = PromoteConfig()
+    retention: RetentionConfig = RetentionConfig()
+    log: LogConfig = LogConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    http: HttpConfig = HttpConfig()
+
+
+def resolve_config_path(explicit: str | None, env: Mapping[str, str]) -> Path | None:
+    """The file to read: `--config`, then `$PROMOTER_CONFIG`, then the system file if present."""
+    if explicit:
+        return Path(explicit)
+    if env.get("PROMOTER_CONFIG"):
+        return Path(env["PROMOTER_CONFIG"])
+    return DEFAULT_CONFIG_PATH if DEFAULT_CONFIG_PATH.is_file() else None
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {path} is unreadable: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path}: {exc}") from None
+
+
+def _env_value(text: str) -> Any:
+    """An environment value is read as a TOML value when it is one, else as a string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> None:
+    for name, text in env.items():
+        if not name.startswith(ENV_PREFIX) or "__" not in name:
+            continue
+        keys = [part.lower() for part in name[len(ENV_PREFIX) :].split("__")]
+        if any(not key for key in keys):
+            raise ConfigError(f"environment variable {name}: empty key")
+        node = data
+        for key in keys[:-1]:
+            child = node.setdefault(key, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"environment variable {name}: {key} is not a section")
+            node = child
+        node[keys[-1]] = _env_value(text)
+
+
+def _describe(exc: ValidationError, source: str) -> str:
+    first = exc.errors()[0]
+    key = ".".join(str(part) for part in first["loc"])
+    more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    if first["type"] == "extra_forbidden":
+        return f"{source}: unknown key {key}{more}"
+    return f"{source}: bad value for {key}: {first['msg']}{more}"
+
+
+def load_config(
+    path: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    root: str | None = None,
+) -> Config:
+    """Build the effective configuration, or raise ConfigError naming the key."""
+    environ = os.environ if env is None else env
+    data: dict[str, Any] = _read_toml(path) if path is not None else {}
+    _apply_env(data, environ)
+    if root is not None:
+        data.setdefault("storage", {})
+        if not isinstance(data["storage"], dict):
+            raise ConfigError("storage must be a table")
+        data["storage"]["root"] = root
+    source = str(path) if path is not None else "configuration"
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, source)) from None

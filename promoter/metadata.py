@@ -1,0 +1,154 @@
+"""The models of metadata.json and of a tombstone (DESIGN §1, §2).
+
+These models are the contract between promoter, the kernel and the UI: they
+validate what is read, serialize what is written, and generate the JSON Schema
+that `promoter schema` prints and the HTTP API documents.
+"""
+
+from __future__ import annotations
+
+import json
+import mimetypes
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    WithJsonSchema,
+)
+
+from promoter.clock import format_time
+from promoter.names import RUN_ID_RE
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "ArtifactEntry",
+    "RemovedEntry",
+    "RunMetadata",
+    "Tombstone",
+    "UtcTime",
+    "guess_content_type",
+    "metadata_json_schema",
+]
+
+SCHEMA_VERSION = 1
+
+
+def _require_utc(value: datetime) -> datetime:
+    if value.tzinfo is None:
+        raise ValueError("time must carry a zone (RFC 3339)")
+    return value.astimezone(UTC)
+
+
+UtcTime = Annotated[
+    datetime,
+    AfterValidator(_require_utc),
+    PlainSerializer(format_time, return_type=str),
+    WithJsonSchema({"type": "string", "format": "date-time"}),
+]
+"""An aware datetime, written as RFC 3339 UTC with a `Z`."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ArtifactEntry(_Model):
+    """One promoted file of a run."""
+
+    filename: str = Field(min_length=1, description="Path relative to output/, '/'-separated")
+    path: str = Field(min_length=1, description="Path of the copy relative to the run folder")
+    agent_id: str = "unknown"
+    generated_at: UtcTime = Field(description="The source file's modification time")
+    size_bytes: int = Field(ge=0)
+    content_type: str = "application/octet-stream"
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+
+
+class RemovedEntry(_Model):
+    """An artifact a person removed; kept out until its source is rewritten."""
+
+    filename: str = Field(min_length=1)
+    removed_at: UtcTime
+
+
+class RunMetadata(_Model):
+    """metadata.json of one run."""
+
+    schema_version: Literal[1] = 1
+    run_id: str = Field(pattern=RUN_ID_RE.pattern)
+    workflow_id: str = ""
+    user_directive: str = ""
+    created_at: UtcTime
+    updated_at: UtcTime
+    expires_at: UtcTime
+    keep: bool = False
+    status: Literal["active", "completed"] = "active"
+    artifacts: list[ArtifactEntry] = Field(default_factory=list)
+    removed: list[RemovedEntry] = Field(default_factory=list)
+
+    def entry(self, filename: str) -> ArtifactEntry | None:
+        """The entry for `filename`, if any."""
+        for item in self.artifacts:
+            if item.filename == filename:
+                return item
+        return None
+
+    def removed_at(self, filename: str) -> datetime | None:
+        for item in self.removed:
+            if item.filename == filename:
+                return item.removed_at
+        return None
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(item.size_bytes for item in self.artifacts)
+
+    def to_json(self) -> str:
+        return json.dumps(self.model_dump(mode="json"), indent=2, ensure_ascii=False) + "\n"
+
+
+class Tombstone(_Model):
+    """`artifacts/.tombstones/<run_id>`: a deleted run that must not come back."""
+
+    run_id: str = Field(pattern=RUN_ID_RE.pattern)
+    deleted_at: UtcTime
+    reason: Literal["rm", "expired"]
+
+
+# Markdown and a few common data types, whatever the host's mime.types holds.
+_EXTRA_TYPES = {
+    ".md": "text/markdown",
+    ".markdown": "text/markdown",
+    ".csv": "text/csv",
+    ".json": "application/json",
+    ".jsonl": "application/x-ndjson",
+    ".ndjson": "application/x-ndjson",
+    ".yaml": "application/yaml",
+    ".yml": "application/yaml",
+    ".parquet": "application/vnd.apache.parquet",
+    ".svg": "image/svg+xml",
+    ".webp": "image/webp",
+    ".log": "text/plain",
+}
+_types = mimetypes.MimeTypes()
+for _ext, _type in _EXTRA_TYPES.items():
+    _types.add_type(_type, _ext)
+
+
+def guess_content_type(filename: str) -> str:
+    """The type from the file name alone, never sniffed (DESIGN §2)."""
+    guessed, _ = _types.guess_type(filename, strict=False)
+    return guessed or "application/octet-stream"
+
+
+def metadata_json_schema() -> dict[str, Any]:
+    """The JSON Schema of metadata.json."""
+    schema = RunMetadata.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "promoter metadata.json"
+    return schema

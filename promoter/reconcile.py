@@ -1,0 +1,233 @@
+"""Catch-up: find every finished session file the store lacks or holds stale (DESIGN §3, §5).
+
+Size and times decide, never content: a file already promoted is not read
+again, so a start-up pass over 100,000 promoted files costs one `stat` each.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import threading
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+from promoter import events
+from promoter.clock import from_timestamp_ns
+from promoter.logs import get_logger
+from promoter.metadata import RunMetadata, Tombstone
+from promoter.names import is_excluded, is_valid_run_id
+from promoter.safeio import Refused, open_dir, open_dir_chain
+from promoter.store import RETRY, Outcome, PromoteResult, Store
+
+__all__ = ["ReconcileReport", "Rejections", "SessionFile", "find_pending", "reconcile", "scan_run"]
+
+log = get_logger()
+
+
+@dataclass(frozen=True)
+class SessionFile:
+    """One entry under `output/` as `lstat` saw it."""
+
+    run_id: str
+    filename: str
+    size: int
+    mtime_ns: int
+    ino: int
+    regular: bool
+
+    @property
+    def identity(self) -> tuple[int, int, int]:
+        return (self.ino, self.mtime_ns, self.size)
+
+
+class Rejections:
+    """Remembers refused entries, so a rescan does not log the same refusal again."""
+
+    def __init__(self) -> None:
+        self._seen: dict[tuple[str, str], tuple[int, int, int]] = {}
+        self._lock = threading.Lock()
+        self._runs_warned: set[str] = set()
+
+    def known(self, f: SessionFile) -> bool:
+        with self._lock:
+            return self._seen.get((f.run_id, f.filename)) == f.identity
+
+    def add(self, f: SessionFile) -> None:
+        with self._lock:
+            self._seen[(f.run_id, f.filename)] = f.identity
+
+    def warn_once(self, key: str) -> bool:
+        """True the first time `key` is seen: one warning per bad run id or folder."""
+        with self._lock:
+            if key in self._runs_warned:
+                return False
+            self._runs_warned.add(key)
+            return True
+
+
+def session_runs(sessions_fd: int, rejections: Rejections) -> list[str]:
+    """Valid run ids under `sessions/`; anything else is ignored with one warning."""
+    runs = []
+    for entry in os.scandir(sessions_fd):
+        if is_valid_run_id(entry.name) and entry.is_dir(follow_symlinks=False):
+            runs.append(entry.name)
+        elif rejections.warn_once(f"run:{entry.name}"):
+            log.warning(events.RUN_IGNORED, name=entry.name,
+                        reason="not a valid run id" if not is_valid_run_id(entry.name)
+                        else "not a folder")
+    return runs
+
+
+def scan_run(sessions_fd: int, run_id: str, exclude: Iterable[str],
+             rejections: Rejections) -> Iterator[SessionFile]:
+    """Every non-excluded entry under the run's `output/`, walked without following links."""
+    patterns = tuple(exclude)
+    try:
+        top = open_dir_chain(sessions_fd, [run_id, "output"])
+    except (FileNotFoundError, NotADirectoryError, PermissionError):
+        return
+    except Refused as exc:
+        if rejections.warn_once(f"output:{run_id}"):
+            log.warning(events.ARTIFACT_REJECTED, run_id=run_id, filename="output/",
+                        reason=exc.reason)
+        return
+    stack: list[tuple[int, str]] = [(top, "")]
+    while stack:
+        fd, prefix = stack.pop()
+        try:
+            with os.scandir(fd) as it:
+                entries = list(it)
+            for entry in entries:
+                if is_excluded([entry.name], patterns):
+                    continue
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                name = prefix + entry.name
+                if stat.S_ISDIR(st.st_mode):
+                    try:
+                        stack.append((open_dir_chain(fd, [entry.name]), name + "/"))
+                    except PermissionError:
+                        if rejections.warn_once(f"dir:{run_id}/{name}"):
+                            log.warning(events.ARTIFACT_REJECTED, run_id=run_id,
+                                        filename=name + "/", reason="permission denied")
+                    except (OSError, Refused):
+                        continue
+                else:
+                    yield SessionFile(run_id, name, st.st_size, st.st_mtime_ns, st.st_ino,
+                                      stat.S_ISREG(st.st_mode))
+        except PermissionError:
+            if rejections.warn_once(f"dir:{run_id}/{prefix}"):
+                log.warning(events.ARTIFACT_REJECTED, run_id=run_id, filename=prefix or "output/",
+                            reason="permission denied")
+        finally:
+            os.close(fd)
+
+
+def needs_promotion(f: SessionFile, meta: RunMetadata | None, tomb: Tombstone | None) -> bool:
+    """False when the store holds this version already, or a person deleted it after it."""
+    mtime = from_timestamp_ns(f.mtime_ns)
+    if tomb is not None and mtime <= tomb.deleted_at:
+        return False
+    if meta is None:
+        return True
+    removed_at = meta.removed_at(f.filename)
+    if removed_at is not None and mtime <= removed_at:
+        return False
+    entry = meta.entry(f.filename)
+    return entry is None or entry.size_bytes != f.size or entry.generated_at != mtime
+
+
+def find_pending(store: Store, rejections: Rejections,
+                 runs: Iterable[str] | None = None) -> dict[str, list[SessionFile]]:
+    """Session files to promote, by run; also marks runs whose session is gone completed."""
+    pending: dict[str, list[SessionFile]] = {}
+    exclude = store.config.watch.exclude
+    with _sessions(store) as sessions:
+        run_ids = list(runs) if runs is not None else session_runs(sessions, rejections)
+        for run_id in run_ids:
+            meta = store.read_run(run_id)
+            tomb = store.read_tombstone(run_id)
+            todo = [f for f in scan_run(sessions, run_id, exclude, rejections)
+                    if not rejections.known(f) and needs_promotion(f, meta, tomb)]
+            if todo:
+                pending[run_id] = todo
+    return pending
+
+
+class _sessions:  # noqa: N801 - a context manager used like a function
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.fd = -1
+
+    def __enter__(self) -> int:
+        self.fd = open_dir(self.store.sessions_path)
+        return self.fd
+
+    def __exit__(self, *exc: object) -> None:
+        os.close(self.fd)
+
+
+def complete_finished_runs(store: Store) -> None:
+    """Runs whose session folder is gone are completed; run.json changes are folded in."""
+    for run_id in store.run_ids():
+        meta = store.read_run(run_id)
+        if meta is None or meta.status == "completed":
+            continue
+        if not store.session_exists(run_id):
+            store.mark_completed(run_id)
+        else:
+            store.refresh_context(run_id)
+
+
+@dataclass
+class ReconcileReport:
+    """Final outcome counts of one catch-up pass."""
+
+    outcomes: dict[tuple[str, str], PromoteResult] = field(default_factory=dict, repr=False)
+
+    def count(self, outcome: Outcome) -> int:
+        return sum(1 for r in self.outcomes.values() if r.outcome is outcome)
+
+    def summary(self) -> dict[str, int]:
+        counts = {o.value: self.count(o) for o in Outcome}
+        counts["runs"] = len({run for run, _ in self.outcomes})
+        return counts
+
+
+def reconcile(store: Store, rejections: Rejections | None = None,
+              stop: threading.Event | None = None, max_rounds: int = 50,
+              runs: Iterable[str] | None = None) -> ReconcileReport:
+    """Promote every finished file the store lacks; a file still being written is waited
+    for until it has been quiet for `settle_ms` (DESIGN §3). Files that changed during
+    their copy or met an I/O error are tried again, a bounded number of rounds."""
+    rejections = rejections or Rejections()
+    stop = stop or threading.Event()
+    settle_ns = store.config.watch.settle_ms * 1_000_000
+    report = ReconcileReport()
+    run_filter = list(runs) if runs is not None else None
+    for _ in range(max_rounds):
+        pending = find_pending(store, rejections, run_filter)
+        now_ns = int(store.clock.now().timestamp() * 1e9)
+        wait_ns = 0
+        retry = False
+        for run_id, files in pending.items():
+            ready = [f for f in files if now_ns - f.mtime_ns >= settle_ns or not f.regular]
+            later = [settle_ns - (now_ns - f.mtime_ns) for f in files if f not in ready]
+            wait_ns = max([wait_ns, *later])
+            if not ready:
+                continue
+            by_name = {f.filename: f for f in ready}
+            for r in store.promote_files(run_id, list(by_name)):
+                report.outcomes[(run_id, r.filename)] = r
+                retry = retry or r.outcome in RETRY
+                if r.outcome is Outcome.REJECTED:
+                    rejections.add(by_name[r.filename])
+        if not pending or (wait_ns <= 0 and not retry):
+            break
+        if stop.wait(max(wait_ns / 1e9, 0.05)):
+            break
+    complete_finished_runs(store)
+    return report

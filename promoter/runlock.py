@@ -1,0 +1,27 @@
+"""One lock per run, across threads and processes (DESIGN §2: serialized metadata writes).
+
+`flock` locks belong to an open file description, so two threads that each
+open the lock file exclude each other exactly as two processes do.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+__all__ = ["run_lock"]
+
+
+@contextmanager
+def run_lock(locks_fd: int, run_id: str) -> Iterator[None]:
+    """Hold the run's lock; lock files live in `artifacts/.locks/` and are never removed,
+    so that a waiter never holds a lock on a file that another has replaced."""
+    fd = os.open(run_id, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644,
+                 dir_fd=locks_fd)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)

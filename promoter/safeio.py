@@ -1,0 +1,259 @@
+"""File access that never follows a symbolic link and never leaves half a file.
+
+Every path below a trusted base folder is walked one component at a time with
+`dir_fd` and `O_NOFOLLOW` (DESIGN §6): a link anywhere on the way is refused,
+not resolved. Writes go to a `.promoter-` temporary name in the destination
+folder and are renamed into place once flushed, so readers see whole files only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import os
+import stat
+import threading
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+from promoter.names import TEMP_PREFIX
+
+__all__ = [
+    "CopyResult",
+    "Refused",
+    "SourceChanged",
+    "atomic_write_bytes",
+    "copy_and_hash",
+    "fsync_dir",
+    "open_dir",
+    "open_dir_chain",
+    "open_regular",
+    "temp_name",
+]
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+CHUNK = 1 << 20
+
+
+class Refused(Exception):
+    """The entry must never be read: a link, not a regular file, or a hard link."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class SourceChanged(Exception):
+    """The source changed while it was copied; it is tried again once quiet."""
+
+
+_counter = 0
+_counter_lock = threading.Lock()
+
+
+def temp_name(hint: str = "tmp") -> str:
+    """A unique `.promoter-` name: never promoted, removed at start-up if left behind."""
+    global _counter
+    with _counter_lock:
+        _counter += 1
+        n = _counter
+    return f"{TEMP_PREFIX}{os.getpid()}-{threading.get_ident() % 100000}-{n}-{hint[:40]}"
+
+
+def open_dir(path: str | os.PathLike[str]) -> int:
+    """Open a trusted base folder (from the configuration)."""
+    return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+
+
+def _open_child_dir(parent_fd: int, name: str, create: bool) -> int:
+    try:
+        return os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+    except FileNotFoundError:
+        if not create:
+            raise
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(name, 0o755, dir_fd=parent_fd)
+        return os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            # O_NOFOLLOW|O_DIRECTORY on a link gives ELOOP or ENOTDIR: tell which.
+            try:
+                st = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
+            except OSError:
+                raise exc from None
+            if stat.S_ISLNK(st.st_mode):
+                raise Refused("symlink on the path") from None
+            raise Refused("not a folder on the path") from None
+        raise
+
+
+def open_dir_chain(base_fd: int, parts: Sequence[str], create: bool = False) -> int:
+    """Open `base/parts...` as a folder without following any link; the caller closes it."""
+    fd = os.dup(base_fd)
+    try:
+        for part in parts:
+            child = _open_child_dir(fd, part, create)
+            os.close(fd)
+            fd = child
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def open_regular(dir_fd: int, name: str, allow_hardlinks: bool) -> tuple[int, os.stat_result]:
+    """Open a regular file for reading, refusing links, FIFOs, sockets, devices, hard links.
+
+    The entry is checked with lstat before opening (a device is never opened)
+    and again with fstat after (the entry may have been swapped in between).
+    """
+    st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    _check_kind(st, allow_hardlinks)
+    try:
+        fd = os.open(name, _FILE_FLAGS, dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise Refused("symlink") from None
+        raise
+    try:
+        fst = os.fstat(fd)
+        _check_kind(fst, allow_hardlinks)
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, fst
+
+
+def _check_kind(st: os.stat_result, allow_hardlinks: bool) -> None:
+    mode = st.st_mode
+    if stat.S_ISLNK(mode):
+        raise Refused("symlink")
+    if stat.S_ISFIFO(mode):
+        raise Refused("fifo")
+    if stat.S_ISSOCK(mode):
+        raise Refused("socket")
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        raise Refused("device")
+    if stat.S_ISDIR(mode):
+        raise Refused("folder")
+    if not stat.S_ISREG(mode):
+        raise Refused("not a regular file")
+    if st.st_nlink > 1 and not allow_hardlinks:
+        raise Refused("hard link")
+
+
+def fsync_dir(dir_fd: int) -> None:
+    """Make a rename in this folder durable."""
+    with contextlib.suppress(OSError):
+        os.fsync(dir_fd)
+
+
+def atomic_write_bytes(dir_fd: int, name: str, data: bytes, durable: bool = True) -> None:
+    """Replace `name` in the folder with `data`: temp file, flush, rename, flush the folder."""
+    tmp = temp_name(name)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 0o644, dir_fd=dir_fd)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            if durable:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp, dir_fd=dir_fd)
+        raise
+    if durable:
+        fsync_dir(dir_fd)
+
+
+@dataclass(frozen=True)
+class CopyResult:
+    size: int
+    sha256: str | None
+
+
+def _same_version(a: os.stat_result, b: os.stat_result) -> bool:
+    return (a.st_size, a.st_mtime_ns, a.st_ino, a.st_dev) == (b.st_size, b.st_mtime_ns, b.st_ino,
+                                                              b.st_dev)
+
+
+_writer = ThreadPoolExecutor(max_workers=4, thread_name_prefix="promoter-copy-writer")
+
+
+def _write_all(fd: int, data: memoryview) -> None:
+    while data:
+        written = os.write(fd, data)
+        data = data[written:]
+
+
+def _chunks(src_fd: int) -> Iterator[memoryview]:
+    """Read the source in chunks, alternating two buffers so one can be written meanwhile."""
+    buffers = (bytearray(CHUNK), bytearray(CHUNK))
+    turn = 0
+    while True:
+        buf = buffers[turn]
+        n = os.readv(src_fd, [buf])
+        if n == 0:
+            return
+        yield memoryview(buf)[:n]
+        turn ^= 1
+
+
+def copy_and_hash(
+    src_fd: int,
+    src_stat: os.stat_result,
+    dst_dir_fd: int,
+    dst_name: str,
+    checksum: bool,
+    max_bytes: int,
+) -> CopyResult:
+    """Copy an open source into `dst_dir_fd/dst_name` atomically, hashing the bytes copied.
+
+    Each chunk is read once; it is written by a helper thread while this thread
+    hashes it (hashlib and os.write both release the GIL), so a large file costs
+    about the slower of copying and hashing, not their sum. The copy is renamed
+    into place only if the source kept its size and times throughout; otherwise
+    SourceChanged is raised and nothing is left behind.
+    """
+    tmp = temp_name(dst_name)
+    out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                  0o644, dir_fd=dst_dir_fd)
+    digest = hashlib.sha256() if checksum else None
+    size = 0
+    try:
+        try:
+            pending: Future[None] | None = None
+            for chunk in _chunks(src_fd):
+                size += len(chunk)
+                if size > max_bytes:
+                    raise Refused(f"file over max_file_bytes ({max_bytes})")
+                if pending is not None:
+                    pending.result()
+                pending = _writer.submit(_write_all, out, chunk)
+                if digest is not None:
+                    digest.update(chunk)
+            if pending is not None:
+                pending.result()
+            os.fsync(out)
+            os.utime(out, ns=(src_stat.st_atime_ns, src_stat.st_mtime_ns))
+        finally:
+            os.close(out)
+        after = os.fstat(src_fd)
+        if size != src_stat.st_size or not _same_version(src_stat, after):
+            raise SourceChanged("source changed during the copy")
+        os.rename(tmp, dst_name, src_dir_fd=dst_dir_fd, dst_dir_fd=dst_dir_fd)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp, dir_fd=dst_dir_fd)
+        raise
+    return CopyResult(size=size, sha256=digest.hexdigest() if digest is not None else None)

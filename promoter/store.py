@@ -1,0 +1,744 @@
+"""The artifact store: `artifacts/<run_id>/` with its metadata.json (DESIGN §1, §2, §6).
+
+Every change to a run happens under the run's lock (threads and processes
+alike) and ends with one atomic metadata write, so the daemon, the command
+line and the HTTP server never lose each other's updates. Copies are made
+under the same lock, so an entry always describes the file beside it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import stat
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from promoter import events
+from promoter.clock import Clock, SystemClock, format_time, from_timestamp_ns
+from promoter.config import Config
+from promoter.context import AttributionReader, RunContext, read_run_json
+from promoter.errors import ConflictError, NotFoundError, StoreIOError
+from promoter.library import Library, LibraryFile
+from promoter.logs import get_logger
+from promoter.metadata import (
+    ArtifactEntry,
+    RemovedEntry,
+    RunMetadata,
+    Tombstone,
+    guess_content_type,
+)
+from promoter.names import (
+    TEMP_PREFIX,
+    check_library_name,
+    check_run_id,
+    is_valid_run_id,
+    split_relpath,
+)
+from promoter.runlock import run_lock
+from promoter.safeio import (
+    Refused,
+    SourceChanged,
+    atomic_write_bytes,
+    copy_and_hash,
+    fsync_dir,
+    open_dir,
+    open_dir_chain,
+    open_regular,
+)
+
+__all__ = ["DeleteReport", "Outcome", "PromoteResult", "Store"]
+
+log = get_logger()
+METADATA = "metadata.json"
+FILES = "files"
+LOCKS = ".locks"
+TRASH = ".trash"
+TOMBSTONES = ".tombstones"
+
+
+class Outcome(Enum):
+    """What became of one file offered for promotion."""
+
+    PROMOTED = "promoted"
+    UNCHANGED = "unchanged"  # already in the store with the same size and time
+    SKIPPED = "skipped"  # deleted or removed by a person before this version was written
+    REJECTED = "rejected"  # never promoted: a link, a FIFO, too large, ...
+    LOST = "lost"  # vanished before it could be copied
+    CHANGED = "changed"  # changed during the copy: try again once quiet
+    FAILED = "failed"  # an I/O error in the store: try again later
+
+
+RETRY = frozenset({Outcome.CHANGED, Outcome.FAILED})
+
+
+@dataclass(frozen=True)
+class PromoteResult:
+    run_id: str
+    filename: str
+    outcome: Outcome
+    reason: str = ""
+    entry: ArtifactEntry | None = None
+    source_mtime_ns: int = 0
+
+
+@dataclass(frozen=True)
+class DeleteReport:
+    run_id: str
+    files: int
+    size_bytes: int
+
+
+@contextlib.contextmanager
+def _dir(path: Path) -> Iterator[int]:
+    fd = open_dir(path)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def _close(fd: int | None) -> None:
+    if fd is not None:
+        os.close(fd)
+
+
+class Store:
+    """Owns `artifacts/` (and, through `.library`, `library/`); reads `sessions/` only."""
+
+    def __init__(self, config: Config, clock: Clock | None = None) -> None:
+        self.config = config
+        self.clock: Clock = clock or SystemClock()
+        self.sessions_path = config.storage.sessions_dir
+        self.artifacts_path = config.storage.artifacts_dir
+        self.library = Library(config.storage.library_dir, self.clock)
+        self.attribution = AttributionReader()
+        self._cache: dict[str, tuple[tuple[int, int, int], RunMetadata]] = {}
+
+    # -- folders -------------------------------------------------------------------------
+
+    def ensure_folders(self, sessions: bool = True) -> None:
+        """Create the storage folders and promoter's own dot-folders when missing."""
+        paths = [self.artifacts_path, self.library.path]
+        if sessions:
+            paths.append(self.sessions_path)
+        try:
+            for path in paths:
+                path.mkdir(parents=True, exist_ok=True)
+            for name in (LOCKS, TRASH, TOMBSTONES):
+                (self.artifacts_path / name).mkdir(exist_ok=True)
+        except OSError as exc:
+            raise StoreIOError(f"cannot create storage folders: {exc.strerror}") from None
+
+    def _artifacts_fd(self) -> contextlib.AbstractContextManager[int]:
+        try:
+            return _dir(self.artifacts_path)
+        except OSError as exc:
+            raise StoreIOError(f"artifacts folder unusable: {exc.strerror}") from None
+
+    @contextlib.contextmanager
+    def _locked(self, run_id: str) -> Iterator[int]:
+        """Hold the run's lock; yields the artifacts folder's descriptor."""
+        with self._artifacts_fd() as art:
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(LOCKS, dir_fd=art)
+            locks = open_dir_chain(art, [LOCKS])
+            try:
+                with run_lock(locks, run_id):
+                    yield art
+            finally:
+                os.close(locks)
+
+    # -- reading -------------------------------------------------------------------------
+
+    def run_ids(self) -> list[str]:
+        """Every run folder in the store (dot-names are promoter's own, never runs)."""
+        try:
+            with os.scandir(self.artifacts_path) as it:
+                return [e.name for e in it if is_valid_run_id(e.name)
+                        and e.is_dir(follow_symlinks=False)]
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise StoreIOError(f"artifacts folder unreadable: {exc.strerror}") from None
+
+    def read_run(self, run_id: str) -> RunMetadata | None:
+        """The run's metadata (shared, treat as read-only), or None if there is no such run.
+
+        Parsed models are cached by the file's identity, so listing many runs
+        re-reads only the ones that changed.
+        """
+        check_run_id(run_id)
+        path = self.artifacts_path / run_id / METADATA
+        try:
+            st = os.stat(path, follow_symlinks=False)
+        except (FileNotFoundError, NotADirectoryError):
+            return self._recover_if_orphaned(run_id)
+        key = (st.st_ino, st.st_mtime_ns, st.st_size)
+        cached = self._cache.get(run_id)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        with self._artifacts_fd() as art:
+            meta = self._parse(art, run_id)
+        if meta is None:
+            return self._recover_if_orphaned(run_id)
+        self._cache[run_id] = (key, meta)
+        return meta
+
+    def get_run(self, run_id: str) -> RunMetadata:
+        """The run's metadata, or NotFoundError."""
+        meta = self.read_run(run_id)
+        if meta is None:
+            raise NotFoundError(f"no run {run_id}")
+        return meta
+
+    def list_runs(self) -> list[RunMetadata]:
+        """Every run, newest first."""
+        runs = [m for m in (self.read_run(r) for r in self.run_ids()) if m is not None]
+        runs.sort(key=lambda m: (m.created_at, m.run_id), reverse=True)
+        return runs
+
+    def _parse(self, art: int, run_id: str) -> RunMetadata | None:
+        """Parse metadata.json; None when absent or corrupt (corruption is recovered under lock)."""
+        raw = self._read_metadata_bytes(art, run_id)
+        if raw is None:
+            return None
+        try:
+            meta = RunMetadata.model_validate_json(raw)
+        except ValidationError:
+            return None
+        return meta if meta.run_id == run_id else None
+
+    @staticmethod
+    def _read_metadata_bytes(art: int, run_id: str) -> bytes | None:
+        run_fd: int | None = None
+        try:
+            run_fd = open_dir_chain(art, [run_id])
+            fd, st = open_regular(run_fd, METADATA, allow_hardlinks=True)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except Refused:
+            return b""  # a link where metadata.json should be: corrupt
+        finally:
+            _close(run_fd)
+        try:
+            return os.pread(fd, st.st_size, 0)
+        finally:
+            os.close(fd)
+
+    def _recover_if_orphaned(self, run_id: str) -> RunMetadata | None:
+        """A run folder whose metadata is missing or corrupt is rebuilt, never dropped."""
+        if not (self.artifacts_path / run_id).is_dir():
+            return None
+        with self._locked(run_id) as art:
+            return self._load_for_update(art, run_id)
+
+    def _load_for_update(self, art: int, run_id: str) -> RunMetadata | None:
+        """Under the run's lock: a private copy of the metadata, recovered if corrupt."""
+        raw = self._read_metadata_bytes(art, run_id)
+        if raw is None:
+            try:
+                st = os.stat(run_id, dir_fd=art, follow_symlinks=False)
+            except FileNotFoundError:
+                return None
+            if not stat.S_ISDIR(st.st_mode):
+                return None
+            return self._rebuild(art, run_id, None, "metadata.json missing")
+        try:
+            meta = RunMetadata.model_validate_json(raw)
+            if meta.run_id != run_id:
+                raise ValueError("run_id does not match its folder")
+            return meta
+        except (ValidationError, ValueError) as exc:
+            reason = "not valid JSON" if "json_invalid" in str(exc) else "does not match the schema"
+            return self._rebuild(art, run_id, raw, reason)
+
+    # -- run context ---------------------------------------------------------------------
+
+    def context(self, run_id: str) -> RunContext:
+        """What run.json and attribution.jsonl say about the run now."""
+        try:
+            with _dir(self.sessions_path) as sessions:
+                fields = read_run_json(sessions, run_id)
+                agents = self.attribution.agents(sessions, run_id)
+        except OSError:
+            return RunContext()
+        return RunContext(workflow_id=fields.get("workflow_id", ""),
+                          user_directive=fields.get("user_directive", ""),
+                          status=fields.get("status", ""), agents=agents)
+
+    def session_exists(self, run_id: str) -> bool:
+        return os.path.lexists(self.sessions_path / run_id)
+
+    def _expiry(self, created_at: datetime, workflow_id: str) -> datetime:
+        return created_at + timedelta(days=self.config.retention.days_for(workflow_id))
+
+    @staticmethod
+    def _agent(ctx: RunContext, filename: str) -> str:
+        return ctx.agents.get(filename) or ctx.agents.get(filename.rsplit("/", 1)[-1]) or "unknown"
+
+    def _apply_context(self, meta: RunMetadata, ctx: RunContext) -> bool:
+        """Fold run.json and attribution into the metadata; True when anything changed."""
+        changed = False
+        if ctx.workflow_id and ctx.workflow_id != meta.workflow_id:
+            meta.workflow_id = ctx.workflow_id
+            meta.expires_at = self._expiry(meta.created_at, meta.workflow_id)
+            changed = True
+        if ctx.user_directive and ctx.user_directive != meta.user_directive:
+            meta.user_directive = ctx.user_directive
+            changed = True
+        if ctx.status in ("completed", "failed") and meta.status != "completed":
+            meta.status = "completed"
+            changed = True
+            log.info(events.RUN_COMPLETED, run_id=meta.run_id, reason=f"run.json {ctx.status}")
+        for item in meta.artifacts:
+            agent = self._agent(ctx, item.filename)
+            if agent != "unknown" and agent != item.agent_id:
+                item.agent_id = agent
+                changed = True
+        return changed
+
+    def refresh_context(self, run_id: str) -> RunMetadata | None:
+        """Re-read the run's context and update its metadata if the run exists."""
+        check_run_id(run_id)
+        ctx = self.context(run_id)
+        with self._locked(run_id) as art:
+            meta = self._load_for_update(art, run_id)
+            if meta is None:
+                return None
+            if self._apply_context(meta, ctx):
+                self._write(art, meta)
+            return meta
+
+    def mark_completed(self, run_id: str, reason: str = "session gone") -> None:
+        """A run whose session folder is gone is complete (DESIGN §2)."""
+        with self._locked(run_id) as art:
+            meta = self._load_for_update(art, run_id)
+            if meta is None or meta.status == "completed":
+                return
+            meta.status = "completed"
+            self._write(art, meta)
+        log.info(events.RUN_COMPLETED, run_id=run_id, reason=reason)
+
+    # -- writing metadata ----------------------------------------------------------------
+
+    def _write(self, art: int, meta: RunMetadata) -> None:
+        meta.updated_at = self.clock.now()
+        run_fd = open_dir_chain(art, [meta.run_id], create=True)
+        try:
+            atomic_write_bytes(run_fd, METADATA, meta.to_json().encode())
+        finally:
+            os.close(run_fd)
+        self._cache.pop(meta.run_id, None)
+
+    def set_keep(self, run_id: str, keep: bool) -> RunMetadata:
+        """Pin a run so that it never expires, or unpin it."""
+        check_run_id(run_id)
+        with self._locked(run_id) as art:
+            meta = self._load_for_update(art, run_id)
+            if meta is None:
+                raise NotFoundError(f"no run {run_id}")
+            if meta.keep != keep:
+                meta.keep = keep
+                self._write(art, meta)
+            return meta
+
+    # -- promotion -----------------------------------------------------------------------
+
+    def promote_files(self, run_id: str, filenames: Iterable[str]) -> list[PromoteResult]:
+        """Promote files of `sessions/<run_id>/output/` in one batch with one metadata write."""
+        check_run_id(run_id)
+        names = list(dict.fromkeys(filenames))
+        ctx = self.context(run_id)
+        results: list[PromoteResult] = []
+        try:
+            with _dir(self.sessions_path) as sessions, self._locked(run_id) as art:
+                meta = self._load_for_update(art, run_id)
+                tomb = self.read_tombstone(run_id)
+                created = meta is None
+                if meta is None:
+                    now = self.clock.now()
+                    meta = RunMetadata(run_id=run_id, created_at=now, updated_at=now,
+                                       expires_at=self._expiry(now, ctx.workflow_id))
+                for name in names:
+                    result = self._promote_one(sessions, art, meta, tomb, ctx, name)
+                    results.append(result)
+                    if result.outcome is Outcome.PROMOTED and result.entry is not None:
+                        self._upsert(meta, result.entry)
+                changed = any(r.outcome is Outcome.PROMOTED for r in results)
+                if changed or not created:
+                    changed = self._apply_context(meta, ctx) or changed
+                if changed:
+                    self._write(art, meta)
+                    if created:
+                        log.info(events.RUN_CREATED, run_id=run_id, workflow_id=meta.workflow_id,
+                                 expires_at=format_time(meta.expires_at))
+        except OSError as exc:
+            reason = f"store unusable: {exc.strerror or exc}"
+            done = {r.filename for r in results}
+            results = [r if r.outcome is not Outcome.PROMOTED else
+                       PromoteResult(run_id, r.filename, Outcome.FAILED, reason) for r in results]
+            results += [PromoteResult(run_id, n, Outcome.FAILED, reason) for n in names
+                        if n not in done]
+        self._log_results(results)
+        return results
+
+    @staticmethod
+    def _upsert(meta: RunMetadata, entry: ArtifactEntry) -> None:
+        meta.artifacts = [a for a in meta.artifacts if a.filename != entry.filename] + [entry]
+        meta.removed = [r for r in meta.removed if r.filename != entry.filename]
+
+    def _promote_one(self, sessions: int, art: int, meta: RunMetadata, tomb: Tombstone | None,
+                     ctx: RunContext, filename: str) -> PromoteResult:
+        def result(outcome: Outcome, reason: str = "") -> PromoteResult:
+            return PromoteResult(meta.run_id, filename, outcome, reason)
+
+        try:
+            parts = split_relpath(filename)
+        except Exception as exc:  # a bad name is a refusal, whatever it is
+            return result(Outcome.REJECTED, str(exc))
+        src_dir: int | None = None
+        src: int | None = None
+        try:
+            src_dir = open_dir_chain(sessions, [meta.run_id, "output", *parts[:-1]])
+            src, st = open_regular(src_dir, parts[-1], self.config.promote.allow_hardlinks)
+            return self._copy_in(art, meta, tomb, ctx, filename, parts, src, st)
+        except Refused as exc:
+            return result(Outcome.REJECTED, exc.reason)
+        except (FileNotFoundError, NotADirectoryError):
+            return result(Outcome.LOST, "vanished before it was copied")
+        except PermissionError:
+            return result(Outcome.REJECTED, "permission denied")
+        except SourceChanged:
+            return result(Outcome.CHANGED, "changed during the copy")
+        except OSError as exc:
+            return result(Outcome.FAILED, exc.strerror or str(exc))
+        finally:
+            _close(src)
+            _close(src_dir)
+
+    def _copy_in(self, art: int, meta: RunMetadata, tomb: Tombstone | None, ctx: RunContext,
+                 filename: str, parts: list[str], src: int, st: os.stat_result) -> PromoteResult:
+        def result(outcome: Outcome, reason: str = "") -> PromoteResult:
+            return PromoteResult(meta.run_id, filename, outcome, reason,
+                                 source_mtime_ns=st.st_mtime_ns)
+
+        limits = self.config.promote
+        mtime = from_timestamp_ns(st.st_mtime_ns)
+        if st.st_size > limits.max_file_bytes:
+            return result(Outcome.REJECTED, f"file over max_file_bytes ({limits.max_file_bytes})")
+        if tomb is not None and mtime <= tomb.deleted_at:
+            return result(Outcome.SKIPPED, "run was deleted after this file was written")
+        removed_at = meta.removed_at(filename)
+        if removed_at is not None and mtime <= removed_at:
+            return result(Outcome.SKIPPED, "artifact was removed after this file was written")
+        old = meta.entry(filename)
+        if old is not None and old.size_bytes == st.st_size and old.generated_at == mtime:
+            return result(Outcome.UNCHANGED)
+        run_total = meta.total_bytes - (old.size_bytes if old else 0) + st.st_size
+        if run_total > limits.max_run_bytes:
+            return result(Outcome.REJECTED, f"run over max_run_bytes ({limits.max_run_bytes})")
+        dst_dir = open_dir_chain(art, [meta.run_id, FILES, *parts[:-1]], create=True)
+        try:
+            copied = copy_and_hash(src, st, dst_dir, parts[-1],
+                                   checksum=limits.checksum == "sha256",
+                                   max_bytes=limits.max_file_bytes)
+            fsync_dir(dst_dir)
+        finally:
+            os.close(dst_dir)
+        entry = ArtifactEntry(
+            filename=filename, path=f"{FILES}/{filename}", agent_id=self._agent(ctx, filename),
+            generated_at=mtime, size_bytes=copied.size,
+            content_type=guess_content_type(filename), sha256=copied.sha256)
+        return PromoteResult(meta.run_id, filename, Outcome.PROMOTED, entry=entry,
+                             source_mtime_ns=st.st_mtime_ns)
+
+    def _log_results(self, results: list[PromoteResult]) -> None:
+        now_ns = int(self.clock.now().timestamp() * 1e9)
+        for r in results:
+            if r.outcome is Outcome.PROMOTED and r.entry is not None:
+                e = r.entry
+                log.info(events.ARTIFACT_PROMOTED, run_id=r.run_id, filename=r.filename,
+                         agent_id=e.agent_id, size_bytes=e.size_bytes, sha256=e.sha256,
+                         content_type=e.content_type,
+                         latency_ms=round(max(now_ns - r.source_mtime_ns, 0) / 1e6, 1))
+            elif r.outcome is Outcome.REJECTED:
+                log.warning(events.ARTIFACT_REJECTED, run_id=r.run_id, filename=r.filename,
+                            reason=r.reason)
+            elif r.outcome is Outcome.LOST:
+                log.warning(events.ARTIFACT_LOST, run_id=r.run_id, filename=r.filename,
+                            reason=r.reason)
+            elif r.outcome is Outcome.FAILED:
+                log.error(events.ARTIFACT_FAILED, run_id=r.run_id, filename=r.filename,
+                          reason=r.reason)
+            elif r.outcome is not Outcome.UNCHANGED:
+                log.debug(f"artifact.{r.outcome.value}", run_id=r.run_id, filename=r.filename,
+                          reason=r.reason)
+
+    # -- recovery ------------------------------------------------------------------------
+
+    def _walk_files(self, art: int, run_id: str) -> Iterator[tuple[str, int, os.stat_result]]:
+        """(filename, folder fd, stat) for every regular file under files/; temps removed."""
+        try:
+            top = open_dir_chain(art, [run_id, FILES])
+        except (FileNotFoundError, NotADirectoryError, Refused):
+            return
+        stack: list[tuple[int, str]] = [(top, "")]
+        while stack:
+            fd, prefix = stack.pop()
+            try:
+                for entry in os.scandir(fd):
+                    st = entry.stat(follow_symlinks=False)
+                    if entry.name.startswith(TEMP_PREFIX):
+                        with contextlib.suppress(OSError):
+                            os.unlink(entry.name, dir_fd=fd)
+                            log.info(events.TEMP_REMOVED, run_id=run_id, name=prefix + entry.name)
+                    elif stat.S_ISDIR(st.st_mode):
+                        with contextlib.suppress(OSError, Refused):
+                            stack.append((open_dir_chain(fd, [entry.name]),
+                                          f"{prefix}{entry.name}/"))
+                    elif stat.S_ISREG(st.st_mode):
+                        yield prefix + entry.name, fd, st
+            finally:
+                os.close(fd)
+
+    def _hash_entry(self, dir_fd: int, name: str, filename: str, ctx: RunContext) -> ArtifactEntry:
+        import hashlib
+
+        fd, st = open_regular(dir_fd, name, allow_hardlinks=True)
+        try:
+            digest = hashlib.sha256()
+            while chunk := os.read(fd, 1 << 20):
+                digest.update(chunk)
+        finally:
+            os.close(fd)
+        return ArtifactEntry(filename=filename, path=f"{FILES}/{filename}",
+                             agent_id=self._agent(ctx, filename),
+                             generated_at=from_timestamp_ns(st.st_mtime_ns),
+                             size_bytes=st.st_size, content_type=guess_content_type(filename),
+                             sha256=digest.hexdigest()
+                             if self.config.promote.checksum == "sha256" else None)
+
+    def _rebuild(self, art: int, run_id: str, raw: bytes | None, reason: str) -> RunMetadata:
+        """Set a corrupt metadata.json aside and rebuild it from the stored files."""
+        salvage: dict[str, Any] = {}
+        if raw:
+            with contextlib.suppress(ValueError, UnicodeDecodeError):
+                data = json.loads(raw)
+                if isinstance(data, dict):
+                    salvage = data
+        run_fd = open_dir_chain(art, [run_id])
+        aside = ""
+        try:
+            if raw is not None:
+                aside = f"{METADATA}.corrupt-{self.clock.now().strftime('%Y%m%dT%H%M%S%fZ')}"
+                with contextlib.suppress(FileNotFoundError):
+                    os.rename(METADATA, aside, src_dir_fd=run_fd, dst_dir_fd=run_fd)
+        finally:
+            os.close(run_fd)
+        ctx = self.context(run_id)
+        entries = [self._hash_entry(fd, name.rsplit("/", 1)[-1], name, ctx)
+                   for name, fd, _ in self._walk_files(art, run_id)]
+        now = self.clock.now()
+        meta = RunMetadata(run_id=run_id, created_at=now, updated_at=now, expires_at=now)
+        for key in ("workflow_id", "user_directive", "created_at", "keep", "status"):
+            with contextlib.suppress(ValidationError, TypeError):
+                if key in salvage:
+                    meta = RunMetadata.model_validate({**meta.model_dump(), key: salvage[key]})
+        if "created_at" not in salvage and entries:
+            meta.created_at = min(e.generated_at for e in entries)
+        meta.artifacts = sorted(entries, key=lambda e: e.generated_at)
+        meta.expires_at = self._expiry(meta.created_at, meta.workflow_id)
+        self._apply_context(meta, ctx)
+        self._write(art, meta)
+        log.warning(events.METADATA_RECOVERED, run_id=run_id, reason=reason, set_aside=aside,
+                    files=len(entries))
+        return meta
+
+    def repair(self, run_id: str) -> bool:
+        """After a crash: remove temps, list every stored file, drop entries without a copy."""
+        check_run_id(run_id)
+        with self._locked(run_id) as art:
+            meta = self._load_for_update(art, run_id)
+            if meta is None:
+                return False
+            with contextlib.suppress(OSError, Refused):
+                run_fd = open_dir_chain(art, [run_id])
+                try:
+                    for name in os.listdir(run_fd):
+                        if name.startswith(TEMP_PREFIX):
+                            os.unlink(name, dir_fd=run_fd)
+                            log.info(events.TEMP_REMOVED, run_id=run_id, name=name)
+                finally:
+                    os.close(run_fd)
+            known = {a.filename: a for a in meta.artifacts}
+            seen: set[str] = set()
+            fixed: list[ArtifactEntry] = []
+            ctx: RunContext | None = None
+            for filename, fd, st in self._walk_files(art, run_id):
+                seen.add(filename)
+                entry = known.get(filename)
+                if entry is None or entry.size_bytes != st.st_size or \
+                        entry.generated_at != from_timestamp_ns(st.st_mtime_ns):
+                    ctx = ctx or self.context(run_id)
+                    fixed.append(self._hash_entry(fd, filename.rsplit("/", 1)[-1], filename, ctx))
+            missing = set(known) - seen
+            if not fixed and not missing:
+                return False
+            meta.artifacts = [a for a in meta.artifacts if a.filename not in missing]
+            for entry in fixed:
+                self._upsert(meta, entry)
+            self._write(art, meta)
+            log.warning(events.METADATA_RECOVERED, run_id=run_id, reason="repair after restart",
+                        relisted=len(fixed), dropped=len(missing))
+            return True
+
+    # -- deletion ------------------------------------------------------------------------
+
+    def read_tombstone(self, run_id: str) -> Tombstone | None:
+        try:
+            raw = (self.artifacts_path / TOMBSTONES / run_id).read_bytes()
+            return Tombstone.model_validate_json(raw)
+        except (OSError, ValidationError):
+            return None
+
+    def tombstones(self) -> list[str]:
+        try:
+            return [n for n in os.listdir(self.artifacts_path / TOMBSTONES) if is_valid_run_id(n)]
+        except OSError:
+            return []
+
+    def drop_stale_tombstones(self) -> list[str]:
+        """A tombstone is needed only while its session folder exists (DESIGN §1)."""
+        dropped = []
+        for run_id in self.tombstones():
+            if not self.session_exists(run_id):
+                with contextlib.suppress(FileNotFoundError):
+                    (self.artifacts_path / TOMBSTONES / run_id).unlink()
+                    dropped.append(run_id)
+        return dropped
+
+    def delete_run(self, run_id: str, reason: str = "rm") -> DeleteReport:
+        """Delete a run: tombstone first, then rename into the trash, then remove."""
+        check_run_id(run_id)
+        with self._locked(run_id) as art:
+            meta = self._load_for_update(art, run_id)
+            if meta is None:
+                raise NotFoundError(f"no run {run_id}")
+            if reason == "expired" and not self.is_expired(meta):
+                raise NotFoundError(f"run {run_id} is no longer expired")
+            tomb = Tombstone(run_id=run_id, deleted_at=self.clock.now(),
+                             reason="expired" if reason == "expired" else "rm")
+            tomb_fd = open_dir_chain(art, [TOMBSTONES], create=True)
+            try:
+                atomic_write_bytes(tomb_fd, run_id, tomb.model_dump_json().encode())
+            finally:
+                os.close(tomb_fd)
+            trash_fd = open_dir_chain(art, [TRASH], create=True)
+            trashed = f"{run_id}.{uuid.uuid4().hex}"
+            try:
+                os.rename(run_id, trashed, src_dir_fd=art, dst_dir_fd=trash_fd)
+                fsync_dir(art)
+            finally:
+                os.close(trash_fd)
+            self._cache.pop(run_id, None)
+        self.empty_trash()
+        report = DeleteReport(run_id, len(meta.artifacts), meta.total_bytes)
+        event = events.RUN_EXPIRED if reason == "expired" else events.RUN_DELETED
+        log.info(event, run_id=run_id, files=report.files, size_bytes=report.size_bytes)
+        return report
+
+    def empty_trash(self) -> None:
+        try:
+            with _dir(self.artifacts_path / TRASH) as trash:
+                for name in os.listdir(trash):
+                    shutil.rmtree(name, dir_fd=trash, ignore_errors=True)
+        except OSError:
+            pass
+
+    def delete_artifact(self, run_id: str, filename: str) -> ArtifactEntry:
+        """Remove one artifact; its `removed` entry keeps this version from coming back."""
+        check_run_id(run_id)
+        parts = split_relpath(filename)
+        with self._locked(run_id) as art:
+            meta = self._load_for_update(art, run_id)
+            entry = meta.entry(filename) if meta is not None else None
+            if meta is None or entry is None:
+                raise NotFoundError(f"no artifact {filename} in run {run_id}")
+            meta.artifacts = [a for a in meta.artifacts if a.filename != filename]
+            meta.removed = [r for r in meta.removed if r.filename != filename]
+            meta.removed.append(RemovedEntry(filename=filename, removed_at=self.clock.now()))
+            self._write(art, meta)
+            with contextlib.suppress(OSError, Refused):
+                dir_fd = open_dir_chain(art, [run_id, FILES, *parts[:-1]])
+                try:
+                    os.unlink(parts[-1], dir_fd=dir_fd)
+                finally:
+                    os.close(dir_fd)
+        log.info(events.ARTIFACT_DELETED, run_id=run_id, filename=filename)
+        return entry
+
+    # -- expiry --------------------------------------------------------------------------
+
+    def is_expired(self, meta: RunMetadata, now: datetime | None = None) -> bool:
+        """At or past expires_at and not kept: nothing else decides it (DESIGN §2)."""
+        return not meta.keep and (now or self.clock.now()) >= meta.expires_at
+
+    def expired_runs(self) -> list[RunMetadata]:
+        now = self.clock.now()
+        return [m for m in self.list_runs() if self.is_expired(m, now)]
+
+    # -- serving -------------------------------------------------------------------------
+
+    def open_artifact(
+        self, run_id: str, filename: str
+    ) -> tuple[int, os.stat_result, ArtifactEntry]:
+        """An open descriptor on a stored copy with its entry; links are never followed."""
+        check_run_id(run_id)
+        parts = split_relpath(filename)
+        meta = self.get_run(run_id)
+        entry = meta.entry(filename)
+        if entry is None:
+            raise NotFoundError(f"no artifact {filename} in run {run_id}")
+        try:
+            with self._artifacts_fd() as art:
+                dir_fd = open_dir_chain(art, [run_id, FILES, *parts[:-1]])
+                try:
+                    fd, st = open_regular(dir_fd, parts[-1], allow_hardlinks=True)
+                finally:
+                    os.close(dir_fd)
+        except (OSError, Refused):
+            raise NotFoundError(f"no artifact {filename} in run {run_id}") from None
+        return fd, st, entry
+
+    def promote_to_library(self, run_id: str, filename: str, as_name: str | None = None,
+                           overwrite: bool = False) -> LibraryFile:
+        """Copy a stored artifact into the library under its base name or `as_name`."""
+        name = check_library_name(as_name if as_name else filename.rsplit("/", 1)[-1])
+        if not overwrite and self.library.exists(name):
+            raise ConflictError(f"library file {name} exists")
+        src, st, _ = self.open_artifact(run_id, filename)
+        try:
+            def write(fd: int) -> None:
+                offset = 0
+                while offset < st.st_size:
+                    sent = os.copy_file_range(src, fd, st.st_size - offset, offset, offset)
+                    if sent == 0:
+                        break
+                    offset += sent
+
+            added = self.library.add(name, write, overwrite, mtime_ns=st.st_mtime_ns)
+        finally:
+            os.close(src)
+        log.info(events.LIBRARY_PROMOTED, run_id=run_id, filename=filename, name=name,
+                 size_bytes=added.size_bytes)
+        return added
