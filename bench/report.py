@@ -1,0 +1,303 @@
+"""Markdown tables from the results, with DESIGN §9's targets and a verdict for promoter."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+Result = dict[str, Any]
+
+IDLE_CPU_PCT = 0.1
+IDLE_RSS_MIB = 80.0
+CATCHUP_S = 5.0
+LATENCY_SLACK_MS = 30.0
+BIGFILE_FACTOR = 1.25
+
+
+def fmt(value: Any, digits: int = 1) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def fmt_list(values: Sequence[float] | None, digits: int = 2) -> str:
+    if not values:
+        return "—"
+    return " / ".join(fmt(v, digits) for v in values)
+
+
+def verdict(ok: bool, miss_by: str = "") -> str:
+    return "PASS" if ok else f"**MISS**{(' ' + miss_by) if miss_by else ''}"
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def error_row(r: Result, width: int) -> list[str]:
+    row = [r["tool"]] + ["—"] * (width - 3)
+    note = "not measured: " + str(r.get("error", "?")).splitlines()[0][:160]
+    return [*row, "see note" if r.get("is_promoter") else "—", note]
+
+
+def latency_table(results: Sequence[Result]) -> str:
+    header = [
+        "tool",
+        "files",
+        "missing",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        "max ms",
+        "CPU s",
+        "target",
+        "verdict",
+    ]
+    rows = []
+    for r in results:
+        if "error" in r:
+            rows.append(error_row(r, len(header)))
+            continue
+        target, ok_txt = "—", "—"
+        if r.get("is_promoter"):
+            limit = r["settle_ms"] + LATENCY_SLACK_MS
+            target = f"p99 ≤ {limit:.0f} ms"
+            ok = r["missing"] == 0 and r["p99_ms"] <= limit
+            ok_txt = verdict(ok, f"(+{r['p99_ms'] - limit:.0f} ms)" if r["p99_ms"] > limit else "")
+        rows.append(
+            [
+                r["tool"],
+                fmt(r["files"]),
+                fmt(r["missing"]),
+                fmt(r["p50_ms"]),
+                fmt(r["p90_ms"]),
+                fmt(r["p99_ms"]),
+                fmt(r["max_ms"]),
+                fmt(r["cpu_s"], 2),
+                target,
+                ok_txt,
+            ]
+        )
+    return table(header, rows)
+
+
+def burst_table(results: Sequence[Result]) -> str:
+    header = [
+        "tool",
+        "files",
+        "missing",
+        "dups",
+        "write s",
+        "all visible s",
+        "files/s",
+        "CPU s",
+        "target",
+        "verdict",
+    ]
+    lsyncd = next((r for r in results if r["tool"].startswith("lsyncd") and "error" not in r), None)
+    peer_fps = lsyncd.get("files_per_s") if lsyncd else None
+    rows = []
+    for r in results:
+        if "error" in r:
+            rows.append(error_row(r, len(header)))
+            continue
+        target, ok_txt = "—", "—"
+        if r.get("is_promoter"):
+            fps = r.get("files_per_s")
+            if peer_fps is None:
+                target = "files/s ≥ lsyncd's (no lsyncd figure in this run), 0 missing, 0 dups"
+                ok = r["missing"] == 0 and r.get("duplicates", 0) == 0
+                ok_txt = "PASS (missing/dups only)" if ok else verdict(False)
+            else:
+                target = f"≥ {peer_fps:,.0f} files/s, 0 missing, 0 dups"
+                ok = (
+                    fps is not None
+                    and fps >= peer_fps
+                    and r["missing"] == 0
+                    and r.get("duplicates", 0) == 0
+                )
+                by = f"({fps / peer_fps:.2f}× lsyncd)" if fps else ""
+                ok_txt = verdict(ok, by)
+        rows.append(
+            [
+                r["tool"],
+                fmt(r["files"]),
+                fmt(r["missing"]),
+                fmt(r.get("duplicates")),
+                fmt(r["write_s"], 2),
+                fmt(r.get("all_visible_s"), 2),
+                fmt(r.get("files_per_s"), 0),
+                fmt(r["cpu_s"], 2),
+                target,
+                ok_txt,
+            ]
+        )
+    return table(header, rows)
+
+
+def bigfile_table(results: Sequence[Result]) -> str:
+    header = [
+        "tool",
+        "visible s (median / worst)",
+        "cp s",
+        "openssl sha256 s",
+        "ratio to slower",
+        "target",
+        "verdict",
+    ]
+    rows = []
+    for r in results:
+        if "error" in r:
+            rows.append(error_row(r, len(header)))
+            continue
+        vis, slower = r.get("visible_s_median"), r["slower_s_median"]
+        ratio = f"{vis / slower:.2f}×" if vis else "—"
+        target, ok_txt = "—", "—"
+        if r.get("is_promoter"):
+            limit = r["settle_ms"] / 1000 + BIGFILE_FACTOR * slower
+            target = f"≤ {limit:.2f} s"
+            ok = vis is not None and r["missing"] == 0 and vis <= limit
+            ok_txt = verdict(ok, f"(+{vis - limit:.2f} s)" if vis and vis > limit else "")
+        rows.append(
+            [
+                r["tool"],
+                f"{fmt(vis, 2)} / {fmt(r.get('visible_s_max'), 2)}",
+                fmt(r["cp_s_median"], 2),
+                fmt(r["openssl_s_median"], 2),
+                ratio,
+                target,
+                ok_txt,
+            ]
+        )
+    return table(header, rows)
+
+
+def idle_table(results: Sequence[Result]) -> str:
+    header = [
+        "tool",
+        "runs",
+        "CPU % over window",
+        "CPU s",
+        "RSS MiB",
+        "peak RSS MiB",
+        "processes",
+        "target",
+        "verdict",
+    ]
+    rows = []
+    for r in results:
+        if "error" in r:
+            rows.append(error_row(r, len(header)))
+            continue
+        target, ok_txt = "—", "—"
+        if r.get("is_promoter"):
+            target = f"CPU < {IDLE_CPU_PCT} %, RSS < {IDLE_RSS_MIB:.0f} MiB"
+            misses = []
+            if r["cpu_pct"] >= IDLE_CPU_PCT:
+                misses.append(f"CPU {r['cpu_pct']:.2f} %")
+            if r["rss_mib"] >= IDLE_RSS_MIB:
+                misses.append(f"RSS +{r['rss_mib'] - IDLE_RSS_MIB:.0f} MiB")
+            ok_txt = verdict(not misses and r.get("all_promoted", False), ", ".join(misses))
+        rows.append(
+            [
+                r["tool"],
+                fmt(r["runs"]),
+                f"{r['cpu_pct']:.3f} % ({r['window_s']:.0f} s)",
+                fmt(r["cpu_s"], 2),
+                fmt(r["rss_mib"]),
+                fmt(r["hwm_mib"]),
+                fmt(r["processes"]),
+                target,
+                ok_txt,
+            ]
+        )
+    return table(header, rows)
+
+
+def catchup_table(results: Sequence[Result]) -> str:
+    header = [
+        "tool",
+        "files",
+        "cold: empty store/mirror s",
+        "already promoted/mirrored s (each)",
+        "daemon start → ready s (each)",
+        "target",
+        "verdict",
+    ]
+    rows = []
+    for r in results:
+        if "error" in r:
+            rows.append(error_row(r, len(header)))
+            continue
+        if r.get("is_promoter"):
+            warm = r["warm_reconcile_s"]
+            ready = r["daemon_ready_s"]
+            worst = max([*warm, *ready])
+            ok = worst < CATCHUP_S and r["duplicates"] == 0
+            by = f"(worst {worst:.2f} s, {worst / CATCHUP_S:.1f}× the target)"
+            ok_txt = verdict(ok, by if worst >= CATCHUP_S else "")
+            ready_txt = fmt_list(ready)
+            if "daemon_error" in r:
+                ready_txt = "not measured: " + r["daemon_error"].splitlines()[0][:120]
+                if ok:
+                    ok_txt = "PASS (reconcile only; daemon not measured)"
+            rows.append(
+                [
+                    r["tool"],
+                    fmt(r["files"]),
+                    fmt(r["cold_reconcile"]["seconds"], 2) + " (reconcile)",
+                    fmt_list(warm) + " (reconcile)",
+                    ready_txt,
+                    f"< {CATCHUP_S:.0f} s",
+                    ok_txt,
+                ]
+            )
+        elif "cold_start_s" in r:
+            rows.append(
+                [
+                    r["tool"],
+                    fmt(r["files"]),
+                    fmt(r["cold_start_s"], 2) + " (start-up rsync)",
+                    fmt_list(r["warm_start_s"]) + " (start-up rsync)",
+                    "(same)",
+                    "—",
+                    "—",
+                ]
+            )
+        else:
+            rows.append(
+                [
+                    r["tool"],
+                    fmt(r["files"]),
+                    "no catch-up",
+                    "no catch-up",
+                    fmt_list(r["watches_established_s"]) + " (watches set)",
+                    "—",
+                    "—",
+                ]
+            )
+    return table(header, rows)
+
+
+RENDERERS = {
+    "latency": ("1. Latency, close → visible, at a steady rate", latency_table),
+    "burst": ("2. Burst of 4 KiB files, written as fast as possible", burst_table),
+    "bigfile": ("3. One big file", bigfile_table),
+    "idle": ("4. Idle", idle_table),
+    "catchup": ("5. Start-up catch-up", catchup_table),
+}
+
+
+def render(results: dict[str, list[Result]]) -> str:
+    parts = []
+    for key, (title, renderer) in RENDERERS.items():
+        if key in results:
+            parts.append(f"### {title}\n\n{renderer(results[key])}\n")
+    return "\n".join(parts)
