@@ -14,12 +14,19 @@ _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARN
            "error": logging.ERROR}
 
 
+class _StderrFactory:
+    """Loggers that write to whatever `sys.stderr` is at the time of each event."""
+
+    def __call__(self, *args: Any) -> structlog.PrintLogger:
+        return structlog.PrintLogger(file=sys.stderr)
+
+
 def configure_logging(level: str = "info", fmt: str = "json", stream: TextIO | None = None) -> None:
-    """Send every event to `stream` (stderr by default) at `level` and above."""
-    out = stream if stream is not None else sys.stderr
+    """Send every event to `stream` (the current stderr by default) at `level` and above."""
     renderer: Any
     if fmt == "console":
-        renderer = structlog.dev.ConsoleRenderer(colors=out.isatty())
+        tty = (stream or sys.stderr).isatty()
+        renderer = structlog.dev.ConsoleRenderer(colors=tty)
     else:
         renderer = structlog.processors.JSONRenderer()
     structlog.configure(
@@ -31,11 +38,18 @@ def configure_logging(level: str = "info", fmt: str = "json", stream: TextIO | N
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
-        logger_factory=structlog.PrintLoggerFactory(file=out),
+        logger_factory=(structlog.PrintLoggerFactory(file=stream) if stream is not None
+                        else _StderrFactory()),
         cache_logger_on_first_use=False,
     )
 
 
 def get_logger(name: str = "promoter") -> Any:
-    """A structlog logger; events are names from promoter.events."""
+    """A structlog logger; events are names from promoter.events.
+
+    Until configure_logging() runs, JSON at info on stderr: structlog's own
+    default prints to stdout, where logs must never go.
+    """
+    if not structlog.is_configured():
+        configure_logging()
     return structlog.get_logger(name)

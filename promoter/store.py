@@ -145,6 +145,15 @@ class Store:
         except OSError as exc:
             raise StoreIOError(f"artifacts folder unusable: {exc.strerror}") from None
 
+    def _exists(self, run_id: str) -> bool:
+        """A cheap look before taking a lock, so asking about a missing run creates nothing."""
+        return os.path.isdir(self.artifacts_path / run_id) and not os.path.islink(
+            self.artifacts_path / run_id)
+
+    def _require(self, run_id: str) -> None:
+        if not self._exists(check_run_id(run_id)):
+            raise NotFoundError(f"no run {run_id}")
+
     @contextlib.contextmanager
     def _locked(self, run_id: str) -> Iterator[int]:
         """Hold the run's lock; yields the artifacts folder's descriptor."""
@@ -309,7 +318,8 @@ class Store:
 
     def refresh_context(self, run_id: str) -> RunMetadata | None:
         """Re-read the run's context and update its metadata if the run exists."""
-        check_run_id(run_id)
+        if not self._exists(check_run_id(run_id)):
+            return None
         ctx = self.context(run_id)
         with self._locked(run_id) as art:
             meta = self._load_for_update(art, run_id)
@@ -321,6 +331,8 @@ class Store:
 
     def mark_completed(self, run_id: str, reason: str = "session gone") -> None:
         """A run whose session folder is gone is complete (DESIGN §2)."""
+        if not self._exists(check_run_id(run_id)):
+            return
         with self._locked(run_id) as art:
             meta = self._load_for_update(art, run_id)
             if meta is None or meta.status == "completed":
@@ -342,7 +354,7 @@ class Store:
 
     def set_keep(self, run_id: str, keep: bool) -> RunMetadata:
         """Pin a run so that it never expires, or unpin it."""
-        check_run_id(run_id)
+        self._require(run_id)
         with self._locked(run_id) as art:
             meta = self._load_for_update(art, run_id)
             if meta is None:
@@ -629,7 +641,7 @@ class Store:
 
     def delete_run(self, run_id: str, reason: str = "rm") -> DeleteReport:
         """Delete a run: tombstone first, then rename into the trash, then remove."""
-        check_run_id(run_id)
+        self._require(run_id)
         with self._locked(run_id) as art:
             meta = self._load_for_update(art, run_id)
             if meta is None:
@@ -667,7 +679,7 @@ class Store:
 
     def delete_artifact(self, run_id: str, filename: str) -> ArtifactEntry:
         """Remove one artifact; its `removed` entry keeps this version from coming back."""
-        check_run_id(run_id)
+        self._require(run_id)
         parts = split_relpath(filename)
         with self._locked(run_id) as art:
             meta = self._load_for_update(art, run_id)
