@@ -1,0 +1,115 @@
+"""Catch-up: every finished file the store lacks is found from size and times alone."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from promoter.reconcile import Rejections, find_pending, reconcile
+from promoter.store import Outcome, Store
+from tests.store_helpers import make_store, write_session_file
+
+
+def test_pending_is_decided_by_size_and_time(tmp_path: Path) -> None:
+    """Promoted files are not pending; new, rewritten and resized files are."""
+    store = make_store(tmp_path)
+    for name in ("same", "touched", "grown"):
+        write_session_file(tmp_path, "r1", name, b"abc", age_s=60)
+    reconcile(store)
+    assert find_pending(store, Rejections()) == {}
+    write_session_file(tmp_path, "r1", "new", b"n")
+    os.utime(tmp_path / "sessions/r1/output/touched", (time.time() - 5, time.time() - 5))
+    (tmp_path / "sessions/r1/output/grown").write_bytes(b"abcdef")
+    pending = find_pending(store, Rejections())
+    assert sorted(f.filename for f in pending["r1"]) == ["grown", "new", "touched"]
+
+
+def test_promoted_files_are_not_read_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A second pass over promoted files opens none of them."""
+    store = make_store(tmp_path)
+    for i in range(20):
+        write_session_file(tmp_path, f"r{i % 4}", f"f{i}", b"x")
+    reconcile(store)
+    calls: list[str] = []
+    original = Store.promote_files
+    monkeypatch.setattr(Store, "promote_files",
+                        lambda self, run, names: calls.append(run) or original(self, run, names))
+    assert reconcile(store).summary()["promoted"] == 0
+    assert calls == []
+
+
+def test_excluded_and_input_files_are_ignored(tmp_path: Path) -> None:
+    """Excluded names, input/ and files outside output/ are never promoted."""
+    store = make_store(tmp_path)
+    write_session_file(tmp_path, "r1", "keep.csv", b"k")
+    write_session_file(tmp_path, "r1", "x.tmp", b"t")
+    write_session_file(tmp_path, "r1", ".hidden/a.txt", b"h")
+    write_session_file(tmp_path, "r1", "a.part", b"p")
+    (tmp_path / "sessions/r1/input").mkdir()
+    (tmp_path / "sessions/r1/input/in.csv").write_text("in")
+    reconcile(store)
+    assert [a.filename for a in store.get_run("r1").artifacts] == ["keep.csv"]
+
+
+def test_invalid_run_ids_are_ignored_with_one_warning(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A folder under sessions/ that is not a valid run id is skipped, warned once."""
+    store = make_store(tmp_path)
+    write_session_file(tmp_path, ".bad", "a", b"x")
+    write_session_file(tmp_path, "bad id", "a", b"x")
+    rejections = Rejections()
+    reconcile(store, rejections)
+    reconcile(store, rejections)
+    assert store.run_ids() == []
+    err = capsys.readouterr().err
+    assert err.count('"run.ignored"') == 2
+
+
+def test_rejections_are_logged_once_per_version(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A symlink is rejected once; a rescan does not log it again."""
+    store = make_store(tmp_path)
+    write_session_file(tmp_path, "r1", "ok", b"x")
+    (tmp_path / "sessions/r1/output/link").symlink_to("/etc/passwd")
+    rejections = Rejections()
+    reconcile(store, rejections)
+    reconcile(store, rejections)
+    assert capsys.readouterr().err.count('"artifact.rejected"') == 1
+
+
+def test_recent_file_is_waited_for(tmp_path: Path) -> None:
+    """A file modified within settle_ms is promoted once it has been quiet that long."""
+    store = make_store(tmp_path, watch={"settle_ms": 200})
+    write_session_file(tmp_path, "r1", "fresh", b"x", age_s=0)
+    started = time.monotonic()
+    report = reconcile(store)
+    assert report.count(Outcome.PROMOTED) == 1
+    assert time.monotonic() - started >= 0.15
+
+
+def test_session_gone_completes_run(tmp_path: Path) -> None:
+    """A run whose session folder is gone is marked completed by the catch-up."""
+    store = make_store(tmp_path)
+    write_session_file(tmp_path, "r1", "a", b"x")
+    reconcile(store)
+    assert store.get_run("r1").status == "active"
+    shutil.rmtree(tmp_path / "sessions/r1")
+    reconcile(store)
+    assert store.get_run("r1").status == "completed"
+
+
+def test_unreadable_folder_is_reported_not_fatal(tmp_path: Path) -> None:
+    """A mode-000 folder is skipped (as root it is readable), and the rest is promoted."""
+    store = make_store(tmp_path)
+    write_session_file(tmp_path, "r1", "locked/a", b"x")
+    write_session_file(tmp_path, "r1", "b", b"y")
+    (tmp_path / "sessions/r1/output/locked").chmod(0)
+    try:
+        reconcile(store)
+    finally:
+        (tmp_path / "sessions/r1/output/locked").chmod(0o755)
+    assert "b" in [a.filename for a in store.get_run("r1").artifacts]
