@@ -17,8 +17,9 @@ from promoter.clock import from_timestamp_ns
 from promoter.logs import get_logger
 from promoter.metadata import RunMetadata, Tombstone
 from promoter.names import is_excluded, is_valid_run_id
+from promoter.promotion import RETRY, Outcome, PromoteResult
 from promoter.safeio import Refused, open_dir, open_dir_chain
-from promoter.store import RETRY, Outcome, PromoteResult, Store
+from promoter.store import Store
 
 __all__ = ["ReconcileReport", "Rejections", "SessionFile", "find_pending", "reconcile", "scan_run"]
 

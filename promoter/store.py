@@ -9,7 +9,6 @@ under the same lock, so an entry always describes the file beside it.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import stat
@@ -17,14 +16,12 @@ import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from enum import Enum
 from pathlib import Path
-from typing import Any
 
 from pydantic import ValidationError
 
-from promoter import events
-from promoter.clock import Clock, SystemClock, format_time, from_timestamp_ns
+from promoter import events, promotion, recovery
+from promoter.clock import Clock, SystemClock, format_time
 from promoter.config import Config
 from promoter.context import AttributionReader, RunContext, read_run_json
 from promoter.errors import ConflictError, NotFoundError, StoreIOError
@@ -35,60 +32,31 @@ from promoter.metadata import (
     RemovedEntry,
     RunMetadata,
     Tombstone,
-    guess_content_type,
 )
 from promoter.names import (
-    TEMP_PREFIX,
     check_library_name,
     check_run_id,
     is_valid_run_id,
     split_relpath,
 )
+from promoter.promotion import FILES, RETRY, Outcome, PromoteResult
 from promoter.runlock import run_lock
 from promoter.safeio import (
     Refused,
-    SourceChanged,
     atomic_write_bytes,
-    copy_and_hash,
     fsync_dir,
     open_dir,
     open_dir_chain,
     open_regular,
 )
 
-__all__ = ["DeleteReport", "Outcome", "PromoteResult", "Store"]
+__all__ = ["RETRY", "DeleteReport", "Outcome", "PromoteResult", "Store"]
 
 log = get_logger()
 METADATA = "metadata.json"
-FILES = "files"
 LOCKS = ".locks"
 TRASH = ".trash"
 TOMBSTONES = ".tombstones"
-
-
-class Outcome(Enum):
-    """What became of one file offered for promotion."""
-
-    PROMOTED = "promoted"
-    UNCHANGED = "unchanged"  # already in the store with the same size and time
-    SKIPPED = "skipped"  # deleted or removed by a person before this version was written
-    REJECTED = "rejected"  # never promoted: a link, a FIFO, too large, ...
-    LOST = "lost"  # vanished before it could be copied
-    CHANGED = "changed"  # changed during the copy: try again once quiet
-    FAILED = "failed"  # an I/O error in the store: try again later
-
-
-RETRY = frozenset({Outcome.CHANGED, Outcome.FAILED})
-
-
-@dataclass(frozen=True)
-class PromoteResult:
-    run_id: str
-    filename: str
-    outcome: Outcome
-    reason: str = ""
-    entry: ArtifactEntry | None = None
-    source_mtime_ns: int = 0
 
 
 @dataclass(frozen=True)
@@ -155,7 +123,7 @@ class Store:
             raise NotFoundError(f"no run {run_id}")
 
     @contextlib.contextmanager
-    def _locked(self, run_id: str) -> Iterator[int]:
+    def locked(self, run_id: str) -> Iterator[int]:
         """Hold the run's lock; yields the artifacts folder's descriptor."""
         with self._artifacts_fd() as art:
             with contextlib.suppress(FileExistsError):
@@ -248,10 +216,10 @@ class Store:
         """A run folder whose metadata is missing or corrupt is rebuilt, never dropped."""
         if not (self.artifacts_path / run_id).is_dir():
             return None
-        with self._locked(run_id) as art:
-            return self._load_for_update(art, run_id)
+        with self.locked(run_id) as art:
+            return self.load_for_update(art, run_id)
 
-    def _load_for_update(self, art: int, run_id: str) -> RunMetadata | None:
+    def load_for_update(self, art: int, run_id: str) -> RunMetadata | None:
         """Under the run's lock: a private copy of the metadata, recovered if corrupt."""
         raw = self._read_metadata_bytes(art, run_id)
         if raw is None:
@@ -288,19 +256,19 @@ class Store:
     def session_exists(self, run_id: str) -> bool:
         return os.path.lexists(self.sessions_path / run_id)
 
-    def _expiry(self, created_at: datetime, workflow_id: str) -> datetime:
+    def expiry(self, created_at: datetime, workflow_id: str) -> datetime:
         return created_at + timedelta(days=self.config.retention.days_for(workflow_id))
 
     @staticmethod
-    def _agent(ctx: RunContext, filename: str) -> str:
+    def agent_for(ctx: RunContext, filename: str) -> str:
         return ctx.agents.get(filename) or ctx.agents.get(filename.rsplit("/", 1)[-1]) or "unknown"
 
-    def _apply_context(self, meta: RunMetadata, ctx: RunContext) -> bool:
+    def apply_context(self, meta: RunMetadata, ctx: RunContext) -> bool:
         """Fold run.json and attribution into the metadata; True when anything changed."""
         changed = False
         if ctx.workflow_id and ctx.workflow_id != meta.workflow_id:
             meta.workflow_id = ctx.workflow_id
-            meta.expires_at = self._expiry(meta.created_at, meta.workflow_id)
+            meta.expires_at = self.expiry(meta.created_at, meta.workflow_id)
             changed = True
         if ctx.user_directive and ctx.user_directive != meta.user_directive:
             meta.user_directive = ctx.user_directive
@@ -310,7 +278,7 @@ class Store:
             changed = True
             log.info(events.RUN_COMPLETED, run_id=meta.run_id, reason=f"run.json {ctx.status}")
         for item in meta.artifacts:
-            agent = self._agent(ctx, item.filename)
+            agent = self.agent_for(ctx, item.filename)
             if agent != "unknown" and agent != item.agent_id:
                 item.agent_id = agent
                 changed = True
@@ -321,29 +289,29 @@ class Store:
         if not self._exists(check_run_id(run_id)):
             return None
         ctx = self.context(run_id)
-        with self._locked(run_id) as art:
-            meta = self._load_for_update(art, run_id)
+        with self.locked(run_id) as art:
+            meta = self.load_for_update(art, run_id)
             if meta is None:
                 return None
-            if self._apply_context(meta, ctx):
-                self._write(art, meta)
+            if self.apply_context(meta, ctx):
+                self.write_metadata(art, meta)
             return meta
 
     def mark_completed(self, run_id: str, reason: str = "session gone") -> None:
         """A run whose session folder is gone is complete (DESIGN §2)."""
         if not self._exists(check_run_id(run_id)):
             return
-        with self._locked(run_id) as art:
-            meta = self._load_for_update(art, run_id)
+        with self.locked(run_id) as art:
+            meta = self.load_for_update(art, run_id)
             if meta is None or meta.status == "completed":
                 return
             meta.status = "completed"
-            self._write(art, meta)
+            self.write_metadata(art, meta)
         log.info(events.RUN_COMPLETED, run_id=run_id, reason=reason)
 
     # -- writing metadata ----------------------------------------------------------------
 
-    def _write(self, art: int, meta: RunMetadata) -> None:
+    def write_metadata(self, art: int, meta: RunMetadata) -> None:
         meta.updated_at = self.clock.now()
         run_fd = open_dir_chain(art, [meta.run_id], create=True)
         try:
@@ -355,13 +323,13 @@ class Store:
     def set_keep(self, run_id: str, keep: bool) -> RunMetadata:
         """Pin a run so that it never expires, or unpin it."""
         self._require(run_id)
-        with self._locked(run_id) as art:
-            meta = self._load_for_update(art, run_id)
+        with self.locked(run_id) as art:
+            meta = self.load_for_update(art, run_id)
             if meta is None:
                 raise NotFoundError(f"no run {run_id}")
             if meta.keep != keep:
                 meta.keep = keep
-                self._write(art, meta)
+                self.write_metadata(art, meta)
             return meta
 
     # -- promotion -----------------------------------------------------------------------
@@ -373,24 +341,24 @@ class Store:
         ctx = self.context(run_id)
         results: list[PromoteResult] = []
         try:
-            with _dir(self.sessions_path) as sessions, self._locked(run_id) as art:
-                meta = self._load_for_update(art, run_id)
+            with _dir(self.sessions_path) as sessions, self.locked(run_id) as art:
+                meta = self.load_for_update(art, run_id)
                 tomb = self.read_tombstone(run_id)
                 created = meta is None
                 if meta is None:
                     now = self.clock.now()
                     meta = RunMetadata(run_id=run_id, created_at=now, updated_at=now,
-                                       expires_at=self._expiry(now, ctx.workflow_id))
+                                       expires_at=self.expiry(now, ctx.workflow_id))
                 for name in names:
-                    result = self._promote_one(sessions, art, meta, tomb, ctx, name)
+                    result = promotion.promote_one(self, sessions, art, meta, tomb, ctx, name)
                     results.append(result)
                     if result.outcome is Outcome.PROMOTED and result.entry is not None:
-                        self._upsert(meta, result.entry)
+                        self.upsert(meta, result.entry)
                 changed = any(r.outcome is Outcome.PROMOTED for r in results)
                 if changed or not created:
-                    changed = self._apply_context(meta, ctx) or changed
+                    changed = self.apply_context(meta, ctx) or changed
                 if changed:
-                    self._write(art, meta)
+                    self.write_metadata(art, meta)
                     if created:
                         log.info(events.RUN_CREATED, run_id=run_id, workflow_id=meta.workflow_id,
                                  expires_at=format_time(meta.expires_at))
@@ -401,218 +369,22 @@ class Store:
                        PromoteResult(run_id, r.filename, Outcome.FAILED, reason) for r in results]
             results += [PromoteResult(run_id, n, Outcome.FAILED, reason) for n in names
                         if n not in done]
-        self._log_results(results)
+        promotion.log_results(self.clock, results)
         return results
 
     @staticmethod
-    def _upsert(meta: RunMetadata, entry: ArtifactEntry) -> None:
+    def upsert(meta: RunMetadata, entry: ArtifactEntry) -> None:
         meta.artifacts = [a for a in meta.artifacts if a.filename != entry.filename] + [entry]
         meta.removed = [r for r in meta.removed if r.filename != entry.filename]
 
-    def _promote_one(self, sessions: int, art: int, meta: RunMetadata, tomb: Tombstone | None,
-                     ctx: RunContext, filename: str) -> PromoteResult:
-        def result(outcome: Outcome, reason: str = "") -> PromoteResult:
-            return PromoteResult(meta.run_id, filename, outcome, reason)
-
-        try:
-            parts = split_relpath(filename)
-        except Exception as exc:  # a bad name is a refusal, whatever it is
-            return result(Outcome.REJECTED, str(exc))
-        src_dir: int | None = None
-        src: int | None = None
-        try:
-            src_dir = open_dir_chain(sessions, [meta.run_id, "output", *parts[:-1]])
-            src, st = open_regular(src_dir, parts[-1], self.config.promote.allow_hardlinks)
-            return self._copy_in(art, meta, tomb, ctx, filename, parts, src, st)
-        except Refused as exc:
-            return result(Outcome.REJECTED, exc.reason)
-        except (FileNotFoundError, NotADirectoryError):
-            return result(Outcome.LOST, "vanished before it was copied")
-        except PermissionError:
-            return result(Outcome.REJECTED, "permission denied")
-        except SourceChanged:
-            return result(Outcome.CHANGED, "changed during the copy")
-        except OSError as exc:
-            return result(Outcome.FAILED, exc.strerror or str(exc))
-        finally:
-            _close(src)
-            _close(src_dir)
-
-    def _copy_in(self, art: int, meta: RunMetadata, tomb: Tombstone | None, ctx: RunContext,
-                 filename: str, parts: list[str], src: int, st: os.stat_result) -> PromoteResult:
-        def result(outcome: Outcome, reason: str = "") -> PromoteResult:
-            return PromoteResult(meta.run_id, filename, outcome, reason,
-                                 source_mtime_ns=st.st_mtime_ns)
-
-        limits = self.config.promote
-        mtime = from_timestamp_ns(st.st_mtime_ns)
-        if st.st_size > limits.max_file_bytes:
-            return result(Outcome.REJECTED, f"file over max_file_bytes ({limits.max_file_bytes})")
-        if tomb is not None and mtime <= tomb.deleted_at:
-            return result(Outcome.SKIPPED, "run was deleted after this file was written")
-        removed_at = meta.removed_at(filename)
-        if removed_at is not None and mtime <= removed_at:
-            return result(Outcome.SKIPPED, "artifact was removed after this file was written")
-        old = meta.entry(filename)
-        if old is not None and old.size_bytes == st.st_size and old.generated_at == mtime:
-            return result(Outcome.UNCHANGED)
-        run_total = meta.total_bytes - (old.size_bytes if old else 0) + st.st_size
-        if run_total > limits.max_run_bytes:
-            return result(Outcome.REJECTED, f"run over max_run_bytes ({limits.max_run_bytes})")
-        dst_dir = open_dir_chain(art, [meta.run_id, FILES, *parts[:-1]], create=True)
-        try:
-            copied = copy_and_hash(src, st, dst_dir, parts[-1],
-                                   checksum=limits.checksum == "sha256",
-                                   max_bytes=limits.max_file_bytes)
-            fsync_dir(dst_dir)
-        finally:
-            os.close(dst_dir)
-        entry = ArtifactEntry(
-            filename=filename, path=f"{FILES}/{filename}", agent_id=self._agent(ctx, filename),
-            generated_at=mtime, size_bytes=copied.size,
-            content_type=guess_content_type(filename), sha256=copied.sha256)
-        return PromoteResult(meta.run_id, filename, Outcome.PROMOTED, entry=entry,
-                             source_mtime_ns=st.st_mtime_ns)
-
-    def _log_results(self, results: list[PromoteResult]) -> None:
-        now_ns = int(self.clock.now().timestamp() * 1e9)
-        for r in results:
-            if r.outcome is Outcome.PROMOTED and r.entry is not None:
-                e = r.entry
-                log.info(events.ARTIFACT_PROMOTED, run_id=r.run_id, filename=r.filename,
-                         agent_id=e.agent_id, size_bytes=e.size_bytes, sha256=e.sha256,
-                         content_type=e.content_type,
-                         latency_ms=round(max(now_ns - r.source_mtime_ns, 0) / 1e6, 1))
-            elif r.outcome is Outcome.REJECTED:
-                log.warning(events.ARTIFACT_REJECTED, run_id=r.run_id, filename=r.filename,
-                            reason=r.reason)
-            elif r.outcome is Outcome.LOST:
-                log.warning(events.ARTIFACT_LOST, run_id=r.run_id, filename=r.filename,
-                            reason=r.reason)
-            elif r.outcome is Outcome.FAILED:
-                log.error(events.ARTIFACT_FAILED, run_id=r.run_id, filename=r.filename,
-                          reason=r.reason)
-            elif r.outcome is not Outcome.UNCHANGED:
-                log.debug(f"artifact.{r.outcome.value}", run_id=r.run_id, filename=r.filename,
-                          reason=r.reason)
-
-    # -- recovery ------------------------------------------------------------------------
-
-    def _walk_files(self, art: int, run_id: str) -> Iterator[tuple[str, int, os.stat_result]]:
-        """(filename, folder fd, stat) for every regular file under files/; temps removed."""
-        try:
-            top = open_dir_chain(art, [run_id, FILES])
-        except (FileNotFoundError, NotADirectoryError, Refused):
-            return
-        stack: list[tuple[int, str]] = [(top, "")]
-        while stack:
-            fd, prefix = stack.pop()
-            try:
-                for entry in os.scandir(fd):
-                    st = entry.stat(follow_symlinks=False)
-                    if entry.name.startswith(TEMP_PREFIX):
-                        with contextlib.suppress(OSError):
-                            os.unlink(entry.name, dir_fd=fd)
-                            log.info(events.TEMP_REMOVED, run_id=run_id, name=prefix + entry.name)
-                    elif stat.S_ISDIR(st.st_mode):
-                        with contextlib.suppress(OSError, Refused):
-                            stack.append((open_dir_chain(fd, [entry.name]),
-                                          f"{prefix}{entry.name}/"))
-                    elif stat.S_ISREG(st.st_mode):
-                        yield prefix + entry.name, fd, st
-            finally:
-                os.close(fd)
-
-    def _hash_entry(self, dir_fd: int, name: str, filename: str, ctx: RunContext) -> ArtifactEntry:
-        import hashlib
-
-        fd, st = open_regular(dir_fd, name, allow_hardlinks=True)
-        try:
-            digest = hashlib.sha256()
-            while chunk := os.read(fd, 1 << 20):
-                digest.update(chunk)
-        finally:
-            os.close(fd)
-        return ArtifactEntry(filename=filename, path=f"{FILES}/{filename}",
-                             agent_id=self._agent(ctx, filename),
-                             generated_at=from_timestamp_ns(st.st_mtime_ns),
-                             size_bytes=st.st_size, content_type=guess_content_type(filename),
-                             sha256=digest.hexdigest()
-                             if self.config.promote.checksum == "sha256" else None)
+    # -- recovery (promoter/recovery.py) ---------------------------------------------
 
     def _rebuild(self, art: int, run_id: str, raw: bytes | None, reason: str) -> RunMetadata:
-        """Set a corrupt metadata.json aside and rebuild it from the stored files."""
-        salvage: dict[str, Any] = {}
-        if raw:
-            with contextlib.suppress(ValueError, UnicodeDecodeError):
-                data = json.loads(raw)
-                if isinstance(data, dict):
-                    salvage = data
-        run_fd = open_dir_chain(art, [run_id])
-        aside = ""
-        try:
-            if raw is not None:
-                aside = f"{METADATA}.corrupt-{self.clock.now().strftime('%Y%m%dT%H%M%S%fZ')}"
-                with contextlib.suppress(FileNotFoundError):
-                    os.rename(METADATA, aside, src_dir_fd=run_fd, dst_dir_fd=run_fd)
-        finally:
-            os.close(run_fd)
-        ctx = self.context(run_id)
-        entries = [self._hash_entry(fd, name.rsplit("/", 1)[-1], name, ctx)
-                   for name, fd, _ in self._walk_files(art, run_id)]
-        now = self.clock.now()
-        meta = RunMetadata(run_id=run_id, created_at=now, updated_at=now, expires_at=now)
-        for key in ("workflow_id", "user_directive", "created_at", "keep", "status"):
-            with contextlib.suppress(ValidationError, TypeError):
-                if key in salvage:
-                    meta = RunMetadata.model_validate({**meta.model_dump(), key: salvage[key]})
-        if "created_at" not in salvage and entries:
-            meta.created_at = min(e.generated_at for e in entries)
-        meta.artifacts = sorted(entries, key=lambda e: e.generated_at)
-        meta.expires_at = self._expiry(meta.created_at, meta.workflow_id)
-        self._apply_context(meta, ctx)
-        self._write(art, meta)
-        log.warning(events.METADATA_RECOVERED, run_id=run_id, reason=reason, set_aside=aside,
-                    files=len(entries))
-        return meta
+        return recovery.rebuild(self, art, run_id, raw, reason)
 
     def repair(self, run_id: str) -> bool:
         """After a crash: remove temps, list every stored file, drop entries without a copy."""
-        check_run_id(run_id)
-        with self._locked(run_id) as art:
-            meta = self._load_for_update(art, run_id)
-            if meta is None:
-                return False
-            with contextlib.suppress(OSError, Refused):
-                run_fd = open_dir_chain(art, [run_id])
-                try:
-                    for name in os.listdir(run_fd):
-                        if name.startswith(TEMP_PREFIX):
-                            os.unlink(name, dir_fd=run_fd)
-                            log.info(events.TEMP_REMOVED, run_id=run_id, name=name)
-                finally:
-                    os.close(run_fd)
-            known = {a.filename: a for a in meta.artifacts}
-            seen: set[str] = set()
-            fixed: list[ArtifactEntry] = []
-            ctx: RunContext | None = None
-            for filename, fd, st in self._walk_files(art, run_id):
-                seen.add(filename)
-                entry = known.get(filename)
-                if entry is None or entry.size_bytes != st.st_size or \
-                        entry.generated_at != from_timestamp_ns(st.st_mtime_ns):
-                    ctx = ctx or self.context(run_id)
-                    fixed.append(self._hash_entry(fd, filename.rsplit("/", 1)[-1], filename, ctx))
-            missing = set(known) - seen
-            if not fixed and not missing:
-                return False
-            meta.artifacts = [a for a in meta.artifacts if a.filename not in missing]
-            for entry in fixed:
-                self._upsert(meta, entry)
-            self._write(art, meta)
-            log.warning(events.METADATA_RECOVERED, run_id=run_id, reason="repair after restart",
-                        relisted=len(fixed), dropped=len(missing))
-            return True
+        return recovery.repair(self, run_id)
 
     # -- deletion ------------------------------------------------------------------------
 
@@ -642,8 +414,8 @@ class Store:
     def delete_run(self, run_id: str, reason: str = "rm") -> DeleteReport:
         """Delete a run: tombstone first, then rename into the trash, then remove."""
         self._require(run_id)
-        with self._locked(run_id) as art:
-            meta = self._load_for_update(art, run_id)
+        with self.locked(run_id) as art:
+            meta = self.load_for_update(art, run_id)
             if meta is None:
                 raise NotFoundError(f"no run {run_id}")
             if reason == "expired" and not self.is_expired(meta):
@@ -681,15 +453,15 @@ class Store:
         """Remove one artifact; its `removed` entry keeps this version from coming back."""
         self._require(run_id)
         parts = split_relpath(filename)
-        with self._locked(run_id) as art:
-            meta = self._load_for_update(art, run_id)
+        with self.locked(run_id) as art:
+            meta = self.load_for_update(art, run_id)
             entry = meta.entry(filename) if meta is not None else None
             if meta is None or entry is None:
                 raise NotFoundError(f"no artifact {filename} in run {run_id}")
             meta.artifacts = [a for a in meta.artifacts if a.filename != filename]
             meta.removed = [r for r in meta.removed if r.filename != filename]
             meta.removed.append(RemovedEntry(filename=filename, removed_at=self.clock.now()))
-            self._write(art, meta)
+            self.write_metadata(art, meta)
             with contextlib.suppress(OSError, Refused):
                 dir_fd = open_dir_chain(art, [run_id, FILES, *parts[:-1]])
                 try:

@@ -120,8 +120,8 @@ def test_batch_makes_one_metadata_write(tmp_path: Path, monkeypatch: pytest.Monk
     for name in names:
         write_session_file(tmp_path, "r1", name, name.encode())
     writes = []
-    original = Store._write
-    monkeypatch.setattr(Store, "_write", lambda self, art, meta: (writes.append(1),
+    original = Store.write_metadata
+    monkeypatch.setattr(Store, "write_metadata", lambda self, art, meta: (writes.append(1),
                                                                    original(self, art, meta)))
     results = store.promote_files("r1", names + names)
     assert len(writes) == 1

@@ -1,0 +1,155 @@
+"""Promotion of one session file into the store, and what became of it (DESIGN §2, §6).
+
+Called by Store.promote_files under the run's lock: opens the source the safe
+way, applies the tombstone, removed list and limits, and copies it in.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from enum import Enum
+from typing import TYPE_CHECKING
+
+from promoter import events
+from promoter.clock import Clock, from_timestamp_ns
+from promoter.context import RunContext
+from promoter.logs import get_logger
+from promoter.metadata import ArtifactEntry, RunMetadata, Tombstone, guess_content_type
+from promoter.names import split_relpath
+from promoter.safeio import (
+    Refused,
+    SourceChanged,
+    copy_and_hash,
+    fsync_dir,
+    open_dir_chain,
+    open_regular,
+)
+
+if TYPE_CHECKING:
+    from promoter.store import Store
+
+__all__ = ["FILES", "RETRY", "Outcome", "PromoteResult", "copy_in", "log_results", "promote_one"]
+
+log = get_logger()
+FILES = "files"
+
+
+class Outcome(Enum):
+    """What became of one file offered for promotion."""
+
+    PROMOTED = "promoted"
+    UNCHANGED = "unchanged"  # already in the store with the same size and time
+    SKIPPED = "skipped"  # deleted or removed by a person before this version was written
+    REJECTED = "rejected"  # never promoted: a link, a FIFO, too large, ...
+    LOST = "lost"  # vanished before it could be copied
+    CHANGED = "changed"  # changed during the copy: try again once quiet
+    FAILED = "failed"  # an I/O error in the store: try again later
+
+
+RETRY = frozenset({Outcome.CHANGED, Outcome.FAILED})
+
+
+@dataclass(frozen=True)
+class PromoteResult:
+    run_id: str
+    filename: str
+    outcome: Outcome
+    reason: str = ""
+    entry: ArtifactEntry | None = None
+    source_mtime_ns: int = 0
+
+
+def _close(fd: int | None) -> None:
+    if fd is not None:
+        os.close(fd)
+
+
+def promote_one(store: Store, sessions: int, art: int, meta: RunMetadata, tomb: Tombstone | None,
+                 ctx: RunContext, filename: str) -> PromoteResult:
+    def result(outcome: Outcome, reason: str = "") -> PromoteResult:
+        return PromoteResult(meta.run_id, filename, outcome, reason)
+
+    try:
+        parts = split_relpath(filename)
+    except Exception as exc:  # a bad name is a refusal, whatever it is
+        return result(Outcome.REJECTED, str(exc))
+    src_dir: int | None = None
+    src: int | None = None
+    try:
+        src_dir = open_dir_chain(sessions, [meta.run_id, "output", *parts[:-1]])
+        src, st = open_regular(src_dir, parts[-1], store.config.promote.allow_hardlinks)
+        return copy_in(store, art, meta, tomb, ctx, filename, parts, src, st)
+    except Refused as exc:
+        return result(Outcome.REJECTED, exc.reason)
+    except (FileNotFoundError, NotADirectoryError):
+        return result(Outcome.LOST, "vanished before it was copied")
+    except PermissionError:
+        return result(Outcome.REJECTED, "permission denied")
+    except SourceChanged:
+        return result(Outcome.CHANGED, "changed during the copy")
+    except OSError as exc:
+        return result(Outcome.FAILED, exc.strerror or str(exc))
+    finally:
+        _close(src)
+        _close(src_dir)
+
+
+def copy_in(store: Store, art: int, meta: RunMetadata, tomb: Tombstone | None, ctx: RunContext,
+             filename: str, parts: list[str], src: int, st: os.stat_result) -> PromoteResult:
+    def result(outcome: Outcome, reason: str = "") -> PromoteResult:
+        return PromoteResult(meta.run_id, filename, outcome, reason,
+                             source_mtime_ns=st.st_mtime_ns)
+
+    limits = store.config.promote
+    mtime = from_timestamp_ns(st.st_mtime_ns)
+    if st.st_size > limits.max_file_bytes:
+        return result(Outcome.REJECTED, f"file over max_file_bytes ({limits.max_file_bytes})")
+    if tomb is not None and mtime <= tomb.deleted_at:
+        return result(Outcome.SKIPPED, "run was deleted after this file was written")
+    removed_at = meta.removed_at(filename)
+    if removed_at is not None and mtime <= removed_at:
+        return result(Outcome.SKIPPED, "artifact was removed after this file was written")
+    old = meta.entry(filename)
+    if old is not None and old.size_bytes == st.st_size and old.generated_at == mtime:
+        return result(Outcome.UNCHANGED)
+    run_total = meta.total_bytes - (old.size_bytes if old else 0) + st.st_size
+    if run_total > limits.max_run_bytes:
+        return result(Outcome.REJECTED, f"run over max_run_bytes ({limits.max_run_bytes})")
+    dst_dir = open_dir_chain(art, [meta.run_id, FILES, *parts[:-1]], create=True)
+    try:
+        copied = copy_and_hash(src, st, dst_dir, parts[-1],
+                               checksum=limits.checksum == "sha256",
+                               max_bytes=limits.max_file_bytes)
+        fsync_dir(dst_dir)
+    finally:
+        os.close(dst_dir)
+    entry = ArtifactEntry(
+        filename=filename, path=f"{FILES}/{filename}", agent_id=store.agent_for(ctx, filename),
+        generated_at=mtime, size_bytes=copied.size,
+        content_type=guess_content_type(filename), sha256=copied.sha256)
+    return PromoteResult(meta.run_id, filename, Outcome.PROMOTED, entry=entry,
+                         source_mtime_ns=st.st_mtime_ns)
+
+
+def log_results(clock: Clock, results: list[PromoteResult]) -> None:
+    now_ns = int(clock.now().timestamp() * 1e9)
+    for r in results:
+        if r.outcome is Outcome.PROMOTED and r.entry is not None:
+            e = r.entry
+            log.info(events.ARTIFACT_PROMOTED, run_id=r.run_id, filename=r.filename,
+                     agent_id=e.agent_id, size_bytes=e.size_bytes, sha256=e.sha256,
+                     content_type=e.content_type,
+                     latency_ms=round(max(now_ns - r.source_mtime_ns, 0) / 1e6, 1))
+        elif r.outcome is Outcome.REJECTED:
+            log.warning(events.ARTIFACT_REJECTED, run_id=r.run_id, filename=r.filename,
+                        reason=r.reason)
+        elif r.outcome is Outcome.LOST:
+            log.warning(events.ARTIFACT_LOST, run_id=r.run_id, filename=r.filename,
+                        reason=r.reason)
+        elif r.outcome is Outcome.FAILED:
+            log.error(events.ARTIFACT_FAILED, run_id=r.run_id, filename=r.filename,
+                      reason=r.reason)
+        elif r.outcome is not Outcome.UNCHANGED:
+            log.debug(f"artifact.{r.outcome.value}", run_id=r.run_id, filename=r.filename,
+                      reason=r.reason)
