@@ -1,0 +1,78 @@
+"""metadata.json models: times, content types, validation and the JSON Schema (DESIGN §2)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+from pydantic import ValidationError
+
+from promoter.clock import format_time, from_timestamp_ns, parse_time
+from promoter.metadata import (
+    ArtifactEntry,
+    RunMetadata,
+    guess_content_type,
+    metadata_json_schema,
+)
+
+
+@pytest.mark.parametrize(("name", "expected"), [
+    ("plot.png", "image/png"), ("report.md", "text/markdown"), ("data.csv", "text/csv"),
+    ("x.json", "application/json"), ("r.html", "text/html"), ("p.pdf", "application/pdf"),
+    ("noext", "application/octet-stream"), ("weird.zzz", "application/octet-stream"),
+    ("pic.svg", "image/svg+xml"), ("README.MD", "text/markdown"),
+])
+def test_content_type_from_name(name: str, expected: str) -> None:
+    """Types come from the name via mimetypes with a few additions, never from content."""
+    assert guess_content_type(name) == expected
+
+
+def test_times_are_utc_with_z_and_keep_subseconds() -> None:
+    """Offsets are converted to UTC; sub-second precision survives a round trip."""
+    t = datetime(2026, 1, 9, 12, 30, 0, 123456, tzinfo=timezone(timedelta(hours=2)))
+    assert format_time(t) == "2026-01-09T10:30:00.123456Z"
+    assert format_time(t.replace(microsecond=0)) == "2026-01-09T10:30:00Z"
+    assert parse_time("2026-01-09T10:30:00.123456Z") == t
+    assert from_timestamp_ns(1_700_000_000_123_456_789).microsecond == 123456
+
+
+def test_naive_times_are_refused() -> None:
+    """A time without a zone is not RFC 3339 and fails validation."""
+    with pytest.raises(ValidationError):
+        ArtifactEntry(filename="a", path="files/a", generated_at=datetime(2026, 1, 1),
+                      size_bytes=1)
+
+
+def test_seed_example_round_trips() -> None:
+    """The DESIGN §2 example validates and serialises back field for field."""
+    doc = {
+        "schema_version": 1, "run_id": "f3b2a", "workflow_id": "data_analysis_v2",
+        "user_directive": "Analyze Q3 financials and generate report",
+        "created_at": "2026-01-09T10:30:00Z", "updated_at": "2026-01-09T10:32:15Z",
+        "expires_at": "2026-01-16T10:30:00Z", "keep": False, "status": "active",
+        "artifacts": [{"filename": "plot_f3b2a_0.png", "path": "files/plot_f3b2a_0.png",
+                       "agent_id": "visualization_agent", "generated_at": "2026-01-09T10:32:15Z",
+                       "size_bytes": 45120, "content_type": "image/png", "sha256": "a" * 64}],
+        "removed": [{"filename": "draft.png", "removed_at": "2026-01-09T11:00:00Z"}],
+    }
+    assert RunMetadata.model_validate(doc).model_dump(mode="json") == doc
+
+
+@pytest.mark.parametrize("patch", [
+    {"schema_version": 2}, {"run_id": "../x"}, {"status": "running"}, {"unknown": 1},
+    {"artifacts": [{"filename": "a"}]}, {"created_at": "yesterday"},
+])
+def test_broken_documents_are_refused(patch: dict[str, object]) -> None:
+    """Wrong version, bad run id, unknown status or key, incomplete entries fail."""
+    now = datetime.now(UTC).isoformat()
+    base = {"run_id": "r", "created_at": now, "updated_at": now, "expires_at": now}
+    with pytest.raises(ValidationError):
+        RunMetadata.model_validate({**base, **patch})
+
+
+def test_json_schema_names_every_field() -> None:
+    """The schema lists every top-level field and the entry's required ones."""
+    schema = metadata_json_schema()
+    assert set(schema["properties"]) == set(RunMetadata.model_fields)
+    entry = schema["$defs"]["ArtifactEntry"]
+    assert {"filename", "path", "generated_at", "size_bytes"} <= set(entry["required"])
