@@ -1,0 +1,223 @@
+"""The app factory: `create_app(config) -> FastAPI`, no globals (STYLE §15).
+
+Wires the `/runtime/*` routes, the page and its files, /healthz and /metrics,
+the one exception handler that maps PromoterError kinds to statuses, and the
+two middlewares: the request observer (log line, metrics, client address)
+outside the access guard (Host, token, Origin, CSRF header).
+"""
+
+from __future__ import annotations
+
+import mimetypes
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Final
+
+import anyio.to_thread
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
+from starlette.routing import Route
+
+from promoter import __version__
+from promoter.config import Config
+from promoter.errors import (
+    ConfigError,
+    ConflictError,
+    InvalidNameError,
+    NotFoundError,
+    PromoterError,
+    StoreIOError,
+    TooLargeError,
+)
+from promoter.names import split_relpath
+from promoter.safeio import Refused, open_dir, open_dir_chain, open_regular
+from promoter.store import Store
+from promoter.web.files import asset_response
+from promoter.web.listing import RunLister
+from promoter.web.metrics import HttpMetrics
+from promoter.web.models import ErrorDetail, Health
+from promoter.web.observe import RequestObserver
+from promoter.web.routes import WebState, router, web_state
+from promoter.web.security import AccessGuard, load_token
+from promoter.web.upload import BadUpload
+
+__all__ = ["STATIC_DIR", "create_app"]
+
+STATIC_DIR: Final = Path(__file__).resolve().parent / "static"
+_STATUS: Final[dict[type[PromoterError], int]] = {
+    InvalidNameError: 400,
+    NotFoundError: 404,
+    ConflictError: 409,
+    TooLargeError: 413,
+    StoreIOError: 503,
+    ConfigError: 500,
+}
+_ASSET_TYPES: Final = {
+    ".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
+    ".mjs": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8",
+    ".json": "application/json", ".svg": "image/svg+xml", ".png": "image/png",
+    ".ico": "image/x-icon", ".woff2": "font/woff2", ".txt": "text/plain; charset=utf-8",
+}
+
+
+def sentence(text: str) -> str:
+    """A store message ("no run x") as the one clear sentence an answer carries."""
+    text = text.strip() or "error"
+    text = text[0].upper() + text[1:]
+    return text if text.endswith((".", "?", "!")) else text + "."
+
+
+def _status(exc: PromoterError) -> int:
+    for kind in type(exc).__mro__:
+        if kind in _STATUS:
+            return _STATUS[kind]
+    return 500
+
+
+def _detail(status: int, detail: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"detail": detail}, status_code=status,
+                        headers=dict(headers) if headers else None)
+
+
+def _validation_sentence(exc: RequestValidationError) -> str:
+    errors = exc.errors()
+    if not errors:
+        return "The request is malformed."
+    first = errors[0]
+    loc = [str(p) for p in first.get("loc", ())]
+    where = {"query": "query parameter", "path": "path parameter", "body": "body field",
+             "header": "header"}.get(loc[0], loc[0]) if loc else "request"
+    name = ".".join(loc[1:])
+    msg = str(first.get("msg", "is invalid"))
+    return sentence(f"invalid {where}{' ' + name if name else ''}: {msg}")
+
+
+def _install_handlers(app: FastAPI) -> None:
+    """One mapping from error kinds to `{"detail": sentence}` answers (DESIGN §7)."""
+
+    async def promoter_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, PromoterError)
+        return _detail(_status(exc), sentence(str(exc)))
+
+    async def bad_upload(request: Request, exc: Exception) -> Response:
+        return _detail(422, sentence(str(exc)))
+
+    async def invalid_request(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        return _detail(422, _validation_sentence(exc))
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        return _detail(exc.status_code, sentence(str(exc.detail)), exc.headers)
+
+    async def disconnected(request: Request, exc: Exception) -> Response:
+        return _detail(400, "The client went away during the request.")
+
+    app.add_exception_handler(PromoterError, promoter_error)
+    app.add_exception_handler(BadUpload, bad_upload)
+    app.add_exception_handler(RequestValidationError, invalid_request)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(ClientDisconnect, disconnected)
+
+
+def _open_asset(root: Path, relpath: str) -> tuple[int, os.stat_result]:
+    """A file of the page's folder, opened without following links; NotFoundError else."""
+    try:
+        parts = split_relpath(relpath)
+    except InvalidNameError:
+        raise NotFoundError(f"no page file {relpath}") from None
+    if any(p.startswith(".") for p in parts):
+        raise NotFoundError(f"no page file {relpath}")
+    try:
+        base = open_dir(root)
+        try:
+            dir_fd = open_dir_chain(base, parts[:-1])
+        finally:
+            os.close(base)
+        try:
+            return open_regular(dir_fd, parts[-1], allow_hardlinks=True)
+        finally:
+            os.close(dir_fd)
+    except (OSError, Refused):
+        raise NotFoundError(f"no page file {relpath}") from None
+
+
+def _asset_type(relpath: str) -> str:
+    suffix = os.path.splitext(relpath)[1].lower()
+    guessed = _ASSET_TYPES.get(suffix) or mimetypes.guess_type(relpath)[0]
+    return guessed or "application/octet-stream"
+
+
+def _add_page_routes(app: FastAPI, static_dir: Path) -> None:
+    """`GET /` and `/static/*`: the artifact browser (DESIGN §8), under the page's CSP."""
+
+    async def asset(request: Request, relpath: str) -> Response:
+        fd, st = await anyio.to_thread.run_sync(_open_asset, static_dir, relpath)
+        return asset_response(request, fd, st, content_type=_asset_type(relpath))
+
+    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
+    async def page(request: Request) -> Response:
+        return await asset(request, "index.html")
+
+    @app.api_route("/static/{relpath:path}", methods=["GET", "HEAD"], include_in_schema=False)
+    async def static(request: Request, relpath: str) -> Response:
+        return await asset(request, relpath)
+
+
+def _usable(path: Path) -> bool:
+    return path.is_dir() and os.access(path, os.R_OK | os.W_OK | os.X_OK)
+
+
+def _add_ops_routes(app: FastAPI) -> None:
+    """`/healthz` and `/metrics`."""
+
+    @app.get("/healthz", response_model=Health, responses={503: {"model": Health}},
+             summary="200 while artifacts/ and library/ are usable")
+    def healthz(request: Request) -> JSONResponse:
+        store = web_state(request).store
+        for what, path in (("artifacts", store.artifacts_path), ("library", store.library.path)):
+            if not _usable(path):
+                return JSONResponse({"status": "unavailable",
+                                     "detail": f"The {what} folder is not usable."},
+                                    status_code=503)
+        return JSONResponse({"status": "ok"})
+
+    @app.get("/metrics", response_class=Response, summary="Prometheus text format",
+             responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}},
+                        401: {"model": ErrorDetail}})
+    def metrics(request: Request) -> Response:
+        data = generate_latest(web_state(request).metrics.registry)
+        return Response(data, media_type=CONTENT_TYPE_LATEST)
+
+
+def create_app(config: Config, store: Store | None = None, *,
+               static_dir: Path | None = None) -> FastAPI:
+    """The HTTP API and the page over `store` (default: a Store on `config`).
+
+    Raises ConfigError when `http.token_file` is set but unreadable or empty:
+    a server that should need a token never starts without one.
+    """
+    store = store if store is not None else Store(config)
+    token = load_token(config.http.token_file)
+    metrics = HttpMetrics(store)
+    app = FastAPI(
+        title="promoter", version=__version__, docs_url=None, redoc_url=None,
+        description="Artifacts promoted from agent sessions, and the curated library "
+                    "(DESIGN §7). Changing requests need the X-Promoter-Request header "
+                    "(or a bearer token when the server has one).")
+    app.state.web = WebState(config=config, store=store, lister=RunLister(store), metrics=metrics)
+    app.include_router(router)
+    _add_ops_routes(app)
+    _add_page_routes(app, static_dir if static_dir is not None else STATIC_DIR)
+    _install_handlers(app)
+    # The last one added is the outermost: the observer sees every answer, even the guard's.
+    app.add_middleware(AccessGuard, http=config.http, token=token)
+    templates = [(r.path_regex, r.path) for r in (*router.routes, *app.router.routes)
+                 if isinstance(r, Route)]
+    app.add_middleware(RequestObserver, metrics=metrics, templates=templates)
+    return app

@@ -1,0 +1,257 @@
+"""File answers: every byte of a stored file goes out through here (DESIGN §7).
+
+Agent-written files reach a person's browser, so their headers are decided in
+one function, `file_response`: the sandbox CSP, `nosniff`, inline or
+attachment by type, an RFC 6266 file name, a strong ETag, `If-None-Match`,
+a single `Range`, HEAD. The page's own files (`asset_response`) share the
+streaming and the conditional logic but carry the page's policy.
+
+The body is streamed from a descriptor the store opened the safe way (no link
+followed, DESIGN §6); nothing here opens a file by path.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Final
+from urllib.parse import quote
+
+import anyio.to_thread
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+__all__ = [
+    "FILE_CSP",
+    "PAGE_CSP",
+    "FdResponse",
+    "asset_response",
+    "content_disposition",
+    "disposition_type",
+    "etag_matches",
+    "file_response",
+    "parse_range",
+    "stat_etag",
+]
+
+FILE_CSP: Final = ("sandbox; default-src 'none'; img-src 'self' data:; "
+                   "style-src 'self' 'unsafe-inline'; media-src 'self'")
+# The page: only its own files run; previews come from this origin or from blob:
+# URLs it made itself (a fetch with the bearer token, then URL.createObjectURL).
+PAGE_CSP: Final = ("default-src 'self'; img-src 'self' data: blob:; media-src 'self' blob:; "
+                   "style-src 'self'; script-src 'self'; connect-src 'self'; object-src 'none'; "
+                   "frame-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
+
+# Shown in place: what a browser displays without running anything (DESIGN §7).
+_INLINE_TYPES: Final = frozenset({
+    "application/pdf", "text/plain", "text/csv", "application/json", "text/markdown",
+})
+# Documents that can carry scripts: inline only when asked with ?view=1, and
+# then under the same sandbox, so no script of theirs runs.
+_VIEWABLE_TYPES: Final = frozenset({"text/html", "application/xhtml+xml", "image/svg+xml"})
+_SMALL: Final = 64 * 1024  # read at once on the event loop: page-cache reads of this size are µs
+_CHUNK: Final = 256 * 1024  # larger files: read in a worker thread, chunk by chunk
+_RFC5987_SAFE: Final = "!#$&+^`|"  # attr-chars beyond the letters, digits and -._~ quote keeps
+_UNSATISFIABLE: Final = b'{"detail":"The requested range is not inside the file."}'
+
+
+def disposition_type(content_type: str, view: bool = False, download: bool = False) -> str:
+    """`inline` for what a browser shows without running anything, else `attachment`."""
+    if download:
+        return "attachment"
+    base = content_type.split(";", 1)[0].strip().lower()
+    if base in _VIEWABLE_TYPES:
+        return "inline" if view else "attachment"
+    major = base.split("/", 1)[0]
+    if major in ("image", "audio", "video") or base in _INLINE_TYPES:
+        return "inline"
+    return "attachment"
+
+
+def content_disposition(kind: str, filename: str) -> str:
+    """RFC 6266: an ASCII fallback plus `filename*` in UTF-8; the base name only."""
+    name = filename.rsplit("/", 1)[-1]
+    fallback = "".join(c if " " <= c <= "~" and c not in '"\\%' else "_" for c in name)
+    encoded = quote(name.encode("utf-8", "replace"), safe=_RFC5987_SAFE)
+    return f"{kind}; filename=\"{fallback}\"; filename*=UTF-8''{encoded}"
+
+
+def stat_etag(st: os.stat_result, prefix: str = "") -> str:
+    """A strong validator from the file's identity: inode, size and modification time.
+
+    Sound for files that are only ever replaced by rename (a new inode), as the
+    library's and the page's are.
+    """
+    return f'"{prefix}{st.st_ino:x}-{st.st_size:x}-{st.st_mtime_ns:x}"'
+
+
+def etag_matches(header: str | None, etag: str) -> bool:
+    """`If-None-Match`: weak comparison, `*` matches any current file (RFC 9110 §13.1.2)."""
+    if not header:
+        return False
+    bare = etag.removeprefix("W/")
+    for tag in header.split(","):
+        tag = tag.strip()
+        if tag == "*" or tag.removeprefix("W/") == bare:
+            return True
+    return False
+
+
+class Unsatisfiable(Exception):
+    """A well-formed Range that asks for nothing inside the file: 416."""
+
+
+def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """One byte range `(first, last)` inclusive, or None to serve the whole file.
+
+    Malformed headers, other units and several ranges are ignored (RFC 9110
+    §14.2 allows it; several ranges would need multipart/byteranges, which no
+    client of this API needs). Raises Unsatisfiable for a well-formed range
+    that starts past the end, or a zero-length suffix.
+    """
+    if not header:
+        return None
+    unit, sep, spec = header.partition("=")
+    if not sep or unit.strip().lower() != "bytes" or "," in spec:
+        return None
+    first_text, dash, last_text = spec.strip().partition("-")
+    first_text, last_text = first_text.strip(), last_text.strip()
+    if not dash or not (first_text or last_text):
+        return None
+    if not (first_text.isdigit() or not first_text) or not (last_text.isdigit() or not last_text):
+        return None
+    if not first_text:  # suffix: the last N bytes
+        suffix = int(last_text)
+        if suffix == 0 or size == 0:
+            raise Unsatisfiable
+        return max(size - suffix, 0), size - 1
+    first = int(first_text)
+    last = int(last_text) if last_text else size - 1
+    if last < first:
+        return None
+    if first >= size:
+        raise Unsatisfiable
+    return first, min(last, size - 1)
+
+
+Headers = list[tuple[bytes, bytes]]
+
+
+def _h(pairs: Sequence[tuple[str, str]]) -> Headers:
+    return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in pairs]
+
+
+class FdResponse(Response):
+    """Streams `length` bytes from `offset` of an open descriptor, then closes it.
+
+    The descriptor is owned from construction on: it is closed whether the
+    answer is sent, the client goes away, or the answer is never sent at all
+    (`close`, which the builders call on their own early exits).
+    """
+
+    def __init__(self, fd: int | None, status_code: int, headers: Headers,
+                 offset: int = 0, length: int = 0, send_body: bool = True,
+                 body: bytes = b"") -> None:
+        self.fd = fd
+        self.status_code = status_code
+        self.raw_headers = headers
+        self.offset = offset
+        self.length = length
+        self.send_body = send_body
+        self.background = None
+        self.body = body  # sent instead of the file when there is no descriptor
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await send({"type": "http.response.start", "status": self.status_code,
+                        "headers": self.raw_headers})
+            if not self.send_body or self.fd is None or self.length == 0:
+                body = self.body if self.send_body and self.fd is None else b""
+                await send({"type": "http.response.body", "body": body})
+                return
+            if self.length <= _SMALL:
+                data = os.pread(self.fd, self.length, self.offset)
+                await send({"type": "http.response.body", "body": data})
+                return
+            await self._stream(send, self.fd)
+        finally:
+            self.close()
+
+    async def _stream(self, send: Send, fd: int) -> None:
+        pos, end = self.offset, self.offset + self.length
+        while pos < end:
+            data = await anyio.to_thread.run_sync(os.pread, fd, min(_CHUNK, end - pos), pos)
+            if not data:  # the file shrank under us: stop; the server closes the connection
+                break
+            pos += len(data)
+            await send({"type": "http.response.body", "body": data, "more_body": pos < end})
+
+
+def _conditional(request: Request, fd: int, st: os.stat_result, etag: str,
+                 headers: list[tuple[str, str]], content_type: str) -> FdResponse:
+    """304, 416, 206 or 200 (GET or HEAD) for an open file with the headers given."""
+    head = request.method == "HEAD"
+    common = [*headers, ("etag", etag), ("cache-control", "no-cache")]
+    if etag_matches(request.headers.get("if-none-match"), etag):
+        os.close(fd)
+        return FdResponse(None, 304, _h(common))
+    size = st.st_size
+    wanted: tuple[int, int] | None = None
+    if_range = request.headers.get("if-range")
+    if if_range is None or if_range.strip() == etag:  # a date or another tag: the whole file
+        try:
+            wanted = parse_range(request.headers.get("range"), size)
+        except Unsatisfiable:
+            os.close(fd)
+            return FdResponse(None, 416, _h([
+                *common, ("content-range", f"bytes */{size}"),
+                ("content-type", "application/json"),
+                ("content-length", str(len(_UNSATISFIABLE)))]),
+                send_body=not head, body=_UNSATISFIABLE)
+    typed = [*common, ("accept-ranges", "bytes"), ("content-type", content_type)]
+    if wanted is None:
+        return FdResponse(fd, 200, _h([*typed, ("content-length", str(size))]),
+                          0, size, send_body=not head)
+    first, last = wanted
+    length = last - first + 1
+    return FdResponse(fd, 206, _h([*typed, ("content-range", f"bytes {first}-{last}/{size}"),
+                                   ("content-length", str(length))]),
+                      first, length, send_body=not head)
+
+
+def file_response(request: Request, fd: int, st: os.stat_result, *, filename: str,
+                  content_type: str, etag: str, view: bool = False,
+                  download: bool = False) -> FdResponse:
+    """The answer for a stored file (an artifact or a library file): DESIGN §7's headers.
+
+    Takes ownership of `fd`. `etag` is already quoted.
+    """
+    headers = [
+        ("content-security-policy", FILE_CSP),
+        ("x-content-type-options", "nosniff"),
+        ("referrer-policy", "no-referrer"),
+        ("content-disposition",
+         content_disposition(disposition_type(content_type, view, download), filename)),
+    ]
+    return _conditional(request, fd, st, etag, headers, content_type)
+
+
+def asset_response(request: Request, fd: int, st: os.stat_result, *,
+                   content_type: str) -> FdResponse:
+    """One of the page's own files (HTML, script, style): the page's strict policy.
+
+    Takes ownership of `fd`.
+    """
+    headers = [
+        ("content-security-policy", PAGE_CSP),
+        ("x-content-type-options", "nosniff"),
+        ("x-frame-options", "DENY"),
+        ("referrer-policy", "no-referrer"),
+    ]
+    return _conditional(request, fd, st, stat_etag(st, "page-"), headers, content_type)

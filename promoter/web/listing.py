@@ -1,0 +1,107 @@
+"""The run list and the library list as JSON bytes with an ETag (DESIGN §7, §8).
+
+The page polls the run list every second with `If-None-Match`, so an unchanged
+list must cost little: the store's parsed-metadata cache already keys each run
+on its metadata.json's (inode, mtime, size), and here each parsed run keeps its
+serialized JSON and a digest of it. A poll is then one `stat` per run plus a
+hash over the digests of the runs that pass the filter; the ETag changes
+exactly when the body does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from collections.abc import Sequence
+from typing import Final, Literal
+
+from promoter.metadata import RunMetadata
+from promoter.names import check_run_id
+from promoter.render import matches_filter
+from promoter.store import Store
+from promoter.web.models import LibraryEntry, LibraryList
+
+__all__ = ["Filter", "Listing", "RunLister", "library_listing"]
+
+Filter = Literal["all", "current", "recent", "expiring"]
+_PRUNE_EVERY: Final = 64
+
+
+class Listing:
+    """A rendered list: its body and its (quoted, strong) ETag."""
+
+    __slots__ = ("body", "etag")
+
+    def __init__(self, body: bytes, etag: str) -> None:
+        self.body = body
+        self.etag = etag
+
+
+def _digest(*parts: bytes) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    for part in parts:
+        h.update(part)
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+class RunLister:
+    """Renders `GET /runtime/artifacts` from the store, reusing each run's JSON until it changes."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        # run_id -> (the metadata object the store's cache returned, its item JSON, digest)
+        self._items: dict[str, tuple[RunMetadata, bytes, bytes]] = {}
+        self._lock = threading.Lock()
+        self._calls = 0
+
+    def _item(self, meta: RunMetadata) -> tuple[bytes, bytes]:
+        cached = self._items.get(meta.run_id)
+        if cached is not None and cached[0] is meta:
+            return cached[1], cached[2]
+        item = b'{"run_id":' + json.dumps(meta.run_id).encode() + b',"metadata":' + \
+            meta.model_dump_json().encode() + b"}"
+        digest = hashlib.blake2b(item, digest_size=16).digest()
+        with self._lock:
+            self._items[meta.run_id] = (meta, item, digest)
+        return item, digest
+
+    def select(self, name: Filter, run_id: str | None) -> list[RunMetadata]:
+        """The runs the filter keeps, newest first (`current`: DESIGN §7's two meanings)."""
+        if name == "current" and run_id is not None:
+            meta = self.store.read_run(check_run_id(run_id))
+            return [meta] if meta is not None else []
+        runs = self.store.list_runs()
+        self._prune(runs)
+        if name == "current":
+            return [m for m in runs if m.status == "active"]
+        now = self.store.clock.now()
+        return [m for m in runs if matches_filter(m, name, now)]
+
+    def render(self, name: Filter, run_id: str | None) -> Listing:
+        """The body and ETag for one query."""
+        if run_id is not None:
+            check_run_id(run_id)
+        runs = self.select(name, run_id)
+        items = [self._item(m) for m in runs]
+        body = b'{"artifacts":[' + b",".join(i for i, _ in items) + b"]}"
+        etag = _digest(f"{name}\0{run_id or ''}".encode(), *(d for _, d in items))
+        return Listing(body, f'"runs-{etag}"')
+
+    def _prune(self, runs: Sequence[RunMetadata]) -> None:
+        """Forget deleted runs now and then."""
+        self._calls += 1
+        if self._calls % _PRUNE_EVERY and len(self._items) <= len(runs):
+            return
+        live = {m.run_id for m in runs}
+        with self._lock:
+            for gone in [r for r in self._items if r not in live]:
+                del self._items[gone]
+
+
+def library_listing(store: Store) -> Listing:
+    """`GET /runtime/library`: small enough to render each time; the ETag is its digest."""
+    files = LibraryList(files=[LibraryEntry.of(f) for f in store.library.list()])
+    body = files.model_dump_json().encode()
+    return Listing(body, f'"lib-{_digest(body)}"')

@@ -1,0 +1,83 @@
+"""One `http.request` log line and one metrics sample per request (DESIGN §7).
+
+The outermost middleware: it also binds the client address into structlog's
+context for the whole request, so the store's own audit events
+(`run.deleted`, `library.promoted`, ...) carry `client` without being logged
+twice, and it turns an unexpected exception into a generic 500 whose details
+go to the log only.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Sequence
+from typing import Final
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from structlog.contextvars import bound_contextvars
+
+from promoter import events
+from promoter.logs import get_logger
+from promoter.web.metrics import HttpMetrics
+from promoter.web.security import deny
+
+__all__ = ["HTTP_ERROR", "RequestObserver"]
+
+log = get_logger()
+HTTP_ERROR: Final = "http.error"
+UNMATCHED: Final = "<unmatched>"
+_PATH_LOG_CHARS: Final = 300
+
+
+class RequestObserver:
+    """ASGI middleware: time, log and count every request; no traceback ever reaches a client."""
+
+    def __init__(self, app: ASGIApp, metrics: HttpMetrics,
+                 templates: Sequence[tuple[re.Pattern[str], str]]) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.templates = templates  # (path regex, template) of every route, for refused requests
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 0
+
+        async def observed(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        client = scope.get("client")
+        with bound_contextvars(client=client[0] if client else "-"):
+            try:
+                await self.app(scope, receive, observed)
+            except Exception:
+                log.exception(HTTP_ERROR, method=scope["method"],
+                              path=scope["path"][:_PATH_LOG_CHARS])
+                if status == 0:  # nothing sent yet: a generic answer, details in the log only
+                    status = 500
+                    await deny(send, 500, "The server met an unexpected error; "
+                               "its log has the details.")
+            finally:
+                seconds = time.perf_counter() - start
+                route = self._template(scope)
+                log.info(events.HTTP_REQUEST, method=scope["method"], route=route,
+                         path=scope["path"][:_PATH_LOG_CHARS], status=status,
+                         duration_ms=round(seconds * 1000, 2))
+                self.metrics.observe(scope["method"], route, status, seconds)
+
+    def _template(self, scope: Scope) -> str:
+        """The route's path template (bounded label values), even for requests refused early."""
+        route = scope.get("route")
+        path = getattr(route, "path", None)
+        if isinstance(path, str):
+            return path
+        for regex, template in self.templates:
+            if regex.match(scope["path"]):
+                return template
+        return UNMATCHED

@@ -1,0 +1,107 @@
+"""`promoter serve`: uvicorn on `http.listen` or `--listen` (DESIGN §3, §7).
+
+Logs are structlog JSON on stderr, uvicorn's own records included (bridged
+below); there is no uvicorn access log, the app logs `http.request` itself.
+SIGTERM and SIGINT stop it gracefully: uvicorn stops accepting, finishes the
+answers in progress (bounded), and `serve` returns 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import socket
+from types import FrameType
+from typing import Final
+
+import uvicorn
+
+from promoter.config import Config
+from promoter.errors import StoreIOError, UsageError
+from promoter.logs import get_logger
+from promoter.startup import prepare_store
+from promoter.web.app import create_app
+
+__all__ = ["parse_listen", "serve"]
+
+log = get_logger()
+HTTP_LISTENING: Final = "http.listening"
+HTTP_STOPPED: Final = "http.stopped"
+HTTP_SERVER: Final = "http.server"
+GRACEFUL_SECONDS: Final = 10  # within the unit's TimeoutStopSec=30
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """`HOST:PORT` (IPv6 in brackets) → (host, port); port 0 picks a free port."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise UsageError(f"--listen {value!r}: must be HOST:PORT, e.g. 127.0.0.1:8730")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host, int(port)
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """The listening socket, bound before uvicorn starts, so a failure is one clear line."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return socket.create_server((host, port), family=family, backlog=2048)
+    except OSError as exc:
+        raise StoreIOError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+
+
+class _ToStructlog(logging.Handler):
+    """uvicorn's stdlib records as structlog events on stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            level = record.levelname.lower()
+            method = getattr(log, level if level in ("debug", "info", "warning", "error")
+                             else "error")
+            fields = {"logger": record.name, "message": record.getMessage()}
+            if record.exc_info:
+                method(HTTP_SERVER, exc_info=record.exc_info, **fields)
+            else:
+                method(HTTP_SERVER, **fields)
+        except Exception:  # a log handler never raises
+            self.handleError(record)
+
+
+def _route_uvicorn_logs(level: str) -> None:
+    handler = _ToStructlog()
+    for name in ("uvicorn", "uvicorn.error"):
+        logger = logging.getLogger(name)
+        logger.handlers = [handler] if name == "uvicorn" else []
+        logger.setLevel(logging.WARNING if level == "info" else level.upper())
+        logger.propagate = name != "uvicorn"
+    access = logging.getLogger("uvicorn.access")
+    access.handlers = []
+    access.propagate = False
+    access.disabled = True
+
+
+def _record_only(signum: int, frame: FrameType | None) -> None:
+    """uvicorn re-raises the signal it stopped for once it has stopped; this takes it quietly."""
+
+
+def serve(config: Config, listen: str | None = None) -> int:
+    """Serve until SIGTERM or SIGINT; returns the exit status (0 after a graceful stop)."""
+    host, port = parse_listen(listen or config.http.listen)
+    store = prepare_store(config, sessions=False)
+    app = create_app(config, store)
+    sock = _bind(host, port)
+    _route_uvicorn_logs(config.log.level)
+    server = uvicorn.Server(uvicorn.Config(
+        app, log_config=None, access_log=False, lifespan="off", server_header=False,
+        timeout_graceful_shutdown=GRACEFUL_SECONDS, proxy_headers=True))
+    previous = {sig: signal.signal(sig, _record_only) for sig in (signal.SIGTERM, signal.SIGINT)}
+    bound_host, bound_port = sock.getsockname()[:2]
+    log.info(HTTP_LISTENING, host=bound_host, port=bound_port)
+    try:
+        server.run(sockets=[sock])
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        sock.close()
+    log.info(HTTP_STOPPED)
+    return 0
