@@ -188,6 +188,8 @@ def _same_version(a: os.stat_result, b: os.stat_result) -> bool:
 
 
 _writer = ThreadPoolExecutor(max_workers=4, thread_name_prefix="promoter-copy-writer")
+_flusher = ThreadPoolExecutor(max_workers=2, thread_name_prefix="promoter-copy-flusher")
+FLUSH_EVERY = 32 << 20
 
 
 def _write_all(fd: int, data: memoryview) -> None:
@@ -233,6 +235,8 @@ def copy_and_hash(
     try:
         try:
             pending: Future[None] | None = None
+            flushing: Future[None] | None = None
+            unflushed = 0
             for chunk in _chunks(src_fd):
                 size += len(chunk)
                 if size > max_bytes:
@@ -242,8 +246,16 @@ def copy_and_hash(
                 pending = _writer.submit(_write_all, out, chunk)
                 if digest is not None:
                     digest.update(chunk)
+                unflushed += len(chunk)
+                if unflushed >= FLUSH_EVERY and (flushing is None or flushing.done()):
+                    # Start writeback early, so the final fsync does not wait for the
+                    # whole file: the disk writes while we go on reading and hashing.
+                    unflushed = 0
+                    flushing = _flusher.submit(os.fdatasync, out)
             if pending is not None:
                 pending.result()
+            if flushing is not None:
+                flushing.result()
             os.fsync(out)
             os.utime(out, ns=(src_stat.st_atime_ns, src_stat.st_mtime_ns))
         finally:
