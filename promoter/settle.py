@@ -1,0 +1,403 @@
+"""Settle: decide when a session file is finished, and batch finished files by run (DESIGN §5).
+
+Pure and clock-injected: every method takes `now` (monotonic nanoseconds) and
+nothing here sleeps, starts a thread or touches the file system. The one look
+at a file that deciding needs, its size and times, comes through the `stat`
+callable that `due()` is given, so the shell does the system call and this
+module does the deciding.
+
+The rules:
+
+- Every event re-arms the file's quiet period: it is looked at `settle_ns`
+  after the last one, so a burst of events on one file makes one copy.
+- A file closed after writing, or renamed in (a *strong* event, not followed by
+  another write), is finished once that quiet period has passed.
+- Without a close (a file in a just-created folder gets only a synthetic
+  "created" event; the polling observer never reports closes; an event may
+  have been lost), a file is finished only when two looks `settle_ns` apart
+  saw the same size, times and inode.
+- A run has at most one batch in flight, and a batch holds every finished file
+  of its run (up to `max_batch`), so many files of one run make few metadata
+  writes and two workers never queue on one run's lock.
+- A file touched while its batch is in flight is looked at again afterwards; a
+  copy that must be retried (changed during the copy, store I/O error) waits
+  an exponential backoff.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable, Collection, Iterator
+from dataclasses import dataclass, field
+from enum import Enum
+
+__all__ = ["Batch", "FileState", "Settler", "StatFn"]
+
+MS = 1_000_000
+MIN_BACKOFF_NS = 100 * MS
+MAX_BACKOFF_NS = 60_000 * MS
+
+
+@dataclass(frozen=True)
+class FileState:
+    """What one `lstat` says about a file: equal states mean nothing changed."""
+
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+    ino: int
+
+
+StatFn = Callable[[str, str], "FileState | None"]
+"""(run_id, filename) -> the file's state now, or None when it is gone."""
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Work for one run: files to promote, and run-level chores."""
+
+    run_id: str
+    filenames: tuple[str, ...] = ()
+    context: bool = False  # run.json or attribution.jsonl changed: refresh the run's context
+    completed: bool = False  # the session folder is gone: mark the run completed
+
+
+class _Phase(Enum):
+    ARMED = "armed"  # waiting for its quiet period to end
+    READY = "ready"  # finished, waiting for its run's batch
+    FLIGHT = "flight"  # in a batch being promoted
+
+
+@dataclass
+class _File:
+    deadline: int
+    closed: bool = False
+    phase: _Phase = _Phase.ARMED
+    queued: bool = False  # has a live entry in the heap
+    seen: FileState | None = None
+    seen_at: int = 0
+    dirty: bool = False  # touched while in flight: look again after
+    forgotten: bool = False  # deleted while in flight: drop after
+    attempts: int = 0
+
+
+@dataclass
+class _Run:
+    files: dict[str, _File] = field(default_factory=dict)
+    context: bool = False  # a context refresh is wanted
+    completed: bool = False  # marking the run completed is wanted
+    chores_at: int | None = None  # when the run-level chores above may go
+    chores_ready: bool = False
+    chore_attempts: int = 0
+    in_flight: int = 0
+    queued_at: int | None = None  # deadline of the run's live heap entry
+
+    def empty(self) -> bool:
+        return (not self.files and not self.context and not self.completed
+                and self.in_flight == 0)
+
+
+class Settler:
+    """Tracks every file the daemon has heard of until its run's batch is done."""
+
+    def __init__(self, settle_ns: int, max_batch: int = 256) -> None:
+        self.settle_ns = settle_ns
+        self.max_batch = max_batch
+        self._runs: dict[str, _Run] = {}
+        self._heap: list[tuple[int, int, str, str]] = []  # (deadline, seq, run_id, filename | "")
+        self._seq = 0
+        self._ready: set[str] = set()  # runs with something READY not yet batched
+        self._draining = False
+
+    # -- events --------------------------------------------------------------------------
+
+    def touch(self, run_id: str, filename: str, now: int, strong: bool = False) -> None:
+        """An event on a file: strong = closed after writing or renamed in; weak = written to."""
+        if self._draining:
+            return
+        run = self._runs.setdefault(run_id, _Run())
+        f = run.files.get(filename)
+        if f is None:
+            f = run.files[filename] = _File(deadline=now + self.settle_ns)
+        f.deadline = now + self.settle_ns
+        f.closed = strong
+        f.forgotten = False
+        self._rearm(run_id, filename, f)
+
+    def nudge(self, run_id: str, filename: str, now: int) -> None:
+        """A change that says nothing about writing (attributes): restart the quiet period."""
+        run = self._runs.get(run_id)
+        f = run.files.get(filename) if run is not None else None
+        if f is None:
+            self.touch(run_id, filename, now, strong=False)
+            return
+        f.deadline = now + self.settle_ns
+        self._rearm(run_id, filename, f)
+
+    def offer(self, run_id: str, filename: str, now: int, quiet: bool) -> None:
+        """A catch-up found the file. `quiet`: its mtime is already settle_ns old, so it is
+        finished now; otherwise it is treated as being written. A file already tracked keeps
+        its state: its own events know more than the catch-up."""
+        run = self._runs.get(run_id)
+        if self._draining or (run is not None and filename in run.files):
+            return
+        self.touch(run_id, filename, now - self.settle_ns if quiet else now, strong=quiet)
+
+    def forget(self, run_id: str, filename: str) -> None:
+        """The file was deleted or renamed away before it settled."""
+        run = self._runs.get(run_id)
+        f = run.files.get(filename) if run is not None else None
+        if run is None or f is None:
+            return
+        if f.phase is _Phase.FLIGHT:
+            f.forgotten = True
+        else:
+            del run.files[filename]
+            self._drop_if_empty(run_id)
+
+    def forget_tree(self, run_id: str, folder: str) -> None:
+        """A folder under output/ was deleted or renamed away ("" = the whole output/)."""
+        run = self._runs.get(run_id)
+        if run is None:
+            return
+        prefix = f"{folder}/" if folder else ""
+        for name in [n for n in run.files if n.startswith(prefix)]:
+            self.forget(run_id, name)
+
+    def context(self, run_id: str, now: int) -> None:
+        """run.json or attribution.jsonl changed: refresh the run once they are quiet."""
+        if self._draining:
+            return
+        run = self._runs.setdefault(run_id, _Run())
+        run.context = True
+        run.chores_ready = False
+        self._schedule_chores(run_id, run, now + self.settle_ns)
+
+    def session_gone(self, run_id: str, now: int) -> None:
+        """The session folder vanished: its pending files are gone, the run is completed."""
+        if self._draining:
+            return
+        self.forget_tree(run_id, "")
+        run = self._runs.setdefault(run_id, _Run())
+        run.completed = True
+        run.context = False  # run.json went with the folder
+        self._schedule_chores(run_id, run, now)
+
+    # -- deciding ------------------------------------------------------------------------
+
+    def due(self, now: int, stat: StatFn) -> list[Batch]:
+        """Batches of finished files (and run chores) that can be handed to workers now."""
+        if self._draining:
+            return []
+        while self._heap and self._heap[0][0] <= now:
+            deadline, _, run_id, name = heapq.heappop(self._heap)
+            run = self._runs.get(run_id)
+            if run is None:
+                continue
+            if not name:
+                if run.queued_at == deadline:
+                    self._run_due(run_id, run, now)
+                continue
+            f = run.files.get(name)
+            if f is None or not f.queued:
+                continue
+            f.queued = False
+            if f.phase is not _Phase.ARMED:
+                continue
+            if f.deadline > now:  # touched since this entry was pushed
+                self._push(f.deadline, run_id, name)
+                f.queued = True
+                continue
+            self._look(run_id, run, name, f, now, stat)
+        return self._batches()
+
+    def _run_due(self, run_id: str, run: _Run, now: int) -> None:
+        run.queued_at = None
+        if run.chores_at is None:
+            return
+        if run.chores_at > now:  # postponed by a later event
+            self._schedule_chores(run_id, run, run.chores_at)
+            return
+        run.chores_at = None
+        run.chores_ready = True
+        self._ready.add(run_id)
+
+    def _look(self, run_id: str, run: _Run, name: str, f: _File, now: int, stat: StatFn) -> None:
+        if f.closed:
+            self._set_ready(run_id, f)
+            return
+        state = stat(run_id, name)
+        if state is None:  # gone without an event: the store logs it as lost
+            self._set_ready(run_id, f)
+            return
+        if state == f.seen and now - f.seen_at >= self.settle_ns:
+            self._set_ready(run_id, f)
+            return
+        if state != f.seen:
+            f.seen, f.seen_at = state, now
+        f.deadline = f.seen_at + self.settle_ns
+        self._rearm(run_id, name, f)
+
+    def _set_ready(self, run_id: str, f: _File) -> None:
+        f.phase = _Phase.READY
+        self._ready.add(run_id)
+
+    def _batches(self) -> list[Batch]:
+        out: list[Batch] = []
+        for run_id in list(self._ready):
+            run = self._runs.get(run_id)
+            if run is None:
+                self._ready.discard(run_id)
+                continue
+            if run.in_flight:
+                continue  # its files wait for the batch in flight, then go together
+            names = [n for n, f in run.files.items() if f.phase is _Phase.READY]
+            chunk = names[: self.max_batch]
+            if len(names) <= self.max_batch:
+                self._ready.discard(run_id)
+            chores = run.chores_ready
+            batch = Batch(run_id, tuple(chunk), context=chores and run.context,
+                          completed=chores and run.completed)
+            if chores:
+                run.chores_ready = run.context = run.completed = False
+            if not (batch.filenames or batch.context or batch.completed):
+                self._drop_if_empty(run_id)
+                continue
+            for name in chunk:
+                run.files[name].phase = _Phase.FLIGHT
+            run.in_flight += 1
+            out.append(batch)
+        return out
+
+    def done(self, batch: Batch, retry: Collection[str], now: int,
+             retry_run: bool = False) -> None:
+        """A worker finished `batch`. Files named in `retry`, and with `retry_run` its run
+        chores, are tried again after a backoff."""
+        run = self._runs.get(batch.run_id)
+        if run is None:
+            return
+        run.in_flight = max(run.in_flight - 1, 0)
+        for name in batch.filenames:
+            f = run.files.get(name)
+            if f is None or f.phase is not _Phase.FLIGHT:
+                continue
+            if f.forgotten or self._draining:
+                del run.files[name]
+            elif f.dirty:
+                f.dirty, f.attempts, f.phase = False, 0, _Phase.ARMED
+                f.deadline = max(f.deadline, now)
+                self._rearm(batch.run_id, name, f)
+            elif name in retry:
+                f.attempts += 1
+                f.phase = _Phase.ARMED
+                f.deadline = now + self.backoff(f.attempts)
+                self._rearm(batch.run_id, name, f)
+            else:
+                del run.files[name]
+        if (batch.context or batch.completed) and not self._draining:
+            if retry_run:
+                run.context = run.context or batch.context
+                run.completed = run.completed or batch.completed
+                run.chore_attempts += 1
+                self._schedule_chores(batch.run_id, run, now + self.backoff(run.chore_attempts))
+            else:
+                run.chore_attempts = 0
+        if run.chores_ready or any(f.phase is _Phase.READY for f in run.files.values()):
+            self._ready.add(batch.run_id)
+        self._drop_if_empty(batch.run_id)
+
+    def backoff(self, attempts: int) -> int:
+        """Wait before retry number `attempts`: doubling from settle_ns, within bounds."""
+        base = max(self.settle_ns, MIN_BACKOFF_NS)
+        return min(base << min(attempts - 1, 20), MAX_BACKOFF_NS)
+
+    def flush_closed(self) -> list[Batch]:
+        """Shutdown: batches of every file closed after writing (or already finished), without
+        waiting out the settle time, with the runs' pending chores. Files still being written
+        are left to the next start's catch-up. Nothing is decided after this."""
+        self._draining = True
+        out: list[Batch] = []
+        for run_id, run in self._runs.items():
+            names = [n for n, f in run.files.items()
+                     if f.phase is _Phase.READY or (f.phase is _Phase.ARMED and f.closed)]
+            for name in names:
+                run.files[name].phase = _Phase.FLIGHT
+            for start in range(0, max(len(names), 1), self.max_batch):
+                first = start == 0
+                batch = Batch(run_id, tuple(names[start:start + self.max_batch]),
+                              context=first and run.context, completed=first and run.completed)
+                if batch.filenames or batch.context or batch.completed:
+                    run.in_flight += 1
+                    out.append(batch)
+            run.context = run.completed = run.chores_ready = False
+        self._ready.clear()
+        self._heap.clear()
+        return out
+
+    # -- bookkeeping ---------------------------------------------------------------------
+
+    def next_deadline(self) -> int | None:
+        """When `due()` has something to decide next (monotonic ns), or None when idle."""
+        if self._draining:
+            return None
+        if any(not self._runs[r].in_flight for r in self._ready if r in self._runs):
+            return 0
+        while self._heap:
+            deadline, _, run_id, name = self._heap[0]
+            run = self._runs.get(run_id)
+            live = run is not None and (run.queued_at == deadline if not name else
+                                        (f := run.files.get(name)) is not None and f.queued)
+            if live:
+                return deadline
+            heapq.heappop(self._heap)
+        return None
+
+    def busy(self, run_id: str) -> bool:
+        """True while the run has files or chores pending or in flight (the sweeper waits)."""
+        return run_id in self._runs
+
+    def busy_runs(self) -> frozenset[str]:
+        return frozenset(self._runs)
+
+    def __len__(self) -> int:
+        """Files pending or in flight."""
+        return sum(len(run.files) for run in self._runs.values())
+
+    def in_flight(self) -> int:
+        """Batches handed out and not yet done."""
+        return sum(run.in_flight for run in self._runs.values())
+
+    def files(self) -> Iterator[tuple[str, str]]:
+        """(run_id, filename) of every file tracked: for tests and diagnostics."""
+        for run_id, run in self._runs.items():
+            for name in run.files:
+                yield run_id, name
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _push(self, deadline: int, run_id: str, name: str) -> None:
+        self._seq += 1
+        heapq.heappush(self._heap, (deadline, self._seq, run_id, name))
+
+    def _rearm(self, run_id: str, name: str, f: _File) -> None:
+        if f.phase is _Phase.FLIGHT:
+            f.dirty = True
+            return
+        f.phase = _Phase.ARMED
+        if not f.queued:  # one live heap entry a file; a later deadline re-pushes on pop
+            self._push(f.deadline, run_id, name)
+            f.queued = True
+
+    def _schedule_chores(self, run_id: str, run: _Run, deadline: int) -> None:
+        run.chores_at = deadline if run.chores_at is None else max(run.chores_at, deadline)
+        if run.completed:  # nothing to wait for: the folder is gone
+            run.chores_at = min(run.chores_at, deadline)
+        if run.queued_at is None or run.queued_at > run.chores_at:
+            run.queued_at = run.chores_at
+            self._push(run.chores_at, run_id, "")
+
+    def _drop_if_empty(self, run_id: str) -> None:
+        run = self._runs.get(run_id)
+        if run is not None and run.empty():
+            del self._runs[run_id]
+            self._ready.discard(run_id)
