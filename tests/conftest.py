@@ -1,0 +1,29 @@
+"""Suite-wide guards: no test may leak a thread (STYLE §12)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+# Process-wide pools that live as long as the interpreter, by design.
+LONG_LIVED = ("promoter-copy-writer", "promoter-copy-flusher", "AnyIO worker thread")
+
+
+def _foreign(threads: set[threading.Thread]) -> list[threading.Thread]:
+    return [t for t in threads if t.is_alive() and not t.name.startswith(LONG_LIVED)]
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_threads() -> Iterator[None]:
+    """Fail a test that leaves a thread of its own running."""
+    before = set(threading.enumerate())
+    yield
+    deadline = time.monotonic() + 5
+    leaked = _foreign(set(threading.enumerate()) - before)
+    while leaked and time.monotonic() < deadline:
+        leaked[0].join(timeout=0.1)
+        leaked = _foreign(set(threading.enumerate()) - before)
+    assert not leaked, f"threads left running: {[t.name for t in leaked]}"
