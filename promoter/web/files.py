@@ -127,12 +127,12 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
             raise Unsatisfiable
         return max(size - suffix, 0), size - 1
     first = int(first_text)
-    last = int(last_text) if last_text else size - 1
-    if last < first:
-        return None
+    if last_text and int(last_text) < first:
+        return None  # malformed: ignored
     if first >= size:
         raise Unsatisfiable
-    return first, min(last, size - 1)
+    last = min(int(last_text), size - 1) if last_text else size - 1
+    return first, last
 
 
 Headers = list[tuple[bytes, bytes]]
