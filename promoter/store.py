@@ -214,7 +214,10 @@ class Store:
 
     def _recover_if_orphaned(self, run_id: str) -> RunMetadata | None:
         """A run folder whose metadata is missing or corrupt is rebuilt, never dropped."""
-        if not (self.artifacts_path / run_id).is_dir():
+        try:  # lstat: a link planted where a run folder should be is no run (DESIGN §6)
+            if not stat.S_ISDIR(os.lstat(self.artifacts_path / run_id).st_mode):
+                return None
+        except OSError:
             return None
         with self.locked(run_id) as art:
             return self.load_for_update(art, run_id)
