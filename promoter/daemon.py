@@ -1,0 +1,491 @@
+"""`promoter run`: the long-running daemon (DESIGN §5).
+
+Start: prepare the store, start the pipeline and the watcher, run the start-up
+catch-up (telling systemd `EXTEND_TIMEOUT_USEC=` while it runs), then
+`READY=1`. The watcher starts before the catch-up so that nothing written
+during it is missed; a file both find is promoted once (the second look sees
+it unchanged).
+
+Threads: the main thread handles signals, supervision of the watcher, systemd
+pings and metrics; `promoter-settle` and `promoter-worker-N` promote
+(`promoter.pipeline`); `promoter-catchup` runs catch-up passes on request and
+every `rescan_interval_s`; `promoter-sweeper` expires runs every
+`retention.sweep_interval_s`. Every loop waits on an event or a timer; signal
+handlers only set events.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from types import FrameType
+from typing import Any
+
+from promoter import events
+from promoter.config import Config
+from promoter.errors import PromoterError
+from promoter.logs import configure_logging, get_logger
+from promoter.metrics import DaemonMetrics
+from promoter.names import is_valid_run_id
+from promoter.notify import (
+    Notifier,
+    NullNotifier,
+    make_notifier,
+    monotonic_usec,
+    watchdog_interval,
+)
+from promoter.observers import make_observer
+from promoter.pipeline import STALL_S, Pipeline
+from promoter.reconcile import (
+    Rejections,
+    complete_finished_runs,
+    find_pending,
+    reconcile,
+)
+from promoter.startup import prepare_store
+from promoter.store import Outcome, Store
+from promoter.sweep import sweep
+from promoter.watch import ObserverFactory, Watcher
+
+__all__ = ["Daemon", "run_daemon"]
+
+log = get_logger()
+EXTEND_EVERY_S = 5.0  # during the start-up catch-up: ask systemd for this much more, often
+EXTEND_USEC = 30_000_000
+STATUS_EVERY_S = 30.0
+DEGRADED_RESCAN_S = 5.0  # runs with a folder that has no watch are caught up this often
+SHUTDOWN_S = 20.0  # the drain's bound: the unit's TimeoutStopSec is 30 s
+NEEDS_RESTART = ("storage.", "promote.workers", "watch.observer")
+
+
+def run_daemon(config: Config, reload: Callable[[], Config]) -> int:
+    """Run until SIGTERM or SIGINT; returns the exit status (0 on a clean stop)."""
+    return Daemon(config, reload).run()
+
+
+class _StdlibBridge(logging.Handler):
+    """Records of libraries' stdlib logging become JSON lines too: stderr stays parseable."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            level = "error" if record.levelno >= logging.ERROR else "warning"
+            getattr(log, level)(events.PYTHON_LOG, logger=record.name,
+                                message=record.getMessage())
+        except Exception:
+            self.handleError(record)
+
+
+def _thread_died(args: threading.ExceptHookArgs) -> None:
+    name = args.thread.name if args.thread is not None else "?"
+    log.error(events.DAEMON_THREAD_DIED, thread=name,
+              reason=f"{args.exc_type.__name__}: {args.exc_value}")
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and key != "workflows":
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+class Daemon:
+    """The daemon's state and threads; `run()` is the whole life of the process."""
+
+    def __init__(self, config: Config, reload: Callable[[], Config],
+                 notifier: Notifier | None = None, install_signals: bool = True,
+                 observer_factory: ObserverFactory = make_observer,
+                 stall_s: float = STALL_S) -> None:
+        self.config = config
+        self._reload_fn = reload
+        self.notifier = notifier or make_notifier()
+        self._install_signals = install_signals
+        self._observer_factory = observer_factory
+        self._stall_s = stall_s
+        self.stop = threading.Event()  # the one stop event
+        self.wake = threading.Event()  # the main loop's: a signal or trouble
+        self._reload = threading.Event()
+        self._catchup_kick = threading.Event()
+        self._sweep_kick = threading.Event()
+        self._started = threading.Event()
+        self._lock = threading.Lock()
+        self._requests: dict[str, set[str]] = {}  # run id ("" = all) -> reasons
+        self._signal = ""
+        self.metrics = DaemonMetrics()
+        self.rejections = Rejections()
+        self.store: Store | None = None
+        self.pipeline: Pipeline | None = None
+        self.watcher: Watcher | None = None
+        self._threads: list[threading.Thread] = []
+        self._unhealthy = ""
+        self._counted = (0, 0)  # watch overflows and errors already in the metrics
+
+    # -- signals -------------------------------------------------------------------------
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        if signum == signal.SIGHUP:
+            self._reload.set()
+        else:
+            self._signal = signal.Signals(signum).name
+            self.stop.set()
+        self.wake.set()
+
+    def request_stop(self) -> None:
+        """What SIGTERM does, for in-process callers."""
+        self.stop.set()
+        self.wake.set()
+
+    def request_reload(self) -> None:
+        """What SIGHUP does, for in-process callers."""
+        self._reload.set()
+        self.wake.set()
+
+    # -- the life of the process ---------------------------------------------------------
+
+    def run(self) -> int:
+        saved = self._setup_process()
+        try:
+            self._start()
+            if not self.stop.is_set():
+                self._ready()
+                self._main_loop()
+            self._shutdown()
+            return 0
+        finally:
+            self._restore_process(saved)
+
+    def _setup_process(self) -> dict[str, Any]:
+        saved: dict[str, Any] = {"excepthook": threading.excepthook}
+        configure_logging(self.config.log.level, self.config.log.format)
+        root = logging.getLogger()
+        self._bridge = _StdlibBridge(level=logging.WARNING)
+        root.addHandler(self._bridge)
+        logging.captureWarnings(True)
+        threading.excepthook = _thread_died
+        if self._install_signals:
+            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                saved[signum.name] = signal.signal(signum, self._on_signal)
+        return saved
+
+    def _restore_process(self, saved: dict[str, Any]) -> None:
+        threading.excepthook = saved["excepthook"]
+        logging.getLogger().removeHandler(self._bridge)
+        logging.captureWarnings(False)
+        if self._install_signals:
+            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                signal.signal(signum, saved[signum.name])
+        close = getattr(self.notifier, "close", None)
+        if close is not None:
+            close()
+
+    def _start(self) -> None:
+        cfg = self.config
+        log.info(events.DAEMON_STARTING, pid=os.getpid(), root=str(cfg.storage.root),
+                 observer=cfg.watch.observer, workers=cfg.promote.workers,
+                 settle_ms=cfg.watch.settle_ms)
+        self.notifier.notify(f"EXTEND_TIMEOUT_USEC={EXTEND_USEC}")
+        store = self.store = prepare_store(cfg)
+        pipeline = self.pipeline = Pipeline(store, self.metrics, self.rejections,
+                                            cfg.promote.workers, cfg.watch.settle_ms,
+                                            stall_s=self._stall_s)
+        pipeline.start()
+        self.watcher = Watcher(store.sessions_path, _Sink(self, pipeline), cfg.watch.exclude,
+                               cfg.watch.observer, factory=self._observer_factory,
+                               on_trouble=self.wake.set)
+        # a failure is logged; the main loop's supervision retries, catch-ups cover meanwhile
+        with contextlib.suppress(OSError, ImportError, RuntimeError):
+            self.watcher.start()
+        self._threads = [
+            threading.Thread(target=self._catchup_loop, name="promoter-catchup", daemon=True),
+            threading.Thread(target=self._sweep_loop, name="promoter-sweeper", daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
+        while not self._started.wait(EXTEND_EVERY_S):  # the start-up catch-up (DESIGN §5)
+            if self.stop.is_set():
+                break
+            self.notifier.notify(f"EXTEND_TIMEOUT_USEC={EXTEND_USEC}")
+
+    def _ready(self) -> None:
+        assert self.watcher is not None
+        self.notifier.notify("READY=1\n" + self._status())
+        log.info(events.DAEMON_READY, pid=os.getpid(), observer=self.watcher.in_use or "none",
+                 runs=self._runs_watched(), workers=self.config.promote.workers,
+                 settle_ms=self.config.watch.settle_ms)
+
+    def _main_loop(self) -> None:
+        ping_every = watchdog_interval()
+        now = time.monotonic()
+        next_ping = now if ping_every else None
+        next_status = None if isinstance(self.notifier, NullNotifier) else now + STATUS_EVERY_S
+        next_metrics = now
+        retry_at: float | None = None
+        last_status = ""
+        while not self.stop.is_set():
+            timers = [t for t in (next_ping, next_status, retry_at,
+                                  next_metrics if self.config.metrics.textfile else None)
+                      if t is not None]
+            timeout = max(min(timers) - time.monotonic(), 0) if timers else None
+            self.wake.wait(timeout)
+            self.wake.clear()
+            if self.stop.is_set():
+                break
+            if self._reload.is_set():
+                self._reload.clear()
+                self._do_reload()
+            assert self.watcher is not None
+            retry_at = self.watcher.supervise()
+            now = time.monotonic()
+            if next_ping is not None and ping_every and now >= next_ping:
+                self._ping()
+                next_ping = now + ping_every
+            if next_status is not None and now >= next_status:
+                status = self._status()
+                if status != last_status:
+                    self.notifier.notify(status)
+                    last_status = status
+                next_status = now + STATUS_EVERY_S
+            if self.config.metrics.textfile and now >= next_metrics:
+                self._write_metrics()
+                next_metrics = now + self.config.metrics.interval_s
+
+    def _health(self) -> str | None:
+        assert self.watcher is not None and self.pipeline is not None
+        for check in (self.watcher.health(), self.pipeline.health()):
+            if check is not None:
+                return check
+        for thread in self._threads:
+            if not thread.is_alive():
+                return f"{thread.name} is not running"
+        return None
+
+    def _ping(self) -> None:
+        """WATCHDOG=1 only while the pipeline is healthy (DESIGN §5): else systemd restarts."""
+        problem = self._health()
+        if problem is None:
+            self.notifier.notify("WATCHDOG=1")
+            if self._unhealthy:
+                self._unhealthy = ""
+                self.notifier.notify(self._status())
+        elif problem != self._unhealthy:
+            self._unhealthy = problem
+            log.error(events.DAEMON_UNHEALTHY, reason=problem, watchdog="not pinged")
+            self.notifier.notify(f"STATUS=unhealthy: {problem}")
+
+    def _status(self) -> str:
+        assert self.pipeline is not None and self.watcher is not None
+        return (f"STATUS=watching {self._runs_watched()} runs ({self.watcher.in_use or 'none'}), "
+                f"{self.pipeline.promoted} files promoted, {self.pipeline.queue_length} queued")
+
+    def _runs_watched(self) -> int:
+        assert self.store is not None
+        try:
+            with os.scandir(self.store.sessions_path) as it:
+                return sum(1 for e in it if is_valid_run_id(e.name)
+                           and e.is_dir(follow_symlinks=False))
+        except OSError:
+            return 0
+
+    def _write_metrics(self) -> None:
+        assert self.watcher is not None
+        self.metrics.runs_watched.set(self._runs_watched())
+        overflows, errors = self.watcher.overflows, self.watcher.errors
+        self.metrics.overflows.inc(overflows - self._counted[0])
+        self.metrics.watch_errors.inc(errors - self._counted[1])
+        self._counted = (overflows, errors)
+        try:
+            self.metrics.write(self.config.metrics.textfile)
+        except OSError as exc:
+            log.warning(events.METRICS_FAILED, path=self.config.metrics.textfile,
+                        reason=exc.strerror or str(exc))
+
+    # -- reload --------------------------------------------------------------------------
+
+    def _do_reload(self) -> None:
+        """SIGHUP: apply what can change without a restart, keep the rest (DESIGN §5)."""
+        assert self.store is not None and self.pipeline is not None and self.watcher is not None
+        self.notifier.notify(f"RELOADING=1\nMONOTONIC_USEC={monotonic_usec()}")
+        try:
+            new = self._reload_fn()
+        except PromoterError as exc:
+            log.error(events.DAEMON_RELOAD_FAILED, reason=str(exc), kept="previous configuration")
+            self.notifier.notify("READY=1\n" + self._status())
+            return
+        old = self.config
+        before, after = _flatten(old.model_dump(mode="json")), _flatten(new.model_dump(mode="json"))
+        changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
+        restart = [k for k in changed if k.startswith(NEEDS_RESTART)]
+        applied = new.model_copy(update={
+            "storage": old.storage,
+            "watch": new.watch.model_copy(update={"observer": old.watch.observer}),
+            "promote": new.promote.model_copy(update={"workers": old.promote.workers}),
+        })
+        self.config = applied
+        self.store.config = applied
+        configure_logging(applied.log.level, applied.log.format)
+        self.pipeline.set_settle(applied.watch.settle_ms)
+        self.watcher.set_exclude(applied.watch.exclude)
+        self._sweep_kick.set()
+        self._catchup_kick.set()
+        log.info(events.DAEMON_RELOADED, changed=changed, applied=[k for k in changed
+                                                                   if k not in restart])
+        if restart:
+            log.warning(events.DAEMON_RESTART_NEEDED, keys=restart,
+                        reason="these take effect at the next start")
+        self.notifier.notify("READY=1\n" + self._status())
+
+    # -- catch-up ------------------------------------------------------------------------
+
+    def catch_up(self, runs: frozenset[str] | None, reason: str) -> None:
+        """Ask the catch-up thread to scan `runs` (None: all). Any thread may call it."""
+        with self._lock:
+            for run_id in runs if runs is not None else {""}:
+                self._requests.setdefault(run_id, set()).add(reason)
+        self._catchup_kick.set()
+
+    def _catchup_loop(self) -> None:
+        assert self.store is not None and self.watcher is not None
+        try:
+            self._startup_catchup()
+        finally:
+            self._started.set()
+        next_rescan = self._next_rescan()
+        next_degraded: float | None = None
+        while not self.stop.is_set():
+            timers = [t for t in (next_rescan, next_degraded) if t is not None]
+            self._catchup_kick.wait(max(min(timers) - time.monotonic(), 0) if timers else None)
+            self._catchup_kick.clear()
+            if self.stop.is_set():
+                break
+            now = time.monotonic()
+            with self._lock:
+                requests, self._requests = self._requests, {}
+            if next_rescan is not None and now >= next_rescan:
+                requests.setdefault("", set()).add("rescan")
+            degraded = self.watcher.degraded_runs()
+            if next_degraded is not None and now >= next_degraded:
+                for run_id in degraded if degraded is not None else {""}:
+                    requests.setdefault(run_id, set()).add("degraded")
+            if "" in requests:
+                next_rescan = self._next_rescan()
+            next_degraded = now + DEGRADED_RESCAN_S if degraded is None or degraded else None
+            if requests:
+                self._scan(requests)
+
+    def _next_rescan(self) -> float | None:
+        interval = self.config.watch.rescan_interval_s
+        return time.monotonic() + interval if interval > 0 else None
+
+    def _startup_catchup(self) -> None:
+        assert self.store is not None
+        started = time.monotonic()
+        log.info(events.RECONCILE_STARTED, trigger="startup")
+        try:
+            report = reconcile(self.store, self.rejections, self.stop)
+        except Exception as exc:
+            log.error(events.WORKER_ERROR, source="startup catch-up",
+                      reason=f"{type(exc).__name__}: {exc}", exc_info=True)
+            return
+        self.metrics.record(report.outcomes.values(), time.time_ns())
+        assert self.pipeline is not None
+        self.pipeline.promoted += report.count(Outcome.PROMOTED)
+        duration = time.monotonic() - started
+        self.metrics.reconciled(time.time(), duration)
+        log.info(events.RECONCILE_FINISHED, trigger="startup", **report.summary(),
+                 duration_ms=round(duration * 1000, 1))
+
+    def _scan(self, requests: dict[str, set[str]]) -> None:
+        """Offer every file the store lacks to the pipeline, which settles and promotes it."""
+        assert self.store is not None and self.pipeline is not None
+        started = time.monotonic()
+        runs = None if "" in requests else sorted(requests)
+        reasons = sorted(set().union(*requests.values()))
+        try:
+            pending = find_pending(self.store, self.rejections, runs)
+            now_ns = time.time_ns()
+            settle_ns = self.config.watch.settle_ms * 1_000_000
+            for run_id, files in pending.items():
+                for f in files:
+                    self.pipeline.offer(run_id, f.filename,
+                                        quiet=not f.regular or now_ns - f.mtime_ns >= settle_ns)
+            if runs is None:
+                complete_finished_runs(self.store)
+        except Exception as exc:  # a failed pass is logged; the next one may do better
+            log.error(events.WORKER_ERROR, source="catch-up", reason=f"{type(exc).__name__}: {exc}")
+            return
+        duration = time.monotonic() - started
+        self.metrics.reconciled(time.time(), duration)
+        log.info(events.RECONCILE_FINISHED, trigger=reasons, runs=runs if runs else "all",
+                 offered=sum(len(f) for f in pending.values()),
+                 duration_ms=round(duration * 1000, 1))
+
+    # -- sweeper -------------------------------------------------------------------------
+
+    def _sweep_loop(self) -> None:
+        last = time.monotonic()
+        while not self.stop.is_set():
+            due = last + self.config.retention.sweep_interval_s
+            self._sweep_kick.wait(max(due - time.monotonic(), 0))
+            self._sweep_kick.clear()
+            if self.stop.is_set():
+                break
+            if time.monotonic() < last + self.config.retention.sweep_interval_s:
+                continue  # woken by a reload: the interval may have changed
+            last = time.monotonic()
+            self._sweep_once()
+
+    def _sweep_once(self) -> None:
+        assert self.store is not None and self.pipeline is not None
+        try:
+            report = sweep(self.store, busy=self.pipeline.busy)
+        except Exception as exc:  # the sweeper never stops the daemon either
+            log.error(events.SWEEP_ERROR, reason=f"{type(exc).__name__}: {exc}")
+            return
+        self.metrics.expired.inc(len(report.expired))
+        if report.expired or report.skipped_busy or report.tombstones_dropped:
+            log.info(events.SWEEP_FINISHED, expired=report.expired, busy=report.skipped_busy,
+                     tombstones_dropped=report.tombstones_dropped)
+
+    # -- shutdown ------------------------------------------------------------------------
+
+    def _shutdown(self) -> None:
+        started = time.monotonic()
+        log.info(events.DAEMON_STOPPING, signal=self._signal or "request")
+        self.notifier.notify("STOPPING=1")
+        self.stop.set()
+        self._catchup_kick.set()
+        self._sweep_kick.set()
+        if self.watcher is not None:
+            self.watcher.quiesce(1.0)  # events of files closed just before the signal
+            self.watcher.stop()
+        drained = self.pipeline.drain(SHUTDOWN_S) if self.pipeline is not None else True
+        for thread in self._threads:
+            thread.join(max(started + SHUTDOWN_S - time.monotonic(), 0.1))
+            if thread.is_alive():
+                log.error(events.DAEMON_THREAD_STUCK, threads=[thread.name])
+        self.metrics.up.set(0)
+        if self.config.metrics.textfile and self.watcher is not None:
+            self._write_metrics()
+        log.info(events.DAEMON_STOPPED, drained=drained,
+                 promoted=self.pipeline.promoted if self.pipeline else 0,
+                 duration_ms=round((time.monotonic() - started) * 1000, 1))
+
+
+class _Sink:
+    """The watcher's sink: file events to the pipeline, catch-up requests to the daemon."""
+
+    def __init__(self, daemon: Daemon, pipeline: Pipeline) -> None:
+        self.catch_up = daemon.catch_up
+        self.file_changed = pipeline.file_changed
+        self.file_nudged = pipeline.file_nudged
+        self.file_gone = pipeline.file_gone
+        self.folder_gone = pipeline.folder_gone
+        self.context_changed = pipeline.context_changed
+        self.session_gone = pipeline.session_gone

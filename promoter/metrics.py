@@ -1,0 +1,83 @@
+"""The daemon's Prometheus figures, written to a text file (DESIGN §5: node_exporter's
+textfile-collector convention; the daemon opens no port).
+
+A registry of its own, never prometheus_client's global one, so that two
+daemons in one test process (or the web server's metrics) never mix.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, write_to_textfile
+
+from promoter.store import Outcome, PromoteResult
+
+__all__ = ["LATENCY_BUCKETS", "DaemonMetrics"]
+
+# From a file's last change to its metadata entry: settle_ms (300 by default) plus the copy.
+LATENCY_BUCKETS = (0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+
+_RESULTS = {
+    Outcome.PROMOTED: "promoted",
+    Outcome.REJECTED: "rejected",
+    Outcome.FAILED: "failed",
+    Outcome.LOST: "lost",
+}
+
+
+class DaemonMetrics:
+    """Counters the workers, the watcher and the timers update; `write()` renders them."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.files = Counter("promoter_files", "Files offered for promotion, by result.",
+                             ["result"], registry=r)
+        for label in _RESULTS.values():
+            self.files.labels(result=label)
+        self.bytes = Counter("promoter_promoted_bytes", "Bytes copied into the store.",
+                             registry=r)
+        self.latency = Histogram("promoter_promotion_latency_seconds",
+                                 "From a file's last change to its metadata entry.",
+                                 buckets=LATENCY_BUCKETS, registry=r)
+        self.queue = Gauge("promoter_queue_files", "Files waiting to settle or being copied.",
+                           registry=r)
+        self.runs_watched = Gauge("promoter_runs_watched", "Run folders under sessions/.",
+                                  registry=r)
+        self.overflows = Counter("promoter_watch_overflows",
+                                 "Event queue overflows (each triggers a catch-up pass).",
+                                 registry=r)
+        self.watch_errors = Counter("promoter_watch_errors",
+                                    "Watch failures: watches not added, dead observer threads, "
+                                    "handler errors.", registry=r)
+        self.reconcile_time = Gauge("promoter_last_reconcile_timestamp_seconds",
+                                    "When the last catch-up pass finished (Unix time).",
+                                    registry=r)
+        self.reconcile_duration = Gauge("promoter_last_reconcile_duration_seconds",
+                                        "How long the last catch-up pass took.", registry=r)
+        self.expired = Counter("promoter_runs_expired", "Runs deleted by the sweeper.",
+                               registry=r)
+        self.up = Gauge("promoter_up", "1 while the daemon runs; 0 in the last write at exit.",
+                        registry=r)
+        self.up.set(1)
+
+    def record(self, results: Iterable[PromoteResult], now_ns: int) -> None:
+        """Count one batch's outcomes; the latency runs from the source's mtime to now."""
+        for r in results:
+            label = _RESULTS.get(r.outcome)
+            if label is None:
+                continue
+            self.files.labels(result=label).inc()
+            if r.outcome is Outcome.PROMOTED and r.entry is not None:
+                self.bytes.inc(r.entry.size_bytes)
+                if r.source_mtime_ns:
+                    self.latency.observe(max(now_ns - r.source_mtime_ns, 0) / 1e9)
+
+    def reconciled(self, finished_at: float, duration_s: float) -> None:
+        self.reconcile_time.set(finished_at)
+        self.reconcile_duration.set(duration_s)
+
+    def write(self, path: str) -> None:
+        """Replace `path` atomically (a temporary file beside it, then a rename)."""
+        write_to_textfile(path, self.registry)

@@ -1,0 +1,334 @@
+"""watchdog observers that report what watchdog 7 keeps to itself (DESIGN §5).
+
+What watchdog 7.1's source shows, and what this module does about it:
+
+- `InotifyFD.handle_event` meets `IN_Q_OVERFLOW`, logs a warning, rebuilds the
+  recursive watches and delivers nothing to the handler. Our `InotifyFD`
+  subclass sees the overflow first and reports it (`Report.overflow`).
+- `InotifyWatchGroup._add_callback` swallows the `OSError` of a watch that
+  cannot be added below the root (ENOSPC at the watch limit, ENOENT, ...),
+  and `InotifyFD._raise_error` does not even raise for EACCES (the watch gets
+  descriptor -1). Our `add_callback` sees both and reports the path
+  (`Report.watch_failed`). The same hook keeps watches off everything but
+  `<run>/` and `<run>/output/**`: `input/` trees cost no inotify watch.
+- An exception in a handler, an emitter or the inotify reader ends its thread
+  and nothing notices. Each of our threads reports its own end
+  (`Report.died`), so the watcher can restart the observer and catch up.
+
+Only `PROMOTER_TEST_FAULTS` (read by `promoter.watch`) can make these classes
+misbehave on purpose; the end-to-end tests use it to prove each workaround.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import struct
+import termios
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
+
+from watchdog.events import (
+    DirCreatedEvent,
+    DirDeletedEvent,
+    DirMovedEvent,
+    FileAttribEvent,
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
+from watchdog.observers.api import BaseObserver
+from watchdog.observers.polling import PollingEmitter
+
+from promoter.names import is_valid_run_id
+
+__all__ = [
+    "EVENT_FILTER",
+    "POLL_INTERVAL_S",
+    "ObserverLike",
+    "Report",
+    "make_observer",
+    "wanted_folder",
+]
+
+POLL_INTERVAL_S = 1.0
+CONTEXT_FILES = ("run.json", "attribution.jsonl")
+
+# Events the daemon acts on. watchdog turns this into the inotify mask, so reads
+# (IN_OPEN, IN_ACCESS, IN_CLOSE_NOWRITE) never reach user space at all.
+EVENT_FILTER: list[type[FileSystemEvent]] = [
+    FileCreatedEvent, FileModifiedEvent, FileAttribEvent, FileClosedEvent, FileMovedEvent,
+    FileDeletedEvent, DirCreatedEvent, DirDeletedEvent, DirMovedEvent,
+]
+
+
+class Report(Protocol):
+    """What the observer threads tell the watcher; called from watchdog's threads."""
+
+    def overflow(self) -> None: ...
+
+    def watch_failed(self, path: str, reason: str) -> None: ...
+
+    def died(self, thread: str, reason: str) -> None: ...
+
+
+class ObserverLike(Protocol):
+    """A started-or-startable observer with its one schedule already made."""
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def join(self, timeout: float | None = None) -> None: ...
+
+    def health(self) -> str | None:
+        """None while every thread of it runs, else what is wrong."""
+
+    def idle(self) -> bool:
+        """True when no event is between the kernel and the handler."""
+
+
+def wanted_folder(root: str, path: str) -> bool:
+    """Folders that get a watch: `sessions/`, `<run>/`, and `<run>/output/` with all below."""
+    if path == root:
+        return True
+    if not path.startswith(root + os.sep):
+        return False
+    parts = path[len(root) + 1:].split(os.sep)
+    if not is_valid_run_id(parts[0]):
+        return False
+    return len(parts) == 1 or parts[1] == "output"
+
+
+def _run_reporting(name: str, report: Report, body: Callable[[], None],
+                   asked_to_stop: Callable[[], bool]) -> None:
+    """Run a thread's body; report its end, by exception or not, unless it was asked for."""
+    try:
+        body()
+    except BaseException as exc:  # every end is reported, whatever ended it
+        report.died(name, f"{type(exc).__name__}: {exc}")
+        return
+    if not asked_to_stop():
+        report.died(name, "ended")
+
+
+# -- inotify -----------------------------------------------------------------------------
+
+_local = threading.local()
+
+
+def overflow_being_reported() -> bool:
+    """True inside watchdog's own overflow handling, after we have reported it."""
+    return bool(getattr(_local, "overflow", False))
+
+
+def _inotify_classes() -> tuple[Any, Any]:
+    """Imported late: on a libc without inotify the import itself fails (polling is used)."""
+    from watchdog.observers.inotify import InotifyFullEmitter
+    from watchdog.observers.inotify_c import (
+        InotifyConstants,
+        InotifyEvent,
+        InotifyFD,
+        WatchDescriptor,
+    )
+
+    class SupervisedInotifyFD(InotifyFD):
+        """watchdog's inotify reader, reporting overflows, failed watches and its own end."""
+
+        def __init__(self, root: str, report: Report, faults: frozenset[str]) -> None:
+            super().__init__()
+            self.name = "promoter-watch-inotify"
+            self._root, self._report, self._faults = root, report, faults
+            self._read = self._handled = 0
+            self._stopping = False
+
+        def add_callback(self, path: bytes, mask: Any, callback: Any, id_: Any) -> Any:
+            text = os.fsdecode(path)
+            if not wanted_folder(self._root, text):
+                # watchdog skips a subfolder whose watch fails: no watch, no events, by design
+                raise OSError(errno.EPERM, "not watched by design")
+            try:
+                if "nowatch" in self._faults and os.path.basename(text).startswith("fault-nowatch"):
+                    raise OSError(errno.ENOSPC, "inotify watch limit reached")
+                wd = super().add_callback(path, mask, callback, id_)
+            except OSError as exc:
+                if exc.errno not in (errno.ENOENT, errno.ENOTDIR):  # vanished: nothing lost
+                    self._report.watch_failed(text, exc.strerror or str(exc))
+                raise
+            if wd == -1:  # EACCES: watchdog keeps a dead watch and says nothing
+                self._report.watch_failed(text, "permission denied")
+            return wd
+
+        def read_events(self, *args: Any, **kwargs: Any) -> list[Any]:
+            found: list[Any] = super().read_events(*args, **kwargs)
+            self._read += len(found)
+            return found
+
+        def handle_event(self, event: Any) -> None:
+            try:
+                if "overflow" in self._faults and event.name.startswith(b"fault-overflow"):
+                    if event.is_create:  # lose the file's events, then overflow as the kernel does
+                        super().handle_event(InotifyEvent(WatchDescriptor(-1),
+                                                          InotifyConstants.IN_Q_OVERFLOW, 0, b""))
+                    return
+                if event.is_queue_overflow:
+                    self._report.overflow()
+                    _local.overflow = True
+                    try:
+                        super().handle_event(event)
+                    finally:
+                        _local.overflow = False
+                    return
+                super().handle_event(event)
+            finally:
+                self._handled += 1
+
+        def idle(self) -> bool:
+            if self._read != self._handled:
+                return False
+            with contextlib.suppress(OSError):
+                buf = fcntl.ioctl(self._inotify_fd, termios.FIONREAD, b"\0\0\0\0")
+                return bool(struct.unpack("i", buf)[0] == 0)
+            return True
+
+        def stop(self) -> None:
+            self._stopping = True
+            super().stop()
+
+        def run(self) -> None:
+            _run_reporting(self.name, self._report, super().run, lambda: self._stopping)
+
+    class SupervisedInotifyEmitter(InotifyFullEmitter):
+        """Full events: a rename from an unwatched folder arrives as a move, not a creation.
+        watchdog stops this emitter itself when the watched folder is deleted: reported."""
+
+        asked_to_stop = False
+
+        def __init__(self, *args: Any, report: Report, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.name = "promoter-watch-emitter"
+            self._report = report
+
+        def run(self) -> None:
+            _run_reporting(self.name, self._report, super().run, lambda: self.asked_to_stop)
+
+    return SupervisedInotifyFD, SupervisedInotifyEmitter
+
+
+class _Observer(BaseObserver):
+    """One schedule's worth of watchdog observer whose threads report their own end."""
+
+    def __init__(self, emitter_class: Any, report: Report, timeout: float,
+                 inotify_fd: Any = None) -> None:
+        kwargs: dict[str, Any] = {"report": report}
+        if inotify_fd is not None:
+            kwargs["inotify_fd"] = inotify_fd
+        super().__init__(emitter_class, timeout=timeout, **kwargs)
+        self.name = "promoter-watch-dispatch"
+        self._report = report
+        self._fd = inotify_fd
+        self._stopping = False
+
+    def stop(self) -> None:
+        self._stopping = True
+        for emitter in list(self.emitters):
+            setattr(emitter, "asked_to_stop", True)  # noqa: B010 - our emitter subclasses' flag
+        super().stop()
+
+    def on_thread_stop(self) -> None:
+        super().on_thread_stop()
+        if self._fd is not None:
+            self._fd.stop()
+            if self._fd.is_alive():
+                self._fd.join(timeout=5)
+
+    def run(self) -> None:
+        _run_reporting(self.name, self._report, super().run, lambda: self._stopping)
+
+    def health(self) -> str | None:
+        if not self.is_alive():
+            return f"{self.name} is not running"
+        for emitter in list(self.emitters):
+            if not emitter.is_alive():
+                return f"{emitter.name} is not running"
+        if self._fd is not None and not self._fd.is_alive():
+            return f"{self._fd.name} is not running"
+        return None
+
+    def idle(self) -> bool:
+        if self._fd is not None and not self._fd.idle():
+            return False
+        return bool(self.event_queue.unfinished_tasks == 0)
+
+
+def _inotify_observer(root: str, report: Report, faults: frozenset[str]) -> _Observer:
+    fd_class, emitter_class = _inotify_classes()
+    fd = fd_class(root, report, faults)
+    fd.start()
+    try:
+        return _Observer(emitter_class, report, timeout=1.0, inotify_fd=fd)
+    except BaseException:
+        fd.stop()
+        fd.join(timeout=5)
+        raise
+
+
+# -- polling -----------------------------------------------------------------------------
+
+class _PollingEmitter(PollingEmitter):
+    def __init__(self, *args: Any, report: Report, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.name = "promoter-watch-poller"
+        self._report = report
+
+    asked_to_stop = False
+
+    def run(self) -> None:
+        _run_reporting(self.name, self._report, super().run, lambda: self.asked_to_stop)
+
+
+def _polling_listdir(root: str) -> Callable[[str | None], Iterator[os.DirEntry[str]]]:
+    """Only what is watched: run folders, their output/ and context files, all of output/."""
+
+    def listdir(path: str | None) -> Iterator[os.DirEntry[str]]:
+        assert path is not None
+        with os.scandir(path) as it:
+            entries = list(it)
+        if path == root:
+            return iter([e for e in entries if is_valid_run_id(e.name)
+                         and e.is_dir(follow_symlinks=False)])
+        if os.path.dirname(path) == root:
+            return iter([e for e in entries if e.name == "output" or e.name in CONTEXT_FILES])
+        return iter(entries)
+
+    return listdir
+
+
+def _polling_observer(root: str, report: Report) -> _Observer:
+    from functools import partial
+
+    emitter = partial(_PollingEmitter, stat=os.lstat, listdir=_polling_listdir(root))
+    return _Observer(emitter, report, timeout=POLL_INTERVAL_S)
+
+
+# -- the factory -------------------------------------------------------------------------
+
+def make_observer(kind: str, root: str, handler: FileSystemEventHandler, report: Report,
+                  faults: frozenset[str] = frozenset()) -> ObserverLike:
+    """An observer of `kind` ("inotify" or "polling") with its one recursive schedule on
+    `root`, not started. Raises OSError (or ImportError) when inotify is unusable."""
+    observer = (_inotify_observer(root, report, faults) if kind == "inotify"
+                else _polling_observer(root, report))
+    try:
+        observer.schedule(handler, root, recursive=True, event_filter=EVENT_FILTER)
+    except BaseException:
+        observer.stop()
+        raise
+    return observer

@@ -1,0 +1,250 @@
+"""The promotion pipeline: one settle thread, a pool of workers (DESIGN §5).
+
+The settle thread alone owns the `Settler`: the watcher, the catch-up thread
+and the workers talk to it through one queue, so the pure tracker needs no
+lock. It sleeps until its next deadline or its next message, so an idle daemon
+wakes for nothing. Finished files go to the workers a batch per run; each batch
+is one `Store.promote_files` call (one metadata write). Nothing a worker meets
+stops the daemon: every error is logged, and the batch's files retried.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import stat
+import threading
+import time
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+from typing import Any
+
+from promoter import events
+from promoter.logs import get_logger
+from promoter.metrics import DaemonMetrics
+from promoter.reconcile import Rejections, SessionFile
+from promoter.settle import Batch, FileState, Settler
+from promoter.store import RETRY, Outcome, PromoteResult, Store
+
+__all__ = ["STALL_S", "Pipeline"]
+
+log = get_logger()
+MS = 1_000_000
+STALL_S = 120.0  # work outstanding and no batch done for this long: the backlog is stuck
+
+
+@dataclass(frozen=True)
+class _Done:
+    batch: Batch
+    retry: frozenset[str]
+    retry_run: bool
+
+
+_FLUSH = object()
+
+
+class Pipeline:
+    """Settle thread + workers around a Store. Its event methods are the watcher's sink."""
+
+    def __init__(self, store: Store, metrics: DaemonMetrics, rejections: Rejections,
+                 workers: int, settle_ms: int, stall_s: float = STALL_S,
+                 monotonic_ns: Callable[[], int] = time.monotonic_ns) -> None:
+        self.store = store
+        self.metrics = metrics
+        self.rejections = rejections
+        self.stall_s = stall_s
+        self._now = monotonic_ns
+        self._settler = Settler(settle_ms * MS)
+        self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._work: queue.SimpleQueue[Batch | None] = queue.SimpleQueue()
+        self._threads = [threading.Thread(target=self._settle_loop, name="promoter-settle",
+                                          daemon=True)]
+        self._threads += [threading.Thread(target=self._worker, name=f"promoter-worker-{i + 1}",
+                                           daemon=True) for i in range(workers)]
+        self._finished = threading.Event()
+        # published by the settle thread after every turn; read anywhere without a lock
+        self._busy: frozenset[str] = frozenset()
+        self.queue_length = 0
+        self._outstanding = 0
+        self._last_progress = time.monotonic()
+        self.promoted = 0
+
+    # -- the watcher's sink --------------------------------------------------------------
+
+    def file_changed(self, run_id: str, filename: str, strong: bool) -> None:
+        self._inbox.put(("touch", run_id, filename, strong))
+
+    def file_nudged(self, run_id: str, filename: str) -> None:
+        self._inbox.put(("nudge", run_id, filename))
+
+    def file_gone(self, run_id: str, filename: str) -> None:
+        self._inbox.put(("forget", run_id, filename))
+
+    def folder_gone(self, run_id: str, folder: str) -> None:
+        self._inbox.put(("forget_tree", run_id, folder))
+
+    def context_changed(self, run_id: str) -> None:
+        self._inbox.put(("context", run_id))
+
+    def session_gone(self, run_id: str) -> None:
+        self._inbox.put(("gone", run_id))
+
+    def offer(self, run_id: str, filename: str, quiet: bool) -> None:
+        """A catch-up found a file the store lacks; `quiet` when already settled on disk."""
+        self._inbox.put(("offer", run_id, filename, quiet))
+
+    def set_settle(self, settle_ms: int) -> None:
+        self._inbox.put(("settle", settle_ms))
+
+    # -- state for the daemon ------------------------------------------------------------
+
+    def busy(self, run_id: str) -> bool:
+        """True while the run has files pending or in flight: the sweeper leaves it alone."""
+        return run_id in self._busy
+
+    def health(self) -> str | None:
+        """None while every thread runs and the backlog moves, else what is wrong."""
+        for thread in self._threads:
+            if not thread.is_alive():
+                return f"{thread.name} is not running"
+        if self._outstanding and time.monotonic() - self._last_progress > self.stall_s:
+            return f"no batch done for {self.stall_s:.0f} s with {self._outstanding} outstanding"
+        return None
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        for thread in self._threads:
+            thread.start()
+
+    def drain(self, timeout: float) -> bool:
+        """Shutdown: promote every file already closed after writing (without waiting out its
+        settle time), finish what is in flight, stop the threads. False if time ran out."""
+        self._inbox.put(_FLUSH)
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(deadline - time.monotonic(), 0))
+        stuck = [t.name for t in self._threads if t.is_alive()]
+        if stuck:
+            log.error(events.DAEMON_THREAD_STUCK, threads=stuck, waited_s=timeout)
+        return not stuck
+
+    # -- the settle thread ---------------------------------------------------------------
+
+    def _settle_loop(self) -> None:
+        s = self._settler
+        draining = False
+        while True:
+            deadline = s.next_deadline()
+            timeout = None if deadline is None else max(deadline - self._now(), 0) / 1e9
+            try:
+                message = self._inbox.get(timeout=timeout)
+            except queue.Empty:
+                message = None
+            while message is not None:
+                if message is _FLUSH:
+                    draining = True
+                    for batch in s.flush_closed():
+                        self._work.put(batch)
+                else:
+                    self._apply(s, message)
+                try:
+                    message = self._inbox.get_nowait()
+                except queue.Empty:
+                    message = None
+            if not draining:
+                for batch in s.due(self._now(), self._stat):
+                    self._work.put(batch)
+            self._busy = s.busy_runs()
+            self.queue_length = len(s)
+            self._outstanding = s.in_flight()
+            self.metrics.queue.set(self.queue_length)
+            if draining and s.in_flight() == 0:
+                break
+        for _ in self._threads[1:]:
+            self._work.put(None)
+
+    def _apply(self, s: Settler, message: Any) -> None:
+        kind, *args = message
+        now = self._now()
+        if kind == "touch":
+            s.touch(args[0], args[1], now, strong=args[2])
+        elif kind == "nudge":
+            s.nudge(args[0], args[1], now)
+        elif kind == "forget":
+            s.forget(args[0], args[1])
+        elif kind == "forget_tree":
+            s.forget_tree(args[0], args[1])
+        elif kind == "context":
+            s.context(args[0], now)
+        elif kind == "gone":
+            s.session_gone(args[0], now)
+        elif kind == "offer":
+            s.offer(args[0], args[1], now, quiet=args[2])
+        elif kind == "settle":
+            s.settle_ns = args[0] * MS
+        elif kind == "done":
+            done: _Done = args[0]
+            s.done(done.batch, done.retry, now, retry_run=done.retry_run)
+            self._last_progress = time.monotonic()
+
+    def _stat(self, run_id: str, filename: str) -> FileState | None:
+        try:
+            st = os.stat(self.store.sessions_path / run_id / "output" / filename,
+                         follow_symlinks=False)
+        except (OSError, ValueError):
+            return None
+        return FileState(st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+
+    # -- the workers ---------------------------------------------------------------------
+
+    def _worker(self) -> None:
+        while True:
+            batch = self._work.get()
+            if batch is None:
+                return
+            retry, retry_run = self._promote(batch)
+            self._inbox.put(("done", _Done(batch, retry, retry_run)))
+
+    def _promote(self, batch: Batch) -> tuple[frozenset[str], bool]:
+        """One batch; returns the files and whether the run chores are to be retried."""
+        started = time.monotonic()
+        results: list[PromoteResult] = []
+        try:
+            if batch.filenames:
+                results = self.store.promote_files(batch.run_id, batch.filenames)
+            elif batch.context:
+                self.store.refresh_context(batch.run_id)
+            if batch.completed:
+                self.store.mark_completed(batch.run_id)
+        except Exception as exc:  # nothing a worker meets may stop the daemon (DESIGN §5)
+            log.error(events.WORKER_ERROR, run_id=batch.run_id, files=len(batch.filenames),
+                      reason=f"{type(exc).__name__}: {exc}", exc_info=True)
+            return frozenset(batch.filenames), True
+        try:
+            self._account(batch, results)
+        except Exception as exc:
+            log.error(events.WORKER_ERROR, run_id=batch.run_id, reason=repr(exc), exc_info=True)
+        log.debug(events.PROMOTE_BATCH, run_id=batch.run_id, files=len(batch.filenames),
+                  context=batch.context, completed=batch.completed,
+                  duration_ms=round((time.monotonic() - started) * 1000, 1))
+        outcome = {r.filename: r.outcome for r in results}
+        retry = frozenset(n for n in batch.filenames if outcome.get(n, Outcome.FAILED) in RETRY)
+        return retry, False
+
+    def _account(self, batch: Batch, results: Collection[PromoteResult]) -> None:
+        self.metrics.record(results, time.time_ns())
+        self.promoted += sum(1 for r in results if r.outcome is Outcome.PROMOTED)
+        for r in results:
+            if r.outcome is Outcome.REJECTED:
+                self._remember_rejection(batch.run_id, r.filename)
+
+    def _remember_rejection(self, run_id: str, filename: str) -> None:
+        """So that a rescan does not offer (and log) the same refused file again."""
+        try:
+            st = os.stat(self.store.sessions_path / run_id / "output" / filename,
+                         follow_symlinks=False)
+        except (OSError, ValueError):
+            return
+        self.rejections.add(SessionFile(run_id, filename, st.st_size, st.st_mtime_ns,
+                                        st.st_ino, stat.S_ISREG(st.st_mode)))

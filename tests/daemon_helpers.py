@@ -1,0 +1,203 @@
+"""Helpers for the daemon tests: the real `promoter run` in a subprocess, a notify socket,
+JSON log lines, and waiting with a deadline (never a fixed sleep)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from promoter.tomlout import dumps
+
+T = TypeVar("T")
+
+
+def wait_until(predicate: Callable[[], T], timeout: float = 10.0, interval: float = 0.01,
+               what: str = "condition") -> T:
+    """Poll `predicate` until it returns something truthy; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    pause = threading.Event()
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        pause.wait(interval)
+
+
+@pytest.fixture
+def no_thread_leak() -> Iterator[None]:
+    """Fail a test that leaves a thread of its own running (copy writers are shared)."""
+    before = set(threading.enumerate())
+    yield
+    def leaked() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t not in before and t.is_alive()
+                and not t.name.startswith("promoter-copy-writer")]
+    try:
+        wait_until(lambda: not leaked(), timeout=5, what="threads to end")
+    except AssertionError:
+        raise AssertionError(f"threads leaked: {[t.name for t in leaked()]}") from None
+
+
+class NotifySocket:
+    """A bound AF_UNIX datagram socket standing in for systemd's NOTIFY_SOCKET."""
+
+    def __init__(self) -> None:
+        self.dir = tempfile.mkdtemp(prefix="pn-", dir="/tmp")  # short: sun_path is 108 bytes
+        self.path = os.path.join(self.dir, "notify")
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(self.path)
+        self.sock.settimeout(0)
+        self.messages: list[str] = []
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                self.messages.append(self.sock.recv(65536).decode())
+            except (BlockingIOError, TimeoutError):
+                return
+
+    def wait_for(self, text: str, timeout: float = 10.0, after: int = 0) -> int:
+        """Index of the first message from `after` on that contains `text` on a line."""
+        def find() -> int | None:
+            self._drain()
+            for i, message in enumerate(self.messages[after:], start=after):
+                if text in message.splitlines() or any(line.startswith(text)
+                                                       for line in message.splitlines()):
+                    return i + 1  # 1-based so that the first message is truthy
+            return None
+        return wait_until(find, timeout, what=f"notify {text!r}") - 1
+
+    def close(self) -> None:
+        self.sock.close()
+        os.unlink(self.path)
+        os.rmdir(self.dir)
+
+
+class Daemon:
+    """One `promoter run` subprocess on its own storage root."""
+
+    def __init__(self, root: Path, config: dict[str, Any], env: dict[str, str] | None = None,
+                 notify: NotifySocket | None = None) -> None:
+        self.root = root
+        self.sessions = root / "sessions"
+        self.artifacts = root / "artifacts"
+        self.cfgfile = root.parent / f"{root.name}.toml"
+        self.write_config(config)
+        self.notify = notify or NotifySocket()
+        self.stderr_path = root.parent / f"{root.name}.stderr"
+        self.stdout_path = root.parent / f"{root.name}.stdout"
+        environ = {k: v for k, v in os.environ.items()
+                   if not k.startswith(("PROMOTER_", "WATCHDOG_", "NOTIFY_"))}
+        environ["NOTIFY_SOCKET"] = self.notify.path
+        environ.update(env or {})
+        self._err = self.stderr_path.open("wb")
+        self._out = self.stdout_path.open("wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "promoter", "run", "--root", str(root),
+             "--config", str(self.cfgfile)],
+            stdout=self._out, stderr=self._err, env=environ, stdin=subprocess.DEVNULL)
+
+    def write_config(self, config: dict[str, Any]) -> None:
+        self.cfgfile.write_text(dumps(config))
+
+    # -- logs ----------------------------------------------------------------------------
+
+    def logs(self) -> list[dict[str, Any]]:
+        """Every complete stderr line, parsed: each must be one JSON object."""
+        text = self.stderr_path.read_text()
+        lines = text.split("\n")[:-1]  # the last piece may be a line being written
+        return [json.loads(line) for line in lines]
+
+    def events(self, event: str, **fields: Any) -> list[dict[str, Any]]:
+        return [e for e in self.logs() if e.get("event") == event
+                and all(e.get(k) == v for k, v in fields.items())]
+
+    def wait_log(self, event: str, timeout: float = 10.0, **fields: Any) -> dict[str, Any]:
+        return wait_until(lambda: (self.events(event, **fields) or [None])[0], timeout,
+                          what=f"log {event} {fields}")
+
+    def wait_ready(self, timeout: float = 20.0) -> None:
+        self.notify.wait_for("READY=1", timeout)
+        self.wait_log("daemon.ready", timeout)
+
+    # -- the store -----------------------------------------------------------------------
+
+    def meta(self, run_id: str) -> dict[str, Any] | None:
+        try:
+            data: dict[str, Any] = json.loads((self.artifacts / run_id / "metadata.json")
+                                              .read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+        return data
+
+    def entry(self, run_id: str, filename: str) -> dict[str, Any] | None:
+        meta = self.meta(run_id) or {"artifacts": []}
+        found = [a for a in meta["artifacts"] if a["filename"] == filename]
+        return found[-1] if found else None
+
+    def wait_entry(self, run_id: str, filename: str, timeout: float = 10.0,
+                   check: Callable[[dict[str, Any]], bool] = lambda e: True) -> dict[str, Any]:
+        def find() -> dict[str, Any] | None:
+            e = self.entry(run_id, filename)
+            return e if e is not None and check(e) else None
+        return wait_until(find, timeout, what=f"{run_id}/{filename} in the store")
+
+    # -- the process ---------------------------------------------------------------------
+
+    def send(self, signum: int) -> None:
+        self.proc.send_signal(signum)
+
+    def stop(self, signum: int = signal.SIGTERM, timeout: float = 15.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signum)
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        for fh in (self._err, self._out):
+            if not fh.closed:
+                fh.close()
+        if self.notify.sock.fileno() != -1:
+            self.notify.close()
+
+
+def base_config(**sections: dict[str, Any]) -> dict[str, Any]:
+    """Fast settings for tests: settle 50 ms, no rescan, no sweep within a test's life."""
+    config: dict[str, Any] = {
+        "watch": {"settle_ms": 50, "rescan_interval_s": 0},
+        "retention": {"sweep_interval_s": 3600},
+    }
+    for name, values in sections.items():
+        config.setdefault(name, {}).update(values)
+    return config
+
+
+def start_daemon(root: Path, config: dict[str, Any] | None = None,
+                 env: dict[str, str] | None = None) -> Daemon:
+    (root / "sessions").mkdir(parents=True, exist_ok=True)
+    return Daemon(root, config if config is not None else base_config(), env)
+
+
+def write(path: Path, data: bytes | str = b"data") -> Path:
+    """Write a session file in one go (open, write, close), making its folders."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data.encode() if isinstance(data, str) else data)
+    return path
