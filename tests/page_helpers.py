@@ -18,14 +18,14 @@ import struct
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+
+import httpx
 
 from promoter.metadata import ArtifactEntry, RunMetadata, guess_content_type
 
@@ -43,7 +43,8 @@ CHROMIUM_ARGS = [
 # --- small files --------------------------------------------------------------------
 
 
-def png_bytes(width: int = 24, height: int = 16, rgb: tuple[int, int, int] = (68, 86, 199)) -> bytes:
+def png_bytes(width: int = 24, height: int = 16,
+              rgb: tuple[int, int, int] = (68, 86, 199)) -> bytes:
     """A real PNG of one colour with a lighter diagonal, built with zlib alone."""
 
     def chunk(kind: bytes, data: bytes) -> bytes:
@@ -135,7 +136,8 @@ def demo_runs() -> list[SeedRun]:
                 )),
         SeedRun("run-2026-01-03-nightly", "nightly_etl", "Nightly warehouse load",
                 6 * 24 * 60 + 600, 7, "completed", False, (
-                    SeedFile("load.log", "unknown", b"loaded 1,204,311 rows\n" * 40, 6 * 24 * 60 + 598),
+                    SeedFile("load.log", "unknown", b"loaded 1,204,311 rows\n" * 40,
+                             6 * 24 * 60 + 598),
                     SeedFile("manifest.json", "etl_agent", b'{"tables": 42}', 6 * 24 * 60 + 599),
                 )),
         SeedRun("b71e02f5", "long_study", "Literature review on battery recycling",
@@ -153,11 +155,14 @@ def write_run(artifacts: Path, run: SeedRun, now: datetime) -> None:
         target = folder / "files" / f.filename
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(f.content)
-        when = now - timedelta(minutes=f.minutes_ago)
-        os.utime(target, (when.timestamp(), when.timestamp()))
+        # Whole seconds: the stored copy's time must equal generated_at, or the
+        # server's start-up repair (DESIGN §6) relists the file as if after a crash.
+        when = (now - timedelta(minutes=f.minutes_ago)).replace(microsecond=0)
+        stamp_ns = int(when.timestamp()) * 1_000_000_000
+        os.utime(target, ns=(stamp_ns, stamp_ns))
         entries.append(ArtifactEntry(
             filename=f.filename, path=f"files/{f.filename}", agent_id=f.agent_id,
-            generated_at=when.replace(microsecond=0), size_bytes=len(f.content),
+            generated_at=when, size_bytes=len(f.content),
             content_type=guess_content_type(f.filename),
             sha256=hashlib.sha256(f.content).hexdigest()))
     created = (now - timedelta(minutes=run.created_minutes_ago)).replace(microsecond=0)
@@ -202,7 +207,8 @@ def promoter_argv(*args: str) -> list[str]:
 
 
 @contextlib.contextmanager
-def running(argv: list[str], log: Path, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
+def running(argv: list[str], log: Path,
+            env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
     """Run a promoter subprocess for the duration; stop it with SIGTERM, then SIGKILL."""
     with log.open("wb") as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
@@ -227,9 +233,75 @@ def wait_healthy(base_url: str, proc: subprocess.Popen[bytes], log: Path,
             raise AssertionError(f"promoter serve exited with {proc.returncode}:\n"
                                  f"{log.read_text(errors='replace')[-4000:]}")
         try:
-            with urllib.request.urlopen(f"{base_url}/healthz", timeout=1) as res:  # noqa: S310
-                return bool(res.status == 200)
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            return httpx.get(f"{base_url}/healthz", timeout=1).status_code == 200
+        except httpx.HTTPError:
             return False
 
     wait_until(ready, timeout, f"{base_url}/healthz")
+
+
+# --- screenshots ----------------------------------------------------------------------
+
+SHOTS = [
+    ("desktop", 1280, 900),
+    ("mobile", 360, 800),
+]
+
+
+def take_screenshots(browser: Any, base_url: str, out_dir: Path) -> list[Path]:
+    """Full-page screenshots at 1280 and 360 px, light and dark; fails on sideways overflow."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, width, height in SHOTS:
+        for scheme in ("light", "dark"):
+            context = browser.new_context(viewport={"width": width, "height": height},
+                                          color_scheme=scheme, locale="en-US",
+                                          timezone_id="UTC")
+            try:
+                page = context.new_page()
+                page.goto(base_url)
+                page.locator('#conn[data-state="live"]').wait_for()
+                page.locator('.lib-file').first.wait_for()
+                page.locator("article.run").first.wait_for()
+                overflow = page.evaluate(
+                    "document.documentElement.scrollWidth - document.documentElement.clientWidth")
+                if overflow > 0:
+                    raise AssertionError(f"{name}-{scheme}: {overflow} px wider than the screen")
+                path = out_dir / f"{name}-{scheme}.png"
+                # bytes, then our own write: Playwright's path= writes from a thread pool,
+                # whose threads would outlive the test (conftest fails leaked threads)
+                path.write_bytes(page.screenshot(full_page=True, animations="disabled",
+                                                 caret="hide"))
+                written.append(path)
+            finally:
+                context.close()
+    return written
+
+
+def _main(argv: list[str]) -> int:
+    """Seed a store in a temporary folder, serve it, and write the screenshots."""
+    import tempfile
+
+    from playwright.sync_api import sync_playwright
+
+    out = Path(argv[0] if argv else "docs/screenshots").resolve()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "store"
+        seed_store(root)
+        port = free_port()
+        log = Path(tmp) / "serve.log"
+        argv_serve = promoter_argv("serve", "--root", str(root), "--listen", f"127.0.0.1:{port}")
+        with running(argv_serve, log) as proc, sync_playwright() as pw:
+            base = f"http://127.0.0.1:{port}"
+            wait_healthy(base, proc, log)
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            try:
+                for path in take_screenshots(browser, base, out):
+                    print(path)
+            finally:
+                browser.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main(sys.argv[1:]))
