@@ -10,9 +10,11 @@ import time
 from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from bench.inotify import Event, Inotify
 
 # Above this many pending files in one run, one scandir() of the folder is cheaper than
 # one stat() per pending file.
@@ -26,6 +28,18 @@ class Destination(ABC):
     def visible(self, run_id: str, pending: Mapping[str, int]) -> set[str]:
         """The relpaths (under output/) of pending that are visible now."""
 
+    @abstractmethod
+    def watch_root(self) -> Path:
+        """The folder to watch with inotify."""
+
+    @abstractmethod
+    def watch_depth(self) -> int:
+        """How deep under watch_root to watch."""
+
+    @abstractmethod
+    def candidate(self, event: Event) -> tuple[str, str | None] | None:
+        """(run_id, relpath to check, or None for all of the run's pending files), or None."""
+
 
 class MirrorDest(Destination):
     """A peer's mirror of sessions/: <dest>/<run_id>/output/<relpath>.
@@ -36,6 +50,19 @@ class MirrorDest(Destination):
 
     def __init__(self, root: Path) -> None:
         self.root = root
+
+    def watch_root(self) -> Path:
+        return self.root
+
+    def watch_depth(self) -> int:
+        return 64
+
+    def candidate(self, event: Event) -> tuple[str, str | None] | None:
+        parts = event.rel_dir.split("/", 2)
+        if len(parts) < 2 or parts[1] != "output" or event.name.startswith("."):
+            return None
+        sub = parts[2] + "/" if len(parts) == 3 else ""
+        return parts[0], sub + event.name
 
     def visible(self, run_id: str, pending: Mapping[str, int]) -> set[str]:
         out = os.path.join(self.root, run_id, "output")
@@ -74,6 +101,17 @@ class PromoterDest(Destination):
         self._names: dict[str, set[str]] = {}
         self.read_errors = 0
         self.reads = 0
+
+    def watch_root(self) -> Path:
+        return self.artifacts
+
+    def watch_depth(self) -> int:
+        return 1  # artifacts/ and artifacts/<run_id>/: not the copies under files/
+
+    def candidate(self, event: Event) -> tuple[str, str | None] | None:
+        if event.rel_dir and "/" not in event.rel_dir and event.name == "metadata.json":
+            return event.rel_dir, None
+        return None
 
     def visible(self, run_id: str, pending: Mapping[str, int]) -> set[str]:
         path = os.path.join(self.artifacts, run_id, "metadata.json")
@@ -128,12 +166,12 @@ class Sample:
     run_id: str
     relpath: str
     size: int
-    t_close_ns: int
+    t_close_ns: int = 0  # set by the writer right after close()
     t_visible_ns: int | None = None
 
     @property
     def latency_ms(self) -> float | None:
-        if self.t_visible_ns is None:
+        if self.t_visible_ns is None or not self.t_close_ns:
             return None
         return (self.t_visible_ns - self.t_close_ns) / 1e6
 
@@ -144,30 +182,57 @@ class TrackerStats:
     pass_ns_total: int = 0
     pass_ns_max: int = 0
     errors: int = 0
-    extra: dict[str, int] = field(default_factory=dict)
+    events: int = 0
+    full_checks: int = 0
+    found_by_full_check: int = 0
+    overflows: int = 0
 
 
 class Tracker:
-    """A thread that polls a Destination for the files still pending, every interval_s.
+    """A thread that records when each expected file becomes visible at a Destination.
 
-    Only pending files are looked at, so a pass costs a few stat() calls in the latency
-    workload. The time recorded is taken right after the pass that saw the file; the error is
-    at most interval_s plus one pass (both reported in the results).
+    mode "inotify" (default): the destination tree is watched with inotify; each event
+    (close_write or moved_to of a file, or of promoter's metadata.json) triggers a check of
+    just that file (or that run's metadata.json), stamped with the time the event was read.
+    A full check of everything pending runs every full_check_s as a safety net (its finds are
+    counted: they would mean a missed event, and their times are late).
+
+    mode "poll": every interval_s, stat only the files still pending (one stat of
+    metadata.json per run for promoter); the time is taken right after the pass that saw the
+    file, so the error is at most interval_s plus one pass (both reported).
+
+    Register a file with add() before writing it, then set its t_close_ns after close(): an
+    event for a file the tracker does not know yet would otherwise be dropped.
     """
 
-    def __init__(self, dest: Destination, interval_s: float, max_lifetime_s: float) -> None:
+    def __init__(
+        self,
+        dest: Destination,
+        interval_s: float,
+        max_lifetime_s: float,
+        mode: str = "inotify",
+        full_check_s: float = 0.5,
+    ) -> None:
         self.dest = dest
         self.interval_s = interval_s
         self.max_lifetime_s = max_lifetime_s
+        self.mode = mode
+        self.full_check_s = full_check_s
         self.samples: list[Sample] = []
         self.stats = TrackerStats()
         self._pending: dict[str, dict[str, Sample]] = {}
+        # the same keys with the expected sizes: copied (in C) for a check
+        self._sizes: dict[str, dict[str, int]] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="tracker", daemon=True)
+        self._ready = threading.Event()
+        loop = self._loop_inotify if mode == "inotify" else self._loop_poll
+        self._thread = threading.Thread(target=loop, name="tracker", daemon=True)
 
     def __enter__(self) -> Tracker:
         self._thread.start()
+        # the watches are in place before anything is written
+        self._ready.wait(timeout=30.0)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -178,42 +243,111 @@ class Tracker:
         if self._thread.is_alive():
             self._thread.join(timeout=10.0)
 
-    def add(self, run_id: str, relpath: str, size: int, t_close_ns: int) -> None:
+    def add(self, run_id: str, relpath: str, size: int, t_close_ns: int = 0) -> Sample:
         sample = Sample(run_id, relpath, size, t_close_ns)
         with self._lock:
             self.samples.append(sample)
             self._pending.setdefault(run_id, {})[relpath] = sample
+            self._sizes.setdefault(run_id, {})[relpath] = size
+        return sample
 
     def pending_count(self) -> int:
         with self._lock:
             return sum(len(p) for p in self._pending.values())
 
-    def _loop(self) -> None:
+    def _check(self, run_id: str, names: set[str] | None, when_ns: int | None = None) -> int:
+        """Check names (None: all pending) of one run and mark the visible ones, stamped
+        when_ns (the time an event was read) or else the time right after the check."""
+        with self._lock:
+            sizes = self._sizes.get(run_id)
+            if not sizes:
+                return 0
+            sub = sizes.copy() if names is None else {n: sizes[n] for n in names if n in sizes}
+        if not sub:
+            return 0
+        try:
+            seen = self.dest.visible(run_id, sub)
+        except OSError:
+            self.stats.errors += 1
+            return 0
+        if not seen:
+            return 0
+        return self._mark(run_id, seen, when_ns if when_ns is not None else time.monotonic_ns())
+
+    def _mark(self, run_id: str, seen: set[str], when_ns: int) -> int:
+        n = 0
+        with self._lock:
+            run_pending = self._pending[run_id]
+            run_sizes = self._sizes[run_id]
+            for rel in seen:
+                run_sizes.pop(rel, None)
+                sample = run_pending.pop(rel, None)
+                if sample is not None:
+                    sample.t_visible_ns = when_ns
+                    n += 1
+        return n
+
+    def _account(self, t0: int) -> None:
+        spent = time.monotonic_ns() - t0
+        self.stats.passes += 1
+        self.stats.pass_ns_total += spent
+        self.stats.pass_ns_max = max(self.stats.pass_ns_max, spent)
+
+    def _loop_poll(self) -> None:
+        self._ready.set()
         deadline = time.monotonic() + self.max_lifetime_s
         while not self._stop.is_set() and time.monotonic() < deadline:
             t0 = time.monotonic_ns()
             with self._lock:
-                work = {r: {k: s.size for k, s in p.items()} for r, p in self._pending.items() if p}
-            for run_id, pending in work.items():
-                try:
-                    seen = self.dest.visible(run_id, pending)
-                except OSError:
-                    self.stats.errors += 1
-                    continue
-                if not seen:
-                    continue
-                now = time.monotonic_ns()
-                with self._lock:
-                    run_pending = self._pending[run_id]
-                    for rel in seen:
-                        sample = run_pending.pop(rel, None)
-                        if sample is not None:
-                            sample.t_visible_ns = now
-            spent = time.monotonic_ns() - t0
-            self.stats.passes += 1
-            self.stats.pass_ns_total += spent
-            self.stats.pass_ns_max = max(self.stats.pass_ns_max, spent)
+                runs = [r for r, p in self._sizes.items() if p]
+            for run_id in runs:
+                self._check(run_id, None)
+            self._account(t0)
             self._stop.wait(self.interval_s)
+
+    def _loop_inotify(self) -> None:
+        root = self.dest.watch_root()
+        os.makedirs(root, exist_ok=True)
+        try:
+            with Inotify(str(root), self.dest.watch_depth()) as ino:
+                backlog = ino.add_tree("")
+                self._ready.set()
+                self._inotify_events(ino, backlog)
+        finally:
+            self._ready.set()
+
+    def _inotify_events(self, ino: Inotify, backlog: list[Event]) -> None:
+        deadline = time.monotonic() + self.max_lifetime_s
+        next_full = time.monotonic() + self.full_check_s
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            events = backlog + ino.read(self.interval_s)
+            backlog = []
+            t_read = time.monotonic_ns()
+            checks: dict[str, set[str] | None] = {}
+            for event in events:
+                hit = self.dest.candidate(event)
+                if hit is None:
+                    continue
+                run_id, rel = hit
+                if rel is None:
+                    checks[run_id] = None
+                elif checks.get(run_id, set()) is not None:
+                    checks.setdefault(run_id, set()).add(rel)  # type: ignore[union-attr]
+            self.stats.events += len(events)
+            for run_id, names in checks.items():
+                self._check(run_id, names, t_read)
+            if ino.overflowed:
+                self.stats.overflows += 1
+                ino.overflowed = False
+                next_full = 0.0
+            if time.monotonic() >= next_full:
+                self.stats.full_checks += 1
+                with self._lock:
+                    runs = [r for r, p in self._sizes.items() if p]
+                for run_id in runs:
+                    self.stats.found_by_full_check += self._check(run_id, None)
+                next_full = time.monotonic() + self.full_check_s
+            self._account(t_read)
 
     def wait_all(self, timeout_s: float) -> bool:
         """Poll until nothing is pending; False at the deadline."""
@@ -226,14 +360,19 @@ class Tracker:
             time.sleep(0.01)
         return self.pending_count() == 0
 
-    def summary(self) -> dict[str, float]:
+    def summary(self) -> dict[str, float | str]:
         s = self.stats
         return {
-            "poll_interval_ms": self.interval_s * 1000,
+            "mode": self.mode,
+            "interval_ms": self.interval_s * 1000,
             "passes": s.passes,
             "pass_mean_us": (s.pass_ns_total / s.passes / 1000) if s.passes else 0.0,
             "pass_max_ms": s.pass_ns_max / 1e6,
             "errors": s.errors,
+            "events": s.events,
+            "full_checks": s.full_checks,
+            "found_by_full_check": s.found_by_full_check,
+            "overflows": s.overflows,
         }
 
 

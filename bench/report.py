@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -295,9 +296,26 @@ RENDERERS = {
 }
 
 
+def busy_line(results: Sequence[Result]) -> str:
+    """How busy the whole machine was during each tool's part (every process counted)."""
+    cores = os.cpu_count() or 1
+    items = []
+    for r in results:
+        if r.get("wall_s") and "machine_busy_cpu_s" in r:
+            pct = r["machine_busy_cpu_s"] / r["wall_s"] / cores * 100
+            items.append(f"{r['tool']} {pct:.0f} % (load {r.get('loadavg_before', 0):.1f} before)")
+    if not items:
+        return ""
+    return (
+        f"Machine CPU busy during each part, all processes, % of {cores} cores: "
+        + "; ".join(items)
+        + ".\n"
+    )
+
+
 def render(results: dict[str, list[Result]]) -> str:
     parts = []
     for key, (title, renderer) in RENDERERS.items():
         if key in results:
-            parts.append(f"### {title}\n\n{renderer(results[key])}\n")
+            parts.append(f"### {title}\n\n{renderer(results[key])}\n\n{busy_line(results[key])}")
     return "\n".join(parts)

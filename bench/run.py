@@ -74,6 +74,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=1.0,
         help="how often the destination is polled for pending files",
     )
+    p.add_argument(
+        "--detector",
+        choices=("inotify", "poll"),
+        default="inotify",
+        help="how a file is seen to be visible at the destination: inotify events on the "
+        "destination (default) or polling the pending files",
+    )
+    p.add_argument(
+        "--quiet-pct",
+        type=float,
+        default=15.0,
+        help="before each tool's part, wait until the machine is under this %% busy for a "
+        "second (0: do not wait)",
+    )
+    p.add_argument("--quiet-wait", type=float, default=180.0, help="at most this many seconds")
     p.add_argument("--burst-files", type=int, default=5000)
     p.add_argument("--burst-runs", type=int, default=50)
     p.add_argument(
@@ -198,6 +213,9 @@ def main(argv: list[str] | None = None) -> int:
         catchup_files=args.catchup_files,
         catchup_repeats=args.catchup_repeats,
         catchup_timeout_s=args.catchup_timeout,
+        detector=args.detector,
+        quiet_pct=args.quiet_pct,
+        quiet_wait_s=args.quiet_wait,
     )
     results: dict[str, list[Result]] = {}
     doc: dict[str, Any] = {
