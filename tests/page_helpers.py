@@ -206,22 +206,33 @@ def promoter_argv(*args: str) -> list[str]:
     return [sys.executable, "-m", "promoter", *args]
 
 
-@contextlib.contextmanager
-def running(argv: list[str], log: Path,
-            env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
-    """Run a promoter subprocess for the duration; stop it with SIGTERM, then SIGKILL."""
+def spawn(argv: list[str], log: Path) -> subprocess.Popen[bytes]:
+    """Start a promoter subprocess with its output in `log`."""
     with log.open("wb") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
-                                env={**os.environ, **(env or {})})
-        try:
-            yield proc
-        finally:
+        return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+
+
+def stop_all(procs: list[subprocess.Popen[bytes]]) -> None:
+    """SIGTERM to every process at once, then wait for each (SIGKILL after 10 s)."""
+    for proc in procs:
+        if proc.poll() is None:
             proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
+    for proc in procs:
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def running(argv: list[str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """Run a promoter subprocess for the duration of the block."""
+    proc = spawn(argv, log)
+    try:
+        yield proc
+    finally:
+        stop_all([proc])
 
 
 def wait_healthy(base_url: str, proc: subprocess.Popen[bytes], log: Path,

@@ -12,9 +12,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
 import time
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,8 +29,9 @@ from tests.page_helpers import (
     free_port,
     png_bytes,
     promoter_argv,
-    running,
     seed_store,
+    spawn,
+    stop_all,
     take_screenshots,
     wait_healthy,
     wait_until,
@@ -55,6 +56,7 @@ class Stack:
     base_url: str
     token: str | None = None
     logs: list[Path] = field(default_factory=list)
+    serve: subprocess.Popen[bytes] | None = None
 
     @property
     def sessions(self) -> Path:
@@ -115,54 +117,75 @@ class Stack:
 StackFactory = Callable[..., Stack]
 
 
+def start_stack(base: Path, procs: list[subprocess.Popen[bytes]], *, daemon: bool = True,
+                token: str | None = None, retention_days: float = 7,
+                seed: Callable[[Path], None] | None = None) -> Stack:
+    """Write a config under `base`, start `promoter serve` (and `promoter run`), wait for both.
+
+    Started processes are appended to `procs`, for the caller to stop.
+    """
+    root = base / "store"
+    for sub in ("sessions", "artifacts", "library"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    if seed is not None:
+        seed(root)
+    port = free_port()
+    http = [f'listen = "127.0.0.1:{port}"']
+    if token is not None:
+        (base / "token").write_text(f"  {token}\n")
+        http.append(f'token_file = "{base / "token"}"')
+    config = base / "config.toml"
+    config.write_text("\n".join([
+        "[storage]", f'root = "{root}"',
+        "[watch]", "settle_ms = 50",
+        "[retention]", f"days = {retention_days}", "sweep_interval_s = 3600",
+        "[retention.workflows]", "short_lived = 0.5",
+        "[log]", 'level = "info"',
+        "[http]", *http, "",
+    ]))
+    result = Stack(root=root, base_url=f"http://127.0.0.1:{port}", token=token)
+    serve_log = base / "serve.log"
+    result.serve = spawn(promoter_argv("serve", "--config", str(config)), serve_log)
+    procs.append(result.serve)
+    result.logs.append(serve_log)
+    if daemon:
+        run_log = base / "run.log"
+        run = spawn(promoter_argv("run", "--config", str(config)), run_log)
+        procs.append(run)
+        result.logs.append(run_log)
+
+        def ready() -> bool:
+            if run.poll() is not None:
+                raise AssertionError(f"promoter run exited with {run.returncode}:\n"
+                                     f"{run_log.read_text(errors='replace')[-4000:]}")
+            return DAEMON_READY in run_log.read_text(errors="replace")
+
+        wait_until(ready, 20, "promoter run to be ready")
+    wait_healthy(result.base_url, result.serve, serve_log)
+    return result
+
+
 @pytest.fixture
 def make_stack(tmp_path: Path) -> Iterator[StackFactory]:
-    """Start `promoter serve` (and `promoter run` unless daemon=False) on a fresh store."""
-    with ExitStack() as stack:
+    """A stack of this test's own, for tests that need a clean store or another config."""
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        yield lambda **options: start_stack(tmp_path, procs, **options)
+    finally:
+        stop_all(procs)
 
-        def start(*, daemon: bool = True, token: str | None = None, retention_days: float = 7,
-                  seed: Callable[[Path], None] | None = None) -> Stack:
-            root = tmp_path / "store"
-            for sub in ("sessions", "artifacts", "library"):
-                (root / sub).mkdir(parents=True, exist_ok=True)
-            if seed is not None:
-                seed(root)
-            port = free_port()
-            http = [f'listen = "127.0.0.1:{port}"']
-            if token is not None:
-                (tmp_path / "token").write_text(f"  {token}\n")
-                http.append(f'token_file = "{tmp_path / "token"}"')
-            config = tmp_path / "config.toml"
-            config.write_text("\n".join([
-                "[storage]", f'root = "{root}"',
-                "[watch]", "settle_ms = 50",
-                "[retention]", f"days = {retention_days}", "sweep_interval_s = 3600",
-                "[retention.workflows]", "short_lived = 0.5",
-                "[log]", 'level = "info"',
-                "[http]", *http, "",
-            ]))
-            result = Stack(root=root, base_url=f"http://127.0.0.1:{port}", token=token)
-            serve_log = tmp_path / "serve.log"
-            serve = stack.enter_context(
-                running(promoter_argv("serve", "--config", str(config)), serve_log))
-            result.logs.append(serve_log)
-            if daemon:
-                run_log = tmp_path / "run.log"
-                run = stack.enter_context(
-                    running(promoter_argv("run", "--config", str(config)), run_log))
-                result.logs.append(run_log)
 
-                def ready() -> bool:
-                    if run.poll() is not None:
-                        raise AssertionError(f"promoter run exited with {run.returncode}:\n"
-                                             f"{run_log.read_text(errors='replace')[-4000:]}")
-                    return DAEMON_READY in run_log.read_text(errors="replace")
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """One default stack for the tests that only touch runs and names of their own.
 
-                wait_until(ready, 20, "promoter run to be ready")
-            wait_healthy(result.base_url, serve, serve_log)
-            return result
-
-        yield start
+    Starting serve and run costs a second or two; sharing keeps the suite short.
+    """
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        yield start_stack(tmp_path_factory.mktemp("shared"), procs)
+    finally:
+        stop_all(procs)
 
 
 # --- the browser ---------------------------------------------------------------------------
@@ -362,9 +385,9 @@ def test_filters_sort_and_search_change_what_is_shown(make_stack: StackFactory,
     assert shown_runs(page) == ["short"]
 
 
-def test_preview_png_and_csv(make_stack: StackFactory, open_page: Callable[..., Page]) -> None:
+def test_preview_png_and_csv(shared: Stack, open_page: Callable[..., Page]) -> None:
     """A PNG is shown as an image; a CSV as text, asked for with a 256 KiB Range."""
-    stack = make_stack()
+    stack = shared
     big = CSV + b"".join(b"row%06d,%d\n" % (i, i) for i in range(30_000))
     assert len(big) > 262_144
     stack.write("pv", "chart.png", png_bytes(24, 16), agent="viz")
@@ -399,10 +422,10 @@ def test_preview_png_and_csv(make_stack: StackFactory, open_page: Callable[..., 
     assert focused(page) == "Preview table.csv"
 
 
-def test_download_gives_exact_bytes(make_stack: StackFactory, open_page: Callable[..., Page],
+def test_download_gives_exact_bytes(shared: Stack, open_page: Callable[..., Page],
                                     tmp_path: Path) -> None:
     """Download links hand over the stored bytes exactly (artifact, library, preview)."""
-    stack = make_stack()
+    stack = shared
     payload = png_bytes(40, 30) + bytes(range(256))
     stack.write("dl", "pics/photo.png", payload, agent="cam")
     stack.wait_files("dl", ["pics/photo.png"])
@@ -425,10 +448,10 @@ def test_download_gives_exact_bytes(make_stack: StackFactory, open_page: Callabl
     assert Path(info.value.path()).read_bytes() == payload
 
 
-def test_promote_conflict_then_overwrite(make_stack: StackFactory,
+def test_promote_conflict_then_overwrite(shared: Stack,
                                          open_page: Callable[..., Page]) -> None:
     """Promote asks a name; a taken name shows the conflict and offers Overwrite."""
-    stack = make_stack()
+    stack = shared
     stack.write("pr", "out/summary.md", b"# first\n", agent="writer")
     stack.write("pr", "draft.md", b"# second\n", agent="writer")
     stack.wait_files("pr", ["out/summary.md", "draft.md"])
@@ -492,10 +515,10 @@ def test_library_upload_with_name_and_overwrite(make_stack: StackFactory,
                "the overwritten upload")
 
 
-def test_delete_artifact_and_run_after_confirmation(make_stack: StackFactory,
+def test_delete_artifact_and_run_after_confirmation(shared: Stack,
                                                     open_page: Callable[..., Page]) -> None:
     """Deleting asks first; Cancel keeps the file; confirming removes file, then run."""
-    stack = make_stack()
+    stack = shared
     stack.write("del", "keep.txt", b"k\n", agent="a")
     stack.write("del", "gone.txt", b"g\n", agent="a")
     stack.write("other", "x.txt", b"x\n", agent="b")
@@ -528,9 +551,9 @@ def test_delete_artifact_and_run_after_confirmation(make_stack: StackFactory,
     assert not (stack.root / "artifacts" / "del").exists()
 
 
-def test_keep_and_unkeep(make_stack: StackFactory, open_page: Callable[..., Page]) -> None:
+def test_keep_and_unkeep(shared: Stack, open_page: Callable[..., Page]) -> None:
     """Keep pins a run (badge kept), Unkeep lets it expire again; the store follows."""
-    stack = make_stack()
+    stack = shared
     stack.write("pin", "a.txt", b"a\n")
     stack.wait_files("pin", ["a.txt"])
     page = open_page(stack.base_url)
@@ -583,11 +606,11 @@ HOSTILE_FILE = '<img src=x onerror="window.__pwned=1">.txt'
 HOSTILE_AGENT = "<script>window.__pwned = 'agent'</script>"
 
 
-def test_agent_text_is_shown_as_text_and_never_runs(make_stack: StackFactory,
+def test_agent_text_is_shown_as_text_and_never_runs(shared: Stack,
                                                     open_page: Callable[..., Page],
                                                     watch: Watch) -> None:
     """Markup in a directive, workflow, file name or agent id is text, and runs nothing."""
-    stack = make_stack()
+    stack = shared
     stack.run_json("xss", workflow_id="<b>wf</b>", user_directive=HOSTILE_DIRECTIVE)
     stack.write("xss", HOSTILE_FILE, b"hello\n", agent=HOSTILE_AGENT)
     stack.write("xss", "<svg onload=alert(1)>.md", b"# hi\n", agent=HOSTILE_AGENT)
@@ -617,10 +640,10 @@ def test_agent_text_is_shown_as_text_and_never_runs(make_stack: StackFactory,
     assert not watch.csp  # nothing even tried to run
 
 
-def test_html_artifact_is_never_rendered_in_the_page(make_stack: StackFactory,
+def test_html_artifact_is_never_rendered_in_the_page(shared: Stack,
                                                      open_page: Callable[..., Page]) -> None:
     """HTML and SVG get "Open report" (new tab, ?view=1, sandbox CSP), never a preview."""
-    stack = make_stack()
+    stack = shared
     report = (b"<!doctype html><title>r</title><h1>Report</h1>"
               b"<script>window.__ran = 1; alert('report'); opener && (opener.__pwned = 1)</script>")
     stack.write("rep", "report.html", report, agent="writer")
@@ -722,6 +745,21 @@ def test_keyboard_alone_reaches_every_action(make_stack: StackFactory,
     expect(confirm).to_be_hidden()
     expect(page.get_by_role("button", name="Preview data.csv")).to_have_count(0)
     assert focused(page) != ""  # the focus went somewhere sensible, not to <body>
+
+
+def test_lost_server_is_said_in_words(make_stack: StackFactory,
+                                      open_page: Callable[..., Page]) -> None:
+    """When promoter serve goes away the page says so and keeps the last list shown."""
+    stack = make_stack(daemon=False, seed=seed_store)
+    page = open_page(stack.base_url)
+    expect(page.locator("article.run")).to_have_count(4)
+    assert stack.serve is not None
+    stack.serve.terminate()
+    stack.serve.wait(timeout=10)
+    expect(page.locator("#conn")).to_have_attribute("data-state", "error")
+    expect(page.locator("#conn")).to_have_text("Offline, retrying")
+    expect(page.get_by_role("alert")).to_contain_text("Cannot reach promoter")
+    expect(page.locator("article.run")).to_have_count(4)
 
 
 def test_token_is_asked_once_and_kept_for_the_tab(make_stack: StackFactory,

@@ -72,7 +72,7 @@ export async function request(url, { method = "GET", headers = {}, body, signal 
                                credentials: "same-origin" });
     } catch (err) {
       if (err.name === "AbortError") throw err;
-      throw new ApiError(0, "promoter cannot be reached: the server may be down or restarting.");
+      throw new ApiError(0, "Cannot reach promoter: the server may be down or restarting.");
     }
     if (res.status !== 401) return res;
     if (currentToken() !== sent) continue; // another request was given a new token meanwhile

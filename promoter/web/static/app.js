@@ -169,7 +169,7 @@ function render() {
       return;
     }
     const banner = state.error ? h("p", { class: "banner", role: "alert" }, icon("alert"),
-      h("span", {}, `Lost contact with promoter: ${state.error.message} Showing the last known list; retrying.`)) : null;
+      h("span", {}, `${state.error.message} Showing the last list received; retrying every second.`)) : null;
     if (state.runs.length === 0) {
       replaceChildren(box, banner, emptyForFilter());
       return;
@@ -272,6 +272,9 @@ async function refreshLibrary() {
     }
     state.library = res.files;
     state.libEtag = res.etag;
+    const bytes = res.files.reduce((n, f) => n + f.size_bytes, 0);
+    $("library-summary").textContent = res.files.length === 0 ? "Curated files you keep"
+      : `${res.files.length} curated ${res.files.length === 1 ? "file" : "files"} · ${formatBytes(bytes)}`;
     renderLibraryBox();
   } catch (err) {
     state.libError = err;
@@ -280,18 +283,27 @@ async function refreshLibrary() {
 }
 
 let wake = null;
+let kicked = false;
 /** Poll now instead of at the next tick (after an action or a change of filter). */
 function kick() {
+  kicked = true;
   wake?.();
 }
 
 function nap(ms) {
+  if (kicked) {
+    kicked = false;
+    return Promise.resolve();
+  }
   return new Promise((resolve) => {
-    const timer = setTimeout(resolve, ms);
-    wake = () => {
+    const done = () => {
       clearTimeout(timer);
+      wake = null;
+      kicked = false;
       resolve();
     };
+    const timer = setTimeout(done, ms);
+    wake = done;
   });
 }
 
