@@ -383,7 +383,8 @@ const handlers = {
     dialogs.confirmAction({
       title: "Delete this run?",
       text: `Run ${run.run_id} and its ${files} ${files === 1 ? "file" : "files"} (${formatBytes(size)}) `
-        + "will be deleted. A deleted run stays deleted: it does not come back from its session.",
+        + `will be deleted${meta.keep ? ", although it is kept" : ""}. `
+        + "A deleted run stays deleted: it does not come back from its session.",
       confirmLabel: "Delete run",
       opener,
       fallback: () => candidates.map(dialogs.byKey).find(Boolean) ?? $("artifacts-heading"),
