@@ -805,3 +805,25 @@ def test_screenshots_desktop_and_mobile_light_and_dark(make_stack: StackFactory,
         "desktop-dark.png", "desktop-light.png", "mobile-dark.png", "mobile-light.png"]
     for shot in shots:
         assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+STATIC = Path(__file__).resolve().parent.parent / "promoter" / "web" / "static"
+
+
+def test_static_files_have_no_html_sinks_and_nothing_external() -> None:
+    """No script turns strings into markup or code, and nothing is loaded from elsewhere."""
+    files = sorted(p for p in STATIC.rglob("*") if p.is_file())
+    assert {p.name for p in files} >= {"index.html", "app.js", "style.css"}
+    sinks = re.compile(r"innerHTML|outerHTML|insertAdjacentHTML|document\.write|\beval\(|"
+                       r"new Function|setAttribute\(\s*[\"']on|\.srcdoc")
+    external = re.compile(r"(?:https?:)?//(?!www\.w3\.org/2000/svg)[a-z0-9.-]+\.[a-z]{2,}",
+                          re.IGNORECASE)
+    for path in files:
+        text = path.read_text()
+        assert not sinks.search(text), f"{path.name}: {sinks.search(text)}"
+        for match in external.finditer(text):
+            line = text[text.rfind("\n", 0, match.start()) + 1:match.end()]
+            assert line.lstrip().startswith("//"), f"{path.name} loads {match.group()}"
+    html = (STATIC / "index.html").read_text()
+    assert "<script>" not in html, "no inline script (the page's CSP forbids it)"
+    assert not re.search(r"<[^>]*\s(?:style|on[a-z]+)\s*=", html), "no inline style or handler"
