@@ -37,8 +37,6 @@ from tests.page_helpers import (
     wait_until,
 )
 
-pytestmark = pytest.mark.browser
-
 DAEMON_READY = '"daemon.ready"'
 SCREENSHOT_DIR = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
 
@@ -295,6 +293,7 @@ CSV = b"city,temp\nOslo,-3\nLima,19\n"
 # --- tests ---------------------------------------------------------------------------------
 
 
+@pytest.mark.browser
 def test_promoted_file_appears_without_reload(make_stack: StackFactory,
                                               open_page: Callable[..., Page]) -> None:
     """A file an agent writes shows in the open page within 2 s of promotion, no reload."""
@@ -320,6 +319,7 @@ def test_promoted_file_appears_without_reload(make_stack: StackFactory,
     assert page.evaluate("window.__sameDocument") is True
 
 
+@pytest.mark.browser
 def test_filters_sort_and_search_change_what_is_shown(make_stack: StackFactory,
                                                       open_page: Callable[..., Page]) -> None:
     """All / Current / Last 24 h / Expiring, date / agent / type order and the search box."""
@@ -385,6 +385,7 @@ def test_filters_sort_and_search_change_what_is_shown(make_stack: StackFactory,
     assert shown_runs(page) == ["short"]
 
 
+@pytest.mark.browser
 def test_preview_png_and_csv(shared: Stack, open_page: Callable[..., Page]) -> None:
     """A PNG is shown as an image; a CSV as text, asked for with a 256 KiB Range."""
     stack = shared
@@ -422,6 +423,7 @@ def test_preview_png_and_csv(shared: Stack, open_page: Callable[..., Page]) -> N
     assert focused(page) == "Preview table.csv"
 
 
+@pytest.mark.browser
 def test_download_gives_exact_bytes(shared: Stack, open_page: Callable[..., Page],
                                     tmp_path: Path) -> None:
     """Download links hand over the stored bytes exactly (artifact, library, preview)."""
@@ -448,6 +450,7 @@ def test_download_gives_exact_bytes(shared: Stack, open_page: Callable[..., Page
     assert Path(info.value.path()).read_bytes() == payload
 
 
+@pytest.mark.browser
 def test_promote_conflict_then_overwrite(shared: Stack,
                                          open_page: Callable[..., Page]) -> None:
     """Promote asks a name; a taken name shows the conflict and offers Overwrite."""
@@ -487,6 +490,7 @@ def test_promote_conflict_then_overwrite(shared: Stack,
     assert not (stack.library / ".hidden").exists()
 
 
+@pytest.mark.browser
 def test_library_upload_with_name_and_overwrite(make_stack: StackFactory,
                                                 open_page: Callable[..., Page]) -> None:
     """Upload under a chosen name; the same name again conflicts until Overwrite."""
@@ -515,6 +519,7 @@ def test_library_upload_with_name_and_overwrite(make_stack: StackFactory,
                "the overwritten upload")
 
 
+@pytest.mark.browser
 def test_delete_artifact_and_run_after_confirmation(shared: Stack,
                                                     open_page: Callable[..., Page]) -> None:
     """Deleting asks first; Cancel keeps the file; confirming removes file, then run."""
@@ -551,6 +556,7 @@ def test_delete_artifact_and_run_after_confirmation(shared: Stack,
     assert not (stack.root / "artifacts" / "del").exists()
 
 
+@pytest.mark.browser
 def test_keep_and_unkeep(shared: Stack, open_page: Callable[..., Page]) -> None:
     """Keep pins a run (badge kept), Unkeep lets it expire again; the store follows."""
     stack = shared
@@ -570,6 +576,7 @@ def test_keep_and_unkeep(shared: Stack, open_page: Callable[..., Page]) -> None:
     assert stack.runs()["pin"]["keep"] is False
 
 
+@pytest.mark.browser
 def test_clear_expired_shows_runs_first_then_deletes_them(
         make_stack: StackFactory, open_page: Callable[..., Page]) -> None:
     """The sweep's dry run lists the expired run (not the kept one) before deleting it."""
@@ -606,6 +613,7 @@ HOSTILE_FILE = '<img src=x onerror="window.__pwned=1">.txt'
 HOSTILE_AGENT = "<script>window.__pwned = 'agent'</script>"
 
 
+@pytest.mark.browser
 def test_agent_text_is_shown_as_text_and_never_runs(shared: Stack,
                                                     open_page: Callable[..., Page],
                                                     watch: Watch) -> None:
@@ -640,6 +648,7 @@ def test_agent_text_is_shown_as_text_and_never_runs(shared: Stack,
     assert not watch.csp  # nothing even tried to run
 
 
+@pytest.mark.browser
 def test_html_artifact_is_never_rendered_in_the_page(shared: Stack,
                                                      open_page: Callable[..., Page]) -> None:
     """HTML and SVG get "Open report" (new tab, ?view=1, sandbox CSP), never a preview."""
@@ -684,6 +693,7 @@ def stack_file_headers(stack: Stack, path: str) -> dict[str, str]:
     return {k.lower(): v for k, v in res.headers.items()}
 
 
+@pytest.mark.browser
 def test_keyboard_alone_reaches_every_action(make_stack: StackFactory,
                                             open_page: Callable[..., Page]) -> None:
     """Tab reaches every control in order; Enter keeps a run and opens a preview."""
@@ -747,6 +757,7 @@ def test_keyboard_alone_reaches_every_action(make_stack: StackFactory,
     assert focused(page) != ""  # the focus went somewhere sensible, not to <body>
 
 
+@pytest.mark.browser
 def test_lost_server_is_said_in_words(make_stack: StackFactory,
                                       open_page: Callable[..., Page]) -> None:
     """When promoter serve goes away the page says so and keeps the last list shown."""
@@ -762,6 +773,7 @@ def test_lost_server_is_said_in_words(make_stack: StackFactory,
     expect(page.locator("article.run")).to_have_count(4)
 
 
+@pytest.mark.browser
 def test_token_is_asked_once_and_kept_for_the_tab(make_stack: StackFactory,
                                                   open_page: Callable[..., Page]) -> None:
     """With a token configured the page asks once (a labelled dialog), then just works."""
@@ -794,6 +806,7 @@ def test_token_is_asked_once_and_kept_for_the_tab(make_stack: StackFactory,
     expect(dialog).to_be_hidden()
 
 
+@pytest.mark.browser
 def test_screenshots_desktop_and_mobile_light_and_dark(make_stack: StackFactory,
                                                        browser: Browser,
                                                        tmp_path: Path) -> None:
