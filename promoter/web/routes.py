@@ -117,10 +117,11 @@ def artifact_etag(entry: ArtifactEntry, st: os.stat_result) -> str:
     return stat_etag(st)  # checksums off, or the copy was replaced a moment ago
 
 
-async def _artifact(request: Request, run_id: str, filename: str, view: bool,
+def _artifact(request: Request, run_id: str, filename: str, view: bool,
                     download: bool) -> Response:
-    store = web_state(request).store
-    fd, st, entry = await anyio.to_thread.run_sync(store.open_artifact, run_id, filename)
+    # Opened on the event loop, not in a worker thread: a handful of metadata syscalls on
+    # the store's cached run, cheaper than the hop to a thread and back (bench/http_bench.py).
+    fd, st, entry = web_state(request).store.open_artifact(run_id, filename)
     return file_response(request, fd, st, filename=entry.filename,
                          content_type=entry.content_type, etag=artifact_etag(entry, st),
                          view=view, download=download)
@@ -130,14 +131,14 @@ async def _artifact(request: Request, run_id: str, filename: str, view: bool,
             responses=_FILE_RESPONSES, summary="Download or view a stored file")
 async def get_artifact(request: Request, run_id: RunId, filename: str, view: View = False,
                        download: Download = False) -> Response:
-    return await _artifact(request, run_id, filename, view, download)
+    return _artifact(request, run_id, filename, view, download)
 
 
 @router.head("/artifacts/{run_id}/files/{filename:path}", response_class=Response,
              responses=_FILE_RESPONSES, summary="A stored file's headers")
 async def head_artifact(request: Request, run_id: RunId, filename: str, view: View = False,
                         download: Download = False) -> Response:
-    return await _artifact(request, run_id, filename, view, download)
+    return _artifact(request, run_id, filename, view, download)
 
 
 @router.delete("/artifacts/{run_id}", status_code=204, response_class=Response,
@@ -194,9 +195,9 @@ async def list_library(request: Request) -> Response:
     return _listing_response(request, listing)
 
 
-async def _library_file(request: Request, name: str, view: bool, download: bool) -> Response:
+def _library_file(request: Request, name: str, view: bool, download: bool) -> Response:
     library = web_state(request).store.library
-    fd, st, item = await anyio.to_thread.run_sync(library.open, name)
+    fd, st, item = library.open(name)  # on the event loop, as for artifacts
     # Library files are only ever replaced by rename, so (inode, size, mtime) is a
     # strong validator; hashing each file on every request would not be.
     return file_response(request, fd, st, filename=item.name, content_type=item.content_type,
@@ -207,14 +208,14 @@ async def _library_file(request: Request, name: str, view: bool, download: bool)
             summary="Download or view a library file")
 async def get_library_file(request: Request, name: str, view: View = False,
                            download: Download = False) -> Response:
-    return await _library_file(request, name, view, download)
+    return _library_file(request, name, view, download)
 
 
 @router.head("/library/{name}", response_class=Response, responses=_FILE_RESPONSES,
              summary="A library file's headers")
 async def head_library_file(request: Request, name: str, view: View = False,
                             download: Download = False) -> Response:
-    return await _library_file(request, name, view, download)
+    return _library_file(request, name, view, download)
 
 
 _UPLOAD_BODY: Final[dict[str, Any]] = {
