@@ -672,3 +672,34 @@ def test_sub_second_list_poll_is_cheap_after_a_write(store: Store, tmp_path: Pat
     r = client.get("/runtime/artifacts", headers={"If-None-Match": etag})
     assert r.status_code == 200
     assert len(r.json()["artifacts"][0]["metadata"]["artifacts"]) == 2
+
+
+# -- the lean file path ------------------------------------------------------------------
+
+
+def test_lean_file_path_answers_as_the_fastapi_route_does(client: WebClient) -> None:
+    """A query only FastAPI can judge goes to the route, which answers the same headers."""
+    lean = client.get("/runtime/artifacts/run-a/files/plot.png?download=yes")
+    routed = client.get("/runtime/artifacts/run-a/files/plot.png?download=yes&download=yes")
+    assert lean.status_code == routed.status_code == 200
+    assert lean.content == routed.content
+    assert {k: v for k, v in lean.headers.items() if k != "date"} == \
+        {k: v for k, v in routed.headers.items() if k != "date"}
+    bad = client.get("/runtime/artifacts/run-a/files/plot.png?view=maybe")
+    assert bad.status_code == 422
+    assert bad.json()["detail"].startswith("Invalid query parameter view")
+    other = client.get("/runtime/artifacts/run-a/files/plot.png?unrelated=1")
+    assert other.status_code == 200
+
+
+def test_parse_flags() -> None:
+    """view and download read as pydantic reads booleans; anything odd is left to FastAPI."""
+    from promoter.web.fastpath import parse_flags
+
+    assert parse_flags(b"") == (False, False)
+    assert parse_flags(b"view=1") == (True, False)
+    assert parse_flags(b"view=TRUE&download=on") == (True, True)
+    assert parse_flags(b"download=0&x=y") == (False, False)
+    assert parse_flags(b"view=maybe") is None
+    assert parse_flags(b"view=1&view=0") is None
+    assert parse_flags(b"view=") is None

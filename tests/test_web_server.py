@@ -208,3 +208,20 @@ def test_sigint_also_exits_0(tmp_path: Path) -> None:
         assert server.proc.wait(timeout=15) == 0
     finally:
         server.close()
+
+
+def test_the_listening_socket_is_tcp_so_answers_are_not_delayed() -> None:
+    """The pre-bound socket says IPPROTO_TCP, so asyncio sets TCP_NODELAY on its connections
+    (without it, Nagle and delayed ACKs held each small answer back ~40 ms)."""
+    from promoter.web.server import _bind
+
+    sock = _bind("127.0.0.1", 0)
+    try:
+        assert sock.proto == socket.IPPROTO_TCP
+        with socket.create_connection(sock.getsockname()) as client:
+            accepted, _ = sock.accept()
+            with accepted:
+                assert accepted.proto == socket.IPPROTO_TCP
+                del client
+    finally:
+        sock.close()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import mimetypes
 import os
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Final
 
@@ -25,63 +24,30 @@ from starlette.routing import Route
 
 from promoter import __version__
 from promoter.config import Config
-from promoter.errors import (
-    ConfigError,
-    ConflictError,
-    InvalidNameError,
-    NotFoundError,
-    PromoterError,
-    StoreIOError,
-    TooLargeError,
-)
+from promoter.errors import InvalidNameError, NotFoundError, PromoterError
 from promoter.names import split_relpath
 from promoter.safeio import Refused, open_dir, open_dir_chain, open_regular
 from promoter.store import Store
+from promoter.web.errors import detail_response, error_response, sentence
+from promoter.web.fastpath import LeanFiles
 from promoter.web.files import asset_response
 from promoter.web.listing import RunLister
 from promoter.web.metrics import HttpMetrics
 from promoter.web.models import ErrorDetail, Health
 from promoter.web.observe import RequestObserver
-from promoter.web.routes import WebState, router, web_state
+from promoter.web.routes import WebState, lean_file_routes, router, web_state
 from promoter.web.security import AccessGuard, load_token
 from promoter.web.upload import BadUpload
 
 __all__ = ["STATIC_DIR", "create_app"]
 
 STATIC_DIR: Final = Path(__file__).resolve().parent / "static"
-_STATUS: Final[dict[type[PromoterError], int]] = {
-    InvalidNameError: 400,
-    NotFoundError: 404,
-    ConflictError: 409,
-    TooLargeError: 413,
-    StoreIOError: 503,
-    ConfigError: 500,
-}
 _ASSET_TYPES: Final = {
     ".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
     ".mjs": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8",
     ".json": "application/json", ".svg": "image/svg+xml", ".png": "image/png",
     ".ico": "image/x-icon", ".woff2": "font/woff2", ".txt": "text/plain; charset=utf-8",
 }
-
-
-def sentence(text: str) -> str:
-    """A store message ("no run x") as the one clear sentence an answer carries."""
-    text = text.strip() or "error"
-    text = text[0].upper() + text[1:]
-    return text if text.endswith((".", "?", "!")) else text + "."
-
-
-def _status(exc: PromoterError) -> int:
-    for kind in type(exc).__mro__:
-        if kind in _STATUS:
-            return _STATUS[kind]
-    return 500
-
-
-def _detail(status: int, detail: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"detail": detail}, status_code=status,
-                        headers=dict(headers) if headers else None)
 
 
 def _validation_sentence(exc: RequestValidationError) -> str:
@@ -102,21 +68,21 @@ def _install_handlers(app: FastAPI) -> None:
 
     async def promoter_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, PromoterError)
-        return _detail(_status(exc), sentence(str(exc)))
+        return error_response(exc)
 
     async def bad_upload(request: Request, exc: Exception) -> Response:
-        return _detail(422, sentence(str(exc)))
+        return detail_response(422, sentence(str(exc)))
 
     async def invalid_request(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
-        return _detail(422, _validation_sentence(exc))
+        return detail_response(422, _validation_sentence(exc))
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
-        return _detail(exc.status_code, sentence(str(exc.detail)), exc.headers)
+        return detail_response(exc.status_code, sentence(str(exc.detail)), exc.headers)
 
     async def disconnected(request: Request, exc: Exception) -> Response:
-        return _detail(400, "The client went away during the request.")
+        return detail_response(400, "The client went away during the request.")
 
     app.add_exception_handler(PromoterError, promoter_error)
     app.add_exception_handler(BadUpload, bad_upload)
@@ -215,7 +181,9 @@ def create_app(config: Config, store: Store | None = None, *,
     _add_ops_routes(app)
     _add_page_routes(app, static_dir if static_dir is not None else STATIC_DIR)
     _install_handlers(app)
-    # The last one added is the outermost: the observer sees every answer, even the guard's.
+    # The last one added is the outermost: the observer sees every answer, even the guard's;
+    # the lean file path runs only for requests the guard let through.
+    app.add_middleware(LeanFiles, routes=lean_file_routes())
     app.add_middleware(AccessGuard, http=config.http, token=token)
     templates = [(r.path_regex, r.path) for r in (*router.routes, *app.router.routes)
                  if isinstance(r, Route)]

@@ -15,6 +15,7 @@ from urllib.parse import quote
 
 import anyio.to_thread
 from fastapi import APIRouter, Path, Query, Request, Response
+from starlette.routing import Route
 
 from promoter import events
 from promoter.clock import from_timestamp_ns
@@ -24,6 +25,7 @@ from promoter.metadata import ArtifactEntry, RunMetadata
 from promoter.names import check_relpath, check_run_id
 from promoter.store import Store
 from promoter.sweep import sweep
+from promoter.web.fastpath import FileHandler
 from promoter.web.files import etag_matches, file_response, stat_etag
 from promoter.web.listing import Filter, Listing, RunLister, library_listing
 from promoter.web.metrics import HttpMetrics
@@ -37,7 +39,7 @@ from promoter.web.models import (
 )
 from promoter.web.upload import receive_upload
 
-__all__ = ["WebState", "artifact_etag", "router", "web_state"]
+__all__ = ["WebState", "artifact_etag", "lean_file_routes", "router", "web_state"]
 
 log = get_logger()
 
@@ -243,3 +245,20 @@ async def upload(request: Request,
     log.info(events.LIBRARY_UPLOADED, name=added.name, size_bytes=added.size_bytes,
                       overwrite=overwrite)
     return _created(LibraryEntry.of(added))
+
+
+def lean_file_routes() -> list[tuple[Route, FileHandler]]:
+    """The file routes and their handlers, for `LeanFiles` (the same functions as above)."""
+
+    def artifact(request: Request, params: dict[str, str], view: bool,
+                 download: bool) -> Response:
+        return _artifact(request, params["run_id"], params["filename"], view, download)
+
+    def library_file(request: Request, params: dict[str, str], view: bool,
+                     download: bool) -> Response:
+        return _library_file(request, params["name"], view, download)
+
+    by_endpoint: dict[object, FileHandler] = {get_artifact: artifact,
+                                               get_library_file: library_file}
+    return [(r, by_endpoint[r.endpoint]) for r in router.routes
+            if isinstance(r, Route) and r.endpoint in by_endpoint]
