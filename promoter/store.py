@@ -257,7 +257,22 @@ class Store:
                           status=fields.get("status", ""), agents=agents)
 
     def session_exists(self, run_id: str) -> bool:
-        return os.path.lexists(self.sessions_path / run_id)
+        """False only when the session is known to be gone (DESIGN §1).
+
+        When sessions/ itself cannot be seen (promoter-web's unit makes it
+        inaccessible; a web container may not mount it) nothing is known, and a
+        tombstone must be kept rather than dropped.
+        """
+        try:
+            os.lstat(self.sessions_path / run_id)
+            return True
+        except FileNotFoundError:
+            try:
+                return not stat.S_ISDIR(os.stat(self.sessions_path).st_mode)
+            except OSError:
+                return True
+        except OSError:
+            return True
 
     def expiry(self, created_at: datetime, workflow_id: str) -> datetime:
         return created_at + timedelta(days=self.config.retention.days_for(workflow_id))

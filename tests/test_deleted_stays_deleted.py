@@ -147,3 +147,40 @@ def test_deleted_runs_stay_deleted_across_a_daemon_start(tmp_path: Path) -> None
         assert daemon.stop() == 0
     finally:
         daemon.close()
+
+
+def test_a_sweep_that_cannot_see_sessions_keeps_tombstones(tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """promoter-web cannot see sessions/ (its unit makes it inaccessible; a container may not
+    mount it): its sweep must keep every tombstone, or reconcile would resurrect the runs."""
+    cfg = _config_file(tmp_path)
+    root = tmp_path / "root"
+    _old_run(cfg, "gone-1")
+    _delete(cfg, "gone-1", "rm")
+    tombstone = root / "artifacts" / ".tombstones" / "gone-1"
+
+    unmounted = Store(load_config(cfg, env={"PROMOTER_STORAGE__SESSIONS": '"/nonexistent"'}))
+    assert client_for(unmounted).post("/runtime/sweep", headers=CSRF).status_code == 200
+    assert tombstone.exists()
+
+    real_lstat = os.lstat
+
+    def no_access(path: object, *args: object, **kwargs: object) -> os.stat_result:
+        if str(path).startswith(str(root / "sessions")):
+            raise PermissionError(13, "Permission denied")
+        return real_lstat(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "lstat", no_access)
+        hidden = Store(load_config(cfg, env={}))
+        assert client_for(hidden).post("/runtime/sweep", headers=CSRF).status_code == 200
+    assert tombstone.exists()
+
+    assert main(["reconcile", "--config", str(cfg)]) == 0
+    assert not (root / "artifacts" / "gone-1").exists()
+    import shutil
+
+    shutil.rmtree(root / "sessions" / "gone-1")  # now the session is really gone
+    assert client_for(Store(load_config(cfg, env={}))).post(
+        "/runtime/sweep", headers=CSRF).status_code == 200
+    assert not tombstone.exists()
