@@ -48,9 +48,11 @@ def _check_component(part: str, what: str) -> None:
     if "\x00" in part or "/" in part:
         raise InvalidNameError(f"invalid {what}: NUL or '/' in a name")
     try:
-        encoded = part.encode("utf-8", "surrogateescape")
-    except UnicodeEncodeError as exc:
-        raise InvalidNameError(f"invalid {what}: not encodable") from exc
+        # strict: bytes that are not UTF-8 (decoded by the OS layer as surrogates) can be no
+        # string of metadata.json or JSON answer, so such a name is refused, not stored
+        encoded = part.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidNameError(f"invalid {what}: not valid UTF-8") from None
     if len(encoded) > MAX_NAME_BYTES:
         raise InvalidNameError(f"invalid {what}: a component is over {MAX_NAME_BYTES} bytes")
 

@@ -1,0 +1,72 @@
+"""Test-only hooks for a `promoter run` under test; nothing in promoter imports this.
+
+`tests/fault_helpers.hook_env()` puts this folder first on the daemon's
+PYTHONPATH, so Python runs it at start-up, before promoter is imported and
+while the process has one thread. Each hook is asked for by an environment
+variable (removed once read) and changes as little as it can:
+
+- `FAULTSITE_USERNS_WATCHES=N`: move into a user namespace of our own (root
+  mapped to root, so file access is unchanged) and set its inotify watch limit
+  to N: `inotify_add_watch` then fails with the kernel's real ENOSPC for this
+  process only, while the machine's limit stays as it is.
+- `FAULTSITE_STALL_S=S`: the pipeline's stall bound (120 s in production) is S,
+  so a test sees the systemd watchdog pings stop within seconds.
+- `FAULTSITE_WORKER_RAISE=PREFIX`: `Store.promote_files` raises RuntimeError for
+  any batch that holds a file whose base name starts with PREFIX.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from collections.abc import Iterable
+from typing import Any
+
+CLONE_NEWUSER = 0x10000000
+
+
+def _write(path: str, text: str) -> None:
+    with open(path, "w") as fh:
+        fh.write(text)
+
+
+def _own_user_namespace(watches: int) -> None:
+    uid, gid = os.geteuid(), os.getegid()
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.unshare(CLONE_NEWUSER) != 0:
+        raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWUSER)")
+    _write("/proc/self/setgroups", "deny")
+    _write("/proc/self/uid_map", f"{uid} {uid} 1")
+    _write("/proc/self/gid_map", f"{gid} {gid} 1")
+    _write("/proc/sys/user/max_inotify_watches", str(watches))
+
+
+def _raise_on(prefix: str) -> None:
+    from promoter.store import Store
+
+    original = Store.promote_files
+
+    def promote_files(self: Store, run_id: str, filenames: Iterable[str]) -> Any:
+        names = list(filenames)
+        if any(n.rsplit("/", 1)[-1].startswith(prefix) for n in names):
+            raise RuntimeError(f"injected: a worker error on {prefix}*")
+        return original(self, run_id, names)
+
+    Store.promote_files = promote_files  # type: ignore[method-assign]
+
+
+def _install() -> None:
+    watches = os.environ.pop("FAULTSITE_USERNS_WATCHES", "")
+    if watches:
+        _own_user_namespace(int(watches))
+    stall = os.environ.pop("FAULTSITE_STALL_S", "")
+    if stall:
+        import promoter.pipeline
+
+        promoter.pipeline.STALL_S = float(stall)  # read by promoter.daemon when it is imported
+    prefix = os.environ.pop("FAULTSITE_WORKER_RAISE", "")
+    if prefix:
+        _raise_on(prefix)
+
+
+_install()
