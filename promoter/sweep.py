@@ -23,10 +23,13 @@ class SweepReport:
 
 
 def sweep(store: Store, dry_run: bool = False,
-          busy: Callable[[str], bool] | None = None) -> SweepReport:
+          busy: Callable[[str], bool] | None = None,
+          drop_tombstones: bool = True) -> SweepReport:
     """Delete every expired run not kept; a run with files still being promoted waits.
 
     Each deletion takes only that run's lock, so promotion of other runs goes on.
+    `drop_tombstones=False` is for a process that cannot see sessions/ (promoter
+    serve, DESIGN §7): only one that sees them may decide a session is gone.
     """
     report = SweepReport(dry_run=dry_run)
     for meta in store.expired_runs():
@@ -44,6 +47,6 @@ def sweep(store: Store, dry_run: bool = False,
             log.error("sweep.failed", run_id=meta.run_id, reason=str(exc))
             continue
         report.expired.append(meta.run_id)
-    if not dry_run:
+    if not dry_run and drop_tombstones:
         report.tombstones_dropped = store.drop_stale_tombstones()
     return report

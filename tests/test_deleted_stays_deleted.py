@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -149,20 +150,44 @@ def test_deleted_runs_stay_deleted_across_a_daemon_start(tmp_path: Path) -> None
         daemon.close()
 
 
-def test_a_sweep_that_cannot_see_sessions_keeps_tombstones(tmp_path: Path,
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    """promoter-web cannot see sessions/ (its unit makes it inaccessible; a container may not
-    mount it): its sweep must keep every tombstone, or reconcile would resurrect the runs."""
+def test_the_web_sweep_keeps_tombstones_whatever_it_sees_of_sessions(tmp_path: Path) -> None:
+    """promoter-web does not look at sessions/ (its unit makes them inaccessible; the compose
+    example mounts an empty tmpfs over them): its sweep keeps every tombstone, or the next
+    reconcile would resurrect the runs. The daemon's side (`promoter sweep`) drops a tombstone
+    once the session is really gone."""
     cfg = _config_file(tmp_path)
     root = tmp_path / "root"
     _old_run(cfg, "gone-1")
     _delete(cfg, "gone-1", "rm")
     tombstone = root / "artifacts" / ".tombstones" / "gone-1"
+    empty = tmp_path / "empty-tmpfs"
+    empty.mkdir()
+    for sessions in ("/nonexistent", str(empty), str(root / "sessions")):
+        web = Store(load_config(cfg, env={"PROMOTER_STORAGE__SESSIONS": f'"{sessions}"'}))
+        r = client_for(web).post("/runtime/sweep", headers=CSRF)
+        assert r.json() == {"expired": [], "dry_run": False}
+        assert tombstone.exists(), sessions
+    assert main(["reconcile", "--config", str(cfg)]) == 0
+    assert not (root / "artifacts" / "gone-1").exists()
+    shutil.rmtree(root / "sessions" / "gone-1")  # now the session is really gone
+    assert client_for(Store(load_config(cfg, env={}))).post(
+        "/runtime/sweep", headers=CSRF).status_code == 200
+    assert tombstone.exists()  # still: the web never decides that
+    assert main(["sweep", "--config", str(cfg)]) == 0
+    assert not tombstone.exists()
 
-    unmounted = Store(load_config(cfg, env={"PROMOTER_STORAGE__SESSIONS": '"/nonexistent"'}))
-    assert client_for(unmounted).post("/runtime/sweep", headers=CSRF).status_code == 200
-    assert tombstone.exists()
 
+def test_a_session_that_cannot_be_seen_is_not_gone(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Store.session_exists says False only when sessions/ is visible and lacks the run, so a
+    sweep without access to sessions/ keeps tombstones."""
+    cfg = _config_file(tmp_path)
+    root = tmp_path / "root"
+    store = Store(load_config(cfg, env={}))
+    store.ensure_folders()
+    (root / "sessions" / "here").mkdir()
+    assert store.session_exists("here")
+    assert not store.session_exists("gone")
     real_lstat = os.lstat
 
     def no_access(path: object, *args: object, **kwargs: object) -> os.stat_result:
@@ -170,17 +195,7 @@ def test_a_sweep_that_cannot_see_sessions_keeps_tombstones(tmp_path: Path,
             raise PermissionError(13, "Permission denied")
         return real_lstat(path, *args, **kwargs)  # type: ignore[arg-type]
 
-    with monkeypatch.context() as patch:
-        patch.setattr(os, "lstat", no_access)
-        hidden = Store(load_config(cfg, env={}))
-        assert client_for(hidden).post("/runtime/sweep", headers=CSRF).status_code == 200
-    assert tombstone.exists()
-
-    assert main(["reconcile", "--config", str(cfg)]) == 0
-    assert not (root / "artifacts" / "gone-1").exists()
-    import shutil
-
-    shutil.rmtree(root / "sessions" / "gone-1")  # now the session is really gone
-    assert client_for(Store(load_config(cfg, env={}))).post(
-        "/runtime/sweep", headers=CSRF).status_code == 200
-    assert not tombstone.exists()
+    monkeypatch.setattr(os, "lstat", no_access)
+    assert store.session_exists("gone")
+    hidden = Store(load_config(cfg, env={"PROMOTER_STORAGE__SESSIONS": '"/nonexistent"'}))
+    assert hidden.session_exists("gone")

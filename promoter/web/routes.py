@@ -186,7 +186,9 @@ def promote(request: Request, run_id: RunId, filename: str,
              summary="Delete expired runs now")
 def sweep_now(request: Request, dry_run: Annotated[bool, Query(
         description="Only list the runs that would be deleted")] = False) -> SweepResult:
-    report = sweep(web_state(request).store, dry_run=dry_run)
+    # Tombstones stay: this process does not look at sessions/ (DESIGN §7), so it cannot
+    # tell a gone session from a hidden one; the daemon's sweeper drops them.
+    report = sweep(web_state(request).store, dry_run=dry_run, drop_tombstones=False)
     return SweepResult(expired=report.expired, dry_run=report.dry_run)
 
 

@@ -19,7 +19,7 @@ import uvicorn
 from promoter.config import Config
 from promoter.errors import StoreIOError, UsageError
 from promoter.logs import get_logger
-from promoter.startup import prepare_store
+from promoter.store import Store
 from promoter.web.app import create_app
 
 __all__ = ["parse_listen", "serve"]
@@ -87,6 +87,19 @@ def _route_uvicorn_logs(level: str) -> None:
     access.disabled = True
 
 
+def _prepare(config: Config) -> Store:
+    """The folders this process writes, and what a crash of its own may have left there.
+
+    Not the daemon's full start-up (`prepare_store` also relists runs, which reads
+    sessions/ for their context): repairing runs is the daemon's job.
+    """
+    store = Store(config)
+    store.ensure_folders(sessions=False)
+    store.empty_trash()
+    store.library.remove_stale_temps()
+    return store
+
+
 def _record_only(signum: int, frame: FrameType | None) -> None:
     """uvicorn re-raises the signal it stopped for once it has stopped; this takes it quietly."""
 
@@ -94,7 +107,7 @@ def _record_only(signum: int, frame: FrameType | None) -> None:
 def serve(config: Config, listen: str | None = None) -> int:
     """Serve until SIGTERM or SIGINT; returns the exit status (0 after a graceful stop)."""
     host, port = parse_listen(listen or config.http.listen)
-    store = prepare_store(config, sessions=False)
+    store = _prepare(config)
     app = create_app(config, store)
     sock = _bind(host, port)
     _route_uvicorn_logs(config.log.level)
