@@ -94,10 +94,14 @@ class Stack:
         if agent is not None:
             with (folder / "attribution.jsonl").open("a") as fh:
                 fh.write(json.dumps({"filename": filename, "agent_id": agent}) + "\n")
-        target.write_bytes(data)
+        # Written under an excluded name, dated, then renamed into place (as careful
+        # agents do): the daemon never sees the file before its final time.
+        part = target.with_name(f".{target.name}.part")
+        part.write_bytes(data)
         if age_s is not None:
             stamp = time.time() - age_s
-            os.utime(target, (stamp, stamp))
+            os.utime(part, (stamp, stamp))
+        part.rename(target)
         return target
 
     def wait_files(self, run_id: str, names: list[str], timeout: float = 10) -> dict[str, Any]:
@@ -260,10 +264,6 @@ def open_page(browser: Browser, watch: Watch) -> Iterator[Callable[..., Page]]:
 # --- page helpers ------------------------------------------------------------------------
 
 
-def file_names(page: Page, run_id: str) -> list[str]:
-    return page.locator(f'article[data-run="{run_id}"] .file-name').all_inner_texts()
-
-
 def shown_runs(page: Page) -> list[str]:
     return [el.get_attribute("data-run") or "" for el in page.locator("article.run").all()]
 
@@ -300,6 +300,7 @@ def test_promoted_file_appears_without_reload(make_stack: StackFactory,
     stack = make_stack()
     page = open_page(stack.base_url)
     expect(page.get_by_text("No artifacts yet")).to_be_visible()
+    expect(page.get_by_text("The library is empty")).to_be_visible()
     expect(page.get_by_text("sessions/<run>/output/")).to_be_visible()
     page.evaluate("window.__sameDocument = true")
 
@@ -354,13 +355,13 @@ def test_filters_sort_and_search_change_what_is_shown(make_stack: StackFactory,
     page.get_by_role("button", name="All runs").click()
     expect(page.locator("article.run")).to_have_count(2)
 
-    assert file_names(page, "main") == ["a_table.csv", "c_notes.md", "b_chart.png"]
+    main_files = page.locator('article[data-run="main"] .file-name')
+    # date: newest first; agent: alpha, viz, zeta; type: image, table, text
+    expect(main_files).to_have_text(["a_table.csv", "c_notes.md", "b_chart.png"])
     page.get_by_label("Sort by").select_option("agent")
-    expect(page.locator('article[data-run="main"] .file-name').first).to_have_text("c_notes.md")
-    assert file_names(page, "main") == ["c_notes.md", "b_chart.png", "a_table.csv"]
+    expect(main_files).to_have_text(["c_notes.md", "b_chart.png", "a_table.csv"])
     page.get_by_label("Sort by").select_option("type")
-    expect(page.locator('article[data-run="main"] .file-name').first).to_have_text("b_chart.png")
-    assert file_names(page, "main") == ["b_chart.png", "a_table.csv", "c_notes.md"]
+    expect(main_files).to_have_text(["b_chart.png", "a_table.csv", "c_notes.md"])
 
     search = page.get_by_role("searchbox", name="Search file names, agents and workflows")
     search.fill("zeta")
@@ -491,12 +492,11 @@ def test_promote_conflict_then_overwrite(shared: Stack,
 
 
 @pytest.mark.browser
-def test_library_upload_with_name_and_overwrite(make_stack: StackFactory,
+def test_library_upload_with_name_and_overwrite(shared: Stack,
                                                 open_page: Callable[..., Page]) -> None:
     """Upload under a chosen name; the same name again conflicts until Overwrite."""
-    stack = make_stack(daemon=False)
+    stack = shared
     page = open_page(stack.base_url)
-    expect(page.get_by_text("The library is empty")).to_be_visible()
 
     page.get_by_role("button", name="Upload").click()
     dialog = page.get_by_role("dialog", name="Upload to the library")
@@ -694,20 +694,23 @@ def stack_file_headers(stack: Stack, path: str) -> dict[str, str]:
 
 
 @pytest.mark.browser
-def test_keyboard_alone_reaches_every_action(make_stack: StackFactory,
+def test_keyboard_alone_reaches_every_action(shared: Stack,
                                             open_page: Callable[..., Page]) -> None:
     """Tab reaches every control in order; Enter keeps a run and opens a preview."""
-    stack = make_stack()
-    stack.run_json("kb", workflow_id="wf_kb", user_directive="Directive for the keyboard test")
-    stack.write("kb", "data.csv", CSV, agent="proc")
-    stack.write("kb", "page.html", b"<h1>x</h1>", agent="writer", age_s=60)
-    stack.wait_files("kb", ["data.csv", "page.html"])
+    stack = shared
+    stack.run_json("kbd-run", workflow_id="wf_kb", user_directive="Directive for the keyboard test")
+    stack.write("kbd-run", "data.csv", CSV, agent="proc")
+    stack.write("kbd-run", "page.html", b"<h1>x</h1>", agent="writer", age_s=60)
+    stack.wait_files("kbd-run", ["data.csv", "page.html"])
     (stack.library / "lib.txt").write_text("lib\n")
-    page = open_page(stack.base_url)
+    # the search (kept in the address) leaves this test's run alone on the shared store
+    page = open_page(f"{stack.base_url}/?q=kbd-run")
+    expect(page.get_by_role("searchbox")).to_have_value("kbd-run")
+    expect(page.locator("article.run")).to_have_count(1)
     expect(page.get_by_role("link", name="Download lib.txt")).to_be_visible()
 
     order: list[str] = []
-    for _ in range(60):
+    for _ in range(100):
         page.keyboard.press("Tab")
         label = focused(page)
         if not label or (order and label == order[0]):
@@ -717,7 +720,7 @@ def test_keyboard_alone_reaches_every_action(make_stack: StackFactory,
         "Skip to generated artifacts", "Upload", "Download lib.txt", "Clear expired runs",
         "All runs", "Current run", "Last 24 h", "Expiring", "Sort by",
         "Search file names, agents and workflows", "Directive: Directive for the keyboard test",
-        "Keep run kb", "Delete run kb",
+        "Keep run kbd-run", "Delete run kbd-run",
         "Preview data.csv", "Download data.csv", "Promote data.csv to the library",
         "Delete data.csv",  # newest first
         "Open report page.html in a new tab", "Download page.html",
@@ -728,13 +731,13 @@ def test_keyboard_alone_reaches_every_action(make_stack: StackFactory,
     assert positions == sorted(positions), f"focus order: {order}"
 
     page.locator("body").focus()
-    tab_to(page, "Keep run kb")
+    tab_to(page, "Keep run kbd-run")
     ring = page.evaluate("(() => { const s = getComputedStyle(document.activeElement); "
                          "return [s.outlineStyle, s.outlineWidth]; })()")
     assert ring == ["solid", "2px"], "a keyboard focus shows a visible ring"
     page.keyboard.press("Enter")
-    expect(page.get_by_role("button", name="Unkeep run kb")).to_be_focused()
-    wait_until(lambda: stack.runs()["kb"]["keep"] is True, 5, "the run to be kept")
+    expect(page.get_by_role("button", name="Unkeep run kbd-run")).to_be_focused()
+    wait_until(lambda: stack.runs()["kbd-run"]["keep"] is True, 5, "the run to be kept")
 
     page.locator("body").focus()
     tab_to(page, "Preview data.csv")

@@ -1,4 +1,6 @@
 // The artifact browser (DESIGN §8): state, the live poll, and the actions.
+// Filter, sort and search live in the page address (?filter=, ?sort=, ?q=; ?run=ID
+// names the current run), so a view can be linked.
 // Rendering lives in runs.js and library.js, dialogs in dialogs.js, the API in
 // api.js. Agent-controlled text only ever reaches the DOM as text.
 
@@ -24,7 +26,7 @@ const state = {
   filter: FILTERS.includes(params.get("filter")) ? params.get("filter")
     : params.get("run") ? "current" : "all",
   sort: SORTS.includes(params.get("sort")) ? params.get("sort") : "date",
-  query: "",
+  query: params.get("q") || "",
   runs: null, // null until the first answer
   etag: "",
   etagFor: "",
@@ -77,6 +79,7 @@ function syncUrl() {
   const next = new URLSearchParams(location.search);
   if (state.filter === "all") next.delete("filter"); else next.set("filter", state.filter);
   if (state.sort === "date") next.delete("sort"); else next.set("sort", state.sort);
+  if (state.query.trim()) next.set("q", state.query); else next.delete("q");
   const qs = next.toString();
   history.replaceState(null, "", `${location.pathname}${qs ? `?${qs}` : ""}${location.hash}`);
 }
@@ -485,8 +488,10 @@ function start() {
     syncUrl();
     render();
   });
+  $("search").value = state.query;
   $("search").addEventListener("input", (event) => {
     state.query = event.target.value;
+    syncUrl();
     render();
   });
   $("sweep-open").addEventListener("click", (event) => clearExpired(event.currentTarget));
