@@ -48,6 +48,7 @@ class SystemdNotifier:
 
         self._failed = False
         self._notifier: Any = None
+        self.dropped = 0  # messages dropped because the reader's queue was full
         address = os.environ.get("NOTIFY_SOCKET", "")
         if not address.startswith("@") and not os.path.exists(address):
             # sdnotify would leak the socket it opened before failing to connect
@@ -57,6 +58,10 @@ class SystemdNotifier:
             self._notifier = sdnotify.SystemdNotifier(debug=True)
         except OSError as exc:
             self._fail(str(exc))
+            return
+        # A reader that does not keep up must never stall the daemon: a blocking send on a
+        # full datagram queue would hang the main loop, signals and all. Drop instead.
+        self._notifier.socket.setblocking(False)
 
     def _fail(self, reason: str) -> None:
         if not self._failed:
@@ -68,6 +73,8 @@ class SystemdNotifier:
             return
         try:
             self._notifier.notify(message)
+        except BlockingIOError:
+            self.dropped += 1
         except OSError as exc:
             self._fail(str(exc))
 

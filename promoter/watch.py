@@ -20,6 +20,7 @@ import logging
 import os
 import threading
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
@@ -42,7 +43,7 @@ __all__ = ["FAULTS_ENV", "ObserverFactory", "WatchSink", "Watcher"]
 log = get_logger()
 FAULTS_ENV = "PROMOTER_TEST_FAULTS"  # test-only fault injection: raise, kill, overflow, nowatch
 RESTART_BACKOFF_S = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
-QUIET_S = 0.05
+QUIET_S = 0.1
 
 
 class WatchSink(Protocol):
@@ -128,6 +129,8 @@ class _Handler(FileSystemEventHandler):
             return
         if "raise" in self.w.faults and parts[-1].startswith("fault-raise"):
             raise RuntimeError("injected: a handler error")
+        if "overflow" in self.w.faults and parts[-1].startswith("fault-overflow"):
+            return  # injected: these events are lost (see SupervisedInotifyFD.handle_event)
         if len(parts) == 1:
             if is_dir and kind == "deleted":
                 self.sink.session_gone(run_id)
@@ -249,6 +252,12 @@ class Watcher:
 
     def start(self) -> None:
         """Start watching; with `auto`, fall back to polling when inotify is unusable."""
+        # watchdog 7.1 warns when a folder's watch is added twice: its walk of a new run
+        # folder adds output/'s watch, then output/'s own queued IN_CREATE adds it again
+        # (every `mkdir -p run/output`). Harmless, but under -W error (or PYTHONWARNINGS)
+        # the warning is raised in its inotify reader thread and kills it.
+        warnings.filterwarnings("ignore", message=r"Callback with id .* already exists",
+                                category=RuntimeWarning)
         logger = logging.getLogger("watchdog")
         logger.setLevel(logging.WARNING)
         logger.propagate = False

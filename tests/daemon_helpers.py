@@ -165,6 +165,9 @@ class Daemon:
             self.proc.send_signal(signum)
         try:
             return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            tail = self.stderr_path.read_text().splitlines()[-15:]
+            raise AssertionError("daemon did not stop:\n" + "\n".join(tail)) from None
         finally:
             self.close()
 

@@ -8,10 +8,16 @@ import json
 import os
 import re
 import shutil
+import signal
+import subprocess
+import sys
+import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -98,6 +104,7 @@ def test_write_temp_then_rename_promotes_the_final_name_once(shared: Daemon) -> 
     assert (shared.artifacts / "rename-1" / "files" / "report.csv").read_text() == body
     meta = shared.meta("rename-1")
     assert meta is not None and [a["filename"] for a in meta["artifacts"]] == ["report.csv"]
+    shared.wait_log("artifact.promoted", run_id="rename-1")  # logged just after the write
     assert len(shared.events("artifact.promoted", run_id="rename-1")) == 1
 
 
@@ -283,3 +290,289 @@ def test_every_log_line_is_json_and_stdout_is_empty(shared: Daemon) -> None:
         assert {"timestamp", "level", "event"} <= set(line), line
         assert RFC3339.match(line["timestamp"]), line["timestamp"]
     assert shared.stdout_path.read_bytes() == b""
+
+
+# -- daemons of their own --------------------------------------------------------------
+
+
+@pytest.fixture
+def daemons() -> Iterator[list[Daemon]]:
+    """Daemons a test starts; any still running at the end is killed."""
+    started: list[Daemon] = []
+    yield started
+    for d in started:
+        d.close()
+
+
+def start(daemons: list[Daemon], root: Path, config: dict[str, Any] | None = None,
+          env: dict[str, str] | None = None) -> Daemon:
+    d = start_daemon(root, config, env)
+    daemons.append(d)
+    d.wait_ready()
+    return d
+
+
+@pytest.mark.slow
+def test_slow_writer_is_copied_once_and_whole(tmp_path: Path, daemons: list[Daemon]) -> None:
+    """A writer that keeps its file open and adds a chunk every 20 ms for a second gets one
+    copy, of the whole file, after it closes."""
+    d = start(daemons, tmp_path / "storage", base_config(watch={"settle_ms": 300}))
+    path = output(d, "slow-1") / "slow.bin"
+    path.parent.mkdir(parents=True)
+    chunks = [os.urandom(4096) for _ in range(50)]
+    pause = threading.Event()
+    with path.open("wb") as fh:
+        for chunk in chunks:
+            fh.write(chunk)
+            fh.flush()
+            pause.wait(0.02)
+    whole = b"".join(chunks)
+    entry = d.wait_entry("slow-1", "slow.bin", check=lambda e: e["size_bytes"] == len(whole))
+    assert entry["sha256"] == hashlib.sha256(whole).hexdigest()
+    d.wait_log("artifact.promoted", run_id="slow-1", size_bytes=len(whole))
+    assert len(d.events("artifact.promoted", run_id="slow-1")) == 1
+    assert d.stop() == 0
+
+
+@pytest.mark.slow
+def test_catch_up_after_downtime_before_ready(tmp_path: Path, daemons: list[Daemon]) -> None:
+    """Files written while the daemon was down (new, rewritten, in a new run) are in the
+    store by the time it says READY=1, with EXTEND_TIMEOUT_USEC= sent before."""
+    root = tmp_path / "storage"
+    d = start(daemons, root)
+    old = write(output(d, "down-1") / "a.txt", "v1")
+    d.wait_entry("down-1", "a.txt")
+    assert d.stop() == 0
+    past = time.time_ns() - 10**9
+    os.utime(old, ns=(past, past))
+    write(old, "version 2")
+    write(output(d, "down-1") / "b.txt", "b")
+    write(output(d, "down-2") / "sub" / "c.txt", "c")
+    d2 = start(daemons, root)
+    extend = d2.notify.wait_for("EXTEND_TIMEOUT_USEC=")
+    assert extend < d2.notify.wait_for("READY=1")
+    assert (d2.entry("down-1", "a.txt") or {}).get("size_bytes") == 9
+    assert d2.entry("down-1", "b.txt") and d2.entry("down-2", "sub/c.txt")
+    line = d2.wait_log("reconcile.finished", trigger="startup")
+    assert line["promoted"] == 3
+    assert d2.stop() == 0
+
+
+@pytest.mark.slow
+def test_burst_of_thousands_of_files_over_many_runs(tmp_path: Path, daemons: list[Daemon],
+                                                    record_property: Any) -> None:
+    """2,000 files over 20 runs written as fast as possible: all promoted, none twice."""
+    d = start(daemons, tmp_path / "storage")
+    runs, per_run = 20, 100
+    started = time.monotonic()
+    for r in range(runs):
+        for i in range(per_run):
+            write(output(d, f"burst-{r}") / f"f{i:03d}.dat", f"{r}:{i}" * 100)
+
+    def count() -> int:
+        return sum(len((d.meta(f"burst-{r}") or {"artifacts": []})["artifacts"])
+                   for r in range(runs))
+    wait_until(lambda: count() == runs * per_run, timeout=60, interval=0.1,
+               what="every burst file in the store")
+    elapsed = time.monotonic() - started
+    record_property("burst_files_per_s", round(runs * per_run / elapsed))
+    wait_until(lambda: len(d.events("artifact.promoted")) >= runs * per_run,
+               what="the audit line of every file")  # written just after the metadata
+    promoted = Counter((e["run_id"], e["filename"]) for e in d.events("artifact.promoted"))
+    assert len(promoted) == runs * per_run and set(promoted.values()) == {1}
+    for r in range(runs):
+        names = [a["filename"] for a in (d.meta(f"burst-{r}") or {})["artifacts"]]
+        assert sorted(names) == [f"f{i:03d}.dat" for i in range(per_run)]
+    batches = len(d.events("run.created"))
+    assert batches == runs
+    assert d.stop() == 0
+
+
+def test_sigterm_promotes_a_file_just_closed_and_exits_0(tmp_path: Path,
+                                                         daemons: list[Daemon]) -> None:
+    """SIGTERM right after a close: the file is promoted without waiting out settle_ms (10 s
+    here), a file still open is left alone, STOPPING=1 is sent, and the exit is 0 and quick."""
+    d = start(daemons, tmp_path / "storage", base_config(watch={"settle_ms": 10_000}))
+    out = output(d, "term-1")
+    out.mkdir(parents=True)
+    with (out / "open.txt").open("w") as still_open:
+        still_open.write("half")
+        still_open.flush()
+        write(out / "closed.txt", "done")
+        signalled = time.monotonic()
+        d.send(signal.SIGTERM)
+        assert d.proc.wait(15) == 0
+        took = time.monotonic() - signalled
+    assert took < 5, took
+    assert (d.entry("term-1", "closed.txt") or {}).get("size_bytes") == 4
+    assert d.entry("term-1", "open.txt") is None
+    d.notify.wait_for("STOPPING=1", timeout=1)
+    assert d.events("daemon.stopping", signal="SIGTERM") and d.events("daemon.stopped")
+    for line in d.logs():
+        assert {"timestamp", "level", "event"} <= set(line)
+    d.close()
+
+
+def test_sigint_stops_cleanly_too(tmp_path: Path, daemons: list[Daemon]) -> None:
+    """SIGINT (Ctrl-C in a terminal) is a clean stop with exit 0, like SIGTERM."""
+    d = start(daemons, tmp_path / "storage")
+    assert d.stop(signal.SIGINT) == 0
+    assert d.events("daemon.stopping", signal="SIGINT")
+
+
+@pytest.fixture(scope="module")
+def systemd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    """A daemon whose systemd watchdog is on (WATCHDOG_USEC=200000)."""
+    root = tmp_path_factory.mktemp("systemd") / "storage"
+    d = start_daemon(root, base_config(), env={"WATCHDOG_USEC": "200000"})
+    d.wait_ready()
+    yield d
+    assert d.stop() == 0
+
+
+def test_watchdog_pings_every_half_period(systemd: Daemon) -> None:
+    """With WATCHDOG_USEC=200000, WATCHDOG=1 arrives about every 100 ms while healthy."""
+    first = systemd.notify.wait_for("WATCHDOG=1")
+    t0 = time.monotonic()
+    index = first
+    for _ in range(5):
+        index = systemd.notify.wait_for("WATCHDOG=1", after=index + 1, timeout=5)
+    assert time.monotonic() - t0 < 3
+
+
+def test_sighup_reloads_log_level_and_settle(systemd: Daemon) -> None:
+    """SIGHUP: RELOADING=1 with MONOTONIC_USEC=, then READY=1; the new log level and settle
+    time apply, and a key that needs a restart is named in the log."""
+    before = len(systemd.notify.messages)
+    systemd.write_config(base_config(watch={"settle_ms": 60}, log={"level": "debug"},
+                                     promote={"workers": 3}))
+    now_usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+    systemd.send(signal.SIGHUP)
+    i = systemd.notify.wait_for("RELOADING=1", after=before)
+    stamp = re.search(r"^MONOTONIC_USEC=(\d+)$", systemd.notify.messages[i], re.M)
+    assert stamp is not None and 0 <= int(stamp.group(1)) - now_usec < 10_000_000
+    systemd.notify.wait_for("READY=1", after=i + 1)
+    line = systemd.wait_log("daemon.reloaded")
+    assert {"log.level", "watch.settle_ms", "promote.workers"} <= set(line["changed"])
+    assert "promote.workers" not in line["applied"]
+    assert systemd.wait_log("daemon.restart_needed")["keys"] == ["promote.workers"]
+    write(output(systemd, "hup-1") / "a.txt", "a")
+    systemd.wait_entry("hup-1", "a.txt")
+    systemd.wait_log("promote.batch", run_id="hup-1")  # a debug line: the level applied
+
+
+def test_bad_config_on_reload_keeps_the_old_one(systemd: Daemon) -> None:
+    """A reload with a broken configuration is logged, READY=1 follows, and promotion goes on
+    with the previous configuration."""
+    before = len(systemd.notify.messages)
+    systemd.cfgfile.write_text("[watch]\nsettle_ms = 'soon'\n")
+    systemd.send(signal.SIGHUP)
+    i = systemd.notify.wait_for("RELOADING=1", after=before)
+    systemd.notify.wait_for("READY=1", after=i + 1)
+    assert "watch.settle_ms" in systemd.wait_log("daemon.reload_failed")["reason"]
+    write(output(systemd, "hup-2") / "b.txt", "b")
+    systemd.wait_entry("hup-2", "b.txt")
+
+
+@pytest.mark.slow
+def test_sweeper_expires_runs_and_they_stay_deleted(tmp_path: Path,
+                                                    daemons: list[Daemon]) -> None:
+    """With retention.days tiny the sweeper deletes the run (run.expired, a tombstone), and
+    rescans of the session that is still there do not bring it back."""
+    config = base_config(retention={"days": 0.00001, "sweep_interval_s": 0.3},
+                         watch={"rescan_interval_s": 0.3})
+    d = start(daemons, tmp_path / "storage", config)
+    write(output(d, "old-1") / "a.txt", "a")
+    d.wait_entry("old-1", "a.txt")
+    line = d.wait_log("run.expired", run_id="old-1")
+    assert line["files"] == 1
+    assert not (d.artifacts / "old-1").exists()
+    assert (d.artifacts / ".tombstones" / "old-1").exists()
+    expired_at = len(d.logs())
+    wait_until(lambda: len([e for e in d.logs()[expired_at:]
+                            if e["event"] == "reconcile.finished"]) >= 2, what="two rescans")
+    assert not (d.artifacts / "old-1").exists()
+    assert d.stop() == 0
+
+
+def test_polling_observer_promotes_too(tmp_path: Path, daemons: list[Daemon]) -> None:
+    """With watch.observer = "polling" files are found without inotify and promoted."""
+    d = start(daemons, tmp_path / "storage", base_config(watch={"observer": "polling"}))
+    assert d.wait_log("watch.started")["observer"] == "polling"
+    write(output(d, "poll-1") / "sub" / "a.txt", "a")
+    d.wait_entry("poll-1", "sub/a.txt")
+    assert d.stop() == 0
+
+
+def test_bad_configuration_exits_2_with_one_line(tmp_path: Path) -> None:
+    """A configuration error at start is exit status 2 and one line on stderr."""
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text("[watch]\nsettle_ms = -1\n")
+    proc = subprocess.run([sys.executable, "-m", "promoter", "run", "--root",
+                           str(tmp_path / "s"), "--config", str(cfg)],
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "watch.settle_ms" in proc.stderr
+    assert proc.stdout == ""
+
+
+# -- watchdog's silent failures, each proven (test-only fault injection) ---------------
+
+
+@pytest.fixture(scope="module")
+def faulty(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    """A daemon whose watcher misbehaves on purpose for files named fault-*; no rescans, so
+    only the workarounds can promote what the faults hide."""
+    root = tmp_path_factory.mktemp("faulty") / "storage"
+    d = start_daemon(root, base_config(),
+                     env={"PROMOTER_TEST_FAULTS": "raise,kill,overflow,nowatch"})
+    d.wait_ready()
+    yield d
+    assert d.stop() == 0
+
+
+def test_a_raising_handler_is_caught_and_its_run_caught_up(faulty: Daemon) -> None:
+    """An error inside the handler is logged as watch.error, the run is caught up (so the
+    file still arrives) and watching goes on."""
+    write(output(faulty, "raise-1") / "fault-raise.txt", "r")
+    line = faulty.wait_log("watch.error", source="handler")
+    assert line["runs"] == ["raise-1"]
+    faulty.wait_entry("raise-1", "fault-raise.txt")
+    write(output(faulty, "raise-1") / "after.txt", "a")
+    faulty.wait_entry("raise-1", "after.txt")
+
+
+def test_a_dead_dispatcher_thread_is_restarted_with_a_catch_up(faulty: Daemon) -> None:
+    """When an error escapes into watchdog's dispatcher thread and kills it, the watcher
+    notices, restarts the observer, catches every run up, and files keep arriving."""
+    write(output(faulty, "kill-1") / "fault-kill.txt", "k")
+    line = faulty.wait_log("watch.error", source="observer")
+    assert line["thread"] == "promoter-watch-dispatch"
+    faulty.wait_log("watch.restarted")
+    faulty.wait_entry("kill-1", "fault-kill.txt")
+    write(output(faulty, "kill-1") / "after.txt", "a")
+    faulty.wait_entry("kill-1", "after.txt")
+
+
+def test_an_overflow_triggers_a_catch_up_of_every_run(faulty: Daemon) -> None:
+    """An inotify overflow (through watchdog's own handling, which tells the handler nothing)
+    is logged as watch.overflow, and the catch-up finds the file whose events were lost."""
+    write(output(faulty, "over-1") / "watched.txt", "w")  # output/ has its watch now
+    faulty.wait_entry("over-1", "watched.txt")
+    write(output(faulty, "over-1") / "fault-overflow.txt", "o")
+    faulty.wait_log("watch.overflow")
+    faulty.wait_entry("over-1", "fault-overflow.txt")
+    assert any("overflow" in e["trigger"] for e in faulty.events("reconcile.finished")
+               if isinstance(e["trigger"], list))
+
+
+@pytest.mark.slow
+def test_a_watch_that_cannot_be_added_triggers_catch_ups(faulty: Daemon) -> None:
+    """A folder whose watch fails (ENOSPC, as at the watch limit) is logged as watch.error
+    and its run is caught up, now and every few seconds, so files there still arrive."""
+    folder = output(faulty, "nowatch-1") / "fault-nowatch-dir"
+    folder.mkdir(parents=True)
+    line = faulty.wait_log("watch.error", source="add_watch")
+    assert line["runs"] == ["nowatch-1"] and "limit" in line["reason"]
+    write(folder / "inside.txt", "i")
+    faulty.wait_entry("nowatch-1", "fault-nowatch-dir/inside.txt", timeout=15)
