@@ -703,3 +703,34 @@ def test_parse_flags() -> None:
     assert parse_flags(b"view=maybe") is None
     assert parse_flags(b"view=1&view=0") is None
     assert parse_flags(b"view=") is None
+
+
+def test_a_rendered_list_is_reused_for_half_a_second(store: Store, tmp_path: Path) -> None:
+    """Pollers share one rendering for ttl_s; a change behind the server shows after it."""
+    from promoter.web.listing import RunLister
+
+    now = [100.0]
+    lister = RunLister(store, ttl_s=0.5, monotonic=lambda: now[0])
+    populate(store, tmp_path, "one", {"a.txt": b"1"})
+    first = lister.render("all", None)
+    populate(store, tmp_path, "two", {"a.txt": b"2"})
+    now[0] += 0.4
+    assert lister.render("all", None) is first
+    now[0] += 0.2
+    assert lister.render("all", None).etag != first.etag
+
+
+def test_changes_through_the_server_show_at_once(store: Store, tmp_path: Path) -> None:
+    """With the list reused between polls, a delete or keep made over HTTP shows immediately."""
+    populate(store, tmp_path, "one", {"a.txt": b"1"})
+    populate(store, tmp_path, "two", {"a.txt": b"2"})
+    client = client_for(store, list_ttl_s=60.0)
+    etag = client.get("/runtime/artifacts").headers["etag"]
+    assert client.patch("/runtime/artifacts/one", json={"keep": True},
+                        headers=CSRF).status_code == 200
+    kept = client.get("/runtime/artifacts", headers={"If-None-Match": etag})
+    assert kept.status_code == 200
+    assert client.delete("/runtime/artifacts/two", headers=CSRF).status_code == 204
+    assert [i["run_id"] for i in client.get("/runtime/artifacts").json()["artifacts"]] == ["one"]
+    assert client.delete("/runtime/artifacts/one/files/a.txt", headers=CSRF).status_code == 204
+    assert client.get("/runtime/artifacts").json()["artifacts"][0]["metadata"]["artifacts"] == []

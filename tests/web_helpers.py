@@ -91,7 +91,12 @@ class WebClient:
 
 
 def client_for(store: Store, config: Config | None = None, **kwargs: Any) -> WebClient:
-    """An in-process client on a fresh app over `store`, speaking as http://localhost."""
+    """An in-process client on a fresh app over `store`, speaking as http://localhost.
+
+    The run list is not reused between requests (list_ttl_s=0) unless asked: tests
+    change the store behind the app's back and look at the next answer.
+    """
+    kwargs.setdefault("list_ttl_s", 0.0)
     return WebClient(create_app(config or store.config, store, **kwargs))
 
 

@@ -162,8 +162,11 @@ def _add_ops_routes(app: FastAPI) -> None:
 
 
 def create_app(config: Config, store: Store | None = None, *,
-               static_dir: Path | None = None) -> FastAPI:
+               static_dir: Path | None = None, list_ttl_s: float = 0.5) -> FastAPI:
     """The HTTP API and the page over `store` (default: a Store on `config`).
+
+    `static_dir` and `list_ttl_s` (how long a rendered run list is reused) are for
+    tests and benchmarks.
 
     Raises ConfigError when `http.token_file` is set but unreadable or empty:
     a server that should need a token never starts without one.
@@ -176,7 +179,8 @@ def create_app(config: Config, store: Store | None = None, *,
         description="Artifacts promoted from agent sessions, and the curated library "
                     "(DESIGN §7). Changing requests need the X-Promoter-Request header "
                     "(or a bearer token when the server has one).")
-    app.state.web = WebState(config=config, store=store, lister=RunLister(store), metrics=metrics)
+    app.state.web = WebState(config=config, store=store, lister=RunLister(store, list_ttl_s),
+                             metrics=metrics)
     app.include_router(router)
     _add_ops_routes(app)
     _add_page_routes(app, static_dir if static_dir is not None else STATIC_DIR)

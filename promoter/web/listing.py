@@ -6,6 +6,11 @@ on its metadata.json's (inode, mtime, size), and here each parsed run keeps its
 serialized JSON and a digest of it. A poll is then one `stat` per run plus a
 hash over the digests of the runs that pass the filter; the ETag changes
 exactly when the body does.
+
+A rendered list is also kept for `ttl_s` (half a second): every page open on
+the server polls once a second, and however many there are, the store is
+stat'ed at most twice a second. Changes made through this server clear it at
+once; the daemon's appear within the TTL plus the poll (DESIGN §8: 2 s).
 """
 
 from __future__ import annotations
@@ -13,7 +18,8 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from typing import Final, Literal
 
 from promoter.metadata import RunMetadata
@@ -26,6 +32,7 @@ __all__ = ["Filter", "Listing", "RunLister", "library_listing"]
 
 Filter = Literal["all", "current", "recent", "expiring"]
 _PRUNE_EVERY: Final = 64
+_MAX_RENDERED: Final = 64  # distinct (filter, run_id) queries kept
 
 
 class Listing:
@@ -49,12 +56,21 @@ def _digest(*parts: bytes) -> str:
 class RunLister:
     """Renders `GET /runtime/artifacts` from the store, reusing each run's JSON until it changes."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, ttl_s: float = 0.5,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
         self.store = store
+        self.ttl_s = ttl_s
+        self._monotonic = monotonic
         # run_id -> (the metadata object the store's cache returned, its item JSON, digest)
         self._items: dict[str, tuple[RunMetadata, bytes, bytes]] = {}
+        self._rendered: dict[tuple[str, str | None], tuple[float, Listing]] = {}
         self._lock = threading.Lock()
         self._calls = 0
+
+    def invalidate(self) -> None:
+        """Forget rendered lists: a change was made through this server."""
+        with self._lock:
+            self._rendered.clear()
 
     def _item(self, meta: RunMetadata) -> tuple[bytes, bytes]:
         cached = self._items.get(meta.run_id)
@@ -80,9 +96,22 @@ class RunLister:
         return [m for m in runs if matches_filter(m, name, now)]
 
     def render(self, name: Filter, run_id: str | None) -> Listing:
-        """The body and ETag for one query."""
+        """The body and ETag for one query, at most `ttl_s` old."""
         if run_id is not None:
             check_run_id(run_id)
+        key = (name, run_id)
+        now = self._monotonic()
+        hit = self._rendered.get(key)
+        if hit is not None and now - hit[0] < self.ttl_s:
+            return hit[1]
+        listing = self._render(name, run_id)
+        with self._lock:
+            if len(self._rendered) >= _MAX_RENDERED:
+                self._rendered.clear()
+            self._rendered[key] = (now, listing)
+        return listing
+
+    def _render(self, name: Filter, run_id: str | None) -> Listing:
         runs = self.select(name, run_id)
         items = [self._item(m) for m in runs]
         body = b'{"artifacts":[' + b",".join(i for i, _ in items) + b"]}"

@@ -147,21 +147,28 @@ async def head_artifact(request: Request, run_id: RunId, filename: str, view: Vi
                responses=_errors(400, 403, 404), summary="Delete a run (as promoter rm)")
 def delete_run(request: Request, run_id: RunId) -> Response:
     """Tombstoned: the run does not come back from its session (DESIGN §1)."""
-    web_state(request).store.delete_run(check_run_id(run_id))
+    web = web_state(request)
+    web.store.delete_run(check_run_id(run_id))
+    web.lister.invalidate()
     return Response(status_code=204)
 
 
 @router.patch("/artifacts/{run_id}", response_model=RunMetadata,
               responses=_errors(400, 403, 404), summary="Keep (pin) or unpin a run")
 def patch_run(request: Request, run_id: RunId, body: KeepBody) -> RunMetadata:
-    return web_state(request).store.set_keep(check_run_id(run_id), body.keep)
+    web = web_state(request)
+    meta = web.store.set_keep(check_run_id(run_id), body.keep)
+    web.lister.invalidate()
+    return meta
 
 
 @router.delete("/artifacts/{run_id}/files/{filename:path}", status_code=204,
                response_class=Response, responses=_errors(400, 403, 404),
                summary="Remove one artifact (as promoter rm RUN_ID FILENAME)")
 def delete_artifact(request: Request, run_id: RunId, filename: str) -> Response:
-    web_state(request).store.delete_artifact(check_run_id(run_id), check_relpath(filename))
+    web = web_state(request)
+    web.store.delete_artifact(check_run_id(run_id), check_relpath(filename))
+    web.lister.invalidate()
     return Response(status_code=204)
 
 
@@ -188,7 +195,9 @@ def sweep_now(request: Request, dry_run: Annotated[bool, Query(
         description="Only list the runs that would be deleted")] = False) -> SweepResult:
     # Tombstones stay: this process does not look at sessions/ (DESIGN §7), so it cannot
     # tell a gone session from a hidden one; the daemon's sweeper drops them.
-    report = sweep(web_state(request).store, dry_run=dry_run, drop_tombstones=False)
+    web = web_state(request)
+    report = sweep(web.store, dry_run=dry_run, drop_tombstones=False)
+    web.lister.invalidate()
     return SweepResult(expired=report.expired, dry_run=report.dry_run)
 
 
