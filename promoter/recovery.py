@@ -108,13 +108,25 @@ def rebuild(store: Store, art: int, run_id: str, raw: bytes | None, reason: str)
                 meta = RunMetadata.model_validate({**meta.model_dump(), key: salvage[key]})
     if "created_at" not in salvage and entries:
         meta.created_at = min(e.generated_at for e in entries)
-    meta.artifacts = sorted(entries, key=lambda e: e.generated_at)
+    meta.artifacts = sorted(_salvage_agents(entries, salvage), key=lambda e: e.generated_at)
     meta.expires_at = store.expiry(meta.created_at, meta.workflow_id)
     store.apply_context(meta, ctx)
     store.write_metadata(art, meta)
     log.warning(events.METADATA_RECOVERED, run_id=run_id, reason=reason, set_aside=aside,
                 files=len(entries))
     return meta
+
+
+def _salvage_agents(entries: list[ArtifactEntry], salvage: dict[str, Any]) -> list[ArtifactEntry]:
+    """Agents named by a readable part of the corrupt file, where context has none."""
+    known: dict[str, str] = {}
+    items = salvage.get("artifacts")
+    for item in items if isinstance(items, list) else []:
+        if isinstance(item, dict) and isinstance(item.get("filename"), str) \
+                and isinstance(item.get("agent_id"), str):
+            known[item["filename"]] = item["agent_id"]
+    return [e.model_copy(update={"agent_id": known[e.filename]})
+            if e.agent_id == "unknown" and e.filename in known else e for e in entries]
 
 
 def repair(store: Store, run_id: str) -> bool:
@@ -143,7 +155,11 @@ def repair(store: Store, run_id: str) -> bool:
             if entry is None or entry.size_bytes != st.st_size or \
                     entry.generated_at != from_timestamp_ns(st.st_mtime_ns):
                 ctx = ctx or store.context(run_id)
-                fixed.append(hash_entry(store, fd, filename.rsplit("/", 1)[-1], filename, ctx))
+                fresh = hash_entry(store, fd, filename.rsplit("/", 1)[-1], filename, ctx)
+                if entry is not None and fresh.agent_id == "unknown":
+                    # the session may be gone: what the entry knew still holds
+                    fresh = fresh.model_copy(update={"agent_id": entry.agent_id})
+                fixed.append(fresh)
         missing = set(known) - seen
         if not fixed and not missing:
             return False

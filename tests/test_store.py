@@ -556,3 +556,35 @@ def test_open_artifact_never_follows_planted_symlink(tmp_path: Path) -> None:
     copy.symlink_to("/etc/passwd")
     with pytest.raises(NotFoundError):
         store.open_artifact("r1", "a.txt")
+
+
+def test_repair_keeps_known_agent_when_session_is_gone(tmp_path: Path) -> None:
+    """A relisted copy keeps the agent its entry named, even with no session left."""
+    import shutil
+
+    store = make_store(tmp_path)
+    write_session_file(tmp_path, "r1", "a.txt", b"a")
+    (tmp_path / "sessions/r1/attribution.jsonl").write_text(
+        '{"filename": "a.txt", "agent_id": "writer"}\n')
+    store.promote_files("r1", ["a.txt"])
+    shutil.rmtree(tmp_path / "sessions/r1")
+    os.utime(tmp_path / "artifacts/r1/files/a.txt", (1, 1))  # copied without -p, say
+    prepare_store(store.config)
+    [entry] = meta_of(tmp_path, "r1").artifacts
+    assert entry.agent_id == "writer" and entry.generated_at.year == 1970
+
+
+def test_rebuild_salvages_agents_from_a_readable_corrupt_file(tmp_path: Path) -> None:
+    """A schema-broken but readable metadata.json still lends its agent ids."""
+    store = make_store(tmp_path)
+    write_session_file(tmp_path, "r1", "a.txt", b"a")
+    (tmp_path / "sessions/r1/attribution.jsonl").write_text(
+        '{"filename": "a.txt", "agent_id": "writer"}\n')
+    store.promote_files("r1", ["a.txt"])
+    (tmp_path / "sessions/r1/attribution.jsonl").unlink()
+    fresh = make_store(tmp_path)  # no attribution cached
+    path = tmp_path / "artifacts/r1/metadata.json"
+    doc = json.loads(path.read_text())
+    doc["schema_version"] = 99
+    path.write_text(json.dumps(doc))
+    assert fresh.get_run("r1").artifacts[0].agent_id == "writer"
