@@ -1,0 +1,187 @@
+"""The settle thread and the workers around a scripted store: batching, retries, errors,
+stalls and the shutdown drain, without a daemon process."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import structlog
+
+from promoter.metrics import DaemonMetrics
+from promoter.pipeline import Pipeline
+from promoter.reconcile import Rejections, SessionFile
+from promoter.store import Outcome, PromoteResult
+from tests.daemon_helpers import no_thread_leak, wait_until, write
+
+__all__ = ["no_thread_leak"]
+
+
+@pytest.fixture(autouse=True)
+def _threads(no_thread_leak: None) -> None:
+    """Every pipeline here is drained: no thread may outlive its test."""
+
+
+class FakeStore:
+    """Records calls; `script` lists what the next promote_files calls do."""
+
+    def __init__(self, sessions: Path) -> None:
+        self.sessions_path = sessions
+        self.calls: list[tuple[str, str, tuple[str, ...]]] = []
+        self.script: list[Any] = []  # an Outcome for every file, an exception, or an Event
+        self.lock = threading.Lock()
+
+    def promote_files(self, run_id: str, filenames: tuple[str, ...]) -> list[PromoteResult]:
+        with self.lock:
+            self.calls.append(("promote", run_id, tuple(filenames)))
+            step = self.script.pop(0) if self.script else Outcome.PROMOTED
+        if isinstance(step, threading.Event):
+            step.wait(10)
+            step = Outcome.PROMOTED
+        if isinstance(step, Exception):
+            raise step
+        return [PromoteResult(run_id, name, step) for name in filenames]
+
+    def refresh_context(self, run_id: str) -> None:
+        with self.lock:
+            self.calls.append(("context", run_id, ()))
+
+    def mark_completed(self, run_id: str) -> None:
+        with self.lock:
+            self.calls.append(("completed", run_id, ()))
+
+    def promoted(self, run_id: str) -> list[str]:
+        with self.lock:
+            return [n for kind, r, names in self.calls if kind == "promote" and r == run_id
+                    for n in names]
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> FakeStore:
+    return FakeStore(tmp_path)
+
+
+def pipeline(store: FakeStore, settle_ms: int = 50, **kwargs: Any) -> Pipeline:
+    p = Pipeline(store, DaemonMetrics(), Rejections(), workers=2,  # type: ignore[arg-type]
+                 settle_ms=settle_ms, **kwargs)
+    p.start()
+    return p
+
+
+@pytest.fixture
+def running(store: FakeStore) -> Iterator[Pipeline]:
+    p = pipeline(store)
+    yield p
+    assert p.drain(5)
+
+
+def test_files_of_a_run_settling_together_are_one_store_call(store: FakeStore,
+                                                             running: Pipeline) -> None:
+    """Ten files of one run closed together make one promote_files call (one metadata write)."""
+    for i in range(10):
+        running.file_changed("r", f"f{i}", strong=True)
+    running.file_changed("q", "g", strong=True)
+    wait_until(lambda: len(store.promoted("r")) == 10 and store.promoted("q"))
+    assert len([c for c in store.calls if c[1] == "r"]) == 1
+
+
+def test_a_worker_error_is_logged_and_the_batch_retried(store: FakeStore) -> None:
+    """An exception from the store never stops a worker: it is logged, and the files come
+    back after a backoff."""
+    store.script = [RuntimeError("disk on fire")]
+    p = pipeline(store)
+    try:
+        with structlog.testing.capture_logs() as logs:
+            p.file_changed("r", "a", strong=True)
+            wait_until(lambda: len(store.promoted("r")) == 2, timeout=5)
+        assert any(e["event"] == "worker.error" and "disk on fire" in e["reason"] for e in logs)
+        assert p.health() is None
+    finally:
+        assert p.drain(5)
+
+
+@pytest.mark.parametrize("outcome", [Outcome.CHANGED, Outcome.FAILED])
+def test_changed_or_failed_files_are_tried_again(store: FakeStore, outcome: Outcome) -> None:
+    """CHANGED and FAILED outcomes are retried; the others are final."""
+    store.script = [outcome]
+    p = pipeline(store)
+    try:
+        p.file_changed("r", "a", strong=True)
+        wait_until(lambda: len(store.promoted("r")) == 2, timeout=5)
+        wait_until(lambda: not p.busy("r"))
+        assert len(store.promoted("r")) == 2
+    finally:
+        assert p.drain(5)
+
+
+def test_drain_promotes_closed_files_without_waiting_out_settle(store: FakeStore) -> None:
+    """At shutdown a closed file goes at once even with settle_ms at a minute; a file only
+    written to (not closed) is left for the next start."""
+    p = pipeline(store, settle_ms=60_000)
+    p.file_changed("r", "closed", strong=True)
+    p.file_changed("r", "open", strong=False)
+    wait_until(lambda: p.busy("r"))
+    assert p.drain(5)
+    assert store.promoted("r") == ["closed"]
+
+
+def test_a_stalled_backlog_is_unhealthy(store: FakeStore) -> None:
+    """Work outstanding with no batch done for stall_s makes health() say so (no pings)."""
+    release = threading.Event()
+    store.script = [release]
+    p = pipeline(store, stall_s=0.2)
+    try:
+        p.file_changed("r", "a", strong=True)
+        wait_until(lambda: "no batch done" in (p.health() or ""), timeout=5)
+        assert p.busy("r")
+        release.set()
+        wait_until(lambda: p.health() is None and not p.busy("r"), timeout=5)
+    finally:
+        release.set()
+        assert p.drain(5)
+
+
+def test_a_quiet_catch_up_find_goes_without_waiting(store: FakeStore) -> None:
+    """A file offered by a catch-up whose mtime is already old is promoted at once."""
+    p = pipeline(store, settle_ms=60_000)
+    try:
+        p.offer("r", "old", quiet=True)
+        wait_until(lambda: store.promoted("r") == ["old"], timeout=5)
+    finally:
+        assert p.drain(5)
+
+
+def test_context_changes_and_vanished_sessions_are_run_chores(store: FakeStore,
+                                                             running: Pipeline) -> None:
+    """A context change alone refreshes the run's context; a vanished session completes it."""
+    running.context_changed("r")
+    running.session_gone("q")
+    wait_until(lambda: ("context", "r", ()) in store.calls
+               and ("completed", "q", ()) in store.calls)
+
+
+def test_rejected_files_are_remembered_for_rescans(store: FakeStore, tmp_path: Path) -> None:
+    """A refused file is remembered by identity, so a rescan does not offer and log it again."""
+    path = write(tmp_path / "r" / "output" / "link", "x")
+    store.script = [Outcome.REJECTED]
+    rejections = Rejections()
+    p = Pipeline(store, DaemonMetrics(), rejections, workers=1, settle_ms=10)  # type: ignore[arg-type]
+    p.start()
+    try:
+        p.file_changed("r", "link", strong=True)
+        st = path.stat()
+        f = SessionFile("r", "link", st.st_size, st.st_mtime_ns, st.st_ino, True)
+        wait_until(lambda: rejections.known(f), timeout=5)
+    finally:
+        assert p.drain(5)
+
+
+def test_health_names_a_dead_thread(store: FakeStore) -> None:
+    """After the drain the threads are gone, and health() says which."""
+    p = pipeline(store)
+    assert p.health() is None
+    assert p.drain(5)
+    assert "is not running" in (p.health() or "")
