@@ -210,6 +210,8 @@ class Pipeline:
         """One batch; returns the files and whether the run chores are to be retried."""
         started = time.monotonic()
         results: list[PromoteResult] = []
+        raised: set[str] = set()
+        retry_run = False
         try:
             if batch.filenames:
                 results = self.store.promote_files(batch.run_id, batch.filenames)
@@ -220,7 +222,13 @@ class Pipeline:
         except Exception as exc:  # nothing a worker meets may stop the daemon (DESIGN §5)
             log.error(events.WORKER_ERROR, run_id=batch.run_id, files=len(batch.filenames),
                       reason=f"{type(exc).__name__}: {exc}", exc_info=True)
-            return frozenset(batch.filenames), True
+            if len(batch.filenames) < 2:
+                return frozenset(batch.filenames), True
+            retry_run = True
+            # One file that makes the store raise must not hold back its batch-mates, which
+            # would be retried with it, together, for ever: each is tried alone, and only
+            # the ones that raise alone are retried (with the run chores).
+            results, raised = self._one_by_one(batch)
         try:
             self._account(batch, results)
         except Exception as exc:
@@ -229,8 +237,22 @@ class Pipeline:
                   context=batch.context, completed=batch.completed,
                   duration_ms=round((time.monotonic() - started) * 1000, 1))
         outcome = {r.filename: r.outcome for r in results}
-        retry = frozenset(n for n in batch.filenames if outcome.get(n, Outcome.FAILED) in RETRY)
-        return retry, False
+        retry = frozenset(n for n in batch.filenames
+                          if n in raised or outcome.get(n, Outcome.FAILED) in RETRY)
+        return retry, retry_run
+
+    def _one_by_one(self, batch: Batch) -> tuple[list[PromoteResult], set[str]]:
+        """The batch's files each in a batch of its own; and the names that raised."""
+        results: list[PromoteResult] = []
+        raised: set[str] = set()
+        for name in batch.filenames:
+            try:
+                results += self.store.promote_files(batch.run_id, [name])
+            except Exception as exc:
+                raised.add(name)
+                log.error(events.WORKER_ERROR, run_id=batch.run_id, filename=name,
+                          reason=f"{type(exc).__name__}: {exc}")
+        return results, raised
 
     def _account(self, batch: Batch, results: Collection[PromoteResult]) -> None:
         self.metrics.record(results, time.time_ns())

@@ -232,6 +232,10 @@ class Store:
                 return None
             if not stat.S_ISDIR(st.st_mode):
                 return None
+            if not list(recovery.walk_files(self, art, run_id)):
+                # the run's first copy never completed (changed, failed, killed): there is
+                # no run yet and nothing to recover; its promotion will create it
+                return None
             return self._rebuild(art, run_id, None, "metadata.json missing")
         try:
             meta = RunMetadata.model_validate_json(raw)
