@@ -392,9 +392,10 @@ def test_sigterm_promotes_a_file_just_closed_and_exits_0(tmp_path: Path,
                                                          daemons: list[Daemon]) -> None:
     """SIGTERM right after a close: the file is promoted without waiting out settle_ms (10 s
     here), a file still open is left alone, STOPPING=1 is sent, and the exit is 0 and quick."""
-    d = start(daemons, tmp_path / "storage", base_config(watch={"settle_ms": 10_000}))
-    out = output(d, "term-1")
-    out.mkdir(parents=True)
+    root = tmp_path / "storage"
+    out = root / "sessions" / "term-1" / "output"
+    out.mkdir(parents=True)  # watched from the start: its files' close events come through
+    d = start(daemons, root, base_config(watch={"settle_ms": 10_000}))
     with (out / "open.txt").open("w") as still_open:
         still_open.write("half")
         still_open.flush()
