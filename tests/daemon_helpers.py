@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from watchdog.events import FileSystemEventHandler
 
+from promoter.observers import ObserverLike, Report
 from promoter.tomlout import dumps
 
 T = TypeVar("T")
@@ -204,3 +206,43 @@ def write(path: Path, data: bytes | str = b"data") -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data.encode() if isinstance(data, str) else data)
     return path
+
+
+class FakeObserver:
+    """Scripted: healthy until told otherwise; records its life."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.trouble: str | None = None
+        self.started = self.stopped = False
+
+    def start(self) -> None:
+        self.started = True
+
+    def stop(self) -> None:
+        self.stopped = True
+
+    def join(self, timeout: float | None = None) -> None:
+        return None
+
+    def health(self) -> str | None:
+        return self.trouble
+
+    def idle(self) -> bool:
+        return True
+
+
+class FakeFactory:
+    """Hands out FakeObservers; kinds listed in `broken` raise as an unusable inotify does."""
+
+    def __init__(self, broken: set[str] | None = None) -> None:
+        self.made: list[FakeObserver] = []
+        self.broken = broken or set()
+
+    def __call__(self, kind: str, root: str, handler: FileSystemEventHandler, report: Report,
+                 faults: frozenset[str] = frozenset()) -> ObserverLike:
+        if kind in self.broken:
+            raise OSError(24, "inotify instance limit reached")
+        observer = FakeObserver(kind)
+        self.made.append(observer)
+        return observer

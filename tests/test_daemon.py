@@ -22,7 +22,19 @@ from typing import Any
 import pytest
 
 from promoter.clock import format_time, from_timestamp_ns
-from tests.daemon_helpers import Daemon, base_config, start_daemon, wait_until, write
+from promoter.config import Config
+from promoter.daemon import Daemon as DaemonProcess
+from tests.daemon_helpers import (
+    Daemon,
+    FakeFactory,
+    base_config,
+    no_thread_leak,
+    start_daemon,
+    wait_until,
+    write,
+)
+
+__all__ = ["no_thread_leak"]
 
 RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,6})?Z$")
 
@@ -577,3 +589,58 @@ def test_a_watch_that_cannot_be_added_triggers_catch_ups(faulty: Daemon) -> None
     assert line["runs"] == ["nowatch-1"] and "limit" in line["reason"]
     write(folder / "inside.txt", "i")
     faulty.wait_entry("nowatch-1", "fault-nowatch-dir/inside.txt", timeout=15)
+
+
+# -- in-process: health gates the systemd watchdog -------------------------------------
+
+
+class RecordingNotifier:
+    """Keeps every message with the number of observers made when it was sent."""
+
+    def __init__(self, factory: FakeFactory) -> None:
+        self.factory = factory
+        self.sent: list[tuple[str, int]] = []
+        self.lock = threading.Lock()
+
+    def notify(self, message: str) -> None:
+        with self.lock:
+            self.sent.append((message, len(self.factory.made)))
+
+    def index(self, prefix: str, after: int = 0) -> int | None:
+        with self.lock:
+            for i, (message, _) in enumerate(self.sent[after:], start=after):
+                if message.startswith(prefix):
+                    return i
+        return None
+
+
+def test_watchdog_pings_stop_while_the_watch_is_down(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch,
+                                                     no_thread_leak: None) -> None:
+    """WATCHDOG=1 goes only while healthy: with the observer dead and unable to restart,
+    pings stop and STATUS says why; once the supervisor restarts it, pings resume."""
+    monkeypatch.setenv("WATCHDOG_USEC", "100000")
+    monkeypatch.delenv("WATCHDOG_PID", raising=False)
+    factory = FakeFactory()
+    notifier = RecordingNotifier(factory)
+    config = Config.model_validate({"storage": {"root": str(tmp_path / "storage")},
+                                    "watch": {"rescan_interval_s": 0, "observer": "inotify"}})
+    daemon = DaemonProcess(config, lambda: config, notifier=notifier, install_signals=False,
+                           observer_factory=factory)
+    runner = threading.Thread(target=daemon.run, name="test-daemon")
+    runner.start()
+    try:
+        wait_until(lambda: notifier.index("WATCHDOG=1") is not None, what="first ping")
+        factory.broken = {"inotify"}
+        factory.made[0].trouble = "promoter-watch-emitter is not running"
+        daemon.wake.set()
+        down = wait_until(lambda: notifier.index("STATUS=unhealthy"), what="unhealthy status")
+        factory.broken = set()
+        again = wait_until(lambda: notifier.index("WATCHDOG=1", after=down), what="pings again")
+        assert notifier.sent[again][1] == 2  # not one ping before the new observer existed
+        assert notifier.sent[down][0] == "STATUS=unhealthy: not watching"  # restart refused
+    finally:
+        daemon.request_stop()
+        runner.join(30)
+    assert not runner.is_alive()
+    assert notifier.index("STOPPING=1") is not None

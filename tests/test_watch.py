@@ -12,11 +12,10 @@ from typing import Any
 
 import pytest
 import structlog
-from watchdog.events import FileSystemEventHandler
 
-from promoter.observers import ObserverLike, Report, _polling_listdir, wanted_folder
+from promoter.observers import _polling_listdir, wanted_folder
 from promoter.watch import Watcher
-from tests.daemon_helpers import no_thread_leak, wait_until, write
+from tests.daemon_helpers import FakeFactory, no_thread_leak, wait_until, write
 
 __all__ = ["no_thread_leak"]  # the autouse fixture below uses it
 
@@ -378,46 +377,6 @@ def test_a_deleted_sessions_folder_is_noticed(sessions: Path) -> None:
 
 
 # -- supervision with a scripted observer ----------------------------------------------
-
-
-class FakeObserver:
-    """Scripted: healthy until told otherwise; records its life."""
-
-    def __init__(self, kind: str) -> None:
-        self.kind = kind
-        self.trouble: str | None = None
-        self.started = self.stopped = False
-
-    def start(self) -> None:
-        self.started = True
-
-    def stop(self) -> None:
-        self.stopped = True
-
-    def join(self, timeout: float | None = None) -> None:
-        return None
-
-    def health(self) -> str | None:
-        return self.trouble
-
-    def idle(self) -> bool:
-        return True
-
-
-class FakeFactory:
-    """Hands out FakeObservers; kinds listed in `broken` raise as an unusable inotify does."""
-
-    def __init__(self, broken: set[str] | None = None) -> None:
-        self.made: list[FakeObserver] = []
-        self.broken = broken or set()
-
-    def __call__(self, kind: str, root: str, handler: FileSystemEventHandler, report: Report,
-                 faults: frozenset[str] = frozenset()) -> ObserverLike:
-        if kind in self.broken:
-            raise OSError(24, "inotify instance limit reached")
-        observer = FakeObserver(kind)
-        self.made.append(observer)
-        return observer
 
 
 def test_auto_falls_back_to_polling_when_inotify_is_unusable(sessions: Path) -> None:
