@@ -499,21 +499,27 @@ class Arena:
             return
         self.monitor.settle()
         assert not self.monitor.overflowed, "the fanotify monitor overflowed: cannot tell"
-        bad = [str(a) for a in self.monitor.accesses
-               if a.pid in self.pids and self._breaks_rules(a)]
+        bad = [f"{a}: {why}" for a in self.monitor.accesses
+               if a.pid in self.pids and (why := self._breaks_rules(a))]
         assert not bad, "outside artifacts/ and library/:\n" + "\n".join(bad[:20])
 
-    def _breaks_rules(self, a: Access) -> bool:
+    def _breaks_rules(self, a: Access) -> str:
+        """Why this access breaks DESIGN §6, or "" when it does not."""
         writable = (str(self.artifacts) + os.sep, str(self.library) + os.sep)
         readable = (*writable, str(self.sessions) + os.sep)
         made = (str(self.artifacts), str(self.library), str(self.sessions))  # created if missing
-        if (a.ino is not None and a.ino in self.secret_inodes) or a.path.startswith(
-                str(self.secrets)):
-            return True
+        if a.ino is not None and a.ino in self.secret_inodes:
+            return "a secret's inode"
+        if a.path.startswith(str(self.secrets)):
+            return "in secrets/"
         if a.mask & _WRITES:
-            return not (a.path.startswith(writable)
-                        or (a.mask & (FAN_CREATE | FAN_ATTRIB) and a.path in made))
-        return not a.path.startswith(readable) and a.path not in (str(self.root), *made)
+            if a.path.startswith(writable) or (a.mask & (FAN_CREATE | FAN_ATTRIB)
+                                               and a.path in made):
+                return ""
+            return "a change outside the store"
+        if a.path.startswith(readable) or a.path in (str(self.root), *made):
+            return ""
+        return "a read outside sessions/ and the store"
 
     def opened(self, path: Path) -> list[Access]:
         """What the processes held to the rules did to the file now at `path` (by inode)."""
