@@ -390,7 +390,7 @@ class Daemon:
         try:
             report = reconcile(self.store, self.rejections, self.stop)
         except Exception as exc:
-            log.error(events.WORKER_ERROR, source="startup catch-up",
+            log.error(events.RECONCILE_FAILED, trigger="startup",
                       reason=f"{type(exc).__name__}: {exc}", exc_info=True)
             return
         self.metrics.record(report.outcomes.values(), time.time_ns())
@@ -418,7 +418,8 @@ class Daemon:
             if runs is None:
                 complete_finished_runs(self.store)
         except Exception as exc:  # a failed pass is logged; the next one may do better
-            log.error(events.WORKER_ERROR, source="catch-up", reason=f"{type(exc).__name__}: {exc}")
+            log.error(events.RECONCILE_FAILED, trigger=reasons,
+                      reason=f"{type(exc).__name__}: {exc}")
             return
         duration = time.monotonic() - started
         self.metrics.reconciled(time.time(), duration)

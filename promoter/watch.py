@@ -301,6 +301,10 @@ class Watcher:
             observer.join(timeout)
         except Exception as exc:  # a broken observer must not stop a restart or a shutdown
             log.warning(events.WATCH_ERROR, source="stop", reason=f"{type(exc).__name__}: {exc}")
+            return
+        if getattr(observer, "is_alive", lambda: False)():
+            log.error(events.DAEMON_THREAD_STUCK, threads=["promoter-watch-dispatch"],
+                      waited_s=timeout)
 
     def set_exclude(self, patterns: Sequence[str]) -> None:
         self.exclude = tuple(patterns)
