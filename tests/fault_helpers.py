@@ -44,14 +44,22 @@ from tests.daemon_helpers import Daemon, base_config, start_daemon, wait_until, 
 
 __all__ = [
     "DEFAULT_EXCLUDE",
+    "Access",
+    "AccessMonitor",
     "Arena",
+    "arena_at",
+    "check_logs",
     "exchange",
     "hold_run_lock",
     "hook_env",
+    "in_thread",
     "is_root",
     "lock_waiters",
+    "remount",
     "sha",
+    "snapshot",
     "tmpfs",
+    "wait_blocked",
 ]
 
 DEFAULT_EXCLUDE = (".*", "*.tmp", "*.part", "*.swp", "*~")
@@ -329,6 +337,8 @@ class Arena:
     daemons: list[Daemon] = field(default_factory=list)
     pids: set[int] = field(default_factory=set)  # processes held to the rules (daemons, CLIs)
     since: int = 0  # log lines before this one belong to earlier cases (a shared daemon)
+    baseline: dict[str, tuple[Any, ...]] = field(default_factory=dict)  # secrets/ at setup
+    secret_inodes: set[tuple[int, int]] = field(default_factory=set)  # (device, inode)
     _canaries: int = 0
 
     @property
