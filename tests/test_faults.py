@@ -91,8 +91,9 @@ def settled(d: Daemon) -> None:
 
 
 def test_a_file_deleted_before_its_copy_is_logged_lost(marena: Arena, md: Daemon) -> None:
-    """A file deleted after its event, while its worker waits for the run's lock, is logged
-    as artifact.lost with a reason and gets no entry; the run's other files are kept."""
+    """A file deleted after its event but before its copy is logged artifact.lost, with no entry."""
+    # A file deleted after its event, while its worker waits for the run's lock, is logged as
+    # artifact.lost with a reason and gets no entry; the run's other files are kept.
     out = marena.out("lost-1")
     write(out / "keep.txt", "keep")
     md.wait_entry("lost-1", "keep.txt")
@@ -107,10 +108,11 @@ def test_a_file_deleted_before_its_copy_is_logged_lost(marena: Arena, md: Daemon
 
 
 def test_a_file_growing_during_its_copy_is_stored_whole(marena: Arena, md: Daemon) -> None:
-    """A 48 MiB file appended to while the daemon copies it: the copy is discarded
-    (artifact.changed), and once quiet the complete file is stored, the only version ever
-    promoted. The run's first copy failing this way is no corruption: no metadata.recovered,
-    and run.created once."""
+    """A file appended to during its copy is stored whole once quiet, the only version promoted."""
+    # A 48 MiB file appended to while the daemon copies it: the copy is discarded
+    # (artifact.changed), and once quiet the complete file is stored, the only version ever
+    # promoted. The run's first copy failing this way is no corruption: no metadata.recovered, and
+    # run.created once.
     files = marena.artifacts / "grow-1" / "files"
     out = marena.out("grow-1")
     for attempt in range(3):  # the append must land during the copy; a lost race goes again
@@ -135,8 +137,9 @@ def test_a_file_growing_during_its_copy_is_stored_whole(marena: Arena, md: Daemo
 
 
 def test_a_session_deleted_while_its_files_settle(marena: Arena, md: Daemon) -> None:
-    """A session folder removed while its files are still settling: no crash, no error, no
-    traceback; the run is either never created or completed, and what it lists is whole."""
+    """A session removed while its files settle: no error; the run never created, or completed."""
+    # A session folder removed while its files are still settling: no crash, no error, no
+    # traceback; the run is either never created or completed, and what it lists is whole.
     out = marena.out("vanish-1")
     data = {f"f{i:02d}.txt": os.urandom(2000) for i in range(30)}
     for name, body in data.items():
@@ -156,8 +159,9 @@ def test_a_session_deleted_while_its_files_settle(marena: Arena, md: Daemon) -> 
 
 
 def test_a_session_deleted_while_its_batch_waits(marena: Arena, md: Daemon) -> None:
-    """The session removed while a worker holds its batch (waiting for the run's lock): every
-    file is logged lost, the run is never created, and nothing fails."""
+    """A session removed while its batch waits for the lock: files lost, no run, no error."""
+    # The session removed while a worker holds its batch (waiting for the run's lock): every file
+    # is logged lost, the run is never created, and nothing fails.
     out = marena.out("vanish-2")
     with hold_run_lock(marena.artifacts, "vanish-2") as lock:
         for i in range(5):
@@ -175,11 +179,12 @@ def test_a_session_deleted_while_its_batch_waits(marena: Arena, md: Daemon) -> N
 
 @pytest.mark.slow
 def test_kill_9_mid_burst_then_restart_loses_nothing(arena: Arena) -> None:
-    """Four rounds of 300 files over three runs each, the daemon killed with SIGKILL at a
-    random moment of every burst (in odd rounds, while it starts: repairing and catching up
-    the last round's leftovers), then a clean start:
-    once READY no temporary is visible and every stored copy is listed; then every file is
-    promoted once with its digest, and the store passes every check."""
+    """kill -9 at random moments of four bursts, then a clean start: nothing lost, no temporary."""
+    # Four rounds of 300 files over three runs each, the daemon killed with SIGKILL at a random
+    # moment of every burst (in odd rounds, while it starts: repairing and catching up the last
+    # round's leftovers), then a clean start: once READY no temporary is visible and every stored
+    # copy is listed; then every file is promoted once with its digest, and the store passes every
+    # check.
     seed = random.randrange(1 << 30)  # noqa: S311 - a schedule, printed to reproduce it
     rng = random.Random(seed)  # noqa: S311
     print(f"kill schedule seed {seed}")  # shown with a failure
@@ -218,9 +223,10 @@ def test_kill_9_mid_burst_then_restart_loses_nothing(arena: Arena) -> None:
 @pytest.mark.slow
 @pytest.mark.skipif(not is_root(), reason="mounting a small tmpfs needs root")
 def test_a_full_disk_leaves_no_partial_file_and_is_retried(arena: Arena) -> None:
-    """artifacts/ on a 2 MiB tmpfs and 3.2 MB of files: artifact.failed ("No space left"),
-    no partial file visible (every visible copy is whole), metadata valid. Once the tmpfs
-    grows, the daemon's own retry (backoff, no catch-up, no new event) promotes them all."""
+    """A full disk leaves no partial file; the daemon's retry promotes all once space returns."""
+    # artifacts/ on a 2 MiB tmpfs and 3.2 MB of files: artifact.failed ("No space left"), no
+    # partial file visible (every visible copy is whole), metadata valid. Once the tmpfs grows,
+    # the daemon's own retry (backoff, no catch-up, no new event) promotes them all.
     with tmpfs(arena.artifacts, "2m"):
         d = arena.start()
         out = arena.out("full-1")
@@ -249,9 +255,10 @@ def test_a_full_disk_leaves_no_partial_file_and_is_retried(arena: Arena) -> None
 
 @pytest.mark.slow
 def test_a_real_inotify_queue_overflow_is_caught_up(arena: Arena) -> None:
-    """The daemon stopped (SIGSTOP) while more events than fs.inotify.max_queued_events
-    happen, so the kernel's queue really overflows; once resumed it logs watch.overflow and
-    a catch-up promotes every file whose events were dropped. No limit is changed."""
+    """A real inotify queue overflow (the daemon SIGSTOPped) is logged and caught up."""
+    # The daemon stopped (SIGSTOP) while more events than fs.inotify.max_queued_events happen, so
+    # the kernel's queue really overflows; once resumed it logs watch.overflow and a catch-up
+    # promotes every file whose events were dropped. No limit is changed.
     limit = int(Path("/proc/sys/fs/inotify/max_queued_events").read_text())
     if limit > 200_000:
         pytest.skip(f"max_queued_events is {limit}: too many events to make")
@@ -279,10 +286,11 @@ def test_a_real_inotify_queue_overflow_is_caught_up(arena: Arena) -> None:
 @pytest.mark.slow
 @pytest.mark.skipif(not is_root(), reason="a user namespace of its own with a watch limit")
 def test_a_real_watch_limit_is_caught_up(arena: Arena) -> None:
-    """The daemon in a user namespace of its own whose inotify watch limit is 3 (sessions/,
-    one run, its output/): the kernel refuses the next watches with ENOSPC, each is logged as
-    watch.error naming the limit, and catch-ups of the runs concerned (at once, then every
-    few seconds while the run has no watch) promote every file, later ones too."""
+    """A real inotify watch limit (in a user namespace of its own) is logged and caught up."""
+    # The daemon in a user namespace of its own whose inotify watch limit is 3 (sessions/, one
+    # run, its output/): the kernel refuses the next watches with ENOSPC, each is logged as
+    # watch.error naming the limit, and catch-ups of the runs concerned (at once, then every few
+    # seconds while the run has no watch) promote every file, later ones too.
     d = arena.start(env=hook_env(userns_watches=3))
     write(arena.out("lim-1") / "a.txt", "a")
     d.wait_entry("lim-1", "a.txt")
@@ -302,9 +310,10 @@ def test_a_real_watch_limit_is_caught_up(arena: Arena) -> None:
 
 @pytest.mark.slow
 def test_a_worker_that_raises_holds_back_nothing_else(arena: Arena) -> None:
-    """Store.promote_files raising for one file (injected through tests/fault_site) in a batch
-    of four: logged as worker.error and retried alone, while its batch-mates and other runs
-    are promoted, the daemon goes on, and the systemd watchdog keeps being pinged."""
+    """A worker raising on one file holds back neither its batch-mates nor the daemon."""
+    # Store.promote_files raising for one file (injected through tests/fault_site) in a batch of
+    # four: logged as worker.error and retried alone, while its batch-mates and other runs are
+    # promoted, the daemon goes on, and the systemd watchdog keeps being pinged.
     env = {**hook_env(worker_raise="poison"), "WATCHDOG_USEC": "200000"}
     d = arena.start(env=env)
     names = ("a.txt", "poison.txt", "b.txt", "c.txt")
@@ -346,9 +355,10 @@ def no_message(notify: NotifySocket, text: str, after: int, window: float) -> bo
 
 @pytest.mark.slow
 def test_a_stuck_pipeline_stops_the_watchdog_pings(arena: Arena) -> None:
-    """A worker blocked on a run's lock held by another process (one worker, the stall bound
-    set to 1 s through tests/fault_site): daemon.unhealthy, STATUS=unhealthy, and WATCHDOG=1
-    stops, so systemd would restart it. Released, the files arrive and the pings resume."""
+    """A worker stuck on a run's lock stops the WATCHDOG=1 pings until it is released."""
+    # A worker blocked on a run's lock held by another process (one worker, the stall bound set to
+    # 1 s through tests/fault_site): daemon.unhealthy, STATUS=unhealthy, and WATCHDOG=1 stops, so
+    # systemd would restart it. Released, the files arrive and the pings resume.
     env = {**hook_env(stall_s=1), "WATCHDOG_USEC": "200000"}
     d = arena.start(base_config(promote={"workers": 1}), env=env)
     d.notify.wait_for("WATCHDOG=1")
@@ -387,10 +397,11 @@ else:
 
 @pytest.mark.slow
 def test_cli_processes_and_the_daemon_write_one_run_at_once(arena: Arena) -> None:
-    """`keep`/`keep --off` in a loop and `rm RUN FILE` in another process while the daemon
-    promotes new files into the same run: no lost update (every promoted file listed, the
-    removed ones out and in `removed`, keep as the last command left it), and a reader
-    parsing metadata.json in a loop never sees it broken."""
+    """keep, keep --off and rm in two processes beside the daemon lose no update of one run."""
+    # `keep`/`keep --off` in a loop and `rm RUN FILE` in another process while the daemon promotes
+    # new files into the same run: no lost update (every promoted file listed, the removed ones
+    # out and in `removed`, keep as the last command left it), and a reader parsing metadata.json
+    # in a loop never sees it broken.
     d = arena.start()
     out = arena.out("conc-1")
     doomed = [f"pre{i}.txt" for i in range(10)]
@@ -445,9 +456,10 @@ def test_cli_processes_and_the_daemon_write_one_run_at_once(arena: Arena) -> Non
 
 @pytest.mark.skipif(not is_root(), reason="the access monitor needs root (fanotify)")
 def test_the_access_monitor_catches_a_trespasser(arena: Arena) -> None:
-    """The checks above are not vacuous: a process held to the rules that reads the secret
-    through a hard link elsewhere, or writes beside sessions/, moves the secret's access time
-    and is caught by the monitor."""
+    """The access monitor and the secrets snapshot catch a process that trespasses."""
+    # The checks above are not vacuous: a process held to the rules that reads the secret through
+    # a hard link elsewhere, or writes beside sessions/, moves the secret's access time and is
+    # caught by the monitor.
     (arena.root / "elsewhere").mkdir()
     os.link(arena.secrets / "secret.txt", arena.root / "elsewhere" / "alias")
     script = (f"open({str(arena.root / 'elsewhere' / 'alias')!r}, 'rb').read(); "

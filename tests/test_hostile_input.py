@@ -96,8 +96,9 @@ def replace_with_symlink(path: Path, target: Path) -> None:
 
 
 def test_symlinks_at_the_last_name_are_refused(arena: Arena, d: Daemon) -> None:
-    """Links to a secret file, to a folder, dangling and relative are each refused with
-    artifact.rejected "symlink"; no entry, nothing of secrets/ opened."""
+    """Links at the last name (to a file, folder, nothing, relative) are refused, not followed."""
+    # Links to a secret file, to a folder, dangling and relative are each refused with
+    # artifact.rejected "symlink"; no entry, nothing of secrets/ opened.
     out = arena.out("link-last")
     write(out / "plain.txt", "plain")
     d.wait_entry("link-last", "plain.txt")  # output/ is watched (see watched_output)
@@ -112,8 +113,9 @@ def test_symlinks_at_the_last_name_are_refused(arena: Arena, d: Daemon) -> None:
 
 
 def test_a_file_swapped_for_a_symlink_before_its_copy_is_refused(arena: Arena, d: Daemon) -> None:
-    """A regular file replaced by a link to the secret after its event, while its worker
-    waits for the run's lock, is refused, not followed."""
+    """A file swapped for a link between its event and its copy is refused, not followed."""
+    # A regular file replaced by a link to the secret after its event, while its worker waits for
+    # the run's lock, is refused, not followed.
     out = arena.out("link-swap")
     with hold_run_lock(arena.artifacts, "link-swap") as lock:
         write(out / "x.txt", "regular")
@@ -125,8 +127,9 @@ def test_a_file_swapped_for_a_symlink_before_its_copy_is_refused(arena: Arena, d
 
 
 def test_symlinked_folders_on_the_way_are_never_entered(arena: Arena, d: Daemon) -> None:
-    """A link to secrets/ as a folder under output/ is refused as a whole, and a real folder
-    swapped for such a link while its file waits for the copy is refused on the path."""
+    """A linked folder under output/, made so or swapped in mid-promotion, is never entered."""
+    # A link to secrets/ as a folder under output/ is refused as a whole, and a real folder
+    # swapped for such a link while its file waits for the copy is refused on the path.
     out = arena.out("link-dir")
     watched_output(d, out)
     (out / "linkdir").symlink_to(arena.secrets)
@@ -142,8 +145,9 @@ def test_symlinked_folders_on_the_way_are_never_entered(arena: Arena, d: Daemon)
 
 
 def test_output_itself_as_a_symlink_is_never_entered(arena: Arena, d: Daemon) -> None:
-    """A run whose output/ is a link to secrets/ is never read (not watched through, not
-    scanned), and an output/ swapped for such a link under a pending copy is refused."""
+    """An output/ that is a link, made so or swapped in mid-promotion, is never entered."""
+    # A run whose output/ is a link to secrets/ is never read (not watched through, not scanned),
+    # and an output/ swapped for such a link under a pending copy is refused.
     (arena.sessions / "link-out").mkdir()
     (arena.sessions / "link-out" / "output").symlink_to(arena.secrets)
     write(arena.sessions / "link-out" / "run.json", '{"workflow_id": "w"}')
@@ -162,11 +166,12 @@ def test_output_itself_as_a_symlink_is_never_entered(arena: Arena, d: Daemon) ->
 
 @pytest.mark.slow
 def test_symlink_swapped_in_a_tight_loop_during_copies(arena: Arena, d: Daemon) -> None:
-    """output/x flips atomically between an 8 MiB regular file and a link to the secret: in a
-    tight loop for as long as each copy of a new version lasts, and in short bursts around
-    the daemon's look, some leaving the link in place, for about 2 s. The secret is never
-    opened, the link is refused, and every copy promoted (and the one stored) is the
-    regular file's bytes, whole."""
+    """A file flipped to a link in a tight loop during its copies: only its own bytes stored."""
+    # output/x flips atomically between an 8 MiB regular file and a link to the secret: in a tight
+    # loop for as long as each copy of a new version lasts, and in short bursts around the
+    # daemon's look, some leaving the link in place, for about 2 s. The secret is never opened,
+    # the link is refused, and every copy promoted (and the one stored) is the regular file's
+    # bytes, whole.
     out = arena.out("link-race")
     big = os.urandom(1 << 20) * 8
     write(out / "x", big)
@@ -222,8 +227,9 @@ def test_symlink_swapped_in_a_tight_loop_during_copies(arena: Arena, d: Daemon) 
 
 
 def test_fifo_socket_and_device_are_never_opened(arena: Arena, d: Daemon) -> None:
-    """A FIFO (which would block a reader), a UNIX socket and, as root, /dev/zero's device
-    (which never ends) are refused by kind without being opened; promotion goes on."""
+    """A FIFO, a UNIX socket and a device are refused by kind without being opened."""
+    # A FIFO (which would block a reader), a UNIX socket and, as root, /dev/zero's device (which
+    # never ends) are refused by kind without being opened; promotion goes on.
     out = arena.out("special")
     out.mkdir(parents=True)
     os.mkfifo(out / "pipe")
@@ -246,7 +252,8 @@ def test_fifo_socket_and_device_are_never_opened(arena: Arena, d: Daemon) -> Non
 
 
 def test_a_hard_link_to_a_file_outside_is_refused(arena: Arena, d: Daemon) -> None:
-    """A hard link to secrets/secret.txt is refused ("hard link") before it is opened."""
+    """A hard link to a file outside is refused before it is opened."""
+    # A hard link to secrets/secret.txt is refused ("hard link") before it is opened.
     out = arena.out("hardlink")
     out.mkdir(parents=True)
     os.link(arena.secrets / "secret.txt", out / "hl.txt")
@@ -259,8 +266,9 @@ def test_a_hard_link_to_a_file_outside_is_refused(arena: Arena, d: Daemon) -> No
 
 
 def test_a_sparse_file_over_max_file_bytes_is_never_read(arena: Arena, d: Daemon) -> None:
-    """A sparse 8 GiB file (over max_file_bytes) is refused by its size without one byte
-    read, and the daemon answers a new file at once."""
+    """A sparse file over max_file_bytes is refused unread, and the daemon stays responsive."""
+    # A sparse 8 GiB file (over max_file_bytes) is refused by its size without one byte read, and
+    # the daemon answers a new file at once.
     out = arena.out("sparse")
     out.mkdir(parents=True)
     with (out / "huge.bin").open("wb") as fh:
@@ -278,10 +286,10 @@ def test_a_sparse_file_over_max_file_bytes_is_never_read(arena: Arena, d: Daemon
 
 
 def test_mode_000_folder_and_file(arena: Arena, d: Daemon) -> None:
-    """A folder and a file with mode 000. As root the daemon reads them as `cp` would (root
-    ignores modes), so both are promoted; as another user each is refused once with
-    "permission denied" (the folder's watch failing too, a watch.error), and the rest of the
-    run is promoted."""
+    """A mode-000 folder and file: promoted as root (modes bind no root), else refused once."""
+    # A folder and a file with mode 000. As root the daemon reads them as `cp` would (root ignores
+    # modes), so both are promoted; as another user each is refused once with "permission denied"
+    # (the folder's watch failing too, a watch.error), and the rest of the run is promoted.
     out = arena.out("mode000")
     write(out / "closed" / "inside.txt", "inside")
     write(out / "locked.txt", "locked")
@@ -313,8 +321,9 @@ NAMES = [
 
 
 def test_strange_names_are_promoted_under_their_own_names(arena: Arena, d: Daemon) -> None:
-    """Spaces, unicode, a newline, a tab, 255-byte components, names that look like the
-    store's own or like options are promoted byte for byte under those names."""
+    """Spaces, unicode, newlines, tabs and 255-byte names are promoted under their own names."""
+    # Spaces, unicode, a newline, a tab, 255-byte components, names that look like the store's own
+    # or like options are promoted byte for byte under those names.
     out = arena.out("names")
     for i, name in enumerate(NAMES):
         write(out / name, f"{i}:{name}")
@@ -326,8 +335,9 @@ def test_strange_names_are_promoted_under_their_own_names(arena: Arena, d: Daemo
 
 
 def test_a_name_that_is_not_utf8_is_refused_and_harms_nothing(arena: Arena, d: Daemon) -> None:
-    """A file name of bytes that are not UTF-8 cannot be a metadata.json string: it is refused
-    (artifact.rejected), its neighbours are promoted, and nothing is copied for it."""
+    """A file name that is not UTF-8 is refused, and its batch-mates are promoted."""
+    # A file name of bytes that are not UTF-8 cannot be a metadata.json string: it is refused
+    # (artifact.rejected), its neighbours are promoted, and nothing is copied for it.
     out = arena.out("bad-bytes")
     out.mkdir(parents=True)
     bad = os.fsencode(out) + b"/caf\xe9-\xff.txt"
@@ -344,8 +354,9 @@ BAD_RUN_IDS = ["bad run!", ".hidden", "-dash", "r" * 129, "ünïcode", "new\nlin
 
 
 def test_invalid_run_ids_are_ignored_with_one_warning_each(arena: Arena, d: Daemon) -> None:
-    """Folders under sessions/ whose names are not run ids are ignored, each with exactly
-    one run.ignored warning however many events they make, and no file in them is opened."""
+    """Folders under sessions/ that are not run ids are ignored, with one warning each."""
+    # Folders under sessions/ whose names are not run ids are ignored, each with exactly one
+    # run.ignored warning however many events they make, and no file in them is opened.
     for name in BAD_RUN_IDS:
         for i in range(3):
             write(arena.sessions / name / "output" / f"f{i}.txt", str(i))
