@@ -364,6 +364,7 @@ class Arena:
         write(self.secrets / "secret.txt", self.secret * 64)
         write(self.secrets / "f.txt", self.secret)  # the same name as a session file
         write(self.secrets / "deeper" / "x.txt", self.secret)
+        write(self.secrets / "runlike" / "output" / "f.txt", self.secret)  # a run's shape
         for path in self.secrets.rglob("*"):
             if path.is_file():
                 st = path.stat()

@@ -145,11 +145,12 @@ def test_symlinked_folders_on_the_way_are_never_entered(arena: Arena, d: Daemon)
 
 
 def test_output_itself_as_a_symlink_is_never_entered(arena: Arena, d: Daemon) -> None:
-    """An output/ that is a link, made so or swapped in mid-promotion, is never entered."""
+    """An output/ (or a run folder) that is a link, made so or swapped in, is never entered."""
     # A run whose output/ is a link to secrets/ is never read (not watched through, not scanned),
     # and an output/ swapped for such a link under a pending copy is refused.
     (arena.sessions / "link-out").mkdir()
     (arena.sessions / "link-out" / "output").symlink_to(arena.secrets)
+    (arena.sessions / "link-run").symlink_to(arena.secrets / "runlike")  # the run folder too
     write(arena.sessions / "link-out" / "run.json", '{"workflow_id": "w"}')
     out = arena.out("link-out2")
     with hold_run_lock(arena.artifacts, "link-out2") as lock:
@@ -158,7 +159,7 @@ def test_output_itself_as_a_symlink_is_never_entered(arena: Arena, d: Daemon) ->
         os.rename(out, out.with_name("output-away"))
         out.symlink_to(arena.secrets)
     assert rejected(d, "link-out2", "f.txt") == "symlink on the path"
-    for run in ("link-out", "link-out2"):
+    for run in ("link-out", "link-out2", "link-run"):
         meta = d.meta(run)
         assert meta is None or not meta["artifacts"]
     check(arena, d)
@@ -373,3 +374,25 @@ def test_invalid_run_ids_are_ignored_with_one_warning_each(arena: Arena, d: Daem
                        and a.path.startswith(inside) and not os.path.isdir(a.path)]
             assert touched == [], touched  # folders are listed by watchdog's walk of a new one
     check(arena, d)
+
+
+def test_a_restart_catches_up_every_hostile_tree_safely(arena: Arena, d: Daemon) -> None:
+    """A restart's catch-up walks every hostile tree above: nothing outside read, nothing new."""
+    # Events brought the trees above to the first daemon; the start-up catch-up of a second
+    # one meets them all at once by walking sessions/ (links, special files, bad names and
+    # run ids, a run folder that is a link): it promotes nothing new, refuses each refused
+    # entry once, and reads nothing outside.
+    before = arena.listed()
+    assert d.stop() == 0
+    again = arena.start(base_config(promote={"max_file_bytes": MAX_FILE}))
+    arena.since = 0  # a log of its own
+    try:
+        line = again.wait_log("reconcile.finished", trigger="startup")
+        assert line["promoted"] == 0 and arena.listed() == before
+        refused = [(e["run_id"], e["filename"]) for e in again.events("artifact.rejected")]
+        assert len(refused) == len(set(refused)), refused
+        if (arena.sessions / "link-out").exists():
+            assert ("link-out", "output/") in refused
+        check(arena, again)
+    finally:
+        assert again.stop() == 0
