@@ -150,6 +150,8 @@ def bigfile_table(results: Sequence[Result]) -> str:
         "cp s",
         "openssl sha256 s",
         "ratio to slower",
+        "cp + fsync s (durable copy)",
+        "ratio to it",
         "target",
         "verdict",
     ]
@@ -160,6 +162,7 @@ def bigfile_table(results: Sequence[Result]) -> str:
             continue
         vis, slower = r.get("visible_s_median"), r["slower_s_median"]
         ratio = f"{vis / slower:.2f}×" if vis else "—"
+        durable = r.get("cp_fsync_s_median")
         target, ok_txt = "—", "—"
         if r.get("is_promoter"):
             limit = r["settle_ms"] / 1000 + BIGFILE_FACTOR * slower
@@ -173,6 +176,8 @@ def bigfile_table(results: Sequence[Result]) -> str:
                 fmt(r["cp_s_median"], 2),
                 fmt(r["openssl_s_median"], 2),
                 ratio,
+                fmt(durable, 2),
+                f"{vis / durable:.2f}×" if vis and durable else "—",
                 target,
                 ok_txt,
             ]

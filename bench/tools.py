@@ -7,6 +7,7 @@ mirrors them into <base>/mirror, promoter promotes them into <base>/storage/arti
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import time
 from abc import ABC, abstractmethod
@@ -46,6 +47,12 @@ def child_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("PROMOTER_")}
 
 
+def py_spy() -> str:
+    """py-spy beside this Python (pip install py-spy), else from PATH."""
+    beside = Path(sys.executable).parent / "py-spy"
+    return str(beside) if beside.exists() else "py-spy"
+
+
 def promoter_argv() -> list[str]:
     """The promoter console script beside this Python, else `python -m promoter`."""
     script = Path(sys.executable).parent / "promoter"
@@ -67,6 +74,8 @@ class Tool(ABC):
         self.sessions = self.storage / "sessions"
         self.proc: Proc | None = None
         self._probe_n = 0
+        self.profile_to: Path | None = None  # py-spy output for this tool, if profiling
+        self.profiler: Proc | None = None
 
     def prepare(self) -> None:
         """Create the folders (before start; the probe run exists before the watch)."""
@@ -129,7 +138,9 @@ class Tool(ABC):
                 written[self._write_probe()] = 6
                 last_write = now
             if dest.visible(PROBE_RUN, written):
-                return time.monotonic() - proc.started
+                ready = time.monotonic() - proc.started
+                self._start_profiler()
+                return ready
             if not proc.alive():
                 raise ToolFailed(
                     f"{self.name} exited rc={proc.popen.returncode}: {proc.log_tail()}"
@@ -146,8 +157,44 @@ class Tool(ABC):
             f.write(b"probe\n")
         return name
 
+    def _start_profiler(self) -> None:
+        """With profile_to set: py-spy record on the tool's main process, every thread, idle
+        frames included (time blocked in fsync or waiting for work shows up), in py-spy's
+        raw (collapsed stacks) format. --nonblocking: the daemon is never paused to sample."""
+        if self.profile_to is None or self.proc is None or self.profiler is not None:
+            return
+        self.profiler = Proc(
+            [
+                py_spy(),
+                "record",
+                "--idle",
+                "--threads",
+                "--nonblocking",
+                "--rate",
+                "250",
+                "--format",
+                "raw",
+                "--output",
+                str(self.profile_to),
+                "--pid",
+                str(self.proc.pid),
+            ],
+            self.profile_to.with_suffix(".log"),
+        )
+
+    def _stop_profiler(self) -> None:
+        """SIGINT makes py-spy write its output; give it a bounded while."""
+        if self.profiler is None:
+            return
+        if self.profiler.alive():
+            os.killpg(self.profiler.pid, signal.SIGINT)
+            self.profiler.wait(30.0)
+        self.profiler.stop()
+        self.profiler = None
+
     def stop(self) -> int | None:
         """Stop the tool (idempotent); its exit code."""
+        self._stop_profiler()
         if self.proc is None:
             return None
         return self.proc.stop()

@@ -25,7 +25,7 @@ from bench.procs import (
     run_timed,
     wait_until,
 )
-from bench.tools import PromoterTool, Tool, ToolFactory
+from bench.tools import PromoterTool, Tool, ToolFactory, py_spy
 
 Result = dict[str, Any]
 MIB = 1024 * 1024
@@ -56,6 +56,7 @@ class Ctx:
     detector: str = "inotify"  # how "visible" is seen: inotify | poll
     quiet_pct: float = 15.0  # wait for the machine to be under this % busy before a part
     quiet_wait_s: float = 180.0
+    profile_dir: Path | None = None  # py-spy record promoter's daemon into this folder
 
 
 # ---------------------------------------------------------------- helpers
@@ -104,6 +105,9 @@ def with_tool(
     base = ctx.tmp / f"{workload}-{len(os.listdir(ctx.tmp))}"
     base.mkdir(parents=True)
     tool = factory(base)
+    if ctx.profile_dir is not None and tool.is_promoter:
+        ctx.profile_dir.mkdir(parents=True, exist_ok=True)
+        tool.profile_to = ctx.profile_dir / f"{workload}-{tool.slug}.txt"
     result: Result = {"tool": tool.name, "is_promoter": tool.is_promoter}
     if isinstance(tool, PromoterTool):
         result["settle_ms"] = tool.settle_ms
@@ -331,12 +335,17 @@ def bigfile(ctx: Ctx, factory: ToolFactory, block: bytes) -> Result:
             os.sync()
             copy = tool.base / "cp-baseline.bin"
             rc, it["cp_s"] = run_timed(["cp", str(src), str(copy)], tool.base / "cp.out", 120)
+            # a durable copy, as promoter must make one (§2: an entry appears only once its
+            # copy is on disk): the same cp, then fsync of the copy (coreutils `sync FILE`)
+            rc3, it["fsync_s"] = run_timed(["sync", str(copy)], tool.base / "sync.out", 120)
+            it["cp_fsync_s"] = it["cp_s"] + it["fsync_s"]
             copy.unlink(missing_ok=True)
+            os.sync()
             rc2, it["openssl_s"] = run_timed(
                 ["openssl", "dgst", "-sha256", str(src)], tool.base / "openssl.out", 120
             )
-            if rc or rc2:
-                raise ToolFailed(f"baseline failed: cp rc={rc}, openssl rc={rc2}")
+            if rc or rc2 or rc3:
+                raise ToolFailed(f"baseline failed: cp rc={rc}, openssl rc={rc2}, sync rc={rc3}")
             it["slower_s"] = max(it["cp_s"], it["openssl_s"])
             iterations.append(it)
             print(f"    {run}: {it}", flush=True)
@@ -351,6 +360,7 @@ def bigfile(ctx: Ctx, factory: ToolFactory, block: bytes) -> Result:
             "cp_s_median": median([it["cp_s"] for it in iterations]),
             "openssl_s_median": median([it["openssl_s"] for it in iterations]),
             "slower_s_median": median([it["slower_s"] for it in iterations]),
+            "cp_fsync_s_median": median([it["cp_fsync_s"] for it in iterations]),
         }
         result["stop_exit_code"] = tool.stop()
         return result
@@ -510,6 +520,25 @@ def catchup_promoter(ctx: Ctx, tool: PromoterTool, runs: list[str], result: Resu
         warm.append(secs)
         print(f"    warm reconcile {k}: {secs:.2f} s", flush=True)
     result["warm_reconcile_s"] = warm
+    if tool.profile_to is not None:
+        # one more warm pass under py-spy (not counted in the figures)
+        out = tool.profile_to.with_name(tool.profile_to.stem + "-warm-reconcile.txt")
+        argv = [
+            py_spy(),
+            "record",
+            "--idle",
+            "--threads",
+            "--rate",
+            "250",
+            "--format",
+            "raw",
+            "--output",
+            str(out),
+            "--",
+            *tool.cli("reconcile"),
+        ]
+        rc, secs = run_timed(argv, out.with_suffix(".log"), ctx.catchup_timeout_s)
+        result["profiled_warm_reconcile"] = {"rc": rc, "seconds": secs, "profile": str(out)}
     # the daemon: spawn until daemon.ready (its start-up catch-up comes before it, §5)
     starts: list[float] = []
     rchars: list[int | None] = []
