@@ -442,7 +442,7 @@ class Store:
                 raise NotFoundError(f"no run {run_id}")
             if reason == "expired" and not self.is_expired(meta):
                 raise NotFoundError(f"run {run_id} is no longer expired")
-            tomb = Tombstone(run_id=run_id, deleted_at=self.clock.now(),
+            tomb = Tombstone(run_id=run_id, deleted_at=self.clock.file_now(),
                              reason="expired" if reason == "expired" else "rm")
             tomb_fd = open_dir_chain(art, [TOMBSTONES], create=True)
             try:
@@ -482,7 +482,7 @@ class Store:
                 raise NotFoundError(f"no artifact {filename} in run {run_id}")
             meta.artifacts = [a for a in meta.artifacts if a.filename != filename]
             meta.removed = [r for r in meta.removed if r.filename != filename]
-            meta.removed.append(RemovedEntry(filename=filename, removed_at=self.clock.now()))
+            meta.removed.append(RemovedEntry(filename=filename, removed_at=self.clock.file_now()))
             self.write_metadata(art, meta)
             with contextlib.suppress(OSError, Refused):
                 dir_fd = open_dir_chain(art, [run_id, FILES, *parts[:-1]])

@@ -24,6 +24,9 @@ class FakeClock:
     def monotonic(self) -> float:
         return self.mono
 
+    def file_now(self) -> datetime:
+        return self.current
+
     def advance(self, **kwargs: float) -> None:
         delta = timedelta(**kwargs)
         self.current += delta

@@ -588,3 +588,32 @@ def test_rebuild_salvages_agents_from_a_readable_corrupt_file(tmp_path: Path) ->
     doc["schema_version"] = 99
     path.write_text(json.dumps(doc))
     assert fresh.get_run("r1").artifacts[0].agent_id == "writer"
+
+
+def test_file_now_is_never_later_than_a_new_file_mtime(tmp_path: Path) -> None:
+    """Deletion stamps come from the clock the kernel stamps files with (DESIGN §1)."""
+    from promoter.clock import SystemClock
+
+    clock = SystemClock()
+    later = 0
+    for i in range(200):
+        stamp = clock.file_now()
+        path = tmp_path / f"f{i}"
+        path.write_bytes(b"x")
+        later += from_timestamp_ns(path.stat().st_mtime_ns) < stamp
+    assert later == 0
+
+
+def test_file_written_just_after_a_deletion_comes_back(tmp_path: Path) -> None:
+    """With the real clock, a file written right after rm is newer than the tombstone."""
+    store = Store(make_store(tmp_path).config)  # the system clock
+    misses = 0
+    for i in range(20):
+        run = f"r{i}"
+        write_session_file(tmp_path, run, "a.txt", b"old", age_s=5)
+        store.promote_files(run, ["a.txt"])
+        store.delete_run(run)
+        (tmp_path / "sessions" / run / "output" / "new.txt").write_bytes(b"new")
+        results = store.promote_files(run, ["a.txt", "new.txt"])
+        misses += outcomes(results)["new.txt"] is not Outcome.PROMOTED
+    assert misses == 0
