@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from promoter.cli import main
+from promoter.clock import parse_time
 from tests.store_helpers import write_session_file
 
 
@@ -102,9 +105,13 @@ def test_rm_artifact_then_run(root: Path, capsys: pytest.CaptureFixture[str]) ->
 def test_sweep_json(root: Path, capsys: pytest.CaptureFixture[str],
                     monkeypatch: pytest.MonkeyPatch) -> None:
     """sweep --dry-run --json lists expired runs without deleting them."""
-    monkeypatch.setenv("PROMOTER_RETENTION__DAYS", "0.0000001")
+    monkeypatch.setenv("PROMOTER_RETENTION__DAYS", "0.0000001")  # about 9 ms
     write_session_file(root, "r2", "a.txt", b"x")
     run_cli(capsys, "reconcile", "--root", str(root))
+    expires = json.loads((root / "artifacts/r2/metadata.json").read_text())["expires_at"]
+    deadline = time.monotonic() + 5
+    while datetime.now(UTC) < parse_time(expires) and time.monotonic() < deadline:
+        time.sleep(0.005)  # poll until r2's expiry time has passed
     code, out, _ = run_cli(capsys, "sweep", "--dry-run", "--json", "--root", str(root))
     assert code == 0 and json.loads(out) == {"expired": ["r2"], "dry_run": True}
     assert (root / "artifacts/r2").exists()
