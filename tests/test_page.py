@@ -193,9 +193,13 @@ def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 # --- the browser ---------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    """Debian's chromium with DESIGN §8's flags; a missing browser fails, never skips."""
+    """Debian's chromium with DESIGN §8's flags; a missing browser fails, never skips.
+
+    Module-scoped: Playwright's sync API keeps an asyncio loop running in the
+    main thread while it is started, which breaks later in-process ASGI tests.
+    """
     if not Path(CHROMIUM).is_file():
         pytest.fail(f"{CHROMIUM} is missing: the browser tests need Debian's chromium "
                     "(apt-get install -y chromium; .ci/run installs it)")
