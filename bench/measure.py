@@ -25,8 +25,9 @@ class Destination(ABC):
     """Where a tool makes files visible."""
 
     @abstractmethod
-    def visible(self, run_id: str, pending: Mapping[str, int]) -> set[str]:
-        """The relpaths (under output/) of pending that are visible now."""
+    def visible(self, run_id: str, pending: Mapping[str, int], fresh: bool = False) -> set[str]:
+        """The relpaths (under output/) of pending that are visible now (fresh: an event said
+        something changed, so no cached read may answer)."""
 
     @abstractmethod
     def watch_root(self) -> Path:
@@ -64,7 +65,7 @@ class MirrorDest(Destination):
         sub = parts[2] + "/" if len(parts) == 3 else ""
         return parts[0], sub + event.name
 
-    def visible(self, run_id: str, pending: Mapping[str, int]) -> set[str]:
+    def visible(self, run_id: str, pending: Mapping[str, int], fresh: bool = False) -> set[str]:
         out = os.path.join(self.root, run_id, "output")
         seen: set[str] = set()
         if len(pending) > _SCANDIR_ABOVE:
@@ -91,13 +92,18 @@ class MirrorDest(Destination):
 class PromoterDest(Destination):
     """promoter's store: the file's entry in <artifacts>/<run_id>/metadata.json (DESIGN §2).
 
-    metadata.json is re-read only when its (inode, mtime, size) changed: promoter replaces it
-    by rename, so each new version has a new inode.
+    metadata.json is re-read when its (inode, mtime, ctime, size) changed, and in any case
+    when the last read is older than REREAD_S: promoter replaces it by rename, but a freed
+    inode number can come back at once and ext4's timestamps are coarse, so the key alone
+    could miss a new version of the same size.
     """
+
+    REREAD_S = 0.1
 
     def __init__(self, artifacts: Path) -> None:
         self.artifacts = artifacts
-        self._keys: dict[str, tuple[int, int, int]] = {}
+        self._keys: dict[str, tuple[int, int, int, int]] = {}
+        self._read_at: dict[str, float] = {}
         self._names: dict[str, set[str]] = {}
         self.read_errors = 0
         self.reads = 0
@@ -113,18 +119,21 @@ class PromoterDest(Destination):
             return event.rel_dir, None
         return None
 
-    def visible(self, run_id: str, pending: Mapping[str, int]) -> set[str]:
+    def visible(self, run_id: str, pending: Mapping[str, int], fresh: bool = False) -> set[str]:
         path = os.path.join(self.artifacts, run_id, "metadata.json")
         try:
             st = os.stat(path)
         except FileNotFoundError:
             return set()
-        key = (st.st_ino, st.st_mtime_ns, st.st_size)
-        if self._keys.get(run_id) != key:
+        key = (st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
+        now = time.monotonic()
+        stale = now - self._read_at.get(run_id, 0.0) > self.REREAD_S
+        if fresh or stale or self._keys.get(run_id) != key:
             doc = self._read(path)
             if doc is None:
                 return set()
             self._keys[run_id] = key
+            self._read_at[run_id] = now
             self._names[run_id] = {
                 str(a.get("filename")) for a in doc.get("artifacts", []) if isinstance(a, dict)
             }
@@ -266,7 +275,7 @@ class Tracker:
         if not sub:
             return 0
         try:
-            seen = self.dest.visible(run_id, sub)
+            seen = self.dest.visible(run_id, sub, fresh=when_ns is not None)
         except OSError:
             self.stats.errors += 1
             return 0

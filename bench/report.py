@@ -92,13 +92,14 @@ def latency_table(results: Sequence[Result]) -> str:
 def burst_table(results: Sequence[Result]) -> str:
     header = [
         "tool",
-        "files",
-        "missing",
+        "files × rounds",
+        "missing (all rounds)",
         "dups",
-        "write s",
-        "all visible s",
-        "files/s",
-        "CPU s",
+        "write s (median)",
+        "all visible s (median)",
+        "files/s (median)",
+        "files/s each round",
+        "CPU s (median)",
         "target",
         "verdict",
     ]
@@ -129,12 +130,13 @@ def burst_table(results: Sequence[Result]) -> str:
         rows.append(
             [
                 r["tool"],
-                fmt(r["files"]),
+                f"{fmt(r['files'])} × {len(r.get('rounds', [None]))}",
                 fmt(r["missing"]),
                 fmt(r.get("duplicates")),
                 fmt(r["write_s"], 2),
                 fmt(r.get("all_visible_s"), 2),
                 fmt(r.get("files_per_s"), 0),
+                " / ".join(fmt(x, 0) for x in r.get("files_per_s_each", [])) or "—",
                 fmt(r["cpu_s"], 2),
                 target,
                 ok_txt,

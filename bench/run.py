@@ -104,6 +104,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=120.0,
         help="seconds after the last write before remaining files count as missing",
     )
+    p.add_argument(
+        "--burst-repeats", type=int, default=3, help="bursts per tool (median files/s reported)"
+    )
     p.add_argument("--bigfile-mib", type=int, default=512)
     p.add_argument("--bigfile-repeats", type=int, default=3)
     p.add_argument("--idle-runs", type=int, default=1000)
@@ -222,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         burst_files=args.burst_files,
         burst_runs=args.burst_runs,
         burst_deadline_s=args.burst_deadline,
+        burst_repeats=args.burst_repeats,
         bigfile_mib=args.bigfile_mib,
         bigfile_repeats=args.bigfile_repeats,
         idle_runs=args.idle_runs,
