@@ -21,7 +21,6 @@ from promoter.safeio import (
     Refused,
     SourceChanged,
     copy_and_hash,
-    fsync_dir,
     open_dir_chain,
     open_regular,
 )
@@ -121,7 +120,6 @@ def copy_in(store: Store, art: int, meta: RunMetadata, tomb: Tombstone | None, c
         copied = copy_and_hash(src, st, dst_dir, parts[-1],
                                checksum=limits.checksum == "sha256",
                                max_bytes=limits.max_file_bytes)
-        fsync_dir(dst_dir)
     finally:
         os.close(dst_dir)
     entry = ArtifactEntry(

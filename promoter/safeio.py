@@ -243,6 +243,11 @@ def copy_and_hash(
                     raise Refused(f"file over max_file_bytes ({max_bytes})")
                 if pending is not None:
                     pending.result()
+                if pending is None and size == src_stat.st_size:
+                    _write_all(out, chunk)  # a small file is one chunk: no hand-off
+                    if digest is not None:
+                        digest.update(chunk)
+                    continue
                 pending = _writer.submit(_write_all, out, chunk)
                 if digest is not None:
                     digest.update(chunk)

@@ -380,6 +380,7 @@ class Store:
                 if changed or not created:
                     changed = self.apply_context(meta, ctx) or changed
                 if changed:
+                    self._sync_folders(art, run_id, results)
                     self.write_metadata(art, meta)
                     if created:
                         log.info(events.RUN_CREATED, run_id=run_id, workflow_id=meta.workflow_id,
@@ -393,6 +394,18 @@ class Store:
                         if n not in done]
         promotion.log_results(self.clock, results)
         return results
+
+    @staticmethod
+    def _sync_folders(art: int, run_id: str, results: list[PromoteResult]) -> None:
+        """Make the batch's renames durable, one fsync per folder, before any entry names them."""
+        folders = {tuple(r.filename.split("/")[:-1]) for r in results
+                   if r.outcome is Outcome.PROMOTED}
+        for parts in folders:
+            fd = open_dir_chain(art, [run_id, FILES, *parts])
+            try:
+                fsync_dir(fd)
+            finally:
+                os.close(fd)
 
     @staticmethod
     def upsert(meta: RunMetadata, entry: ArtifactEntry) -> None:
