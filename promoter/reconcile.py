@@ -18,7 +18,7 @@ from promoter.logs import get_logger
 from promoter.metadata import RunMetadata, Tombstone
 from promoter.names import is_excluded, is_valid_run_id
 from promoter.promotion import RETRY, Outcome, PromoteResult
-from promoter.safeio import Refused, open_dir, open_dir_chain
+from promoter.safeio import Refused, folder, open_dir_chain
 from promoter.store import Store
 
 __all__ = ["ReconcileReport", "Rejections", "SessionFile", "find_pending", "reconcile", "scan_run"]
@@ -146,7 +146,7 @@ def find_pending(store: Store, rejections: Rejections,
     """Session files to promote, by run; also marks runs whose session is gone completed."""
     pending: dict[str, list[SessionFile]] = {}
     exclude = store.config.watch.exclude
-    with _sessions(store) as sessions:
+    with folder(store.sessions_path) as sessions:
         run_ids = list(runs) if runs is not None else session_runs(sessions, rejections)
         for run_id in run_ids:
             meta = store.read_run(run_id)
@@ -156,19 +156,6 @@ def find_pending(store: Store, rejections: Rejections,
             if todo:
                 pending[run_id] = todo
     return pending
-
-
-class _sessions:  # noqa: N801 - a context manager used like a function
-    def __init__(self, store: Store) -> None:
-        self.store = store
-        self.fd = -1
-
-    def __enter__(self) -> int:
-        self.fd = open_dir(self.store.sessions_path)
-        return self.fd
-
-    def __exit__(self, *exc: object) -> None:
-        os.close(self.fd)
 
 
 def complete_finished_runs(store: Store) -> None:

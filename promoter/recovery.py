@@ -162,6 +162,7 @@ def repair(store: Store, run_id: str) -> bool:
                 fixed.append(fresh)
         missing = set(known) - seen
         if not fixed and not missing:
+            store.remember(run_id, meta)
             return False
         meta.artifacts = [a for a in meta.artifacts if a.filename not in missing]
         for entry in fixed:

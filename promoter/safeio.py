@@ -26,6 +26,7 @@ __all__ = [
     "SourceChanged",
     "atomic_write_bytes",
     "copy_and_hash",
+    "folder",
     "fsync_dir",
     "open_dir",
     "open_dir_chain",
@@ -66,6 +67,16 @@ def temp_name(hint: str = "tmp") -> str:
 def open_dir(path: str | os.PathLike[str]) -> int:
     """Open a trusted base folder (from the configuration)."""
     return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+
+
+@contextlib.contextmanager
+def folder(path: str | os.PathLike[str]) -> Iterator[int]:
+    """A trusted base folder's descriptor for the length of a block."""
+    fd = open_dir(path)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
 
 
 def _open_child_dir(parent_fd: int, name: str, create: bool) -> int:

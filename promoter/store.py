@@ -16,7 +16,6 @@ import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from pathlib import Path
 
 from pydantic import ValidationError
 
@@ -44,6 +43,7 @@ from promoter.runlock import run_lock
 from promoter.safeio import (
     Refused,
     atomic_write_bytes,
+    folder,
     fsync_dir,
     open_dir,
     open_dir_chain,
@@ -64,15 +64,6 @@ class DeleteReport:
     run_id: str
     files: int
     size_bytes: int
-
-
-@contextlib.contextmanager
-def _dir(path: Path) -> Iterator[int]:
-    fd = open_dir(path)
-    try:
-        yield fd
-    finally:
-        os.close(fd)
 
 
 def _close(fd: int | None) -> None:
@@ -107,11 +98,17 @@ class Store:
         except OSError as exc:
             raise StoreIOError(f"cannot create storage folders: {exc.strerror}") from None
 
-    def _artifacts_fd(self) -> contextlib.AbstractContextManager[int]:
+    @contextlib.contextmanager
+    def _artifacts_fd(self) -> Iterator[int]:
+        # The folder is opened on entering the block: that is where an OSError arises.
         try:
-            return _dir(self.artifacts_path)
+            fd = open_dir(self.artifacts_path)
         except OSError as exc:
             raise StoreIOError(f"artifacts folder unusable: {exc.strerror}") from None
+        try:
+            yield fd
+        finally:
+            os.close(fd)
 
     def _exists(self, run_id: str) -> bool:
         """A cheap look before taking a lock, so asking about a missing run creates nothing."""
@@ -170,6 +167,13 @@ class Store:
             return self._recover_if_orphaned(run_id)
         self._cache[run_id] = (key, meta)
         return meta
+
+    def remember(self, run_id: str, meta: RunMetadata) -> None:
+        """Under the run's lock: `meta` is what metadata.json holds now, so readers need not
+        parse it again (start-up repair reads every run once; the catch-up then reuses it)."""
+        with contextlib.suppress(OSError):
+            st = os.stat(self.artifacts_path / run_id / METADATA, follow_symlinks=False)
+            self._cache[run_id] = ((st.st_ino, st.st_mtime_ns, st.st_size), meta)
 
     def get_run(self, run_id: str) -> RunMetadata:
         """The run's metadata, or NotFoundError."""
@@ -251,7 +255,7 @@ class Store:
     def context(self, run_id: str) -> RunContext:
         """What run.json and attribution.jsonl say about the run now."""
         try:
-            with _dir(self.sessions_path) as sessions:
+            with folder(self.sessions_path) as sessions:
                 fields = read_run_json(sessions, run_id)
                 agents = self.attribution.agents(sessions, run_id)
         except OSError:
@@ -363,7 +367,7 @@ class Store:
         ctx = self.context(run_id)
         results: list[PromoteResult] = []
         try:
-            with _dir(self.sessions_path) as sessions, self.locked(run_id) as art:
+            with folder(self.sessions_path) as sessions, self.locked(run_id) as art:
                 meta = self.load_for_update(art, run_id)
                 tomb = self.read_tombstone(run_id)
                 created = meta is None
@@ -478,7 +482,7 @@ class Store:
 
     def empty_trash(self) -> None:
         try:
-            with _dir(self.artifacts_path / TRASH) as trash:
+            with folder(self.artifacts_path / TRASH) as trash:
                 for name in os.listdir(trash):
                     shutil.rmtree(name, dir_fd=trash, ignore_errors=True)
         except OSError:
