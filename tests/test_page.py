@@ -353,6 +353,7 @@ def test_filters_sort_and_search_change_what_is_shown(make_stack: StackFactory,
     assert shown_runs(page) == ["main"]
     page.get_by_role("button", name="Expiring").click()
     expect(page.locator('article[data-run="main"]')).to_have_count(0)
+    expect(page.locator("article.run")).to_have_count(1)  # the list is rebuilt, not edited
     assert shown_runs(page) == ["short"]
     page.get_by_role("button", name="Last 24 h").click()
     expect(page.locator("article.run")).to_have_count(2)
