@@ -69,6 +69,9 @@ class PromoteConfig(_Section):
     workers: int = Field(default=2, ge=1, le=64)
     max_file_bytes: int = Field(default=1 << 30, ge=0)
     max_run_bytes: int = Field(default=10 << 30, ge=0)
+    # metadata.json larger than this is corrupt (set aside, rebuilt), never parsed:
+    # ~330 bytes an entry, so 64 MiB is about 200,000 entries.
+    max_metadata_bytes: int = Field(default=64 << 20, ge=1 << 20)
     checksum: Literal["sha256", "none"] = "sha256"
     allow_hardlinks: bool = False
 
@@ -107,6 +110,7 @@ class HttpConfig(_Section):
     token_file: str = ""
     cors_origins: tuple[str, ...] = ()
     max_upload_bytes: int = Field(default=100 << 20, ge=0)
+    header_timeout_s: float = Field(default=10, gt=0, le=3600)
 
     @field_validator("listen")
     @classmethod

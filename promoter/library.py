@@ -20,7 +20,14 @@ from promoter.clock import Clock, from_timestamp_ns
 from promoter.errors import ConflictError, NotFoundError, StoreIOError, TooLargeError
 from promoter.metadata import guess_content_type
 from promoter.names import TEMP_PREFIX, check_library_name
-from promoter.safeio import Refused, fsync_dir, open_dir, open_regular, temp_name
+from promoter.safeio import (
+    Refused,
+    fsync_dir,
+    open_dir,
+    open_regular,
+    out_of_descriptors,
+    temp_name,
+)
 
 __all__ = ["Library", "LibraryFile"]
 
@@ -72,7 +79,10 @@ class Library:
         dir_fd = self._fd()
         try:
             fd, st = open_regular(dir_fd, name, allow_hardlinks=True)
-        except (OSError, Refused):
+        except (OSError, Refused) as exc:
+            if out_of_descriptors(exc):
+                raise StoreIOError("the server cannot open files now: too many open "
+                                   "descriptors") from None
             raise NotFoundError(f"no library file {name}") from None
         finally:
             os.close(dir_fd)

@@ -31,6 +31,7 @@ __all__ = [
     "open_dir",
     "open_dir_chain",
     "open_regular",
+    "out_of_descriptors",
     "temp_name",
 ]
 
@@ -285,3 +286,12 @@ def copy_and_hash(
             os.unlink(tmp, dir_fd=dst_dir_fd)
         raise
     return CopyResult(size=size, sha256=digest.hexdigest() if digest is not None else None)
+
+
+def out_of_descriptors(exc: BaseException) -> bool:
+    """EMFILE or ENFILE: the process (or system) cannot open one more file right now.
+
+    Not "no such file": a reader answers it as the store being unusable (503),
+    never as a missing file (404).
+    """
+    return isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE)

@@ -48,6 +48,7 @@ from promoter.safeio import (
     open_dir,
     open_dir_chain,
     open_regular,
+    out_of_descriptors,
 )
 
 __all__ = ["RETRY", "DeleteReport", "Outcome", "PromoteResult", "Store"]
@@ -64,6 +65,10 @@ class DeleteReport:
     run_id: str
     files: int
     size_bytes: int
+
+
+class _Oversized(Exception):
+    """metadata.json is over promote.max_metadata_bytes: corrupt, and not read."""
 
 
 def _close(fd: int | None) -> None:
@@ -168,6 +173,21 @@ class Store:
         self._cache[run_id] = (key, meta)
         return meta
 
+    def cached_run(self, run_id: str) -> RunMetadata | None:
+        """The run's metadata if the cached copy is current (one stat), else None.
+
+        Never parses: the server calls it on its event loop and, on None, reads the
+        run in a worker thread (DESIGN §7: metadata is never parsed on the loop).
+        """
+        cached = self._cache.get(run_id)
+        if cached is None:
+            return None
+        try:
+            st = os.stat(self.artifacts_path / run_id / METADATA, follow_symlinks=False)
+        except (OSError, ValueError):
+            return None
+        return cached[1] if cached[0] == (st.st_ino, st.st_mtime_ns, st.st_size) else None
+
     def remember(self, run_id: str, meta: RunMetadata) -> None:
         """Under the run's lock: `meta` is what metadata.json holds now, so readers need not
         parse it again (start-up repair reads every run once; the catch-up then reuses it)."""
@@ -190,7 +210,10 @@ class Store:
 
     def _parse(self, art: int, run_id: str) -> RunMetadata | None:
         """Parse metadata.json; None when absent or corrupt (corruption is recovered under lock)."""
-        raw = self._read_metadata_bytes(art, run_id)
+        try:
+            raw = self._read_metadata_bytes(art, run_id)
+        except _Oversized:
+            return None
         if raw is None:
             return None
         try:
@@ -199,8 +222,12 @@ class Store:
             return None
         return meta if meta.run_id == run_id else None
 
-    @staticmethod
-    def _read_metadata_bytes(art: int, run_id: str) -> bytes | None:
+    def _read_metadata_bytes(self, art: int, run_id: str) -> bytes | None:
+        """The file's bytes; None when absent, b"" for a link (corrupt).
+
+        Raises _Oversized, before reading any of it, for a file over
+        `promote.max_metadata_bytes`: a planted 1 GB metadata.json took 7 GB to parse.
+        """
         run_fd: int | None = None
         try:
             run_fd = open_dir_chain(art, [run_id])
@@ -212,6 +239,9 @@ class Store:
         finally:
             _close(run_fd)
         try:
+            limit = self.config.promote.max_metadata_bytes
+            if st.st_size > limit:
+                raise _Oversized(f"larger than promote.max_metadata_bytes ({limit})")
             return os.pread(fd, st.st_size, 0)
         finally:
             os.close(fd)
@@ -228,7 +258,10 @@ class Store:
 
     def load_for_update(self, art: int, run_id: str) -> RunMetadata | None:
         """Under the run's lock: a private copy of the metadata, recovered if corrupt."""
-        raw = self._read_metadata_bytes(art, run_id)
+        try:
+            raw = self._read_metadata_bytes(art, run_id)
+        except _Oversized as exc:  # set aside unread; nothing of it is salvaged
+            return self._rebuild(art, run_id, b"", str(exc))
         if raw is None:
             try:
                 st = os.stat(run_id, dir_fd=art, follow_symlinks=False)
@@ -523,12 +556,16 @@ class Store:
     # -- serving -------------------------------------------------------------------------
 
     def open_artifact(
-        self, run_id: str, filename: str
+        self, run_id: str, filename: str, meta: RunMetadata | None = None
     ) -> tuple[int, os.stat_result, ArtifactEntry]:
-        """An open descriptor on a stored copy with its entry; links are never followed."""
+        """An open descriptor on a stored copy with its entry; links are never followed.
+
+        `meta`: the run's metadata when the caller has a current copy (`cached_run`).
+        """
         check_run_id(run_id)
         parts = split_relpath(filename)
-        meta = self.get_run(run_id)
+        if meta is None:
+            meta = self.get_run(run_id)
         entry = meta.entry(filename)
         if entry is None:
             raise NotFoundError(f"no artifact {filename} in run {run_id}")
@@ -539,7 +576,10 @@ class Store:
                     fd, st = open_regular(dir_fd, parts[-1], allow_hardlinks=True)
                 finally:
                     os.close(dir_fd)
-        except (OSError, Refused):
+        except (OSError, Refused) as exc:
+            if out_of_descriptors(exc):
+                raise StoreIOError("the server cannot open files now: too many open "
+                                   "descriptors") from None
             raise NotFoundError(f"no artifact {filename} in run {run_id}") from None
         return fd, st, entry
 

@@ -2,8 +2,9 @@
 
 Wires the `/runtime/*` routes, the page and its files, /healthz and /metrics,
 the one exception handler that maps PromoterError kinds to statuses, and the
-two middlewares: the request observer (log line, metrics, client address)
-outside the access guard (Host, token, Origin, CSRF header).
+middlewares: the request observer (log line, metrics, client address)
+outside the access guard (Host, token, Origin, CSRF header), outside the
+bound on request bodies (64 KiB but for uploads).
 """
 
 from __future__ import annotations
@@ -21,14 +22,16 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.routing import Route
+from starlette.types import Scope
 
 from promoter import __version__
 from promoter.config import Config
 from promoter.errors import InvalidNameError, NotFoundError, PromoterError
 from promoter.names import split_relpath
-from promoter.safeio import Refused, open_dir, open_dir_chain, open_regular
+from promoter.safeio import Refused, open_dir, open_dir_chain, open_regular, out_of_descriptors
 from promoter.store import Store
-from promoter.web.errors import detail_response, error_response, sentence
+from promoter.web.bodies import JSON_BODY_MAX, BodyLimit
+from promoter.web.errors import detail_response, error_response, sentence, store_io_error
 from promoter.web.fastpath import LeanFiles
 from promoter.web.files import asset_response
 from promoter.web.listing import RunLister
@@ -42,6 +45,7 @@ from promoter.web.upload import BadUpload
 __all__ = ["STATIC_DIR", "create_app"]
 
 STATIC_DIR: Final = Path(__file__).resolve().parent / "static"
+UPLOAD_PATH: Final = "/runtime/library"
 _ASSET_TYPES: Final = {
     ".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
     ".mjs": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8",
@@ -84,11 +88,15 @@ def _install_handlers(app: FastAPI) -> None:
     async def disconnected(request: Request, exc: Exception) -> Response:
         return detail_response(400, "The client went away during the request.")
 
+    async def store_io(request: Request, exc: Exception) -> Response:
+        return error_response(store_io_error(exc))
+
     app.add_exception_handler(PromoterError, promoter_error)
     app.add_exception_handler(BadUpload, bad_upload)
     app.add_exception_handler(RequestValidationError, invalid_request)
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(ClientDisconnect, disconnected)
+    app.add_exception_handler(OSError, store_io)
 
 
 def _open_asset(root: Path, relpath: str) -> tuple[int, os.stat_result]:
@@ -135,8 +143,18 @@ def _add_page_routes(app: FastAPI, static_dir: Path) -> None:
         return await asset(request, relpath)
 
 
-def _usable(path: Path) -> bool:
-    return path.is_dir() and os.access(path, os.R_OK | os.W_OK | os.X_OK)
+def _unusable(what: str, path: Path) -> str | None:
+    """Why the folder cannot serve now, or None. Opening it proves descriptors are left:
+    a server out of them answers every file as missing while its folders look fine."""
+    try:
+        fd = open_dir(path)
+    except OSError as exc:
+        return ("The server cannot open files: too many open descriptors."
+                if out_of_descriptors(exc) else f"The {what} folder is not usable.")
+    os.close(fd)
+    if not os.access(path, os.R_OK | os.W_OK | os.X_OK):
+        return f"The {what} folder is not usable."
+    return None
 
 
 def _add_ops_routes(app: FastAPI) -> None:
@@ -147,10 +165,9 @@ def _add_ops_routes(app: FastAPI) -> None:
     def healthz(request: Request) -> JSONResponse:
         store = web_state(request).store
         for what, path in (("artifacts", store.artifacts_path), ("library", store.library.path)):
-            if not _usable(path):
-                return JSONResponse({"status": "unavailable",
-                                     "detail": f"The {what} folder is not usable."},
-                                    status_code=503)
+            why = _unusable(what, path)
+            if why is not None:
+                return JSONResponse({"status": "unavailable", "detail": why}, status_code=503)
         return JSONResponse({"status": "ok"})
 
     @app.get("/metrics", response_class=Response, summary="Prometheus text format",
@@ -159,6 +176,11 @@ def _add_ops_routes(app: FastAPI) -> None:
     def metrics(request: Request) -> Response:
         data = generate_latest(web_state(request).metrics.registry)
         return Response(data, media_type=CONTENT_TYPE_LATEST)
+
+
+def _is_upload(scope: Scope) -> bool:
+    """The library upload streams its multipart body under http.max_upload_bytes."""
+    return bool(scope["method"] == "POST" and scope["path"] == UPLOAD_PATH)
 
 
 def create_app(config: Config, store: Store | None = None, *,
@@ -188,6 +210,7 @@ def create_app(config: Config, store: Store | None = None, *,
     # The last one added is the outermost: the observer sees every answer, even the guard's;
     # the lean file path runs only for requests the guard let through.
     app.add_middleware(LeanFiles, routes=lean_file_routes())
+    app.add_middleware(BodyLimit, max_bytes=JSON_BODY_MAX, exempt=_is_upload)
     app.add_middleware(AccessGuard, http=config.http, token=token)
     templates = [(r.path_regex, r.path) for r in (*router.routes, *app.router.routes)
                  if isinstance(r, Route)]

@@ -21,7 +21,7 @@ from promoter.errors import (
     TooLargeError,
 )
 
-__all__ = ["detail_response", "error_response", "sentence", "status_of"]
+__all__ = ["detail_response", "error_response", "sentence", "status_of", "store_io_error"]
 
 _STATUS: Final[dict[type[PromoterError], int]] = {
     InvalidNameError: 400,
@@ -56,3 +56,11 @@ def detail_response(status: int, detail: str,
 def error_response(exc: PromoterError) -> JSONResponse:
     """The answer for a store error: its status and its message as a sentence."""
     return detail_response(status_of(exc), sentence(str(exc)))
+
+
+def store_io_error(exc: BaseException) -> StoreIOError:
+    """An OSError the store let through (a read-only or full disk, a lost mount) as the
+    503 every store I/O failure is; the reason without a path, which may lie outside
+    the store (DESIGN §7)."""
+    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "I/O error"
+    return StoreIOError(f"the store could not be read or written: {reason.lower()}")

@@ -12,7 +12,7 @@ query) goes on to FastAPI, which answers it the documented way.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Final
 from urllib.parse import parse_qsl
 
@@ -21,11 +21,11 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from promoter.errors import PromoterError
-from promoter.web.errors import error_response
+from promoter.web.errors import error_response, store_io_error
 
 __all__ = ["FileHandler", "LeanFiles", "parse_flags"]
 
-FileHandler = Callable[[Request, dict[str, str], bool, bool], Response]
+FileHandler = Callable[[Request, dict[str, str], bool, bool], Awaitable[Response]]
 # What pydantic reads as a bool from a query string; anything else goes to FastAPI (422).
 _TRUE: Final = frozenset({"1", "true", "t", "on", "yes", "y"})
 _FALSE: Final = frozenset({"0", "false", "f", "off", "no", "n"})
@@ -72,9 +72,11 @@ class LeanFiles:
                 params = {k: route.param_convertors[k].convert(v)
                           for k, v in match.groupdict().items()}
                 try:
-                    response = handler(Request(scope, receive), params, *flags)
+                    response = await handler(Request(scope, receive), params, *flags)
                 except PromoterError as exc:
                     response = error_response(exc)
+                except OSError as exc:
+                    response = error_response(store_io_error(exc))
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)

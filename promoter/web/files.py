@@ -102,13 +102,31 @@ class Unsatisfiable(Exception):
     """A well-formed Range that asks for nothing inside the file: 416."""
 
 
+_MAX_DIGITS: Final = 18  # more digits than any file's size: read as "past every end"
+_PAST_END: Final = 1 << 63
+
+
+def _position(text: str) -> int | None:
+    """A byte position of a Range (ASCII digits only); None when it is not one.
+
+    `str.isdigit` accepts "²" and other Unicode digits that `int` refuses, and
+    `int` refuses more than 4,300 digits: both reached a 500 and leaked the
+    open descriptor. A well-formed position longer than any file is past its end.
+    """
+    if not text or not text.isascii() or not text.isdigit():
+        return None
+    if len(text.lstrip("0")) > _MAX_DIGITS:
+        return _PAST_END
+    return int(text)
+
+
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     """One byte range `(first, last)` inclusive, or None to serve the whole file.
 
     Malformed headers, other units and several ranges are ignored (RFC 9110
     §14.2 allows it; several ranges would need multipart/byteranges, which no
     client of this API needs). Raises Unsatisfiable for a well-formed range
-    that starts past the end, or a zero-length suffix.
+    that starts past the end, or a zero-length suffix. Never raises anything else.
     """
     if not header:
         return None
@@ -119,20 +137,20 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     first_text, last_text = first_text.strip(), last_text.strip()
     if not dash or not (first_text or last_text):
         return None
-    if not (first_text.isdigit() or not first_text) or not (last_text.isdigit() or not last_text):
+    first = _position(first_text) if first_text else None
+    last = _position(last_text) if last_text else None
+    if (first_text and first is None) or (last_text and last is None):
         return None
-    if not first_text:  # suffix: the last N bytes
-        suffix = int(last_text)
-        if suffix == 0 or size == 0:
+    if first is None:  # suffix: the last N bytes
+        assert last is not None
+        if last == 0 or size == 0:
             raise Unsatisfiable
-        return max(size - suffix, 0), size - 1
-    first = int(first_text)
-    if last_text and int(last_text) < first:
+        return max(size - last, 0), size - 1
+    if last is not None and last < first:
         return None  # malformed: ignored
     if first >= size:
         raise Unsatisfiable
-    last = min(int(last_text), size - 1) if last_text else size - 1
-    return first, last
+    return first, min(last, size - 1) if last is not None else size - 1
 
 
 Headers = list[tuple[bytes, bytes]]
@@ -195,11 +213,25 @@ class FdResponse(Response):
 
 def _conditional(request: Request, fd: int, st: os.stat_result, etag: str,
                  headers: list[tuple[str, str]], content_type: str) -> FdResponse:
-    """304, 416, 206 or 200 (GET or HEAD) for an open file with the headers given."""
+    """304, 416, 206 or 200 (GET or HEAD) for an open file with the headers given.
+
+    Owns `fd`: it is in the answer, or closed here, whatever goes wrong.
+    """
+    try:
+        response = _decide(request, fd, st, etag, headers, content_type)
+    except BaseException:
+        os.close(fd)
+        raise
+    if response.fd is None:  # 304 or 416: the file is not sent
+        os.close(fd)
+    return response
+
+
+def _decide(request: Request, fd: int, st: os.stat_result, etag: str,
+            headers: list[tuple[str, str]], content_type: str) -> FdResponse:
     head = request.method == "HEAD"
     common = [*headers, ("etag", etag), ("cache-control", "no-cache")]
     if etag_matches(request.headers.get("if-none-match"), etag):
-        os.close(fd)
         return FdResponse(None, 304, _h(common))
     size = st.st_size
     wanted: tuple[int, int] | None = None
@@ -208,7 +240,6 @@ def _conditional(request: Request, fd: int, st: os.stat_result, etag: str,
         try:
             wanted = parse_range(request.headers.get("range"), size)
         except Unsatisfiable:
-            os.close(fd)
             return FdResponse(None, 416, _h([
                 *common, ("content-range", f"bytes */{size}"),
                 ("content-type", "application/json"),

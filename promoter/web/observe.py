@@ -22,12 +22,23 @@ from promoter.logs import get_logger
 from promoter.web.metrics import HttpMetrics
 from promoter.web.security import deny
 
-__all__ = ["HTTP_ERROR", "RequestObserver"]
+__all__ = ["HTTP_ERROR", "KNOWN_METHODS", "RequestObserver", "method_label"]
 
 log = get_logger()
 HTTP_ERROR: Final = "http.error"
 UNMATCHED: Final = "<unmatched>"
+OTHER_METHOD: Final = "OTHER"
+# The methods a label may name; any other token a client makes up shares one value,
+# so made-up methods cannot grow /metrics (each label set lives for the process's life).
+KNOWN_METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS",
+                                  "CONNECT", "TRACE"})
 _PATH_LOG_CHARS: Final = 300
+_METHOD_LOG_CHARS: Final = 32
+
+
+def method_label(method: str) -> str:
+    """The request's method as a bounded metric label value."""
+    return method if method in KNOWN_METHODS else OTHER_METHOD
 
 
 class RequestObserver:
@@ -57,7 +68,7 @@ class RequestObserver:
             try:
                 await self.app(scope, receive, observed)
             except Exception:
-                log.exception(HTTP_ERROR, method=scope["method"],
+                log.exception(HTTP_ERROR, method=scope["method"][:_METHOD_LOG_CHARS],
                               path=scope["path"][:_PATH_LOG_CHARS])
                 if status == 0:  # nothing sent yet: a generic answer, details in the log only
                     status = 500
@@ -66,10 +77,11 @@ class RequestObserver:
             finally:
                 seconds = time.perf_counter() - start
                 route = self._template(scope)
-                log.info(events.HTTP_REQUEST, method=scope["method"], route=route,
+                log.info(events.HTTP_REQUEST, method=scope["method"][:_METHOD_LOG_CHARS],
+                         route=route,
                          path=scope["path"][:_PATH_LOG_CHARS], status=status,
                          duration_ms=round(seconds * 1000, 2))
-                self.metrics.observe(scope["method"], route, status, seconds)
+                self.metrics.observe(method_label(scope["method"]), route, status, seconds)
 
     def _template(self, scope: Scope) -> str:
         """The route's path template (bounded label values), even for requests refused early."""

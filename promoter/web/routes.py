@@ -119,11 +119,17 @@ def artifact_etag(entry: ArtifactEntry, st: os.stat_result) -> str:
     return stat_etag(st)  # checksums off, or the copy was replaced a moment ago
 
 
-def _artifact(request: Request, run_id: str, filename: str, view: bool,
+async def _artifact(request: Request, run_id: str, filename: str, view: bool,
                     download: bool) -> Response:
-    # Opened on the event loop, not in a worker thread: a handful of metadata syscalls on
-    # the store's cached run, cheaper than the hop to a thread and back (bench/http_bench.py).
-    fd, st, entry = web_state(request).store.open_artifact(run_id, filename)
+    # Opened on the event loop when the run's metadata is cached and current: a handful
+    # of syscalls, cheaper than the hop to a thread and back (bench/http_bench.py). Else
+    # in a worker thread: parsing (or rebuilding) metadata never blocks the loop.
+    store = web_state(request).store
+    meta = store.cached_run(run_id)
+    if meta is not None:
+        fd, st, entry = store.open_artifact(run_id, filename, meta)
+    else:
+        fd, st, entry = await anyio.to_thread.run_sync(store.open_artifact, run_id, filename)
     return file_response(request, fd, st, filename=entry.filename,
                          content_type=entry.content_type, etag=artifact_etag(entry, st),
                          view=view, download=download)
@@ -133,14 +139,14 @@ def _artifact(request: Request, run_id: str, filename: str, view: bool,
             responses=_FILE_RESPONSES, summary="Download or view a stored file")
 async def get_artifact(request: Request, run_id: RunId, filename: str, view: View = False,
                        download: Download = False) -> Response:
-    return _artifact(request, run_id, filename, view, download)
+    return await _artifact(request, run_id, filename, view, download)
 
 
 @router.head("/artifacts/{run_id}/files/{filename:path}", response_class=Response,
              responses=_FILE_RESPONSES, summary="A stored file's headers")
 async def head_artifact(request: Request, run_id: RunId, filename: str, view: View = False,
                         download: Download = False) -> Response:
-    return _artifact(request, run_id, filename, view, download)
+    return await _artifact(request, run_id, filename, view, download)
 
 
 @router.delete("/artifacts/{run_id}", status_code=204, response_class=Response,
@@ -208,7 +214,7 @@ async def list_library(request: Request) -> Response:
     return _listing_response(request, listing)
 
 
-def _library_file(request: Request, name: str, view: bool, download: bool) -> Response:
+async def _library_file(request: Request, name: str, view: bool, download: bool) -> Response:
     library = web_state(request).store.library
     fd, st, item = library.open(name)  # on the event loop, as for artifacts
     # Library files are only ever replaced by rename, so (inode, size, mtime) is a
@@ -221,14 +227,14 @@ def _library_file(request: Request, name: str, view: bool, download: bool) -> Re
             summary="Download or view a library file")
 async def get_library_file(request: Request, name: str, view: View = False,
                            download: Download = False) -> Response:
-    return _library_file(request, name, view, download)
+    return await _library_file(request, name, view, download)
 
 
 @router.head("/library/{name}", response_class=Response, responses=_FILE_RESPONSES,
              summary="A library file's headers")
 async def head_library_file(request: Request, name: str, view: View = False,
                             download: Download = False) -> Response:
-    return _library_file(request, name, view, download)
+    return await _library_file(request, name, view, download)
 
 
 _UPLOAD_BODY: Final[dict[str, Any]] = {
@@ -261,13 +267,13 @@ async def upload(request: Request,
 def lean_file_routes() -> list[tuple[Route, FileHandler]]:
     """The file routes and their handlers, for `LeanFiles` (the same functions as above)."""
 
-    def artifact(request: Request, params: dict[str, str], view: bool,
-                 download: bool) -> Response:
-        return _artifact(request, params["run_id"], params["filename"], view, download)
+    async def artifact(request: Request, params: dict[str, str], view: bool,
+                       download: bool) -> Response:
+        return await _artifact(request, params["run_id"], params["filename"], view, download)
 
-    def library_file(request: Request, params: dict[str, str], view: bool,
-                     download: bool) -> Response:
-        return _library_file(request, params["name"], view, download)
+    async def library_file(request: Request, params: dict[str, str], view: bool,
+                           download: bool) -> Response:
+        return await _library_file(request, params["name"], view, download)
 
     by_endpoint: dict[object, FileHandler] = {get_artifact: artifact,
                                                get_library_file: library_file}

@@ -21,6 +21,7 @@ from promoter.errors import StoreIOError, UsageError
 from promoter.logs import get_logger
 from promoter.store import Store
 from promoter.web.app import create_app
+from promoter.web.connections import HeadTimeoutProtocol, connection_cap
 
 __all__ = ["parse_listen", "serve"]
 
@@ -111,12 +112,18 @@ def serve(config: Config, listen: str | None = None) -> int:
     app = create_app(config, store)
     sock = _bind(host, port)
     _route_uvicorn_logs(config.log.level)
+    cap = connection_cap()
+    protocol = HeadTimeoutProtocol.configured(config.http.header_timeout_s, cap)
+    # limit_concurrency one above the cap: uvicorn answers 503 only when requests in
+    # progress (not idle sockets, which the protocol evicts) exceed it.
     server = uvicorn.Server(uvicorn.Config(
         app, log_config=None, access_log=False, lifespan="off", server_header=False,
-        timeout_graceful_shutdown=GRACEFUL_SECONDS, proxy_headers=True))
+        timeout_graceful_shutdown=GRACEFUL_SECONDS, proxy_headers=True, http=protocol,
+        limit_concurrency=cap + 1))
     previous = {sig: signal.signal(sig, _record_only) for sig in (signal.SIGTERM, signal.SIGINT)}
     bound_host, bound_port = sock.getsockname()[:2]
-    log.info(HTTP_LISTENING, host=bound_host, port=bound_port)
+    log.info(HTTP_LISTENING, host=bound_host, port=bound_port, max_connections=cap,
+             header_timeout_s=config.http.header_timeout_s)
     try:
         server.run(sockets=[sock])
     finally:

@@ -6,6 +6,8 @@ memory, published atomically by the library). `http.max_upload_bytes` is
 checked twice: against `Content-Length` before anything is read, and against
 the bytes of the part while they stream, so an upload over the limit is
 refused with 413 and leaves nothing behind, whatever length it announced.
+Every byte of the body counts, not only the `file` part's: another part (a
+field of 256 MB, huge part headers) is refused against the same limit.
 """
 
 from __future__ import annotations
@@ -155,7 +157,11 @@ async def receive_upload(request: Request, library: Library, name: str | None,
     try:
         async with anyio.create_task_group() as tg:
             try:
+                received = 0
                 async for chunk in request.stream():
+                    received += len(chunk)
+                    if received > max_bytes + FRAMING_ALLOWANCE:  # other parts count too
+                        raise TooLargeError(f"upload over max_upload_bytes ({max_bytes})")
                     parser.write(chunk)
                     await upload.handle(events, tg)
                 parser.finalize()

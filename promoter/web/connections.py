@@ -1,0 +1,129 @@
+"""Resource bounds on connections (DESIGN §7): a head timeout and a cap below the descriptors.
+
+uvicorn arms its only timer (keep-alive) after a first answer, and cancels it
+as soon as any byte arrives: a client that opens a socket and never finishes
+its request head, or sends one byte every few seconds, holds a descriptor for
+ever, and about a thousand of them lock every other client out. So:
+
+- `HeadTimeoutProtocol` (uvicorn's own h11 protocol, subclassed) closes a
+  connection whose request head is not complete `http.header_timeout_s`
+  after the connection opened or after its previous answer, whatever
+  trickles in meanwhile.
+- `connection_cap` keeps open connections below `RLIMIT_NOFILE` with room for
+  one open file per connection and the process's own descriptors. Past the
+  cap, a new connection first evicts the longest-waiting one that has not
+  sent a request head (as nginx reuses idle keep-alive connections when it
+  runs out), so idle or half-open sockets delay others, never lock them out;
+  only when every connection is busy with a request is the newcomer closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import resource
+import time
+from typing import Any, Final
+
+import h11
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+__all__ = ["RESERVED_DESCRIPTORS", "HeadTimeoutProtocol", "connection_cap"]
+
+# Descriptors kept for the process itself: the listening socket, the event loop, logs,
+# the store's folders and locks, worker threads' opens.
+RESERVED_DESCRIPTORS: Final = 64
+MIN_CONNECTIONS: Final = 16
+LOG_EVERY_S: Final = 10.0
+
+
+def connection_cap(nofile: int | None = None) -> int:
+    """How many connections may be open: half of what the descriptor limit leaves.
+
+    Each connection may hold a second descriptor (the file it streams), hence half.
+    """
+    if nofile is None:
+        nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        if nofile == resource.RLIM_INFINITY:
+            nofile = 1 << 20
+    return max(MIN_CONNECTIONS, (nofile - RESERVED_DESCRIPTORS) // 2)
+
+
+class HeadTimeoutProtocol(H11Protocol):
+    """uvicorn's h11 protocol with a request-head deadline and the connection cap.
+
+    Set `header_timeout` and `max_connections` on a subclass (`configured`): uvicorn
+    builds the protocol itself, from the class alone.
+    """
+
+    header_timeout: float = 10.0
+    max_connections: int = 1 << 20
+    _last_warning: float = -LOG_EVERY_S  # one warning per LOG_EVERY_S under a flood
+
+    @classmethod
+    def configured(cls, header_timeout: float, max_connections: int) -> type[H11Protocol]:
+        return type("ConfiguredHeadTimeoutProtocol", (cls,),
+                    {"header_timeout": header_timeout, "max_connections": max_connections})
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._waiting_since = 0.0  # monotonic time the wait for the current head began
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_head_timer()
+        if len(self.connections) > self.max_connections:
+            self._make_room()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm_head_timer()
+        super().connection_lost(exc)
+
+    def handle_events(self) -> None:
+        super().handle_events()
+        if not self._awaiting_head():
+            self._disarm_head_timer()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing() and self._awaiting_head() and \
+                self._head_timer is None:
+            self._arm_head_timer()
+
+    def _awaiting_head(self) -> bool:
+        """No request head yet on this connection's current cycle."""
+        return self.conn.their_state is h11.IDLE and (
+            self.cycle is None or self.cycle.response_complete)
+
+    def _arm_head_timer(self) -> None:
+        self._disarm_head_timer()
+        self._waiting_since = time.monotonic()
+        self._head_timer = self.loop.call_later(self.header_timeout, self._head_timed_out)
+
+    def _disarm_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if self._awaiting_head():
+            self._close()
+
+    def _close(self) -> None:
+        self._disarm_head_timer()
+        if not self.transport.is_closing():
+            self.transport.close()
+
+    def _make_room(self) -> None:
+        """Over the cap: close the connection that has waited longest for a head, else this."""
+        idle = [c for c in self.connections
+                if isinstance(c, HeadTimeoutProtocol) and c is not self and c._awaiting_head()
+                and not c.transport.is_closing()]
+        victim = min(idle, key=lambda c: c._waiting_since) if idle else self
+        now = time.monotonic()
+        if now - HeadTimeoutProtocol._last_warning >= LOG_EVERY_S:
+            HeadTimeoutProtocol._last_warning = now
+            self.logger.warning("Connection limit (%d) reached: closing %s connection.",
+                                self.max_connections, "an idle" if idle else "the new")
+        victim._close()
