@@ -84,7 +84,8 @@ def rebuild(store: Store, art: int, run_id: str, raw: bytes | None, reason: str)
     """Set a corrupt metadata.json aside and rebuild it from the stored files."""
     salvage: dict[str, Any] = {}
     if raw:
-        with contextlib.suppress(ValueError, UnicodeDecodeError):
+        # RecursionError: json.loads recurses once per nested bracket
+        with contextlib.suppress(ValueError, UnicodeDecodeError, RecursionError):
             data = json.loads(raw)
             if isinstance(data, dict):
                 salvage = data

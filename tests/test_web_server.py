@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,12 +59,18 @@ def _pump(stream: Any, out: queue.Queue[bytes | None]) -> None:
     out.put(None)
 
 
-def start(config: Path, listen: str = "127.0.0.1:0") -> tuple[Server, queue.Queue[bytes | None]]:
-    """Start `promoter serve` and wait (bounded) for its http.listening line."""
+def start(config: Path, listen: str = "127.0.0.1:0", prefix: Sequence[str] = (),
+          preexec_fn: Callable[[], None] | None = None,
+          ) -> tuple[Server, queue.Queue[bytes | None]]:
+    """Start `promoter serve` and wait (bounded) for its http.listening line.
+
+    `prefix`: a command that runs it (e.g. in a mount namespace); `preexec_fn`: run in
+    the child before it starts (e.g. a lower descriptor limit).
+    """
     env = {k: v for k, v in os.environ.items() if not k.startswith("PROMOTER_")}
-    proc = subprocess.Popen([sys.executable, "-m", "promoter", "serve", "--config", str(config),
-                             "--listen", listen], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env=env)
+    proc = subprocess.Popen([*prefix, sys.executable, "-m", "promoter", "serve", "--config",
+                             str(config), "--listen", listen], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env, preexec_fn=preexec_fn)
     lines: queue.Queue[bytes | None] = queue.Queue()
     pump = threading.Thread(target=_pump, args=(proc.stderr, lines), name="serve-stderr",
                             daemon=True)

@@ -10,7 +10,8 @@ ever, and about a thousand of them lock every other client out. So:
   after the connection opened or after its previous answer, whatever
   trickles in meanwhile.
 - `connection_cap` keeps open connections below `RLIMIT_NOFILE` with room for
-  one open file per connection and the process's own descriptors. Past the
+  one open file per connection, the process's own descriptors and the sockets
+  accepted in a burst (`accept_backlog`, the listen backlog). Past the
   cap, a new connection first evicts the longest-waiting one that has not
   sent a request head (as nginx reuses idle keep-alive connections when it
   runs out), so idle or half-open sockets delay others, never lock them out;
@@ -27,25 +28,39 @@ from typing import Any, Final
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-__all__ = ["RESERVED_DESCRIPTORS", "HeadTimeoutProtocol", "connection_cap"]
+__all__ = ["RESERVED_DESCRIPTORS", "HeadTimeoutProtocol", "accept_backlog", "connection_cap"]
 
 # Descriptors kept for the process itself: the listening socket, the event loop, logs,
 # the store's folders and locks, worker threads' opens.
 RESERVED_DESCRIPTORS: Final = 64
 MIN_CONNECTIONS: Final = 16
+MIN_BACKLOG: Final = 16
+MAX_BACKLOG: Final = 2048
+BURSTS: Final = 3  # accept, then the transport's task, then connection_made: three loop turns
 LOG_EVERY_S: Final = 10.0
 
 
-def connection_cap(nofile: int | None = None) -> int:
-    """How many connections may be open: half of what the descriptor limit leaves.
+def _soft_nofile() -> int:
+    nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return 1 << 20 if nofile == resource.RLIM_INFINITY else nofile
 
-    Each connection may hold a second descriptor (the file it streams), hence half.
+
+def accept_backlog(nofile: int | None = None) -> int:
+    """Connections accepted in one burst (asyncio accepts up to the backlog at once, before
+    any of them is seen by the protocol): small enough that bursts fit the headroom."""
+    nofile = _soft_nofile() if nofile is None else nofile
+    return max(MIN_BACKLOG, min(MAX_BACKLOG, nofile // 16))
+
+
+def connection_cap(nofile: int | None = None) -> int:
+    """How many connections may be open: what the descriptor limit leaves, halved.
+
+    Each connection may hold a second descriptor (the file it streams), hence half;
+    up to BURSTS accept bursts may be in flight before the cap is enforced on them.
     """
-    if nofile is None:
-        nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-        if nofile == resource.RLIM_INFINITY:
-            nofile = 1 << 20
-    return max(MIN_CONNECTIONS, (nofile - RESERVED_DESCRIPTORS) // 2)
+    nofile = _soft_nofile() if nofile is None else nofile
+    spare = nofile - RESERVED_DESCRIPTORS - BURSTS * accept_backlog(nofile)
+    return max(MIN_CONNECTIONS, spare // 2)
 
 
 class HeadTimeoutProtocol(H11Protocol):

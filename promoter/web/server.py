@@ -21,7 +21,7 @@ from promoter.errors import StoreIOError, UsageError
 from promoter.logs import get_logger
 from promoter.store import Store
 from promoter.web.app import create_app
-from promoter.web.connections import HeadTimeoutProtocol, connection_cap
+from promoter.web.connections import HeadTimeoutProtocol, accept_backlog, connection_cap
 
 __all__ = ["parse_listen", "serve"]
 
@@ -119,7 +119,7 @@ def serve(config: Config, listen: str | None = None) -> int:
     server = uvicorn.Server(uvicorn.Config(
         app, log_config=None, access_log=False, lifespan="off", server_header=False,
         timeout_graceful_shutdown=GRACEFUL_SECONDS, proxy_headers=True, http=protocol,
-        limit_concurrency=cap + 1))
+        limit_concurrency=cap + 1, backlog=accept_backlog()))
     previous = {sig: signal.signal(sig, _record_only) for sig in (signal.SIGTERM, signal.SIGINT)}
     bound_host, bound_port = sock.getsockname()[:2]
     log.info(HTTP_LISTENING, host=bound_host, port=bound_port, max_connections=cap,
