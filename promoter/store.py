@@ -125,14 +125,17 @@ class Store:
             raise NotFoundError(f"no run {run_id}")
 
     @contextlib.contextmanager
-    def locked(self, run_id: str) -> Iterator[int]:
-        """Hold the run's lock; yields the artifacts folder's descriptor."""
+    def locked(self, run_id: str, wait: bool = True) -> Iterator[int]:
+        """Hold the run's lock; yields the artifacts folder's descriptor.
+
+        `wait=False`: BlockingIOError at once when another thread or process holds it.
+        """
         with self._artifacts_fd() as art:
             with contextlib.suppress(FileExistsError):
                 os.mkdir(LOCKS, dir_fd=art)
             locks = open_dir_chain(art, [LOCKS])
             try:
-                with run_lock(locks, run_id):
+                with run_lock(locks, run_id, wait):
                     yield art
             finally:
                 os.close(locks)
@@ -247,14 +250,22 @@ class Store:
             os.close(fd)
 
     def _recover_if_orphaned(self, run_id: str) -> RunMetadata | None:
-        """A run folder whose metadata is missing or corrupt is rebuilt, never dropped."""
+        """A run folder whose metadata is missing or corrupt is rebuilt, never dropped.
+
+        A reader never waits for the run's lock: whoever holds it (the daemon copying
+        the run's first batch, a rebuild) is writing the metadata; until then the run
+        is not there. Waiting froze the HTTP server behind a copy (issue 11).
+        """
         try:  # lstat: a link planted where a run folder should be is no run (DESIGN §6)
             if not stat.S_ISDIR(os.lstat(self.artifacts_path / run_id).st_mode):
                 return None
         except OSError:
             return None
-        with self.locked(run_id) as art:
-            return self.load_for_update(art, run_id)
+        try:
+            with self.locked(run_id, wait=False) as art:
+                return self.load_for_update(art, run_id)
+        except BlockingIOError:
+            return None
 
     def load_for_update(self, art: int, run_id: str) -> RunMetadata | None:
         """Under the run's lock: a private copy of the metadata, recovered if corrupt."""
