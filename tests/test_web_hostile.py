@@ -225,6 +225,15 @@ def test_second_head_on_a_kept_alive_connection_is_timed_too(served: Server) -> 
         assert _closed_within(sock, 5) < 4  # uvicorn's own keep-alive timer is 5 s
 
 
+def test_request_body_that_stops_coming_is_closed(served: Server) -> None:
+    """A head announcing 50 bytes of body, then 10 and silence: closed after the timeout."""
+    with socket.create_connection(("127.0.0.1", served.port)) as sock:
+        sock.sendall(b"PATCH /runtime/artifacts/r1 HTTP/1.1\r\nHost: localhost\r\n"
+                     b"X-Promoter-Request: 1\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 50\r\n\r\n{\"keep\": t")
+        assert _closed_within(sock, 5) < 4
+
+
 def test_idle_sockets_past_the_descriptor_limit_never_lock_clients_out(tmp_path: Path) -> None:
     """At RLIMIT_NOFILE 128, 300 idle sockets: a new client is still answered within seconds."""
     make_store(tmp_path / "root")

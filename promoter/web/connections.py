@@ -8,7 +8,8 @@ ever, and about a thousand of them lock every other client out. So:
 - `HeadTimeoutProtocol` (uvicorn's own h11 protocol, subclassed) closes a
   connection whose request head is not complete `http.header_timeout_s`
   after the connection opened or after its previous answer, whatever
-  trickles in meanwhile.
+  trickles in meanwhile; and one whose request body stops arriving for as
+  long (unless the app itself has paused reading).
 - `connection_cap` keeps open connections below `RLIMIT_NOFILE` with room for
   one open file per connection, the process's own descriptors and the sockets
   accepted in a burst (`accept_backlog`, the listen backlog). Past the
@@ -82,6 +83,7 @@ class HeadTimeoutProtocol(H11Protocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._head_timer: asyncio.TimerHandle | None = None
+        self._body_timer: asyncio.TimerHandle | None = None
         self._waiting_since = 0.0  # monotonic time the wait for the current head began
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -92,12 +94,40 @@ class HeadTimeoutProtocol(H11Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm_head_timer()
+        self._disarm_body_timer()
         super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        self._watch_body()
 
     def handle_events(self) -> None:
         super().handle_events()
         if not self._awaiting_head():
             self._disarm_head_timer()
+        self._watch_body()
+
+    def _watch_body(self) -> None:
+        """While a request body is due, bytes must keep coming: `header_timeout` of silence
+        (with reading not paused by the app) closes the connection. A head sent with a
+        Content-Length and a body that never comes held the connection for ever."""
+        self._disarm_body_timer()
+        if self.conn.their_state is h11.SEND_BODY and not self.transport.is_closing():
+            self._body_timer = self.loop.call_later(self.header_timeout, self._body_stalled)
+
+    def _disarm_body_timer(self) -> None:
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+
+    def _body_stalled(self) -> None:
+        self._body_timer = None
+        if self.conn.their_state is not h11.SEND_BODY:
+            return
+        if self.flow.read_paused:  # the app is not reading yet: the client is not to blame
+            self._watch_body()
+            return
+        self._close()
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
@@ -127,6 +157,7 @@ class HeadTimeoutProtocol(H11Protocol):
 
     def _close(self) -> None:
         self._disarm_head_timer()
+        self._disarm_body_timer()
         if not self.transport.is_closing():
             self.transport.close()
 
