@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import os
+import re
 import secrets
 import urllib.parse
 from collections.abc import Callable, Iterable, Iterator
@@ -28,7 +29,7 @@ from promoter.s3errors import (
     SourceChanged,
     classify,
 )
-from promoter.s3layout import S3Settings, part_size_for, probe_key
+from promoter.s3layout import S3Settings, part_size_for, probe_key, relpath_from_file_key
 
 if TYPE_CHECKING:
     from obstore.store import S3Store
@@ -40,6 +41,8 @@ READ_BYTES = 1024 * 1024
 STREAM_CHUNK = 256 * 1024
 UPLOAD_CONCURRENCY = 4  # parts in flight: memory is about part size x this
 PAGE = 1000
+META_LIMIT = 2048  # S3: user metadata, keys and values, at most 2 KB
+_ETAG_RE = re.compile(r'(W/)?"[\x21\x23-\x7e]*"')
 
 
 @dataclass(frozen=True)
@@ -51,13 +54,19 @@ class EntryFields:
     generated_at: str
 
     def as_metadata(self, sha256: str) -> dict[str, str]:
-        """x-amz-meta-*: header values are ASCII, so free text is percent-encoded."""
-        return {
-            "sha256": sha256,
-            "agent-id": urllib.parse.quote(self.agent_id, safe=""),
-            "generated-at": urllib.parse.quote(self.generated_at, safe=""),
-            "filename": urllib.parse.quote(self.filename, safe="/"),
-        }
+        """x-amz-meta-*: header values are ASCII, so free text is percent-encoded.
+
+        S3 allows 2 KB of user metadata; a filename or agent id too long for it is left out
+        (the key carries the filename; a missing agent id reads as "unknown", as in §1), and
+        the entry in meta/ keeps both in full.
+        """
+        meta = {"sha256": sha256,
+                "generated-at": urllib.parse.quote(self.generated_at, safe="")}
+        for name, value in (("filename", urllib.parse.quote(self.filename, safe="/")),
+                            ("agent-id", urllib.parse.quote(self.agent_id, safe=""))):
+            if _meta_bytes({**meta, name: value}) <= META_LIMIT:
+                meta[name] = value
+        return meta
 
 
 @dataclass(frozen=True)
@@ -88,11 +97,17 @@ class StoredFile:
     size: int
 
 
-def _decode_fields(meta: dict[str, str]) -> EntryFields | None:
-    if not {"agent-id", "generated-at", "filename"} <= meta.keys():
-        return None
+def _meta_bytes(meta: dict[str, str]) -> int:
+    return sum(len(f"x-amz-meta-{k}") + len(v) for k, v in meta.items())
+
+
+def _decode_fields(meta: dict[str, str], key_relpath: str | None) -> EntryFields | None:
+    """The fields of `as_metadata`; None when the object has none (not promoter's upload)."""
     unq = urllib.parse.unquote
-    return EntryFields(filename=unq(meta["filename"]), agent_id=unq(meta["agent-id"]),
+    filename = unq(meta["filename"]) if "filename" in meta else key_relpath
+    if "generated-at" not in meta or filename is None:
+        return None
+    return EntryFields(filename=filename, agent_id=unq(meta.get("agent-id", "unknown")),
                        generated_at=unq(meta["generated-at"]))
 
 
@@ -135,7 +150,9 @@ class ObjectStore:
         """Run a client call; any failure leaves as promoter's error, without the client's text."""
         try:
             return fn()
-        except Exception as exc:  # every client failure is classified, none escapes raw
+        except (KeyboardInterrupt, SystemExit, GeneratorExit):
+            raise
+        except BaseException as exc:  # obstore's PanicException is a BaseException
             raise classify(exc, endpoint=self.settings.endpoint, bucket=self.settings.bucket,
                            key=key) from None
 
@@ -160,6 +177,8 @@ class ObjectStore:
         """
         import obstore
 
+        if etag is not None and not _ETAG_RE.fullmatch(etag):
+            raise ValueError("not an ETag a header can carry")
         mode: Any = "create" if etag is None else {"e_tag": etag}
         result = self._call(lambda: obstore.put(self._store, key, data, mode=mode), key)
         return str(result["e_tag"])
@@ -247,8 +266,9 @@ class ObjectStore:
 
         result = self._call(lambda: obstore.get(self._store, key, options={"head": True}), key)
         meta = {k.lower(): v for k, v in result.attributes.items()}
+        relpath = relpath_from_file_key(self.prefix, key)
         return ObjectHead(info=_info(result.meta), sha256=meta.get("sha256"),
-                          fields=_decode_fields(meta))
+                          fields=_decode_fields(meta, relpath))
 
     def stream(self, key: str, start: int = 0, end: int | None = None,
                chunk: int = STREAM_CHUNK) -> Iterator[bytes]:
@@ -258,6 +278,8 @@ class ObjectStore:
         """
         import obstore
 
+        if start < 0 or (end is not None and end <= start):
+            raise ValueError(f"bad byte range [{start}, {end})")
         options: Any = {}
         if end is not None:
             options["range"] = (start, end)

@@ -15,6 +15,7 @@ from promoter.errors import ConfigError, NotFoundError, PromoterError, StoreIOEr
 
 __all__ = [
     "ObjectNotFound",
+    "ObjectRefused",
     "PreconditionFailed",
     "S3ConfigError",
     "SourceChanged",
@@ -26,9 +27,11 @@ _CREDENTIAL_CODES = frozenset({
     "InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "InvalidToken",
     "ExpiredToken", "TokenRefreshRequired", "AuthorizationHeaderMalformed", "InvalidSecurity",
 })
-_BUSY_CODES = frozenset({
-    "SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "ServiceUnavailable",
-    "InternalError", "RequestTimeTooSkewed",
+# The store refuses this one request for good (trying again cannot help): not an outage.
+_REFUSED_CODES = frozenset({
+    "KeyTooLongError", "MetadataTooLarge", "InvalidArgument", "InvalidRange", "EntityTooLarge",
+    "EntityTooSmall", "InvalidRequest", "InvalidPart", "InvalidPartOrder", "MalformedXML",
+    "InvalidDigest", "BadDigest", "InvalidObjectName",
 })
 
 
@@ -42,6 +45,10 @@ class StoreUnavailable(StoreIOError):
 
 class ObjectNotFound(NotFoundError):
     """The key does not exist (the bucket does)."""
+
+
+class ObjectRefused(StoreIOError):
+    """The store refused this request for good (key too long, bad range...): do not retry."""
 
 
 class PreconditionFailed(PromoterError):
@@ -75,10 +82,15 @@ def classify(exc: BaseException, *, endpoint: str, bucket: str, key: str = "") -
         return S3ConfigError(f"no AWS credentials found for {where} (environment, profile, role)")
     if kind == "builder":
         return S3ConfigError(f"the S3 client refused the configuration for {where}")
+    if kind == "panic":
+        return S3ConfigError(f"the S3 client could not build a request for {where} "
+                             "(a credential or setting with characters a header cannot carry)")
     if code in _CREDENTIAL_CODES or kind == "denied" or status in (401, 403):
         return S3ConfigError(f"credentials refused by {where}")
     if kind == "notfound" or code in ("NoSuchKey", "NotFound") or status == 404:
         return ObjectNotFound(f"no object {key!r} in {where}")
+    if code in _REFUSED_CODES or (not code and status in (400, 411, 413, 416)):
+        return ObjectRefused(f"{where} refused {key!r}: {code or f'HTTP {status}'}")
     reason = code or (f"HTTP {status}" if status else kind or type(exc).__name__)
     return StoreUnavailable(f"store unavailable: {where} ({reason})")
 
@@ -94,6 +106,8 @@ def _inspect(exc: BaseException) -> tuple[str, str, int]:
             status, code = int(code), ""
         return "client", code, status
     name = type(exc).__name__
+    if name == "PanicException":  # obstore's Rust side refused, e.g. a header with a newline
+        return "panic", "", 0
     if name == "NoCredentialsError" or (
         isinstance(exc, ValueError) and "get_credentials" in str(exc)
     ):

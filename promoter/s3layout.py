@@ -19,6 +19,7 @@ from promoter.errors import InvalidNameError
 from promoter.names import check_library_name, check_run_id, split_relpath
 
 __all__ = [
+    "MAX_KEY_BYTES",
     "MAX_PARTS",
     "MIN_PART_BYTES",
     "S3Settings",
@@ -27,6 +28,7 @@ __all__ = [
     "meta_key",
     "part_size_for",
     "probe_key",
+    "relpath_from_file_key",
     "run_id_from_meta_key",
     "tombstone_key",
 ]
@@ -34,6 +36,7 @@ __all__ = [
 MIN_PART_BYTES = 5 * 1024 * 1024  # S3: every part but the last is at least 5 MiB
 MAX_PART_BYTES = 5 * 1024 * 1024 * 1024
 MAX_PARTS = 10_000
+MAX_KEY_BYTES = 1024  # S3's limit on a key, UTF-8
 DEFAULT_PART_BYTES = 16 * 1024 * 1024
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 # S3 keys are UTF-8 text in XML and headers: control characters do not survive every store, and
@@ -95,6 +98,12 @@ def _key_safe(text: str) -> str:
     return text
 
 
+def _fits(key: str) -> str:
+    if len(key.encode("utf-8")) > MAX_KEY_BYTES:
+        raise InvalidNameError(f"name too long for an object key (over {MAX_KEY_BYTES} bytes)")
+    return key
+
+
 def meta_key(prefix: str, run_id: str) -> str:
     """The run's metadata object."""
     return f"{prefix}meta/{check_run_id(run_id)}.json"
@@ -103,7 +112,7 @@ def meta_key(prefix: str, run_id: str) -> str:
 def file_key(prefix: str, run_id: str, relpath: str) -> str:
     """A promoted copy; `relpath` is the entry's filename (the path below `files/`)."""
     parts = split_relpath(relpath)
-    return f"{prefix}files/{check_run_id(run_id)}/{_key_safe('/'.join(parts))}"
+    return _fits(f"{prefix}files/{check_run_id(run_id)}/{_key_safe('/'.join(parts))}")
 
 
 def tombstone_key(prefix: str, run_id: str) -> str:
@@ -113,7 +122,7 @@ def tombstone_key(prefix: str, run_id: str) -> str:
 
 def library_key(prefix: str, name: str) -> str:
     """A library file."""
-    return f"{prefix}library/{_key_safe(check_library_name(name))}"
+    return _fits(f"{prefix}library/{_key_safe(check_library_name(name))}")
 
 
 def probe_key(prefix: str, token: str) -> str:
@@ -133,6 +142,20 @@ def run_id_from_meta_key(prefix: str, key: str) -> str | None:
         return check_run_id(run_id)
     except InvalidNameError:
         return None
+
+
+def relpath_from_file_key(prefix: str, key: str) -> str | None:
+    """The file name (`plots/a.png`) in a listed `files/<run_id>/` key, or None."""
+    head = f"{prefix}files/"
+    if not key.startswith(head):
+        return None
+    run_id, _, relpath = key[len(head):].partition("/")
+    try:
+        check_run_id(run_id)
+        split_relpath(relpath)
+    except InvalidNameError:
+        return None
+    return relpath
 
 
 def part_size_for(size: int) -> int:

@@ -20,6 +20,7 @@ from s3_server import S3Server
 from promoter.objectstore import EntryFields, ObjectStore
 from promoter.s3errors import (
     ObjectNotFound,
+    ObjectRefused,
     PreconditionFailed,
     S3ConfigError,
     SourceChanged,
@@ -354,3 +355,52 @@ def test_object_layer_imports_without_the_extra() -> None:
             "print([m for m in ('obstore', 'boto3', 'botocore') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_refused_requests_are_not_outages(objstore: ObjectStore) -> None:
+    """A key or range the store refuses for good is ObjectRefused, never an outage to wait out."""
+    with pytest.raises(ObjectRefused, match="KeyTooLongError"):
+        objstore.put(objstore.prefix + "k" * 300, b"x")  # SeaweedFS: a name is at most 255 bytes
+    key = file_key(objstore.prefix, "r", "ten")
+    objstore.put(key, b"0123456789")
+    with pytest.raises(ObjectRefused, match="InvalidRange"):
+        b"".join(objstore.stream(key, 20, 30))
+    assert b"".join(objstore.stream(key, 5, 50)) == b"56789"
+    for start, end in ((5, 5), (5, 2), (-1, 3)):
+        with pytest.raises(ValueError, match="bad byte range"):
+            list(objstore.stream(key, start, end))
+
+
+def test_oversized_fields_left_out_of_user_metadata(objstore: ObjectStore, tmp_path: Path) -> None:
+    """Fields over S3's 2 KB of user metadata are left out; head falls back to key and unknown."""
+    path = tmp_path / "z"
+    path.write_bytes(b"z")
+    long = EntryFields(filename="ü" * 120 + "/" + "é" * 120, agent_id="a" * 3000,
+                       generated_at="2026-11-30T04:00:00Z")
+    key = file_key(objstore.prefix, "r", long.filename)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        objstore.put_file(key, fd, 1, long)
+    finally:
+        os.close(fd)
+    head = objstore.head(key)
+    assert head.fields == EntryFields(filename=long.filename, agent_id="unknown",
+                                      generated_at=long.generated_at)
+    assert head.sha256 == hashlib.sha256(b"z").hexdigest()
+
+
+def test_etag_that_no_header_can_carry_is_refused(objstore: ObjectStore) -> None:
+    """An ETag with a line break never reaches the client (obstore would panic on it)."""
+    with pytest.raises(ValueError, match="ETag"):
+        objstore.put_if(meta_key(objstore.prefix, "r"), b"{}", etag='"a"\r\nX-Evil: 1')
+
+
+def test_credential_with_a_newline_is_configuration_error(
+    s3_server: S3Server, s3_bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A credential a header cannot carry is a one-line configuration error, not a panic."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKID\nINJECTED")
+    store = ObjectStore(settings_for(s3_server, s3_bucket))
+    with pytest.raises(S3ConfigError) as info:
+        store.get(meta_key("", "r"))
+    assert "INJECTED" not in str(info.value)

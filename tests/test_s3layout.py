@@ -22,6 +22,7 @@ from promoter.s3layout import (
     meta_key,
     part_size_for,
     probe_key,
+    relpath_from_file_key,
     run_id_from_meta_key,
     tombstone_key,
 )
@@ -108,6 +109,16 @@ def test_bad_library_names_refused(name: str) -> None:
     """Library keys take one plain component."""
     with pytest.raises(InvalidNameError):
         library_key("", name)
+
+
+def test_keys_over_1024_bytes_refused() -> None:
+    """A file name that is legal on disk but would make a key over S3's 1,024 bytes is refused."""
+    name = "/".join(["d" * 200] * 6)
+    assert len(name) < 4096
+    with pytest.raises(InvalidNameError, match="1024"):
+        file_key("p/", "run", name)
+    assert relpath_from_file_key("p/", file_key("p/", "run", "a/b.txt")) == "a/b.txt"
+    assert relpath_from_file_key("p/", "p/files/../x") is None
 
 
 def test_probe_key_takes_only_hex() -> None:
