@@ -12,6 +12,7 @@ imports promoter without them. Choice and figures: docs/benchmarks.md.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import os
@@ -22,8 +23,10 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from promoter.errors import PromoterError
 from promoter.s3errors import (
     ObjectNotFound,
+    ObjectRefused,
     PreconditionFailed,
     S3ConfigError,
     SourceChanged,
@@ -114,7 +117,8 @@ def _decode_fields(meta: dict[str, str], key_relpath: str | None) -> EntryFields
 class ObjectStore:
     """One bucket and prefix. Thread-safe: the clients are; no state changes after init."""
 
-    def __init__(self, settings: S3Settings, *, session: Any = None) -> None:
+    def __init__(self, settings: S3Settings, *, session: Any = None,
+                 timeout_s: float = 60.0) -> None:
         self.settings = settings
         self.prefix = settings.prefix
         try:
@@ -135,12 +139,14 @@ class ObjectStore:
             settings.bucket, endpoint=endpoint, region=settings.region,
             credential_provider=creds,
             client_options={"allow_http": settings.allow_http, "connect_timeout": "5s",
-                            "timeout": "60s", "pool_max_idle_per_host": "64"},
-            retry_config={"max_retries": 3, "retry_timeout": dt.timedelta(seconds=20)},
+                            "timeout": f"{int(timeout_s * 1000)}ms",
+                            "pool_max_idle_per_host": "64"},
+            retry_config={"max_retries": 3,
+                          "retry_timeout": dt.timedelta(seconds=min(20.0, timeout_s))},
         )
         self._boto = self._session.client(
             "s3", endpoint_url=endpoint, region_name=settings.region,
-            config=Config(connect_timeout=5, read_timeout=60, max_pool_connections=16,
+            config=Config(connect_timeout=5, read_timeout=timeout_s, max_pool_connections=16,
                           retries={"mode": "standard", "max_attempts": 3}),
         )
 
@@ -158,14 +164,15 @@ class ObjectStore:
 
     # -- metadata-sized objects: read with ETag, conditional write -------------------------------
 
-    def get(self, key: str) -> tuple[bytes, str]:
-        """The object's bytes and ETag (for metadata and tombstones: small objects)."""
+    def get(self, key: str, max_bytes: int = 64 * 1024 * 1024) -> tuple[bytes, str]:
+        """The object's bytes and ETag: for metadata and tombstones, so at most `max_bytes`."""
         import obstore
 
         def run() -> tuple[bytes, str]:
             result = obstore.get(self._store, key)
-            data = bytes(result.bytes())
-            return data, str(result.meta["e_tag"])
+            if int(result.meta["size"]) > max_bytes:
+                raise ObjectRefused(f"{key!r} is over {max_bytes} bytes: not metadata")
+            return bytes(result.bytes()), str(result.meta["e_tag"])
 
         return self._call(run, key)
 
@@ -360,8 +367,11 @@ class ObjectStore:
             self._expect_412(lambda: self.put_if(key, b"2", etag=None), "If-None-Match: *")
             self._expect_412(lambda: self.put_if(key, b"3", etag='"0000"'), "If-Match")
             self.put_if(key, b"4", etag=first)
-        finally:
-            self._call(lambda: self.delete_many([key]), key)
+        except BaseException:
+            with contextlib.suppress(PromoterError):  # the first failure is the one to report
+                self.delete_many([key])
+            raise
+        self.delete_many([key])
 
     def _expect_412(self, write: Callable[[], str], header: str) -> None:
         try:

@@ -6,6 +6,7 @@ import datetime as dt
 import hashlib
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -366,6 +367,8 @@ def test_refused_requests_are_not_outages(objstore: ObjectStore) -> None:
     with pytest.raises(ObjectRefused, match="InvalidRange"):
         b"".join(objstore.stream(key, 20, 30))
     assert b"".join(objstore.stream(key, 5, 50)) == b"56789"
+    with pytest.raises(ObjectRefused, match="not metadata"):
+        objstore.get(key, max_bytes=5)
     for start, end in ((5, 5), (5, 2), (-1, 3)):
         with pytest.raises(ValueError, match="bad byte range"):
             list(objstore.stream(key, start, end))
@@ -404,3 +407,20 @@ def test_credential_with_a_newline_is_configuration_error(
     with pytest.raises(S3ConfigError) as info:
         store.get(meta_key("", "r"))
     assert "INJECTED" not in str(info.value)
+
+
+def test_silent_endpoint_is_an_outage_after_the_timeout(
+    s3_server: S3Server, s3_bucket: str, s3_session: Any
+) -> None:
+    """An endpoint that accepts connections and never answers is an outage after the timeout."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)  # connections complete in the kernel; nothing ever answers
+        port = silent.getsockname()[1]
+        settings = settings_for(s3_server, s3_bucket, endpoint=f"http://127.0.0.1:{port}")
+        store = ObjectStore(settings, session=s3_session, timeout_s=1.0)
+        started = time.monotonic()
+        for call in (lambda: store.get(meta_key("", "r")), store.probe):
+            with pytest.raises(StoreUnavailable, match=f"127.0.0.1:{port}"):
+                call()
+        assert time.monotonic() - started < 30
