@@ -83,6 +83,14 @@ class S3Settings(BaseModel):
             raise ValueError('must be "" (AWS) or http(s)://host[:port], no path or user')
         return value.rstrip("/")
 
+    @field_validator("region")
+    @classmethod
+    def _region(cls, value: str) -> str:
+        # it is signed into every request's Authorization header
+        if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", value):
+            raise ValueError('must be a region name such as "us-east-1" (or "auto", "garage")')
+        return value
+
     @model_validator(mode="after")
     def _http_allowed(self) -> Self:
         if self.endpoint.startswith("http://") and not self.allow_http:

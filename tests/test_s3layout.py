@@ -78,6 +78,13 @@ def test_bad_bucket_names_refused(bucket: str) -> None:
         S3Settings(bucket=bucket)
 
 
+@pytest.mark.parametrize("region", ["", "us-east-1\nX: y", "a b", "r" * 65])
+def test_bad_regions_refused(region: str) -> None:
+    """The region is signed into a header: only a plain name is taken."""
+    with pytest.raises(ValidationError):
+        S3Settings(region=region)
+
+
 def test_threshold_bounds() -> None:
     """The multipart threshold is at least S3's 5 MiB part minimum."""
     with pytest.raises(ValidationError):
