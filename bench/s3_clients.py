@@ -35,7 +35,7 @@ from s3_server import S3Server  # noqa: E402
 RUNS, PER_RUN, SMALL = 50, 100, 4096
 PART = 16 * 1024 * 1024
 READ = 8 * 1024 * 1024
-BURST_CONCURRENCY = {"obstore": 64, "boto3": 32}
+BURST_CONCURRENCY = {"obstore": 64, "boto3": 32, "objectstore": 32}
 BIG_CONCURRENCY = 8
 
 
@@ -110,6 +110,28 @@ def burst_boto3(a: argparse.Namespace) -> None:
         list(ex.map(one, _files(src)))
 
 
+def burst_objectstore(a: argparse.Namespace) -> None:
+    """promoter's own layer as a daemon would call it: put_file from a thread pool."""
+    from promoter.objectstore import EntryFields, ObjectStore
+    from promoter.s3layout import S3Settings
+
+    store = ObjectStore(S3Settings(bucket=a.bucket, endpoint=a.endpoint, allow_http=True,
+                                   prefix=a.prefix))
+    src = Path(a.src)
+
+    def one(path: Path) -> None:
+        rel = str(path.relative_to(src))
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            store.put_file(store.prefix + rel, fd, os.fstat(fd).st_size,
+                           EntryFields(filename=rel, agent_id="bench", generated_at="now"))
+        finally:
+            os.close(fd)
+
+    with ThreadPoolExecutor(BURST_CONCURRENCY["objectstore"]) as ex:
+        list(ex.map(one, _files(src)))
+
+
 def _chunks(path: Path, digest: Any) -> Iterator[bytes]:
     with path.open("rb", buffering=0) as f:
         while chunk := f.read(READ):
@@ -158,6 +180,7 @@ def child(a: argparse.Namespace) -> int:
     """Run one workload with one client; print wall, CPU and peak RSS as JSON."""
     fn = {
         ("obstore", "burst"): burst_obstore, ("boto3", "burst"): burst_boto3,
+        ("objectstore", "burst"): burst_objectstore,
         ("obstore", "big"): big_obstore, ("boto3", "big"): big_boto3,
     }[(a.client, a.workload)]
     t0 = time.perf_counter()
@@ -268,12 +291,16 @@ def parent(a: argparse.Namespace) -> int:
                          aws_access_key_id=srv.access_key,
                          aws_secret_access_key=srv.secret_key).create_bucket(Bucket="bench")
             conf = _rclone_conf(base, srv)
-            tools = [("obstore", 0), ("boto3", 0), ("rclone", 4), ("rclone", 32)]
+            tools = [(t, 4 if t == "rclone" else 0) for t in a.tools.split(",")]
+            if "rclone" in a.tools.split(","):
+                tools.append(("rclone", 32))
             results: dict[str, dict[str, list[dict[str, Any]]]] = {}
             for rep in range(a.repeat):
                 for workload, src in (("burst", small), ("big", big)):
                     for tool, transfers in tools:
-                        if workload == "big" and tool == "rclone" and transfers != 4:
+                        if workload not in a.workloads.split(","):
+                            continue
+                        if workload == "big" and (transfers == 32 or tool == "objectstore"):
                             continue
                         name = tool if tool != "rclone" else f"rclone --transfers {transfers}"
                         r = run_one(tool, workload, src, srv, conf, rep, "bench", transfers)
@@ -313,6 +340,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("mode", nargs="?", default="parent", choices=["parent", "child"])
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--big-mib", type=int, default=512)
+    p.add_argument("--tools", default="obstore,boto3,rclone",
+                   help="comma list of obstore, boto3, objectstore (promoter's layer), rclone")
+    p.add_argument("--workloads", default="burst,big")
     for opt in ("--client", "--workload", "--src", "--endpoint", "--bucket", "--prefix"):
         p.add_argument(opt)
     a = p.parse_args(argv)
