@@ -34,9 +34,18 @@ __all__ = [
 DEFAULT_CONFIG_PATH = Path("/etc/promoter/config.toml")
 ENV_PREFIX = "PROMOTER_"
 
+# Sane ranges for every number (DESIGN §4): a value that passes `promoter config` must not
+# break the daemon (an expiry past year 9999, a timer that spins a core).
+MIN_INTERVAL_S = 0.05  # timers faster than this only burn a core
+MAX_INTERVAL_S = 7 * 86400.0
+MAX_RETENTION_DAYS = 36_500.0  # 100 years: created_at + days stays far inside datetime's range
+MAX_BYTES = 1 << 50  # 1 PiB
+MAX_METADATA_BYTES = 4 << 30  # parsing more than this would freeze any reader
+MAX_DEPTH = 1_000  # folders below output/; the walks are explicit-stack, inotify's paths short
+
 
 class _Section(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 class StorageConfig(_Section):
@@ -62,31 +71,40 @@ class WatchConfig(_Section):
     settle_ms: int = Field(default=300, ge=0, le=3_600_000)
     exclude: tuple[str, ...] = (".*", "*.tmp", "*.part", "*.swp", "*~")
     observer: Literal["auto", "inotify", "polling"] = "auto"
-    rescan_interval_s: float = Field(default=300, ge=0)
+    rescan_interval_s: float = Field(default=300, ge=0, le=MAX_INTERVAL_S)
+    max_depth: int = Field(default=64, ge=1, le=MAX_DEPTH)
+
+    @field_validator("rescan_interval_s")
+    @classmethod
+    def _off_or_sane(cls, value: float) -> float:
+        if 0 < value < MIN_INTERVAL_S:
+            raise ValueError(f"must be 0 (off) or at least {MIN_INTERVAL_S}")
+        return value
 
 
 class PromoteConfig(_Section):
     workers: int = Field(default=2, ge=1, le=64)
-    max_file_bytes: int = Field(default=1 << 30, ge=0)
-    max_run_bytes: int = Field(default=10 << 30, ge=0)
+    max_file_bytes: int = Field(default=1 << 30, ge=0, le=MAX_BYTES)
+    max_run_bytes: int = Field(default=10 << 30, ge=0, le=MAX_BYTES)
     # metadata.json larger than this is corrupt (set aside, rebuilt), never parsed:
     # ~330 bytes an entry, so 64 MiB is about 200,000 entries.
-    max_metadata_bytes: int = Field(default=64 << 20, ge=1 << 20)
+    max_metadata_bytes: int = Field(default=64 << 20, ge=1 << 20, le=MAX_METADATA_BYTES)
     checksum: Literal["sha256", "none"] = "sha256"
     allow_hardlinks: bool = False
 
 
 class RetentionConfig(_Section):
-    days: float = Field(default=7, gt=0)
-    sweep_interval_s: float = Field(default=3600, gt=0)
+    days: float = Field(default=7, gt=0, le=MAX_RETENTION_DAYS)
+    sweep_interval_s: float = Field(default=3600, ge=MIN_INTERVAL_S, le=MAX_INTERVAL_S)
     workflows: dict[str, float] = Field(default_factory=dict)
 
     @field_validator("workflows")
     @classmethod
     def _positive(cls, value: dict[str, float]) -> dict[str, float]:
         for name, days in value.items():
-            if days <= 0:
-                raise ValueError(f"retention for workflow {name!r} must be positive")
+            if not 0 < days <= MAX_RETENTION_DAYS:
+                raise ValueError(f"retention for workflow {name!r} must be more than 0 and at"
+                                 f" most {MAX_RETENTION_DAYS:g} days")
         return value
 
     def days_for(self, workflow_id: str) -> float:
@@ -101,7 +119,7 @@ class LogConfig(_Section):
 
 class MetricsConfig(_Section):
     textfile: str = ""
-    interval_s: float = Field(default=15, gt=0)
+    interval_s: float = Field(default=15, ge=MIN_INTERVAL_S, le=MAX_INTERVAL_S)
 
 
 class HttpConfig(_Section):
@@ -109,7 +127,7 @@ class HttpConfig(_Section):
     allowed_hosts: tuple[str, ...] = ("localhost", "127.0.0.1", "[::1]")
     token_file: str = ""
     cors_origins: tuple[str, ...] = ()
-    max_upload_bytes: int = Field(default=100 << 20, ge=0)
+    max_upload_bytes: int = Field(default=100 << 20, ge=0, le=MAX_BYTES)
     header_timeout_s: float = Field(default=10, gt=0, le=3600)
 
     @field_validator("listen")

@@ -102,3 +102,53 @@ def test_example_config_equals_defaults() -> None:
         # storage.sessions/artifacts/library are commented out: they default from root.
         optional = {"sessions", "artifacts", "library", "workflows"}
         assert expected - keys <= optional, section
+
+
+@pytest.mark.parametrize(("key", "value"), [
+    ("retention.days", "10000000"),
+    ("retention.days", "nan"),
+    ("retention.workflows.x", "1e9"),
+    ("retention.sweep_interval_s", "1e-6"),
+    ("retention.sweep_interval_s", "1e12"),
+    ("metrics.interval_s", "1e-6"),
+    ("metrics.interval_s", "inf"),
+    ("watch.rescan_interval_s", "1e-6"),
+    ("watch.rescan_interval_s", "-1"),
+    ("watch.settle_ms", "-1"),
+    ("watch.max_depth", "0"),
+    ("watch.max_depth", "100000"),
+    ("promote.workers", "100000"),
+    ("promote.max_file_bytes", "9223372036854775807"),
+    ("promote.max_run_bytes", "-1"),
+    ("http.max_upload_bytes", "9223372036854775807"),
+])
+def test_every_number_has_a_sane_range_named_in_the_error(key: str, value: str) -> None:
+    """A number outside its sane range is a ConfigError naming the key, not a broken daemon."""
+    env = {"PROMOTER_" + "__".join(key.upper().split(".")): value}
+    needle = key.removesuffix(".x")  # a workflow's retention is named by its workflow too
+    with pytest.raises(ConfigError, match=needle.replace(".", r"\.")) as info:
+        load_config(None, env)
+    assert info.value.exit_code == 2
+
+
+def test_the_edges_of_the_ranges_are_accepted() -> None:
+    """Zero turns the rescan off; the bounds themselves are valid values."""
+    config = load_config(None, {"PROMOTER_WATCH__RESCAN_INTERVAL_S": "0",
+                                "PROMOTER_RETENTION__DAYS": "36500",
+                                "PROMOTER_METRICS__INTERVAL_S": "0.05",
+                                "PROMOTER_WATCH__MAX_DEPTH": "1000"})
+    assert config.watch.rescan_interval_s == 0 and config.retention.days == 36500
+    assert config.watch.max_depth == 1000
+
+
+def test_the_daemon_refuses_an_absurd_retention_with_exit_2(tmp_path: Path) -> None:
+    """`promoter run` with retention.days = 10000000 exits 2 naming the key, before any work."""
+    import subprocess
+    import sys
+    conf = tmp_path / "c.toml"
+    conf.write_text(f'[storage]\nroot = "{tmp_path}"\n[retention]\ndays = 10000000\n')
+    done = subprocess.run([sys.executable, "-m", "promoter", "run", "--config", str(conf)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert "retention.days" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "artifacts").exists()
