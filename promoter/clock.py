@@ -9,11 +9,14 @@ from typing import Protocol
 __all__ = [
     "Clock",
     "SystemClock",
+    "file_time",
     "format_time",
     "from_timestamp",
     "from_timestamp_ns",
+    "last_change_ns",
     "parse_time",
     "utcnow",
+    "written_at",
 ]
 
 
@@ -56,10 +59,39 @@ def from_timestamp(ts: float) -> datetime:
     return datetime.fromtimestamp(ts, UTC)
 
 
-def from_timestamp_ns(ns: int) -> datetime:
-    """A file time with microsecond precision (what datetime can hold)."""
+_MIN = datetime.min.replace(tzinfo=UTC)
+_MAX = datetime.max.replace(tzinfo=UTC)
+
+
+def file_time(ns: int) -> datetime | None:
+    """A file time with microsecond precision, or None when datetime cannot hold it: agents
+    set any time (`touch -d @300000000000`, a negative year), DESIGN §6."""
     seconds, rest = divmod(ns, 1_000_000_000)
-    return datetime.fromtimestamp(seconds, UTC).replace(microsecond=rest // 1000)
+    try:
+        return datetime.fromtimestamp(seconds, UTC).replace(microsecond=rest // 1000)
+    except (ValueError, OverflowError, OSError):
+        return None
+
+
+def from_timestamp_ns(ns: int) -> datetime:
+    """A file time with microsecond precision, clamped to datetime's range: never raises."""
+    value = file_time(ns)
+    if value is not None:
+        return value
+    return _MAX if ns > 0 else _MIN
+
+
+def written_at(mtime_ns: int, ctime_ns: int) -> datetime:
+    """When a file was last written, as far as deletions are concerned (DESIGN §1): the
+    earlier of its modification time, which an agent sets at will, and its change time,
+    which it cannot. A future-dated old file stays as old as its ctime says."""
+    return from_timestamp_ns(min(mtime_ns, ctime_ns))
+
+
+def last_change_ns(mtime_ns: int, ctime_ns: int, now_ns: int) -> int:
+    """When the file last changed, for deciding that it is quiet: its mtime, unless that lies
+    in the future (a time stamp in the future is no reason to wait), then its ctime."""
+    return mtime_ns if mtime_ns <= now_ns else min(ctime_ns, now_ns)
 
 
 def format_time(value: datetime) -> str:

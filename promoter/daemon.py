@@ -45,6 +45,7 @@ from promoter.reconcile import (
     Rejections,
     complete_finished_runs,
     find_pending,
+    quiet,
     reconcile,
 )
 from promoter.startup import prepare_store
@@ -413,8 +414,7 @@ class Daemon:
             settle_ns = self.config.watch.settle_ms * 1_000_000
             for run_id, files in pending.items():
                 for f in files:
-                    self.pipeline.offer(run_id, f.filename,
-                                        quiet=not f.regular or now_ns - f.mtime_ns >= settle_ns)
+                    self.pipeline.offer(run_id, f.filename, quiet=quiet(f, now_ns, settle_ns))
             if runs is None:
                 complete_finished_runs(self.store)
         except Exception as exc:  # a failed pass is logged; the next one may do better

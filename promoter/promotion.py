@@ -12,7 +12,7 @@ from enum import Enum
 from typing import TYPE_CHECKING
 
 from promoter import events
-from promoter.clock import Clock, from_timestamp_ns
+from promoter.clock import Clock, file_time, written_at
 from promoter.context import RunContext
 from promoter.logs import get_logger
 from promoter.metadata import ArtifactEntry, RunMetadata, Tombstone, guess_content_type
@@ -101,13 +101,16 @@ def copy_in(store: Store, art: int, meta: RunMetadata, tomb: Tombstone | None, c
                              source_mtime_ns=st.st_mtime_ns)
 
     limits = store.config.promote
-    mtime = from_timestamp_ns(st.st_mtime_ns)
     if st.st_size > limits.max_file_bytes:
         return result(Outcome.REJECTED, f"file over max_file_bytes ({limits.max_file_bytes})")
-    if tomb is not None and mtime <= tomb.deleted_at:
+    written = written_at(st.st_mtime_ns, st.st_ctime_ns)  # by ctime too (DESIGN §1)
+    if tomb is not None and written <= tomb.deleted_at:
         return result(Outcome.SKIPPED, "run was deleted after this file was written")
+    mtime = file_time(st.st_mtime_ns)
+    if mtime is None:
+        return result(Outcome.REJECTED, "modification time out of range")
     removed_at = meta.removed_at(filename)
-    if removed_at is not None and mtime <= removed_at:
+    if removed_at is not None and written <= removed_at:
         return result(Outcome.SKIPPED, "artifact was removed after this file was written")
     old = meta.entry(filename)
     if old is not None and old.size_bytes == st.st_size and old.generated_at == mtime:

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from promoter import events
-from promoter.clock import from_timestamp_ns
+from promoter.clock import file_time, last_change_ns, written_at
 from promoter.logs import get_logger
 from promoter.metadata import RunMetadata, Tombstone
 from promoter.names import is_excluded, is_valid_run_id
@@ -21,7 +21,15 @@ from promoter.promotion import RETRY, Outcome, PromoteResult
 from promoter.safeio import Refused, folder, open_dir_chain
 from promoter.store import Store
 
-__all__ = ["ReconcileReport", "Rejections", "SessionFile", "find_pending", "reconcile", "scan_run"]
+__all__ = [
+    "ReconcileReport",
+    "Rejections",
+    "SessionFile",
+    "find_pending",
+    "quiet",
+    "reconcile",
+    "scan_run",
+]
 
 log = get_logger()
 
@@ -36,6 +44,7 @@ class SessionFile:
     mtime_ns: int
     ino: int
     regular: bool
+    ctime_ns: int = 0
 
     @property
     def identity(self) -> tuple[int, int, int]:
@@ -118,7 +127,7 @@ def scan_run(sessions_fd: int, run_id: str, exclude: Iterable[str],
                         continue
                 else:
                     yield SessionFile(run_id, name, st.st_size, st.st_mtime_ns, st.st_ino,
-                                      stat.S_ISREG(st.st_mode))
+                                      stat.S_ISREG(st.st_mode), st.st_ctime_ns)
         except PermissionError:
             if rejections.warn_once(f"dir:{run_id}/{prefix}"):
                 log.warning(events.ARTIFACT_REJECTED, run_id=run_id, filename=prefix or "output/",
@@ -128,17 +137,26 @@ def scan_run(sessions_fd: int, run_id: str, exclude: Iterable[str],
 
 
 def needs_promotion(f: SessionFile, meta: RunMetadata | None, tomb: Tombstone | None) -> bool:
-    """False when the store holds this version already, or a person deleted it after it."""
-    mtime = from_timestamp_ns(f.mtime_ns)
-    if tomb is not None and mtime <= tomb.deleted_at:
+    """False when the store holds this version already, or a person deleted it after it.
+    "After" is judged by the file's ctime as well as its mtime (DESIGN §1); a time out of
+    datetime's range is offered, to be refused once by its promotion (DESIGN §6)."""
+    written = written_at(f.mtime_ns, f.ctime_ns or f.mtime_ns)
+    if tomb is not None and written <= tomb.deleted_at:
         return False
-    if meta is None:
+    mtime = file_time(f.mtime_ns)
+    if meta is None or mtime is None:
         return True
     removed_at = meta.removed_at(f.filename)
-    if removed_at is not None and mtime <= removed_at:
+    if removed_at is not None and written <= removed_at:
         return False
     entry = meta.entry(f.filename)
     return entry is None or entry.size_bytes != f.size or entry.generated_at != mtime
+
+
+def quiet(f: SessionFile, now_ns: int, settle_ns: int) -> bool:
+    """Settled on disk: not a regular file, or unchanged for settle_ns (a future mtime is
+    judged by the ctime: it is no reason to wait)."""
+    return not f.regular or now_ns - last_change_ns(f.mtime_ns, f.ctime_ns, now_ns) >= settle_ns
 
 
 def find_pending(store: Store, rejections: Rejections,
@@ -202,8 +220,9 @@ def reconcile(store: Store, rejections: Rejections | None = None,
         wait_ns = 0
         retry = False
         for run_id, files in pending.items():
-            ready = [f for f in files if now_ns - f.mtime_ns >= settle_ns or not f.regular]
-            later = [settle_ns - (now_ns - f.mtime_ns) for f in files if f not in ready]
+            ready = [f for f in files if quiet(f, now_ns, settle_ns)]
+            later = [min(settle_ns - (now_ns - last_change_ns(f.mtime_ns, f.ctime_ns, now_ns)),
+                         settle_ns) for f in files if f not in ready]
             wait_ns = max([wait_ns, *later])
             if not ready:
                 continue

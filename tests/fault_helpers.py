@@ -56,15 +56,47 @@ __all__ = [
     "is_root",
     "lock_waiters",
     "remount",
+    "remove_tree",
     "sha",
     "snapshot",
     "tmpfs",
     "wait_blocked",
+    "walk_tree",
 ]
 
 DEFAULT_EXCLUDE = (".*", "*.tmp", "*.part", "*.swp", "*~")
 FAULT_SITE = Path(__file__).parent / "fault_site"
 _libc = ctypes.CDLL(None, use_errno=True)
+
+
+def walk_tree(top: Path) -> Iterator[tuple[Path, list[str], list[str]]]:
+    """os.walk without recursion (os.walk and Path.rglob recurse on Python 3.11, and the
+    hostile trees are thousands of folders deep); links are listed, never entered."""
+    stack = [top]
+    while stack:
+        here = stack.pop()
+        try:
+            entries = list(os.scandir(here))
+        except OSError:
+            continue
+        dirs = [e.name for e in entries if e.is_dir(follow_symlinks=False)]
+        files = [e.name for e in entries if not e.is_dir(follow_symlinks=False)]
+        yield here, dirs, files
+        stack.extend(here / name for name in dirs)
+
+
+def remove_tree(top: Path) -> None:
+    """Remove a tree of any depth without recursion (pytest's own cleanup recurses: a deep
+    tree left behind would crash every later pytest run on the machine)."""
+    if top.exists() or top.is_symlink():
+        subprocess.run(["find", str(top), "-depth", "-delete"], check=False,
+                       capture_output=True)
+
+
+def file_time_in_range(ns: int) -> bool:
+    """Whether Python's datetime can hold this file time (DESIGN §6: others are refused)."""
+    from promoter.clock import file_time
+    return file_time(ns) is not None
 
 
 def is_root() -> bool:
@@ -405,20 +437,27 @@ class Arena:
     # -- what must hold ------------------------------------------------------------------
 
     def finished_files(self, max_file_bytes: int = 1 << 30,
-                       exclude: Iterable[str] = DEFAULT_EXCLUDE) -> dict[tuple[str, str], str]:
+                       exclude: Iterable[str] = DEFAULT_EXCLUDE,
+                       max_depth: int = 64) -> dict[tuple[str, str], str]:
         """(run, filename) -> sha256 of every file promoter owes the store: regular, one link,
         within the size limit, with a UTF-8 name, not excluded, in a valid run, reached
-        without a link and with permission to read."""
+        without a link and with permission to read, at most `max_depth` folders down, with a
+        time stamp datetime can hold, and not deleted by a person (a tombstone, `removed`)."""
         owed: dict[tuple[str, str], str] = {}
         patterns = tuple(exclude)
         for run in sorted(os.listdir(self.sessions)):
             top = self.sessions / run / "output"
             if not is_valid_run_id(run) or not stat.S_ISDIR(_lmode(self.sessions / run)) \
-                    or not stat.S_ISDIR(_lmode(top)):
+                    or not stat.S_ISDIR(_lmode(top)) \
+                    or (self.artifacts / ".tombstones" / run).exists():
                 continue
-            for dirpath, _, filenames in os.walk(top):  # os.walk never follows links
+            removed = self._removed(run)
+            for dirpath, dirnames, filenames in walk_tree(top):  # never follows links
+                depth = len(dirpath.relative_to(top).parts)
+                if depth >= max_depth:
+                    dirnames.clear()
                 for name in filenames:
-                    path = Path(dirpath) / name
+                    path = dirpath / name
                     rel = str(path.relative_to(top))
                     try:
                         rel.encode()
@@ -426,11 +465,19 @@ class Arena:
                     except (UnicodeEncodeError, OSError):
                         continue
                     if (stat.S_ISREG(st.st_mode) and st.st_nlink == 1
-                            and st.st_size <= max_file_bytes
+                            and st.st_size <= max_file_bytes and depth <= max_depth
+                            and file_time_in_range(st.st_mtime_ns) and rel not in removed
                             and not is_excluded(rel.split("/"), patterns)
                             and os.access(path, os.R_OK)):
                         owed[(run, rel)] = sha(path.read_bytes())
         return owed
+
+    def _removed(self, run: str) -> set[str]:
+        with contextlib.suppress(OSError, ValueError):
+            meta = RunMetadata.model_validate_json((self.artifacts / run / "metadata.json")
+                                                   .read_bytes())
+            return {r.filename for r in meta.removed}
+        return set()
 
     def listed(self) -> dict[tuple[str, str], str | None]:
         found: dict[tuple[str, str], str | None] = {}
@@ -469,9 +516,9 @@ class Arena:
     def check_store(self) -> None:
         """No link, hard link, temporary or secret in the store; metadata valid and complete."""
         for top in (self.artifacts, self.library):
-            for dirpath, dirnames, filenames in os.walk(top):
+            for dirpath, dirnames, filenames in walk_tree(top):
                 for name in dirnames + filenames:
-                    path = Path(dirpath) / name
+                    path = dirpath / name
                     st = path.lstat()
                     assert not stat.S_ISLNK(st.st_mode), f"a link in the store: {path}"
                     assert stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode), path
@@ -486,7 +533,7 @@ class Arena:
                 continue
             path = self.artifacts / run / "metadata.json"
             if not path.exists():  # a first copy that never completed: no run, nothing stored
-                assert not [p for p in (self.artifacts / run).rglob("*") if p.is_file()], run
+                assert not [f for _, _, fs in walk_tree(self.artifacts / run) for f in fs], run
                 continue
             meta = RunMetadata.model_validate_json(path.read_bytes())
             assert meta.run_id == run
@@ -498,8 +545,8 @@ class Arena:
                 data = copy.read_bytes()
                 assert (len(data), sha(data)) == (a.size_bytes, a.sha256), copy
             files = self.artifacts / run / "files"
-            stored = {str(p.relative_to(files)) for p in files.rglob("*") if p.is_file()} \
-                if files.exists() else set()
+            stored = {str((here / f).relative_to(files)) for here, _, fs in walk_tree(files)
+                      for f in fs}
             assert stored == set(names), f"unlisted copies in {run}: {stored - set(names)}"
 
     def check_contained(self) -> None:
@@ -579,6 +626,7 @@ def arena_at(base: Path) -> Iterator[Arena]:
             yield arena
         finally:
             arena.close()
+            remove_tree(root)  # deep trees: never left to pytest's recursive cleanup
         return
     with tmpfs(root, "512m"):
         arena = Arena(root, AccessMonitor(root))
@@ -587,6 +635,7 @@ def arena_at(base: Path) -> Iterator[Arena]:
             yield arena
         finally:
             arena.close()
+            remove_tree(root)  # a deep tree also slows the unmount; and never a leftover
 
 
 def wait_blocked(inode: int, pid: int, timeout: float = 10.0) -> None:

@@ -13,6 +13,8 @@ import os
 import random
 import socket
 import stat
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -26,6 +28,7 @@ from tests.fault_helpers import (
     Arena,
     arena_at,
     exchange,
+    file_time_in_range,
     hold_run_lock,
     is_root,
     sha,
@@ -374,6 +377,82 @@ def test_invalid_run_ids_are_ignored_with_one_warning_each(arena: Arena, d: Daem
                        and a.path.startswith(inside) and not os.path.isdir(a.path)]
             assert touched == [], touched  # folders are listed by watchdog's walk of a new one
     check(arena, d)
+
+
+# -- time stamps (issue 17) ---------------------------------------------------------------
+
+FAR_FUTURE_NS = 300_000_000_000 * 10**9  # `touch -d @300000000000`: the year 11476
+NEGATIVE_YEAR_NS = -100_000_000_000 * 10**9  # about the year -1200
+YEAR_2100_NS = 4_102_444_800 * 10**9
+
+
+def staged(arena: Arena, run_id: str, name: str, data: str, mtime_ns: int | None = None) -> Path:
+    """Write a file beside output/, set its time, then rename it in (a rename counts as
+    written and keeps the time): the daemon meets the file with its final time."""
+    path = write(arena.sessions / run_id / "stage" / name, data)
+    if mtime_ns is not None:
+        os.utime(path, ns=(mtime_ns, mtime_ns))
+    target = arena.out(run_id) / name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    path.rename(target)
+    return target
+
+
+def cli(arena: Arena, d: Daemon, *args: str,
+        timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+    """Run `promoter ARGS` on the arena like an operator would, held to the same rules."""
+    proc = subprocess.Popen([sys.executable, "-m", "promoter", *args, "--root", str(arena.root),
+                             "--config", str(d.cfgfile)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    arena.pids.add(proc.pid)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise AssertionError(f"promoter {' '.join(args)} still running after {timeout} s") from None
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def test_out_of_range_time_stamps_cost_only_their_own_file(arena: Arena, d: Daemon) -> None:
+    """A time stamp datetime cannot hold (the year 11476, a negative year) refuses that file
+    alone; its run's other files are promoted, and `promoter reconcile` exits 0."""
+    staged(arena, "far-times", "far.txt", "far", FAR_FUTURE_NS)
+    staged(arena, "far-times", "ancient.txt", "ancient", NEGATIVE_YEAR_NS)
+    staged(arena, "far-times", "good.txt", "good")
+    d.wait_entry("far-times", "good.txt")
+    for name in ("far.txt", "ancient.txt"):
+        if not file_time_in_range(os.lstat(arena.out("far-times") / name).st_mtime_ns):
+            assert rejected(d, "far-times", name) == "modification time out of range"
+    done = cli(arena, d, "reconcile")
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    check(arena, d)
+
+
+def test_a_future_mtime_brings_no_deleted_run_or_artifact_back(arena: Arena, d: Daemon) -> None:
+    """A file dated 2100 whose run (or artifact) a person deleted stays deleted: 'written
+    after' is judged by ctime (DESIGN §1); `promoter reconcile` neither resurrects nor waits."""
+    staged(arena, "fut-del", "f.txt", "f", YEAR_2100_NS)
+    staged(arena, "fut-rm", "a.txt", "a", YEAR_2100_NS)
+    staged(arena, "fut-rm", "b.txt", "b")
+    d.wait_entry("fut-del", "f.txt")
+    d.wait_entry("fut-rm", "a.txt")
+    d.wait_entry("fut-rm", "b.txt")
+    assert cli(arena, d, "rm", "fut-del").returncode == 0
+    assert cli(arena, d, "rm", "fut-rm", "a.txt").returncode == 0
+    started = time.monotonic()
+    done = cli(arena, d, "reconcile", "--json")
+    assert done.returncode == 0, done.stderr
+    assert time.monotonic() - started < 20
+    assert '"promoted": 0' in done.stdout, done.stdout
+    assert not (arena.artifacts / "fut-del").exists()
+    meta = d.meta("fut-rm")
+    assert meta is not None and [a["filename"] for a in meta["artifacts"]] == ["b.txt"]
+    check(arena, d)
+
+
+# -- last: a restart over everything above ------------------------------------------
 
 
 def test_a_restart_catches_up_every_hostile_tree_safely(arena: Arena, d: Daemon) -> None:
