@@ -199,7 +199,7 @@ class Daemon:
         pipeline.start()
         self.watcher = Watcher(store.sessions_path, _Sink(self, pipeline), cfg.watch.exclude,
                                cfg.watch.observer, factory=self._observer_factory,
-                               on_trouble=self.wake.set)
+                               on_trouble=self.wake.set, max_depth=cfg.watch.max_depth)
         # a failure is logged; the main loop's supervision retries, catch-ups cover meanwhile
         with contextlib.suppress(OSError, ImportError, RuntimeError):
             self.watcher.start()
@@ -333,6 +333,7 @@ class Daemon:
         configure_logging(applied.log.level, applied.log.format)
         self.pipeline.set_settle(applied.watch.settle_ms)
         self.watcher.set_exclude(applied.watch.exclude)
+        self.watcher.max_depth = applied.watch.max_depth
         self._sweep_kick.set()
         self._catchup_kick.set()
         log.info(events.DAEMON_RELOADED, changed=changed, applied=[k for k in changed

@@ -11,6 +11,13 @@ What watchdog 7.1's source shows, and what this module does about it:
   descriptor -1). Our `add_callback` sees both and reports the path
   (`Report.watch_failed`). The same hook keeps watches off everything but
   `<run>/` and `<run>/output/**`: `input/` trees cost no inotify watch.
+- `InotifyWatchGroup._add_all_callbacks` and `_recursive_simulate` walk with
+  `os.walk`, which recurses on Python 3.11: one agent's folder 1,200 levels deep
+  raised `RecursionError` at start-up (for every run) or in the reader thread.
+  Our `BoundedWatchGroup` walks with an explicit stack, enters only watched
+  folders, and stops at `watch.max_depth`, reporting a deeper folder
+  (`Report.too_deep`) so that its run alone has it refused (DESIGN §6).
+  The polling observer's snapshot recurses too: our listdir stops at the bound.
 - An exception in a handler, an emitter or the inotify reader ends its thread
   and nothing notices. Each of our threads reports its own end
   (`Report.died`), so the watcher can restart the observer and catch up.
@@ -54,7 +61,9 @@ __all__ = [
     "POLL_INTERVAL_S",
     "ObserverLike",
     "Report",
+    "bounded_walk",
     "make_observer",
+    "output_depth",
     "wanted_folder",
 ]
 
@@ -77,6 +86,12 @@ class Report(Protocol):
     def watch_failed(self, path: str, reason: str) -> None: ...
 
     def died(self, thread: str, reason: str) -> None: ...
+
+    def too_deep(self, path: str) -> None:
+        """A folder below `<run>/output/` deeper than `max_depth`: never watched nor walked."""
+
+    @property
+    def max_depth(self) -> int: ...
 
 
 class ObserverLike(Protocol):
@@ -107,6 +122,42 @@ def wanted_folder(root: str, path: str) -> bool:
     return len(parts) == 1 or parts[1] == "output"
 
 
+def output_depth(root: str, path: str) -> int:
+    """How many folders below its run's `output/` a watched folder is (0 for output/)."""
+    return max(path[len(root) + 1:].count(os.sep) - 1, 0) if path.startswith(root + os.sep) \
+        else 0
+
+
+def bounded_walk(top: str, root: str, report: Report,
+                 ) -> Iterator[tuple[str, list[os.DirEntry[str]], list[os.DirEntry[str]]]]:
+    """os.walk of `top` without recursion: (folder, folder entries, other entries), entering
+    only watched folders (`wanted_folder`) no deeper than `report.max_depth`; a deeper one is
+    reported, not entered. Links are listed, never entered."""
+    stack = [top]
+    while stack:
+        here = stack.pop()
+        try:
+            with os.scandir(here) as it:
+                entries = list(it)
+        except OSError:
+            continue
+        dirs: list[os.DirEntry[str]] = []
+        others: list[os.DirEntry[str]] = []
+        for entry in entries:
+            try:
+                (dirs if entry.is_dir() else others).append(entry)
+            except OSError:
+                others.append(entry)
+        yield here, dirs, others
+        for entry in reversed(dirs):
+            if entry.is_symlink() or not wanted_folder(root, entry.path):
+                continue
+            if output_depth(root, entry.path) > report.max_depth:
+                report.too_deep(entry.path)
+                continue
+            stack.append(entry.path)
+
+
 def _run_reporting(name: str, report: Report, body: Callable[[], None],
                    asked_to_stop: Callable[[], bool]) -> None:
     """Run a thread's body; report its end, by exception or not, unless it was asked for."""
@@ -131,13 +182,48 @@ def overflow_being_reported() -> bool:
 
 def _inotify_classes() -> tuple[Any, Any]:
     """Imported late: on a libc without inotify the import itself fails (polling is used)."""
-    from watchdog.observers.inotify import InotifyFullEmitter
+    from watchdog.observers.inotify import InotifyFullEmitter, InotifyWatchGroup
     from watchdog.observers.inotify_c import (
         InotifyConstants,
         InotifyEvent,
         InotifyFD,
+        Mask,
         WatchDescriptor,
     )
+
+    class BoundedWatchGroup(InotifyWatchGroup):
+        """watchdog's recursive watch group, walking with an explicit stack and a depth bound."""
+
+        def __init__(self, report: Report, root: str, *args: Any, **kwargs: Any) -> None:
+            self._report, self._root = report, root  # set first: __post_init__ walks
+            super().__init__(*args, **kwargs)
+
+        def _add_all_callbacks(self, path: bytes) -> None:
+            text = os.fsdecode(path)
+            if output_depth(self._root, text) > self._report.max_depth:
+                self._report.too_deep(text)  # a folder made one level past the bound
+                return
+            self._add_callback(path)
+            if self.is_recursive and os.path.isdir(path):
+                for here, _, _ in bounded_walk(text, self._root, self._report):
+                    if here != text:
+                        self._add_callback(os.fsencode(here))
+
+        def _recursive_simulate(self, src_path: bytes) -> list[Any]:
+            found = []
+            for here, dirs, others in bounded_walk(os.fsdecode(src_path), self._root,
+                                                   self._report):
+                wd = self._active_callbacks_by_path.get(os.fsencode(here))
+                if wd is None:
+                    continue  # not watched (see watchdog's own comment on this case)
+                for entry in dirs:
+                    found.append(InotifyEvent(wd, Mask(InotifyConstants.IN_CREATE
+                                                       | InotifyConstants.IN_ISDIR), 0,
+                                              os.fsencode(entry.name)))
+                for entry in others:
+                    found.append(InotifyEvent(wd, InotifyConstants.IN_CREATE, 0,
+                                              os.fsencode(entry.name)))
+            return found
 
     class SupervisedInotifyFD(InotifyFD):
         """watchdog's inotify reader, reporting overflows, failed watches and its own end."""
@@ -215,6 +301,14 @@ def _inotify_classes() -> tuple[Any, Any]:
             super().__init__(*args, **kwargs)
             self.name = "promoter-watch-emitter"
             self._report = report
+
+        def on_thread_start(self) -> None:
+            # watchdog's own, with the bounded group (watchdog 7.1 InotifyEmitter)
+            self._inotify = BoundedWatchGroup(
+                self._report, os.fsdecode(self.watch.path), self._inotify_fd,
+                os.fsencode(self.watch.path), is_recursive=self.watch.is_recursive,
+                event_mask=self.get_event_mask_from_filter(),
+                follow_symlink=self.watch.follow_symlink)
 
         def run(self) -> None:
             _run_reporting(self.name, self._report, super().run, lambda: self.asked_to_stop)
@@ -294,8 +388,10 @@ class _PollingEmitter(PollingEmitter):
         _run_reporting(self.name, self._report, super().run, lambda: self.asked_to_stop)
 
 
-def _polling_listdir(root: str) -> Callable[[str | None], Iterator[os.DirEntry[str]]]:
-    """Only what is watched: run folders, their output/ and context files, all of output/."""
+def _polling_listdir(root: str, report: Report,
+                     ) -> Callable[[str | None], Iterator[os.DirEntry[str]]]:
+    """Only what is watched: run folders, their output/ and context files, all of output/
+    down to `max_depth` (watchdog's snapshot recurses once per level)."""
 
     def listdir(path: str | None) -> Iterator[os.DirEntry[str]]:
         assert path is not None
@@ -306,6 +402,11 @@ def _polling_listdir(root: str) -> Callable[[str | None], Iterator[os.DirEntry[s
                          and e.is_dir(follow_symlinks=False)])
         if os.path.dirname(path) == root:
             return iter([e for e in entries if e.name == "output" or e.name in CONTEXT_FILES])
+        if output_depth(root, path) >= report.max_depth:
+            deep = [e for e in entries if e.is_dir(follow_symlinks=False)]
+            for entry in deep:
+                report.too_deep(entry.path)
+            return iter([e for e in entries if e not in deep])
         return iter(entries)
 
     return listdir
@@ -314,7 +415,7 @@ def _polling_listdir(root: str) -> Callable[[str | None], Iterator[os.DirEntry[s
 def _polling_observer(root: str, report: Report) -> _Observer:
     from functools import partial
 
-    emitter = partial(_PollingEmitter, stat=os.lstat, listdir=_polling_listdir(root))
+    emitter = partial(_PollingEmitter, stat=os.lstat, listdir=_polling_listdir(root, report))
     return _Observer(emitter, report, timeout=POLL_INTERVAL_S)
 
 

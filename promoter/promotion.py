@@ -73,6 +73,9 @@ def promote_one(store: Store, sessions: int, art: int, meta: RunMetadata, tomb: 
         parts = split_relpath(filename)
     except Exception as exc:  # a bad name is a refusal, whatever it is
         return result(Outcome.REJECTED, str(exc))
+    if len(parts) - 1 > store.config.watch.max_depth:  # agents control depths (DESIGN §6)
+        return result(Outcome.REJECTED,
+                      f"deeper than watch.max_depth ({store.config.watch.max_depth} folders)")
     src_dir: int | None = None
     src: int | None = None
     try:

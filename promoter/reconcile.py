@@ -90,8 +90,9 @@ def session_runs(sessions_fd: int, rejections: Rejections) -> list[str]:
 
 
 def scan_run(sessions_fd: int, run_id: str, exclude: Iterable[str],
-             rejections: Rejections) -> Iterator[SessionFile]:
-    """Every non-excluded entry under the run's `output/`, walked without following links."""
+             rejections: Rejections, max_depth: int = 64) -> Iterator[SessionFile]:
+    """Every non-excluded entry under the run's `output/`, walked without following links
+    and with an explicit stack; a folder deeper than `max_depth` is refused, not entered."""
     patterns = tuple(exclude)
     try:
         top = open_dir_chain(sessions_fd, [run_id, "output"])
@@ -117,6 +118,11 @@ def scan_run(sessions_fd: int, run_id: str, exclude: Iterable[str],
                     continue
                 name = prefix + entry.name
                 if stat.S_ISDIR(st.st_mode):
+                    if name.count("/") + 1 > max_depth:
+                        if rejections.warn_once(f"deep:{run_id}/{name}"):
+                            log.warning(events.ARTIFACT_REJECTED, run_id=run_id,
+                                        filename=name + "/", reason=too_deep(max_depth))
+                        continue
                     try:
                         stack.append((open_dir_chain(fd, [entry.name]), name + "/"))
                     except PermissionError:
@@ -134,6 +140,10 @@ def scan_run(sessions_fd: int, run_id: str, exclude: Iterable[str],
                             reason="permission denied")
         finally:
             os.close(fd)
+
+
+def too_deep(max_depth: int) -> str:
+    return f"deeper than watch.max_depth ({max_depth} folders)"
 
 
 def needs_promotion(f: SessionFile, meta: RunMetadata | None, tomb: Tombstone | None) -> bool:
@@ -169,7 +179,8 @@ def find_pending(store: Store, rejections: Rejections,
         for run_id in run_ids:
             meta = store.read_run(run_id)
             tomb = store.read_tombstone(run_id)
-            todo = [f for f in scan_run(sessions, run_id, exclude, rejections)
+            todo = [f for f in scan_run(sessions, run_id, exclude, rejections,
+                                        store.config.watch.max_depth)
                     if not rejections.known(f) and needs_promotion(f, meta, tomb)]
             if todo:
                 pending[run_id] = todo

@@ -32,6 +32,7 @@ __all__ = [
     "open_dir_chain",
     "open_regular",
     "out_of_descriptors",
+    "remove_tree",
     "temp_name",
 ]
 
@@ -114,6 +115,54 @@ def open_dir_chain(base_fd: int, parts: Sequence[str], create: bool = False) -> 
     except BaseException:
         os.close(fd)
         raise
+
+
+def remove_tree(parent_fd: int, name: str) -> None:
+    """Remove `name` in `parent_fd` with everything below it: shutil.rmtree for trees of any
+    depth (it recurses on Python 3.11, and agents nest thousands of folders, DESIGN §6).
+
+    One descriptor at a time walks down (never following a link) and back up through `..`,
+    with only the names of the way down kept, so neither the interpreter's stack nor the
+    descriptor limit bounds the depth. For promoter's own folders (the trash, a run's copy):
+    nobody else renames folders there during the walk. Raises OSError on what cannot go."""
+    try:
+        os.unlink(name, dir_fd=parent_fd)
+        return
+    except FileNotFoundError:
+        return
+    except IsADirectoryError:
+        pass
+    except PermissionError as exc:  # some systems answer EPERM for unlink on a folder
+        if not stat.S_ISDIR(os.stat(name, dir_fd=parent_fd, follow_symlinks=False).st_mode):
+            raise exc from None
+    fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+    way: list[str] = []
+    try:
+        while True:
+            with os.scandir(fd) as it:
+                entries = list(it)
+            child = None
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    child = child or entry.name
+                else:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(entry.name, dir_fd=fd)
+            if child is not None:
+                down = os.open(child, _DIR_FLAGS, dir_fd=fd)
+                os.close(fd)
+                fd = down
+                way.append(child)
+                continue
+            if not way:
+                break
+            up = os.open("..", _DIR_FLAGS, dir_fd=fd)
+            os.close(fd)
+            fd = up
+            os.rmdir(way.pop(), dir_fd=fd)
+    finally:
+        os.close(fd)
+    os.rmdir(name, dir_fd=parent_fd)
 
 
 def open_regular(dir_fd: int, name: str, allow_hardlinks: bool) -> tuple[int, os.stat_result]:

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from promoter import events
 from promoter.config import Config
+from promoter.errors import StoreIOError
+from promoter.logs import get_logger
 from promoter.store import Store
+
+log = get_logger()
 
 __all__ = ["prepare_store"]
 
@@ -16,5 +21,10 @@ def prepare_store(config: Config, sessions: bool = True) -> Store:
     store.empty_trash()
     store.library.remove_stale_temps()
     for run_id in store.run_ids():
-        store.repair(run_id)
+        try:
+            store.repair(run_id)
+        except StoreIOError:
+            raise  # the store itself is unusable: that is for everyone, not one run
+        except Exception as exc:  # one bad run never stops a start-up (DESIGN §6)
+            log.error(events.REPAIR_FAILED, run_id=run_id, reason=f"{type(exc).__name__}: {exc}")
     return store

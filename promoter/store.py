@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import stat
 import uuid
 from collections.abc import Iterable, Iterator
@@ -49,6 +48,7 @@ from promoter.safeio import (
     open_dir_chain,
     open_regular,
     out_of_descriptors,
+    remove_tree,
 )
 
 __all__ = ["RETRY", "DeleteReport", "Outcome", "PromoteResult", "Store"]
@@ -525,10 +525,15 @@ class Store:
         return report
 
     def empty_trash(self) -> None:
+        """Remove what deletions left in the trash; one entry that cannot go stops no other."""
         try:
             with folder(self.artifacts_path / TRASH) as trash:
                 for name in os.listdir(trash):
-                    shutil.rmtree(name, dir_fd=trash, ignore_errors=True)
+                    try:
+                        remove_tree(trash, name)  # any depth: never shutil.rmtree (DESIGN §6)
+                    except OSError as exc:
+                        log.warning(events.TRASH_FAILED, name=name,
+                                    reason=exc.strerror or str(exc))
         except OSError:
             pass
 

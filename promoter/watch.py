@@ -184,7 +184,7 @@ class Watcher:
     def __init__(self, root: Path, sink: WatchSink, exclude: Sequence[str], kind: str = "auto",
                  factory: ObserverFactory = make_observer,
                  on_trouble: Callable[[], None] = lambda: None,
-                 faults: str | None = None) -> None:
+                 faults: str | None = None, max_depth: int = 64) -> None:
         self.root = os.path.realpath(root)
         self.sink = sink
         self.exclude: tuple[str, ...] = tuple(exclude)
@@ -207,6 +207,8 @@ class Watcher:
         self.overflows = 0
         self.errors = 0
         self.restarts = 0
+        self.max_depth = max_depth  # read by the observers' walks (watch.max_depth)
+        self._too_deep: set[str] = set()
 
     # -- what watchdog's threads call (Report) --------------------------------------------
 
@@ -224,6 +226,18 @@ class Watcher:
                 self._degraded.add(run_id)
         self.error("add_watch", reason, frozenset({run_id}) if run_id else None, path=path,
                    hint="raise fs.inotify.max_user_watches" if "limit" in reason else None)
+
+    def too_deep(self, path: str) -> None:
+        """A folder past watch.max_depth is neither watched nor walked: its run alone is
+        caught up once, and that pass refuses it (`artifact.rejected`, DESIGN §6)."""
+        parts = self._handler._parts(path) or []
+        run_id = parts[0] if parts and is_valid_run_id(parts[0]) else None
+        with self._lock:
+            if path in self._too_deep or len(self._too_deep) >= 10_000:
+                return
+            self._too_deep.add(path)
+        if run_id is not None:
+            self.sink.catch_up(frozenset({run_id}), "too-deep")
 
     def died(self, thread: str, reason: str) -> None:
         if self.stopping:

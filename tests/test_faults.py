@@ -37,6 +37,7 @@ from tests.fault_helpers import (
     in_thread,
     is_root,
     remount,
+    remove_tree,
     sha,
     snapshot,
     tmpfs,
@@ -476,3 +477,24 @@ def test_the_access_monitor_catches_a_trespasser(arena: Arena) -> None:
     with pytest.raises(AssertionError) as caught:
         arena.check_contained()
     assert "a secret's inode" in str(caught.value) and "planted" in str(caught.value)
+
+
+def test_a_deep_tree_at_start_up_keeps_watching_and_pinging(arena: Arena) -> None:
+    """A run with 1,200 nested folders present at start: the daemon starts watching (inotify,
+    not a fallback), refuses that folder for its run alone, and keeps sending WATCHDOG=1."""
+    out = arena.out("deep-start")
+    write(out / "top.txt", "top")
+    subprocess.run(["mkdir", "-p", str(out / "/".join(["d"] * 1200))], check=True)
+    try:
+        d = arena.start(env={"WATCHDOG_USEC": "200000"})
+        started = d.wait_log("watch.started")
+        assert started["observer"] == "inotify"
+        mark = d.notify.wait_for("WATCHDOG=1")
+        d.wait_log("artifact.rejected", run_id="deep-start", filename="d/" * 65)
+        d.wait_entry("deep-start", "top.txt")
+        arena.check(d)
+        d.notify.wait_for("WATCHDOG=1", after=mark + 1)
+        assert not d.events("watch.error")
+        assert d.stop() == 0
+    finally:
+        remove_tree(arena.sessions / "deep-start")

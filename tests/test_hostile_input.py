@@ -31,6 +31,7 @@ from tests.fault_helpers import (
     file_time_in_range,
     hold_run_lock,
     is_root,
+    remove_tree,
     sha,
     wait_blocked,
 )
@@ -451,6 +452,65 @@ def test_a_future_mtime_brings_no_deleted_run_or_artifact_back(arena: Arena, d: 
     assert meta is not None and [a["filename"] for a in meta["artifacts"]] == ["b.txt"]
     check(arena, d)
 
+
+
+# -- depth (issue 17) ----------------------------------------------------------------------
+
+
+def deep_folder(arena: Arena, top: Path, levels: int, file: str = "") -> Path:
+    """`top/d/d/...` `levels` folders deep, made by `mkdir -p` (os.makedirs recurses), with
+    `file` at the bottom. Made by other processes and waited for by the access monitor, so
+    that it knows every folder's path before promoter removes them."""
+    path = top / "/".join(["d"] * levels)
+    subprocess.run(["mkdir", "-p", str(path)], check=True)
+    if file:
+        subprocess.run(["touch", str(path / file)], check=True)
+    if arena.monitor is not None:
+        arena.monitor.settle()
+    return path
+
+
+def test_a_deep_folder_costs_only_its_own_run(arena: Arena, d: Daemon) -> None:
+    """1,200 nested folders in one output: the folder past watch.max_depth (64) is refused
+    with its reason, files down to 64 levels are promoted, and watching goes on for all."""
+    out = arena.out("deep-watch")
+    write(out / "top.txt", "top")
+    d.wait_entry("deep-watch", "top.txt")
+    try:
+        write(deep_folder(arena, out, 1200) / "bottom.txt", "bottom")
+        write(out / ("d/" * 64) / "at-64.txt", "64")
+        reason = rejected(d, "deep-watch", "d/" * 65)
+        assert reason == "deeper than watch.max_depth (64 folders)"
+        d.wait_entry("deep-watch", "d/" * 64 + "at-64.txt")
+        write(out / "later.txt", "later")  # the run itself is still watched
+        d.wait_entry("deep-watch", "later.txt")
+        check(arena, d)
+    finally:
+        remove_tree(arena.sessions / "deep-watch")
+
+
+def test_a_deep_artifact_path_never_breaks_deletion_or_start_up(arena: Arena, d: Daemon) -> None:
+    """A 1,000-level tree in a run's copy (from a store made with a larger bound) and one left
+    in the trash: `promoter rm` and the start-up of a command empty them, exit 0."""
+    write(arena.out("deep-rm") / "a.txt", "a")
+    d.wait_entry("deep-rm", "a.txt")
+    deep_folder(arena, arena.artifacts / "deep-rm" / "files", 1000, "x.txt")
+    trash = arena.artifacts / ".trash"
+    deep_folder(arena, trash / "left-over", 1000, "x.txt")
+    try:
+        done = cli(arena, d, "rm", "deep-rm")
+        assert done.returncode == 0, done.stderr
+        assert not (arena.artifacts / "deep-rm").exists()
+        assert list(trash.iterdir()) == []
+        deep_folder(arena, trash / "left-over-2", 1000, "x.txt")
+        done = cli(arena, d, "reconcile")  # start-up: prepare_store empties the trash
+        assert done.returncode == 0, done.stderr
+        assert list(trash.iterdir()) == []
+        check(arena, d)
+    finally:
+        remove_tree(arena.artifacts / "deep-rm")
+        for leftover in trash.iterdir():
+            remove_tree(leftover)
 
 # -- last: a restart over everything above ------------------------------------------
 

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import structlog
 
-from promoter.observers import _polling_listdir, wanted_folder
+from promoter.observers import _polling_listdir, bounded_walk, wanted_folder
 from promoter.watch import Watcher
 from tests.daemon_helpers import FakeFactory, no_thread_leak, wait_until, write
 
@@ -252,10 +252,39 @@ def test_polling_lists_only_what_is_watched(sessions: Path) -> None:
     write(sessions / "r1" / "input" / "big", "b")
     write(sessions / "r1" / "run.json", "{}")
     write(sessions / "bad id" / "output" / "x", "x")
-    listdir = _polling_listdir(str(sessions))
+    listdir = _polling_listdir(str(sessions), DepthReport(64))
     assert [e.name for e in listdir(str(sessions))] == ["r1"]
     assert sorted(e.name for e in listdir(str(sessions / "r1"))) == ["output", "run.json"]
     assert [e.name for e in listdir(str(sessions / "r1" / "output"))] == ["a"]
+
+
+class DepthReport:
+    """The two Report members the walks use: the bound, and the folders found past it."""
+
+    def __init__(self, max_depth: int) -> None:
+        self.max_depth = max_depth
+        self.deep: list[str] = []
+
+    def too_deep(self, path: str) -> None:
+        self.deep.append(path)
+
+
+def test_walks_stop_at_the_depth_bound_and_report_it(sessions: Path) -> None:
+    """Polling and inotify walks enter output/ down to max_depth only; a deeper folder is
+    reported, never listed or entered."""
+    out = sessions / "r1" / "output"
+    write(out / "a" / "b" / "f", "f")
+    write(out / "a" / "b" / "c" / "g", "g")
+    write(sessions / "r1" / "input" / "x" / "y", "y")
+    report = DepthReport(2)
+    listdir = _polling_listdir(str(sessions), report)
+    assert [e.name for e in listdir(str(out / "a" / "b"))] == ["f"]
+    assert report.deep == [str(out / "a" / "b" / "c")]
+    report.deep.clear()
+    walked = [here for here, _, _ in bounded_walk(str(sessions), str(sessions), report)]
+    assert sorted(walked) == sorted([str(sessions), str(sessions / "r1"), str(out),
+                                     str(out / "a"), str(out / "a" / "b")])
+    assert report.deep == [str(out / "a" / "b" / "c")]
 
 
 def test_polling_observer_reports_changes(sessions: Path) -> None:
