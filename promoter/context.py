@@ -8,18 +8,23 @@ from __future__ import annotations
 
 import json
 import os
+from collections import OrderedDict
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
 from promoter import events
 from promoter.logs import get_logger
+from promoter.names import split_relpath
 from promoter.safeio import Refused, open_dir_chain, open_regular
 
 __all__ = ["AttributionReader", "RunContext", "read_run_json"]
 
 log = get_logger()
 MAX_RUN_JSON_BYTES = 1 << 20
-MAX_ATTRIBUTION_BYTES = 64 << 20
+READ_CHUNK = 1 << 20  # attribution.jsonl is read this much at a time
+MAX_LINE_BYTES = 64 << 10  # a longer line is skipped
+MAX_RECENT_NAMES = 4096  # lines for files not (yet) seen, kept in case their file follows
 
 
 @dataclass(frozen=True)
@@ -86,48 +91,168 @@ def read_run_json(sessions_fd: int, run_id: str) -> dict[str, str]:
     return out
 
 
+@dataclass
+class _Attribution:
+    """What is kept of one run's attribution.jsonl between reads."""
+
+    ino: int = -1
+    offset: int = 0  # bytes consumed: every complete line before it has been read
+    skipping: bool = False  # inside a line longer than MAX_LINE_BYTES: skip to its end
+    kept: dict[str, str] = field(default_factory=dict)  # names that exist or are entries
+    recent: OrderedDict[str, str] = field(default_factory=OrderedDict)  # others, the newest
+
+
 class AttributionReader:
-    """Reads attribution.jsonl incrementally: only the bytes appended since last time."""
+    """Reads attribution.jsonl incrementally, in bounded chunks, from the last offset, and
+    keeps it in bounded memory (DESIGN §6): only lines naming a file that exists under
+    `output/` or an entry of the run are kept for good, plus the newest MAX_RECENT_NAMES
+    others (a line written just before its file). Four million made-up names cost a
+    bounded dict, not one entry each."""
 
     def __init__(self) -> None:
-        self._offset: dict[str, int] = {}
-        self._agents: dict[str, dict[str, str]] = {}
+        self._runs: dict[str, _Attribution] = {}
 
     def forget(self, run_id: str) -> None:
-        self._offset.pop(run_id, None)
-        self._agents.pop(run_id, None)
+        self._runs.pop(run_id, None)
 
-    def agents(self, sessions_fd: int, run_id: str) -> dict[str, str]:
-        """filename → agent_id; a later line for the same filename wins."""
-        offset = self._offset.get(run_id, 0)
-        raw = _read_small(sessions_fd, run_id, "attribution.jsonl", MAX_ATTRIBUTION_BYTES, offset)
-        if raw is None:
-            return dict(self._agents.get(run_id, {}))
-        if offset and not raw and self._file_shrank(sessions_fd, run_id, offset):
-            self.forget(run_id)
-            return self.agents(sessions_fd, run_id)
-        complete = raw.rfind(b"\n") + 1  # a line still being appended waits for its newline
-        mapping = self._agents.setdefault(run_id, {})
-        for number, line in enumerate(raw[:complete].splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                item = json.loads(line)
-                filename, agent = item["filename"], item["agent_id"]
-                if not isinstance(filename, str) or not isinstance(agent, str):
-                    raise TypeError
-            except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+    def agents(self, sessions_fd: int, run_id: str,
+               known: Collection[str] = ()) -> dict[str, str]:
+        """filename -> agent_id; a later line for the same filename wins. `known`: the run's
+        entries and the names about to be promoted (their lines are kept)."""
+        state = self._runs.setdefault(run_id, _Attribution())
+        self._read(sessions_fd, run_id, state, frozenset(known))
+        for name in [n for n in state.recent if n in known]:
+            state.kept[name] = state.recent.pop(name)
+        return {**state.recent, **state.kept}
+
+    def _read(self, sessions_fd: int, run_id: str, state: _Attribution,
+              known: frozenset[str]) -> None:
+        opened = _open_context(sessions_fd, run_id, "attribution.jsonl")
+        if opened is None:
+            return
+        fd, st, output_fd = opened
+        files = _Files(output_fd)
+        bad, first_bad = 0, -1
+        try:
+            if st.st_ino != state.ino or st.st_size < state.offset:  # replaced or truncated
+                state.ino, state.offset, state.skipping = st.st_ino, 0, False
+                state.kept.clear()
+                state.recent.clear()
+            while state.offset < st.st_size:
+                chunk = os.pread(fd, min(READ_CHUNK, st.st_size - state.offset), state.offset)
+                if not chunk:
+                    break
+                end = chunk.rfind(b"\n") + 1
+                if end == 0:  # no complete line in this chunk
+                    if len(chunk) < READ_CHUNK:
+                        break  # a line still being appended waits for its newline
+                    if not state.skipping:
+                        log.warning(events.CONTEXT_INVALID, run_id=run_id,
+                                    file="attribution.jsonl",
+                                    reason=f"line too long after byte {state.offset}")
+                    state.skipping = True
+                    state.offset += len(chunk)
+                    continue
+                lines = chunk[:end].split(b"\n")[:-1]
+                if state.skipping:  # the rest of a long line
+                    lines, state.skipping = lines[1:], False
+                for line in lines:
+                    if not self._line(state, line, known, files):
+                        bad += 1
+                        first_bad = state.offset if first_bad < 0 else first_bad
+                state.offset += end
+        finally:
+            os.close(fd)
+            if output_fd is not None:
+                os.close(output_fd)
+            if bad:  # one line per read, however many bad lines: the log is bounded too
                 log.warning(events.CONTEXT_INVALID, run_id=run_id, file="attribution.jsonl",
-                            reason=f"bad line {number} after byte {offset}")
-                continue
-            mapping[filename] = agent
-        self._offset[run_id] = offset + complete
-        return dict(mapping)
+                            reason=f"{bad} bad line(s), the first in the chunk at byte"
+                                   f" {first_bad}", bad_lines=bad)
 
     @staticmethod
-    def _file_shrank(sessions_fd: int, run_id: str, offset: int) -> bool:
+    def _line(state: _Attribution, line: bytes, known: frozenset[str], files: _Files) -> bool:
+        """Take one line in; False when it is malformed."""
+        if not line.strip():
+            return True
         try:
-            st = os.stat(f"{run_id}/attribution.jsonl", dir_fd=sessions_fd, follow_symlinks=False)
+            if len(line) > MAX_LINE_BYTES:
+                raise ValueError("too long")
+            item = json.loads(line)
+            filename, agent = item["filename"], item["agent_id"]
+            if not isinstance(filename, str) or not isinstance(agent, str):
+                raise TypeError
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+            return False
+        if filename in state.kept or filename in known or files.exists(filename):
+            state.kept[filename] = agent
+            state.recent.pop(filename, None)
+            return True
+        state.recent[filename] = agent
+        state.recent.move_to_end(filename)
+        if len(state.recent) > MAX_RECENT_NAMES:
+            state.recent.popitem(last=False)
+        return True
+
+
+def _open_context(sessions_fd: int, run_id: str, name: str,
+                  ) -> tuple[int, os.stat_result, int | None] | None:
+    """The context file open for reading, its stat and the run's output/ folder (None when
+    absent), or None when the file is absent or refused; links never followed."""
+    try:
+        run_fd = open_dir_chain(sessions_fd, [run_id])
+    except (FileNotFoundError, NotADirectoryError, Refused):
+        return None
+    try:
+        fd, st = open_regular(run_fd, name, allow_hardlinks=True)
+    except FileNotFoundError:
+        os.close(run_fd)
+        return None
+    except (Refused, OSError) as exc:
+        os.close(run_fd)
+        reason = exc.reason if isinstance(exc, Refused) else exc.strerror
+        log.warning(events.CONTEXT_INVALID, run_id=run_id, file=name, reason=reason)
+        return None
+    try:
+        output_fd: int | None = open_dir_chain(run_fd, ["output"])
+    except (OSError, Refused):
+        output_fd = None
+    finally:
+        os.close(run_fd)
+    return fd, st, output_fd
+
+
+class _Files:
+    """Which names exist under output/, for one read: top-level names from one listing
+    (a `stat` per line would cost millions of calls), deeper ones looked up without
+    following any link."""
+
+    def __init__(self, output_fd: int | None) -> None:
+        self._fd = output_fd
+        self._top: set[str] | None = None
+
+    def exists(self, filename: str) -> bool:
+        if self._fd is None:
+            return False
+        if "/" not in filename:
+            if self._top is None:
+                try:
+                    self._top = set(os.listdir(self._fd))
+                except OSError:
+                    self._top = set()
+            return filename in self._top
+        try:
+            parts = split_relpath(filename)
+        except Exception:  # not a name a file can have: no file has it
+            return False
+        try:
+            folder_fd = open_dir_chain(self._fd, parts[:-1])
+        except (OSError, Refused):
+            return False
+        try:
+            os.stat(parts[-1], dir_fd=folder_fd, follow_symlinks=False)
+            return True
         except OSError:
             return False
-        return st.st_size < offset
+        finally:
+            os.close(folder_fd)

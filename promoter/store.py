@@ -296,12 +296,18 @@ class Store:
 
     # -- run context ---------------------------------------------------------------------
 
-    def context(self, run_id: str) -> RunContext:
-        """What run.json and attribution.jsonl say about the run now."""
+    def context(self, run_id: str, names: Iterable[str] = ()) -> RunContext:
+        """What run.json and attribution.jsonl say about the run now. `names`: files about to
+        be promoted; with the entries already known they are the lines worth keeping."""
+        known = set(names)
+        cached = self._cache.get(run_id)
+        for item in cached[1].artifacts if cached is not None else ():
+            known.add(item.filename)
+        known.update([n.rsplit("/", 1)[-1] for n in known])  # lines may name the base name
         try:
             with folder(self.sessions_path) as sessions:
                 fields = read_run_json(sessions, run_id)
-                agents = self.attribution.agents(sessions, run_id)
+                agents = self.attribution.agents(sessions, run_id, known)
         except OSError:
             return RunContext()
         return RunContext(workflow_id=fields.get("workflow_id", ""),
@@ -408,7 +414,7 @@ class Store:
         """Promote files of `sessions/<run_id>/output/` in one batch with one metadata write."""
         check_run_id(run_id)
         names = list(dict.fromkeys(filenames))
-        ctx = self.context(run_id)
+        ctx = self.context(run_id, names)
         results: list[PromoteResult] = []
         try:
             with folder(self.sessions_path) as sessions, self.locked(run_id) as art:

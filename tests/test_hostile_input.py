@@ -512,6 +512,44 @@ def test_a_deep_artifact_path_never_breaks_deletion_or_start_up(arena: Arena, d:
         for leftover in trash.iterdir():
             remove_tree(leftover)
 
+
+# -- what agents append (issue 17) ----------------------------------------------------------
+
+FLOOD_NAMES = 200_000
+
+
+def rss_bytes(pid: int) -> int:
+    """The process's resident memory now (VmRSS)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_attribution_of_many_made_up_names_is_held_in_bounded_memory(arena: Arena,
+                                                                      d: Daemon) -> None:
+    """200,000 distinct names in attribution.jsonl, none a file: the daemon's memory stays
+    within a bound (only names of files or entries are kept), real lines still apply."""
+    run = "attr-flood"
+    write(arena.out(run) / "first.txt", "first")
+    d.wait_entry(run, "first.txt")
+    before = rss_bytes(d.proc.pid)
+    lines = b"".join(b'{"filename": "ghost-%d.png", "agent_id": "agent-%d"}\n' % (i, i)
+                     for i in range(FLOOD_NAMES))
+    write(arena.sessions / run / "attribution.jsonl",
+          lines + b'{"filename": "first.txt", "agent_id": "writer"}\n'
+          + b'{"filename": "real.txt", "agent_id": "the-agent"}\n')
+    write(arena.out(run) / "real.txt", "real")
+    d.wait_entry(run, "real.txt", timeout=60, check=lambda e: e["agent_id"] == "the-agent")
+    d.wait_entry(run, "first.txt", timeout=60, check=lambda e: e["agent_id"] == "writer")
+    grown = rss_bytes(d.proc.pid) - before
+    assert grown < 16 << 20, f"the daemon grew {grown >> 20} MiB"
+    with (arena.sessions / run / "attribution.jsonl").open("ab") as fh:  # read from the offset
+        fh.write(b'{"filename": "late.txt", "agent_id": "late-agent"}\n')
+    write(arena.out(run) / "late.txt", "late")
+    d.wait_entry(run, "late.txt", check=lambda e: e["agent_id"] == "late-agent")
+    check(arena, d)
+
 # -- last: a restart over everything above ------------------------------------------
 
 
