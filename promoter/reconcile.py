@@ -103,43 +103,58 @@ def scan_run(sessions_fd: int, run_id: str, exclude: Iterable[str],
             log.warning(events.ARTIFACT_REJECTED, run_id=run_id, filename="output/",
                         reason=exc.reason)
         return
-    stack: list[tuple[int, str]] = [(top, "")]
-    while stack:
-        fd, prefix = stack.pop()
+    # The stack holds names, not descriptors: a folder of thousands of sub-folders must not
+    # hold thousands of descriptors (EMFILE would fail other runs' copies meanwhile).
+    stack = [""]
+    try:
+        while stack:
+            prefix = stack.pop()
+            try:
+                fd = open_dir_chain(top, prefix.split("/")[:-1])
+            except PermissionError:
+                if rejections.warn_once(f"dir:{run_id}/{prefix}"):
+                    log.warning(events.ARTIFACT_REJECTED, run_id=run_id, filename=prefix,
+                                reason="permission denied")
+                continue
+            except (OSError, Refused):
+                continue  # gone, or swapped for a link since it was listed
+            try:
+                yield from _scan_folder(fd, run_id, prefix, patterns, rejections, max_depth,
+                                        stack)
+            except PermissionError:
+                if rejections.warn_once(f"dir:{run_id}/{prefix}"):
+                    log.warning(events.ARTIFACT_REJECTED, run_id=run_id,
+                                filename=prefix or "output/", reason="permission denied")
+            finally:
+                os.close(fd)
+    finally:
+        os.close(top)
+
+
+def _scan_folder(fd: int, run_id: str, prefix: str, patterns: tuple[str, ...],
+                 rejections: Rejections, max_depth: int,
+                 stack: list[str]) -> Iterator[SessionFile]:
+    """One folder of scan_run: its files, and its sub-folders pushed on `stack`."""
+    with os.scandir(fd) as it:
+        entries = list(it)
+    for entry in entries:
+        if is_excluded([entry.name], patterns):
+            continue
         try:
-            with os.scandir(fd) as it:
-                entries = list(it)
-            for entry in entries:
-                if is_excluded([entry.name], patterns):
-                    continue
-                try:
-                    st = entry.stat(follow_symlinks=False)
-                except FileNotFoundError:
-                    continue
-                name = prefix + entry.name
-                if stat.S_ISDIR(st.st_mode):
-                    if name.count("/") + 1 > max_depth:
-                        if rejections.warn_once(f"deep:{run_id}/{name}"):
-                            log.warning(events.ARTIFACT_REJECTED, run_id=run_id,
-                                        filename=name + "/", reason=too_deep(max_depth))
-                        continue
-                    try:
-                        stack.append((open_dir_chain(fd, [entry.name]), name + "/"))
-                    except PermissionError:
-                        if rejections.warn_once(f"dir:{run_id}/{name}"):
-                            log.warning(events.ARTIFACT_REJECTED, run_id=run_id,
-                                        filename=name + "/", reason="permission denied")
-                    except (OSError, Refused):
-                        continue
-                else:
-                    yield SessionFile(run_id, name, st.st_size, st.st_mtime_ns, st.st_ino,
-                                      stat.S_ISREG(st.st_mode), st.st_ctime_ns)
-        except PermissionError:
-            if rejections.warn_once(f"dir:{run_id}/{prefix}"):
-                log.warning(events.ARTIFACT_REJECTED, run_id=run_id, filename=prefix or "output/",
-                            reason="permission denied")
-        finally:
-            os.close(fd)
+            st = entry.stat(follow_symlinks=False)
+        except FileNotFoundError:
+            continue
+        name = prefix + entry.name
+        if stat.S_ISDIR(st.st_mode):
+            if name.count("/") + 1 > max_depth:
+                if rejections.warn_once(f"deep:{run_id}/{name}"):
+                    log.warning(events.ARTIFACT_REJECTED, run_id=run_id,
+                                filename=name + "/", reason=too_deep(max_depth))
+                continue
+            stack.append(name + "/")
+        else:
+            yield SessionFile(run_id, name, st.st_size, st.st_mtime_ns, st.st_ino,
+                              stat.S_ISREG(st.st_mode), st.st_ctime_ns)
 
 
 def too_deep(max_depth: int) -> str:

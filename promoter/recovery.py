@@ -41,24 +41,32 @@ def walk_files(store: Store, art: int, run_id: str) -> Iterator[tuple[str, int, 
         top = open_dir_chain(art, [run_id, FILES])
     except (FileNotFoundError, NotADirectoryError, Refused):
         return
-    stack: list[tuple[int, str]] = [(top, "")]
-    while stack:
-        fd, prefix = stack.pop()
-        try:
-            for entry in os.scandir(fd):
-                st = entry.stat(follow_symlinks=False)
-                if entry.name.startswith(TEMP_PREFIX):
-                    with contextlib.suppress(OSError):
-                        os.unlink(entry.name, dir_fd=fd)
-                        log.info(events.TEMP_REMOVED, run_id=run_id, name=prefix + entry.name)
-                elif stat.S_ISDIR(st.st_mode):
-                    with contextlib.suppress(OSError, Refused):
-                        stack.append((open_dir_chain(fd, [entry.name]),
-                                      f"{prefix}{entry.name}/"))
-                elif stat.S_ISREG(st.st_mode):
-                    yield prefix + entry.name, fd, st
-        finally:
-            os.close(fd)
+    stack = [""]  # names, not descriptors: thousands of sub-folders hold none open
+    try:
+        while stack:
+            prefix = stack.pop()
+            try:
+                fd = open_dir_chain(top, prefix.split("/")[:-1])
+            except (OSError, Refused):
+                continue
+            try:
+                with os.scandir(fd) as it:
+                    entries = list(it)
+                for entry in entries:
+                    st = entry.stat(follow_symlinks=False)
+                    if entry.name.startswith(TEMP_PREFIX):
+                        with contextlib.suppress(OSError):
+                            os.unlink(entry.name, dir_fd=fd)
+                            log.info(events.TEMP_REMOVED, run_id=run_id,
+                                     name=prefix + entry.name)
+                    elif stat.S_ISDIR(st.st_mode):
+                        stack.append(f"{prefix}{entry.name}/")
+                    elif stat.S_ISREG(st.st_mode):
+                        yield prefix + entry.name, fd, st
+            finally:
+                os.close(fd)
+    finally:
+        os.close(top)
 
 
 def hash_entry(

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import resource
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -113,3 +116,28 @@ def test_unreadable_folder_is_reported_not_fatal(tmp_path: Path) -> None:
     finally:
         (tmp_path / "sessions/r1/output/locked").chmod(0o755)
     assert "b" in [a.filename for a in store.get_run("r1").artifacts]
+
+
+@contextlib.contextmanager
+def descriptor_limit(soft: int) -> Iterator[None]:
+    """Lower this process's open-file limit for a block (as a 1,024 default would be)."""
+    before = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, before[1]))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, before)
+
+
+def test_a_wide_tree_holds_no_descriptor_per_folder(tmp_path: Path) -> None:
+    """150 sibling folders under a 64-descriptor limit: catch-up and recovery find every
+    file (a stack of open folders ran out of descriptors and skipped the rest, silently)."""
+    store = make_store(tmp_path)
+    for i in range(150):
+        write_session_file(tmp_path, "wide", f"d{i}/f.txt", b"f")
+    with descriptor_limit(64):
+        assert len(find_pending(store, Rejections())["wide"]) == 150
+        reconcile(store)
+        (tmp_path / "artifacts" / "wide" / "metadata.json").unlink()
+        meta = store.read_run("wide")  # rebuilt from the stored copies
+    assert meta is not None and len(meta.artifacts) == 150
