@@ -41,7 +41,7 @@ MAX_INTERVAL_S = 7 * 86400.0
 MAX_RETENTION_DAYS = 36_500.0  # 100 years: created_at + days stays far inside datetime's range
 MAX_BYTES = 1 << 50  # 1 PiB
 MAX_METADATA_BYTES = 4 << 30  # parsing more than this would freeze any reader
-MAX_DEPTH = 1_000  # folders below output/; the walks are explicit-stack, inotify's paths short
+MAX_DEPTH = 500  # folders below output/: the polling observer's snapshot recurses once a level
 
 
 class _Section(BaseModel):

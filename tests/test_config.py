@@ -116,7 +116,7 @@ def test_example_config_equals_defaults() -> None:
     ("watch.rescan_interval_s", "-1"),
     ("watch.settle_ms", "-1"),
     ("watch.max_depth", "0"),
-    ("watch.max_depth", "100000"),
+    ("watch.max_depth", "501"),
     ("promote.workers", "100000"),
     ("promote.max_file_bytes", "9223372036854775807"),
     ("promote.max_run_bytes", "-1"),
@@ -136,9 +136,9 @@ def test_the_edges_of_the_ranges_are_accepted() -> None:
     config = load_config(None, {"PROMOTER_WATCH__RESCAN_INTERVAL_S": "0",
                                 "PROMOTER_RETENTION__DAYS": "36500",
                                 "PROMOTER_METRICS__INTERVAL_S": "0.05",
-                                "PROMOTER_WATCH__MAX_DEPTH": "1000"})
+                                "PROMOTER_WATCH__MAX_DEPTH": "500"})
     assert config.watch.rescan_interval_s == 0 and config.retention.days == 36500
-    assert config.watch.max_depth == 1000
+    assert config.watch.max_depth == 500
 
 
 def test_the_daemon_refuses_an_absurd_retention_with_exit_2(tmp_path: Path) -> None:
