@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from promoter import events
 from promoter.clock import file_time, last_change_ns, written_at
+from promoter.errors import StoreIOError
 from promoter.logs import get_logger
 from promoter.metadata import RunMetadata, Tombstone
 from promoter.names import is_excluded, is_valid_run_id
@@ -192,11 +193,18 @@ def find_pending(store: Store, rejections: Rejections,
     with folder(store.sessions_path) as sessions:
         run_ids = list(runs) if runs is not None else session_runs(sessions, rejections)
         for run_id in run_ids:
-            meta = store.read_run(run_id)
-            tomb = store.read_tombstone(run_id)
-            todo = [f for f in scan_run(sessions, run_id, exclude, rejections,
-                                        store.config.watch.max_depth)
-                    if not rejections.known(f) and needs_promotion(f, meta, tomb)]
+            try:
+                meta = store.read_run(run_id)
+                tomb = store.read_tombstone(run_id)
+                todo = [f for f in scan_run(sessions, run_id, exclude, rejections,
+                                            store.config.watch.max_depth)
+                        if not rejections.known(f) and needs_promotion(f, meta, tomb)]
+            except StoreIOError:
+                raise  # the store itself: every run is concerned
+            except Exception as exc:  # one run's surprise never stops the others' (DESIGN §6)
+                log.error(events.RECONCILE_FAILED, run_id=run_id,
+                          reason=f"{type(exc).__name__}: {exc}")
+                continue
             if todo:
                 pending[run_id] = todo
     return pending
@@ -205,13 +213,19 @@ def find_pending(store: Store, rejections: Rejections,
 def complete_finished_runs(store: Store) -> None:
     """Runs whose session folder is gone are completed; run.json changes are folded in."""
     for run_id in store.run_ids():
-        meta = store.read_run(run_id)
-        if meta is None or meta.status == "completed":
-            continue
-        if not store.session_exists(run_id):
-            store.mark_completed(run_id)
-        else:
-            store.refresh_context(run_id)
+        try:
+            meta = store.read_run(run_id)
+            if meta is None or meta.status == "completed":
+                continue
+            if not store.session_exists(run_id):
+                store.mark_completed(run_id)
+            else:
+                store.refresh_context(run_id)
+        except StoreIOError:
+            raise
+        except Exception as exc:  # one run's surprise never stops the others' (DESIGN §6)
+            log.error(events.RECONCILE_FAILED, run_id=run_id,
+                      reason=f"{type(exc).__name__}: {exc}")
 
 
 @dataclass
@@ -253,7 +267,15 @@ def reconcile(store: Store, rejections: Rejections | None = None,
             if not ready:
                 continue
             by_name = {f.filename: f for f in ready}
-            for r in store.promote_files(run_id, list(by_name)):
+            try:
+                results = store.promote_files(run_id, list(by_name))
+            except StoreIOError:
+                raise
+            except Exception as exc:  # one run's surprise never stops the others' (DESIGN §6)
+                log.error(events.RECONCILE_FAILED, run_id=run_id,
+                          reason=f"{type(exc).__name__}: {exc}")
+                continue
+            for r in results:
                 report.outcomes[(run_id, r.filename)] = r
                 retry = retry or r.outcome in RETRY
                 if r.outcome is Outcome.REJECTED:

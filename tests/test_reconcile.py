@@ -141,3 +141,28 @@ def test_a_wide_tree_holds_no_descriptor_per_folder(tmp_path: Path) -> None:
         (tmp_path / "artifacts" / "wide" / "metadata.json").unlink()
         meta = store.read_run("wide")  # rebuilt from the stored copies
     assert meta is not None and len(meta.artifacts) == 150
+
+
+def test_one_run_that_raises_stops_no_other_runs_catch_up(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An unexpected error in one run's scan or promotion is logged; the others are promoted."""
+    store = make_store(tmp_path)
+    for run_id in ("a-bad-scan", "b-bad-copy", "c-good"):
+        write_session_file(tmp_path, run_id, "f.txt", b"f")
+    original_read, original_promote = Store.read_run, Store.promote_files
+
+    def read_run(self: Store, run_id: str) -> object:
+        if run_id == "a-bad-scan":
+            raise RuntimeError("injected")
+        return original_read(self, run_id)
+
+    def promote_files(self: Store, run_id: str, names: list[str]) -> object:
+        if run_id == "b-bad-copy":
+            raise RuntimeError("injected")
+        return original_promote(self, run_id, names)
+
+    monkeypatch.setattr(Store, "read_run", read_run)
+    monkeypatch.setattr(Store, "promote_files", promote_files)
+    report = reconcile(store)
+    assert [run for run, _ in report.outcomes] == ["c-good"]
+    assert (tmp_path / "artifacts" / "c-good" / "files" / "f.txt").exists()
