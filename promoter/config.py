@@ -128,7 +128,7 @@ class HttpConfig(_Section):
     token_file: str = ""
     cors_origins: tuple[str, ...] = ()
     max_upload_bytes: int = Field(default=100 << 20, ge=0, le=MAX_BYTES)
-    header_timeout_s: float = Field(default=10, gt=0, le=3600)
+    header_timeout_s: float = Field(default=10, ge=0.1, le=3600)
 
     @field_validator("listen")
     @classmethod

@@ -121,6 +121,9 @@ def test_example_config_equals_defaults() -> None:
     ("promote.max_file_bytes", "9223372036854775807"),
     ("promote.max_run_bytes", "-1"),
     ("http.max_upload_bytes", "9223372036854775807"),
+    ("http.header_timeout_s", "1e-6"),
+    ("promote.max_metadata_bytes", "1e15"),
+    ("promote.max_metadata_bytes", "9223372036854775807"),
 ])
 def test_every_number_has_a_sane_range_named_in_the_error(key: str, value: str) -> None:
     """A number outside its sane range is a ConfigError naming the key, not a broken daemon."""
