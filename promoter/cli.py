@@ -121,16 +121,21 @@ def _agents(meta: RunMetadata) -> str:
 def _cmd_ls(args: argparse.Namespace, config: Config) -> int:
     store = _store(config)
     now = store.clock.now()
-    runs = [m for m in store.list_runs() if matches_filter(m, args.filter, now)]
+    every = store.list_runs()
+    runs = [m for m in every if matches_filter(m, args.filter, now)]
+    total, ceiling = sum(m.total_bytes for m in every), config.retention.max_store_bytes
     if args.json:
-        _print_json({"runs": [m.model_dump(mode="json") for m in runs]})
+        _print_json({"runs": [m.model_dump(mode="json") for m in runs]})  # DESIGN §3 shape
         return 0
-    if not runs:
+    if runs:
+        rows = [[m.run_id, age(m.created_at, now), str(len(m.artifacts)),
+                 human_size(m.total_bytes), _agents(m), run_state(m, now),
+                 m.workflow_id or "-"] for m in runs]
+        print(table(["RUN", "AGE", "FILES", "SIZE", "AGENTS", "STATE", "WORKFLOW"], rows))
+    else:
         print("no runs")
-        return 0
-    rows = [[m.run_id, age(m.created_at, now), str(len(m.artifacts)), human_size(m.total_bytes),
-             _agents(m), run_state(m, now), m.workflow_id or "-"] for m in runs]
-    print(table(["RUN", "AGE", "FILES", "SIZE", "AGENTS", "STATE", "WORKFLOW"], rows))
+    limit = f"of {human_size(ceiling)} ceiling" if ceiling else "(no ceiling)"
+    print(f"store: {human_size(total)} {limit}, {len(every)} run(s)")
     return 0
 
 

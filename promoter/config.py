@@ -96,6 +96,7 @@ class PromoteConfig(_Section):
 class RetentionConfig(_Section):
     days: float = Field(default=7, gt=0, le=MAX_RETENTION_DAYS)
     sweep_interval_s: float = Field(default=3600, ge=MIN_INTERVAL_S, le=MAX_INTERVAL_S)
+    max_store_bytes: int = Field(default=0, ge=0, le=MAX_BYTES)  # 0 = no ceiling (DESIGN §4)
     workflows: dict[str, float] = Field(default_factory=dict)
 
     @field_validator("workflows")

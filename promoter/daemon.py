@@ -50,7 +50,7 @@ from promoter.reconcile import (
 )
 from promoter.startup import prepare_store
 from promoter.store import Outcome, Store
-from promoter.sweep import sweep
+from promoter.sweep import SweepReport, sweep
 from promoter.watch import ObserverFactory, Watcher
 
 __all__ = ["Daemon", "run_daemon"]
@@ -61,6 +61,7 @@ EXTEND_USEC = 30_000_000
 STATUS_EVERY_S = 30.0
 DEGRADED_RESCAN_S = 5.0  # runs with a folder that has no watch are caught up this often
 SHUTDOWN_S = 20.0  # the drain's bound: the unit's TimeoutStopSec is 30 s
+BUDGET_GAP_S = 1.0  # the least time between two sweeps kicked by the store's ceiling
 NEEDS_RESTART = ("storage.", "promote.workers", "watch.observer")
 
 
@@ -115,6 +116,7 @@ class Daemon:
         self._reload = threading.Event()
         self._catchup_kick = threading.Event()
         self._sweep_kick = threading.Event()
+        self._budget_kick = threading.Event()  # a promotion pushed the store over its ceiling
         self._started = threading.Event()
         self._lock = threading.Lock()
         self._requests: dict[str, set[str]] = {}  # run id ("" = all) -> reasons
@@ -193,6 +195,10 @@ class Daemon:
                  settle_ms=cfg.watch.settle_ms)
         self.notifier.notify(f"EXTEND_TIMEOUT_USEC={EXTEND_USEC}")
         store = self.store = prepare_store(cfg)
+        store.on_over_budget = self._over_budget
+        store.total.reset(store.list_runs())  # once; then kept as metadata is written
+        if cfg.retention.max_store_bytes and store.total.total > cfg.retention.max_store_bytes:
+            self._over_budget()
         pipeline = self.pipeline = Pipeline(store, self.metrics, self.rejections,
                                             cfg.promote.workers, cfg.watch.settle_ms,
                                             stall_s=self._stall_s)
@@ -297,6 +303,9 @@ class Daemon:
     def _write_metrics(self) -> None:
         assert self.watcher is not None
         self.metrics.runs_watched.set(self._runs_watched())
+        assert self.store is not None
+        self.metrics.store_bytes.set(self.store.total.total)
+        self.metrics.store_max_bytes.set(self.config.retention.max_store_bytes)
         overflows, errors = self.watcher.overflows, self.watcher.errors
         self.metrics.overflows.inc(overflows - self._counted[0])
         self.metrics.watch_errors.inc(errors - self._counted[1])
@@ -430,6 +439,11 @@ class Daemon:
 
     # -- sweeper -------------------------------------------------------------------------
 
+    def _over_budget(self) -> None:
+        """A metadata write left the store over `retention.max_store_bytes`: sweep at once."""
+        self._budget_kick.set()
+        self._sweep_kick.set()
+
     def _sweep_loop(self) -> None:
         last = time.monotonic()
         while not self.stop.is_set():
@@ -438,22 +452,37 @@ class Daemon:
             self._sweep_kick.clear()
             if self.stop.is_set():
                 break
+            if self._budget_kick.is_set():
+                self._budget_kick.clear()
+                report = self._sweep_once()
+                ceiling = self.config.retention.max_store_bytes
+                assert self.store is not None
+                if (report is not None and report.skipped_busy and ceiling
+                        and self.store.total.total > ceiling):
+                    self._budget_kick.set()  # runs being written were passed over: look again
+                    self._sweep_kick.set()
+                # while only kept or active runs remain over, each promotion kicks again:
+                # at most one pass a second (stop still ends the wait at once)
+                self.stop.wait(BUDGET_GAP_S)
+                continue
             if time.monotonic() < last + self.config.retention.sweep_interval_s:
                 continue  # woken by a reload: the interval may have changed
             last = time.monotonic()
             self._sweep_once()
 
-    def _sweep_once(self) -> None:
+    def _sweep_once(self) -> SweepReport | None:
         assert self.store is not None and self.pipeline is not None
         try:
             report = sweep(self.store, busy=self.pipeline.busy)
         except Exception as exc:  # the sweeper never stops the daemon either
             log.error(events.SWEEP_ERROR, reason=f"{type(exc).__name__}: {exc}")
-            return
+            return None
         self.metrics.expired.inc(len(report.expired))
         if report.expired or report.skipped_busy or report.tombstones_dropped:
-            log.info(events.SWEEP_FINISHED, expired=report.expired, busy=report.skipped_busy,
+            log.info(events.SWEEP_FINISHED, expired=report.expired, budget=report.budget,
+                     busy=report.skipped_busy,
                      tombstones_dropped=report.tombstones_dropped)
+        return report
 
     # -- shutdown ------------------------------------------------------------------------
 

@@ -58,6 +58,11 @@ class DaemonMetrics:
                                         "How long the last catch-up pass took.", registry=r)
         self.expired = Counter("promoter_runs_expired", "Runs deleted by the sweeper.",
                                registry=r)
+        self.store_bytes = Gauge("promoter_store_bytes",
+                                 "The store's size: the sum of the artifacts' size_bytes.",
+                                 registry=r)
+        self.store_max_bytes = Gauge("promoter_store_max_bytes",
+                                     "retention.max_store_bytes (0: no ceiling).", registry=r)
         self.up = Gauge("promoter_up", "1 while the daemon runs; 0 in the last write at exit.",
                         registry=r)
         self.up.set(1)

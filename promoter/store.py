@@ -12,13 +12,14 @@ import contextlib
 import os
 import stat
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from pydantic import ValidationError
 
 from promoter import events, promotion, recovery
+from promoter.budget import StoreTotal, evictable
 from promoter.clock import Clock, SystemClock, format_time
 from promoter.config import Config
 from promoter.context import AttributionReader, RunContext, read_run_json
@@ -87,6 +88,8 @@ class Store:
         self.library = Library(config.storage.library_dir, self.clock)
         self.attribution = AttributionReader()
         self._cache: dict[str, tuple[tuple[int, int, int], RunMetadata]] = {}
+        self.total = StoreTotal()  # the store's size, kept as metadata is written (DESIGN §4)
+        self.on_over_budget: Callable[[], None] | None = None  # the daemon kicks its sweeper
 
     # -- folders -------------------------------------------------------------------------
 
@@ -395,6 +398,10 @@ class Store:
         finally:
             os.close(run_fd)
         self._cache.pop(meta.run_id, None)
+        total = self.total.set(meta.run_id, meta.total_bytes)
+        ceiling = self.config.retention.max_store_bytes
+        if ceiling and total > ceiling and self.on_over_budget is not None:
+            self.on_over_budget()  # sets an event: nothing waits on it under the run's lock
 
     def set_keep(self, run_id: str, keep: bool) -> RunMetadata:
         """Pin a run so that it never expires, or unpin it."""
@@ -509,8 +516,10 @@ class Store:
                 raise NotFoundError(f"no run {run_id}")
             if reason == "expired" and not self.is_expired(meta):
                 raise NotFoundError(f"run {run_id} is no longer expired")
+            if reason == "budget" and not evictable(meta):
+                raise NotFoundError(f"run {run_id} is kept or active now")
             tomb = Tombstone(run_id=run_id, deleted_at=self.clock.file_now(),
-                             reason="expired" if reason == "expired" else "rm")
+                             reason="rm" if reason == "rm" else "expired")
             tomb_fd = open_dir_chain(art, [TOMBSTONES], create=True)
             try:
                 atomic_write_bytes(tomb_fd, run_id, tomb.model_dump_json().encode())
@@ -524,10 +533,16 @@ class Store:
             finally:
                 os.close(trash_fd)
             self._cache.pop(run_id, None)
+            self.total.drop(run_id)
         self.empty_trash()
         report = DeleteReport(run_id, len(meta.artifacts), meta.total_bytes)
-        event = events.RUN_EXPIRED if reason == "expired" else events.RUN_DELETED
-        log.info(event, run_id=run_id, files=report.files, size_bytes=report.size_bytes)
+        if reason == "rm":
+            log.info(events.RUN_DELETED, run_id=run_id, files=report.files,
+                     size_bytes=report.size_bytes)
+        else:  # "expired" (retention) or "budget" (retention.max_store_bytes, DESIGN §4)
+            log.info(events.RUN_EXPIRED, run_id=run_id, files=report.files,
+                     size_bytes=report.size_bytes,
+                     reason="budget" if reason == "budget" else "retention")
         return report
 
     def empty_trash(self) -> None:

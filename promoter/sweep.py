@@ -1,10 +1,13 @@
-"""Retention: delete expired runs, drop tombstones whose session is gone (DESIGN §1, §2)."""
+"""Retention: delete expired runs, keep the store under its ceiling, drop tombstones
+whose session is gone (DESIGN §1, §2, §4)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from promoter import events
+from promoter.budget import evictable, figures, select_victims
 from promoter.errors import NotFoundError, PromoterError
 from promoter.logs import get_logger
 from promoter.store import Store
@@ -16,7 +19,8 @@ log = get_logger()
 
 @dataclass
 class SweepReport:
-    expired: list[str] = field(default_factory=list)
+    expired: list[str] = field(default_factory=list)  # every run expired, budget's included
+    budget: list[str] = field(default_factory=list)  # those expired for the ceiling
     skipped_busy: list[str] = field(default_factory=list)
     tombstones_dropped: list[str] = field(default_factory=list)
     dry_run: bool = False
@@ -47,6 +51,50 @@ def sweep(store: Store, dry_run: bool = False,
             log.error("sweep.failed", run_id=meta.run_id, reason=str(exc))
             continue
         report.expired.append(meta.run_id)
+    if store.config.retention.max_store_bytes:
+        _budget(store, report, busy)
     if not dry_run and drop_tombstones:
         report.tombstones_dropped = store.drop_stale_tombstones()
     return report
+
+
+def _budget(store: Store, report: SweepReport, busy: Callable[[str], bool] | None) -> None:
+    """Expire whole unkept, finished runs, oldest first, until under the ceiling (DESIGN §4).
+
+    Never refuses anything: when only kept or active runs remain over it, it says so
+    once (`store.over_budget`) until the store is under the ceiling again.
+    """
+    ceiling = store.config.retention.max_store_bytes
+    gone = set(report.expired)
+    runs = [m for m in store.list_runs() if m.run_id not in gone]  # a dry run deleted nothing
+    if not report.dry_run:
+        store.total.reset(runs)
+    for meta in select_victims(runs, ceiling, busy):
+        if report.dry_run:
+            report.expired.append(meta.run_id)
+            report.budget.append(meta.run_id)
+            gone.add(meta.run_id)
+            continue
+        try:
+            store.delete_run(meta.run_id, reason="budget")
+        except NotFoundError:
+            continue  # kept, resumed or deleted meanwhile
+        except PromoterError as exc:
+            log.error("sweep.failed", run_id=meta.run_id, reason=str(exc))
+            continue
+        report.expired.append(meta.run_id)
+        report.budget.append(meta.run_id)
+        gone.add(meta.run_id)
+    left = [m for m in runs if m.run_id not in gone]
+    now = figures(left, ceiling)
+    if now.total_bytes <= ceiling:
+        store.total.over_budget_said = False
+        return
+    waiting = [m.run_id for m in left if evictable(m) and busy is not None and busy(m.run_id)]
+    if waiting:  # runs still being promoted: the daemon sweeps again shortly
+        report.skipped_busy.extend(r for r in waiting if r not in report.skipped_busy)
+    elif not report.dry_run and not store.total.over_budget_said:
+        store.total.over_budget_said = True
+        log.warning(events.STORE_OVER_BUDGET, total_bytes=now.total_bytes,
+                    max_store_bytes=ceiling, kept_bytes=now.kept_bytes,
+                    active_bytes=now.active_bytes, runs=now.runs)

@@ -54,7 +54,8 @@ def test_ls_human_and_json(root: Path, capsys: pytest.CaptureFixture[str]) -> No
     """ls shows id, age, files, size, agents and state; --json the metadata."""
     code, out, _ = run_cli(capsys, "ls", "--root", str(root))
     assert code == 0
-    header, row = out.splitlines()
+    header, row, total = out.splitlines()
+    assert total.startswith("store: ") and "(no ceiling)" in total
     assert header.split() == ["RUN", "AGE", "FILES", "SIZE", "AGENTS", "STATE", "WORKFLOW"]
     assert row.split()[0] == "r1" and "live" in row and "wf" in row
     code, out, _ = run_cli(capsys, "ls", "--root", str(root), "--json", "--filter", "recent")

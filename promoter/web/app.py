@@ -29,11 +29,14 @@ from promoter.config import Config
 from promoter.errors import InvalidNameError, NotFoundError, PromoterError
 from promoter.names import split_relpath
 from promoter.safeio import Refused, open_dir, open_dir_chain, open_regular, out_of_descriptors
+from promoter.signing import LinkSigner
 from promoter.store import Store
+from promoter.web.archive import archive_router
 from promoter.web.bodies import JSON_BODY_MAX, BodyLimit
 from promoter.web.errors import detail_response, error_response, sentence, store_io_error
 from promoter.web.fastpath import LeanFiles
 from promoter.web.files import asset_response
+from promoter.web.links import links_router
 from promoter.web.listing import RunLister
 from promoter.web.metrics import HttpMetrics
 from promoter.web.models import ErrorDetail, Health
@@ -201,9 +204,12 @@ def create_app(config: Config, store: Store | None = None, *,
         description="Artifacts promoted from agent sessions, and the curated library "
                     "(DESIGN §7). Changing requests need the X-Promoter-Request header "
                     "(or a bearer token when the server has one).")
+    signer = LinkSigner(token) if token is not None else None
     app.state.web = WebState(config=config, store=store, lister=RunLister(store, list_ttl_s),
-                             metrics=metrics)
+                             metrics=metrics, signer=signer)
     app.include_router(router)
+    app.include_router(archive_router)
+    app.include_router(links_router)
     _add_ops_routes(app)
     _add_page_routes(app, static_dir if static_dir is not None else STATIC_DIR)
     _install_handlers(app)
@@ -211,8 +217,9 @@ def create_app(config: Config, store: Store | None = None, *,
     # the lean file path runs only for requests the guard let through.
     app.add_middleware(LeanFiles, routes=lean_file_routes())
     app.add_middleware(BodyLimit, max_bytes=JSON_BODY_MAX, exempt=_is_upload)
-    app.add_middleware(AccessGuard, http=config.http, token=token)
-    templates = [(r.path_regex, r.path) for r in (*router.routes, *app.router.routes)
+    app.add_middleware(AccessGuard, http=config.http, token=token, signer=signer)
+    templates = [(r.path_regex, r.path) for r in (*archive_router.routes, *links_router.routes,
+                                                  *router.routes, *app.router.routes)
                  if isinstance(r, Route)]
     app.add_middleware(RequestObserver, metrics=metrics, templates=templates)
     return app

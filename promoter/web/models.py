@@ -20,6 +20,7 @@ __all__ = [
     "KeepBody",
     "LibraryEntry",
     "LibraryList",
+    "LinkAnswer",
     "RunItem",
     "SweepResult",
 ]
@@ -86,3 +87,10 @@ class Health(_Model):
 
     status: Literal["ok", "unavailable"]
     detail: str | None = None
+
+
+class LinkAnswer(_Model):
+    """A signed link to one file (DESIGN §7): relative to this server."""
+
+    url: str = Field(description="The file's path with `expires` (and `sig` under a token)")
+    expires_at: UtcTime

@@ -23,6 +23,7 @@ from promoter.config import Config
 from promoter.logs import get_logger
 from promoter.metadata import ArtifactEntry, RunMetadata
 from promoter.names import check_relpath, check_run_id
+from promoter.signing import LinkSigner
 from promoter.store import Store
 from promoter.sweep import sweep
 from promoter.web.fastpath import FileHandler
@@ -52,6 +53,7 @@ class WebState:
     store: Store
     lister: RunLister
     metrics: HttpMetrics
+    signer: LinkSigner | None = None  # signed links (DESIGN §7): only with a token
 
 
 def web_state(request: Request) -> WebState:

@@ -12,14 +12,18 @@ from __future__ import annotations
 
 import hmac
 import json
+import re
+import time
 from pathlib import Path
 from typing import Final
+from urllib.parse import parse_qs
 
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from promoter.config import HttpConfig
 from promoter.errors import ConfigError
+from promoter.signing import EXPIRES, SIG, LinkSigner
 
 __all__ = ["CSRF_HEADER", "AccessGuard", "host_allowed", "is_open_path", "load_token"]
 
@@ -30,6 +34,7 @@ _ALLOW_METHODS: Final = "GET, HEAD, POST, PATCH, DELETE"
 _ALLOW_HEADERS: Final = ("Authorization, Content-Type, If-None-Match, If-Range, Range, "
                          "X-Promoter-Request")
 _EXPOSE_HEADERS: Final = "Content-Disposition, Content-Length, Content-Range, ETag, Location"
+_SIGNABLE: Final = re.compile(r"^/runtime/artifacts/[^/]+/files/.+$")  # the artifact file route
 
 
 def load_token(token_file: str) -> bytes | None:
@@ -87,8 +92,10 @@ async def deny(send: Send, status: int, detail: str, extra: list[tuple[bytes, by
 class AccessGuard:
     """ASGI middleware enforcing DESIGN §7's access rules before any route runs."""
 
-    def __init__(self, app: ASGIApp, http: HttpConfig, token: bytes | None) -> None:
+    def __init__(self, app: ASGIApp, http: HttpConfig, token: bytes | None,
+                 signer: LinkSigner | None = None) -> None:
         self.app = app
+        self.signer = signer
         self.allowed_hosts = frozenset(h.strip().lower() for h in http.allowed_hosts)
         self.cors_origins = frozenset(o.rstrip("/") for o in http.cors_origins)
         self.token = token
@@ -111,6 +118,13 @@ class AccessGuard:
             return
         if self.token is not None and not is_open_path(scope["path"]) and \
                 not self._token_ok(headers):
+            signed = self._signed(scope)
+            if signed is True:
+                await self.app(scope, receive, send)  # GET/HEAD of the one file it names
+                return
+            if signed is False:
+                await deny(send, 403, "This link is expired, altered or malformed.")
+                return
             await deny(send, 401, "This request needs a valid bearer token.",
                        [(b"www-authenticate", b'Bearer realm="promoter"')])
             return
@@ -136,6 +150,17 @@ class AccessGuard:
             return False
         # latin-1 is how ASGI hands header bytes over: compare the bytes as sent.
         return hmac.compare_digest(given.strip().encode("latin-1", "replace"), self.token)
+
+    def _signed(self, scope: Scope) -> bool | None:
+        """None: no link parameters; True: a valid signed link (DESIGN §7); False: a bad one."""
+        query = parse_qs(scope["query_string"].decode("latin-1"), keep_blank_values=True)
+        if EXPIRES not in query and SIG not in query:
+            return None
+        expires, sig = query.get(EXPIRES, []), query.get(SIG, [])
+        if self.signer is None or len(expires) != 1 or len(sig) != 1 or \
+                not _SIGNABLE.match(scope["path"]):
+            return False
+        return self.signer.check(scope["method"], scope["path"], expires[0], sig[0], time.time())
 
     @staticmethod
     async def _preflight(send: Send, origin: str, allowed: bool) -> None:

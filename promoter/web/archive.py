@@ -1,0 +1,48 @@
+"""`GET /runtime/artifacts/{run_id}/archive`: a run's files as one zip, streamed (DESIGN §7).
+
+The zip is produced by `promoter.archive.iter_zip`, a plain generator that
+reads and deflates in starlette's thread pool one piece at a time
+(`StreamingResponse` iterates a sync iterator with `iterate_in_threadpool`),
+so the event loop never blocks on the disk and memory holds one piece per
+download. A client that goes away stops the generator: starlette's
+`StreamingResponse` listens for `http.disconnect` beside the body and cancels
+it, and the generator's `finally` closes the file it had open.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import StreamingResponse
+
+from promoter.archive import iter_zip
+from promoter.names import check_run_id
+from promoter.web.files import FILE_CSP, content_disposition
+from promoter.web.models import ErrorDetail
+from promoter.web.routes import RunId, web_state
+
+__all__ = ["archive_router"]
+
+archive_router = APIRouter(prefix="/runtime")
+
+_ZIP: Final[dict[int | str, dict[str, Any]]] = {
+    200: {"description": "The run's files as one zip (ZIP64 when needed).",
+          "content": {"application/zip": {"schema": {"type": "string", "format": "binary"}}}},
+    400: {"model": ErrorDetail}, 404: {"model": ErrorDetail}, 422: {"model": ErrorDetail},
+}
+
+
+@archive_router.get("/artifacts/{run_id}/archive", response_class=Response, responses=_ZIP,
+                    summary="Download a run's files as one zip")
+def get_archive(request: Request, run_id: RunId) -> Response:
+    """Names exactly as under files/; already-compressed types are stored, not deflated."""
+    run_id = check_run_id(run_id)
+    chunks = iter_zip(web_state(request).store, run_id)  # NotFoundError here: a clean 404
+    headers = {
+        "content-disposition": content_disposition("attachment", f"{run_id}.zip"),
+        "content-security-policy": FILE_CSP,
+        "x-content-type-options": "nosniff",
+        "cache-control": "no-cache",
+    }
+    return StreamingResponse(chunks, media_type="application/zip", headers=headers)
