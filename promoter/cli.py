@@ -11,6 +11,7 @@ import json
 import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from promoter import __version__
@@ -69,6 +70,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("filename", metavar="FILENAME")
     p.add_argument("--as", dest="as_name", metavar="NAME", help="library name (default: base name)")
     p.add_argument("--overwrite", action="store_true")
+    p = add("export", "write a run's files as one zip (names as under files/)")
+    p.add_argument("run_id", metavar="RUN_ID")
+    p.add_argument("-o", "--output", metavar="FILE", required=True,
+                   help="the zip to write, or - for stdout")
     p = add("serve", "serve the HTTP API and the artifact browser")
     p.add_argument("--listen", metavar="HOST:PORT", help="overrides http.listen")
     p = add("config", "check the configuration and print the effective one")
@@ -184,6 +189,33 @@ def _cmd_promote(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace, config: Config) -> int:
+    from promoter.archive import iter_zip
+    from promoter.errors import StoreIOError
+
+    chunks = iter_zip(_store(config), check_run_id(args.run_id))  # a missing run: nothing written
+    if args.output == "-":
+        out = sys.stdout.buffer
+        for chunk in chunks:
+            out.write(chunk)
+        out.flush()
+        return 0
+    target = Path(args.output)
+    partial = target.with_name(f".{target.name}.promoter-export")
+    try:  # written beside the target, then renamed: a failed export leaves no half zip
+        with partial.open("wb") as fh:
+            for chunk in chunks:
+                fh.write(chunk)
+            fh.flush()
+            os.fsync(fh.fileno())
+        partial.replace(target)
+    except OSError as exc:
+        partial.unlink(missing_ok=True)
+        raise StoreIOError(f"cannot write {target}: {exc.strerror or exc}") from None
+    print(f"wrote {target} ({human_size(target.stat().st_size)})")
+    return 0
+
+
 def _cmd_config(args: argparse.Namespace, config: Config) -> int:
     data = config.model_dump(mode="json")
     if args.json:
@@ -221,7 +253,7 @@ def _cmd_serve(args: argparse.Namespace, config: Config) -> int:
 COMMANDS: dict[str, Callable[[argparse.Namespace, Config], int]] = {
     "run": _cmd_run, "reconcile": _cmd_reconcile, "sweep": _cmd_sweep, "ls": _cmd_ls,
     "show": _cmd_show, "rm": _cmd_rm, "keep": _cmd_keep, "promote": _cmd_promote,
-    "serve": _cmd_serve, "config": _cmd_config, "schema": _cmd_schema,
+    "serve": _cmd_serve, "config": _cmd_config, "export": _cmd_export, "schema": _cmd_schema,
 }
 
 

@@ -1,0 +1,195 @@
+"""A run as one zip: `GET .../archive` and `promoter export` (DESIGN §7, issue 14)."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import zipfile
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+
+from promoter.cli import main
+from promoter.metadata import ArtifactEntry, RunMetadata
+from tests.page_helpers import free_port, promoter_argv, running, wait_healthy
+from tests.web_helpers import client_for, make_store, populate
+
+FILES = {
+    "report.html": b"<html><body>hi</body></html>" * 50,
+    "plots/fig 1.png": b"\x89PNG\r\n\x1a\n" + bytes(3000),
+    "plots/deep/data.csv": b"a,b\n1,2\n" * 400,
+    "résumé/naïve-日本.txt": "unicode ✓\n".encode() * 20,
+    "empty.txt": b"",
+}
+# sha256 of 5 GiB of zero bytes (hashlib over 5 x 2^30 zeros; a fixed value)
+ZERO_5G_SHA256 = "7f06c62352aebd8125b2a1841e2b9e1ffcbed602f381c3dcb3200200e383d1d5"
+FIVE_GIB = 5 << 30
+
+
+def _check_zip(data_or_path: bytes | Path, meta: RunMetadata) -> zipfile.ZipFile:
+    """Python's zipfile opens it, names are the entries', every member's sha256 is its entry's."""
+    zf = zipfile.ZipFile(io.BytesIO(data_or_path) if isinstance(data_or_path, bytes)
+                         else data_or_path)
+    assert sorted(zf.namelist()) == sorted(a.filename for a in meta.artifacts)
+    for entry in meta.artifacts:
+        digest = hashlib.sha256()
+        with zf.open(entry.filename) as member:
+            while chunk := member.read(1 << 22):
+                digest.update(chunk)
+        assert digest.hexdigest() == entry.sha256, entry.filename
+    return zf
+
+
+def _unzip_t(path: Path) -> None:
+    unzip = shutil.which("unzip")
+    assert unzip is not None, "unzip is needed (.ci/run installs it)"
+    proc = subprocess.run([unzip, "-t", str(path)], capture_output=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout.decode(errors="replace")[-2000:]
+    assert b"No errors detected" in proc.stdout
+
+
+def test_archive_route_names_digests_and_compression(tmp_path: Path) -> None:
+    """The zip holds every file under its filename (subfolders, unicode), digests match, PNG is
+    stored and text deflated, and `unzip -t` passes."""
+    store = make_store(tmp_path)
+    meta = populate(store, tmp_path, "r1", FILES)
+    answer = client_for(store).get("/runtime/artifacts/r1/archive")
+    assert answer.status_code == 200
+    assert answer.headers["content-type"] == "application/zip"
+    assert answer.headers["content-disposition"] == \
+        "attachment; filename=\"r1.zip\"; filename*=UTF-8''r1.zip"
+    assert answer.headers["x-content-type-options"] == "nosniff"
+    zf = _check_zip(answer.content, meta)
+    kinds = {i.filename: i.compress_type for i in zf.infolist()}
+    assert kinds["plots/fig 1.png"] == zipfile.ZIP_STORED
+    assert kinds["plots/deep/data.csv"] == zipfile.ZIP_DEFLATED
+    assert kinds["report.html"] == zipfile.ZIP_DEFLATED
+    assert all(i.flag_bits & 0x800 for i in zf.infolist() if not i.filename.isascii())
+    path = tmp_path / "r1.zip"
+    path.write_bytes(answer.content)
+    _unzip_t(path)
+
+
+def test_archive_missing_and_bad_run(tmp_path: Path) -> None:
+    """A run that does not exist is 404, an invalid run id 400 or 404, as JSON."""
+    store = make_store(tmp_path)
+    client = client_for(store)
+    assert client.get("/runtime/artifacts/nope/archive").status_code == 404
+    bad = client.get("/runtime/artifacts/..%2Fx/archive")
+    assert bad.status_code in (400, 404) and "detail" in bad.json()
+
+
+def test_archive_of_an_empty_run_is_a_valid_empty_zip(tmp_path: Path) -> None:
+    """A run whose files were all removed gives an empty but valid zip."""
+    store = make_store(tmp_path)
+    populate(store, tmp_path, "r1", {"a.txt": b"a"})
+    store.delete_artifact("r1", "a.txt")
+    answer = client_for(store).get("/runtime/artifacts/r1/archive")
+    assert answer.status_code == 200
+    assert zipfile.ZipFile(io.BytesIO(answer.content)).namelist() == []
+
+
+def test_export_to_file_and_stdout(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`promoter export RUN -o FILE` writes the same zip the route serves; `-o -` to stdout;
+    a missing run is exit 1 with nothing written."""
+    store = make_store(tmp_path)
+    meta = populate(store, tmp_path, "r1", FILES)
+    out = tmp_path / "out.zip"
+    assert main(["export", "r1", "-o", str(out), "--root", str(tmp_path)]) == 0
+    _check_zip(out, meta)
+    capsys.readouterr()
+    assert main(["export", "nope", "-o", str(tmp_path / "n.zip"), "--root", str(tmp_path)]) == 1
+    assert "no run nope" in capsys.readouterr().err
+    assert not (tmp_path / "n.zip").exists()
+    proc = subprocess.run([sys.executable, "-m", "promoter", "export", "r1", "-o", "-",
+                           "--root", str(tmp_path)], capture_output=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    _check_zip(proc.stdout, meta)
+
+
+def _sparse_run(root: Path) -> RunMetadata:
+    """A run holding a 5 GiB sparse file, a unicode name and a subfolder, written as the
+    store keeps it (the 5 GiB copy is made with truncate, never written)."""
+    folder = root / "artifacts" / "big"
+    now = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=1)
+    stamp = int(now.timestamp()) * 1_000_000_000
+    entries = []
+    for name, size, digest in [
+        ("sparse/zeros.bin", FIVE_GIB, ZERO_5G_SHA256),
+        ("ünïcode ✓.txt", 6, hashlib.sha256(b"hello\n").hexdigest()),
+    ]:
+        target = folder / "files" / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with target.open("wb") as fh:
+            if size == FIVE_GIB:
+                fh.truncate(size)
+            else:
+                fh.write(b"hello\n")
+        os.utime(target, ns=(stamp, stamp))
+        entries.append(ArtifactEntry(filename=name, path=f"files/{name}", generated_at=now,
+                                     size_bytes=size, sha256=digest))
+    meta = RunMetadata(run_id="big", created_at=now, updated_at=now,
+                       expires_at=now + timedelta(days=7), status="completed", artifacts=entries)
+    (folder / "metadata.json").write_text(meta.to_json())
+    (root / "sessions").mkdir(exist_ok=True)
+    (root / "library").mkdir(exist_ok=True)
+    return meta
+
+
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+@pytest.mark.timeout(600)  # 5 GiB deflated, inflated twice and hashed: ~45 s idle, 90 s loaded
+def test_archive_5gib_sparse_zip64_bounded_rss(tmp_path: Path) -> None:
+    """A 5 GiB file streams as ZIP64 through the real server, whose RSS does not grow with it;
+    unzip -t and zipfile accept the result and its digests match the entries'."""
+    root = tmp_path / "root"
+    meta = _sparse_run(root)
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    log = tmp_path / "serve.log"
+    argv = promoter_argv("serve", "--root", str(root), "--listen", f"127.0.0.1:{port}")
+    with running(argv, log) as proc:
+        wait_healthy(base, proc, log, timeout=60)
+        httpx.get(f"{base}/runtime/artifacts", timeout=30)  # warm: imports, first answers
+        before = _rss_kib(proc.pid)
+        peak = before
+        done = threading.Event()
+
+        def sample() -> None:
+            nonlocal peak
+            while not done.wait(0.05):
+                peak = max(peak, _rss_kib(proc.pid))
+
+        sampler = threading.Thread(target=sample, name="rss-sampler")
+        sampler.start()
+        out = tmp_path / "big.zip"
+        try:
+            with httpx.stream("GET", f"{base}/runtime/artifacts/big/archive", timeout=120) as r:
+                assert r.status_code == 200
+                with out.open("wb") as fh:
+                    for chunk in r.iter_bytes():
+                        fh.write(chunk)
+        finally:
+            done.set()
+            sampler.join(5)
+    growth_mib = (peak - before) / 1024
+    (tmp_path / "rss.json").write_text(json.dumps({"before_kib": before, "peak_kib": peak}))
+    print(f"serve RSS before {before} KiB, peak {peak} KiB, growth {growth_mib:.1f} MiB")
+    assert growth_mib < 48, f"RSS grew by {growth_mib:.1f} MiB while streaming 5 GiB"
+    zf = _check_zip(out, meta)
+    big = zf.getinfo("sparse/zeros.bin")
+    assert big.file_size == FIVE_GIB
+    _unzip_t(out)
