@@ -113,6 +113,11 @@ export function artifactUrl(runId, filename, { download = false, view = false } 
   return base;
 }
 
+/** The run's files as one zip (streamed by the server). */
+export function archiveUrl(runId) {
+  return `/runtime/artifacts/${seg(runId)}/archive`;
+}
+
 export function libraryUrl(name, { download = false } = {}) {
   const base = `/runtime/library/${seg(name)}`;
   return download ? `${base}?download=1` : base;
@@ -165,6 +170,15 @@ export function promote(runId, filename, name, overwrite = false) {
   const query = new URLSearchParams({ as: name });
   if (overwrite) query.set("overwrite", "true");
   return json(`${artifactUrl(runId, filename)}/promote?${query}`, { method: "POST" });
+}
+
+/**
+ * A short-lived signed link to a file (DESIGN §7): opens without the token, for
+ * "Open report" in a new tab. Resolves the link's URL (relative to this server).
+ */
+export async function fileLink(runId, filename, ttlS = 300) {
+  const data = await json(`${artifactUrl(runId, filename)}/link?ttl_s=${ttlS}`, { method: "POST" });
+  return data.url;
 }
 
 export function sweep({ dryRun }) {

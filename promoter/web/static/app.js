@@ -440,8 +440,10 @@ async function clearExpired(opener) {
 // -- downloads and reports when a token is needed ------------------------------------------
 
 // A plain link cannot carry the Authorization header: with a token, downloads
-// are fetched and handed to the browser as a blob. Reports cannot open in a new
-// tab that way without running them in this page's origin, which is never done.
+// are fetched and handed to the browser as a blob, and a report opens in a new
+// tab through a short-lived signed link (POST .../link), which the server
+// honours in place of the token for that one file; the tab's content stays
+// under the sandbox policy of every file answer, so none of its scripts run.
 document.addEventListener("click", async (event) => {
   if (event.defaultPrevented || event.button !== 0 || event.metaKey || event.ctrlKey
       || event.shiftKey || event.altKey || !api.currentToken()) return;
@@ -449,7 +451,14 @@ document.addEventListener("click", async (event) => {
   if (!link) return;
   event.preventDefault();
   if (link.dataset.report) {
-    toast("With an access token, reports cannot open in a new tab (it cannot send the token). Download the file instead.", "error");
+    try {
+      const url = await api.fileLink(link.dataset.run, link.dataset.file);
+      // still within the click's user activation, so not blocked as a popup (with
+      // noopener, window.open answers null even when the tab opened)
+      window.open(`${url}&view=1`, "_blank", "noopener,noreferrer");
+    } catch (err) {
+      toast(`The report could not be opened: ${err.message}`, "error");
+    }
     return;
   }
   try {

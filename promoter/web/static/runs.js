@@ -2,7 +2,7 @@
 // its files (DESIGN §8). Pure rendering: it builds nodes from data and wires
 // buttons to the handlers it is given; it never fetches.
 
-import { artifactUrl } from "./api.js";
+import { archiveUrl, artifactUrl } from "./api.js";
 import { h, srOnly } from "./dom.js";
 import {
   baseName, exactTime, formatBytes, KIND_LABEL, KIND_ORDER, kindOf, previewMode,
@@ -125,7 +125,7 @@ function fileRow(run, entry, { handlers, fresh }) {
   if (mode === "report") {
     first = h("a", {
       class: "btn btn-compact", href: artifactUrl(runId, entry.filename, { view: true }),
-      target: "_blank", rel: "noopener noreferrer", dataset: { key: `${key}:open`, report: "1" },
+      target: "_blank", rel: "noopener noreferrer", dataset: { key: `${key}:open`, report: "1", run: runId, file: entry.filename },
       "aria-label": `Open report ${entry.filename} in a new tab`,
     }, icon("external"), h("span", { class: "btn-text" }, "Open report"));
   } else {
@@ -201,6 +201,12 @@ function runHeader(run, index, { handlers, now }) {
     title: meta.keep ? "Let this run expire again" : "Keep this run: it never expires",
     onclick: (e) => handlers.keep(run, !meta.keep, e.currentTarget),
   }, icon("pin"), h("span", { class: "btn-text" }, meta.keep ? "Unkeep" : "Keep"));
+  // One zip of the whole run (DESIGN §7 /archive); with a token it is fetched, as downloads are.
+  const all = files ? h("a", {
+    class: "btn btn-compact", href: archiveUrl(runId), download: `${runId}.zip`,
+    dataset: { key: `run:${runId}:archive`, fetchDownload: "1" },
+    "aria-label": `Download all files of run ${runId} as one zip`, title: "Download all (zip)",
+  }, icon("download"), h("span", { class: "btn-text" }, "Download all")) : null;
   const remove = h("button", {
     type: "button", class: "btn btn-compact btn-quiet-danger",
     dataset: { key: `run:${runId}:delete` }, "aria-label": `Delete run ${runId}`,
@@ -211,7 +217,7 @@ function runHeader(run, index, { handlers, now }) {
     h("div", { class: "run-line" }, title, badges,
       h("span", { class: "run-age" }, relTime(meta.created_at, "Created "))),
     h("div", { class: "run-line run-line-2" }, workflow, directive),
-    h("div", { class: "run-line run-line-3" }, facts, h("span", { class: "run-actions" }, keep, remove)));
+    h("div", { class: "run-line run-line-3" }, facts, h("span", { class: "run-actions" }, all, keep, remove)));
 }
 
 /**
