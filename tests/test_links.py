@@ -13,7 +13,7 @@ from promoter.store import Store
 from promoter.web.files import FILE_CSP
 from tests.web_helpers import CSRF, WebClient, client_for, make_store, populate
 
-TOKEN = "s3cret-token"  # noqa: S105
+TOKEN = "s3cret-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 FILES = {"report.html": b"<html><script>alert(1)</script>hi</html>",
          "other.html": b"<html>other</html>",

@@ -25,6 +25,8 @@ from starlette.routing import Route
 from starlette.types import Scope
 
 from promoter import __version__
+from promoter.changes import ChangeSource, LocalChanges
+from promoter.clock import format_time
 from promoter.config import Config
 from promoter.errors import InvalidNameError, NotFoundError, PromoterError
 from promoter.names import split_relpath
@@ -38,6 +40,7 @@ from promoter.web.fastpath import LeanFiles
 from promoter.web.files import asset_response
 from promoter.web.links import links_router
 from promoter.web.listing import RunLister
+from promoter.web.live import EventHub, events_router
 from promoter.web.metrics import HttpMetrics
 from promoter.web.models import ErrorDetail, Health
 from promoter.web.observe import RequestObserver
@@ -45,7 +48,7 @@ from promoter.web.routes import WebState, lean_file_routes, router, web_state
 from promoter.web.security import AccessGuard, load_token
 from promoter.web.upload import BadUpload
 
-__all__ = ["STATIC_DIR", "create_app"]
+__all__ = ["STATIC_DIR", "create_app", "local_changes"]
 
 STATIC_DIR: Final = Path(__file__).resolve().parent / "static"
 UPLOAD_PATH: Final = "/runtime/library"
@@ -186,8 +189,22 @@ def _is_upload(scope: Scope) -> bool:
     return bool(scope["method"] == "POST" and scope["path"] == UPLOAD_PATH)
 
 
+def local_changes(store: Store) -> LocalChanges:
+    """The local backend's change source for the event stream (inotify, DESIGN §7)."""
+
+    def updated_at(run_id: str) -> str | None:
+        try:
+            meta = store.read_run(run_id)
+        except PromoterError:
+            return None
+        return format_time(meta.updated_at) if meta is not None else None
+
+    return LocalChanges(store.artifacts_path, store.library.path, updated_at)
+
+
 def create_app(config: Config, store: Store | None = None, *,
-               static_dir: Path | None = None, list_ttl_s: float = 0.5) -> FastAPI:
+               static_dir: Path | None = None, list_ttl_s: float = 0.5,
+               changes: ChangeSource | None = None) -> FastAPI:
     """The HTTP API and the page over `store` (default: a Store on `config`).
 
     `static_dir` and `list_ttl_s` (how long a rendered run list is reused) are for
@@ -210,6 +227,9 @@ def create_app(config: Config, store: Store | None = None, *,
     app.include_router(router)
     app.include_router(archive_router)
     app.include_router(links_router)
+    app.include_router(events_router)
+    hub = app.state.events = EventHub(changes if changes is not None else local_changes(store))
+    metrics.event_clients.set_function(lambda: hub.clients)
     _add_ops_routes(app)
     _add_page_routes(app, static_dir if static_dir is not None else STATIC_DIR)
     _install_handlers(app)
@@ -219,6 +239,7 @@ def create_app(config: Config, store: Store | None = None, *,
     app.add_middleware(BodyLimit, max_bytes=JSON_BODY_MAX, exempt=_is_upload)
     app.add_middleware(AccessGuard, http=config.http, token=token, signer=signer)
     templates = [(r.path_regex, r.path) for r in (*archive_router.routes, *links_router.routes,
+                                                  *events_router.routes,
                                                   *router.routes, *app.router.routes)
                  if isinstance(r, Route)]
     app.add_middleware(RequestObserver, metrics=metrics, templates=templates)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Final
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -65,6 +65,9 @@ class HttpMetrics:
             "Time from the request to the end of its answer, by route template.",
             ["method", "route"], buckets=_BUCKETS, registry=self.registry)
         self.registry.register(_StoreCollector(store))
+        self.event_clients = Gauge("promoter_http_event_clients",
+                                   "Clients connected to GET /runtime/events.",
+                                   registry=self.registry)
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
         self.requests.labels(method, route, str(status)).inc()

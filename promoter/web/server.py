@@ -22,6 +22,7 @@ from promoter.logs import get_logger
 from promoter.store import Store
 from promoter.web.app import create_app
 from promoter.web.connections import HeadTimeoutProtocol, accept_backlog, connection_cap
+from promoter.web.live import EventHub
 
 __all__ = ["parse_listen", "serve"]
 
@@ -101,6 +102,19 @@ def _prepare(config: Config) -> Store:
     return store
 
 
+class _Server(uvicorn.Server):
+    """uvicorn waits for running answers at shutdown: event streams never end by themselves,
+    so they are ended first (clients reconnect to the next server with Last-Event-ID)."""
+
+    def __init__(self, config: uvicorn.Config, hub: EventHub) -> None:
+        super().__init__(config)
+        self._hub = hub
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self._hub.close()
+        await super().shutdown(sockets)
+
+
 def _record_only(signum: int, frame: FrameType | None) -> None:
     """uvicorn re-raises the signal it stopped for once it has stopped; this takes it quietly."""
 
@@ -116,10 +130,10 @@ def serve(config: Config, listen: str | None = None) -> int:
     protocol = HeadTimeoutProtocol.configured(config.http.header_timeout_s, cap)
     # limit_concurrency one above the cap: uvicorn answers 503 only when requests in
     # progress (not idle sockets, which the protocol evicts) exceed it.
-    server = uvicorn.Server(uvicorn.Config(
+    server = _Server(uvicorn.Config(
         app, log_config=None, access_log=False, lifespan="off", server_header=False,
         timeout_graceful_shutdown=GRACEFUL_SECONDS, proxy_headers=True, http=protocol,
-        limit_concurrency=cap + 1, backlog=accept_backlog()))
+        limit_concurrency=cap + 1, backlog=accept_backlog()), app.state.events)
     previous = {sig: signal.signal(sig, _record_only) for sig in (signal.SIGTERM, signal.SIGINT)}
     bound_host, bound_port = sock.getsockname()[:2]
     log.info(HTTP_LISTENING, host=bound_host, port=bound_port, max_connections=cap,
