@@ -173,6 +173,43 @@ export function promote(runId, filename, name, overwrite = false) {
 }
 
 /**
+ * The store's changes as server-sent events (DESIGN §7 /runtime/events), read
+ * with fetch rather than EventSource, which cannot send the bearer token.
+ * Calls onEvent({id, event, data}) for each event; resolves when the stream
+ * ends (the server stopping); throws when it cannot be opened or breaks.
+ */
+export async function followEvents({ lastEventId = "", onOpen, onEvent, signal } = {}) {
+  const headers = lastEventId ? { "Last-Event-ID": lastEventId } : {};
+  const res = await request("/runtime/events", { headers, signal });
+  if (!res.ok || !res.body) throw await errorOf(res);
+  onOpen?.();
+  const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
+  let buffer = "";
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) return;
+    buffer += value.replace(/\r\n?/g, "\n");
+    let cut;
+    while ((cut = buffer.indexOf("\n\n")) >= 0) {
+      const block = buffer.slice(0, cut);
+      buffer = buffer.slice(cut + 2);
+      const frame = { id: "", event: "message", data: "" };
+      let isEvent = false;
+      for (const line of block.split("\n")) {
+        if (!line || line.startsWith(":")) continue; // comments: the keep-alive
+        const colon = line.indexOf(":");
+        const key = colon < 0 ? line : line.slice(0, colon);
+        const val = colon < 0 ? "" : line.slice(colon + 1).replace(/^ /, "");
+        if (key === "id") frame.id = val;
+        else if (key === "event") { frame.event = val; isEvent = true; }
+        else if (key === "data") frame.data += (frame.data ? "\n" : "") + val;
+      }
+      if (isEvent) onEvent(frame);
+    }
+  }
+}
+
+/**
  * A short-lived signed link to a file (DESIGN §7): opens without the token, for
  * "Open report" in a new tab. Resolves the link's URL (relative to this server).
  */

@@ -15,8 +15,10 @@ import { applySearch, fileKey, renderRuns, tickTimes } from "./runs.js";
 const $ = (id) => document.getElementById(id);
 const FILTERS = ["all", "current", "recent", "expiring"];
 const SORTS = ["date", "agent", "type"];
-const POLL_MS = 1000; // a promoted file must show within 2 s (DESIGN §8)
+const POLL_MS = 1000; // without the event stream: a promoted file must show within 2 s (DESIGN §8)
 const HIDDEN_POLL_MS = 5000;
+const STREAM_CHECK_MS = 60_000; // with the stream: a safety-net look, changes arrive as events
+const STREAM_RETRY_MS = [1000, 2000, 5000, 10_000, 30_000]; // reconnection back-off
 const LIBRARY_EVERY = 3; // polls
 const FRESH_MS = 6000;
 
@@ -39,6 +41,8 @@ const state = {
   libError: null,
   libFresh: new Map(),
   libDirty: false,
+  streaming: false, // the event stream is open: no polling (DESIGN §8)
+  lastEventId: "",
 };
 
 // -- small helpers ---------------------------------------------------------------------
@@ -314,12 +318,59 @@ async function pollLoop() {
   for (let tick = 0; ; tick += 1) {
     if (!(api.tokenDeclined() && state.error?.status === 401)) {
       await refreshRuns();
-      if (state.libDirty || tick % LIBRARY_EVERY === 0 || state.library === null) {
+      if (state.libDirty || (!state.streaming && tick % LIBRARY_EVERY === 0)
+          || state.library === null) {
         state.libDirty = false;
         await refreshLibrary();
       }
     }
-    await nap(document.hidden ? HIDDEN_POLL_MS : POLL_MS);
+    // With the event stream open, a change wakes this loop (kick); polling is the fallback.
+    await nap(state.streaming ? STREAM_CHECK_MS : document.hidden ? HIDDEN_POLL_MS : POLL_MS);
+  }
+}
+
+// -- the event stream (GET /runtime/events): changes pushed, polling only when it fails ------
+
+function onEvent(frame) {
+  if (frame.id) state.lastEventId = frame.id;
+  if (frame.event === "library.changed") {
+    state.libDirty = true;
+  } else if (frame.event === "reset") {
+    // fell behind, or the server restarted: reload the lists (ETags make it cheap)
+    state.libDirty = true;
+    state.etag = "";
+  } else if (frame.event !== "run.updated" && frame.event !== "run.deleted") {
+    return;
+  }
+  kick();
+}
+
+async function streamLoop() {
+  for (let failures = 0; ; ) {
+    if (api.tokenDeclined() && state.error?.status === 401) {
+      await new Promise((resolve) => setTimeout(resolve, STREAM_RETRY_MS[0]));
+      continue;
+    }
+    try {
+      await api.followEvents({
+        lastEventId: state.lastEventId,
+        onOpen: () => {
+          failures = 0;
+          state.streaming = true;
+          document.documentElement.dataset.live = "stream";
+          kick(); // anything that changed while it was closed
+        },
+        onEvent,
+      });
+    } catch {
+      // refused or broken: polling covers until it opens again
+    }
+    state.streaming = false;
+    document.documentElement.dataset.live = "poll";
+    kick();
+    const wait = STREAM_RETRY_MS[Math.min(failures, STREAM_RETRY_MS.length - 1)];
+    failures += 1;
+    await new Promise((resolve) => setTimeout(resolve, wait));
   }
 }
 
@@ -524,6 +575,7 @@ function start() {
 
   render();
   pollLoop();
+  streamLoop();
 }
 
 start();
