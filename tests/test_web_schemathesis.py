@@ -66,6 +66,8 @@ def test_no_generated_request_is_a_server_error(tmp_path: Path) -> None:
     for result in schema.get_all_operations():
         operation = result.ok()
         seen.append(operation.label)
+        if operation.path == "/runtime/events":
+            continue  # an endless stream: tests/test_events.py drives it over a real socket
 
         @given(case=operation.as_strategy())
         @settings(max_examples=EXAMPLES, deadline=None, database=None,
@@ -80,5 +82,5 @@ def test_no_generated_request_is_a_server_error(tmp_path: Path) -> None:
                 assert set(response.json()) >= {"detail"}
 
         check()
-    assert len(seen) == 15, seen  # every operation of DESIGN §7's table
+    assert len(seen) == 18, seen  # every operation of DESIGN §7's table
     assert not failures
