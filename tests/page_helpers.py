@@ -289,6 +289,31 @@ def take_screenshots(browser: Any, base_url: str, out_dir: Path) -> list[Path]:
     return written
 
 
+def take_part_screenshots(browser: Any, base_url: str, out_dir: Path) -> list[Path]:
+    """The first run's header alone (its actions: Download all, Keep, Delete run), at 1280
+    and 360 px, light and dark: the parts issue 14 added, large enough to look at."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, width, height in SHOTS:
+        for scheme in ("light", "dark"):
+            context = browser.new_context(viewport={"width": width, "height": height},
+                                          color_scheme=scheme, locale="en-US",
+                                          timezone_id="UTC")
+            try:
+                page = context.new_page()
+                page.goto(base_url)
+                page.locator('#conn[data-state="live"]').wait_for()
+                # the kept run: its Unkeep is the widest set of actions
+                head = page.locator("article.run .run-head").last
+                head.wait_for()
+                path = out_dir / f"run-actions-{name}-{scheme}.png"
+                path.write_bytes(head.screenshot(animations="disabled", caret="hide"))
+                written.append(path)
+            finally:
+                context.close()
+    return written
+
+
 def _main(argv: list[str]) -> int:
     """Seed a store in a temporary folder, serve it, and write the screenshots."""
     import tempfile
@@ -307,7 +332,8 @@ def _main(argv: list[str]) -> int:
             wait_healthy(base, proc, log)
             browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
             try:
-                for path in take_screenshots(browser, base, out):
+                for path in [*take_screenshots(browser, base, out),
+                             *take_part_screenshots(browser, base, out)]:
                     print(path)
             finally:
                 browser.close()
