@@ -136,7 +136,10 @@ def _generate(store: Store, run_id: str, entries: list[ArtifactEntry]) -> Iterat
                             raise OSError(f"{entry.filename} shrank while being archived")
                         member.write(data)
                         offset += len(data)
-                        if pipe.pending >= CHUNK:
+                        # whatever the compressor gave for this piece of input goes out now:
+                        # a download of very compressible data starts at once, and a client
+                        # that leaves is noticed within one piece, not after 1 MiB of output
+                        if pipe.pending:
                             yield pipe.take()
             finally:
                 os.close(fd)

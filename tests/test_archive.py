@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -19,6 +20,7 @@ import pytest
 
 from promoter.cli import main
 from promoter.metadata import ArtifactEntry, RunMetadata
+from tests.daemon_helpers import wait_until
 from tests.page_helpers import free_port, promoter_argv, running, wait_healthy
 from tests.web_helpers import client_for, make_store, populate
 
@@ -193,3 +195,34 @@ def test_archive_5gib_sparse_zip64_bounded_rss(tmp_path: Path) -> None:
     big = zf.getinfo("sparse/zeros.bin")
     assert big.file_size == FIVE_GIB
     _unzip_t(out)
+
+
+def _open_files(pid: int) -> list[str]:
+    found = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):
+            found.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
+    return found
+
+
+def test_a_download_abandoned_midway_closes_its_file_at_once(tmp_path: Path) -> None:
+    """A client that leaves during a 5 GiB archive stops the work and leaves no descriptor
+    open on the stored file (DESIGN §7: no request leaves a descriptor open)."""
+    root = tmp_path / "root"
+    _sparse_run(root)
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    log = tmp_path / "serve.log"
+    argv = promoter_argv("serve", "--root", str(root), "--listen", f"127.0.0.1:{port}")
+    with running(argv, log) as proc:
+        wait_healthy(base, proc, log, timeout=60)
+        for _ in range(2):
+            with httpx.stream("GET", f"{base}/runtime/artifacts/big/archive", timeout=30) as r:
+                assert r.status_code == 200
+                next(r.iter_raw())
+        wait_until(lambda: not [p for p in _open_files(proc.pid) if p.endswith("zeros.bin")],
+                   timeout=15, what="the stored file to be closed")
+        done = wait_until(lambda: log.read_text().count('"route": "/runtime/artifacts/'
+                                                        '{run_id}/archive"') >= 2,
+                          timeout=15, what="both requests to end")
+        assert done

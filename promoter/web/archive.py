@@ -1,18 +1,24 @@
 """`GET /runtime/artifacts/{run_id}/archive`: a run's files as one zip, streamed (DESIGN §7).
 
 The zip is produced by `promoter.archive.iter_zip`, a plain generator that
-reads and deflates in starlette's thread pool one piece at a time
-(`StreamingResponse` iterates a sync iterator with `iterate_in_threadpool`),
-so the event loop never blocks on the disk and memory holds one piece per
-download. A client that goes away stops the generator: starlette's
-`StreamingResponse` listens for `http.disconnect` beside the body and cancels
-it, and the generator's `finally` closes the file it had open.
+reads and deflates in a worker thread one piece at a time, so the event loop
+never blocks on the disk and memory holds one piece per download.
+
+A client that goes away: starlette's `StreamingResponse` (uvicorn speaks ASGI
+2.3 to it) listens for `http.disconnect` beside the body and cancels the body
+task. Its own `iterate_in_threadpool` would then drop the generator without
+closing it, leaving the file being read open until the garbage collector
+comes; `_pieces` closes it at once instead, after the piece being made
+(a thread cannot be interrupted, and `close()` must not run beside it).
 """
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Iterator
 from typing import Any, Final
 
+import anyio
+import anyio.to_thread
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
 
@@ -33,6 +39,25 @@ _ZIP: Final[dict[int | str, dict[str, Any]]] = {
 }
 
 
+async def _pieces(chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
+    """The generator's pieces from a worker thread; closed (its file with it) however it ends."""
+    try:
+        while True:
+            piece = await anyio.to_thread.run_sync(next, chunks, None)
+            if piece is None:
+                return
+            yield piece
+    finally:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(_close, chunks)
+
+
+def _close(chunks: Iterator[bytes]) -> None:
+    close = getattr(chunks, "close", None)
+    if close is not None:
+        close()
+
+
 @archive_router.get("/artifacts/{run_id}/archive", response_class=Response, responses=_ZIP,
                     summary="Download a run's files as one zip")
 def get_archive(request: Request, run_id: RunId) -> Response:
@@ -45,4 +70,4 @@ def get_archive(request: Request, run_id: RunId) -> Response:
         "x-content-type-options": "nosniff",
         "cache-control": "no-cache",
     }
-    return StreamingResponse(chunks, media_type="application/zip", headers=headers)
+    return StreamingResponse(_pieces(chunks), media_type="application/zip", headers=headers)
