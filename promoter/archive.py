@@ -30,6 +30,8 @@ __all__ = ["CHUNK", "compress_type", "iter_zip"]
 
 CHUNK: Final = 1 << 20
 _DEFLATE_LEVEL: Final = 1
+_ZIP_FIRST: Final = (1980, 1, 1, 0, 0, 0)
+_ZIP_LAST: Final = (2107, 12, 31, 23, 59, 58)
 # Already compressed: deflating them again costs CPU and saves nothing.
 _STORED_TYPES: Final = frozenset({
     "application/zip", "application/gzip", "application/x-gzip", "application/x-bzip2",
@@ -93,10 +95,10 @@ class _Pipe:
 
 
 def _zipinfo(entry: ArtifactEntry, st: os.stat_result) -> zipfile.ZipInfo:
+    # Agents set mtimes at will (DESIGN §6); the zip format holds 1980 to 2107 only.
     when = entry.generated_at.astimezone(UTC)
-    stamp = (max(when.year, 1980), when.month, when.day, when.hour, when.minute, when.second)
-    if when.year < 1980:  # the zip format cannot say earlier
-        stamp = (1980, 1, 1, 0, 0, 0)
+    stamp = (when.year, when.month, when.day, when.hour, when.minute, when.second)
+    stamp = min(max(stamp, _ZIP_FIRST), _ZIP_LAST)
     info = zipfile.ZipInfo(entry.filename, date_time=stamp)
     info.compress_type = compress_type(entry)
     if info.compress_type == zipfile.ZIP_DEFLATED:

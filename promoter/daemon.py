@@ -345,6 +345,9 @@ class Daemon:
         self.watcher.max_depth = applied.watch.max_depth
         self._sweep_kick.set()
         self._catchup_kick.set()
+        ceiling = applied.retention.max_store_bytes
+        if ceiling and self.store.total.total > ceiling:
+            self._over_budget()  # a lowered ceiling applies now, not at the next promotion
         log.info(events.DAEMON_RELOADED, changed=changed, applied=[k for k in changed
                                                                    if k not in restart])
         if restart:

@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from promoter.archive import iter_zip
 from promoter.cli import main
 from promoter.metadata import ArtifactEntry, RunMetadata
 from tests.daemon_helpers import wait_until
@@ -226,3 +227,21 @@ def test_a_download_abandoned_midway_closes_its_file_at_once(tmp_path: Path) -> 
                                                         '{run_id}/archive"') >= 2,
                           timeout=15, what="both requests to end")
         assert done
+
+
+def test_times_outside_the_zip_range_are_clamped(tmp_path: Path) -> None:
+    """A file dated 1970 or 2200 (agents set mtimes at will) is archived with the nearest
+    time the zip format can hold, never a broken archive."""
+    store = make_store(tmp_path)
+    for name, year in (("old.txt", 1970), ("future.txt", 2200)):
+        path = tmp_path / "sessions/r1/output" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(name.encode())
+        stamp = datetime(year, 6, 1, tzinfo=UTC).timestamp()
+        os.utime(path, (stamp, stamp))
+    store.promote_files("r1", ["old.txt", "future.txt"])
+    meta = store.get_run("r1")
+    assert len(meta.artifacts) == 2
+    zf = _check_zip(b"".join(iter_zip(store, "r1")), meta)
+    assert zf.getinfo("old.txt").date_time == (1980, 1, 1, 0, 0, 0)
+    assert zf.getinfo("future.txt").date_time == (2107, 12, 31, 23, 59, 58)
