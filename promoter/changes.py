@@ -108,6 +108,8 @@ class LocalChanges:
                             watch_run(run_id)
                     continue
                 where = event.watch.path if event.watch is not None else None
+                if where == self.artifacts and Mask.IGNORED in mask:
+                    raise OSError(f"{self.artifacts} was removed or unmounted")
                 if where is None or not name:
                     continue
                 if where == self.library:

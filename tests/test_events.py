@@ -307,3 +307,43 @@ def test_sigterm_ends_streams_promptly(tmp_path: Path) -> None:
         reader.close()
     finally:
         stop_all([proc])
+
+
+class FailingSource:
+    """A source that fails once started; the next start waits for the test."""
+
+    def __init__(self) -> None:
+        self.starts = 0
+        self.emit: Any = None
+        self.fail = asyncio.Event()
+
+    async def run(self, emit: Any) -> None:
+        self.starts += 1
+        self.emit = emit
+        await self.fail.wait()
+        self.fail.clear()
+        raise OSError("artifacts/ was removed")
+
+
+def test_hub_a_failed_source_ends_streams_and_restarts_with_the_next_client() -> None:
+    """When the change source fails every stream ends (clients poll, then reconnect); the
+    next client starts it again, and no id from before the failure can resume."""
+
+    async def body() -> None:
+        source = FailingSource()
+        hub = EventHub(source)
+        stream = hub.stream(hub.subscribe(None))
+        await stream.__anext__()  # the preamble
+        await asyncio.sleep(0)
+        source.emit(Change(RUN_UPDATED, {"run_id": "a", "updated_at": "t"}))
+        seen = int((await _take(stream, 1))[0]["id"])
+        source.fail.set()
+        with pytest.raises(StopAsyncIteration):
+            while True:
+                await asyncio.wait_for(stream.__anext__(), 2)
+        again = hub.stream(hub.subscribe(str(seen)))
+        assert (await _take(again, 1))[0]["event"] == RESET
+        assert source.starts == 2 and not hub.closed
+        hub.close()
+
+    asyncio.run(body())

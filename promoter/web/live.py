@@ -46,6 +46,7 @@ class _Client:
     def __init__(self) -> None:
         self.items: deque[tuple[int, Change]] = deque()
         self.reset = False
+        self.ended = False  # the source failed: this stream ends, the client reconnects
         self.wake = asyncio.Event()
 
     def push(self, item: tuple[int, Change]) -> None:
@@ -91,7 +92,13 @@ class EventHub:
             raise
         except Exception as exc:  # the stream cannot go on: clients fall back to polling
             log.error("events.source_failed", reason=f"{type(exc).__name__}: {exc}")
-            self.close()
+        # The source ended (failed, or lost artifacts/): what changed meanwhile is unknown,
+        # so every stream ends and no id so far can resume; the next client starts it again.
+        self._first = self._last = self._last + 1
+        self._ring.clear()
+        for client in self._clients:
+            client.ended = True
+            client.wake.set()
 
     def publish(self, change: Change) -> None:
         """Number a change, keep it, hand it to every client (never waits on one)."""
@@ -143,12 +150,13 @@ class EventHub:
         """The client's text/event-stream, until it goes away or the hub closes."""
         try:
             yield f"retry: {RETRY_MS}\n: promoter events\n\n".encode()
-            while not self.closed:
+            while not self.closed and not client.ended:
                 if not client.reset and not client.items:
                     client.wake.clear()
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(client.wake.wait(), KEEPALIVE_S)
-                    if not client.reset and not client.items and not self.closed:
+                    if not client.reset and not client.items and not self.closed \
+                            and not client.ended:
                         yield b": keep-alive\n\n"
                         continue
                 if client.reset:

@@ -351,11 +351,12 @@ async function streamLoop() {
       await new Promise((resolve) => setTimeout(resolve, STREAM_RETRY_MS[0]));
       continue;
     }
+    let opened = 0;
     try {
       await api.followEvents({
         lastEventId: state.lastEventId,
         onOpen: () => {
-          failures = 0;
+          opened = Date.now();
           state.streaming = true;
           document.documentElement.dataset.live = "stream";
           kick(); // anything that changed while it was closed
@@ -368,8 +369,10 @@ async function streamLoop() {
     state.streaming = false;
     document.documentElement.dataset.live = "poll";
     kick();
-    const wait = STREAM_RETRY_MS[Math.min(failures, STREAM_RETRY_MS.length - 1)];
-    failures += 1;
+    // a stream that lived a while was fine: start the back-off again; one that ended at
+    // once (or never opened) counts as a failure, so a broken stream is not hammered
+    failures = opened && Date.now() - opened > 10_000 ? 0 : failures + 1;
+    const wait = STREAM_RETRY_MS[Math.min(Math.max(failures - 1, 0), STREAM_RETRY_MS.length - 1)];
     await new Promise((resolve) => setTimeout(resolve, wait));
   }
 }
