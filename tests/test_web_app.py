@@ -567,6 +567,9 @@ def test_openapi_describes_every_route_with_models(client: WebClient) -> None:
         "/runtime/artifacts/{run_id}": {"get", "delete", "patch"},
         "/runtime/artifacts/{run_id}/files/{filename}": {"get", "head", "delete"},
         "/runtime/artifacts/{run_id}/files/{filename}/promote": {"post"},
+        "/runtime/artifacts/{run_id}/files/{filename}/link": {"post"},
+        "/runtime/artifacts/{run_id}/archive": {"get"},
+        "/runtime/events": {"get"},
         "/runtime/sweep": {"post"},
         "/runtime/library": {"get", "post"},
         "/runtime/library/{name}": {"get", "head"},
@@ -576,7 +579,7 @@ def test_openapi_describes_every_route_with_models(client: WebClient) -> None:
     assert {p: set(ops) for p, ops in paths.items()} == expected
     schemas = doc["components"]["schemas"]
     assert {"RunMetadata", "ArtifactEntry", "ArtifactList", "KeepBody", "LibraryEntry",
-            "LibraryList", "SweepResult", "ErrorDetail"} <= set(schemas)
+            "LibraryList", "SweepResult", "ErrorDetail", "LinkAnswer"} <= set(schemas)
     assert schemas["KeepBody"]["additionalProperties"] is False
 
 
