@@ -20,7 +20,7 @@ import pytest
 
 from promoter.changes import LIBRARY_CHANGED, RESET, RUN_UPDATED, Change
 from promoter.cli import main
-from promoter.web import live
+from promoter.web import create_app, live
 from promoter.web.live import EventHub
 from tests.daemon_helpers import wait_until
 from tests.page_helpers import free_port, promoter_argv, spawn, stop_all, wait_healthy
@@ -347,3 +347,17 @@ def test_hub_a_failed_source_ends_streams_and_restarts_with_the_next_client() ->
         hub.close()
 
     asyncio.run(body())
+
+
+def test_a_reported_change_clears_the_cached_run_list(tmp_path: Path) -> None:
+    """The refresh an event triggers never gets the run list from before the change: the
+    hub drops the list's short-lived cache before the event reaches any client."""
+    store = make_store(tmp_path)
+    populate(store, tmp_path, "r1", {"a.txt": b"a"})
+    app = create_app(store.config, store, list_ttl_s=3600, changes=FakeSource())
+    lister = app.state.web.lister
+    before = lister.render("all", None).etag
+    populate(store, tmp_path, "r2", {"b.txt": b"b"})  # the daemon, behind the server's back
+    assert lister.render("all", None).etag == before  # served from the cache
+    app.state.events.publish(Change(RUN_UPDATED, {"run_id": "r2", "updated_at": "t"}))
+    assert lister.render("all", None).etag != before

@@ -228,7 +228,9 @@ def create_app(config: Config, store: Store | None = None, *,
     app.include_router(archive_router)
     app.include_router(links_router)
     app.include_router(events_router)
-    hub = app.state.events = EventHub(changes if changes is not None else local_changes(store))
+    lister: RunLister = app.state.web.lister
+    hub = app.state.events = EventHub(changes if changes is not None else local_changes(store),
+                                      on_change=lambda change: lister.invalidate())
     metrics.event_clients.set_function(lambda: hub.clients)
     _add_ops_routes(app)
     _add_page_routes(app, static_dir if static_dir is not None else STATIC_DIR)

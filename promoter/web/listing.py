@@ -10,7 +10,9 @@ exactly when the body does.
 A rendered list is also kept for `ttl_s` (half a second): every page open on
 the server polls once a second, and however many there are, the store is
 stat'ed at most twice a second. Changes made through this server clear it at
-once; the daemon's appear within the TTL plus the poll (DESIGN §8: 2 s).
+once, and so does every change the event stream reports (a page that refreshes
+on an event must not get the list from before it); without the stream, the
+daemon's changes appear within the TTL plus the poll (DESIGN §8: 2 s).
 """
 
 from __future__ import annotations

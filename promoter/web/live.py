@@ -22,7 +22,7 @@ import contextlib
 import json
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any, Final
 
 from fastapi import APIRouter, Header, Request, Response
@@ -63,8 +63,12 @@ class _Client:
 class EventHub:
     """Numbers the changes of one source and fans them out to every client."""
 
-    def __init__(self, source: ChangeSource) -> None:
+    def __init__(self, source: ChangeSource,
+                 on_change: Callable[[Change], None] | None = None) -> None:
         self._source = source
+        # called before a change reaches the clients: the run list's short-lived cache is
+        # dropped, or the refresh an event triggers could be answered from before it
+        self._on_change = on_change
         self._ring: deque[tuple[int, Change]] = deque(maxlen=RING)
         self._clients: set[_Client] = set()
         self._task: asyncio.Task[None] | None = None
@@ -102,6 +106,8 @@ class EventHub:
 
     def publish(self, change: Change) -> None:
         """Number a change, keep it, hand it to every client (never waits on one)."""
+        if self._on_change is not None:
+            self._on_change(change)
         self._last += 1
         item = (self._last, change)
         if change.kind == RESET:
