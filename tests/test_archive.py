@@ -126,7 +126,7 @@ def _sparse_run(root: Path) -> RunMetadata:
     stamp = int(now.timestamp()) * 1_000_000_000
     entries = []
     for name, size, digest in [
-        ("sparse/zeros.bin", FIVE_GIB, ZERO_5G_SHA256),
+        ("sparse/zeros.gz", FIVE_GIB, ZERO_5G_SHA256),
         ("ünïcode ✓.txt", 6, hashlib.sha256(b"hello\n").hexdigest()),
     ]:
         target = folder / "files" / name
@@ -154,7 +154,17 @@ def _rss_kib(pid: int) -> int:
     raise AssertionError("no VmRSS")
 
 
-@pytest.mark.timeout(600)  # 5 GiB deflated, inflated twice and hashed: ~45 s idle, 90 s loaded
+def _write_sparse(fh: io.BufferedWriter, chunk: bytes) -> None:
+    """Zero chunks become holes: the 5 GiB download costs no disk writes."""
+    if chunk.count(0) == len(chunk):
+        fh.seek(len(chunk), os.SEEK_CUR)
+    else:
+        fh.write(chunk)
+
+
+# The big member is a .gz (stored, as already-compressed types are): deflating 5 GiB
+# would cost the suite a minute and prove nothing the small deflated members do not.
+@pytest.mark.timeout(600)
 def test_archive_5gib_sparse_zip64_bounded_rss(tmp_path: Path) -> None:
     """A 5 GiB file streams as ZIP64 through the real server, whose RSS does not grow with it;
     unzip -t and zipfile accept the result and its digests match the entries'."""
@@ -184,7 +194,8 @@ def test_archive_5gib_sparse_zip64_bounded_rss(tmp_path: Path) -> None:
                 assert r.status_code == 200
                 with out.open("wb") as fh:
                     for chunk in r.iter_bytes():
-                        fh.write(chunk)
+                        _write_sparse(fh, chunk)
+                    fh.truncate()
         finally:
             done.set()
             sampler.join(5)
@@ -198,7 +209,8 @@ def test_archive_5gib_sparse_zip64_bounded_rss(tmp_path: Path) -> None:
     with subprocess.Popen([unzip, "-t", str(out)], stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT) as tester:
         zf = _check_zip(out, meta)
-        assert zf.getinfo("sparse/zeros.bin").file_size == FIVE_GIB
+        info = zf.getinfo("sparse/zeros.gz")
+        assert info.file_size == FIVE_GIB and info.compress_type == zipfile.ZIP_STORED
         report, _ = tester.communicate(timeout=300)
     assert tester.returncode == 0 and b"No errors detected" in report, report[-2000:]
 
@@ -226,7 +238,7 @@ def test_a_download_abandoned_midway_closes_its_file_at_once(tmp_path: Path) -> 
             with httpx.stream("GET", f"{base}/runtime/artifacts/big/archive", timeout=30) as r:
                 assert r.status_code == 200
                 next(r.iter_raw())
-        wait_until(lambda: not [p for p in _open_files(proc.pid) if p.endswith("zeros.bin")],
+        wait_until(lambda: not [p for p in _open_files(proc.pid) if p.endswith("zeros.gz")],
                    timeout=15, what="the stored file to be closed")
         done = wait_until(lambda: log.read_text().count('"route": "/runtime/artifacts/'
                                                         '{run_id}/archive"') >= 2,
