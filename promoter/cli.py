@@ -11,16 +11,21 @@ import json
 import os
 import sys
 from collections.abc import Callable, Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from promoter import __version__
+from promoter import __version__, events
+from promoter.clock import format_time, parse_duration
 from promoter.config import Config, load_config, resolve_config_path
-from promoter.errors import PromoterError, UsageError
-from promoter.logs import configure_logging
+from promoter.errors import NotFoundError, PromoterError, StoreIOError, UsageError
+from promoter.library import LibraryFile
+from promoter.logs import configure_logging, get_logger
 from promoter.metadata import RunMetadata, metadata_json_schema
-from promoter.names import check_relpath, check_run_id
+from promoter.names import check_library_name, check_relpath, check_run_id
 from promoter.render import age, human_size, matches_filter, run_state, table
+from promoter.safeio import describe_os_error
+from promoter.store import Store
 
 __all__ = ["main"]
 
@@ -32,71 +37,106 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
+JSON_HELP = "print machine-readable JSON on stdout"
+
+
 def _parser() -> argparse.ArgumentParser:
     common = _Parser(add_help=False)
-    common.add_argument("--config", metavar="FILE",
+    # SUPPRESS: given before the command (`promoter --root X ls`), the value stays
+    common.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS,
                         help="TOML file (default: $PROMOTER_CONFIG, "
                         "then /etc/promoter/config.toml)")
-    common.add_argument("--root", metavar="DIR", help="shortcut for storage.root")
+    common.add_argument("--root", metavar="DIR", default=argparse.SUPPRESS,
+                        help="shortcut for storage.root")
     parser = _Parser(prog="promoter", description="Promote agent-generated files into a "
                      "persistent artifact store.")
     parser.add_argument("--version", action="version", version=f"promoter {__version__}")
+    parser.add_argument("--config", metavar="FILE", help="as after the command")
+    parser.add_argument("--root", metavar="DIR", help="as after the command")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
                                 parser_class=_Parser)
 
-    def add(name: str, text: str) -> argparse.ArgumentParser:
-        return sub.add_parser(name, parents=[common], help=text, description=text)
+    def add(name: str, text: str, json: bool = False,
+            dry_run: str | None = None) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, parents=[common], help=text, description=text)
+        if json:
+            p.add_argument("--json", action="store_true", help=JSON_HELP)
+        if dry_run:
+            p.add_argument("--dry-run", action="store_true", help=dry_run)
+        return p
 
     add("run", "run the daemon in the foreground")
-    p = add("reconcile", "promote every finished file not yet in the store, then exit")
-    p.add_argument("--json", action="store_true")
-    p = add("sweep", "delete expired runs once, then exit")
-    p.add_argument("--dry-run", action="store_true", help="only list the runs it would delete")
-    p.add_argument("--json", action="store_true")
-    p = add("ls", "list runs, newest first")
-    p.add_argument("--filter", choices=["all", "recent", "expiring"], default="all")
-    p.add_argument("--json", action="store_true")
-    p = add("show", "one run's metadata and files")
+    add("reconcile", "promote every finished file not yet in the store, then exit", json=True)
+    p = add("sweep", "delete expired runs once, then exit", json=True,
+            dry_run="only list the runs it would delete, one a line")
+    p.add_argument("--older-than", metavar="DURATION", type=_duration,
+                   help="also delete unkept runs created longer ago (e.g. 3d, 12h)")
+    p = add("ls", "list runs, newest first", json=True)
+    p.add_argument("--filter", choices=["all", "current", "recent", "expiring"], default="all",
+                   help="current: active runs; recent: created in the last 24 h; "
+                   "expiring: expires within 24 h and not kept")
+    p = add("show", "one run's metadata and files", json=True)
     p.add_argument("run_id", metavar="RUN_ID")
-    p.add_argument("--json", action="store_true")
-    p = add("rm", "delete a run's artifacts, or one artifact; deleted stays deleted")
+    p = add("rm", "delete a run's artifacts, or one artifact; deleted stays deleted", json=True,
+            dry_run="say what would be deleted, change nothing")
     p.add_argument("run_id", metavar="RUN_ID")
     p.add_argument("filename", metavar="FILENAME", nargs="?")
-    p = add("keep", "pin a run so that it never expires")
+    p = add("keep", "pin a run so that it never expires", json=True)
     p.add_argument("run_id", metavar="RUN_ID")
     p.add_argument("--off", action="store_true", help="unpin it")
-    p = add("promote", "copy an artifact into the library")
+    p = add("promote", "copy an artifact into the library", json=True)
     p.add_argument("run_id", metavar="RUN_ID")
     p.add_argument("filename", metavar="FILENAME")
     p.add_argument("--as", dest="as_name", metavar="NAME", help="library name (default: base name)")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a library file of the same name")
+    p = add("library", "list the library, or delete one library file", json=True,
+            dry_run="rm: say what would be deleted, change nothing")
+    p.add_argument("action", choices=["ls", "rm"], nargs="?", default="ls")
+    p.add_argument("name", metavar="NAME", nargs="?", help="the file to delete (rm)")
+    p = add("audit", "print the audit journal, oldest first", json=True)
+    p.add_argument("--since", metavar="DURATION", type=_duration,
+                   help="only events of the last DURATION (e.g. 7d, 12h)")
+    p.add_argument("--run", metavar="RUN_ID", help="only events of this run")
+    add("check", "a cheap health check: the store's folders are usable", json=True)
     p = add("export", "write a run's files as one zip (names as under files/)")
     p.add_argument("run_id", metavar="RUN_ID")
     p.add_argument("-o", "--output", metavar="FILE", required=True,
                    help="the zip to write, or - for stdout")
     p = add("serve", "serve the HTTP API and the artifact browser")
     p.add_argument("--listen", metavar="HOST:PORT", help="overrides http.listen")
-    p = add("config", "check the configuration and print the effective one")
-    p.add_argument("--json", action="store_true")
+    add("config", "check the configuration and print the effective one", json=True)
     add("schema", "print the JSON Schema of metadata.json")
     return parser
+
+
+def _duration(text: str) -> timedelta:
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
-def _store(config: Config) -> Any:
-    from promoter.store import Store
+def _store(config: Config) -> Store:
+    """The store for a one-shot command: never created here (DESIGN §3)."""
+    store = Store(config)
+    store.require_store()
+    return store
 
-    return Store(config)
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
 def _cmd_reconcile(args: argparse.Namespace, config: Config) -> int:
     from promoter.reconcile import reconcile
     from promoter.startup import prepare_store
 
-    store = prepare_store(config)
+    store = prepare_store(config, create=False)
     summary = reconcile(store).summary()
     if args.json:
         _print_json(summary)
@@ -108,13 +148,14 @@ def _cmd_reconcile(args: argparse.Namespace, config: Config) -> int:
 def _cmd_sweep(args: argparse.Namespace, config: Config) -> int:
     from promoter.sweep import sweep
 
-    report = sweep(_store(config), dry_run=args.dry_run)
+    report = sweep(_store(config), dry_run=args.dry_run, older_than=args.older_than)
     if args.json:
         _print_json({"expired": report.expired, "dry_run": report.dry_run})
-    elif report.expired:
-        verb = "would delete" if args.dry_run else "deleted"
-        print(f"{verb} {len(report.expired)} expired run(s): " + " ".join(report.expired))
-    else:
+        return 0
+    verb = "would delete" if args.dry_run else "deleted"
+    for run_id in report.expired:  # one run a line, for a reader and for `xargs`
+        print(f"{verb} {run_id}")
+    if not report.expired:
         print("no expired runs")
     return 0
 
@@ -161,31 +202,137 @@ def _cmd_show(args: argparse.Namespace, config: Config) -> int:
              age(a.generated_at, now), (a.sha256 or "-")[:12]] for a in meta.artifacts]
     print(table(["FILE", "AGENT", "SIZE", "TYPE", "WRITTEN", "SHA256"], rows) if rows
           else "no files")
+    if meta.rejected:  # why a file the agent wrote is not there (DESIGN §2)
+        print()
+        rows = [[r.filename, r.reason, human_size(r.size_bytes) if r.size_bytes is not None
+                 else "-", age(r.rejected_at, now)] for r in meta.rejected]
+        print(table(["NOT KEPT", "WHY", "SIZE", "WHEN"], rows))
     return 0
 
 
 def _cmd_rm(args: argparse.Namespace, config: Config) -> int:
     store = _store(config)
     run_id = check_run_id(args.run_id)
+    verb = "would delete" if args.dry_run else "deleted"
     if args.filename is not None:
-        store.delete_artifact(run_id, check_relpath(args.filename))
-        print(f"removed {args.filename} from run {run_id}")
+        filename = check_relpath(args.filename)
+        if args.dry_run:
+            entry = store.get_run(run_id).entry(filename)
+            if entry is None:
+                raise NotFoundError(f"no artifact {filename} in run {run_id}")
+        else:
+            entry = store.delete_artifact(run_id, filename)
+        out: dict[str, Any] = {"run_id": run_id, "filename": filename,
+                               "size_bytes": entry.size_bytes, "dry_run": args.dry_run}
+        text = f"{verb} {filename} from run {run_id}"
     else:
-        report = store.delete_run(run_id)
-        print(f"deleted run {run_id} ({report.files} files, {human_size(report.size_bytes)})")
+        if args.dry_run:
+            meta = store.get_run(run_id)
+            files, size = len(meta.artifacts), meta.total_bytes
+        else:
+            report = store.delete_run(run_id)
+            files, size = report.files, report.size_bytes
+        out = {"run_id": run_id, "files": files, "size_bytes": size, "dry_run": args.dry_run}
+        text = f"{verb} run {run_id} ({_plural(files, 'file')}, {human_size(size)})"
+    if args.json:
+        _print_json(out)
+    else:
+        print(text)
     return 0
 
 
 def _cmd_keep(args: argparse.Namespace, config: Config) -> int:
     meta = _store(config).set_keep(check_run_id(args.run_id), not args.off)
-    print(f"run {meta.run_id} {'is kept' if meta.keep else 'expires normally'}")
+    if args.json:
+        _print_json(meta.model_dump(mode="json"))
+    else:
+        print(f"run {meta.run_id} {'is kept' if meta.keep else 'expires normally'}")
     return 0
+
+
+def _library_json(item: LibraryFile) -> dict[str, Any]:
+    return {"name": item.name, "size_bytes": item.size_bytes,
+            "content_type": item.content_type, "modified_at": format_time(item.modified_at)}
 
 
 def _cmd_promote(args: argparse.Namespace, config: Config) -> int:
     added = _store(config).promote_to_library(
         check_run_id(args.run_id), check_relpath(args.filename), args.as_name, args.overwrite)
-    print(f"library/{added.name} ({human_size(added.size_bytes)})")
+    if args.json:
+        _print_json(_library_json(added))
+    else:
+        print(f"library/{added.name} ({human_size(added.size_bytes)})")
+    return 0
+
+
+def _cmd_library(args: argparse.Namespace, config: Config) -> int:
+    store = _store(config)
+    if args.action == "ls":
+        if args.name is not None or args.dry_run:
+            raise UsageError("library ls takes no NAME and no --dry-run")
+        files = store.library.list()
+        if args.json:
+            _print_json({"files": [_library_json(f) for f in files]})
+        elif files:
+            now = store.clock.now()
+            print(table(["NAME", "SIZE", "TYPE", "MODIFIED"],
+                        [[f.name, human_size(f.size_bytes), f.content_type,
+                          age(f.modified_at, now)] for f in files]))
+        else:
+            print("the library is empty")
+        return 0
+    if args.name is None:
+        raise UsageError("library rm needs the NAME of the file to delete")
+    name = check_library_name(args.name)
+    if args.dry_run:
+        fd, _, item = store.library.open(name)
+        os.close(fd)
+    else:
+        item = store.delete_library_file(name)
+    if args.json:
+        _print_json({**_library_json(item), "dry_run": args.dry_run})
+    else:
+        print(f"{'would delete' if args.dry_run else 'deleted'} library/{item.name} "
+              f"({human_size(item.size_bytes)})")
+    return 0
+
+
+def _cmd_audit(args: argparse.Namespace, config: Config) -> int:
+    from promoter.audit import AUDIT_DIR, read_journal
+
+    store = _store(config)
+    since = store.clock.now() - args.since if args.since is not None else None
+    run_id = check_run_id(args.run) if args.run is not None else None
+    found = read_journal(store.artifacts_path / AUDIT_DIR, since, run_id)
+    if args.json:  # JSON Lines, one event a line, for jq
+        for item in found:
+            sys.stdout.write(json.dumps(item, ensure_ascii=False) + "\n")
+        return 0
+    if not found:
+        print("no audit events")
+        return 0
+    print(table(["TIME", "EVENT", "ACTOR", "WHAT"], [_audit_row(e) for e in found]))
+    return 0
+
+
+def _audit_row(item: dict[str, Any]) -> list[str]:
+    what = " ".join(str(item[k]) for k in ("run_id", "filename", "name") if k in item)
+    actor = str(item.get("actor", "-"))
+    if item.get("sudo_user"):
+        actor += f" sudo:{item['sudo_user']}"
+    return [str(item.get("timestamp", "-")), str(item.get("event")), actor, what or "-"]
+
+
+def _cmd_check(args: argparse.Namespace, config: Config) -> int:
+    """O(1) in the number of runs: what /healthz checks, for a container's health check."""
+    store = _store(config)
+    for what, path in (("artifacts", store.artifacts_path), ("library", store.library.path)):
+        if not os.access(path, os.R_OK | os.W_OK | os.X_OK):
+            raise StoreIOError(f"the {what} folder {path} is not usable")
+    if args.json:
+        _print_json({"status": "ok"})
+    else:
+        print("ok")
     return 0
 
 
@@ -217,6 +364,10 @@ def _cmd_export(args: argparse.Namespace, config: Config) -> int:
 
 
 def _cmd_config(args: argparse.Namespace, config: Config) -> int:
+    # what `serve` will refuse, refused here too (DESIGN §3: config checks the configuration)
+    from promoter.web.security import load_token
+
+    load_token(config.http.token_file)
     data = config.model_dump(mode="json")
     if args.json:
         _print_json(data)
@@ -254,30 +405,43 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Config], int]] = {
     "run": _cmd_run, "reconcile": _cmd_reconcile, "sweep": _cmd_sweep, "ls": _cmd_ls,
     "show": _cmd_show, "rm": _cmd_rm, "keep": _cmd_keep, "promote": _cmd_promote,
     "serve": _cmd_serve, "config": _cmd_config, "export": _cmd_export, "schema": _cmd_schema,
+    "library": _cmd_library, "audit": _cmd_audit, "check": _cmd_check,
 }
 
 
 def _load(args: argparse.Namespace) -> Config:
-    path = resolve_config_path(args.config, os.environ)
-    return load_config(path, os.environ, args.root)
+    path = resolve_config_path(getattr(args, "config", None), os.environ)
+    return load_config(path, os.environ, getattr(args, "root", None))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; returns the exit status."""
+    command = None
     try:
         args = _parser().parse_args(argv)
+        command = args.command
         config = _load(args)
         configure_logging(config.log.level, config.log.format)
         return COMMANDS[args.command](args, config)
     except PromoterError as exc:
-        sys.stderr.write(f"promoter: {exc}\n")
-        return exc.exit_code
+        return _fail(command, str(exc), exc.exit_code)
     except SystemExit as exc:  # --help and --version
         return exc.code if isinstance(exc.code, int) else 0
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
         return 1
+    except OSError as exc:  # an I/O error is no bug: name the operation and the path
+        return _fail(command, describe_os_error(exc), 1)
     except Exception as exc:
-        sys.stderr.write(f"promoter: internal error: {type(exc).__name__}: {exc}\n")
-        return 1
+        return _fail(command, f"internal error: {type(exc).__name__}: {exc}", 1)
+
+
+def _fail(command: str | None, message: str, code: int) -> int:
+    """One line on stderr; for `run`, in the configured log format (one JSON line under
+    `format = "json"`), so a `jq` pipeline over the daemon's output never breaks."""
+    if command == "run":
+        get_logger().error(events.DAEMON_FAILED, reason=message, exit_code=code)
+    else:
+        sys.stderr.write(f"promoter: {message}\n")
+    return code

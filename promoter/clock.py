@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 __all__ = [
@@ -14,6 +14,7 @@ __all__ = [
     "from_timestamp",
     "from_timestamp_ns",
     "last_change_ns",
+    "parse_duration",
     "parse_time",
     "utcnow",
     "written_at",
@@ -108,3 +109,15 @@ def parse_time(text: str) -> datetime:
     if value.tzinfo is None:
         raise ValueError(f"time without a zone: {text!r}")
     return value.astimezone(UTC)
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(text: str) -> timedelta:
+    """`90s`, `30m`, `12h`, `3d`, `2w` → a timedelta; ValueError for anything else."""
+    value = text.strip().lower()
+    number, unit = value[:-1], value[-1:]
+    if unit not in _UNITS or not number.isdigit() or len(number) > 9:
+        raise ValueError(f"{text!r} is not a duration such as 90s, 30m, 12h, 3d or 2w")
+    return timedelta(seconds=int(number) * _UNITS[unit])

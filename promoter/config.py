@@ -7,7 +7,9 @@ ConfigError whose message names the key or the line.
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import socket
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,6 +21,7 @@ from promoter.errors import ConfigError
 
 __all__ = [
     "DEFAULT_CONFIG_PATH",
+    "AuditConfig",
     "Config",
     "HttpConfig",
     "LogConfig",
@@ -33,6 +36,9 @@ __all__ = [
 
 DEFAULT_CONFIG_PATH = Path("/etc/promoter/config.toml")
 ENV_PREFIX = "PROMOTER_"
+# PROMOTER_CONFIG names the file; the TEST_FAULTS (watch.py) and UPDATE_SCREENSHOTS ones are
+# test hooks
+NOT_KEYS = frozenset({"PROMOTER_CONFIG", "PROMOTER_TEST_FAULTS", "PROMOTER_UPDATE_SCREENSHOTS"})
 
 # Sane ranges for every number (DESIGN §4): a value that passes `promoter config` must not
 # break the daemon (an expiry past year 9999, a timer that spins a core).
@@ -53,6 +59,12 @@ class StorageConfig(_Section):
     sessions: Path | None = None
     artifacts: Path | None = None
     library: Path | None = None
+    host_id: str = ""
+
+    @property
+    def host(self) -> str:
+        """This host's name in audit events (DESIGN §10, §11): `host_id`, else the hostname."""
+        return self.host_id or socket.gethostname()
 
     @property
     def sessions_dir(self) -> Path:
@@ -128,6 +140,7 @@ class HttpConfig(_Section):
     allowed_hosts: tuple[str, ...] = ("localhost", "127.0.0.1", "[::1]")
     token_file: str = ""
     cors_origins: tuple[str, ...] = ()
+    trusted_proxies: tuple[str, ...] = ()
     max_upload_bytes: int = Field(default=100 << 20, ge=0, le=MAX_BYTES)
     header_timeout_s: float = Field(default=10, ge=0.1, le=3600)
 
@@ -139,6 +152,20 @@ class HttpConfig(_Section):
             raise ValueError("must be HOST:PORT, e.g. 127.0.0.1:8730")
         return value
 
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _addresses(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for item in value:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(f"{item!r} is not an IP address or network") from None
+        return value
+
+
+class AuditConfig(_Section):
+    retention_days: int = Field(default=365, ge=1)
+
 
 class Config(_Section):
     storage: StorageConfig = StorageConfig()
@@ -148,6 +175,7 @@ class Config(_Section):
     log: LogConfig = LogConfig()
     metrics: MetricsConfig = MetricsConfig()
     http: HttpConfig = HttpConfig()
+    audit: AuditConfig = AuditConfig()
 
 
 def resolve_config_path(explicit: str | None, env: Mapping[str, str]) -> Path | None:
@@ -181,8 +209,12 @@ def _env_value(text: str) -> Any:
 
 def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> None:
     for name, text in env.items():
-        if not name.startswith(ENV_PREFIX) or "__" not in name:
+        if not name.startswith(ENV_PREFIX) or name in NOT_KEYS:
             continue
+        if "__" not in name:
+            # PROMOTER_STORAGE_ROOT (one underscore) must not be silently ignored (DESIGN §3)
+            raise ConfigError(f"environment variable {name} names no key "
+                              "(keys are PROMOTER_<SECTION>__<KEY>, e.g. PROMOTER_STORAGE__ROOT)")
         keys = [part.lower() for part in name[len(ENV_PREFIX) :].split("__")]
         if any(not key for key in keys):
             raise ConfigError(f"environment variable {name}: empty key")

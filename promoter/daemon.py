@@ -27,6 +27,7 @@ from types import FrameType
 from typing import Any
 
 from promoter import events
+from promoter.audit import DAEMON
 from promoter.config import Config
 from promoter.errors import PromoterError
 from promoter.logs import configure_logging, get_logger
@@ -48,6 +49,7 @@ from promoter.reconcile import (
     quiet,
     reconcile,
 )
+from promoter.runlock import hold_daemon_lock
 from promoter.startup import prepare_store
 from promoter.store import Outcome, Store
 from promoter.sweep import SweepReport, sweep
@@ -124,6 +126,7 @@ class Daemon:
         self.metrics = DaemonMetrics()
         self.rejections = Rejections()
         self.store: Store | None = None
+        self._lock_fd: int | None = None
         self.pipeline: Pipeline | None = None
         self.watcher: Watcher | None = None
         self._threads: list[threading.Thread] = []
@@ -163,6 +166,9 @@ class Daemon:
             return 0
         finally:
             self._restore_process(saved)
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)
+                self._lock_fd = None
 
     def _setup_process(self) -> dict[str, Any]:
         saved: dict[str, Any] = {"excepthook": threading.excepthook}
@@ -194,7 +200,8 @@ class Daemon:
                  observer=cfg.watch.observer, workers=cfg.promote.workers,
                  settle_ms=cfg.watch.settle_ms)
         self.notifier.notify(f"EXTEND_TIMEOUT_USEC={EXTEND_USEC}")
-        store = self.store = prepare_store(cfg)
+        self._lock_fd = hold_daemon_lock(cfg.storage.sessions_dir)
+        store = self.store = prepare_store(cfg, actor=DAEMON)
         store.on_over_budget = self._over_budget
         store.total.reset(store.list_runs())  # once; then kept as metadata is written
         if cfg.retention.max_store_bytes and store.total.total > cfg.retention.max_store_bytes:

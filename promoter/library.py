@@ -123,6 +123,24 @@ class Library:
                 os.unlink(tmp, dir_fd=dir_fd)
             os.close(dir_fd)
 
+    def remove(self, name: str) -> LibraryFile:
+        """Delete one library file; a link or a folder under that name is no library file."""
+        check_library_name(name)
+        dir_fd = self._fd()
+        try:
+            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            if not stat.S_ISREG(st.st_mode):
+                raise NotFoundError(f"no library file {name}")
+            os.unlink(name, dir_fd=dir_fd)
+            fsync_dir(dir_fd)
+        except FileNotFoundError:
+            raise NotFoundError(f"no library file {name}") from None
+        except OSError as exc:
+            raise StoreIOError(f"cannot delete library file {name}: {exc.strerror}") from None
+        finally:
+            os.close(dir_fd)
+        return self._describe(name, st)
+
     def exists(self, name: str) -> bool:
         check_library_name(name)
         return os.path.lexists(self.path / name)

@@ -27,6 +27,7 @@ from promoter.names import RUN_ID_RE
 __all__ = [
     "SCHEMA_VERSION",
     "ArtifactEntry",
+    "RejectedEntry",
     "RemovedEntry",
     "RunMetadata",
     "Tombstone",
@@ -76,6 +77,15 @@ class RemovedEntry(_Model):
     removed_at: UtcTime
 
 
+class RejectedEntry(_Model):
+    """A session file that was refused, and why: shown to people, not only in logs (§2)."""
+
+    filename: str = Field(min_length=1)
+    reason: str
+    size_bytes: int | None = Field(default=None, ge=0)
+    rejected_at: UtcTime
+
+
 class RunMetadata(_Model):
     """metadata.json of one run."""
 
@@ -90,6 +100,7 @@ class RunMetadata(_Model):
     status: Literal["active", "completed"] = "active"
     artifacts: list[ArtifactEntry] = Field(default_factory=list)
     removed: list[RemovedEntry] = Field(default_factory=list)
+    rejected: list[RejectedEntry] = Field(default_factory=list)
 
     def entry(self, filename: str) -> ArtifactEntry | None:
         """The entry for `filename`, if any."""

@@ -7,9 +7,9 @@ way, applies the tombstone, removed list and limits, and copies it in.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from promoter import events
 from promoter.clock import Clock, file_time, written_at
@@ -17,6 +17,7 @@ from promoter.context import RunContext
 from promoter.logs import get_logger
 from promoter.metadata import ArtifactEntry, RunMetadata, Tombstone, guess_content_type
 from promoter.names import split_relpath
+from promoter.render import human_size
 from promoter.safeio import (
     Refused,
     SourceChanged,
@@ -57,6 +58,7 @@ class PromoteResult:
     reason: str = ""
     entry: ArtifactEntry | None = None
     source_mtime_ns: int = 0
+    size_bytes: int | None = None  # of a refused file, when known
 
 
 def _close(fd: int | None) -> None:
@@ -105,7 +107,8 @@ def copy_in(store: Store, art: int, meta: RunMetadata, tomb: Tombstone | None, c
 
     limits = store.config.promote
     if st.st_size > limits.max_file_bytes:
-        return result(Outcome.REJECTED, f"file over max_file_bytes ({limits.max_file_bytes})")
+        return replace(result(Outcome.REJECTED, f"over the {human_size(limits.max_file_bytes)} "
+                              "limit (max_file_bytes)"), size_bytes=st.st_size)
     written = written_at(st.st_mtime_ns, st.st_ctime_ns)  # by ctime too (DESIGN §1)
     if tomb is not None and written <= tomb.deleted_at:
         return result(Outcome.SKIPPED, "run was deleted after this file was written")
@@ -120,7 +123,9 @@ def copy_in(store: Store, art: int, meta: RunMetadata, tomb: Tombstone | None, c
         return result(Outcome.UNCHANGED)
     run_total = meta.total_bytes - (old.size_bytes if old else 0) + st.st_size
     if run_total > limits.max_run_bytes:
-        return result(Outcome.REJECTED, f"run over max_run_bytes ({limits.max_run_bytes})")
+        return replace(result(Outcome.REJECTED, f"the run would pass its "
+                              f"{human_size(limits.max_run_bytes)} limit (max_run_bytes)"),
+                       size_bytes=st.st_size)
     dst_dir = open_dir_chain(art, [meta.run_id, FILES, *parts[:-1]], create=True)
     try:
         copied = copy_and_hash(src, st, dst_dir, parts[-1],
@@ -136,16 +141,21 @@ def copy_in(store: Store, art: int, meta: RunMetadata, tomb: Tombstone | None, c
                          source_mtime_ns=st.st_mtime_ns)
 
 
+def promoted_fields(r: PromoteResult, now_ns: int) -> dict[str, Any]:
+    """An `artifact.promoted` event's fields (DESIGN §5); logged and journaled by the auditor."""
+    assert r.entry is not None
+    e = r.entry
+    return {"run_id": r.run_id, "filename": r.filename, "agent_id": e.agent_id,
+            "size_bytes": e.size_bytes, "sha256": e.sha256, "content_type": e.content_type,
+            "latency_ms": round(max(now_ns - r.source_mtime_ns, 0) / 1e6, 1)}
+
+
 def log_results(clock: Clock, results: list[PromoteResult]) -> None:
-    now_ns = int(clock.now().timestamp() * 1e9)
+    """Every outcome but promotions, which are audit events (Store._journal_promoted)."""
     for r in results:
-        if r.outcome is Outcome.PROMOTED and r.entry is not None:
-            e = r.entry
-            log.info(events.ARTIFACT_PROMOTED, run_id=r.run_id, filename=r.filename,
-                     agent_id=e.agent_id, size_bytes=e.size_bytes, sha256=e.sha256,
-                     content_type=e.content_type,
-                     latency_ms=round(max(now_ns - r.source_mtime_ns, 0) / 1e6, 1))
-        elif r.outcome is Outcome.REJECTED:
+        if r.outcome is Outcome.PROMOTED:
+            continue
+        if r.outcome is Outcome.REJECTED:
             log.warning(events.ARTIFACT_REJECTED, run_id=r.run_id, filename=r.filename,
                         reason=r.reason)
         elif r.outcome is Outcome.LOST:

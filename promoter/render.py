@@ -51,6 +51,8 @@ def run_state(meta: RunMetadata, now: datetime) -> str:
 
 def matches_filter(meta: RunMetadata, name: str, now: datetime) -> bool:
     """The list filters of DESIGN §3 and §7 (`current` needs a run id: see the API)."""
+    if name == "current":  # without a run id: every active run (DESIGN §7)
+        return meta.status == "active"
     if name == "recent":
         return now - meta.created_at < DAY
     if name == "expiring":

@@ -26,6 +26,7 @@ __all__ = [
     "SourceChanged",
     "atomic_write_bytes",
     "copy_and_hash",
+    "describe_os_error",
     "folder",
     "fsync_dir",
     "open_dir",
@@ -301,7 +302,7 @@ def copy_and_hash(
             for chunk in _chunks(src_fd):
                 size += len(chunk)
                 if size > max_bytes:
-                    raise Refused(f"file over max_file_bytes ({max_bytes})")
+                    raise Refused(f"grew over the max_file_bytes limit ({max_bytes}) while copied")
                 if pending is not None:
                     pending.result()
                 if pending is None and size == src_stat.st_size:
@@ -344,3 +345,11 @@ def out_of_descriptors(exc: BaseException) -> bool:
     never as a missing file (404).
     """
     return isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE)
+
+
+def describe_os_error(exc: OSError, operation: str = "") -> str:
+    """One line naming the operation (when known) and the path(s) of an OSError."""
+    paths = " -> ".join(os.fsdecode(p) for p in (exc.filename, exc.filename2) if p is not None)
+    what = f"{operation} {paths}".strip() or "I/O"
+    return f"cannot {what}: {exc.strerror or exc}" if operation else \
+        f"I/O error on {paths or 'the store'}: {exc.strerror or exc}"

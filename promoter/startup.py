@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from promoter import events
+from promoter.audit import Actor
 from promoter.config import Config
 from promoter.errors import StoreIOError
 from promoter.logs import get_logger
@@ -13,10 +14,13 @@ log = get_logger()
 __all__ = ["prepare_store"]
 
 
-def prepare_store(config: Config, sessions: bool = True) -> Store:
+def prepare_store(config: Config, sessions: bool = True, actor: Actor | None = None,
+                  create: bool = True) -> Store:
     """Create the folders, empty the trash, remove temporaries and relist orphaned copies,
     so that after a crash every file under `files/` is listed in metadata.json."""
-    store = Store(config)
+    store = Store(config, actor=actor)
+    if not create:
+        store.require_store()
     store.ensure_folders(sessions=sessions)
     store.empty_trash()
     store.library.remove_stale_temps()

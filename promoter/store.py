@@ -19,6 +19,7 @@ from datetime import datetime, timedelta
 from pydantic import ValidationError
 
 from promoter import events, promotion, recovery
+from promoter.audit import AUDIT_DIR, Actor, Auditor, LocalJournal, cli_actor
 from promoter.budget import StoreTotal, evictable
 from promoter.clock import Clock, SystemClock, format_time
 from promoter.config import Config
@@ -28,6 +29,7 @@ from promoter.library import Library, LibraryFile
 from promoter.logs import get_logger
 from promoter.metadata import (
     ArtifactEntry,
+    RejectedEntry,
     RemovedEntry,
     RunMetadata,
     Tombstone,
@@ -59,6 +61,7 @@ METADATA = "metadata.json"
 LOCKS = ".locks"
 TRASH = ".trash"
 TOMBSTONES = ".tombstones"
+MAX_REJECTED = 1000  # agents control how many files they refuse: the list stays bounded
 
 
 @dataclass(frozen=True)
@@ -80,11 +83,15 @@ def _close(fd: int | None) -> None:
 class Store:
     """Owns `artifacts/` (and, through `.library`, `library/`); reads `sessions/` only."""
 
-    def __init__(self, config: Config, clock: Clock | None = None) -> None:
+    def __init__(self, config: Config, clock: Clock | None = None,
+                 actor: Actor | None = None) -> None:
         self.config = config
         self.clock: Clock = clock or SystemClock()
         self.sessions_path = config.storage.sessions_dir
         self.artifacts_path = config.storage.artifacts_dir
+        # the local journal sink; another backend passes its own to Auditor (DESIGN §11)
+        self.audit = Auditor(LocalJournal(self.artifacts_path / AUDIT_DIR), config.storage.host,
+                             actor or cli_actor(), self.clock)
         self.library = Library(config.storage.library_dir, self.clock)
         self.attribution = AttributionReader()
         self._cache: dict[str, tuple[tuple[int, int, int], RunMetadata]] = {}
@@ -105,6 +112,14 @@ class Store:
                 (self.artifacts_path / name).mkdir(exist_ok=True)
         except OSError as exc:
             raise StoreIOError(f"cannot create storage folders: {exc.strerror}") from None
+
+    def require_store(self) -> None:
+        """Commands other than `run` never create the store (DESIGN §3): a mistyped root must
+        not look like an empty store, nor grow a new tree."""
+        if not os.path.isdir(self.artifacts_path):
+            raise NotFoundError(f"no store at {self.artifacts_path}: the folder does not exist "
+                                "(check --root / storage.artifacts; only `promoter run` "
+                                "creates the store)")
 
     @contextlib.contextmanager
     def _artifacts_fd(self) -> Iterator[int]:
@@ -138,7 +153,15 @@ class Store:
                 os.mkdir(LOCKS, dir_fd=art)
             locks = open_dir_chain(art, [LOCKS])
             try:
-                with run_lock(locks, run_id, wait):
+                with contextlib.ExitStack() as stack:
+                    try:
+                        stack.enter_context(run_lock(locks, run_id, wait))
+                    except BlockingIOError:  # wait=False and the lock is taken
+                        raise
+                    except OSError as exc:  # a read-only store: say so, with the path
+                        raise StoreIOError(
+                            f"cannot open the lock file {self.artifacts_path / LOCKS / run_id}"
+                            f" of run {run_id}: {exc.strerror or exc}") from None
                     yield art
             finally:
                 os.close(locks)
@@ -410,10 +433,13 @@ class Store:
             meta = self.load_for_update(art, run_id)
             if meta is None:
                 raise NotFoundError(f"no run {run_id}")
-            if meta.keep != keep:
+            changed = meta.keep != keep
+            if changed:
                 meta.keep = keep
                 self.write_metadata(art, meta)
-            return meta
+        if changed:
+            self.audit.one(events.RUN_KEPT if keep else events.RUN_UNKEPT, run_id=run_id)
+        return meta
 
     # -- promotion -----------------------------------------------------------------------
 
@@ -438,6 +464,8 @@ class Store:
                     if result.outcome is Outcome.PROMOTED and result.entry is not None:
                         self.upsert(meta, result.entry)
                 changed = any(r.outcome is Outcome.PROMOTED for r in results)
+                if changed or not created:  # a refusal alone never creates a run
+                    changed = self._note_rejections(meta, results) or changed
                 if changed or not created:
                     changed = self.apply_context(meta, ctx) or changed
                 if changed:
@@ -454,7 +482,36 @@ class Store:
             results += [PromoteResult(run_id, n, Outcome.FAILED, reason) for n in names
                         if n not in done]
         promotion.log_results(self.clock, results)
+        self._journal_promoted(results)
         return results
+
+    def _journal_promoted(self, results: list[PromoteResult]) -> None:
+        """The batch's promotions: one journal write; a journal failure never stops promotion."""
+        now_ns = int(self.clock.now().timestamp() * 1e9)
+        batch = [(events.ARTIFACT_PROMOTED, promotion.promoted_fields(r, now_ns)) for r in results
+                 if r.outcome is Outcome.PROMOTED and r.entry is not None]
+        with contextlib.suppress(StoreIOError):  # logged (audit.failed) by the auditor
+            self.audit.record(batch)
+
+    def _note_rejections(self, meta: RunMetadata, results: list[PromoteResult]) -> bool:
+        """The run's `rejected` list (DESIGN §2): one entry a filename, the latest reason;
+        True when it changed. A refusal repeated unchanged writes nothing."""
+        changed = False
+        for r in results:
+            if r.outcome is not Outcome.REJECTED:
+                continue
+            # a name that is not UTF-8 is shown with replacement characters
+            name = r.filename.encode("utf-8", "surrogateescape").decode("utf-8", "replace") \
+                or "(no name)"
+            old = next((x for x in meta.rejected if x.filename == name), None)
+            if old is not None and old.reason == r.reason and old.size_bytes == r.size_bytes:
+                continue
+            meta.rejected = [x for x in meta.rejected if x.filename != name][-(MAX_REJECTED - 1):]
+            meta.rejected.append(RejectedEntry(filename=name, reason=r.reason,
+                                               size_bytes=r.size_bytes,
+                                               rejected_at=self.clock.now()))
+            changed = True
+        return changed
 
     @staticmethod
     def _sync_folders(art: int, run_id: str, results: list[PromoteResult]) -> None:
@@ -472,6 +529,8 @@ class Store:
     def upsert(meta: RunMetadata, entry: ArtifactEntry) -> None:
         meta.artifacts = [a for a in meta.artifacts if a.filename != entry.filename] + [entry]
         meta.removed = [r for r in meta.removed if r.filename != entry.filename]
+        if meta.rejected:  # a file later promoted leaves the list (DESIGN §2)
+            meta.rejected = [r for r in meta.rejected if r.filename != entry.filename]
 
     # -- recovery (promoter/recovery.py) ---------------------------------------------
 
@@ -507,14 +566,19 @@ class Store:
                     dropped.append(run_id)
         return dropped
 
-    def delete_run(self, run_id: str, reason: str = "rm") -> DeleteReport:
-        """Delete a run: tombstone first, then rename into the trash, then remove."""
+    def delete_run(self, run_id: str, reason: str = "rm",
+                   created_before: datetime | None = None) -> DeleteReport:
+        """Delete a run: tombstone first, then rename into the trash, then remove.
+
+        `reason="expired"` re-checks expiry under the lock; `created_before` also expires
+        an unkept run created before it (`sweep --older-than`, DESIGN §3).
+        """
         self._require(run_id)
         with self.locked(run_id) as art:
             meta = self.load_for_update(art, run_id)
             if meta is None:
                 raise NotFoundError(f"no run {run_id}")
-            if reason == "expired" and not self.is_expired(meta):
+            if reason == "expired" and not self.is_expired(meta, created_before=created_before):
                 raise NotFoundError(f"run {run_id} is no longer expired")
             if reason == "budget" and not evictable(meta):
                 raise NotFoundError(f"run {run_id} is kept or active now")
@@ -537,12 +601,12 @@ class Store:
         self.empty_trash()
         report = DeleteReport(run_id, len(meta.artifacts), meta.total_bytes)
         if reason == "rm":
-            log.info(events.RUN_DELETED, run_id=run_id, files=report.files,
-                     size_bytes=report.size_bytes)
+            self.audit.one(events.RUN_DELETED, run_id=run_id, files=report.files,
+                           size_bytes=report.size_bytes)
         else:  # "expired" (retention) or "budget" (retention.max_store_bytes, DESIGN §4)
-            log.info(events.RUN_EXPIRED, run_id=run_id, files=report.files,
-                     size_bytes=report.size_bytes,
-                     reason="budget" if reason == "budget" else "retention")
+            self.audit.one(events.RUN_EXPIRED, run_id=run_id, files=report.files,
+                           size_bytes=report.size_bytes,
+                           reason="budget" if reason == "budget" else "retention")
         return report
 
     def empty_trash(self) -> None:
@@ -577,18 +641,25 @@ class Store:
                     os.unlink(parts[-1], dir_fd=dir_fd)
                 finally:
                     os.close(dir_fd)
-        log.info(events.ARTIFACT_DELETED, run_id=run_id, filename=filename)
+        self.audit.one(events.ARTIFACT_DELETED, run_id=run_id, filename=filename,
+                       size_bytes=entry.size_bytes)
         return entry
 
     # -- expiry --------------------------------------------------------------------------
 
-    def is_expired(self, meta: RunMetadata, now: datetime | None = None) -> bool:
-        """At or past expires_at and not kept: nothing else decides it (DESIGN §2)."""
-        return not meta.keep and (now or self.clock.now()) >= meta.expires_at
+    def is_expired(self, meta: RunMetadata, now: datetime | None = None,
+                   created_before: datetime | None = None) -> bool:
+        """At or past expires_at and not kept: nothing else decides it (DESIGN §2), but for
+        the explicit lever `created_before` (`sweep --older-than`)."""
+        if meta.keep:
+            return False
+        if created_before is not None and meta.created_at < created_before:
+            return True
+        return (now or self.clock.now()) >= meta.expires_at
 
-    def expired_runs(self) -> list[RunMetadata]:
+    def expired_runs(self, created_before: datetime | None = None) -> list[RunMetadata]:
         now = self.clock.now()
-        return [m for m in self.list_runs() if self.is_expired(m, now)]
+        return [m for m in self.list_runs() if self.is_expired(m, now, created_before)]
 
     # -- serving -------------------------------------------------------------------------
 
@@ -639,6 +710,12 @@ class Store:
             added = self.library.add(name, write, overwrite, mtime_ns=st.st_mtime_ns)
         finally:
             os.close(src)
-        log.info(events.LIBRARY_PROMOTED, run_id=run_id, filename=filename, name=name,
-                 size_bytes=added.size_bytes)
+        self.audit.one(events.LIBRARY_PROMOTED, run_id=run_id, filename=filename, name=name,
+                       size_bytes=added.size_bytes, overwrite=overwrite)
         return added
+
+    def delete_library_file(self, name: str) -> LibraryFile:
+        """Delete one library file (`library.deleted`)."""
+        removed = self.library.remove(name)
+        self.audit.one(events.LIBRARY_DELETED, name=removed.name, size_bytes=removed.size_bytes)
+        return removed

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 from promoter import events
 from promoter.budget import evictable, figures, select_victims
@@ -23,20 +24,23 @@ class SweepReport:
     budget: list[str] = field(default_factory=list)  # those expired for the ceiling
     skipped_busy: list[str] = field(default_factory=list)
     tombstones_dropped: list[str] = field(default_factory=list)
+    audit_days_dropped: list[str] = field(default_factory=list)
     dry_run: bool = False
 
 
 def sweep(store: Store, dry_run: bool = False,
           busy: Callable[[str], bool] | None = None,
-          drop_tombstones: bool = True) -> SweepReport:
+          drop_tombstones: bool = True, older_than: timedelta | None = None) -> SweepReport:
     """Delete every expired run not kept; a run with files still being promoted waits.
 
     Each deletion takes only that run's lock, so promotion of other runs goes on.
+    `older_than` also expires unkept runs created longer ago (DESIGN §3).
     `drop_tombstones=False` is for a process that cannot see sessions/ (promoter
     serve, DESIGN §7): only one that sees them may decide a session is gone.
     """
     report = SweepReport(dry_run=dry_run)
-    for meta in store.expired_runs():
+    before = store.clock.now() - older_than if older_than is not None else None
+    for meta in store.expired_runs(created_before=before):
         if busy is not None and busy(meta.run_id):
             report.skipped_busy.append(meta.run_id)
             continue
@@ -44,7 +48,7 @@ def sweep(store: Store, dry_run: bool = False,
             report.expired.append(meta.run_id)
             continue
         try:
-            store.delete_run(meta.run_id, reason="expired")
+            store.delete_run(meta.run_id, reason="expired", created_before=before)
         except NotFoundError:
             continue  # kept, extended or deleted meanwhile
         except PromoterError as exc:
@@ -55,6 +59,11 @@ def sweep(store: Store, dry_run: bool = False,
         _budget(store, report, busy)
     if not dry_run and drop_tombstones:
         report.tombstones_dropped = store.drop_stale_tombstones()
+    if not dry_run:
+        try:  # whole days only; promoter never rewrites a journal line (DESIGN §11)
+            report.audit_days_dropped = store.audit.prune(store.config.audit.retention_days)
+        except OSError as exc:
+            log.error("sweep.failed", target="audit journal", reason=exc.strerror or str(exc))
     return report
 
 

@@ -28,6 +28,7 @@ def root(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Path:
     write_session_file(tmp_path, "r1", "a.txt", b"hello")
     write_session_file(tmp_path, "r1", "plots/p.png", b"png")
     (tmp_path / "sessions/r1/run.json").write_text('{"workflow_id": "wf", "user_directive": "go"}')
+    (tmp_path / "artifacts").mkdir()  # only `run` creates the store (DESIGN §3)
     assert main(["reconcile", "--root", str(tmp_path)]) == 0
     capsys.readouterr()
     return tmp_path
@@ -36,6 +37,7 @@ def root(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Path:
 def test_reconcile_json_counts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """reconcile --json prints the outcome counts on stdout, logs on stderr."""
     write_session_file(tmp_path, "r1", "a.txt", b"x")
+    (tmp_path / "artifacts").mkdir()
     code, out, err = run_cli(capsys, "reconcile", "--root", str(tmp_path), "--json")
     assert code == 0
     assert json.loads(out)["promoted"] == 1
@@ -46,6 +48,7 @@ def test_reconcile_waits_for_a_file_still_being_written(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A file modified just before reconcile is promoted after its settle time, not skipped."""
     write_session_file(tmp_path, "r1", "fresh.txt", b"x", age_s=0)
+    (tmp_path / "artifacts").mkdir()
     code, out, _ = run_cli(capsys, "reconcile", "--root", str(tmp_path), "--json")
     assert code == 0 and json.loads(out)["promoted"] == 1
 
@@ -188,6 +191,7 @@ def test_schema_validates_and_rejects(root: Path, capsys: pytest.CaptureFixture[
 
 def test_python_dash_m_entry_point(tmp_path: Path) -> None:
     """python -m promoter works like the console script, data on stdout only."""
+    (tmp_path / "artifacts").mkdir()
     proc = subprocess.run([sys.executable, "-m", "promoter", "ls", "--json", "--root",
                            str(tmp_path)], capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 0 and json.loads(proc.stdout) == {"runs": []}

@@ -564,6 +564,50 @@ def test_delete_artifact_and_run_after_confirmation(shared: Stack,
 
 
 @pytest.mark.browser
+def test_library_file_deleted_after_confirmation(shared: Stack,
+                                                 open_page: Callable[..., Page]) -> None:
+    """A library file has a delete button; Cancel keeps it, confirming deletes it (and the
+    journal names the page's client)."""
+    stack = shared
+    (stack.library / "stale_notes.txt").write_bytes(b"old\n")
+    page = open_page(stack.base_url)
+    files = page.get_by_role("list", name="Library files")
+    expect(files.get_by_text("stale_notes.txt")).to_be_visible()
+
+    page.get_by_role("button", name="Delete stale_notes.txt from the library").click()
+    dialog = page.get_by_role("dialog", name="Delete this library file?")
+    expect(dialog).to_contain_text("“stale_notes.txt” (4 B)")
+    dialog.get_by_role("button", name="Cancel").click()
+    expect(dialog).to_be_hidden()
+    assert (stack.library / "stale_notes.txt").exists()
+
+    page.get_by_role("button", name="Delete stale_notes.txt from the library").click()
+    dialog.get_by_role("button", name="Delete file").click()
+    expect(dialog).to_be_hidden()
+    expect(files.get_by_text("stale_notes.txt")).to_have_count(0)
+    assert not (stack.library / "stale_notes.txt").exists()
+    journal = "".join(p.read_text() for p in (stack.root / "artifacts/.audit").glob("*.jsonl"))
+    deleted = [json.loads(line) for line in journal.splitlines() if '"library.deleted"' in line]
+    assert deleted[-1]["name"] == "stale_notes.txt" and deleted[-1]["actor"] == "http:127.0.0.1"
+
+
+@pytest.mark.browser
+def test_refused_files_are_shown_under_their_run(shared: Stack,
+                                                 open_page: Callable[..., Page]) -> None:
+    """A file the daemon refused (here a symbolic link) is listed under its run with the
+    reason, not only in the logs."""
+    stack = shared
+    stack.write("refusals", "fine.txt", b"ok\n", agent="a")
+    stack.wait_files("refusals", ["fine.txt"])
+    (stack.sessions / "refusals/output/sneaky.txt").symlink_to("/etc/hostname")
+    wait_until(lambda: stack.runs()["refusals"]["rejected"], 10, "the refusal in metadata")
+    page = open_page(stack.base_url)
+    refused = page.get_by_role("list", name="Not kept in run refusals")
+    expect(refused).to_contain_text("not kept: sneaky.txt, symlink")
+    expect(page.get_by_role("list", name="Files of run refusals")).to_contain_text("fine.txt")
+
+
+@pytest.mark.browser
 def test_keep_and_unkeep(shared: Stack, open_page: Callable[..., Page]) -> None:
     """Keep pins a run (badge kept), Unkeep lets it expire again; the store follows."""
     stack = shared

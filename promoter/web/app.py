@@ -23,6 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.routing import Route
 from starlette.types import Scope
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from promoter import __version__
 from promoter.changes import ChangeSource, LocalChanges
@@ -244,5 +245,9 @@ def create_app(config: Config, store: Store | None = None, *,
                                                   *events_router.routes,
                                                   *router.routes, *app.router.routes)
                  if isinstance(r, Route)]
-    app.add_middleware(RequestObserver, metrics=metrics, templates=templates)
+    app.add_middleware(RequestObserver, metrics=metrics, templates=templates,
+                       token=token is not None)
+    if config.http.trusted_proxies:  # X-Forwarded-For only from these peers (DESIGN §7, §11)
+        app.add_middleware(ProxyHeadersMiddleware,
+                           trusted_hosts=list(config.http.trusted_proxies))
     return app

@@ -18,6 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from structlog.contextvars import bound_contextvars
 
 from promoter import events
+from promoter.audit import acting_as, http_actor
 from promoter.logs import get_logger
 from promoter.web.metrics import HttpMetrics
 from promoter.web.security import deny
@@ -45,9 +46,10 @@ class RequestObserver:
     """ASGI middleware: time, log and count every request; no traceback ever reaches a client."""
 
     def __init__(self, app: ASGIApp, metrics: HttpMetrics,
-                 templates: Sequence[tuple[re.Pattern[str], str]]) -> None:
+                 templates: Sequence[tuple[re.Pattern[str], str]], token: bool = False) -> None:
         self.app = app
         self.metrics = metrics
+        self.token = token  # every change is under /runtime/, where a configured token is checked
         self.templates = templates  # (path regex, template) of every route, for refused requests
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -63,8 +65,11 @@ class RequestObserver:
                 status = message["status"]
             await send(message)
 
+        # scope["client"] is the peer, or the X-Forwarded-For client when the peer is one
+        # of http.trusted_proxies (ProxyHeadersMiddleware runs outside this one)
         client = scope.get("client")
-        with bound_contextvars(client=client[0] if client else "-"):
+        address = client[0] if client else "-"
+        with bound_contextvars(client=address), acting_as(http_actor(address, self.token)):
             try:
                 await self.app(scope, receive, observed)
             except Exception:
@@ -77,10 +82,13 @@ class RequestObserver:
             finally:
                 seconds = time.perf_counter() - start
                 route = self._template(scope)
-                log.info(events.HTTP_REQUEST, method=scope["method"][:_METHOD_LOG_CHARS],
-                         route=route,
-                         path=scope["path"][:_PATH_LOG_CHARS], status=status,
-                         duration_ms=round(seconds * 1000, 2))
+                # successful reads at debug: an open page's polling must not bury the
+                # audit events (DESIGN §7)
+                read = scope["method"] in ("GET", "HEAD") and (200 <= status < 300 or status == 304)
+                (log.debug if read else log.info)(
+                    events.HTTP_REQUEST, method=scope["method"][:_METHOD_LOG_CHARS],
+                    route=route, path=scope["path"][:_PATH_LOG_CHARS], status=status,
+                    duration_ms=round(seconds * 1000, 2))
                 self.metrics.observe(method_label(scope["method"]), route, status, seconds)
 
     def _template(self, scope: Scope) -> str:

@@ -261,9 +261,18 @@ async def upload(request: Request,
     web = web_state(request)
     added = await receive_upload(request, web.store.library, name, overwrite,
                                  web.config.http.max_upload_bytes)
-    log.info(events.LIBRARY_UPLOADED, name=added.name, size_bytes=added.size_bytes,
-                      overwrite=overwrite)
+    await anyio.to_thread.run_sync(lambda: web.store.audit.one(
+        events.LIBRARY_UPLOADED, name=added.name, size_bytes=added.size_bytes,
+        overwrite=overwrite))
     return _created(LibraryEntry.of(added))
+
+
+@router.delete("/library/{name}", status_code=204, response_class=Response,
+               responses=_errors(400, 403, 404), summary="Delete a library file")
+def delete_library_file(request: Request, name: str) -> Response:
+    """As `promoter library rm NAME` (`library.deleted`)."""
+    web_state(request).store.delete_library_file(name)
+    return Response(status_code=204)
 
 
 def lean_file_routes() -> list[tuple[Route, FileHandler]]:

@@ -132,8 +132,11 @@ def serve(config: Config, listen: str | None = None) -> int:
     # progress (not idle sockets, which the protocol evicts) exceed it.
     server = _Server(uvicorn.Config(
         app, log_config=None, access_log=False, lifespan="off", server_header=False,
-        timeout_graceful_shutdown=GRACEFUL_SECONDS, proxy_headers=True, http=protocol,
-        limit_concurrency=cap + 1, backlog=accept_backlog()), app.state.events)
+        timeout_graceful_shutdown=GRACEFUL_SECONDS, http=protocol,
+        limit_concurrency=cap + 1, backlog=accept_backlog(),
+        # uvicorn would trust X-Forwarded-For from loopback by default; the app honours it
+        # only from http.trusted_proxies (create_app), so uvicorn's own is off
+        proxy_headers=False), app.state.events)
     previous = {sig: signal.signal(sig, _record_only) for sig in (signal.SIGTERM, signal.SIGINT)}
     bound_host, bound_port = sock.getsockname()[:2]
     log.info(HTTP_LISTENING, host=bound_host, port=bound_port, max_connections=cap,

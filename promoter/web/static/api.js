@@ -158,6 +158,10 @@ export function deleteArtifact(runId, filename) {
   return json(artifactUrl(runId, filename), { method: "DELETE" });
 }
 
+export function deleteLibraryFile(name) {
+  return json(libraryUrl(name), { method: "DELETE" });
+}
+
 export function setKeep(runId, keep) {
   return json(`/runtime/artifacts/${seg(runId)}`, {
     method: "PATCH",

@@ -206,7 +206,8 @@ function renderLibraryBox() {
         : h("p", { class: "state-note", text: "Loading the library…" }));
       return;
     }
-    replaceChildren(box, renderLibrary(state.library, { fresh: new Set(state.libFresh.keys()) }));
+    replaceChildren(box, renderLibrary(state.library, {
+      fresh: new Set(state.libFresh.keys()), onDelete: deleteLibraryFile }));
   });
 }
 
@@ -474,6 +475,29 @@ const handlers = {
     }
   },
 };
+
+function deleteLibraryFile(file, opener) {
+  const row = opener.closest("li");
+  const neighbours = [row?.nextElementSibling, row?.previousElementSibling]
+    .map((el) => el?.querySelector("[data-key$=':delete']")?.dataset.key ?? null);
+  dialogs.confirmAction({
+    title: "Delete this library file?",
+    text: `“${file.name}” (${formatBytes(file.size_bytes)}) will be deleted from the library. `
+      + "The artifact it was promoted from, if any, stays in its run.",
+    confirmLabel: "Delete file",
+    opener,
+    fallback: () => neighbours.map(dialogs.byKey).find(Boolean) ?? $("upload-open"),
+    action: async () => {
+      await api.deleteLibraryFile(file.name);
+      toast(`Deleted ${file.name} from the library.`);
+      if (state.library) state.library = state.library.filter((f) => f.name !== file.name);
+      state.libDirty = true;
+      state.libEtag = "";
+      renderLibraryBox();
+      kick();
+    },
+  });
+}
 
 async function clearExpired(opener) {
   try {

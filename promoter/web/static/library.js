@@ -1,4 +1,4 @@
-// The "Library" list: curated files with name, size, date and a download link.
+// The "Library" list: curated files with name, size, date, a download link and a delete button.
 
 import { libraryUrl } from "./api.js";
 import { h, srOnly } from "./dom.js";
@@ -6,7 +6,7 @@ import { exactTime, formatBytes, KIND_LABEL, kindOf, shortDate, toMillis } from 
 import { icon } from "./icons.js";
 
 /** Build the library list (or its empty state) as a node. */
-export function renderLibrary(files, { fresh = new Set() } = {}) {
+export function renderLibrary(files, { fresh = new Set(), onDelete = null } = {}) {
   if (!files.length) {
     return h("div", { class: "empty empty-small" }, icon("inbox", "empty-icon"),
       h("p", { class: "empty-title", text: "The library is empty" }),
@@ -28,6 +28,12 @@ export function renderLibrary(files, { fresh = new Set() } = {}) {
         class: "btn btn-icon-only", href: libraryUrl(file.name, { download: true }),
         download: file.name, title: "Download", "aria-label": `Download ${file.name}`,
         dataset: { key: `lib:${file.name}:download`, fetchDownload: "1" },
-      }, icon("download")));
+      }, icon("download")),
+      onDelete && h("button", {
+        type: "button", class: "btn btn-icon-only btn-quiet-danger", title: "Delete",
+        "aria-label": `Delete ${file.name} from the library`,
+        dataset: { key: `lib:${file.name}:delete` },
+        onclick: (e) => onDelete(file, e.currentTarget),
+      }, icon("trash")));
   }));
 }

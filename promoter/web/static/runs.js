@@ -234,10 +234,16 @@ export function renderRuns(runs, { sort, fresh, now, handlers }) {
       ? h("ul", { class: "files", "aria-label": `Files of run ${run.run_id}` },
           entries.map((e) => fileRow(run, e, { handlers, fresh: fresh.has(fileKey(run.run_id, e)) })))
       : h("p", { class: "state-note run-empty", text: "No files in this run any more." });
+    // why a file the agent wrote is not there (DESIGN §2 `rejected`), not only in the logs
+    const rejected = (meta.rejected ?? []).length
+      ? h("ul", { class: "rejected", "aria-label": `Not kept in run ${run.run_id}` },
+          meta.rejected.map((r) => h("li", { title: `Refused ${exactTime(toMillis(r.rejected_at))}` },
+            icon("alert"), `not kept: ${r.filename}, ${r.reason}`)))
+      : null;
     frag.append(h("article", {
       class: `run${states.includes("live") ? " is-live" : ""}`,
       "aria-labelledby": `run-${index}-title`, dataset: { run: run.run_id },
-    }, runHeader(run, index, { handlers, now }), files));
+    }, runHeader(run, index, { handlers, now }), files, rejected));
   });
   return frag;
 }

@@ -1,0 +1,268 @@
+"""The audit journal: who changed what, whichever process did it (DESIGN §11).
+
+Every change (a promotion, a deletion, a keep, a library write) is one event
+with an `actor` and a `host`. It is logged as before and appended to the
+journal, `<artifacts>/.audit/<YYYY-MM-DD>.jsonl`, so an event from a CLI in
+someone's terminal outlives that terminal. A batch of events costs one
+`write` (O_APPEND, whole lines) and one `fdatasync`, done before the caller
+reports success. The sink is a small Protocol: the local folder is one
+implementation; an object store supplies its own (one object a batch).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pwd
+import re
+import socket
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from contextvars import ContextVar
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any, Protocol
+
+from promoter import events
+from promoter.clock import Clock, SystemClock, parse_time
+from promoter.errors import StoreIOError
+from promoter.logs import get_logger
+
+__all__ = [
+    "AUDIT_DIR",
+    "DAEMON",
+    "Actor",
+    "Auditor",
+    "JournalSink",
+    "LocalJournal",
+    "acting_as",
+    "cli_actor",
+    "http_actor",
+    "read_journal",
+]
+
+log = get_logger()
+AUDIT_DIR = ".audit"
+_DAY_FILE = re.compile(r"^(\d{4}-\d{2}-\d{2})\.jsonl$")
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who acts: `daemon`, `uid:<uid>(<name>)` or `http:<client>`, with a few extra fields."""
+
+    name: str
+    extra: tuple[tuple[str, str], ...] = ()
+
+    def fields(self) -> dict[str, str]:
+        return {"actor": self.name, **dict(self.extra)}
+
+
+DAEMON = Actor("daemon")
+
+
+def cli_actor(env: Mapping[str, str] | None = None) -> Actor:
+    """The invoking user, and the one behind `sudo` when SUDO_USER says so."""
+    environ = os.environ if env is None else env
+    uid = os.getuid()
+    try:
+        name = pwd.getpwuid(uid).pw_name
+    except KeyError:  # a uid without a passwd entry (containers)
+        name = "?"
+    extra = (("sudo_user", environ["SUDO_USER"]),) if environ.get("SUDO_USER") else ()
+    return Actor(f"uid:{uid}({name})", extra)
+
+
+def http_actor(client: str, token: bool) -> Actor:
+    """A request's actor: the client address alone (no port), `auth` when a token was checked."""
+    return Actor(f"http:{client}", (("auth", "token"),) if token else ())
+
+
+_current: ContextVar[Actor | None] = ContextVar("promoter_actor", default=None)
+
+
+@contextlib.contextmanager
+def acting_as(actor: Actor) -> Iterator[None]:
+    """Changes made in this context (a request, and the worker threads it calls) carry `actor`."""
+    token = _current.set(actor)
+    try:
+        yield
+    finally:
+        _current.reset(token)
+
+
+class JournalSink(Protocol):
+    """Where batches of journal lines go; a backend supplies its own."""
+
+    def append(self, day: str, data: bytes) -> None:
+        """Append whole lines (each ending in a newline) durably, or raise OSError."""
+        ...
+
+    def prune(self, before: str) -> list[str]:
+        """Remove whole days earlier than `before` (YYYY-MM-DD); returns those removed."""
+        ...
+
+
+class LocalJournal:
+    """`<artifacts>/.audit/<day>.jsonl`, appended with O_APPEND by every process."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self._lock = threading.Lock()
+        self._fd: int | None = None
+        self._day = ""
+
+    def _open(self, day: str) -> int:
+        """The day's file, opened once per process and day."""
+        with self._lock:
+            if self._fd is not None and self._day == day:
+                return self._fd
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+            self.folder.mkdir(mode=0o750, exist_ok=True)
+            fd = os.open(self.folder / f"{day}.jsonl",
+                         os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         0o640)
+            try:
+                size = os.fstat(fd).st_size
+                # A line torn by a crash (another process's, or a full disk) must not swallow
+                # the first line this process appends: start on a line of our own.
+                if size and os.pread(fd, 1, size - 1) != b"\n":
+                    os.write(fd, b"\n")
+            except OSError:
+                os.close(fd)
+                raise
+            self._fd, self._day = fd, day
+            return fd
+
+    def append(self, day: str, data: bytes) -> None:
+        fd = self._open(day)
+        view = memoryview(data)
+        written = os.write(fd, view)  # one write a batch: O_APPEND keeps lines whole
+        while written < len(view):  # a short write (a full disk, a signal): finish the lines
+            view = view[written:]
+            written = os.write(fd, view)
+        os.fdatasync(fd)
+
+    def prune(self, before: str) -> list[str]:
+        removed = []
+        try:
+            names = sorted(os.listdir(self.folder))
+        except FileNotFoundError:
+            return []
+        for name in names:
+            match = _DAY_FILE.match(name)
+            if match and match.group(1) < before:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.folder / name)
+                    removed.append(match.group(1))
+        return removed
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+
+
+def _stamp(value: datetime) -> str:
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class Auditor:
+    """Logs each change and appends it to the journal, one write per batch."""
+
+    def __init__(self, sink: JournalSink, host: str, actor: Actor,
+                 clock: Clock | None = None) -> None:
+        self.sink = sink
+        self.host = host or socket.gethostname()
+        self.actor = actor
+        self.clock: Clock = clock or SystemClock()
+
+    def record(self, batch: Sequence[tuple[str, dict[str, Any]]]) -> None:
+        """Log and journal `batch` ((event, fields) pairs); StoreIOError if the journal failed."""
+        if not batch:
+            return
+        actor = _current.get() or self.actor
+        now = self.clock.now()
+        who = {**actor.fields(), "host": self.host}
+        lines = []
+        for event, fields in batch:
+            log.info(event, **fields, **who)
+            item = {"timestamp": _stamp(now), "event": event, **who, **fields}
+            lines.append(json.dumps(item, ensure_ascii=False, separators=(",", ":")))
+        data = ("\n".join(lines) + "\n").encode("utf-8", "surrogateescape")
+        try:
+            self.sink.append(now.astimezone(UTC).date().isoformat(), data)
+        except OSError as exc:
+            log.error(events.AUDIT_FAILED, events=len(batch), reason=exc.strerror or str(exc),
+                      path=str(exc.filename or ""))
+            raise StoreIOError(f"audit journal not written ({exc.strerror or exc}): "
+                               f"{len(batch)} change(s) done but not journaled") from None
+
+    def one(self, event: str, **fields: Any) -> None:
+        self.record([(event, fields)])
+
+    def prune(self, retention_days: int) -> list[str]:
+        """Remove journal days older than `retention_days` (whole days only)."""
+        cutoff = (self.clock.now().astimezone(UTC).date() - timedelta(days=retention_days))
+        removed = self.sink.prune(cutoff.isoformat())
+        if removed:
+            log.info(events.AUDIT_PRUNED, days=removed)
+        return removed
+
+
+def read_journal(folder: Path, since: datetime | None = None,
+                 run_id: str | None = None) -> list[dict[str, Any]]:
+    """Every event of the local journal, merged in time order; bad lines skipped with a warning.
+
+    A line torn by a crash (no newline, or not JSON) is never a failure: it is
+    reported once (`audit.invalid`) and the rest of the journal is read.
+    """
+    try:
+        names = sorted(os.listdir(folder))
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        raise StoreIOError(f"cannot read the audit journal {folder}: {exc.strerror}") from None
+    first_day = since.astimezone(UTC).date() if since is not None else date.min
+    found: list[tuple[datetime, int, dict[str, Any]]] = []
+    order = 0
+    for name in names:
+        match = _DAY_FILE.match(name)
+        if not match or date.fromisoformat(match.group(1)) < first_day:
+            continue
+        try:
+            raw = (folder / name).read_bytes()
+        except OSError as exc:
+            log.warning(events.AUDIT_INVALID, file=name, reason=exc.strerror)
+            continue
+        for number, line in enumerate(raw.split(b"\n"), start=1):
+            if not line.strip():
+                continue
+            item = _parse_line(line)
+            if item is None:
+                log.warning(events.AUDIT_INVALID, file=name, line=number,
+                            reason="not a whole JSON event (torn by a crash?)")
+                continue
+            when, event = item
+            if since is not None and when < since:
+                continue
+            if run_id is not None and event.get("run_id") != run_id:
+                continue
+            found.append((when, order, event))
+            order += 1
+    found.sort(key=lambda t: (t[0], t[1]))
+    return [event for _, _, event in found]
+
+
+def _parse_line(line: bytes) -> tuple[datetime, dict[str, Any]] | None:
+    try:
+        item = json.loads(line)
+        if not isinstance(item, dict) or not isinstance(item.get("event"), str):
+            return None
+        return parse_time(item["timestamp"]), item
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        return None

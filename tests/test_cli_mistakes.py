@@ -1,0 +1,188 @@
+"""Operator mistakes that used to fail silently, each reproduced (DESIGN §3, §5; issue 13)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from promoter.cli import main
+from promoter.store import Store
+from tests.daemon_helpers import start_daemon, write
+from tests.web_helpers import make_store, populate
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("PROMOTER_")}
+
+
+@pytest.mark.parametrize("argv", [
+    ["ls"], ["ls", "--json"], ["show", "r1"], ["rm", "r1"], ["keep", "r1"],
+    ["promote", "r1", "a.txt"], ["sweep"], ["reconcile"], ["library", "ls"], ["audit"],
+    ["check"],
+])
+def test_a_mistyped_root_is_an_error_and_grows_no_tree(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str]) -> None:
+    """Pointed at a root without artifacts/, every command but `run` exits 1 naming the path,
+    and creates nothing there (no "no runs", no new tree)."""
+    typo = tmp_path / "typo"
+    code, out, err = run_cli(capsys, *argv, "--root", str(typo))
+    assert code == 1 and out == ""
+    assert len(err.splitlines()) == 1 and str(typo / "artifacts") in err
+    assert not typo.exists()
+
+
+def test_an_unknown_promoter_variable_is_a_configuration_error(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """PROMOTER_STORAGE_ROOT (one underscore) is exit 2 naming it, not silently ignored."""
+    monkeypatch.setenv("PROMOTER_STORAGE_ROOT", str(tmp_path))
+    code, _, err = run_cli(capsys, "config")
+    assert code == 2 and "PROMOTER_STORAGE_ROOT" in err
+    monkeypatch.delenv("PROMOTER_STORAGE_ROOT")
+    monkeypatch.setenv("PROMOTER_STORAGE__ROOOT", str(tmp_path))
+    code, _, err = run_cli(capsys, "config")
+    assert code == 2 and "storage.rooot" in err
+
+
+@contextlib.contextmanager
+def read_only(path: Path) -> Iterator[Path]:
+    """`path` seen through a read-only view: a read-only bind mount (as root), else modes."""
+    if os.getuid() == 0:
+        view = path.parent / f"{path.name}-ro"
+        view.mkdir()
+        subprocess.run(["mount", "--bind", "-o", "ro", str(path), str(view)], check=True)
+        try:
+            yield view
+        finally:
+            subprocess.run(["umount", str(view)], check=True)
+            view.rmdir()
+    else:
+        folders = [p for p in [path, *path.rglob("*")] if p.is_dir()]
+        for p in folders:
+            p.chmod(0o555)
+        try:
+            yield path
+        finally:
+            for p in folders:
+                p.chmod(0o755)
+
+
+def test_a_read_only_root_ends_run_with_one_json_line(tmp_path: Path) -> None:
+    """`run` on a read-only store exits 1 with one JSON log line naming the operation and
+    the path; never plain text, never "internal error"."""
+    store = make_store(tmp_path / "root")
+    populate(store, tmp_path / "root", "f3b2a", {"a.txt": b"a"})
+    with read_only(tmp_path / "root") as root:
+        proc = subprocess.run([sys.executable, "-m", "promoter", "run", "--root", str(root)],
+                              capture_output=True, text=True, timeout=60, env=_env(),
+                              check=False)
+    assert proc.returncode == 1 and proc.stdout == ""
+    lines = [json.loads(line) for line in proc.stderr.splitlines()]
+    failed = lines[-1]
+    assert failed["event"] == "daemon.failed" and failed["level"] == "error"
+    assert "internal error" not in failed["reason"]
+    assert "cannot open the lock file" in failed["reason"]
+    assert str(root / "artifacts/.locks/f3b2a") in failed["reason"]
+
+
+def test_a_second_daemon_on_the_same_sessions_refuses(tmp_path: Path) -> None:
+    """A second `promoter run` on one sessions folder exits 1 naming the first one's PID."""
+    daemon = start_daemon(tmp_path)
+    try:
+        daemon.wait_ready()
+        proc = subprocess.run([sys.executable, "-m", "promoter", "run", "--root", str(tmp_path)],
+                              capture_output=True, text=True, timeout=60, env=_env(),
+                              check=False)
+        assert proc.returncode == 1
+        failed = json.loads(proc.stderr.splitlines()[-1])
+        assert failed["event"] == "daemon.failed"
+        assert f"PID {daemon.proc.pid}" in failed["reason"]
+        write(tmp_path / "sessions/r1/output/a.txt", b"a")  # the first one goes on
+        daemon.wait_entry("r1", "a.txt")
+    finally:
+        assert daemon.stop() == 0
+
+
+@pytest.mark.parametrize("content", [None, "  \n"])
+def test_config_checks_the_token_file_as_serve_will(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str | None) -> None:
+    """`promoter config` refuses a missing or empty http.token_file (exit 2), as serve does."""
+    token = tmp_path / "token"
+    if content is not None:
+        token.write_text(content)
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[http]\ntoken_file = "{token}"\n')
+    code, _, err = run_cli(capsys, "config", "--config", str(cfg))
+    assert code == 2 and str(token) in err
+
+
+def test_check_is_cheap_whatever_the_number_of_runs(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`promoter check` (the container health check) reads no run at all: O(1) in runs."""
+    store = make_store(tmp_path)
+    populate(store, tmp_path, "r1", {"a.txt": b"a"})
+
+    def forbidden(*args: object) -> None:
+        raise AssertionError("check read a run")
+
+    monkeypatch.setattr(Store, "read_run", forbidden)
+    monkeypatch.setattr(Store, "run_ids", forbidden)
+    code, out, _ = run_cli(capsys, "check", "--json", "--root", str(tmp_path))
+    assert code == 0 and json.loads(out) == {"status": "ok"}
+    (tmp_path / "library").rmdir()
+    code, _, err = run_cli(capsys, "check", "--root", str(tmp_path))
+    assert code == 1 and "library" in err
+
+
+def test_global_options_before_the_command(tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """`promoter --root X ls` works as `promoter ls --root X`; after the command wins."""
+    store = make_store(tmp_path)
+    populate(store, tmp_path, "r1", {"a.txt": b"a"})
+    code, out, _ = run_cli(capsys, "--root", str(tmp_path), "ls", "--json")
+    assert code == 0 and json.loads(out)["runs"][0]["run_id"] == "r1"
+    code, out, _ = run_cli(capsys, "--root", "/nowhere", "ls", "--root", str(tmp_path))
+    assert code == 0 and "r1" in out
+
+
+def test_changing_commands_take_json_and_ls_filters_current(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """rm, keep and promote print JSON with --json; `ls --filter current` lists active runs;
+    one file is "1 file"."""
+    store = make_store(tmp_path)
+    populate(store, tmp_path, "r1", {"a.txt": b"a"})
+    populate(store, tmp_path, "r2", {"b.txt": b"bb", "c.txt": b"c"})
+    store.mark_completed("r2")
+    root = str(tmp_path)
+    code, out, _ = run_cli(capsys, "ls", "--filter", "current", "--json", "--root", root)
+    assert [r["run_id"] for r in json.loads(out)["runs"]] == ["r1"]
+    code, out, _ = run_cli(capsys, "keep", "r1", "--json", "--root", root)
+    assert code == 0 and json.loads(out)["keep"] is True
+    code, out, _ = run_cli(capsys, "promote", "r1", "a.txt", "--json", "--root", root)
+    assert code == 0 and json.loads(out)["name"] == "a.txt"
+    code, out, _ = run_cli(capsys, "rm", "r1", "--root", root)
+    assert out == "deleted run r1 (1 file, 1 B)\n"
+    code, out, _ = run_cli(capsys, "rm", "r2", "b.txt", "--json", "--root", root)
+    assert json.loads(out) == {"run_id": "r2", "filename": "b.txt", "size_bytes": 2,
+                               "dry_run": False}
+
+
+def test_help_explains_json_and_overwrite(capsys: pytest.CaptureFixture[str]) -> None:
+    """--json and --overwrite have help text."""
+    assert main(["promote", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "replace a library file" in out and "machine-readable JSON" in out
