@@ -415,7 +415,7 @@ def test_dockerfile_builds_the_image_design_asks_for() -> None:
     assert any(
         kw == "RUN" and "pip install --no-cache-dir '.[web]'" in args for kw, args in instructions
     )
-    assert json.loads(_last("HEALTHCHECK").split(" CMD ", 1)[1]) == ["promoter", "ls", "--json"]
+    assert json.loads(_last("HEALTHCHECK").split(" CMD ", 1)[1]) == ["promoter", "check"]
 
 
 def test_dockerfile_cmd_and_user_match_the_readme() -> None:

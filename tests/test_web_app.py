@@ -572,7 +572,7 @@ def test_openapi_describes_every_route_with_models(client: WebClient) -> None:
         "/runtime/events": {"get"},
         "/runtime/sweep": {"post"},
         "/runtime/library": {"get", "post"},
-        "/runtime/library/{name}": {"get", "head"},
+        "/runtime/library/{name}": {"delete", "get", "head"},
         "/healthz": {"get"},
         "/metrics": {"get"},
     }
