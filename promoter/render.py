@@ -13,11 +13,13 @@ DAY = timedelta(days=1)
 
 
 def human_size(n: int) -> str:
-    """1536 → '1.5 KiB'."""
+    """1536 → '1.5 KiB'; 104857600 → '100 MiB' (no '.0')."""
     size = float(n)
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if size < 1024 or unit == "TiB":
-            return f"{int(size)} B" if unit == "B" else f"{size:.1f} {unit}"
+            if unit == "B":
+                return f"{int(size)} B"
+            return f"{size:.1f}".removesuffix(".0") + f" {unit}"
         size /= 1024
     raise AssertionError("unreachable")
 

@@ -54,7 +54,7 @@ def test_seed_example_round_trips() -> None:
                        "agent_id": "visualization_agent", "generated_at": "2026-01-09T10:32:15Z",
                        "size_bytes": 45120, "content_type": "image/png", "sha256": "a" * 64}],
         "removed": [{"filename": "draft.png", "removed_at": "2026-01-09T11:00:00Z"}],
-        "rejected": [{"filename": "huge.bin", "reason": "over the 1.0 GiB limit (max_file_bytes)",
+        "rejected": [{"filename": "huge.bin", "reason": "over the 1 GiB limit (max_file_bytes)",
                       "size_bytes": 1181116006, "rejected_at": "2026-01-09T10:31:00Z"}],
     }
     assert RunMetadata.model_validate(doc).model_dump(mode="json") == doc

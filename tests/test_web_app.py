@@ -523,7 +523,7 @@ def test_upload_over_the_limit_leaves_nothing(tmp_path: Path) -> None:
     assert ok.status_code == 201
     r = client.post("/runtime/library", headers=CSRF, files={"file": ("big.bin", b"x" * 1001)})
     assert r.status_code == 413
-    assert r.json() == {"detail": "Upload over max_upload_bytes (1000)."}
+    assert r.json() == {"detail": "Larger than the 1000 B upload limit (http.max_upload_bytes)."}
     assert sorted(p.name for p in (tmp_path / "library").iterdir()) == ["ok.bin"]
 
 

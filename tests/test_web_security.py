@@ -382,7 +382,8 @@ def test_an_announced_oversized_upload_is_refused_before_reading(tmp_path: Path)
         "content-length": str(10 * 1024 * 1024)}, [b"x"])
     assert status == 413
     assert not read
-    assert json.loads(body) == {"detail": "Upload over max_upload_bytes (1000)."}
+    assert json.loads(body) == {
+        "detail": "Larger than the 1000 B upload limit (http.max_upload_bytes)."}
 
 
 def test_an_oversized_streamed_upload_is_cut_off_and_leaves_nothing(tmp_path: Path) -> None:

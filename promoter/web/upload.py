@@ -27,6 +27,7 @@ from starlette.requests import Request
 from promoter.errors import ConflictError, InvalidNameError, TooLargeError
 from promoter.library import Library, LibraryFile
 from promoter.names import check_library_name
+from promoter.render import human_size
 
 if TYPE_CHECKING:
     from python_multipart.multipart import MultipartCallbacks
@@ -36,6 +37,11 @@ __all__ = ["BadUpload", "receive_upload"]
 FIELD: Final = "file"
 # Content-Length covers the multipart framing too: part headers and boundaries.
 FRAMING_ALLOWANCE: Final = 64 * 1024
+
+
+def too_large(max_bytes: int) -> str:
+    """What a person reads when an upload is refused for its size."""
+    return f"larger than the {human_size(max_bytes)} upload limit (http.max_upload_bytes)"
 
 
 class BadUpload(Exception):
@@ -138,7 +144,7 @@ def check_length(request: Request, max_bytes: int) -> None:
     """Refuse an upload whose announced length is over the limit before reading any of it."""
     length = request.headers.get("content-length", "")
     if length.isdigit() and int(length) > max_bytes + FRAMING_ALLOWANCE:
-        raise TooLargeError(f"upload over max_upload_bytes ({max_bytes})")
+        raise TooLargeError(too_large(max_bytes))
 
 
 async def receive_upload(request: Request, library: Library, name: str | None,
@@ -202,7 +208,7 @@ class _Upload:
             if part is self.part and not self.done and self.pipe is not None:
                 self.size += len(data)
                 if self.size > self.max_bytes:
-                    raise TooLargeError(f"upload over max_upload_bytes ({self.max_bytes})")
+                    raise TooLargeError(too_large(self.max_bytes))
                 try:
                     await self.pipe.send.send(data)
                 except anyio.BrokenResourceError:
