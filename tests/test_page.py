@@ -608,6 +608,26 @@ def test_refused_files_are_shown_under_their_run(shared: Stack,
 
 
 @pytest.mark.browser
+def test_binary_preview_and_the_run_id_at_360_px(shared: Stack,
+                                                 open_page: Callable[..., Page]) -> None:
+    """A binary file's preview says so in words ("this type of file", never "file files"),
+    and at 360 px a run's short id is shown whole, not squeezed to two characters."""
+    stack = shared
+    stack.write("narrow-run-7", "blob.bin", bytes(range(256)), agent="a")
+    stack.wait_files("narrow-run-7", ["blob.bin"])
+    assert stack.api("PATCH", "/runtime/artifacts/narrow-run-7", {"keep": True})[0] == 200
+    page = open_page(stack.base_url, width=360, height=780)
+    page.get_by_role("button", name="Preview blob.bin").click()
+    dialog = page.get_by_role("dialog")
+    expect(dialog).to_contain_text("No preview for this type of file.")
+    dialog.get_by_role("button", name="Close").first.click()
+    run_id = page.locator('article[data-run="narrow-run-7"] .run-id')
+    expect(run_id).to_have_text("narrow-run-7")
+    widths = run_id.evaluate("el => [el.scrollWidth, el.closest('.run-title').clientWidth]")
+    assert widths[0] <= widths[1], widths
+
+
+@pytest.mark.browser
 def test_keep_and_unkeep(shared: Stack, open_page: Callable[..., Page]) -> None:
     """Keep pins a run (badge kept), Unkeep lets it expire again; the store follows."""
     stack = shared

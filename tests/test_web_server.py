@@ -85,6 +85,7 @@ def start(config: Path, listen: str = "127.0.0.1:0", prefix: Sequence[str] = (),
         server.lines.append(event)
         if event["event"] == "http.listening":
             server.port = event["port"]
+            assert event["url"] == f"http://127.0.0.1:{server.port}/"  # the page's address
             return server, lines
     server.close()
     raise AssertionError(f"promoter serve did not start: {server.lines}")

@@ -139,8 +139,9 @@ def serve(config: Config, listen: str | None = None) -> int:
         proxy_headers=False), app.state.events)
     previous = {sig: signal.signal(sig, _record_only) for sig in (signal.SIGTERM, signal.SIGINT)}
     bound_host, bound_port = sock.getsockname()[:2]
-    log.info(HTTP_LISTENING, host=bound_host, port=bound_port, max_connections=cap,
-             header_timeout_s=config.http.header_timeout_s)
+    shown = f"[{bound_host}]" if ":" in bound_host else bound_host
+    log.info(HTTP_LISTENING, host=bound_host, port=bound_port, url=f"http://{shown}:{bound_port}/",
+             max_connections=cap, header_timeout_s=config.http.header_timeout_s)
     try:
         server.run(sockets=[sock])
     finally:

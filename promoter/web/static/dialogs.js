@@ -321,7 +321,8 @@ export function previewDialog({ runId, entry, opener }) {
       return;
     }
     replaceChildren(body, h("p", { class: "state-note",
-      text: `No preview for ${KIND_LABEL[kind].toLowerCase()} files. Download the file to open it.` }));
+      text: `No preview for ${kind === "other" ? "this type of file"
+        : `${KIND_LABEL[kind].toLowerCase()} files`}. Download the file to open it.` }));
   };
   fill().catch((err) => {
     if (dialog.open) {
