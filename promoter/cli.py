@@ -23,6 +23,7 @@ from promoter.library import LibraryFile
 from promoter.logs import configure_logging, get_logger
 from promoter.metadata import RunMetadata, metadata_json_schema
 from promoter.names import check_library_name, check_relpath, check_run_id
+from promoter.progress import terminal_progress
 from promoter.render import age, human_size, matches_filter, run_state, table
 from promoter.safeio import describe_os_error
 from promoter.store import Store
@@ -137,7 +138,13 @@ def _cmd_reconcile(args: argparse.Namespace, config: Config) -> int:
     from promoter.startup import prepare_store
 
     store = prepare_store(config, create=False)
-    summary = reconcile(store).summary()
+    shown = terminal_progress("reconcile: files")
+    try:
+        report = reconcile(store, progress=shown.update if shown else None)
+    finally:
+        if shown:
+            shown.close()
+    summary = report.summary()
     if args.json:
         _print_json(summary)
     else:
@@ -148,7 +155,13 @@ def _cmd_reconcile(args: argparse.Namespace, config: Config) -> int:
 def _cmd_sweep(args: argparse.Namespace, config: Config) -> int:
     from promoter.sweep import sweep
 
-    report = sweep(_store(config), dry_run=args.dry_run, older_than=args.older_than)
+    shown = terminal_progress("sweep: runs")
+    try:
+        report = sweep(_store(config), dry_run=args.dry_run, older_than=args.older_than,
+                       progress=shown.update if shown else None)
+    finally:
+        if shown:
+            shown.close()
     if args.json:
         _print_json({"expired": report.expired, "dry_run": report.dry_run})
         return 0

@@ -33,6 +33,7 @@ __all__ = ["FILES", "RETRY", "Outcome", "PromoteResult", "copy_in", "log_results
 
 log = get_logger()
 FILES = "files"
+LARGE_COPY_BYTES = 64 << 20  # a copy this large logs its start (`artifact.copying`)
 
 
 class Outcome(Enum):
@@ -126,6 +127,9 @@ def copy_in(store: Store, art: int, meta: RunMetadata, tomb: Tombstone | None, c
         return replace(result(Outcome.REJECTED, f"the run would pass its "
                               f"{human_size(limits.max_run_bytes)} limit (max_run_bytes)"),
                        size_bytes=st.st_size)
+    if st.st_size > LARGE_COPY_BYTES:  # else a long copy would log nothing until it is done
+        log.info(events.ARTIFACT_COPYING, run_id=meta.run_id, filename=filename,
+                 size_bytes=st.st_size)
     dst_dir = open_dir_chain(art, [meta.run_id, FILES, *parts[:-1]], create=True)
     try:
         copied = copy_and_hash(src, st, dst_dir, parts[-1],

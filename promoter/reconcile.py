@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import stat
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from promoter import events
@@ -245,7 +245,8 @@ class ReconcileReport:
 
 def reconcile(store: Store, rejections: Rejections | None = None,
               stop: threading.Event | None = None, max_rounds: int = 50,
-              runs: Iterable[str] | None = None) -> ReconcileReport:
+              runs: Iterable[str] | None = None,
+              progress: Callable[[int, int, int], None] | None = None) -> ReconcileReport:
     """Promote every finished file the store lacks; a file still being written is waited
     for until it has been quiet for `settle_ms` (DESIGN §3). Files that changed during
     their copy or met an I/O error are tried again, a bounded number of rounds."""
@@ -254,8 +255,11 @@ def reconcile(store: Store, rejections: Rejections | None = None,
     settle_ns = store.config.watch.settle_ms * 1_000_000
     report = ReconcileReport()
     run_filter = list(runs) if runs is not None else None
+    found: set[tuple[str, str]] = set()
+    done_bytes = 0
     for _ in range(max_rounds):
         pending = find_pending(store, rejections, run_filter)
+        found.update((run_id, f.filename) for run_id, files in pending.items() for f in files)
         now_ns = int(store.clock.now().timestamp() * 1e9)
         wait_ns = 0
         retry = False
@@ -280,6 +284,10 @@ def reconcile(store: Store, rejections: Rejections | None = None,
                 retry = retry or r.outcome in RETRY
                 if r.outcome is Outcome.REJECTED:
                     rejections.add(by_name[r.filename])
+                elif r.outcome is Outcome.PROMOTED and r.entry is not None:
+                    done_bytes += r.entry.size_bytes
+            if progress is not None:  # files done of files found, bytes (DESIGN §3)
+                progress(len(report.outcomes), len(found), done_bytes)
         if not pending or (wait_ns <= 0 and not retry):
             break
         if stop.wait(max(wait_ns / 1e9, 0.05)):

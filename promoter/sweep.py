@@ -30,7 +30,8 @@ class SweepReport:
 
 def sweep(store: Store, dry_run: bool = False,
           busy: Callable[[str], bool] | None = None,
-          drop_tombstones: bool = True, older_than: timedelta | None = None) -> SweepReport:
+          drop_tombstones: bool = True, older_than: timedelta | None = None,
+          progress: Callable[[int, int, int], None] | None = None) -> SweepReport:
     """Delete every expired run not kept; a run with files still being promoted waits.
 
     Each deletion takes only that run's lock, so promotion of other runs goes on.
@@ -40,7 +41,10 @@ def sweep(store: Store, dry_run: bool = False,
     """
     report = SweepReport(dry_run=dry_run)
     before = store.clock.now() - older_than if older_than is not None else None
-    for meta in store.expired_runs(created_before=before):
+    candidates = store.expired_runs(created_before=before)
+    for number, meta in enumerate(candidates, start=1):
+        if progress is not None:
+            progress(number - 1, len(candidates), 0)
         if busy is not None and busy(meta.run_id):
             report.skipped_busy.append(meta.run_id)
             continue
@@ -55,6 +59,8 @@ def sweep(store: Store, dry_run: bool = False,
             log.error("sweep.failed", run_id=meta.run_id, reason=str(exc))
             continue
         report.expired.append(meta.run_id)
+    if progress is not None:
+        progress(len(candidates), len(candidates), 0)
     if store.config.retention.max_store_bytes:
         _budget(store, report, busy)
     if not dry_run and drop_tombstones:

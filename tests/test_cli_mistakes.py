@@ -186,3 +186,49 @@ def test_help_explains_json_and_overwrite(capsys: pytest.CaptureFixture[str]) ->
     assert main(["promote", "--help"]) == 0
     out = capsys.readouterr().out
     assert "replace a library file" in out and "machine-readable JSON" in out
+
+
+def _on_a_terminal(argv: list[str]) -> tuple[int, str]:
+    """Run `promoter ARGV` with stderr on a pseudo-terminal; returns its status and output."""
+    import pty
+
+    master, slave = pty.openpty()
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "promoter", *argv], stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=slave, env=_env())
+        os.close(slave)
+        chunks = []
+        while True:
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # EIO: the child closed its end
+                break
+            if not data:
+                break
+            chunks.append(data)
+        return proc.wait(60), b"".join(chunks).decode(errors="replace")
+    finally:
+        os.close(master)
+
+
+def test_long_reconcile_shows_progress_on_a_terminal_only(tmp_path: Path) -> None:
+    """On a terminal, a reconcile lasting over a second shows files done of found, bytes and
+    rate; with stderr not a terminal, nothing but log lines."""
+    from tests.web_helpers import write_session_file
+
+    make_store(tmp_path)
+    write_session_file(tmp_path, "r1", "old.txt", b"o" * 100)
+    write_session_file(tmp_path, "r1", "fresh.txt", b"f" * 100, age_s=0)
+    code, text = _on_a_terminal(["reconcile", "--root", str(tmp_path),
+                                 "--config", str(_settle_config(tmp_path))])
+    assert code == 0
+    assert "reconcile: files 2 of 2, 200 B," in text and "/s" in text
+    from promoter.progress import terminal_progress
+
+    assert terminal_progress("reconcile: files") is None  # stderr captured: not a terminal
+
+
+def _settle_config(tmp_path: Path) -> Path:
+    cfg = tmp_path / "settle.toml"
+    cfg.write_text("[watch]\nsettle_ms = 4000\n")
+    return cfg

@@ -144,3 +144,18 @@ def test_refused_files_are_listed_in_the_run(tmp_path: Path,
     write_session_file(tmp_path, "r2", "huge.bin", b"x" * 50)
     assert store.promote_files("r2", ["huge.bin"])[0].outcome is Outcome.REJECTED
     assert not (tmp_path / "artifacts/r2").exists()
+
+
+def test_a_large_copy_logs_its_start(tmp_path: Path) -> None:
+    """A file over 64 MiB logs `artifact.copying` before its copy; a small one does not."""
+    from tests.web_helpers import LogCapture
+
+    store = make_store(tmp_path)
+    big = write_session_file(tmp_path, "r1", "big.bin", b"")
+    os.truncate(big, (64 << 20) + 1)  # sparse: cheap to write, read as zeros
+    write_session_file(tmp_path, "r1", "small.txt", b"s")
+    with LogCapture() as logs:
+        store.promote_files("r1", ["big.bin", "small.txt"])
+    names = [e["event"] for e in logs.lines() if e["event"].startswith("artifact.")]
+    assert names.index("artifact.copying") < names.index("artifact.promoted")
+    assert [e["filename"] for e in logs.events("artifact.copying")] == ["big.bin"]
