@@ -45,6 +45,7 @@ __all__ = [
 
 log = get_logger()
 AUDIT_DIR = ".audit"
+MAX_CLIENT_CHARS = 64  # an IPv6 address with a zone fits
 _DAY_FILE = re.compile(r"^(\d{4}-\d{2}-\d{2})\.jsonl$")
 
 
@@ -75,8 +76,12 @@ def cli_actor(env: Mapping[str, str] | None = None) -> Actor:
 
 
 def http_actor(client: str, token: bool) -> Actor:
-    """A request's actor: the client address alone (no port), `auth` when a token was checked."""
-    return Actor(f"http:{client}", (("auth", "token"),) if token else ())
+    """A request's actor: the client address alone (no port), `auth` when a token was checked.
+
+    Behind a trusted proxy the address is what its X-Forwarded-For said: bounded here, so a
+    misbehaving proxy cannot write kilobytes into every journal line.
+    """
+    return Actor(f"http:{client[:MAX_CLIENT_CHARS]}", (("auth", "token"),) if token else ())
 
 
 _current: ContextVar[Actor | None] = ContextVar("promoter_actor", default=None)
@@ -114,37 +119,39 @@ class LocalJournal:
         self._day = ""
 
     def _open(self, day: str) -> int:
-        """The day's file, opened once per process and day."""
-        with self._lock:
-            if self._fd is not None and self._day == day:
-                return self._fd
-            if self._fd is not None:
-                os.close(self._fd)
-                self._fd = None
-            self.folder.mkdir(mode=0o750, exist_ok=True)
-            fd = os.open(self.folder / f"{day}.jsonl",
-                         os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
-                         0o640)
-            try:
-                size = os.fstat(fd).st_size
-                # A line torn by a crash (another process's, or a full disk) must not swallow
-                # the first line this process appends: start on a line of our own.
-                if size and os.pread(fd, 1, size - 1) != b"\n":
-                    os.write(fd, b"\n")
-            except OSError:
-                os.close(fd)
-                raise
-            self._fd, self._day = fd, day
-            return fd
+        """The day's file, opened once per process and day (under `_lock`)."""
+        if self._fd is not None and self._day == day:
+            return self._fd
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        self.folder.mkdir(mode=0o750, exist_ok=True)
+        fd = os.open(self.folder / f"{day}.jsonl",
+                     os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o640)
+        try:
+            size = os.fstat(fd).st_size
+            # A line torn by a crash (another process's, or a full disk) must not swallow
+            # the first line this process appends: start on a line of our own.
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                os.write(fd, b"\n")
+        except OSError:
+            os.close(fd)
+            raise
+        self._fd, self._day = fd, day
+        return fd
 
     def append(self, day: str, data: bytes) -> None:
-        fd = self._open(day)
-        view = memoryview(data)
-        written = os.write(fd, view)  # one write a batch: O_APPEND keeps lines whole
-        while written < len(view):  # a short write (a full disk, a signal): finish the lines
-            view = view[written:]
-            written = os.write(fd, view)
-        os.fdatasync(fd)
+        # Under the lock: at midnight another thread would close this descriptor (and the
+        # number could be reused by a metadata write) while this one still writes to it.
+        with self._lock:
+            fd = self._open(day)
+            view = memoryview(data)
+            written = os.write(fd, view)  # one write a batch: O_APPEND keeps lines whole
+            while written < len(view):  # a short write (full disk, signal): finish the lines
+                view = view[written:]
+                written = os.write(fd, view)
+            os.fdatasync(fd)
 
     def prune(self, before: str) -> list[str]:
         removed = []
@@ -261,8 +268,9 @@ def read_journal(folder: Path, since: datetime | None = None,
 def _parse_line(line: bytes) -> tuple[datetime, dict[str, Any]] | None:
     try:
         item = json.loads(line)
-        if not isinstance(item, dict) or not isinstance(item.get("event"), str):
+        if not isinstance(item, dict) or not isinstance(item.get("event"), str) \
+                or not isinstance(item.get("timestamp"), str):
             return None
         return parse_time(item["timestamp"]), item
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+    except (ValueError, TypeError, UnicodeDecodeError, OverflowError):
         return None

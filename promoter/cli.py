@@ -314,7 +314,12 @@ def _cmd_audit(args: argparse.Namespace, config: Config) -> int:
     from promoter.audit import AUDIT_DIR, read_journal
 
     store = _store(config)
-    since = store.clock.now() - args.since if args.since is not None else None
+    since = None
+    if args.since is not None:
+        try:
+            since = store.clock.now() - args.since
+        except OverflowError:  # further back than datetime goes: everything
+            since = None
     run_id = check_run_id(args.run) if args.run is not None else None
     found = read_journal(store.artifacts_path / AUDIT_DIR, since, run_id)
     if args.json:  # JSON Lines, one event a line, for jq

@@ -120,4 +120,7 @@ def parse_duration(text: str) -> timedelta:
     number, unit = value[:-1], value[-1:]
     if unit not in _UNITS or not number.isdigit() or len(number) > 9:
         raise ValueError(f"{text!r} is not a duration such as 90s, 30m, 12h, 3d or 2w")
-    return timedelta(seconds=int(number) * _UNITS[unit])
+    try:
+        return timedelta(seconds=int(number) * _UNITS[unit])
+    except OverflowError:
+        raise ValueError(f"{text!r} is longer than any date can go back") from None

@@ -206,3 +206,42 @@ def test_http_changes_carry_the_client_and_reads_log_at_debug(tmp_path: Path) ->
     deleted = read_journal(tmp_path / "artifacts" / AUDIT_DIR)[-1]
     assert deleted["event"] == "artifact.deleted" and deleted["actor"] == "http:testclient"
     assert "auth" not in deleted  # no token configured, none checked
+
+
+def test_odd_journal_lines_and_durations_never_crash(tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """Lines that are JSON but not events (a number for a timestamp, an array, bytes that are
+    not UTF-8) are skipped with a warning; a --since beyond any date lists everything."""
+    store = make_store(tmp_path)
+    populate(store, tmp_path, "r1", {"a.txt": b"a"})
+    day = next((tmp_path / "artifacts" / AUDIT_DIR).glob("*.jsonl"))
+    with day.open("ab") as fh:
+        fh.write(b'{"timestamp": 12, "event": "x"}\n[1, 2]\n\xff\xfe\n'
+                 b'{"timestamp": "2026-13-45T00:00:00Z", "event": "x"}\n')
+    for since in ("999999999d", "999999999w"):
+        code = main(["audit", "--json", "--since", since, "--root", str(tmp_path)])
+        out, err = capsys.readouterr()
+        assert code in (0, 2) and "Traceback" not in err and "internal error" not in err
+        if code == 0:
+            assert [json.loads(line)["event"] for line in out.splitlines()] == [
+                "artifact.promoted"]
+            assert err.count("audit.invalid") == 4
+
+
+def test_a_proxy_cannot_write_kilobytes_into_the_actor(tmp_path: Path) -> None:
+    """Behind a trusted proxy, whatever its X-Forwarded-For holds, the actor stays short."""
+    from promoter.config import load_config
+    from promoter.web import create_app
+    from tests.web_helpers import WebClient
+
+    store = make_store(tmp_path)
+    populate(store, tmp_path, "r1", {"a.txt": b"a"})
+    config = load_config(None, {"PROMOTER_HTTP__TRUSTED_PROXIES": '["10.0.0.0/8"]'},
+                         str(tmp_path))
+    client = WebClient(create_app(config, store, list_ttl_s=0.0))
+    client.transport = httpx.ASGITransport(app=client.app, client=("10.1.2.3", 40000))
+    r = client.patch("/runtime/artifacts/r1", json={"keep": True},
+                     headers={**CSRF, "X-Forwarded-For": "x" * 5000})
+    assert r.status_code == 200
+    kept = read_journal(tmp_path / "artifacts" / AUDIT_DIR)[-1]
+    assert kept["event"] == "run.kept" and kept["actor"] == "http:" + "x" * 64
