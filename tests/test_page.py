@@ -123,6 +123,7 @@ StackFactory = Callable[..., Stack]
 
 def start_stack(base: Path, procs: list[subprocess.Popen[bytes]], *, daemon: bool = True,
                 token: str | None = None, retention_days: float = 7,
+                max_upload_bytes: int | None = None,
                 seed: Callable[[Path], None] | None = None) -> Stack:
     """Write a config under `base`, start `promoter serve` (and `promoter run`), wait for both.
 
@@ -135,6 +136,8 @@ def start_stack(base: Path, procs: list[subprocess.Popen[bytes]], *, daemon: boo
         seed(root)
     port = free_port()
     http = [f'listen = "127.0.0.1:{port}"']
+    if max_upload_bytes is not None:
+        http.append(f"max_upload_bytes = {max_upload_bytes}")
     if token is not None:
         (base / "token").write_text(f"  {token}\n")
         http.append(f'token_file = "{base / "token"}"')
@@ -524,6 +527,38 @@ def test_library_upload_with_name_and_overwrite(shared: Stack,
     expect(dialog).to_be_hidden()
     wait_until(lambda: (stack.library / "policy.txt").read_bytes() == b"two\n", 5,
                "the overwritten upload")
+
+
+@pytest.mark.browser
+def test_upload_shows_its_progress_and_the_limit_in_words(
+        make_stack: StackFactory, open_page: Callable[..., Page]) -> None:
+    """An upload shows a progress bar (bytes sent of the total); one over the limit says
+    "larger than the … upload limit" in words."""
+    stack = make_stack(daemon=False, max_upload_bytes=6 << 20)
+    page = open_page(stack.base_url)
+    page.evaluate("""() => {
+        window.seenProgress = [];
+        new MutationObserver(() => {
+            const bar = document.getElementById("upload-progress");
+            if (!bar.hidden) window.seenProgress.push([bar.value, bar.max]);
+        }).observe(document.getElementById("upload-progress"), { attributes: true });
+    }""")
+    page.get_by_role("button", name="Upload").click()
+    dialog = page.get_by_role("dialog", name="Upload to the library")
+    dialog.get_by_label("File", exact=True).set_input_files(
+        {"name": "big.bin", "mimeType": "application/octet-stream", "buffer": bytes(5 << 20)})
+    dialog.get_by_role("button", name="Upload", exact=True).click()
+    expect(dialog).to_be_hidden()
+    seen = page.evaluate("window.seenProgress")
+    assert seen and seen[-1][0] == seen[-1][1] and seen[-1][1] >= 5 << 20, seen
+    assert (stack.library / "big.bin").stat().st_size == 5 << 20
+
+    page.get_by_role("button", name="Upload").click()
+    dialog.get_by_label("File", exact=True).set_input_files(
+        {"name": "huge.bin", "mimeType": "application/octet-stream", "buffer": bytes(7 << 20)})
+    dialog.get_by_role("button", name="Upload", exact=True).click()
+    expect(dialog.get_by_role("alert")).to_contain_text("Larger than the 6 MiB upload limit")
+    assert not (stack.library / "huge.bin").exists()
 
 
 @pytest.mark.browser

@@ -226,14 +226,50 @@ export function sweep({ dryRun }) {
   return json(`/runtime/sweep${dryRun ? "?dry_run=true" : ""}`, { method: "POST" });
 }
 
-export function upload(file, name, overwrite = false) {
+/**
+ * Upload into the library, reporting progress as onProgress(sentBytes, totalBytes):
+ * fetch cannot tell how much of a body is sent, XMLHttpRequest can.
+ */
+export async function upload(file, name, overwrite = false, onProgress = null) {
   const query = new URLSearchParams();
   if (name) query.set("name", name);
   if (overwrite) query.set("overwrite", "true");
-  const body = new FormData();
-  body.append("file", file, file.name);
   const qs = query.size ? `?${query}` : "";
-  return json(`/runtime/library${qs}`, { method: "POST", body });
+  for (;;) {
+    const sent = currentToken();
+    const body = new FormData();
+    body.append("file", file, file.name);
+    const xhr = await new Promise((resolve, reject) => {
+      const req = new XMLHttpRequest();
+      req.open("POST", `/runtime/library${qs}`);
+      if (sent) req.setRequestHeader("Authorization", `Bearer ${sent}`);
+      req.setRequestHeader("X-Promoter-Request", "1");
+      if (onProgress) {
+        req.upload.addEventListener("progress", (e) => {
+          if (e.lengthComputable) onProgress(e.loaded, e.total);
+        });
+      }
+      req.addEventListener("load", () => resolve(req));
+      req.addEventListener("error", () => reject(
+        new ApiError(0, "Cannot reach promoter: the server may be down or restarting.")));
+      req.send(body);
+    });
+    if (xhr.status === 401) {
+      if (currentToken() !== sent) continue;
+      const token = await askForToken(sent ? "refused" : "needed");
+      if (!token) throw new ApiError(401, "This promoter needs an access token.");
+      continue;
+    }
+    let data = null;
+    try {
+      data = JSON.parse(xhr.responseText);
+    } catch {
+      // not JSON: the status line speaks
+    }
+    if (xhr.status >= 200 && xhr.status < 300) return data;
+    const detail = typeof data?.detail === "string" ? data.detail : "";
+    throw new ApiError(xhr.status, detail || `The server answered ${xhr.status} ${xhr.statusText}.`);
+  }
 }
 
 /**

@@ -210,7 +210,21 @@ export function uploadDialog({ opener, onDone }) {
     const wanted = name.value.trim() || chosen.name;
     showError(error, "");
     try {
-      const added = await busy(dialog, () => api.upload(chosen, name.value.trim(), overwrite));
+      const bar = $("upload-progress");
+      const said = $("upload-progress-text");
+      const progress = (sentBytes, total) => {
+        bar.hidden = false;
+        bar.max = total;
+        bar.value = sentBytes;
+        said.textContent = `${formatBytes(sentBytes)} of ${formatBytes(total)} sent`;
+      };
+      let added;
+      try {
+        added = await busy(dialog, () => api.upload(chosen, name.value.trim(), overwrite, progress));
+      } finally {
+        bar.hidden = true;
+        said.textContent = "";
+      }
       dialog.close("ok");
       onDone?.(added?.name ?? wanted);
     } catch (err) {
