@@ -42,6 +42,7 @@ from promoter.notify import (
 )
 from promoter.observers import make_observer
 from promoter.pipeline import STALL_S, Pipeline
+from promoter.progress import terminal_progress
 from promoter.reconcile import (
     Rejections,
     complete_finished_runs,
@@ -408,12 +409,17 @@ class Daemon:
         assert self.store is not None
         started = time.monotonic()
         log.info(events.RECONCILE_STARTED, trigger="startup")
+        shown = terminal_progress("start-up catch-up: files")  # a person at a terminal
         try:
-            report = reconcile(self.store, self.rejections, self.stop)
+            report = reconcile(self.store, self.rejections, self.stop,
+                               progress=shown.update if shown else None)
         except Exception as exc:
             log.error(events.RECONCILE_FAILED, trigger="startup",
                       reason=f"{type(exc).__name__}: {exc}", exc_info=True)
             return
+        finally:
+            if shown:
+                shown.close()
         self.metrics.record(report.outcomes.values(), time.time_ns())
         assert self.pipeline is not None
         self.pipeline.promoted += report.count(Outcome.PROMOTED)

@@ -232,3 +232,34 @@ def _settle_config(tmp_path: Path) -> Path:
     cfg = tmp_path / "settle.toml"
     cfg.write_text("[watch]\nsettle_ms = 4000\n")
     return cfg
+
+
+def test_a_long_start_up_catch_up_shows_progress_on_a_terminal(tmp_path: Path) -> None:
+    """`promoter run` at a terminal shows its start-up catch-up's progress when it lasts."""
+    import pty
+    import select
+    import signal
+    import time
+
+    from tests.web_helpers import write_session_file
+
+    make_store(tmp_path)
+    write_session_file(tmp_path, "r1", "old.txt", b"o" * 100)
+    write_session_file(tmp_path, "r1", "fresh.txt", b"f" * 100, age_s=0)
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "promoter", "run", "--root", str(tmp_path),
+                             "--config", str(_settle_config(tmp_path))],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=slave,
+                            env=_env())
+    os.close(slave)
+    text = ""
+    try:
+        deadline = time.monotonic() + 30
+        while "daemon.ready" not in text and time.monotonic() < deadline:
+            if select.select([master], [], [], 0.5)[0]:
+                text += os.read(master, 65536).decode(errors="replace")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+        os.close(master)
+    assert "start-up catch-up: files 2 of 2, 200 B," in text
