@@ -347,9 +347,10 @@ def out_of_descriptors(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE)
 
 
-def describe_os_error(exc: OSError, operation: str = "") -> str:
-    """One line naming the operation (when known) and the path(s) of an OSError."""
+def describe_os_error(exc: OSError) -> str:
+    """One line naming the operation (a note added where it was known) and the path(s)."""
     paths = " -> ".join(os.fsdecode(p) for p in (exc.filename, exc.filename2) if p is not None)
-    what = f"{operation} {paths}".strip() or "I/O"
-    return f"cannot {what}: {exc.strerror or exc}" if operation else \
-        f"I/O error on {paths or 'the store'}: {exc.strerror or exc}"
+    notes = getattr(exc, "__notes__", None)
+    if notes:
+        return f"cannot {notes[0]} ({paths or 'the store'}): {exc.strerror or exc}"
+    return f"I/O error on {paths or 'the store'}: {exc.strerror or exc}"

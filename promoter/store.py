@@ -158,10 +158,13 @@ class Store:
                         stack.enter_context(run_lock(locks, run_id, wait))
                     except BlockingIOError:  # wait=False and the lock is taken
                         raise
-                    except OSError as exc:  # a read-only store: say so, with the path
-                        raise StoreIOError(
-                            f"cannot open the lock file {self.artifacts_path / LOCKS / run_id}"
-                            f" of run {run_id}: {exc.strerror or exc}") from None
+                    except OSError as exc:  # a read-only store: name the path and the
+                        # operation for the CLI and the daemon (describe_os_error); the
+                        # server answers with the reason alone (web/errors.py)
+                        named = OSError(exc.errno, exc.strerror,
+                                        str(self.artifacts_path / LOCKS / run_id))
+                        named.add_note(f"open the lock file of run {run_id}")
+                        raise named from None
                     yield art
             finally:
                 os.close(locks)

@@ -31,7 +31,7 @@ def _env() -> dict[str, str]:
 @pytest.mark.parametrize("argv", [
     ["ls"], ["ls", "--json"], ["show", "r1"], ["rm", "r1"], ["keep", "r1"],
     ["promote", "r1", "a.txt"], ["sweep"], ["reconcile"], ["library", "ls"], ["audit"],
-    ["check"],
+    ["check"], ["serve", "--listen", "127.0.0.1:0"],
 ])
 def test_a_mistyped_root_is_an_error_and_grows_no_tree(
         tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str]) -> None:
@@ -94,7 +94,7 @@ def test_a_read_only_root_ends_run_with_one_json_line(tmp_path: Path) -> None:
     failed = lines[-1]
     assert failed["event"] == "daemon.failed" and failed["level"] == "error"
     assert "internal error" not in failed["reason"]
-    assert "cannot open the lock file" in failed["reason"]
+    assert "cannot open the lock file of run f3b2a" in failed["reason"]
     assert str(root / "artifacts/.locks/f3b2a") in failed["reason"]
 
 

@@ -96,6 +96,7 @@ def _prepare(config: Config) -> Store:
     sessions/ for their context): repairing runs is the daemon's job.
     """
     store = Store(config)
+    store.require_store()  # only `promoter run` creates the store (DESIGN §3)
     store.ensure_folders(sessions=False)
     store.empty_trash()
     store.library.remove_stale_temps()
