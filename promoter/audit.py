@@ -130,7 +130,15 @@ class LocalJournal:
                      os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
                      0o640)
         try:
-            size = os.fstat(fd).st_size
+            st = os.fstat(fd)
+            size = st.st_size
+            if os.geteuid() == 0:
+                # `sudo promoter rm` must not leave today's file owned by root, where the
+                # daemon (user promoter) could no longer append: it belongs to the folder's
+                # owner, whom `promoter run` made when it created the store.
+                owner = os.stat(self.folder)
+                if (st.st_uid, st.st_gid) != (owner.st_uid, owner.st_gid):
+                    os.fchown(fd, owner.st_uid, owner.st_gid)
             # A line torn by a crash (another process's, or a full disk) must not swallow
             # the first line this process appends: start on a line of our own.
             if size and os.pread(fd, 1, size - 1) != b"\n":

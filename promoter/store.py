@@ -108,7 +108,7 @@ class Store:
         try:
             for path in paths:
                 path.mkdir(parents=True, exist_ok=True)
-            for name in (LOCKS, TRASH, TOMBSTONES):
+            for name in (LOCKS, TRASH, TOMBSTONES, AUDIT_DIR):
                 (self.artifacts_path / name).mkdir(exist_ok=True)
         except OSError as exc:
             raise StoreIOError(f"cannot create storage folders: {exc.strerror}") from None

@@ -245,3 +245,18 @@ def test_a_proxy_cannot_write_kilobytes_into_the_actor(tmp_path: Path) -> None:
     assert r.status_code == 200
     kept = read_journal(tmp_path / "artifacts" / AUDIT_DIR)[-1]
     assert kept["event"] == "run.kept" and kept["actor"] == "http:" + "x" * 64
+
+
+def test_a_journal_day_made_under_sudo_stays_the_daemons(tmp_path: Path) -> None:
+    """Today's journal file created by root (`sudo promoter keep`) belongs to the owner of
+    `.audit/` (the daemon's user), so the daemon can still append to it."""
+    store = make_store(tmp_path)
+    populate(store, tmp_path, "r1", {"a.txt": b"a"})
+    folder = tmp_path / "artifacts" / AUDIT_DIR
+    for day in folder.iterdir():
+        day.unlink()
+    daemon_user = (65534, 65534) if os.getuid() == 0 else (os.getuid(), os.getgid())
+    os.chown(folder, *daemon_user)
+    assert cli("keep", "r1", "--root", str(tmp_path)).returncode == 0
+    made = next(folder.iterdir()).stat()
+    assert (made.st_uid, made.st_gid) == daemon_user
