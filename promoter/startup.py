@@ -7,7 +7,7 @@ from promoter.audit import Actor
 from promoter.config import Config
 from promoter.errors import StoreIOError
 from promoter.logs import get_logger
-from promoter.store import Store
+from promoter.store import LockFileError, Store
 
 log = get_logger()
 
@@ -27,7 +27,7 @@ def prepare_store(config: Config, sessions: bool = True, actor: Actor | None = N
     for run_id in store.run_ids():
         try:
             store.repair(run_id)
-        except StoreIOError:
+        except (StoreIOError, LockFileError):
             raise  # the store itself is unusable: that is for everyone, not one run
         except Exception as exc:  # one bad run never stops a start-up (DESIGN §6)
             log.error(events.REPAIR_FAILED, run_id=run_id, reason=f"{type(exc).__name__}: {exc}")

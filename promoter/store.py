@@ -54,7 +54,7 @@ from promoter.safeio import (
     remove_tree,
 )
 
-__all__ = ["RETRY", "DeleteReport", "Outcome", "PromoteResult", "Store"]
+__all__ = ["RETRY", "DeleteReport", "LockFileError", "Outcome", "PromoteResult", "Store"]
 
 log = get_logger()
 METADATA = "metadata.json"
@@ -62,6 +62,11 @@ LOCKS = ".locks"
 TRASH = ".trash"
 TOMBSTONES = ".tombstones"
 MAX_REJECTED = 1000  # agents control how many files they refuse: the list stays bounded
+
+
+class LockFileError(OSError):
+    """A run's lock file cannot be opened: `.locks/` is unusable, so the whole store is
+    (a read-only or full disk), not one run."""
 
 
 @dataclass(frozen=True)
@@ -161,8 +166,8 @@ class Store:
                     except OSError as exc:  # a read-only store: name the path and the
                         # operation for the CLI and the daemon (describe_os_error); the
                         # server answers with the reason alone (web/errors.py)
-                        named = OSError(exc.errno, exc.strerror,
-                                        str(self.artifacts_path / LOCKS / run_id))
+                        named = LockFileError(exc.errno, exc.strerror,
+                                              str(self.artifacts_path / LOCKS / run_id))
                         named.add_note(f"open the lock file of run {run_id}")
                         raise named from None
                     yield art
