@@ -17,7 +17,6 @@ import os
 import pwd
 import re
 import socket
-import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -110,56 +109,41 @@ class JournalSink(Protocol):
 
 
 class LocalJournal:
-    """`<artifacts>/.audit/<day>.jsonl`, appended with O_APPEND by every process."""
+    """`<artifacts>/.audit/<day>.jsonl`, appended with O_APPEND by every process.
+
+    The file is opened for each batch and closed after it: a Store never holds a
+    descriptor between changes (tests and servers make many), and a day switch
+    needs no bookkeeping. A batch is still one write and one flush.
+    """
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
-        self._lock = threading.Lock()
-        self._fd: int | None = None
-        self._day = ""
 
-    def _open(self, day: str) -> int:
-        """The day's file, opened once per process and day (under `_lock`)."""
-        if self._fd is not None and self._day == day:
-            return self._fd
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+    def append(self, day: str, data: bytes) -> None:
         self.folder.mkdir(mode=0o750, exist_ok=True)
         fd = os.open(self.folder / f"{day}.jsonl",
-                     os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     0o640)
+                     os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640)
         try:
             st = os.fstat(fd)
-            size = st.st_size
             if os.geteuid() == 0:
-                # `sudo promoter rm` must not leave today's file owned by root, where the
+                # `sudo promoter rm` must not leave the day's file owned by root, where the
                 # daemon (user promoter) could no longer append: it belongs to the folder's
                 # owner, whom `promoter run` made when it created the store.
                 owner = os.stat(self.folder)
                 if (st.st_uid, st.st_gid) != (owner.st_uid, owner.st_gid):
                     os.fchown(fd, owner.st_uid, owner.st_gid)
             # A line torn by a crash (another process's, or a full disk) must not swallow
-            # the first line this process appends: start on a line of our own.
-            if size and os.pread(fd, 1, size - 1) != b"\n":
-                os.write(fd, b"\n")
-        except OSError:
-            os.close(fd)
-            raise
-        self._fd, self._day = fd, day
-        return fd
-
-    def append(self, day: str, data: bytes) -> None:
-        # Under the lock: at midnight another thread would close this descriptor (and the
-        # number could be reused by a metadata write) while this one still writes to it.
-        with self._lock:
-            fd = self._open(day)
+            # this batch's first line: the batch then starts on a line of its own.
+            if st.st_size and os.pread(fd, 1, st.st_size - 1) != b"\n":
+                data = b"\n" + data
             view = memoryview(data)
             written = os.write(fd, view)  # one write a batch: O_APPEND keeps lines whole
             while written < len(view):  # a short write (full disk, signal): finish the lines
                 view = view[written:]
                 written = os.write(fd, view)
             os.fdatasync(fd)
+        finally:
+            os.close(fd)
 
     def prune(self, before: str) -> list[str]:
         removed = []
@@ -174,12 +158,6 @@ class LocalJournal:
                     os.unlink(self.folder / name)
                     removed.append(match.group(1))
         return removed
-
-    def close(self) -> None:
-        with self._lock:
-            if self._fd is not None:
-                os.close(self._fd)
-                self._fd = None
 
 
 def _stamp(value: datetime) -> str:

@@ -122,7 +122,8 @@ def test_kill_9_during_a_burst_leaves_the_journal_parseable(tmp_path: Path) -> N
     day = sorted(journal.glob("*.jsonl"))[-1]
     with day.open("ab") as fh:  # what a crash in the middle of a write leaves
         fh.write(b'{"timestamp": "2026-01-01T00:00:00Z", "event": "run.del')
-    assert cli("keep", "r1", "--root", str(tmp_path)).returncode == 0
+    promoted_run = str(found[0]["run_id"])  # a run the killed daemon did create
+    assert cli("keep", promoted_run, "--root", str(tmp_path)).returncode == 0
     proc = cli("audit", "--json", "--root", str(tmp_path))
     assert proc.returncode == 0
     after = [json.loads(line) for line in proc.stdout.splitlines()]
@@ -260,3 +261,13 @@ def test_a_journal_day_made_under_sudo_stays_the_daemons(tmp_path: Path) -> None
     assert cli("keep", "r1", "--root", str(tmp_path)).returncode == 0
     made = next(folder.iterdir()).stat()
     assert (made.st_uid, made.st_gid) == daemon_user
+
+
+def test_journaling_holds_no_descriptor(tmp_path: Path) -> None:
+    """After a change, no journal file stays open: processes make many Stores."""
+    store = make_store(tmp_path)
+    populate(store, tmp_path, "r1", {"a.txt": b"a"})
+    store.set_keep("r1", True)
+    held = [os.readlink(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd")
+            if os.path.exists(f"/proc/self/fd/{fd}")]
+    assert not [p for p in held if f"/{AUDIT_DIR}/" in p]
