@@ -231,7 +231,10 @@ def test_a_download_abandoned_midway_closes_its_file_at_once(tmp_path: Path) -> 
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     log = tmp_path / "serve.log"
-    argv = promoter_argv("serve", "--root", str(root), "--listen", f"127.0.0.1:{port}")
+    config = tmp_path / "debug.toml"  # successful reads are logged at debug (DESIGN §7)
+    config.write_text('[log]\nlevel = "debug"\n')
+    argv = promoter_argv("serve", "--root", str(root), "--listen", f"127.0.0.1:{port}",
+                         "--config", str(config))
     with running(argv, log) as proc:
         wait_healthy(base, proc, log, timeout=60)
         for _ in range(2):

@@ -122,13 +122,13 @@ def test_ls_shows_total_beside_ceiling(tmp_path: Path, capsys: pytest.CaptureFix
     store = make_store(tmp_path)
     _promote(tmp_path, store, "r1", 2048)
     assert main(["ls", "--root", str(tmp_path)]) == 0
-    assert capsys.readouterr().out.splitlines()[-1] == "store: 2.0 KiB (no ceiling), 1 run(s)"
+    assert capsys.readouterr().out.splitlines()[-1] == "store: 2 KiB (no ceiling), 1 run(s)"
     os.environ["PROMOTER_RETENTION__MAX_STORE_BYTES"] = str(1 << 30)
     try:
         assert main(["ls", "--root", str(tmp_path)]) == 0
     finally:
         del os.environ["PROMOTER_RETENTION__MAX_STORE_BYTES"]
-    assert capsys.readouterr().out.splitlines()[-1] == "store: 2.0 KiB of 1.0 GiB ceiling, 1 run(s)"
+    assert capsys.readouterr().out.splitlines()[-1] == "store: 2 KiB of 1 GiB ceiling, 1 run(s)"
 
 
 def _walk_bytes(artifacts: Path) -> int:
