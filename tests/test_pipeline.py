@@ -78,14 +78,19 @@ def running(store: FakeStore) -> Iterator[Pipeline]:
     assert p.drain(5)
 
 
-def test_files_of_a_run_settling_together_are_one_store_call(store: FakeStore,
-                                                             running: Pipeline) -> None:
+def test_files_of_a_run_settling_together_are_one_store_call(store: FakeStore) -> None:
     """Ten files of one run closed together make one promote_files call (one metadata write)."""
-    for i in range(10):
-        running.file_changed("r", f"f{i}", strong=True)
-    running.file_changed("q", "g", strong=True)
-    wait_until(lambda: len(store.promoted("r")) == 10 and store.promoted("q"))
-    assert len([c for c in store.calls if c[1] == "r"]) == 1
+    # settle 1 s: the ten calls below fall in one window even on a starved machine
+    # (at 50 ms a loaded CI box could see the first files due before the last arrived)
+    p = pipeline(store, settle_ms=1000)
+    try:
+        for i in range(10):
+            p.file_changed("r", f"f{i}", strong=True)
+        p.file_changed("q", "g", strong=True)
+        wait_until(lambda: len(store.promoted("r")) == 10 and store.promoted("q"))
+        assert len([c for c in store.calls if c[1] == "r"]) == 1
+    finally:
+        assert p.drain(5)
 
 
 def test_a_worker_error_is_logged_and_the_batch_retried(store: FakeStore) -> None:
