@@ -9,12 +9,13 @@ keeps no separate promotion time).
 
 from __future__ import annotations
 
+import heapq
 import re
 from collections import Counter
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Final
+from typing import Any, Final
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -29,10 +30,12 @@ __all__ = [
     "Bucket",
     "DayFigures",
     "RunSize",
+    "RunTally",
     "StoreStats",
     "Totals",
     "compute_stats",
     "parse_duration",
+    "tally_run",
 ]
 
 TOP: Final = 20
@@ -119,90 +122,128 @@ class StoreStats(_Model):
         description="Files refused (metadata `rejected` lists), counted by reason")
 
 
-@dataclass
-class _Tally:
-    artifacts: int = 0
-    bytes: int = 0
-    types: Counter[str] = field(default_factory=Counter)
+@dataclass(frozen=True)
+class RunTally:
+    """One run's sums, worked out once per version of its metadata (the server memoizes it)."""
 
-    def add(self, size: int) -> None:
-        self.artifacts += 1
-        self.bytes += size
+    artifacts: int
+    bytes: int
+    agents: dict[str, tuple[int, int]]  # key -> (files, bytes)
+    types: dict[str, tuple[int, int]]
+    days: dict[tuple[str, str], tuple[int, int]]  # (UTC day, content type) -> (files, bytes)
+    rejected: dict[str, int]
 
 
-def _rank(tallies: dict[str, _Tally]) -> list[Bucket]:
+def _bump(into: dict[Any, tuple[int, int]], key: Any, files: int, size: int) -> None:
+    old = into.get(key)
+    into[key] = (files, size) if old is None else (old[0] + files, old[1] + size)
+
+
+def _merge(into: dict[Any, tuple[int, int]], part: dict[Any, tuple[int, int]]) -> None:
+    """`_bump` for every key of `part`, inlined: this loop is the warm call's cost."""
+    get = into.get
+    for key, (n, b) in part.items():
+        old = get(key)
+        into[key] = (n, b) if old is None else (old[0] + n, old[1] + b)
+
+
+def tally_run(meta: RunMetadata) -> RunTally:
+    """A run's files summed by agent, content type and (day, type)."""
+    agents: dict[str, tuple[int, int]] = {}
+    types: dict[str, tuple[int, int]] = {}
+    days: dict[tuple[str, str], tuple[int, int]] = {}
+    total = 0
+    for a in meta.artifacts:
+        size = a.size_bytes
+        total += size
+        _bump(agents, a.agent_id, 1, size)
+        _bump(types, a.content_type, 1, size)
+        _bump(days, (a.generated_at.date().isoformat(), a.content_type), 1, size)
+    return RunTally(artifacts=len(meta.artifacts), bytes=total, agents=agents, types=types,
+                    days=days, rejected=_rejected(meta))
+
+
+def _rank(tallies: dict[str, tuple[int, int]]) -> list[Bucket]:
     """Biggest first (bytes, then files, then key), top TOP, then one 'other' for the rest."""
-    ordered = sorted(tallies.items(), key=lambda kv: (-kv[1].bytes, -kv[1].artifacts, kv[0]))
-    out = [Bucket(key=k, artifacts=t.artifacts, bytes=t.bytes) for k, t in ordered[:TOP]]
+    ordered = sorted(tallies.items(), key=lambda kv: (-kv[1][1], -kv[1][0], kv[0]))
+    out = [Bucket(key=k, artifacts=n, bytes=b) for k, (n, b) in ordered[:TOP]]
     rest = ordered[TOP:]
     if rest:
-        out.append(Bucket(key=OTHER, artifacts=sum(t.artifacts for _, t in rest),
-                          bytes=sum(t.bytes for _, t in rest)))
+        out.append(Bucket(key=OTHER, artifacts=sum(n for _, (n, _b) in rest),
+                          bytes=sum(b for _, (_n, b) in rest)))
     return out
 
 
-def _rejected(runs: Iterable[RunMetadata]) -> dict[str, int]:
-    """Refused files by reason; read defensively, as older metadata has no `rejected` list."""
+def _rejected(meta: RunMetadata) -> dict[str, int]:
+    """Refused files by reason; read defensively, as metadata without a `rejected` list exists."""
+    if "rejected" not in type(meta).model_fields:
+        return {}
     counts: Counter[str] = Counter()
-    for meta in runs:
-        for entry in getattr(meta, "rejected", None) or ():
-            reason = getattr(entry, "reason", None)
-            counts[str(reason) if reason else "unknown"] += 1
-    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+    for entry in getattr(meta, "rejected", None) or ():
+        reason = getattr(entry, "reason", None)
+        counts[str(reason) if reason else "unknown"] += 1
+    return dict(counts)
 
 
 def compute_stats(runs: Sequence[RunMetadata], now: datetime, since: timedelta,
-                  since_text: str = DEFAULT_SINCE) -> StoreStats:
-    """The figures for the runs created within `since` before `now`."""
+                  since_text: str = DEFAULT_SINCE,
+                  tally: Callable[[RunMetadata], RunTally] = tally_run) -> StoreStats:
+    """The figures for the runs created within `since` before `now`.
+
+    `tally` gives one run's sums; the server passes a memoized `tally_run`, so a
+    warm call merges a few sums a run instead of walking every file again.
+    """
     cutoff = now - since
-    chosen = [m for m in runs if m.created_at >= cutoff]
-    agents: dict[str, _Tally] = {}
-    types: dict[str, _Tally] = {}
-    workflows: dict[str, _Tally] = {}
-    days: dict[str, _Tally] = {}
+    agents: dict[str, tuple[int, int]] = {}
+    types: dict[str, tuple[int, int]] = {}
+    workflows: dict[str, tuple[int, int]] = {}
+    days: dict[tuple[str, str], tuple[int, int]] = {}
+    rejected: Counter[str] = Counter()
     sizes: list[tuple[int, str]] = []
-    artifacts = total = kept_runs = kept_bytes = exp_day = exp_week = 0
-    for meta in chosen:
-        run_bytes = 0
-        flow = workflows.setdefault(meta.workflow_id, _Tally())
-        for a in meta.artifacts:
-            size = a.size_bytes
-            run_bytes += size
-            flow.add(size)
-            agents.setdefault(a.agent_id, _Tally()).add(size)
-            types.setdefault(a.content_type, _Tally()).add(size)
-            day = days.setdefault(a.generated_at.strftime("%Y-%m-%d"), _Tally())
-            day.add(size)
-            day.types[a.content_type] += size
-        artifacts += len(meta.artifacts)
-        total += run_bytes
-        sizes.append((run_bytes, meta.run_id))
+    count = artifacts = total = kept_runs = kept_bytes = exp_day = exp_week = 0
+    for meta in runs:
+        if meta.created_at < cutoff:
+            continue
+        t = tally(meta)
+        count += 1
+        artifacts += t.artifacts
+        total += t.bytes
+        _bump(workflows, meta.workflow_id, t.artifacts, t.bytes)
+        _merge(agents, t.agents)
+        _merge(types, t.types)
+        _merge(days, t.days)
+        if t.rejected:
+            rejected.update(t.rejected)
+        sizes.append((t.bytes, meta.run_id))
         if meta.keep:
             kept_runs += 1
-            kept_bytes += run_bytes
+            kept_bytes += t.bytes
         else:
             left = meta.expires_at - now
-            exp_day += run_bytes if left < DAY else 0
-            exp_week += run_bytes if left < WEEK else 0
+            exp_day += t.bytes if left < DAY else 0
+            exp_week += t.bytes if left < WEEK else 0
     by_type = _rank(types)
     named = {b.key for b in by_type[:TOP]}  # the 21st, when there is one, is the rest
-    per_day = []
-    for day_key in sorted(days):
-        tally = days[day_key]
-        split: Counter[str] = Counter()
-        for ctype, size in tally.types.items():
-            split[ctype if ctype in named else OTHER] += size
-        per_day.append(DayFigures(day=day_key, artifacts=tally.artifacts, bytes=tally.bytes,
-                                  by_type=dict(sorted(split.items(),
-                                                      key=lambda kv: (-kv[1], kv[0])))))
-    sizes.sort(key=lambda s: (-s[0], s[1]))
+    largest = heapq.nsmallest(LARGEST_RUNS, sizes, key=lambda s: (-s[0], s[1]))
     return StoreStats(
         since=since_text,
-        totals=Totals(runs=len(chosen), artifacts=artifacts, bytes=total, kept_runs=kept_runs,
+        totals=Totals(runs=count, artifacts=artifacts, bytes=total, kept_runs=kept_runs,
                       kept_bytes=kept_bytes, expiring_24h_bytes=exp_day,
                       expiring_7d_bytes=exp_week),
         by_agent=_rank(agents), by_type=by_type, by_workflow=_rank(workflows),
-        per_day=per_day,
-        largest_runs=[RunSize(run_id=r, bytes=b) for b, r in sizes[:LARGEST_RUNS]],
-        rejected_by_reason=_rejected(chosen),
+        per_day=_per_day(days, named),
+        largest_runs=[RunSize(run_id=r, bytes=b) for b, r in largest],
+        rejected_by_reason=dict(sorted(rejected.items(), key=lambda kv: (-kv[1], kv[0]))),
     )
+
+
+def _per_day(days: dict[tuple[str, str], tuple[int, int]], named: set[str]) -> list[DayFigures]:
+    """Days in order, each with its bytes by type (types outside `named` folded into 'other')."""
+    merged: dict[str, tuple[int, int, Counter[str]]] = {}
+    for (day, ctype), (n, b) in days.items():
+        files, size, split = merged.get(day) or (0, 0, Counter())
+        split[ctype if ctype in named else OTHER] += b
+        merged[day] = (files + n, size + b, split)
+    return [DayFigures(day=day, artifacts=n, bytes=b,
+                       by_type=dict(sorted(split.items(), key=lambda kv: (-kv[1], kv[0]))))
+            for day, (n, b, split) in sorted(merged.items())]

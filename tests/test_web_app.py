@@ -573,6 +573,7 @@ def test_openapi_describes_every_route_with_models(client: WebClient) -> None:
         "/runtime/sweep": {"post"},
         "/runtime/library": {"get", "post"},
         "/runtime/library/{name}": {"delete", "get", "head"},
+        "/runtime/stats": {"get"},
         "/healthz": {"get"},
         "/metrics": {"get"},
     }

@@ -39,6 +39,7 @@ from promoter.web.bodies import JSON_BODY_MAX, BodyLimit
 from promoter.web.errors import detail_response, error_response, sentence, store_io_error
 from promoter.web.fastpath import LeanFiles
 from promoter.web.files import asset_response
+from promoter.web.insights import router as insights_router
 from promoter.web.links import links_router
 from promoter.web.listing import RunLister
 from promoter.web.live import EventHub, events_router
@@ -229,6 +230,7 @@ def create_app(config: Config, store: Store | None = None, *,
     app.include_router(archive_router)
     app.include_router(links_router)
     app.include_router(events_router)
+    app.include_router(insights_router)
     lister: RunLister = app.state.web.lister
     hub = app.state.events = EventHub(changes if changes is not None else local_changes(store),
                                       on_change=lambda change: lister.invalidate())
