@@ -106,6 +106,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="the zip to write, or - for stdout")
     p = add("serve", "serve the HTTP API and the artifact browser")
     p.add_argument("--listen", metavar="HOST:PORT", help="overrides http.listen")
+    p = add("stats", "what the store holds, by agent, type, workflow and day", json=True)
+    p.add_argument("--since", metavar="DURATION", default="30d",
+                   help="count runs created within this long (default: 30d; e.g. 12h, 2w)")
     add("config", "check the configuration and print the effective one", json=True)
     add("schema", "print the JSON Schema of metadata.json")
     return parser
@@ -381,6 +384,19 @@ def _cmd_export(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+def _cmd_stats(args: argparse.Namespace, config: Config) -> int:
+    from promoter.stats import compute_stats, format_stats, parse_duration
+
+    window = parse_duration(args.since)
+    store = _store(config)
+    stats = compute_stats(store.list_runs(), store.clock.now(), window, args.since.strip())
+    if args.json:
+        _print_json(stats.model_dump(mode="json"))
+    else:
+        print(format_stats(stats))
+    return 0
+
+
 def _cmd_config(args: argparse.Namespace, config: Config) -> int:
     # what `serve` will refuse, refused here too (DESIGN §3: config checks the configuration)
     from promoter.web.security import load_token
@@ -422,8 +438,8 @@ def _cmd_serve(args: argparse.Namespace, config: Config) -> int:
 COMMANDS: dict[str, Callable[[argparse.Namespace, Config], int]] = {
     "run": _cmd_run, "reconcile": _cmd_reconcile, "sweep": _cmd_sweep, "ls": _cmd_ls,
     "show": _cmd_show, "rm": _cmd_rm, "keep": _cmd_keep, "promote": _cmd_promote,
-    "serve": _cmd_serve, "config": _cmd_config, "export": _cmd_export, "schema": _cmd_schema,
-    "library": _cmd_library, "audit": _cmd_audit, "check": _cmd_check,
+    "serve": _cmd_serve, "stats": _cmd_stats, "config": _cmd_config, "export": _cmd_export,
+    "schema": _cmd_schema, "library": _cmd_library, "audit": _cmd_audit, "check": _cmd_check,
 }
 
 

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from promoter.errors import UsageError
 from promoter.metadata import RunMetadata
+from promoter.render import human_size, table
 
 __all__ = [
     "DEFAULT_SINCE",
@@ -34,6 +35,7 @@ __all__ = [
     "StoreStats",
     "Totals",
     "compute_stats",
+    "format_stats",
     "parse_duration",
     "tally_run",
 ]
@@ -247,3 +249,33 @@ def _per_day(days: dict[tuple[str, str], tuple[int, int]], named: set[str]) -> l
     return [DayFigures(day=day, artifacts=n, bytes=b,
                        by_type=dict(sorted(split.items(), key=lambda kv: (-kv[1], kv[0]))))
             for day, (n, b, split) in sorted(merged.items())]
+
+
+def _rows(buckets: Sequence[Bucket], empty: str = "-") -> list[list[str]]:
+    return [[b.key or empty, str(b.artifacts), human_size(b.bytes)] for b in buckets]
+
+
+def format_stats(stats: StoreStats) -> str:
+    """`promoter stats` on a terminal: a summary line, then one table a breakdown."""
+    t = stats.totals
+    lines = [
+        f"runs created in the last {stats.since}: {t.runs} run(s), {t.artifacts} file(s), "
+        f"{human_size(t.bytes)}",
+        f"kept: {t.kept_runs} run(s), {human_size(t.kept_bytes)}; expiring within 24 h: "
+        f"{human_size(t.expiring_24h_bytes)}, within 7 days: {human_size(t.expiring_7d_bytes)}",
+    ]
+    if not t.runs:
+        return "\n".join(lines)
+    sections = [
+        table(["AGENT", "FILES", "SIZE"], _rows(stats.by_agent)),
+        table(["TYPE", "FILES", "SIZE"], _rows(stats.by_type)),
+        table(["WORKFLOW", "FILES", "SIZE"], _rows(stats.by_workflow, "(none)")),
+        table(["DAY (UTC)", "FILES", "SIZE"],
+              [[d.day, str(d.artifacts), human_size(d.bytes)] for d in stats.per_day]),
+        table(["LARGEST RUN", "SIZE"], [[r.run_id, human_size(r.bytes)]
+                                        for r in stats.largest_runs]),
+    ]
+    if stats.rejected_by_reason:
+        sections.append(table(["REFUSED (REASON)", "FILES"],
+                              [[k, str(v)] for k, v in stats.rejected_by_reason.items()]))
+    return "\n".join(lines) + "\n\n" + "\n\n".join(sections)
