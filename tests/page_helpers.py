@@ -314,6 +314,41 @@ def take_part_screenshots(browser: Any, base_url: str, out_dir: Path) -> list[Pa
     return written
 
 
+def take_insights_screenshots(browser: Any, base_url: str, out_dir: Path) -> list[Path]:
+    """The Insights panel open, 1280 and 360 px, light and dark; fails on sideways overflow."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, width, height in SHOTS:
+        for scheme in ("light", "dark"):
+            context = browser.new_context(viewport={"width": width, "height": height},
+                                          color_scheme=scheme, locale="en-US",
+                                          timezone_id="UTC")
+            try:
+                page = context.new_page()
+                page.goto(f"{base_url}/?insights=1")
+                page.locator('#conn[data-state="live"]').wait_for()
+                page.locator(".ins-body").wait_for()
+                overflow = page.evaluate(
+                    "document.documentElement.scrollWidth - document.documentElement.clientWidth")
+                if overflow > 0:
+                    raise AssertionError(f"insights {name}-{scheme}: {overflow} px too wide")
+                path = out_dir / f"insights-{name}-{scheme}.png"
+                # the panel's place in the whole page: an element shot would scroll it
+                # under the sticky top bar
+                box = page.locator(".panel-insights").evaluate(
+                    "el => { const r = el.getBoundingClientRect();"
+                    " return {x: r.x + scrollX - 8, y: r.y + scrollY - 8,"
+                    " width: r.width + 16, height: r.height + 16}; }")
+                box["x"] = max(box["x"], 0)
+                box["width"] = min(box["width"], width - box["x"])
+                path.write_bytes(page.screenshot(full_page=True, clip=box,
+                                                 animations="disabled", caret="hide"))
+                written.append(path)
+            finally:
+                context.close()
+    return written
+
+
 def _main(argv: list[str]) -> int:
     """Seed a store in a temporary folder, serve it, and write the screenshots."""
     import tempfile
@@ -333,7 +368,8 @@ def _main(argv: list[str]) -> int:
             browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
             try:
                 for path in [*take_screenshots(browser, base, out),
-                             *take_part_screenshots(browser, base, out)]:
+                             *take_part_screenshots(browser, base, out),
+                             *take_insights_screenshots(browser, base, out)]:
                     print(path)
             finally:
                 browser.close()

@@ -9,6 +9,8 @@ import * as dialogs from "./dialogs.js";
 import { h, replaceChildren } from "./dom.js";
 import { formatBytes, shortId } from "./format.js";
 import { icon } from "./icons.js";
+import { applyFacet, facetFromParams, facetLabel, mountInsights, renderFacetNote,
+  writeFacetParams } from "./insights.js";
 import { renderLibrary } from "./library.js";
 import { applySearch, fileKey, renderRuns, tickTimes } from "./runs.js";
 
@@ -29,6 +31,7 @@ const state = {
     : params.get("run") ? "current" : "all",
   sort: SORTS.includes(params.get("sort")) ? params.get("sort") : "date",
   query: params.get("q") || "",
+  facet: facetFromParams(params), // one agent or workflow, chosen in Insights
   runs: null, // null until the first answer
   etag: "",
   etagFor: "",
@@ -84,6 +87,7 @@ function syncUrl() {
   if (state.filter === "all") next.delete("filter"); else next.set("filter", state.filter);
   if (state.sort === "date") next.delete("sort"); else next.set("sort", state.sort);
   if (state.query.trim()) next.set("q", state.query); else next.delete("q");
+  writeFacetParams(next, state.facet);
   const qs = next.toString();
   history.replaceState(null, "", `${location.pathname}${qs ? `?${qs}` : ""}${location.hash}`);
 }
@@ -166,6 +170,7 @@ function render() {
   const now = Date.now();
   for (const [key, until] of state.fresh) if (until <= now) state.fresh.delete(key);
   renderFilterNote();
+  renderFacetNote($("facet-note"), state.facet, () => setFacet(null));
   renderSummary(state.runs);
   const box = $("runs");
   box.setAttribute("aria-busy", String(state.runs === null && !state.error));
@@ -181,10 +186,13 @@ function render() {
       replaceChildren(box, banner, emptyForFilter());
       return;
     }
-    const shown = applySearch(state.runs, state.query);
+    const shown = applyFacet(applySearch(state.runs, state.query), state.facet);
     if (shown.length === 0) {
-      replaceChildren(box, banner, emptyState(`Nothing matches “${state.query.trim()}”`,
-        "The search looks at file names, agents and workflows of the runs shown."));
+      replaceChildren(box, banner, state.query.trim()
+        ? emptyState(`Nothing matches “${state.query.trim()}”`,
+          "The search looks at file names, agents and workflows of the runs shown.")
+        : emptyState(`No run of ${facetLabel(state.facet)} here`,
+          "Try All runs, or Show all to leave this view."));
       return;
     }
     replaceChildren(box, banner, renderRuns(shown, {
@@ -554,6 +562,16 @@ document.addEventListener("click", async (event) => {
 
 // -- wiring ---------------------------------------------------------------------------------
 
+/** Narrow the run list to one agent or workflow (from Insights), or show all again. */
+function setFacet(facet) {
+  state.facet = facet;
+  syncUrl();
+  render();
+  const target = facet ? $("artifacts-heading") : $("search");
+  target.scrollIntoView({ block: "start" });
+  target.focus({ preventScroll: true });
+}
+
 function start() {
   fillIcons();
   $("brand-mark").append(icon("logo"));
@@ -595,6 +613,7 @@ function start() {
     });
   });
   document.addEventListener("visibilitychange", () => { if (!document.hidden) kick(); });
+  mountInsights({ onFacet: setFacet });
 
   // "2 min ago" keeps counting; badges (recent, expiring) follow once a minute.
   setInterval(() => tickTimes(document), 15_000);
