@@ -233,8 +233,9 @@ function ring(t) {
     svg("circle", { cx: 21, cy: 21, r: R, class: "ins-ring-track" }));
   let offset = 25; // start at 12 o'clock
   for (const [key, , bytes] of parts) {
-    const p = pct(bytes, t.bytes);
-    if (p <= 0) continue;
+    const share = pct(bytes, t.bytes);
+    if (share <= 0) continue;
+    const p = Math.max(share, 1.2); // a sliver stays visible; the legend has the true share
     chart.append(svg("circle", { cx: 21, cy: 21, r: R, class: `ins-ring-part ins-ring-${key}`,
                                  "stroke-dasharray": `${p} ${100 - p}`, "stroke-dashoffset": offset }));
     offset -= p;
