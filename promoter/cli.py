@@ -389,11 +389,11 @@ def _cmd_stats(args: argparse.Namespace, config: Config) -> int:
 
     window = parse_duration(args.since)
     store = _store(config)
-    stats = compute_stats(store.list_runs(), store.clock.now(), window, args.since.strip())
+    stats = compute_stats(store.list_runs(), store.clock.now(), window)
     if args.json:
         _print_json(stats.model_dump(mode="json"))
     else:
-        print(format_stats(stats))
+        print(format_stats(stats, args.since.strip()))
     return 0
 
 

@@ -113,7 +113,6 @@ class RunSize(_Model):
 class StoreStats(_Model):
     """`GET /runtime/stats` and `promoter stats --json`."""
 
-    since: str = Field(description="The window, as asked (runs created within it count)")
     totals: Totals
     by_agent: list[Bucket]
     by_type: list[Bucket]
@@ -188,7 +187,6 @@ def _rejected(meta: RunMetadata) -> dict[str, int]:
 
 
 def compute_stats(runs: Sequence[RunMetadata], now: datetime, since: timedelta,
-                  since_text: str = DEFAULT_SINCE,
                   tally: Callable[[RunMetadata], RunTally] = tally_run) -> StoreStats:
     """The figures for the runs created within `since` before `now`.
 
@@ -228,7 +226,6 @@ def compute_stats(runs: Sequence[RunMetadata], now: datetime, since: timedelta,
     named = {b.key for b in by_type[:TOP]}  # the 21st, when there is one, is the rest
     largest = heapq.nsmallest(LARGEST_RUNS, sizes, key=lambda s: (-s[0], s[1]))
     return StoreStats(
-        since=since_text,
         totals=Totals(runs=count, artifacts=artifacts, bytes=total, kept_runs=kept_runs,
                       kept_bytes=kept_bytes, expiring_24h_bytes=exp_day,
                       expiring_7d_bytes=exp_week),
@@ -255,11 +252,11 @@ def _rows(buckets: Sequence[Bucket], empty: str = "-") -> list[list[str]]:
     return [[b.key or empty, str(b.artifacts), human_size(b.bytes)] for b in buckets]
 
 
-def format_stats(stats: StoreStats) -> str:
+def format_stats(stats: StoreStats, since: str) -> str:
     """`promoter stats` on a terminal: a summary line, then one table a breakdown."""
     t = stats.totals
     lines = [
-        f"runs created in the last {stats.since}: {t.runs} run(s), {t.artifacts} file(s), "
+        f"runs created in the last {since}: {t.runs} run(s), {t.artifacts} file(s), "
         f"{human_size(t.bytes)}",
         f"kept: {t.kept_runs} run(s), {human_size(t.kept_bytes)}; expiring within 24 h: "
         f"{human_size(t.expiring_24h_bytes)}, within 7 days: {human_size(t.expiring_7d_bytes)}",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +43,9 @@ def seed_with_hostile_names(root: Path) -> None:
     seed_store(root)
     write_run(root / "artifacts", SeedRun(
         "hostile-run", HOSTILE_FLOW, "names that look like HTML", 30, 7, "completed", False,
-        (SeedFile("x.txt", HOSTILE_AGENT, b"x" * 700, 29),)), datetime.now(UTC))
+        (SeedFile("x.txt", HOSTILE_AGENT, b"x" * 700, 29),
+         # an agent's file with a source time long before its run: in the table, not drawn
+         SeedFile("ancient.txt", "archivist", b"a" * 50, 400 * 24 * 60))), datetime.now(UTC))
 
 
 @pytest.fixture(scope="module")
@@ -107,8 +109,11 @@ def test_values_on_screen_match_the_api(stack: Stack, open_page: Callable[..., P
     assert table_rows(page, "Bytes promoted per day") == [
         [d["day"], count(d["artifacts"]), fmt_bytes(page, d["bytes"]), count(d["bytes"])]
         for d in stats["per_day"]]
-    # the chart draws one stacked bar a day with data, each part of it a kind's bytes
-    assert page.locator(".ins-bars-svg g").count() == len(stats["per_day"])
+    # the chart draws one stacked bar for each of the window's days that has data
+    first_day = (datetime.now(UTC) - timedelta(days=30)).strftime("%Y-%m-%d")
+    drawn = [d for d in stats["per_day"] if d["day"] >= first_day]
+    assert len(drawn) == len(stats["per_day"]) - 1
+    assert page.locator(".ins-bars-svg g").count() == len(drawn)
     ring = page.locator(".ins-ring").get_attribute("aria-label") or ""
     assert ring.startswith(f"Of {fmt_bytes(page, t['bytes'])} stored: Kept ")
     # agent-controlled names are text, never markup

@@ -55,8 +55,8 @@ class TallyMemo:
         self._lock = threading.Lock()
         self._seen: dict[str, tuple[RunMetadata, RunTally]] = {}
 
-    def compute(self, runs: Sequence[RunMetadata], now: datetime, window: timedelta,
-                since: str) -> StoreStats:
+    def compute(self, runs: Sequence[RunMetadata], now: datetime,
+                window: timedelta) -> StoreStats:
         with self._lock:
             old = self._seen
         fresh: dict[str, tuple[RunMetadata, RunTally]] = {}
@@ -67,7 +67,7 @@ class TallyMemo:
             fresh[meta.run_id] = (meta, result)
             return result
 
-        stats = compute_stats(runs, now, window, since, tally)
+        stats = compute_stats(runs, now, window, tally)
         with self._lock:  # runs outside this window, or deleted, are forgotten
             self._seen = fresh
         return stats
@@ -86,7 +86,7 @@ def _stats_json(request: Request, since: str) -> bytes:
     web = web_state(request)
     window = parse_duration(since)
     runs = web.lister.select("all", None)
-    stats = _memo(request).compute(runs, web.store.clock.now(), window, since.strip())
+    stats = _memo(request).compute(runs, web.store.clock.now(), window)
     return stats.model_dump_json().encode()
 
 

@@ -146,24 +146,21 @@ function dayLabel(key) {
   return d.toLocaleDateString("en-US", { month: "short", day: "numeric", timeZone: "UTC" });
 }
 
-/** Days from the start of the window (or the first data day) to today, at most MAX_BARS. */
-function dayRange(perDay, sinceDays, now) {
+/**
+ * The window's days, ending today (UTC), at most MAX_BARS. Days are the files'
+ * own times (source mtimes): one dated outside the window is in the table only.
+ */
+function dayRange(sinceDays, now) {
   const today = Date.parse(`${dayKey(now)}T00:00:00Z`);
-  let start = today - (Math.max(1, Math.min(sinceDays, MAX_BARS)) - 1) * DAY_MS;
-  let end = today;
-  for (const d of perDay) {
-    const ms = Date.parse(`${d.day}T00:00:00Z`);
-    if (Number.isFinite(ms)) { start = Math.min(start, ms); end = Math.max(end, ms); }
-  }
-  start = Math.max(start, end - (MAX_BARS - 1) * DAY_MS);
+  const count = Math.max(1, Math.min(sinceDays + 1, MAX_BARS)); // N days touch N + 1 dates
   const days = [];
-  for (let ms = start; ms <= end; ms += DAY_MS) days.push(dayKey(ms));
+  for (let i = count - 1; i >= 0; i -= 1) days.push(dayKey(today - i * DAY_MS));
   return days;
 }
 
 function perDayChart(stats, sinceDays, now) {
   const byDay = new Map(stats.per_day.map((d) => [d.day, d]));
-  const days = dayRange(stats.per_day, sinceDays, now);
+  const days = dayRange(sinceDays, now);
   const kindsSeen = new Set();
   const split = new Map();
   for (const d of stats.per_day) {
@@ -200,7 +197,9 @@ function perDayChart(stats, sinceDays, now) {
     }
     chart.append(group);
   });
-  const busiest = stats.per_day.reduce((a, d) => (d.bytes > (a?.bytes ?? -1) ? d : a), null);
+  const drawn = new Set(days);
+  const busiest = stats.per_day.filter((d) => drawn.has(d.day))
+    .reduce((a, d) => (d.bytes > (a?.bytes ?? -1) ? d : a), null);
   const summary = busiest
     ? `Bytes promoted per day over ${plural(days.length, "day", "days")}; the busiest day was ${dayLabel(busiest.day)} with ${formatBytes(busiest.bytes)}.`
     : "Nothing was promoted in this period.";
