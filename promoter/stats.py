@@ -143,9 +143,9 @@ def _bump(into: dict[Any, tuple[int, int]], key: Any, files: int, size: int) -> 
 def _merge(into: dict[Any, tuple[int, int]], part: dict[Any, tuple[int, int]]) -> None:
     """`_bump` for every key of `part`, inlined: this loop is the warm call's cost."""
     get = into.get
-    for key, (n, b) in part.items():
+    for key, value in part.items():
         old = get(key)
-        into[key] = (n, b) if old is None else (old[0] + n, old[1] + b)
+        into[key] = value if old is None else (old[0] + value[0], old[1] + value[1])
 
 
 def tally_run(meta: RunMetadata) -> RunTally:
@@ -194,6 +194,7 @@ def compute_stats(runs: Sequence[RunMetadata], now: datetime, since: timedelta,
     warm call merges a few sums a run instead of walking every file again.
     """
     cutoff = now - since
+    day_mark, week_mark = now + DAY, now + WEEK
     agents: dict[str, tuple[int, int]] = {}
     types: dict[str, tuple[int, int]] = {}
     workflows: dict[str, tuple[int, int]] = {}
@@ -218,10 +219,10 @@ def compute_stats(runs: Sequence[RunMetadata], now: datetime, since: timedelta,
         if meta.keep:
             kept_runs += 1
             kept_bytes += t.bytes
-        else:
-            left = meta.expires_at - now
-            exp_day += t.bytes if left < DAY else 0
-            exp_week += t.bytes if left < WEEK else 0
+        elif meta.expires_at < week_mark:
+            exp_week += t.bytes
+            if meta.expires_at < day_mark:
+                exp_day += t.bytes
     by_type = _rank(types)
     named = {b.key for b in by_type[:TOP]}  # the 21st, when there is one, is the rest
     largest = heapq.nsmallest(LARGEST_RUNS, sizes, key=lambda s: (-s[0], s[1]))

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
+from promoter.metadata import RunMetadata
 from promoter.stats import StoreStats
 from promoter.store import Store
 from tests.page_helpers import SeedFile, SeedRun, write_run
@@ -138,3 +139,50 @@ def test_openapi_documents_stats(client: WebClient) -> None:
         "runs", "artifacts", "bytes", "kept_runs", "kept_bytes", "expiring_24h_bytes",
         "expiring_7d_bytes"}
     assert set(schemas["Bucket"]["required"]) == {"key", "artifacts", "bytes"}
+
+
+def test_cache_tallies_a_run_again_only_when_its_metadata_changes(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unchanged metadata objects are not summed again, across windows; a new object is."""
+    from promoter import stats as stats_mod
+    from promoter.web import insights
+    from tests.test_stats import seeded
+
+    calls: list[str] = []
+
+    def counting(meta: RunMetadata) -> stats_mod.RunTally:
+        calls.append(meta.run_id)
+        return stats_mod.tally_run(meta)
+
+    monkeypatch.setattr(insights, "tally_run", counting)
+    cache = insights.StatsCache(ttl_s=0)
+    runs = seeded()
+    first = cache.compute(runs, NOW, timedelta(days=30))
+    assert sorted(calls) == ["kept", "later", "soon", "week"]
+    cache.compute(runs, NOW, timedelta(hours=1))  # a narrower window forgets nothing
+    assert cache.compute(runs, NOW, timedelta(days=30)) == first
+    assert len(calls) == 4
+    changed = [runs[0].model_copy(update={"keep": False}), *runs[1:]]
+    again = cache.compute(changed, NOW, timedelta(days=30))
+    assert calls[4:] == ["kept"] and again.totals.kept_runs == 0
+
+
+def test_cache_reuses_an_answer_for_its_ttl() -> None:
+    """An answer is reused within the TTL, per since value, and built again after it."""
+    from promoter.web.insights import StatsCache
+
+    clock = [100.0]
+    cache = StatsCache(ttl_s=0.5, monotonic=lambda: clock[0])
+    built: list[str] = []
+
+    def build(tag: str) -> bytes:
+        built.append(tag)
+        return tag.encode()
+
+    assert cache.answer("30d", lambda: build("a")) == b"a"
+    assert cache.answer("30d", lambda: build("b")) == b"a"
+    assert cache.answer("7d", lambda: build("c")) == b"c"
+    clock[0] += 0.5
+    assert cache.answer("30d", lambda: build("d")) == b"d"
+    assert built == ["a", "c", "d"]
+

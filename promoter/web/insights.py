@@ -2,14 +2,16 @@
 
 Computed by `promoter.stats` (the same function as `promoter stats`) from the
 run list the listing already keeps (`RunLister.select`: one `stat` per run and
-the store's parsed-metadata cache), so a warm call costs one pass over the
-entries, never a read of a metadata.json that has not changed.
+the store's parsed-metadata cache), with each run's sums kept until its
+metadata changes: a warm call merges a few sums a run and reads no
+metadata.json that has not changed.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Annotated, Any, Final
 
@@ -30,10 +32,11 @@ from promoter.web.errors import detail_response, sentence
 from promoter.web.models import ErrorDetail
 from promoter.web.routes import web_state
 
-__all__ = ["TallyMemo", "router"]
+__all__ = ["StatsCache", "router"]
 
 router = APIRouter(prefix="/runtime")
-_MEMO_LOCK: Final = threading.Lock()
+_CACHE_LOCK: Final = threading.Lock()
+_MAX_ANSWERS: Final = 32  # distinct `since` values kept
 
 _SINCE_PATTERN: Final = r"^\s*[0-9]{1,9}[smhdw]\s*$"
 _ERRORS: Final[dict[int | str, dict[str, Any]]] = {422: {"model": ErrorDetail}}
@@ -44,19 +47,25 @@ Since = Annotated[str, Query(
                 "s, m, h, d or w (e.g. 30d, 12h); longer than a century reads as a century.")]
 
 
-class TallyMemo:
-    """Each run's sums, kept while the store's cache hands back the same metadata object.
+class StatsCache:
+    """Each run's sums while its metadata is unchanged, and each answer for a short while.
 
     The store re-parses a metadata.json only when its (inode, mtime, size) change,
-    and then returns a new object: identity is the version check, as in RunLister.
+    and then hands back a new object: identity is the version check, as in
+    RunLister. An answer is also reused for the listing's TTL (half a second), as
+    the run list is: a change appears within it.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, ttl_s: float, monotonic: Callable[[], float] = time.monotonic) -> None:
+        self.ttl_s = ttl_s
+        self._monotonic = monotonic
         self._lock = threading.Lock()
         self._seen: dict[str, tuple[RunMetadata, RunTally]] = {}
+        self._answers: dict[str, tuple[float, bytes]] = {}
 
     def compute(self, runs: Sequence[RunMetadata], now: datetime,
                 window: timedelta) -> StoreStats:
+        """The figures, tallying again only the runs whose metadata changed."""
         with self._lock:
             old = self._seen
         fresh: dict[str, tuple[RunMetadata, RunTally]] = {}
@@ -68,26 +77,48 @@ class TallyMemo:
             return result
 
         stats = compute_stats(runs, now, window, tally)
-        with self._lock:  # runs outside this window, or deleted, are forgotten
+        for meta in runs:  # outside this window but unchanged: kept for the next one
+            hit = old.get(meta.run_id)
+            if hit is not None and meta.run_id not in fresh and hit[0] is meta:
+                fresh[meta.run_id] = hit
+        with self._lock:  # deleted runs are forgotten
             self._seen = fresh
         return stats
 
+    def answer(self, since: str, build: Callable[[], bytes]) -> bytes:
+        """The body for `since`, at most `ttl_s` old."""
+        now = self._monotonic()
+        with self._lock:
+            hit = self._answers.get(since)
+        if hit is not None and now - hit[0] < self.ttl_s:
+            return hit[1]
+        body = build()
+        with self._lock:
+            if len(self._answers) >= _MAX_ANSWERS:
+                self._answers.clear()
+            self._answers[since] = (now, body)
+        return body
 
-def _memo(request: Request) -> TallyMemo:
+
+def _cache(request: Request) -> StatsCache:
     state = request.app.state
-    with _MEMO_LOCK:
-        memo: TallyMemo | None = getattr(state, "stats_memo", None)
-        if memo is None:
-            memo = state.stats_memo = TallyMemo()
-    return memo
+    with _CACHE_LOCK:
+        cache: StatsCache | None = getattr(state, "stats_cache", None)
+        if cache is None:
+            cache = state.stats_cache = StatsCache(web_state(request).lister.ttl_s)
+    return cache
 
 
 def _stats_json(request: Request, since: str) -> bytes:
     web = web_state(request)
     window = parse_duration(since)
-    runs = web.lister.select("all", None)
-    stats = _memo(request).compute(runs, web.store.clock.now(), window)
-    return stats.model_dump_json().encode()
+    cache = _cache(request)
+
+    def build() -> bytes:
+        runs = web.lister.select("all", None)
+        return cache.compute(runs, web.store.clock.now(), window).model_dump_json().encode()
+
+    return cache.answer(since.strip(), build)
 
 
 @router.get("/stats", response_model=StoreStats, responses=_ERRORS,
