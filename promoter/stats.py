@@ -36,8 +36,11 @@ __all__ = [
     "Totals",
     "compute_stats",
     "format_stats",
+    "in_window",
     "parse_duration",
+    "summarize",
     "tally_run",
+    "with_expiry",
 ]
 
 TOP: Final = 20
@@ -193,20 +196,32 @@ def compute_stats(runs: Sequence[RunMetadata], now: datetime, since: timedelta,
     `tally` gives one run's sums; the server passes a memoized `tally_run`, so a
     warm call merges a few sums a run instead of walking every file again.
     """
+    chosen = in_window(runs, now, since)
+    return with_expiry(summarize(chosen, tally), chosen, now, tally)
+
+
+def in_window(runs: Sequence[RunMetadata], now: datetime,
+              since: timedelta) -> list[RunMetadata]:
+    """The runs created within `since` before `now` (a run counts whole or not at all)."""
     cutoff = now - since
-    day_mark, week_mark = now + DAY, now + WEEK
+    return [m for m in runs if m.created_at >= cutoff]
+
+
+def summarize(chosen: Sequence[RunMetadata],
+              tally: Callable[[RunMetadata], RunTally] = tally_run) -> StoreStats:
+    """Every figure that does not depend on the time: all but the expiring bytes (zero here).
+
+    For the same runs, unchanged, the answer is the same: the server keeps it.
+    """
     agents: dict[str, tuple[int, int]] = {}
     types: dict[str, tuple[int, int]] = {}
     workflows: dict[str, tuple[int, int]] = {}
     days: dict[tuple[str, str], tuple[int, int]] = {}
     rejected: Counter[str] = Counter()
     sizes: list[tuple[int, str]] = []
-    count = artifacts = total = kept_runs = kept_bytes = exp_day = exp_week = 0
-    for meta in runs:
-        if meta.created_at < cutoff:
-            continue
+    artifacts = total = kept_runs = kept_bytes = 0
+    for meta in chosen:
         t = tally(meta)
-        count += 1
         artifacts += t.artifacts
         total += t.bytes
         _bump(workflows, meta.workflow_id, t.artifacts, t.bytes)
@@ -219,22 +234,37 @@ def compute_stats(runs: Sequence[RunMetadata], now: datetime, since: timedelta,
         if meta.keep:
             kept_runs += 1
             kept_bytes += t.bytes
-        elif meta.expires_at < week_mark:
-            exp_week += t.bytes
-            if meta.expires_at < day_mark:
-                exp_day += t.bytes
     by_type = _rank(types)
     named = {b.key for b in by_type[:TOP]}  # the 21st, when there is one, is the rest
     largest = heapq.nsmallest(LARGEST_RUNS, sizes, key=lambda s: (-s[0], s[1]))
     return StoreStats(
-        totals=Totals(runs=count, artifacts=artifacts, bytes=total, kept_runs=kept_runs,
-                      kept_bytes=kept_bytes, expiring_24h_bytes=exp_day,
-                      expiring_7d_bytes=exp_week),
+        totals=Totals(runs=len(chosen), artifacts=artifacts, bytes=total, kept_runs=kept_runs,
+                      kept_bytes=kept_bytes, expiring_24h_bytes=0, expiring_7d_bytes=0),
         by_agent=_rank(agents), by_type=by_type, by_workflow=_rank(workflows),
         per_day=_per_day(days, named),
         largest_runs=[RunSize(run_id=r, bytes=b) for b, r in largest],
         rejected_by_reason=dict(sorted(rejected.items(), key=lambda kv: (-kv[1], kv[0]))),
     )
+
+
+def with_expiry(base: StoreStats, chosen: Sequence[RunMetadata], now: datetime,
+                tally: Callable[[RunMetadata], RunTally] = tally_run) -> StoreStats:
+    """`base` with the bytes of unkept runs expiring within 24 h and 7 days of `now`.
+
+    Past expiries count too: those runs wait for the sweep (as the Expiring filter
+    shows them).
+    """
+    day_mark, week_mark = now + DAY, now + WEEK
+    exp_day = exp_week = 0
+    for meta in chosen:
+        if not meta.keep and meta.expires_at < week_mark:
+            size = tally(meta).bytes
+            exp_week += size
+            if meta.expires_at < day_mark:
+                exp_day += size
+    totals = base.totals.model_copy(update={"expiring_24h_bytes": exp_day,
+                                            "expiring_7d_bytes": exp_week})
+    return base.model_copy(update={"totals": totals})
 
 
 def _per_day(days: dict[tuple[str, str], tuple[int, int]], named: set[str]) -> list[DayFigures]:

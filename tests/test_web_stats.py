@@ -6,6 +6,7 @@ import json
 import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -186,3 +187,26 @@ def test_cache_reuses_an_answer_for_its_ttl() -> None:
     assert cache.answer("30d", lambda: build("d")) == b"d"
     assert built == ["a", "c", "d"]
 
+
+
+def test_cache_reuses_the_sums_but_not_the_expiry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Same runs later: nothing summed again, yet the expiring bytes follow the time."""
+    from promoter import stats as stats_mod
+    from promoter.web import insights
+    from tests.test_stats import seeded
+
+    summaries: list[int] = []
+
+    def counting(chosen: list[RunMetadata], tally: Any) -> stats_mod.StoreStats:
+        summaries.append(len(chosen))
+        return stats_mod.summarize(chosen, tally)
+
+    monkeypatch.setattr(insights, "summarize", counting)
+    cache = insights.StatsCache(ttl_s=0)
+    runs = seeded()
+    assert cache.compute(runs, NOW, timedelta(days=30)).totals.expiring_24h_bytes == 60
+    later = NOW + timedelta(days=4, hours=12)  # "week" now expires within the day
+    got = cache.compute(runs, later, timedelta(days=30))
+    assert got == stats_mod.compute_stats(runs, later, timedelta(days=30))
+    assert got.totals.expiring_24h_bytes == 60 + 1000
+    assert summaries == [4]

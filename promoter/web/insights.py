@@ -24,9 +24,11 @@ from promoter.stats import (
     DEFAULT_SINCE,
     RunTally,
     StoreStats,
-    compute_stats,
+    in_window,
     parse_duration,
+    summarize,
     tally_run,
+    with_expiry,
 )
 from promoter.web.errors import detail_response, sentence
 from promoter.web.models import ErrorDetail
@@ -61,28 +63,38 @@ class StatsCache:
         self._monotonic = monotonic
         self._lock = threading.Lock()
         self._seen: dict[str, tuple[RunMetadata, RunTally]] = {}
+        self._chosen: list[RunMetadata] = []
+        self._base: StoreStats | None = None
         self._answers: dict[str, tuple[float, bytes]] = {}
 
     def compute(self, runs: Sequence[RunMetadata], now: datetime,
                 window: timedelta) -> StoreStats:
-        """The figures, tallying again only the runs whose metadata changed."""
+        """The figures, tallying again only the runs whose metadata changed.
+
+        When the runs in the window are the very objects of the last call (an
+        idle store, a page polling), only the expiring bytes are worked out again.
+        """
         with self._lock:
-            old = self._seen
+            old, last_chosen, last_base = self._seen, self._chosen, self._base
         fresh: dict[str, tuple[RunMetadata, RunTally]] = {}
 
         def tally(meta: RunMetadata) -> RunTally:
-            hit = old.get(meta.run_id)
+            hit = fresh.get(meta.run_id) or old.get(meta.run_id)
             result = hit[1] if hit is not None and hit[0] is meta else tally_run(meta)
             fresh[meta.run_id] = (meta, result)
             return result
 
-        stats = compute_stats(runs, now, window, tally)
+        chosen = in_window(runs, now, window)
+        same = last_base is not None and len(chosen) == len(last_chosen) and \
+            all(a is b for a, b in zip(chosen, last_chosen, strict=True))
+        base = last_base if same and last_base is not None else summarize(chosen, tally)
+        stats = with_expiry(base, chosen, now, tally)
         for meta in runs:  # outside this window but unchanged: kept for the next one
             hit = old.get(meta.run_id)
             if hit is not None and meta.run_id not in fresh and hit[0] is meta:
                 fresh[meta.run_id] = hit
         with self._lock:  # deleted runs are forgotten
-            self._seen = fresh
+            self._seen, self._chosen, self._base = fresh, chosen, base
         return stats
 
     def answer(self, since: str, build: Callable[[], bytes]) -> bytes:
