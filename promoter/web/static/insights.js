@@ -112,7 +112,7 @@ export function renderFacetNote(el, facet, onClear) {
 
 function tableOf(caption, head, rows) {
   return h("details", { class: "ins-table" },
-    h("summary", {}, "Show as a table"),
+    h("summary", { dataset: { key: `table:${caption}` } }, "Show as a table"),
     h("div", { class: "ins-table-scroll" },
       h("table", {},
         h("caption", { class: "visually-hidden", text: caption }),
@@ -296,6 +296,7 @@ function largestRuns(runs) {
   return figure("Largest runs", "ins-largest-title",
     top.length ? h("ol", { class: "ins-rows" }, top.map((r) => h("li", { class: "ins-row" },
       h("a", { class: "ins-row-name ins-link", href: `/?run=${encodeURIComponent(r.run_id)}`, title: r.run_id,
+               dataset: { key: `run:${r.run_id}` },
                "aria-label": `Run ${r.run_id}` }, shortId(r.run_id)),
       h("span", { class: "ins-row-num", text: formatBytes(r.bytes) }),
       bar(r.bytes, max, "run")))) : h("p", { class: "ins-empty", text: "None in this period." }),
@@ -342,6 +343,7 @@ export function mountInsights({ onFacet }) {
   select.value = since;
   let timer = null;
   let seq = 0;
+  let lastText = "";
 
   function setParam(key, value) {
     const next = new URLSearchParams(location.search);
@@ -356,8 +358,12 @@ export function mountInsights({ onFacet }) {
     try {
       const res = await request(`/runtime/stats?since=${encodeURIComponent(select.value)}`);
       if (!res.ok) throw await errorOf(res);
-      const stats = await res.json();
+      const text = await res.text();
       if (mine !== seq || toggle.getAttribute("aria-expanded") !== "true") return;
+      // unchanged figures: leave the panel (and the focus, and open tables) alone
+      if (text === lastText && text && body.querySelector(".ins-body")) return;
+      lastText = text;
+      const stats = JSON.parse(text);
       const focusKey = body.contains(document.activeElement) ? document.activeElement?.dataset?.key : null;
       const openTables = [...body.querySelectorAll("details[open] caption")].map((c) => c.textContent);
       replaceChildren(body, renderStats(stats, { sinceDays: parseInt(select.value, 10), onFacet }));
@@ -401,6 +407,7 @@ export function mountInsights({ onFacet }) {
     svg("path", { d: "M5 20V11M10 20V5M15 20v-7M20 20V8M3 20.5h18" })));
   toggle.addEventListener("click", () => setOpen(toggle.getAttribute("aria-expanded") !== "true"));
   select.addEventListener("change", () => {
+    lastText = "";
     setParam("since", select.value === "30d" ? null : select.value);
     load();
   });
