@@ -118,7 +118,7 @@ def parse_duration(text: str) -> timedelta:
     """`90s`, `30m`, `12h`, `3d`, `2w` → a timedelta; ValueError for anything else."""
     value = text.strip().lower()
     number, unit = value[:-1], value[-1:]
-    if unit not in _UNITS or not number.isdigit() or len(number) > 9:
+    if unit not in _UNITS or not (number.isascii() and number.isdigit()) or len(number) > 9:
         raise ValueError(f"{text!r} is not a duration such as 90s, 30m, 12h, 3d or 2w")
     try:
         return timedelta(seconds=int(number) * _UNITS[unit])

@@ -10,7 +10,6 @@ keeps no separate promotion time).
 from __future__ import annotations
 
 import heapq
-import re
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from typing import Any, Final
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from promoter import clock
 from promoter.errors import UsageError
 from promoter.metadata import RunMetadata
 from promoter.render import human_size, table
@@ -51,24 +51,19 @@ DAY: Final = timedelta(days=1)
 WEEK: Final = timedelta(days=7)
 MAX_SINCE: Final = timedelta(days=36_525)  # a century: "everything", without datetime overflow
 
-_DURATION = re.compile(r"([0-9]{1,9})([smhdw])")
-_UNIT_S: Final = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
-
-
 def parse_duration(text: str) -> timedelta:
-    """'30d', '12h', '90m', '45s', '2w' → a timedelta; UsageError for anything else.
-
-    Whole numbers and one unit only: a duration is typed by people, and `1.5d`
-    or `1d12h` buy little over `36h`.
-    """
-    match = _DURATION.fullmatch(text.strip())
-    if match is None:
+    """'30d', '12h', '90m', '45s', '2w' → a timedelta (clock.parse_duration's grammar), at
+    most a century ("everything", without datetime overflow); UsageError for anything else."""
+    try:
+        value = clock.parse_duration(text)
+    except ValueError as exc:
+        if "longer than any date" in str(exc):
+            return MAX_SINCE
         raise UsageError(f"bad duration {text!r}: a whole number and a unit, "
-                         "s, m, h, d or w (e.g. 30d, 12h)")
-    seconds = int(match.group(1)) * _UNIT_S[match.group(2)]
-    if seconds <= 0:
+                         "s, m, h, d or w (e.g. 30d, 12h)") from None
+    if value <= timedelta(0):
         raise UsageError(f"bad duration {text!r}: it must be longer than zero")
-    return timedelta(seconds=min(seconds, int(MAX_SINCE.total_seconds())))
+    return min(value, MAX_SINCE)
 
 
 class _Model(BaseModel):
@@ -179,14 +174,8 @@ def _rank(tallies: dict[str, tuple[int, int]]) -> list[Bucket]:
 
 
 def _rejected(meta: RunMetadata) -> dict[str, int]:
-    """Refused files by reason; read defensively, as metadata without a `rejected` list exists."""
-    if "rejected" not in type(meta).model_fields:
-        return {}
-    counts: Counter[str] = Counter()
-    for entry in getattr(meta, "rejected", None) or ():
-        reason = getattr(entry, "reason", None)
-        counts[str(reason) if reason else "unknown"] += 1
-    return dict(counts)
+    """Refused files of the run (its `rejected` list, DESIGN §2), counted by reason."""
+    return dict(Counter(entry.reason or "unknown" for entry in meta.rejected))
 
 
 def compute_stats(runs: Sequence[RunMetadata], now: datetime, since: timedelta,

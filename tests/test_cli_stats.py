@@ -54,11 +54,11 @@ def test_tables_on_a_terminal(root: Path, capsys: pytest.CaptureFixture[str]) ->
     """Without --json: a summary, then agent, type, workflow, day and largest-run tables."""
     code, out, _ = run_cli(capsys, "stats", "--root", str(root))
     assert code == 0
-    assert out.startswith("runs created in the last 30d: 2 run(s), 3 file(s), 2.0 KiB\n")
-    assert "kept: 1 run(s), 2.0 KiB; expiring within 24 h: 40 B, within 7 days: 40 B" in out
+    assert out.startswith("runs created in the last 30d: 2 run(s), 3 file(s), 2 KiB\n")
+    assert "kept: 1 run(s), 2 KiB; expiring within 24 h: 40 B, within 7 days: 40 B" in out
     for header in ("AGENT", "TYPE", "WORKFLOW", "DAY (UTC)", "LARGEST RUN"):
         assert f"\n{header} " in out
-    assert "\nviz     1      2.0 KiB\n" in out
+    assert "\nviz     1      2 KiB\n" in out
     assert "\n(none)    2      40 B\n" in out  # a run without a workflow
     assert "REFUSED" not in out  # nothing refused, no empty table
 
@@ -82,11 +82,11 @@ def test_bad_since_is_a_usage_error(root: Path, capsys: pytest.CaptureFixture[st
 
 def test_empty_store_and_missing_store(tmp_path: Path,
                                        capsys: pytest.CaptureFixture[str]) -> None:
-    """An empty store prints zeros; a root without artifacts/ reads as `ls` reads it, untouched."""
+    """An empty store prints zeros; a root without artifacts/ is exit 1 (as `ls`), untouched."""
     make_store(tmp_path / "empty")
     code, out, _ = run_cli(capsys, "stats", "--root", str(tmp_path / "empty"))
     assert code == 0 and out.startswith("runs created in the last 30d: 0 run(s)")
     ls_code, _, _ = run_cli(capsys, "ls", "--root", str(tmp_path / "nowhere"))
     code, _, _ = run_cli(capsys, "stats", "--root", str(tmp_path / "nowhere"))
-    assert code == ls_code
+    assert code == ls_code == 1  # DESIGN §3: only `run` creates the store
     assert not (tmp_path / "nowhere").exists()

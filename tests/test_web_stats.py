@@ -14,7 +14,7 @@ from promoter.metadata import RunMetadata
 from promoter.stats import StoreStats
 from promoter.store import Store
 from tests.page_helpers import SeedFile, SeedRun, write_run
-from tests.web_helpers import FakeClock, WebClient, client_for, make_store
+from tests.web_helpers import FakeClock, WebClient, client_for, make_store, populate
 
 NOW = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
 DAY_MIN = 24 * 60
@@ -115,6 +115,17 @@ def test_empty_store_answers_zeros(tmp_path: Path) -> None:
     """A store with no runs answers zeros and empty lists."""
     body = client_for(make_store(tmp_path)).get("/runtime/stats").json()
     assert body["totals"]["runs"] == 0 and body["by_agent"] == [] and body["per_day"] == []
+
+
+def test_a_refused_session_file_is_counted_by_reason(tmp_path: Path) -> None:
+    """A real refusal (a link in output/) reaches rejected_by_reason through the store."""
+    store = make_store(tmp_path)
+    populate(store, tmp_path, "r1", {"ok.txt": b"fine"})
+    os.symlink("/etc/passwd", tmp_path / "sessions" / "r1" / "output" / "link.txt")
+    store.promote_files("r1", ["link.txt"])
+    assert [r.filename for r in store.get_run("r1").rejected] == ["link.txt"]
+    body = client_for(store).get("/runtime/stats").json()
+    assert sum(body["rejected_by_reason"].values()) == 1, body["rejected_by_reason"]
 
 
 def test_stats_need_the_token(tmp_path: Path) -> None:
