@@ -259,10 +259,9 @@ SHOTS = [
 ]
 
 
-def take_screenshots(browser: Any, base_url: str, out_dir: Path) -> list[Path]:
-    """Full-page screenshots at 1280 and 360 px, light and dark; fails on sideways overflow."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
+def _pages(browser: Any, url: str) -> Iterator[tuple[str, int, str, Any]]:
+    """A fresh page on `url` at each size of SHOTS, light and dark, its conn live:
+    (size name, width, scheme, page); the context is closed when the caller moves on."""
     for name, width, height in SHOTS:
         for scheme in ("light", "dark"):
             context = browser.new_context(viewport={"width": width, "height": height},
@@ -270,22 +269,33 @@ def take_screenshots(browser: Any, base_url: str, out_dir: Path) -> list[Path]:
                                           timezone_id="UTC")
             try:
                 page = context.new_page()
-                page.goto(base_url)
+                page.goto(url)
                 page.locator('#conn[data-state="live"]').wait_for()
-                page.locator('.lib-file').first.wait_for()
-                page.locator("article.run").first.wait_for()
-                overflow = page.evaluate(
-                    "document.documentElement.scrollWidth - document.documentElement.clientWidth")
-                if overflow > 0:
-                    raise AssertionError(f"{name}-{scheme}: {overflow} px wider than the screen")
-                path = out_dir / f"{name}-{scheme}.png"
-                # bytes, then our own write: Playwright's path= writes from a thread pool,
-                # whose threads would outlive the test (conftest fails leaked threads)
-                path.write_bytes(page.screenshot(full_page=True, animations="disabled",
-                                                 caret="hide"))
-                written.append(path)
+                yield name, width, scheme, page
             finally:
                 context.close()
+
+
+def _no_sideways_overflow(page: Any, what: str) -> None:
+    overflow = page.evaluate(
+        "document.documentElement.scrollWidth - document.documentElement.clientWidth")
+    if overflow > 0:
+        raise AssertionError(f"{what}: {overflow} px wider than the screen")
+
+
+def take_screenshots(browser: Any, base_url: str, out_dir: Path) -> list[Path]:
+    """Full-page screenshots at 1280 and 360 px, light and dark; fails on sideways overflow."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, _, scheme, page in _pages(browser, base_url):
+        page.locator('.lib-file').first.wait_for()
+        page.locator("article.run").first.wait_for()
+        _no_sideways_overflow(page, f"{name}-{scheme}")
+        path = out_dir / f"{name}-{scheme}.png"
+        # bytes, then our own write: Playwright's path= writes from a thread pool,
+        # whose threads would outlive the test (conftest fails leaked threads)
+        path.write_bytes(page.screenshot(full_page=True, animations="disabled", caret="hide"))
+        written.append(path)
     return written
 
 
@@ -294,23 +304,13 @@ def take_part_screenshots(browser: Any, base_url: str, out_dir: Path) -> list[Pa
     and 360 px, light and dark: the parts issue 14 added, large enough to look at."""
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    for name, width, height in SHOTS:
-        for scheme in ("light", "dark"):
-            context = browser.new_context(viewport={"width": width, "height": height},
-                                          color_scheme=scheme, locale="en-US",
-                                          timezone_id="UTC")
-            try:
-                page = context.new_page()
-                page.goto(base_url)
-                page.locator('#conn[data-state="live"]').wait_for()
-                # the kept run: its Unkeep is the widest set of actions
-                head = page.locator("article.run .run-head").last
-                head.wait_for()
-                path = out_dir / f"run-actions-{name}-{scheme}.png"
-                path.write_bytes(head.screenshot(animations="disabled", caret="hide"))
-                written.append(path)
-            finally:
-                context.close()
+    for name, _, scheme, page in _pages(browser, base_url):
+        # the kept run: its Unkeep is the widest set of actions
+        head = page.locator("article.run .run-head").last
+        head.wait_for()
+        path = out_dir / f"run-actions-{name}-{scheme}.png"
+        path.write_bytes(head.screenshot(animations="disabled", caret="hide"))
+        written.append(path)
     return written
 
 
@@ -318,34 +318,21 @@ def take_insights_screenshots(browser: Any, base_url: str, out_dir: Path) -> lis
     """The Insights panel open, 1280 and 360 px, light and dark; fails on sideways overflow."""
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    for name, width, height in SHOTS:
-        for scheme in ("light", "dark"):
-            context = browser.new_context(viewport={"width": width, "height": height},
-                                          color_scheme=scheme, locale="en-US",
-                                          timezone_id="UTC")
-            try:
-                page = context.new_page()
-                page.goto(f"{base_url}/?insights=1")
-                page.locator('#conn[data-state="live"]').wait_for()
-                page.locator(".ins-body").wait_for()
-                overflow = page.evaluate(
-                    "document.documentElement.scrollWidth - document.documentElement.clientWidth")
-                if overflow > 0:
-                    raise AssertionError(f"insights {name}-{scheme}: {overflow} px too wide")
-                path = out_dir / f"insights-{name}-{scheme}.png"
-                # the panel's place in the whole page: an element shot would scroll it
-                # under the sticky top bar
-                box = page.locator(".panel-insights").evaluate(
-                    "el => { const r = el.getBoundingClientRect();"
-                    " return {x: r.x + scrollX - 8, y: r.y + scrollY - 8,"
-                    " width: r.width + 16, height: r.height + 16}; }")
-                box["x"] = max(box["x"], 0)
-                box["width"] = min(box["width"], width - box["x"])
-                path.write_bytes(page.screenshot(full_page=True, clip=box,
-                                                 animations="disabled", caret="hide"))
-                written.append(path)
-            finally:
-                context.close()
+    for name, width, scheme, page in _pages(browser, f"{base_url}/?insights=1"):
+        page.locator(".ins-body").wait_for()
+        _no_sideways_overflow(page, f"insights {name}-{scheme}")
+        path = out_dir / f"insights-{name}-{scheme}.png"
+        # the panel's place in the whole page: an element shot would scroll it
+        # under the sticky top bar
+        box = page.locator(".panel-insights").evaluate(
+            "el => { const r = el.getBoundingClientRect();"
+            " return {x: r.x + scrollX - 8, y: r.y + scrollY - 8,"
+            " width: r.width + 16, height: r.height + 16}; }")
+        box["x"] = max(box["x"], 0)
+        box["width"] = min(box["width"], width - box["x"])
+        path.write_bytes(page.screenshot(full_page=True, clip=box,
+                                         animations="disabled", caret="hide"))
+        written.append(path)
     return written
 
 
