@@ -37,10 +37,11 @@ class RunContext:
     agents: dict[str, str] = field(default_factory=dict)
 
 
-def _read_small(
-    sessions_fd: int, run_id: str, name: str, limit: int, offset: int = 0
-) -> bytes | None:
-    """The bytes of a session file from `offset`, or None when it is absent or refused."""
+def _open_in_run(sessions_fd: int, run_id: str, name: str,
+                 output: bool = False) -> tuple[int, os.stat_result, int | None] | None:
+    """A context file of the run open for reading with its stat (and, with `output`, the
+    run's output/ folder, None when absent); None when absent or refused (logged). Links
+    are never followed."""
     try:
         run_fd = open_dir_chain(sessions_fd, [run_id])
     except (FileNotFoundError, NotADirectoryError, Refused):
@@ -48,13 +49,32 @@ def _read_small(
     try:
         fd, st = open_regular(run_fd, name, allow_hardlinks=True)
     except FileNotFoundError:
+        os.close(run_fd)
         return None
     except (Refused, OSError) as exc:
+        os.close(run_fd)
         reason = exc.reason if isinstance(exc, Refused) else exc.strerror
         log.warning(events.CONTEXT_INVALID, run_id=run_id, file=name, reason=reason)
         return None
+    output_fd: int | None = None
+    try:
+        if output:
+            output_fd = open_dir_chain(run_fd, ["output"])
+    except (OSError, Refused):
+        output_fd = None
     finally:
         os.close(run_fd)
+    return fd, st, output_fd
+
+
+def _read_small(
+    sessions_fd: int, run_id: str, name: str, limit: int, offset: int = 0
+) -> bytes | None:
+    """The bytes of a session file from `offset`, or None when it is absent or refused."""
+    opened = _open_in_run(sessions_fd, run_id, name)
+    if opened is None:
+        return None
+    fd, st, _ = opened
     try:
         if st.st_size - offset > limit:
             log.warning(events.CONTEXT_INVALID, run_id=run_id, file=name, reason="too large")
@@ -127,7 +147,7 @@ class AttributionReader:
 
     def _read(self, sessions_fd: int, run_id: str, state: _Attribution,
               known: frozenset[str]) -> None:
-        opened = _open_context(sessions_fd, run_id, "attribution.jsonl")
+        opened = _open_in_run(sessions_fd, run_id, "attribution.jsonl", output=True)
         if opened is None:
             return
         fd, st, output_fd = opened
@@ -193,33 +213,6 @@ class AttributionReader:
         if len(state.recent) > MAX_RECENT_NAMES:
             state.recent.popitem(last=False)
         return True
-
-
-def _open_context(sessions_fd: int, run_id: str, name: str,
-                  ) -> tuple[int, os.stat_result, int | None] | None:
-    """The context file open for reading, its stat and the run's output/ folder (None when
-    absent), or None when the file is absent or refused; links never followed."""
-    try:
-        run_fd = open_dir_chain(sessions_fd, [run_id])
-    except (FileNotFoundError, NotADirectoryError, Refused):
-        return None
-    try:
-        fd, st = open_regular(run_fd, name, allow_hardlinks=True)
-    except FileNotFoundError:
-        os.close(run_fd)
-        return None
-    except (Refused, OSError) as exc:
-        os.close(run_fd)
-        reason = exc.reason if isinstance(exc, Refused) else exc.strerror
-        log.warning(events.CONTEXT_INVALID, run_id=run_id, file=name, reason=reason)
-        return None
-    try:
-        output_fd: int | None = open_dir_chain(run_fd, ["output"])
-    except (OSError, Refused):
-        output_fd = None
-    finally:
-        os.close(run_fd)
-    return fd, st, output_fd
 
 
 class _Files:
