@@ -97,10 +97,10 @@ def last_change_ns(mtime_ns: int, ctime_ns: int, now_ns: int) -> int:
 
 def format_time(value: datetime) -> str:
     """RFC 3339 in UTC with a `Z`; sub-second digits only when there are any."""
-    value = value.astimezone(UTC)
-    if value.microsecond:
-        return value.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    return value.strftime("%Y-%m-%dT%H:%M:%SZ")
+    # isoformat, not strftime: glibc's %Y does not pad, so the year 500 (an agent's
+    # `touch -d @-46800000000` on tmpfs) was written "500-...", which no reader accepts
+    value = value.astimezone(UTC).replace(tzinfo=None)
+    return value.isoformat(timespec="microseconds" if value.microsecond else "seconds") + "Z"
 
 
 def parse_time(text: str) -> datetime:

@@ -385,6 +385,7 @@ def test_invalid_run_ids_are_ignored_with_one_warning_each(arena: Arena, d: Daem
 FAR_FUTURE_NS = 300_000_000_000 * 10**9  # `touch -d @300000000000`: the year 11476
 NEGATIVE_YEAR_NS = -100_000_000_000 * 10**9  # about the year -1200
 YEAR_2100_NS = 4_102_444_800 * 10**9
+YEAR_ONE_NS = -62_135_596_800 * 10**9  # 0001-01-01T00:00:00Z, datetime.min
 
 
 def staged(arena: Arena, run_id: str, name: str, data: str, mtime_ns: int | None = None) -> Path:
@@ -428,6 +429,22 @@ def test_out_of_range_time_stamps_cost_only_their_own_file(arena: Arena, d: Daem
     done = cli(arena, d, "reconcile")
     assert done.returncode == 0, done.stderr
     assert "Traceback" not in done.stderr
+    check(arena, d)
+
+
+def test_a_file_dated_before_the_year_1000_is_promoted_with_valid_metadata(
+        arena: Arena, d: Daemon) -> None:
+    """`touch -d @-62135596800` (the year 1, which tmpfs keeps): the file is promoted with
+    a four-digit year, and its run's metadata is not set aside again at every read."""
+    staged(arena, "year-one", "first.txt", "first", YEAR_ONE_NS)
+    staged(arena, "year-one", "good.txt", "good")
+    d.wait_entry("year-one", "good.txt")
+    entry = d.wait_entry("year-one", "first.txt")
+    if os.lstat(arena.out("year-one") / "first.txt").st_mtime_ns == YEAR_ONE_NS:
+        assert entry["generated_at"] == "0001-01-01T00:00:00Z"
+    assert cli(arena, d, "show", "year-one").returncode == 0
+    assert d.events("metadata.recovered", run_id="year-one") == []
+    assert [n for n in os.listdir(arena.artifacts / "year-one") if "corrupt" in n] == []
     check(arena, d)
 
 

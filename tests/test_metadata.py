@@ -36,6 +36,17 @@ def test_times_are_utc_with_z_and_keep_subseconds() -> None:
     assert from_timestamp_ns(1_700_000_000_123_456_789).microsecond == 123456
 
 
+def test_times_before_the_year_1000_keep_four_year_digits() -> None:
+    """An agent may date a file the year 1 (tmpfs keeps it): glibc's %Y wrote "1-01-01",
+    which no reader parses, and every read then set the metadata aside again (issue 17)."""
+    first = datetime(1, 1, 1, tzinfo=UTC)
+    assert format_time(first) == "0001-01-01T00:00:00Z"
+    assert format_time(datetime(500, 6, 1, 0, 0, 0, 5, tzinfo=UTC)) == \
+        "0500-06-01T00:00:00.000005Z"
+    entry = ArtifactEntry(filename="a", path="files/a", generated_at=first, size_bytes=1)
+    assert ArtifactEntry.model_validate_json(entry.model_dump_json()) == entry
+
+
 def test_naive_times_are_refused() -> None:
     """A time without a zone is not RFC 3339 and fails validation."""
     with pytest.raises(ValidationError):
