@@ -7,6 +7,7 @@ that `promoter schema` prints and the HTTP API documents.
 
 from __future__ import annotations
 
+import itertools
 import json
 import mimetypes
 from datetime import UTC, datetime
@@ -19,6 +20,7 @@ from pydantic import (
     Field,
     PlainSerializer,
     WithJsonSchema,
+    model_validator,
 )
 
 from promoter.clock import format_time
@@ -56,6 +58,18 @@ UtcTime = Annotated[
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_unknown_keys(cls, data: Any) -> Any:
+        """One error for any number of unknown keys: `extra="forbid"` alone reports each,
+        and a planted 7 MB metadata.json of a million keys took 15 s and 450 MB to refuse."""
+        if isinstance(data, dict):
+            unknown = data.keys() - cls.model_fields.keys()
+            if unknown:
+                shown = ", ".join(repr(k)[:40] for k in itertools.islice(unknown, 3))
+                raise ValueError(f"{len(unknown)} unknown key(s): {shown}")
+        return data
 
 
 class ArtifactEntry(_Model):
@@ -98,9 +112,11 @@ class RunMetadata(_Model):
     expires_at: UtcTime
     keep: bool = False
     status: Literal["active", "completed"] = "active"
-    artifacts: list[ArtifactEntry] = Field(default_factory=list)
-    removed: list[RemovedEntry] = Field(default_factory=list)
-    rejected: list[RejectedEntry] = Field(default_factory=list)
+    # fail_fast: the first bad entry is enough to call the file corrupt; reporting every one
+    # of a million bad entries (8 MB of `{"x":1}`) took 65 s and 3.8 GB (issue 17)
+    artifacts: list[ArtifactEntry] = Field(default_factory=list, fail_fast=True)
+    removed: list[RemovedEntry] = Field(default_factory=list, fail_fast=True)
+    rejected: list[RejectedEntry] = Field(default_factory=list, fail_fast=True)
 
     def entry(self, filename: str) -> ArtifactEntry | None:
         """The entry for `filename`, if any."""

@@ -80,6 +80,15 @@ class _Oversized(Exception):
     """metadata.json is over promote.max_metadata_bytes: corrupt, and not read."""
 
 
+def _json_invalid(exc: Exception) -> bool:
+    """Whether a parse failed on the JSON itself, read from the error list, never from
+    str(exc), which renders every error and every input (seconds on a planted file)."""
+    if not isinstance(exc, ValidationError):
+        return False
+    return any(e["type"] == "json_invalid" for e in
+               exc.errors(include_url=False, include_context=False, include_input=False))
+
+
 def _close(fd: int | None) -> None:
     if fd is not None:
         os.close(fd)
@@ -329,7 +338,7 @@ class Store:
                 raise ValueError("run_id does not match its folder")
             return meta
         except (ValidationError, ValueError) as exc:
-            reason = "not valid JSON" if "json_invalid" in str(exc) else "does not match the schema"
+            reason = "not valid JSON" if _json_invalid(exc) else "does not match the schema"
             return self._rebuild(art, run_id, raw, reason)
 
     # -- run context ---------------------------------------------------------------------

@@ -47,6 +47,21 @@ def test_times_before_the_year_1000_keep_four_year_digits() -> None:
     assert ArtifactEntry.model_validate_json(entry.model_dump_json()) == entry
 
 
+@pytest.mark.parametrize("planted", [
+    '{"run_id": "r", "artifacts": [' + ",".join(['{"x": 1}'] * 100_000) + "]}",
+    '{"run_id": "r", "removed": [' + ",".join(['{"x": 1}'] * 100_000) + "]}",
+    '{"run_id": "r", ' + ",".join(f'"x{i}": 1' for i in range(100_000)) + "}",
+    '{"run_id": "r", "artifacts": [{' + ",".join(f'"x{i}": 1' for i in range(100_000)) + "}]}",
+])
+def test_a_planted_metadata_file_costs_a_few_errors_not_one_per_item(planted: str) -> None:
+    """A million bad entries or unknown keys (8 MB, under max_metadata_bytes) took 65 s and
+    3.8 GB to refuse, one error each: the first bad entry and one line for all unknown keys
+    are enough to call the file corrupt (issue 17)."""
+    with pytest.raises(ValidationError) as failed:
+        RunMetadata.model_validate_json(planted)
+    assert failed.value.error_count() <= 5
+
+
 def test_naive_times_are_refused() -> None:
     """A time without a zone is not RFC 3339 and fails validation."""
     with pytest.raises(ValidationError):

@@ -424,6 +424,24 @@ def test_deeply_nested_metadata_under_the_bound_is_rebuilt(tmp_path: Path) -> No
     assert [a["filename"] for a in r.json()["artifacts"]] == ["a.txt"]
 
 
+def test_metadata_of_many_bad_entries_under_the_bound_is_rebuilt(tmp_path: Path) -> None:
+    """200,000 bad entries (1.6 MB, under the bound) are one schema failure, rebuilt as any
+    corrupt file: reporting each bad entry took a minute and gigabytes (issue 17)."""
+    store = make_store(tmp_path)
+    populate(store, tmp_path, "r1", {"a.txt": FILE})
+    path = tmp_path / "artifacts" / "r1" / "metadata.json"
+    path.write_text('{"run_id": "r1", "artifacts": [' + ",".join(['{"x": 1}'] * 200_000) + "]}")
+    client = client_for(store)
+    started = time.monotonic()
+    with LogCapture() as logs:
+        r = client.get("/runtime/artifacts/r1")
+    assert time.monotonic() - started < 10  # 30 s before, under a second after (unloaded)
+    assert r.status_code == 200
+    assert [a["filename"] for a in r.json()["artifacts"]] == ["a.txt"]
+    assert [e["reason"] for e in logs.events("metadata.recovered")] == \
+        ["does not match the schema"]
+
+
 def test_store_write_path_rebuilds_oversized_metadata(tmp_path: Path) -> None:
     """The daemon's path (load under lock) treats it the same: keep works on the rebuilt run."""
     store = make_store(tmp_path, promote={"max_metadata_bytes": 1 << 20})
