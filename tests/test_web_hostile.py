@@ -234,6 +234,43 @@ def test_request_body_that_stops_coming_is_closed(served: Server) -> None:
         assert _closed_within(sock, 5) < 4
 
 
+def test_request_body_that_trickles_is_closed(served: Server) -> None:
+    """A body sent one byte every 0.1 s (never 0.5 s of silence, far under MIN_BODY_RATE):
+    closed soon after the timeout. It held the connection for days, and a few hundred
+    such connections locked every other client out (issue 17, probe)."""
+    with socket.create_connection(("127.0.0.1", served.port)) as sock:
+        sock.sendall(b"PATCH /runtime/artifacts/r1 HTTP/1.1\r\nHost: localhost\r\n"
+                     b"X-Promoter-Request: 1\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 1000\r\n\r\n{")
+        start_at = time.monotonic()
+        closed = False
+        for _ in range(60):  # up to 6 s of trickle
+            try:
+                sock.sendall(b" ")
+            except OSError:
+                closed = True
+                break
+            threading.Event().wait(0.1)
+        if not closed:
+            _closed_within(sock, 1)
+        assert time.monotonic() - start_at < 3
+
+
+def test_request_body_at_a_fair_rate_is_read_whole(served: Server) -> None:
+    """A slow but steady body (1,000 B/s, gaps of 0.1 s, longer than the head timeout in
+    all) is answered: the rate bound refuses trickles, not slow clients."""
+    body = b'{"keep": true}' + b" " * 1986
+    with socket.create_connection(("127.0.0.1", served.port), timeout=10) as sock:
+        sock.sendall(b"PATCH /runtime/artifacts/r1 HTTP/1.1\r\nHost: localhost\r\n"
+                     b"X-Promoter-Request: 1\r\nContent-Type: application/json\r\n"
+                     b"Connection: close\r\n"
+                     + f"Content-Length: {len(body)}\r\n\r\n".encode())
+        for i in range(0, len(body), 100):
+            sock.sendall(body[i:i + 100])
+            threading.Event().wait(0.1)
+        assert _status(sock.recv(65536)) == 200
+
+
 def test_idle_sockets_past_the_descriptor_limit_never_lock_clients_out(tmp_path: Path) -> None:
     """At RLIMIT_NOFILE 128, 300 idle sockets: a new client is still answered within seconds."""
     make_store(tmp_path / "root")

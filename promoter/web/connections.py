@@ -9,7 +9,11 @@ ever, and about a thousand of them lock every other client out. So:
   connection whose request head is not complete `http.header_timeout_s`
   after the connection opened or after its previous answer, whatever
   trickles in meanwhile; and one whose request body stops arriving for as
-  long (unless the app itself has paused reading).
+  long, or arrives slower than `MIN_BODY_RATE` after the first
+  `header_timeout` (unless the app itself has paused reading): a body sent
+  one byte every few seconds held its connection for days, and a few hundred
+  of them locked every other client out (Apache's mod_reqtimeout has the
+  same default, `body=20,MinRate=500`).
 - `connection_cap` keeps open connections below `RLIMIT_NOFILE` with room for
   one open file per connection, the process's own descriptors and the sockets
   accepted in a burst (`accept_backlog`, the listen backlog). Past the
@@ -39,6 +43,7 @@ MIN_BACKLOG: Final = 16
 MAX_BACKLOG: Final = 2048
 BURSTS: Final = 3  # accept, then the transport's task, then connection_made: three loop turns
 LOG_EVERY_S: Final = 10.0
+MIN_BODY_RATE: Final = 500.0  # bytes a second a request body must keep up, past its grace
 
 
 def _soft_nofile() -> int:
@@ -84,6 +89,8 @@ class HeadTimeoutProtocol(H11Protocol):
         super().__init__(*args, **kwargs)
         self._head_timer: asyncio.TimerHandle | None = None
         self._body_timer: asyncio.TimerHandle | None = None
+        self._body_started: float | None = None  # loop time the current body began
+        self._body_bytes = 0  # bytes of the current body received so far
         self._waiting_since = 0.0  # monotonic time the wait for the current head began
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -98,6 +105,8 @@ class HeadTimeoutProtocol(H11Protocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if self._body_started is not None:
+            self._body_bytes += len(data)
         super().data_received(data)
         self._watch_body()
 
@@ -108,12 +117,21 @@ class HeadTimeoutProtocol(H11Protocol):
         self._watch_body()
 
     def _watch_body(self) -> None:
-        """While a request body is due, bytes must keep coming: `header_timeout` of silence
-        (with reading not paused by the app) closes the connection. A head sent with a
-        Content-Length and a body that never comes held the connection for ever."""
+        """While a request body is due, bytes must keep coming: `header_timeout` of silence,
+        or a body behind `header_timeout` plus one second per MIN_BODY_RATE bytes (with
+        reading not paused by the app), closes the connection. A head sent with a
+        Content-Length and a body that never comes, or comes a byte at a time, held the
+        connection for ever."""
         self._disarm_body_timer()
-        if self.conn.their_state is h11.SEND_BODY and not self.transport.is_closing():
-            self._body_timer = self.loop.call_later(self.header_timeout, self._body_stalled)
+        if self.conn.their_state is not h11.SEND_BODY or self.transport.is_closing():
+            self._body_started = None
+            return
+        now = self.loop.time()
+        if self._body_started is None:
+            self._body_started, self._body_bytes = now, 0
+        due = self._body_started + self.header_timeout + self._body_bytes / MIN_BODY_RATE
+        self._body_timer = self.loop.call_at(min(now + self.header_timeout, due),
+                                             self._body_stalled)
 
     def _disarm_body_timer(self) -> None:
         if self._body_timer is not None:
@@ -125,6 +143,7 @@ class HeadTimeoutProtocol(H11Protocol):
         if self.conn.their_state is not h11.SEND_BODY:
             return
         if self.flow.read_paused:  # the app is not reading yet: the client is not to blame
+            self._body_started = None  # its rate counts from when reading resumes
             self._watch_body()
             return
         self._close()
