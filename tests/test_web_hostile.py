@@ -7,6 +7,7 @@ read-only store), in-process through the ASGI app otherwise.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import resource
@@ -29,10 +30,12 @@ from promoter.web import create_app
 from promoter.web.bodies import JSON_BODY_MAX
 from promoter.web.connections import connection_cap
 from promoter.web.files import Unsatisfiable, parse_range
+from tests.daemon_helpers import wait_until
 from tests.test_web_server import Server, start, stop, wait_healthy
 from tests.web_helpers import CSRF, LogCapture, WebClient, client_for, make_store, populate
 
 FILE = b"0123456789" * 100  # 1,000 bytes
+BIG = bytes(range(256)) * (32 << 10)  # 8 MiB: more than any socket buffer holds
 HOSTILE_RANGES = [
     b"bytes=0-\xb2",                 # latin-1 superscript two: str.isdigit() says yes, int() no
     b"bytes=\xb2-",
@@ -94,7 +97,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """One real server for the socket cases; the head timeout shortened to 0.5 s."""
     tmp_path = tmp_path_factory.mktemp("hostile-serve")
     store = make_store(tmp_path / "root")
-    populate(store, tmp_path / "root", "r1", {"a.txt": FILE})
+    populate(store, tmp_path / "root", "r1", {"a.txt": FILE, "big.bin": BIG})
     server, _lines = start(_write_config(tmp_path, "header_timeout_s = 0.5"))
     try:
         wait_healthy(server)
@@ -269,6 +272,43 @@ def test_request_body_at_a_fair_rate_is_read_whole(served: Server) -> None:
             sock.sendall(body[i:i + 100])
             threading.Event().wait(0.1)
         assert _status(sock.recv(65536)) == 200
+
+
+def test_reader_that_stops_reading_is_dropped_with_its_file(served: Server) -> None:
+    """A client asks for 8 MiB and reads nothing: once the socket's buffer has been full
+    for header_timeout_s the connection is aborted and the file closed. It held both for
+    ever, and a few hundred such clients locked every other one out (issue 17, probe)."""
+    path = "/runtime/artifacts/r1/files/big.bin"
+    _raw(served.port, _get(path))  # warm: the run's metadata cached
+    before = _open_fds(served.proc.pid)
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", served.port))
+        sock.sendall(_get(path))
+        wait_until(lambda: _open_fds(served.proc.pid) <= before, 10, interval=0.05,
+                   what="the stalled answer's socket and file closed")
+        received = 0
+        sock.settimeout(5)
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := sock.recv(65536):
+                received += len(chunk)
+        assert received < len(BIG)
+    assert _status(_raw(served.port, _get("/healthz"))) == 200
+
+
+def test_slow_reader_that_keeps_reading_gets_the_whole_file(served: Server) -> None:
+    """A reader pausing 0.2 s between reads (never a full buffer for 0.5 s) gets every byte:
+    the write bound drops readers that stopped, not slow ones."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        sock.connect(("127.0.0.1", served.port))
+        sock.sendall(_get("/runtime/artifacts/r1/files/big.bin"))
+        sock.settimeout(10)
+        data = b""
+        while chunk := sock.recv(1 << 20):
+            data += chunk
+            threading.Event().wait(0.2)
+    assert data.endswith(BIG[-65536:]) and len(data) > len(BIG)
 
 
 def test_idle_sockets_past_the_descriptor_limit_never_lock_clients_out(tmp_path: Path) -> None:

@@ -13,7 +13,10 @@ ever, and about a thousand of them lock every other client out. So:
   `header_timeout` (unless the app itself has paused reading): a body sent
   one byte every few seconds held its connection for days, and a few hundred
   of them locked every other client out (Apache's mod_reqtimeout has the
-  same default, `body=20,MinRate=500`).
+  same default, `body=20,MinRate=500`); and one whose reader stops taking
+  the answer (the socket's buffer full for `header_timeout`, as nginx's
+  `send_timeout`): a client that asked for a large file and never read held
+  the connection and the file's descriptor for ever.
 - `connection_cap` keeps open connections below `RLIMIT_NOFILE` with room for
   one open file per connection, the process's own descriptors and the sockets
   accepted in a burst (`accept_backlog`, the listen backlog). Past the
@@ -91,6 +94,7 @@ class HeadTimeoutProtocol(H11Protocol):
         self._body_timer: asyncio.TimerHandle | None = None
         self._body_started: float | None = None  # loop time the current body began
         self._body_bytes = 0  # bytes of the current body received so far
+        self._write_timer: asyncio.TimerHandle | None = None
         self._waiting_since = 0.0  # monotonic time the wait for the current head began
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -102,6 +106,7 @@ class HeadTimeoutProtocol(H11Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm_head_timer()
         self._disarm_body_timer()
+        self._disarm_write_timer()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -147,6 +152,29 @@ class HeadTimeoutProtocol(H11Protocol):
             self._watch_body()
             return
         self._close()
+
+    def pause_writing(self) -> None:
+        """The socket's buffer is full: the reader has `header_timeout` to take some."""
+        super().pause_writing()
+        if self._write_timer is None and not self.transport.is_closing():
+            self._write_timer = self.loop.call_later(self.header_timeout, self._write_stalled)
+
+    def resume_writing(self) -> None:
+        self._disarm_write_timer()
+        super().resume_writing()
+
+    def _disarm_write_timer(self) -> None:
+        if self._write_timer is not None:
+            self._write_timer.cancel()
+            self._write_timer = None
+
+    def _write_stalled(self) -> None:
+        """Abort, not close: close() waits to flush a buffer this reader never takes."""
+        self._write_timer = None
+        if self.flow.write_paused:
+            self._disarm_head_timer()
+            self._disarm_body_timer()
+            self.transport.abort()
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
