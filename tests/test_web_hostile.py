@@ -285,6 +285,8 @@ def test_reader_that_stops_reading_is_dropped_with_its_file(served: Server) -> N
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         sock.connect(("127.0.0.1", served.port))
         sock.sendall(_get(path))
+        wait_until(lambda: _open_fds(served.proc.pid) > before, 10, interval=0.02,
+                   what="the answer under way (its socket and file open)")
         wait_until(lambda: _open_fds(served.proc.pid) <= before, 10, interval=0.05,
                    what="the stalled answer's socket and file closed")
         received = 0
