@@ -50,6 +50,7 @@ def test_times_before_the_year_1000_keep_four_year_digits() -> None:
 @pytest.mark.parametrize("planted", [
     '{"run_id": "r", "artifacts": [' + ",".join(['{"x": 1}'] * 100_000) + "]}",
     '{"run_id": "r", "removed": [' + ",".join(['{"x": 1}'] * 100_000) + "]}",
+    '{"run_id": "r", "rejected": [' + ",".join(['{"x": 1}'] * 100_000) + "]}",
     '{"run_id": "r", ' + ",".join(f'"x{i}": 1' for i in range(100_000)) + "}",
     '{"run_id": "r", "artifacts": [{' + ",".join(f'"x{i}": 1' for i in range(100_000)) + "}]}",
 ])
