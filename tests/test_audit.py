@@ -230,7 +230,8 @@ def test_odd_journal_lines_and_durations_never_crash(tmp_path: Path,
 
 
 def test_a_proxy_cannot_write_kilobytes_into_the_actor(tmp_path: Path) -> None:
-    """Behind a trusted proxy, whatever its X-Forwarded-For holds, the actor stays short."""
+    """Behind a trusted proxy, whatever its X-Forwarded-For holds, the actor stays short (text
+    that is no address is not believed at all: the proxy's own address is the actor)."""
     from promoter.config import load_config
     from promoter.web import create_app
     from tests.web_helpers import WebClient
@@ -245,7 +246,33 @@ def test_a_proxy_cannot_write_kilobytes_into_the_actor(tmp_path: Path) -> None:
                      headers={**CSRF, "X-Forwarded-For": "x" * 5000})
     assert r.status_code == 200
     kept = read_journal(tmp_path / "artifacts" / AUDIT_DIR)[-1]
-    assert kept["event"] == "run.kept" and kept["actor"] == "http:" + "x" * 64
+    assert kept["event"] == "run.kept" and kept["actor"] == "http:10.1.2.3"
+
+
+def test_a_forwarded_entry_that_is_no_address_leaves_the_proxys(tmp_path: Path) -> None:
+    """Behind a trusted proxy the actor is an IP address alone: `unknown`, markup or kilobytes
+    in X-Forwarded-For leave the proxy's address; an IPv6 entry with a port is the address."""
+    from promoter.config import load_config
+    from promoter.web import create_app
+    from tests.web_helpers import WebClient
+
+    store = make_store(tmp_path)
+    populate(store, tmp_path, "r1", {"a.txt": b"a"})
+    config = load_config(None, {"PROMOTER_HTTP__TRUSTED_PROXIES": '["10.0.0.0/8"]'},
+                         str(tmp_path))
+    client = WebClient(create_app(config, store, list_ttl_s=0.0))
+    client.transport = httpx.ASGITransport(app=client.app, client=("10.1.2.3", 40000))
+    cases = [("198.51.100.7, unknown", "http:10.1.2.3"), ("<b>evil</b>", "http:10.1.2.3"),
+             ("x" * 5000, "http:10.1.2.3"), ("[2001:db8::1]:443", "http:2001:db8::1"),
+             ("203.0.113.9:8080, 10.9.9.9", "http:203.0.113.9")]
+    for i, (forwarded, actor) in enumerate(cases):
+        keep = i % 2 == 0  # a change each time, so each one is journaled
+        r = client.patch("/runtime/artifacts/r1", json={"keep": keep},
+                         headers={**CSRF, "X-Forwarded-For": forwarded})
+        assert r.status_code == 200
+        event = read_journal(tmp_path / "artifacts" / AUDIT_DIR)[-1]
+        assert event["event"] == ("run.kept" if keep else "run.unkept"), forwarded
+        assert event["actor"] == actor, forwarded
 
 
 def test_a_journal_day_made_under_sudo_stays_the_daemons(tmp_path: Path) -> None:

@@ -23,7 +23,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.routing import Route
 from starlette.types import Scope
-from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from promoter import __version__
 from promoter.changes import ChangeSource, LocalChanges
@@ -45,7 +44,7 @@ from promoter.web.listing import RunLister
 from promoter.web.live import EventHub, events_router
 from promoter.web.metrics import HttpMetrics
 from promoter.web.models import ErrorDetail, Health
-from promoter.web.observe import RequestObserver
+from promoter.web.observe import ForwardedFor, RequestObserver
 from promoter.web.routes import WebState, lean_file_routes, router, web_state
 from promoter.web.security import AccessGuard, load_token
 from promoter.web.upload import BadUpload
@@ -250,6 +249,5 @@ def create_app(config: Config, store: Store | None = None, *,
     app.add_middleware(RequestObserver, metrics=metrics, templates=templates,
                        token=token is not None)
     if config.http.trusted_proxies:  # X-Forwarded-For only from these peers (DESIGN §7, §11)
-        app.add_middleware(ProxyHeadersMiddleware,
-                           trusted_hosts=list(config.http.trusted_proxies))
+        app.add_middleware(ForwardedFor, trusted_hosts=list(config.http.trusted_proxies))
     return app

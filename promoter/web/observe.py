@@ -9,6 +9,7 @@ go to the log only.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import time
 from collections.abc import Sequence
@@ -16,6 +17,7 @@ from typing import Final
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from structlog.contextvars import bound_contextvars
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from promoter import events
 from promoter.audit import acting_as, http_actor
@@ -23,7 +25,7 @@ from promoter.logs import get_logger
 from promoter.web.metrics import HttpMetrics
 from promoter.web.security import deny
 
-__all__ = ["HTTP_ERROR", "KNOWN_METHODS", "RequestObserver", "method_label"]
+__all__ = ["HTTP_ERROR", "KNOWN_METHODS", "ForwardedFor", "RequestObserver", "method_label"]
 
 log = get_logger()
 HTTP_ERROR: Final = "http.error"
@@ -35,11 +37,42 @@ KNOWN_METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE
                                   "CONNECT", "TRACE"})
 _PATH_LOG_CHARS: Final = 300
 _METHOD_LOG_CHARS: Final = 32
+_PEER: Final = "promoter.peer"  # scope key: the socket's peer, before X-Forwarded-For
 
 
 def method_label(method: str) -> str:
     """The request's method as a bounded metric label value."""
     return method if method in KNOWN_METHODS else OTHER_METHOD
+
+
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+class ForwardedFor:
+    """X-Forwarded-For from `http.trusted_proxies` (uvicorn's middleware), believed only when
+    it names an IP address: the audit actor is `http:<address>` (DESIGN §11), so a list entry
+    such as `unknown` or any other text leaves the proxy's own address instead."""
+
+    def __init__(self, app: ASGIApp, trusted_hosts: list[str]) -> None:
+        self.app = app
+        self.proxy = ProxyHeadersMiddleware(self._checked,  # type: ignore[arg-type]
+                                            trusted_hosts=trusted_hosts)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            scope[_PEER] = scope.get("client")
+        await self.proxy(scope, receive, send)  # type: ignore[arg-type]
+
+    async def _checked(self, scope: Scope, receive: Receive, send: Send) -> None:
+        client = scope.get("client")
+        if scope["type"] == "http" and client and not _is_address(client[0]):
+            scope["client"] = scope[_PEER]
+        await self.app(scope, receive, send)
 
 
 class RequestObserver:
