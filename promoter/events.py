@@ -27,6 +27,7 @@ METADATA_RECOVERED: Final = "metadata.recovered"
 CONTEXT_INVALID: Final = "context.invalid"
 TEMP_REMOVED: Final = "store.temp_removed"
 HTTP_REQUEST: Final = "http.request"
+HTTP_STREAM_BROKEN: Final = "http.stream_broken"  # a streamed answer could not be finished
 NOTIFY_FAILED: Final = "notify.failed"
 WATCH_STARTED: Final = "watch.started"
 WATCH_RESTARTED: Final = "watch.restarted"

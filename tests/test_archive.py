@@ -14,7 +14,9 @@ import threading
 import zipfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
+import anyio
 import httpx
 import pytest
 
@@ -23,7 +25,7 @@ from promoter.cli import main
 from promoter.metadata import ArtifactEntry, RunMetadata
 from tests.daemon_helpers import wait_until
 from tests.page_helpers import free_port, promoter_argv, running, wait_healthy
-from tests.web_helpers import client_for, make_store, populate
+from tests.web_helpers import LogCapture, client_for, make_store, populate
 
 FILES = {
     "report.html": b"<html><body>hi</body></html>" * 50,
@@ -88,6 +90,45 @@ def test_archive_missing_and_bad_run(tmp_path: Path) -> None:
     assert client.get("/runtime/artifacts/nope/archive").status_code == 404
     bad = client.get("/runtime/artifacts/..%2Fx/archive")
     assert bad.status_code in (400, 404) and "detail" in bad.json()
+
+
+def test_a_file_shrinking_mid_archive_breaks_the_download_with_one_log_line(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stored file truncated in place while its archive streams: the download is cut off
+    (never a short zip that looks whole) and the log says why in one warning, no traceback."""
+    store = make_store(tmp_path)
+    populate(store, tmp_path, "r1", {"big.bin": os.urandom(3 << 20)})
+    stored = tmp_path / "artifacts" / "r1" / "files" / "big.bin"
+    real_pread = os.pread
+
+    def pread_after_truncation(fd: int, size: int, offset: int) -> bytes:
+        if offset > 0 and stored.stat().st_size > 1000:
+            os.truncate(stored, 1000)  # someone shortens the stored copy mid-stream
+        return real_pread(fd, size, offset)
+
+    monkeypatch.setattr(os, "pread", pread_after_truncation)
+    app = client_for(store).app
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.4"},
+             "http_version": "1.1", "method": "GET", "scheme": "http",
+             "path": "/runtime/artifacts/r1/archive", "raw_path": b"/runtime/artifacts/r1/archive",
+             "query_string": b"", "root_path": "", "headers": [(b"host", b"localhost")],
+             "client": ("127.0.0.1", 40000), "server": ("127.0.0.1", 8730)}
+    with LogCapture() as logs:
+        anyio.run(app, scope, receive, send)
+    assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 200
+    bodies = [m for m in sent if m["type"] == "http.response.body"]
+    assert bodies and all(m.get("more_body") for m in bodies)  # never finished: a cut download
+    assert not logs.events("http.error")
+    [broken] = logs.events("http.stream_broken")
+    assert broken["reason"] == "big.bin shrank while being archived"
 
 
 def test_archive_of_an_empty_run_is_a_valid_empty_zip(tmp_path: Path) -> None:

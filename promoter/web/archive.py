@@ -24,6 +24,7 @@ from fastapi.responses import StreamingResponse
 
 from promoter.archive import iter_zip
 from promoter.names import check_run_id
+from promoter.web.errors import StreamBroken
 from promoter.web.files import FILE_CSP, content_disposition
 from promoter.web.models import ErrorDetail
 from promoter.web.routes import RunId, web_state
@@ -43,7 +44,10 @@ async def _pieces(chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
     """The generator's pieces from a worker thread; closed (its file with it) however it ends."""
     try:
         while True:
-            piece = await anyio.to_thread.run_sync(next, chunks, None)
+            try:
+                piece = await anyio.to_thread.run_sync(next, chunks, None)
+            except OSError as exc:  # the reason only: a path may lie outside the store
+                raise StreamBroken(exc.strerror or str(exc)) from None
             if piece is None:
                 return
             yield piece

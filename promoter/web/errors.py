@@ -21,7 +21,8 @@ from promoter.errors import (
     TooLargeError,
 )
 
-__all__ = ["detail_response", "error_response", "sentence", "status_of", "store_io_error"]
+__all__ = ["StreamBroken", "detail_response", "error_response", "sentence", "status_of",
+           "store_io_error"]
 
 _STATUS: Final[dict[type[PromoterError], int]] = {
     InvalidNameError: 400,
@@ -31,6 +32,12 @@ _STATUS: Final[dict[type[PromoterError], int]] = {
     StoreIOError: 503,
     ConfigError: 500,
 }
+
+
+class StreamBroken(Exception):
+    """A streamed answer whose head is already sent cannot be finished (a stored file shrank or
+    failed to read): the connection is dropped so the client sees a broken download, never a
+    short one that looks whole, and the log gets one line, not a traceback."""
 
 
 def sentence(text: str) -> str:

@@ -22,6 +22,7 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 from promoter import events
 from promoter.audit import acting_as, http_actor
 from promoter.logs import get_logger
+from promoter.web.errors import StreamBroken
 from promoter.web.metrics import HttpMetrics
 from promoter.web.security import deny
 
@@ -105,6 +106,9 @@ class RequestObserver:
         with bound_contextvars(client=address), acting_as(http_actor(address, self.token)):
             try:
                 await self.app(scope, receive, observed)
+            except StreamBroken as exc:  # the head is sent: uvicorn drops the connection
+                log.warning(events.HTTP_STREAM_BROKEN, method=scope["method"][:_METHOD_LOG_CHARS],
+                            path=scope["path"][:_PATH_LOG_CHARS], reason=str(exc))
             except Exception:
                 log.exception(HTTP_ERROR, method=scope["method"][:_METHOD_LOG_CHARS],
                               path=scope["path"][:_PATH_LOG_CHARS])
