@@ -12,11 +12,13 @@ implementation; an object store supplies its own (one object a batch).
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import pwd
 import re
 import socket
+import stat
 from collections.abc import Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -121,10 +123,15 @@ class LocalJournal:
 
     def append(self, day: str, data: bytes) -> None:
         self.folder.mkdir(mode=0o750, exist_ok=True)
-        fd = os.open(self.folder / f"{day}.jsonl",
-                     os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640)
+        path = self.folder / f"{day}.jsonl"
+        # O_NONBLOCK: a FIFO put in place of a day must fail here, not block the daemon
+        # once its buffer is full (it is a no-op on a regular file).
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+                     | os.O_NONBLOCK, 0o640)
         try:
             st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise OSError(errno.EINVAL, "not a regular file", str(path))
             if os.geteuid() == 0:
                 # `sudo promoter rm` must not leave the day's file owned by root, where the
                 # daemon (user promoter) could no longer append: it belongs to the folder's
@@ -192,7 +199,8 @@ class Auditor:
         except OSError as exc:
             log.error(events.AUDIT_FAILED, events=len(batch), reason=exc.strerror or str(exc),
                       path=str(exc.filename or ""))
-            raise StoreIOError(f"audit journal not written ({exc.strerror or exc}): "
+            where = f" {exc.filename}" if exc.filename else ""
+            raise StoreIOError(f"audit journal{where} not written ({exc.strerror or exc}): "
                                f"{len(batch)} change(s) done but not journaled") from None
 
     def one(self, event: str, **fields: Any) -> None:
@@ -225,10 +233,17 @@ def read_journal(folder: Path, since: datetime | None = None,
     order = 0
     for name in names:
         match = _DAY_FILE.match(name)
-        if not match or date.fromisoformat(match.group(1)) < first_day:
+        if not match:
             continue
         try:
-            raw = (folder / name).read_bytes()
+            day = date.fromisoformat(match.group(1))
+        except ValueError:  # 2026-13-45.jsonl: named like a day, but none
+            log.warning(events.AUDIT_INVALID, file=name, reason="not a day's name")
+            continue
+        if day < first_day:
+            continue
+        try:
+            raw = _read_day(folder / name)
         except OSError as exc:
             log.warning(events.AUDIT_INVALID, file=name, reason=exc.strerror)
             continue
@@ -249,6 +264,18 @@ def read_journal(folder: Path, since: datetime | None = None,
             order += 1
     found.sort(key=lambda t: (t[0], t[1]))
     return [event for _, _, event in found]
+
+
+def _read_day(path: Path) -> bytes:
+    """A day file's bytes; OSError for anything but a regular file (a FIFO would block)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        with os.fdopen(os.dup(fd), "rb") as fh:
+            return fh.read()
+    finally:
+        os.close(fd)
 
 
 def _parse_line(line: bytes) -> tuple[datetime, dict[str, Any]] | None:

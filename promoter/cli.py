@@ -369,6 +369,7 @@ def _cmd_export(args: argparse.Namespace, config: Config) -> int:
         out.flush()
         return 0
     target = Path(args.output)
+    _refuse_store_target(target, config)
     partial = target.with_name(f".{target.name}.promoter-export")
     try:  # written beside the target, then renamed: a failed export leaves no half zip
         with partial.open("wb") as fh:
@@ -382,6 +383,17 @@ def _cmd_export(args: argparse.Namespace, config: Config) -> int:
         raise StoreIOError(f"cannot write {target}: {exc.strerror or exc}") from None
     print(f"wrote {target} ({human_size(target.stat().st_size)})")
     return 0
+
+
+def _refuse_store_target(target: Path, config: Config) -> None:
+    """`export -o` onto an artifact, a metadata.json or into library/ would overwrite what
+    the store keeps (links resolved): refused before anything is written."""
+    from promoter.errors import StoreIOError
+
+    where = target.parent.resolve() / target.name
+    for folder in (config.storage.artifacts_dir, config.storage.library_dir):
+        if where.is_relative_to(folder.resolve()):
+            raise StoreIOError(f"cannot write {target}: it is inside the store ({folder})")
 
 
 def _cmd_stats(args: argparse.Namespace, config: Config) -> int:

@@ -306,3 +306,21 @@ def test_times_outside_the_zip_range_are_clamped(tmp_path: Path) -> None:
     zf = _check_zip(b"".join(iter_zip(store, "r1")), meta)
     assert zf.getinfo("old.txt").date_time == (1980, 1, 1, 0, 0, 0)
     assert zf.getinfo("future.txt").date_time == (2107, 12, 31, 23, 59, 58)
+
+
+def test_export_never_writes_into_the_store(tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """`-o` onto an artifact, a run's metadata.json or into library/ is refused (exit 1),
+    even through a symlink: an export must not overwrite what it exports."""
+    store = make_store(tmp_path)
+    populate(store, tmp_path, "r1", FILES)
+    run = tmp_path / "artifacts" / "r1"
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    (tmp_path / "library").mkdir(exist_ok=True)
+    (tmp_path / "link").symlink_to(run)
+    for target in (run / "metadata.json", run / "new.zip", tmp_path / "link" / "x.zip",
+                   tmp_path / "library" / "r1.zip", *before):
+        assert main(["export", "r1", "-o", str(target), "--root", str(tmp_path)]) == 1
+        assert "inside the store" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+    assert list((tmp_path / "library").iterdir()) == []

@@ -298,3 +298,26 @@ def test_journaling_holds_no_descriptor(tmp_path: Path) -> None:
     held = [os.readlink(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd")
             if os.path.exists(f"/proc/self/fd/{fd}")]
     assert not [p for p in held if f"/{AUDIT_DIR}/" in p]
+
+
+def test_odd_day_files_are_skipped_never_a_crash_nor_a_hang(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A day file named like a day that is none (2026-13-45) or a FIFO in .audit/ is skipped with
+    a warning by `audit` (no internal error, no hang); appending to a FIFO day fails at once,
+    naming the path, instead of blocking or feeding events to a pipe."""
+    store = make_store(tmp_path)
+    populate(store, tmp_path, "r1", {"a.txt": b"a"})
+    folder = tmp_path / "artifacts" / AUDIT_DIR
+    today = next(folder.glob("*.jsonl"))
+    (folder / "2026-13-45.jsonl").write_bytes(today.read_bytes())
+    os.mkfifo(folder / "2020-01-01.jsonl")
+    code = main(["audit", "--json", "--root", str(tmp_path)])  # hung forever before
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert [json.loads(line)["event"] for line in out.splitlines()] == ["artifact.promoted"]
+    assert err.count("audit.invalid") == 2 and "internal error" not in err
+    today.rename(folder / "saved")
+    os.mkfifo(today)
+    assert main(["keep", "r1", "--root", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "not a regular file" in err and str(today) in err
