@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from promoter import events
+from promoter.layout import OUTPUT
 from promoter.logs import get_logger
 from promoter.names import split_relpath
 from promoter.safeio import Refused, open_dir_chain, open_regular
@@ -59,7 +60,7 @@ def _open_in_run(sessions_fd: int, run_id: str, name: str,
     output_fd: int | None = None
     try:
         if output:
-            output_fd = open_dir_chain(run_fd, ["output"])
+            output_fd = open_dir_chain(run_fd, [OUTPUT])
     except (OSError, Refused):
         output_fd = None
     finally:

@@ -54,6 +54,7 @@ from watchdog.events import (
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingEmitter
 
+from promoter.layout import CONTEXT_FILES, OUTPUT
 from promoter.names import is_valid_run_id
 
 __all__ = [
@@ -68,7 +69,6 @@ __all__ = [
 ]
 
 POLL_INTERVAL_S = 1.0
-CONTEXT_FILES = ("run.json", "attribution.jsonl")
 
 # Events the daemon acts on. watchdog turns this into the inotify mask, so reads
 # (IN_OPEN, IN_ACCESS, IN_CLOSE_NOWRITE) never reach user space at all.
@@ -119,7 +119,7 @@ def wanted_folder(root: str, path: str) -> bool:
     parts = path[len(root) + 1:].split(os.sep)
     if not is_valid_run_id(parts[0]):
         return False
-    return len(parts) == 1 or parts[1] == "output"
+    return len(parts) == 1 or parts[1] == OUTPUT
 
 
 def output_depth(root: str, path: str) -> int:
@@ -401,7 +401,7 @@ def _polling_listdir(root: str, report: Report,
             return iter([e for e in entries if is_valid_run_id(e.name)
                          and e.is_dir(follow_symlinks=False)])
         if os.path.dirname(path) == root:
-            return iter([e for e in entries if e.name == "output" or e.name in CONTEXT_FILES])
+            return iter([e for e in entries if e.name == OUTPUT or e.name in CONTEXT_FILES])
         if output_depth(root, path) >= report.max_depth:
             deep = [e for e in entries if e.is_dir(follow_symlinks=False)]
             for entry in deep:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from promoter import events
+from promoter.layout import session_file
 from promoter.logs import get_logger
 from promoter.metrics import DaemonMetrics
 from promoter.reconcile import Rejections, SessionFile
@@ -190,7 +191,7 @@ class Pipeline:
 
     def _stat(self, run_id: str, filename: str) -> FileState | None:
         try:
-            st = os.stat(self.store.sessions_path / run_id / "output" / filename,
+            st = os.stat(session_file(self.store.sessions_path, run_id, filename),
                          follow_symlinks=False)
         except (OSError, ValueError):
             return None
@@ -264,7 +265,7 @@ class Pipeline:
     def _remember_rejection(self, run_id: str, filename: str) -> None:
         """So that a rescan does not offer (and log) the same refused file again."""
         try:
-            st = os.stat(self.store.sessions_path / run_id / "output" / filename,
+            st = os.stat(session_file(self.store.sessions_path, run_id, filename),
                          follow_symlinks=False)
         except (OSError, ValueError):
             return

@@ -1,7 +1,8 @@
 """Promotion of one session file into the store, and what became of it (DESIGN §2, §6).
 
 Called by Store.promote_files under the run's lock: opens the source the safe
-way, applies the tombstone, removed list and limits, and copies it in.
+way, asks `rules.verdict` about the tombstone, removed list and entry, applies the
+limits, and copies it in. It knows no `Store`: what it needs comes as arguments.
 """
 
 from __future__ import annotations
@@ -9,15 +10,18 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, replace
 from enum import Enum
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from promoter import events
-from promoter.clock import Clock, file_time, written_at
+from promoter import events, rules
+from promoter.clock import Clock, file_time
+from promoter.config import Config, PromoteConfig
 from promoter.context import RunContext
+from promoter.layout import FILES, OUTPUT
 from promoter.logs import get_logger
 from promoter.metadata import ArtifactEntry, RunMetadata, Tombstone, guess_content_type
 from promoter.names import split_relpath
 from promoter.render import human_size
+from promoter.rules import Verdict
 from promoter.safeio import (
     Refused,
     SourceChanged,
@@ -26,13 +30,9 @@ from promoter.safeio import (
     open_regular,
 )
 
-if TYPE_CHECKING:
-    from promoter.store import Store
-
-__all__ = ["FILES", "RETRY", "Outcome", "PromoteResult", "copy_in", "log_results", "promote_one"]
+__all__ = ["RETRY", "Outcome", "PromoteResult", "copy_in", "log_results", "promote_one"]
 
 log = get_logger()
-FILES = "files"
 LARGE_COPY_BYTES = 64 << 20  # a copy this large logs its start (`artifact.copying`)
 
 
@@ -67,8 +67,8 @@ def _close(fd: int | None) -> None:
         os.close(fd)
 
 
-def promote_one(store: Store, sessions: int, art: int, meta: RunMetadata, tomb: Tombstone | None,
-                 ctx: RunContext, filename: str) -> PromoteResult:
+def promote_one(config: Config, sessions: int, art: int, meta: RunMetadata,
+                tomb: Tombstone | None, ctx: RunContext, filename: str) -> PromoteResult:
     def result(outcome: Outcome, reason: str = "") -> PromoteResult:
         return PromoteResult(meta.run_id, filename, outcome, reason)
 
@@ -76,15 +76,15 @@ def promote_one(store: Store, sessions: int, art: int, meta: RunMetadata, tomb: 
         parts = split_relpath(filename)
     except Exception as exc:  # a bad name is a refusal, whatever it is
         return result(Outcome.REJECTED, str(exc))
-    if len(parts) - 1 > store.config.watch.max_depth:  # agents control depths (DESIGN §6)
-        return result(Outcome.REJECTED,
-                      f"deeper than watch.max_depth ({store.config.watch.max_depth} folders)")
+    max_depth = config.watch.max_depth
+    if len(parts) - 1 > max_depth:  # agents control depths (DESIGN §6)
+        return result(Outcome.REJECTED, f"deeper than watch.max_depth ({max_depth} folders)")
     src_dir: int | None = None
     src: int | None = None
     try:
-        src_dir = open_dir_chain(sessions, [meta.run_id, "output", *parts[:-1]])
-        src, st = open_regular(src_dir, parts[-1], store.config.promote.allow_hardlinks)
-        return copy_in(store, art, meta, tomb, ctx, filename, parts, src, st)
+        src_dir = open_dir_chain(sessions, [meta.run_id, OUTPUT, *parts[:-1]])
+        src, st = open_regular(src_dir, parts[-1], config.promote.allow_hardlinks)
+        return copy_in(config.promote, art, meta, tomb, ctx, filename, parts, src, st)
     except Refused as exc:
         return result(Outcome.REJECTED, exc.reason)
     except (FileNotFoundError, NotADirectoryError):
@@ -100,28 +100,28 @@ def promote_one(store: Store, sessions: int, art: int, meta: RunMetadata, tomb: 
         _close(src_dir)
 
 
-def copy_in(store: Store, art: int, meta: RunMetadata, tomb: Tombstone | None, ctx: RunContext,
-             filename: str, parts: list[str], src: int, st: os.stat_result) -> PromoteResult:
+def copy_in(limits: PromoteConfig, art: int, meta: RunMetadata, tomb: Tombstone | None,
+            ctx: RunContext, filename: str, parts: list[str], src: int,
+            st: os.stat_result) -> PromoteResult:
     def result(outcome: Outcome, reason: str = "") -> PromoteResult:
         return PromoteResult(meta.run_id, filename, outcome, reason,
                              source_mtime_ns=st.st_mtime_ns)
 
-    limits = store.config.promote
     if st.st_size > limits.max_file_bytes:
         return replace(result(Outcome.REJECTED, f"over the {human_size(limits.max_file_bytes)} "
                               "limit (max_file_bytes)"), size_bytes=st.st_size)
-    written = written_at(st.st_mtime_ns, st.st_ctime_ns)  # by ctime too (DESIGN §1)
-    if tomb is not None and written <= tomb.deleted_at:
+    verdict = rules.verdict(meta, tomb, filename, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    if verdict is Verdict.DELETED:
         return result(Outcome.SKIPPED, "run was deleted after this file was written")
-    mtime = file_time(st.st_mtime_ns)
-    if mtime is None:
+    if verdict is Verdict.BAD_TIME:
         return result(Outcome.REJECTED, "modification time out of range")
-    removed_at = meta.removed_at(filename)
-    if removed_at is not None and written <= removed_at:
+    if verdict is Verdict.REMOVED:
         return result(Outcome.SKIPPED, "artifact was removed after this file was written")
-    old = meta.entry(filename)
-    if old is not None and old.size_bytes == st.st_size and old.generated_at == mtime:
+    if verdict is Verdict.UNCHANGED:
         return result(Outcome.UNCHANGED)
+    mtime = file_time(st.st_mtime_ns)
+    assert mtime is not None  # BAD_TIME otherwise
+    old = meta.entry(filename)
     run_total = meta.total_bytes - (old.size_bytes if old else 0) + st.st_size
     if run_total > limits.max_run_bytes:
         return replace(result(Outcome.REJECTED, f"the run would pass its "
@@ -138,7 +138,7 @@ def copy_in(store: Store, art: int, meta: RunMetadata, tomb: Tombstone | None, c
     finally:
         os.close(dst_dir)
     entry = ArtifactEntry(
-        filename=filename, path=f"{FILES}/{filename}", agent_id=store.agent_for(ctx, filename),
+        filename=filename, path=f"{FILES}/{filename}", agent_id=rules.agent_for(ctx, filename),
         generated_at=mtime, size_bytes=copied.size,
         content_type=guess_content_type(filename), sha256=copied.sha256)
     return PromoteResult(meta.run_id, filename, Outcome.PROMOTED, entry=entry,

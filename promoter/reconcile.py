@@ -12,11 +12,11 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
-from promoter import events
-from promoter.clock import file_time, last_change_ns, written_at
+from promoter import events, rules
+from promoter.clock import last_change_ns
 from promoter.errors import StoreIOError
+from promoter.layout import OUTPUT
 from promoter.logs import get_logger
-from promoter.metadata import RunMetadata, Tombstone
 from promoter.names import is_excluded, is_valid_run_id
 from promoter.promotion import RETRY, Outcome, PromoteResult
 from promoter.safeio import Refused, folder, open_dir_chain
@@ -96,7 +96,7 @@ def scan_run(sessions_fd: int, run_id: str, exclude: Iterable[str],
     and with an explicit stack; a folder deeper than `max_depth` is refused, not entered."""
     patterns = tuple(exclude)
     try:
-        top = open_dir_chain(sessions_fd, [run_id, "output"])
+        top = open_dir_chain(sessions_fd, [run_id, OUTPUT])
     except (FileNotFoundError, NotADirectoryError, PermissionError):
         return
     except Refused as exc:
@@ -162,23 +162,6 @@ def too_deep(max_depth: int) -> str:
     return f"deeper than watch.max_depth ({max_depth} folders)"
 
 
-def needs_promotion(f: SessionFile, meta: RunMetadata | None, tomb: Tombstone | None) -> bool:
-    """False when the store holds this version already, or a person deleted it after it.
-    "After" is judged by the file's ctime as well as its mtime (DESIGN §1); a time out of
-    datetime's range is offered, to be refused once by its promotion (DESIGN §6)."""
-    written = written_at(f.mtime_ns, f.ctime_ns or f.mtime_ns)
-    if tomb is not None and written <= tomb.deleted_at:
-        return False
-    mtime = file_time(f.mtime_ns)
-    if meta is None or mtime is None:
-        return True
-    removed_at = meta.removed_at(f.filename)
-    if removed_at is not None and written <= removed_at:
-        return False
-    entry = meta.entry(f.filename)
-    return entry is None or entry.size_bytes != f.size or entry.generated_at != mtime
-
-
 def quiet(f: SessionFile, now_ns: int, settle_ns: int) -> bool:
     """Settled on disk: not a regular file, or unchanged for settle_ns (a future mtime is
     judged by the ctime: it is no reason to wait)."""
@@ -198,7 +181,8 @@ def find_pending(store: Store, rejections: Rejections,
                 tomb = store.read_tombstone(run_id)
                 todo = [f for f in scan_run(sessions, run_id, exclude, rejections,
                                             store.config.watch.max_depth)
-                        if not rejections.known(f) and needs_promotion(f, meta, tomb)]
+                        if not rejections.known(f) and rules.needs_promotion(
+                            meta, tomb, f.filename, f.size, f.mtime_ns, f.ctime_ns or f.mtime_ns)]
             except StoreIOError:
                 raise  # the store itself: every run is concerned
             except Exception as exc:  # one run's surprise never stops the others' (DESIGN §6)

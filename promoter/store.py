@@ -14,33 +14,28 @@ import stat
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from pydantic import ValidationError
 
-from promoter import events, promotion, recovery
+from promoter import events, promotion, recovery, rules
 from promoter.audit import AUDIT_DIR, Actor, Auditor, LocalJournal, cli_actor
 from promoter.budget import StoreTotal, evictable
 from promoter.clock import Clock, SystemClock, format_time
 from promoter.config import Config
 from promoter.context import AttributionReader, RunContext, read_run_json
 from promoter.errors import ConflictError, NotFoundError, StoreIOError
+from promoter.layout import FILES, LOCKS, METADATA, TOMBSTONES, TRASH
 from promoter.library import Library, LibraryFile
 from promoter.logs import get_logger
-from promoter.metadata import (
-    ArtifactEntry,
-    RejectedEntry,
-    RemovedEntry,
-    RunMetadata,
-    Tombstone,
-)
+from promoter.metadata import ArtifactEntry, RunMetadata, Tombstone
 from promoter.names import (
     check_library_name,
     check_run_id,
     is_valid_run_id,
     split_relpath,
 )
-from promoter.promotion import FILES, RETRY, Outcome, PromoteResult
+from promoter.promotion import RETRY, Outcome, PromoteResult
 from promoter.runlock import run_lock
 from promoter.safeio import (
     Refused,
@@ -57,13 +52,6 @@ from promoter.safeio import (
 __all__ = ["RETRY", "DeleteReport", "LockFileError", "Outcome", "PromoteResult", "Store"]
 
 log = get_logger()
-METADATA = "metadata.json"
-LOCKS = ".locks"
-TRASH = ".trash"
-TOMBSTONES = ".tombstones"
-MAX_REJECTED = 1000  # agents control how many files they refuse: the list stays bounded
-
-
 class LockFileError(OSError):
     """A run's lock file cannot be opened: `.locks/` is unusable, so the whole store is
     (a read-only or full disk), not one run."""
@@ -327,7 +315,7 @@ class Store:
                 return None
             if not stat.S_ISDIR(st.st_mode):
                 return None
-            if not list(recovery.walk_files(self, art, run_id)):
+            if not recovery.has_files(art, run_id):
                 # the run's first copy never completed (changed, failed, killed): there is
                 # no run yet and nothing to recover; its promotion will create it
                 return None
@@ -379,33 +367,12 @@ class Store:
         except OSError:
             return True
 
-    def expiry(self, created_at: datetime, workflow_id: str) -> datetime:
-        return created_at + timedelta(days=self.config.retention.days_for(workflow_id))
-
-    @staticmethod
-    def agent_for(ctx: RunContext, filename: str) -> str:
-        return ctx.agents.get(filename) or ctx.agents.get(filename.rsplit("/", 1)[-1]) or "unknown"
-
-    def apply_context(self, meta: RunMetadata, ctx: RunContext) -> bool:
-        """Fold run.json and attribution into the metadata; True when anything changed."""
-        changed = False
-        if ctx.workflow_id and ctx.workflow_id != meta.workflow_id:
-            meta.workflow_id = ctx.workflow_id
-            meta.expires_at = self.expiry(meta.created_at, meta.workflow_id)
-            changed = True
-        if ctx.user_directive and ctx.user_directive != meta.user_directive:
-            meta.user_directive = ctx.user_directive
-            changed = True
-        if ctx.status in ("completed", "failed") and meta.status != "completed":
-            meta.status = "completed"
-            changed = True
+    def apply_context(self, meta: RunMetadata, ctx: RunContext) -> tuple[RunMetadata, bool]:
+        """Fold run.json and attribution into the run (rules.apply_context); True if changed."""
+        applied = rules.apply_context(meta, ctx, self.config.retention)
+        if applied.completed:
             log.info(events.RUN_COMPLETED, run_id=meta.run_id, reason=f"run.json {ctx.status}")
-        for item in meta.artifacts:
-            agent = self.agent_for(ctx, item.filename)
-            if agent != "unknown" and agent != item.agent_id:
-                item.agent_id = agent
-                changed = True
-        return changed
+        return applied.meta, applied.changed
 
     def refresh_context(self, run_id: str) -> RunMetadata | None:
         """Re-read the run's context and update its metadata if the run exists."""
@@ -416,7 +383,8 @@ class Store:
             meta = self.load_for_update(art, run_id)
             if meta is None:
                 return None
-            if self.apply_context(meta, ctx):
+            meta, changed = self.apply_context(meta, ctx)
+            if changed:
                 self.write_metadata(art, meta)
             return meta
 
@@ -476,19 +444,24 @@ class Store:
                 tomb = self.read_tombstone(run_id)
                 created = meta is None
                 if meta is None:
-                    now = self.clock.now()
-                    meta = RunMetadata(run_id=run_id, created_at=now, updated_at=now,
-                                       expires_at=self.expiry(now, ctx.workflow_id))
+                    meta = rules.new_run(run_id, ctx, self.clock.now(), self.config.retention)
                 for name in names:
-                    result = promotion.promote_one(self, sessions, art, meta, tomb, ctx, name)
+                    result = promotion.promote_one(self.config, sessions, art, meta, tomb, ctx,
+                                                   name)
                     results.append(result)
                     if result.outcome is Outcome.PROMOTED and result.entry is not None:
-                        self.upsert(meta, result.entry)
+                        meta = rules.upsert(meta, result.entry)
                 changed = any(r.outcome is Outcome.PROMOTED for r in results)
                 if changed or not created:  # a refusal alone never creates a run
-                    changed = self._note_rejections(meta, results) or changed
+                    for r in results:
+                        if r.outcome is Outcome.REJECTED:
+                            noted = rules.note_rejection(meta, r.filename, r.reason,
+                                                         r.size_bytes, self.clock.now())
+                            changed = changed or noted is not meta
+                            meta = noted
                 if changed or not created:
-                    changed = self.apply_context(meta, ctx) or changed
+                    meta, context_changed = self.apply_context(meta, ctx)
+                    changed = context_changed or changed
                 if changed:
                     self._sync_folders(art, run_id, results)
                     self.write_metadata(art, meta)
@@ -514,26 +487,6 @@ class Store:
         with contextlib.suppress(StoreIOError):  # logged (audit.failed) by the auditor
             self.audit.record(batch)
 
-    def _note_rejections(self, meta: RunMetadata, results: list[PromoteResult]) -> bool:
-        """The run's `rejected` list (DESIGN §2): one entry a filename, the latest reason;
-        True when it changed. A refusal repeated unchanged writes nothing."""
-        changed = False
-        for r in results:
-            if r.outcome is not Outcome.REJECTED:
-                continue
-            # a name that is not UTF-8 is shown with replacement characters
-            name = r.filename.encode("utf-8", "surrogateescape").decode("utf-8", "replace") \
-                or "(no name)"
-            old = next((x for x in meta.rejected if x.filename == name), None)
-            if old is not None and old.reason == r.reason and old.size_bytes == r.size_bytes:
-                continue
-            meta.rejected = [x for x in meta.rejected if x.filename != name][-(MAX_REJECTED - 1):]
-            meta.rejected.append(RejectedEntry(filename=name, reason=r.reason,
-                                               size_bytes=r.size_bytes,
-                                               rejected_at=self.clock.now()))
-            changed = True
-        return changed
-
     @staticmethod
     def _sync_folders(art: int, run_id: str, results: list[PromoteResult]) -> None:
         """Make the batch's renames durable, one fsync per folder, before any entry names them."""
@@ -546,21 +499,43 @@ class Store:
             finally:
                 os.close(fd)
 
-    @staticmethod
-    def upsert(meta: RunMetadata, entry: ArtifactEntry) -> None:
-        meta.artifacts = [a for a in meta.artifacts if a.filename != entry.filename] + [entry]
-        meta.removed = [r for r in meta.removed if r.filename != entry.filename]
-        if meta.rejected:  # a file later promoted leaves the list (DESIGN §2)
-            meta.rejected = [r for r in meta.rejected if r.filename != entry.filename]
-
-    # -- recovery (promoter/recovery.py) ---------------------------------------------
+    # -- recovery (promoter/recovery.py does the file work, rules.py decides) -------------
 
     def _rebuild(self, art: int, run_id: str, raw: bytes | None, reason: str) -> RunMetadata:
-        return recovery.rebuild(self, art, run_id, raw, reason)
+        """Under the run's lock: set a corrupt metadata.json aside, rebuild it from the copies."""
+        aside = recovery.set_aside(art, run_id, self.clock.now()) if raw is not None else ""
+        ctx = self.context(run_id)
+        entries = recovery.stored_entries(art, run_id, ctx, self._checksum)
+        applied = rules.rebuild(run_id, entries, rules.salvage(raw), ctx, self.clock.now(),
+                                self.config.retention)
+        if applied.completed:
+            log.info(events.RUN_COMPLETED, run_id=run_id, reason=f"run.json {ctx.status}")
+        self.write_metadata(art, applied.meta)
+        log.warning(events.METADATA_RECOVERED, run_id=run_id, reason=reason, set_aside=aside,
+                    files=len(entries))
+        return applied.meta
 
     def repair(self, run_id: str) -> bool:
         """After a crash: remove temps, list every stored file, drop entries without a copy."""
-        return recovery.repair(self, run_id)
+        check_run_id(run_id)
+        with self.locked(run_id) as art:
+            meta = self.load_for_update(art, run_id)
+            if meta is None:
+                return False
+            recovery.remove_temps(art, run_id)
+            fixed = recovery.relist(art, meta, lambda: self.context(run_id), self._checksum)
+            if fixed is None:
+                self.remember(run_id, meta)
+                return False
+            meta, relisted, dropped = fixed
+            self.write_metadata(art, meta)
+        log.warning(events.METADATA_RECOVERED, run_id=run_id, reason="repair after restart",
+                    relisted=relisted, dropped=dropped)
+        return True
+
+    @property
+    def _checksum(self) -> bool:
+        return self.config.promote.checksum == "sha256"
 
     # -- deletion ------------------------------------------------------------------------
 
@@ -652,10 +627,7 @@ class Store:
             entry = meta.entry(filename) if meta is not None else None
             if meta is None or entry is None:
                 raise NotFoundError(f"no artifact {filename} in run {run_id}")
-            meta.artifacts = [a for a in meta.artifacts if a.filename != filename]
-            meta.removed = [r for r in meta.removed if r.filename != filename]
-            meta.removed.append(RemovedEntry(filename=filename, removed_at=self.clock.file_now()))
-            self.write_metadata(art, meta)
+            self.write_metadata(art, rules.remove_entry(meta, filename, self.clock.file_now()))
             with contextlib.suppress(OSError, Refused):
                 dir_fd = open_dir_chain(art, [run_id, FILES, *parts[:-1]])
                 try:
@@ -670,13 +642,8 @@ class Store:
 
     def is_expired(self, meta: RunMetadata, now: datetime | None = None,
                    created_before: datetime | None = None) -> bool:
-        """At or past expires_at and not kept: nothing else decides it (DESIGN §2), but for
-        the explicit lever `created_before` (`sweep --older-than`)."""
-        if meta.keep:
-            return False
-        if created_before is not None and meta.created_at < created_before:
-            return True
-        return (now or self.clock.now()) >= meta.expires_at
+        """rules.is_expired (DESIGN §2), with the lever `created_before` (`sweep --older-than`)."""
+        return rules.is_expired(meta, now or self.clock.now(), created_before)
 
     def expired_runs(self, created_before: datetime | None = None) -> list[RunMetadata]:
         now = self.clock.now()

@@ -28,10 +28,10 @@ from typing import Protocol
 from watchdog.events import FileSystemEvent, FileSystemEventHandler, FileSystemMovedEvent
 
 from promoter import events
+from promoter.layout import CONTEXT_FILES, OUTPUT
 from promoter.logs import get_logger
 from promoter.names import is_excluded, is_valid_run_id
 from promoter.observers import (
-    CONTEXT_FILES,
     ObserverLike,
     Report,
     make_observer,
@@ -138,7 +138,7 @@ class _Handler(FileSystemEventHandler):
         if len(parts) == 2 and parts[1] in CONTEXT_FILES and not is_dir:
             self.sink.context_changed(run_id)
             return
-        if parts[1] != "output":
+        if parts[1] != OUTPUT:
             return  # input/ and anything else the runtime keeps beside output/
         rel = parts[2:]
         if rel and is_excluded(rel, self.w.exclude):
