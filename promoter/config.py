@@ -12,6 +12,7 @@ import os
 import socket
 import tomllib
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,10 +28,12 @@ __all__ = [
     "LogConfig",
     "MetricsConfig",
     "PromoteConfig",
+    "Reloaded",
     "RetentionConfig",
     "StorageConfig",
     "WatchConfig",
     "load_config",
+    "merge_reload",
     "resolve_config_path",
 ]
 
@@ -255,3 +258,38 @@ def load_config(
         return Config.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_describe(exc, source)) from None
+
+
+# What SIGHUP cannot change in a running daemon (DESIGN §5): they apply at the next start.
+NEEDS_RESTART = ("storage.", "promote.workers", "watch.observer")
+
+
+@dataclass(frozen=True)
+class Reloaded:
+    """What a reload makes of a new configuration."""
+
+    config: Config  # the new one, but for the keys that need a restart
+    changed: list[str]  # every key that differs, dotted (`watch.settle_ms`)
+    restart: list[str]  # those of them that take effect only at the next start
+
+
+def merge_reload(old: Config, new: Config) -> Reloaded:
+    """Pure: the configuration a reload applies, and which keys changed (DESIGN §5)."""
+    before, after = _flatten(old.model_dump(mode="json")), _flatten(new.model_dump(mode="json"))
+    changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+    applied = new.model_copy(update={
+        "storage": old.storage,
+        "watch": new.watch.model_copy(update={"observer": old.watch.observer}),
+        "promote": new.promote.model_copy(update={"workers": old.promote.workers}),
+    })
+    return Reloaded(applied, changed, [k for k in changed if k.startswith(NEEDS_RESTART)])
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and key != "workflows":
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out

@@ -28,7 +28,7 @@ from typing import Any
 
 from promoter import events
 from promoter.audit import DAEMON
-from promoter.config import Config
+from promoter.config import Config, merge_reload
 from promoter.errors import PromoterError
 from promoter.logs import configure_logging, get_logger
 from promoter.metrics import DaemonMetrics
@@ -65,7 +65,6 @@ STATUS_EVERY_S = 30.0
 DEGRADED_RESCAN_S = 5.0  # runs with a folder that has no watch are caught up this often
 SHUTDOWN_S = 20.0  # the drain's bound: the unit's TimeoutStopSec is 30 s
 BUDGET_GAP_S = 1.0  # the least time between two sweeps kicked by the store's ceiling
-NEEDS_RESTART = ("storage.", "promote.workers", "watch.observer")
 
 
 def run_daemon(config: Config, reload: Callable[[], Config]) -> int:
@@ -89,16 +88,6 @@ def _thread_died(args: threading.ExceptHookArgs) -> None:
     name = args.thread.name if args.thread is not None else "?"
     log.error(events.DAEMON_THREAD_DIED, thread=name,
               reason=f"{args.exc_type.__name__}: {args.exc_value}")
-
-
-def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        if isinstance(value, dict) and key != "workflows":
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 class Daemon:
@@ -336,15 +325,8 @@ class Daemon:
             log.error(events.DAEMON_RELOAD_FAILED, reason=str(exc), kept="previous configuration")
             self.notifier.notify("READY=1\n" + self._status())
             return
-        old = self.config
-        before, after = _flatten(old.model_dump(mode="json")), _flatten(new.model_dump(mode="json"))
-        changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
-        restart = [k for k in changed if k.startswith(NEEDS_RESTART)]
-        applied = new.model_copy(update={
-            "storage": old.storage,
-            "watch": new.watch.model_copy(update={"observer": old.watch.observer}),
-            "promote": new.promote.model_copy(update={"workers": old.promote.workers}),
-        })
+        reloaded = merge_reload(self.config, new)
+        applied, changed, restart = reloaded.config, reloaded.changed, reloaded.restart
         self.config = applied
         self.store.config = applied
         configure_logging(applied.log.level, applied.log.format)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from pyfakefs.fake_filesystem import FakeFilesystem
 
-from promoter.config import Config, load_config, resolve_config_path
+from promoter.config import Config, load_config, merge_reload, resolve_config_path
 from promoter.errors import ConfigError
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "config.example.toml"
@@ -155,3 +155,41 @@ def test_the_daemon_refuses_an_absurd_retention_with_exit_2(tmp_path: Path) -> N
     assert done.returncode == 2, done.stderr
     assert "retention.days" in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "artifacts").exists()
+
+
+# -- reload (SIGHUP): a pure merge, DESIGN §5 ------------------------------------------------
+
+def test_reload_applies_what_can_change_and_lists_it() -> None:
+    """A new settle time, log level and retention apply at once; nothing needs a restart."""
+    old = Config()
+    new = Config.model_validate({"watch": {"settle_ms": 900}, "log": {"level": "debug"},
+                                 "retention": {"workflows": {"short": 1}}})
+    reloaded = merge_reload(old, new)
+    assert reloaded.config == new
+    assert reloaded.changed == ["log.level", "retention.workflows", "watch.settle_ms"]
+    assert reloaded.restart == []
+
+
+def test_reload_keeps_what_needs_a_restart_and_names_it() -> None:
+    """Storage, workers and observer keep their running values (named for a restart), while
+    other keys of the same sections apply."""
+    old = Config()
+    new = Config.model_validate({"storage": {"root": "/elsewhere"},
+                                 "watch": {"observer": "polling", "settle_ms": 10},
+                                 "promote": {"workers": 7, "max_file_bytes": 1000}})
+    reloaded = merge_reload(old, new)
+    applied = reloaded.config
+    assert applied.storage == old.storage
+    assert (applied.watch.observer, applied.watch.settle_ms) == (old.watch.observer, 10)
+    assert (applied.promote.workers, applied.promote.max_file_bytes) == (old.promote.workers,
+                                                                         1000)
+    assert set(reloaded.restart) == {"promote.workers", "watch.observer"} | {
+        k for k in reloaded.changed if k.startswith("storage.")}
+    assert "promote.max_file_bytes" in reloaded.changed
+    assert "promote.max_file_bytes" not in reloaded.restart
+
+
+def test_reload_of_the_same_configuration_changes_nothing() -> None:
+    """An unchanged file: no key changed, the running configuration stays."""
+    reloaded = merge_reload(Config(), Config())
+    assert (reloaded.changed, reloaded.restart, reloaded.config) == ([], [], Config())
