@@ -31,6 +31,7 @@ __all__ = ["STALL_S", "Pipeline"]
 
 log = get_logger()
 MS = 1_000_000
+STEADY_LOOK_S = 0.05  # at shutdown, a file without a close is looked at twice this far apart
 STALL_S = 120.0  # work outstanding and no batch done for this long: the backlog is stuck
 
 
@@ -72,8 +73,9 @@ class Pipeline:
 
     # -- the watcher's sink --------------------------------------------------------------
 
-    def file_changed(self, run_id: str, filename: str, strong: bool) -> None:
-        self._inbox.put(("touch", run_id, filename, strong))
+    def file_changed(self, run_id: str, filename: str, strong: bool,
+                     open_unknown: bool = False) -> None:
+        self._inbox.put(("touch", run_id, filename, strong, open_unknown))
 
     def file_nudged(self, run_id: str, filename: str) -> None:
         self._inbox.put(("nudge", run_id, filename))
@@ -145,7 +147,7 @@ class Pipeline:
             while message is not None:
                 if message is _FLUSH:
                     draining = True
-                    for batch in s.flush_closed():
+                    for batch in s.flush_closed(self._steady(s)):
                         self._work.put(batch)
                 else:
                     self._apply(s, message)
@@ -169,7 +171,7 @@ class Pipeline:
         kind, *args = message
         now = self._now()
         if kind == "touch":
-            s.touch(args[0], args[1], now, strong=args[2])
+            s.touch(args[0], args[1], now, strong=args[2], open_unknown=args[3])
         elif kind == "nudge":
             s.nudge(args[0], args[1], now)
         elif kind == "forget":
@@ -188,6 +190,31 @@ class Pipeline:
             done: _Done = args[0]
             s.done(done.batch, done.retry, now, retry_run=done.retry_run)
             self._last_progress = time.monotonic()
+
+    def _steady(self, s: Settler) -> set[tuple[str, str]]:
+        """Shutdown: of the pending files whose close was never seen, those not known to be
+        open that two looks STEADY_LOOK_S apart saw the same (DESIGN §5). The others are
+        left for the next start's catch-up, logged `artifact.deferred`."""
+        unsure: list[tuple[str, str]] = []
+        for run_id, name, open_seen in s.unclosed():
+            if open_seen:  # written to, and inotify reported no close: still open
+                log.info(events.ARTIFACT_DEFERRED, run_id=run_id, filename=name,
+                         reason="still open at shutdown: the next start catches up")
+            else:
+                unsure.append((run_id, name))
+        if not unsure:
+            return set()
+        first = {key: self._stat(*key) for key in unsure}
+        threading.Event().wait(STEADY_LOOK_S)  # one pause at shutdown, not a polling loop
+        steady: set[tuple[str, str]] = set()
+        for key, seen in first.items():
+            now = self._stat(*key)
+            if seen is not None and now == seen:
+                steady.add(key)
+            elif now is not None:  # one gone meanwhile is nothing to defer
+                log.info(events.ARTIFACT_DEFERRED, run_id=key[0], filename=key[1],
+                         reason="still being written at shutdown: the next start catches up")
+        return steady
 
     def _stat(self, run_id: str, filename: str) -> FileState | None:
         try:

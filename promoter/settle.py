@@ -22,6 +22,9 @@ The rules:
 - A file touched while its batch is in flight is looked at again afterwards; a
   copy that must be retried (changed during the copy, store I/O error) waits
   an exponential backoff.
+- At shutdown, closed and finished files go at once. A file whose close was never
+  seen goes too if it is not known to be open (its last event was no real write)
+  and the shell's two looks 50 ms apart saw it steady (`unclosed`, `flush_closed`).
 """
 
 from __future__ import annotations
@@ -72,6 +75,7 @@ class _Phase(Enum):
 class _File:
     deadline: int
     closed: bool = False
+    open_seen: bool = False  # the last event was a real write with no close after it
     phase: _Phase = _Phase.ARMED
     queued: bool = False  # has a live entry in the heap
     seen: FileState | None = None
@@ -111,8 +115,10 @@ class Settler:
 
     # -- events --------------------------------------------------------------------------
 
-    def touch(self, run_id: str, filename: str, now: int, strong: bool = False) -> None:
-        """An event on a file: strong = closed after writing or renamed in; weak = written to."""
+    def touch(self, run_id: str, filename: str, now: int, strong: bool = False,
+              open_unknown: bool = False) -> None:
+        """An event on a file: strong = closed after writing or renamed in; weak = written to,
+        so still open, unless `open_unknown` (created, found by a scan: it may be closed)."""
         if self._draining:
             return
         run = self._runs.setdefault(run_id, _Run())
@@ -121,6 +127,7 @@ class Settler:
             f = run.files[filename] = _File(deadline=now + self.settle_ns)
         f.deadline = now + self.settle_ns
         f.closed = strong
+        f.open_seen = not strong and not open_unknown
         f.forgotten = False
         self._rearm(run_id, filename, f)
 
@@ -129,7 +136,7 @@ class Settler:
         run = self._runs.get(run_id)
         f = run.files.get(filename) if run is not None else None
         if f is None:
-            self.touch(run_id, filename, now, strong=False)
+            self.touch(run_id, filename, now, strong=False, open_unknown=True)
             return
         f.deadline = now + self.settle_ns
         self._rearm(run_id, filename, f)
@@ -141,7 +148,8 @@ class Settler:
         run = self._runs.get(run_id)
         if self._draining or (run is not None and filename in run.files):
             return
-        self.touch(run_id, filename, now - self.settle_ns if quiet else now, strong=quiet)
+        self.touch(run_id, filename, now - self.settle_ns if quiet else now, strong=quiet,
+                   open_unknown=True)
 
     def forget(self, run_id: str, filename: str) -> None:
         """The file was deleted or renamed away before it settled."""
@@ -311,15 +319,24 @@ class Settler:
         base = max(self.settle_ns, MIN_BACKOFF_NS)
         return min(base << min(attempts - 1, 20), MAX_BACKOFF_NS)
 
-    def flush_closed(self) -> list[Batch]:
-        """Shutdown: batches of every file closed after writing (or already finished), without
-        waiting out the settle time, with the runs' pending chores. Files still being written
-        are left to the next start's catch-up. Nothing is decided after this."""
+    def unclosed(self) -> list[tuple[str, str, bool]]:
+        """(run_id, filename, open_seen) of every pending file whose close was never seen;
+        `open_seen`: its last event was a real write, so it is still open. At shutdown the
+        shell looks twice at the others and names the steady ones to `flush_closed`."""
+        return [(run_id, name, f.open_seen) for run_id, run in self._runs.items()
+                for name, f in run.files.items() if f.phase is _Phase.ARMED and not f.closed]
+
+    def flush_closed(self, steady: Collection[tuple[str, str]] = ()) -> list[Batch]:
+        """Shutdown: batches of every file closed after writing (or already finished), and of
+        the `steady` ones (no close seen, but two looks saw the same state; DESIGN §5),
+        without waiting out the settle time, with the runs' pending chores. Files still
+        being written are left to the next start's catch-up. Nothing is decided after this."""
         self._draining = True
         out: list[Batch] = []
         for run_id, run in self._runs.items():
             names = [n for n, f in run.files.items()
-                     if f.phase is _Phase.READY or (f.phase is _Phase.ARMED and f.closed)]
+                     if f.phase is _Phase.READY or (f.phase is _Phase.ARMED and (
+                         f.closed or (run_id, n) in steady))]
             for name in names:
                 run.files[name].phase = _Phase.FLIGHT
             for start in range(0, max(len(names), 1), self.max_batch):

@@ -49,7 +49,12 @@ QUIET_S = 0.1
 class WatchSink(Protocol):
     """Where the handler's conclusions go (the daemon's settle loop and catch-up thread)."""
 
-    def file_changed(self, run_id: str, filename: str, strong: bool) -> None: ...
+    def file_changed(self, run_id: str, filename: str, strong: bool,
+                     open_unknown: bool = False) -> None:
+        """strong: closed after writing or renamed in. open_unknown: the event does not say
+        whether the file is still open (DESIGN §5, shutdown): a "created" event, which is
+        also what the scan of a new folder makes of every file in it, or any event of the
+        polling observer, which never reports closes."""
 
     def file_nudged(self, run_id: str, filename: str) -> None: ...
 
@@ -155,7 +160,10 @@ class _Handler(FileSystemEventHandler):
         elif kind == "attrib":
             self.sink.file_nudged(run_id, name)
         elif kind in ("created", "modified", "closed", "moved_in"):
-            self.sink.file_changed(run_id, name, strong=kind in ("closed", "moved_in"))
+            # a real write ("modified") with no close after it means the file is still
+            # open; a "created" may be the new folder's scan, and polling sees no closes
+            self.sink.file_changed(run_id, name, strong=kind in ("closed", "moved_in"),
+                                   open_unknown=kind == "created" or self.w.in_use == "polling")
 
 
 class _LogBridge(logging.Handler):

@@ -426,6 +426,60 @@ def test_sigterm_promotes_a_file_just_closed_and_exits_0(tmp_path: Path,
     d.close()
 
 
+def test_sigterm_promotes_a_file_written_into_a_new_run_folder(tmp_path: Path,
+                                                               daemons: list[Daemon]) -> None:
+    """A file written into a brand-new run folder 0.3 s before SIGTERM at settle 300 ms (only
+    synthetic events, no close seen, not yet looked at twice) is promoted at shutdown: two
+    looks 50 ms apart saw the same size and times (DESIGN §5)."""
+    root = tmp_path / "storage"
+    d = start(daemons, root, base_config(watch={"settle_ms": 300}))
+    out = root / "sessions" / "fresh-1" / "output"
+    out.mkdir(parents=True)
+    write(out / "report.txt", "finished")
+    written = time.monotonic()
+    # the scenario's timing (the signal 0.3 s after the write), not a wait for a result
+    threading.Event().wait(max(written + 0.3 - time.monotonic(), 0))
+    d.send(signal.SIGTERM)
+    assert d.proc.wait(15) == 0
+    assert (d.entry("fresh-1", "report.txt") or {}).get("size_bytes") == 8
+    assert not d.events("artifact.deferred")
+    d.close()
+
+
+def test_sigterm_defers_a_file_still_growing(tmp_path: Path, daemons: list[Daemon]) -> None:
+    """A file whose close was never seen and that grows between the two looks is left for
+    the next start's catch-up, logged `artifact.deferred`; the next start promotes it."""
+    root = tmp_path / "storage"
+    d = start(daemons, root, base_config(watch={"settle_ms": 300}))
+    out = root / "sessions" / "grow-1" / "output"
+    out.mkdir(parents=True)
+    stop = threading.Event()
+
+    def grow() -> None:
+        with (out / "growing.txt").open("ab") as fh:
+            while not stop.wait(0.002):
+                fh.write(b"x")
+                fh.flush()
+
+    writer = threading.Thread(target=grow, name="test-grower")
+    writer.start()
+    try:
+        growing = out / "growing.txt"
+        wait_until(lambda: growing.exists() and growing.stat().st_size > 0)
+        d.send(signal.SIGTERM)
+        assert d.proc.wait(15) == 0
+    finally:
+        stop.set()
+        writer.join(5)
+    assert d.entry("grow-1", "growing.txt") is None
+    assert d.events("artifact.deferred", run_id="grow-1", filename="growing.txt")
+    d.close()
+    size = (out / "growing.txt").stat().st_size
+    again = start(daemons, root, base_config(watch={"settle_ms": 300}))
+    assert again.wait_entry("grow-1", "growing.txt")["size_bytes"] == size
+    assert again.stop() == 0
+
+
 def test_sigint_stops_cleanly_too(tmp_path: Path, daemons: list[Daemon]) -> None:
     """SIGINT (Ctrl-C in a terminal) is a clean stop with exit 0, like SIGTERM."""
     d = start(daemons, tmp_path / "storage")

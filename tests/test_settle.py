@@ -519,3 +519,25 @@ def test_every_closed_file_is_copied_after_its_last_event(script: list) -> None:
     assert len(s) == 0 and not in_flight
     for key, (t, _) in last_event.items():
         assert copied_at.get(key, -1) >= t, f"{key} changed at {t}, copied {copied_at.get(key)}"
+
+
+def test_unclosed_names_pending_files_and_whether_they_are_known_open() -> None:
+    """A file last reported written (and not closed) is known open; one only reported
+    created, or found by a catch-up, may be closed: the shell looks at those twice."""
+    s = Settler(SETTLE)
+    s.touch("r", "closed", 0, strong=True)
+    s.touch("r", "writing", 0, strong=False)
+    s.touch("r", "created", 0, strong=False, open_unknown=True)
+    s.offer("q", "found", 0, quiet=False)
+    assert sorted(s.unclosed()) == [("q", "found", False), ("r", "created", False),
+                                    ("r", "writing", True)]
+
+
+def test_flush_takes_the_steady_files_the_shell_names() -> None:
+    """At shutdown a file with no close seen goes with the closed ones when named steady;
+    the others stay behind for the next start."""
+    s = Settler(SETTLE)
+    s.touch("r", "closed", 0, strong=True)
+    s.touch("r", "steady", 0, strong=False, open_unknown=True)
+    s.touch("r", "growing", 0, strong=False, open_unknown=True)
+    assert names(s.flush_closed(steady={("r", "steady")})) == {"r": ["closed", "steady"]}

@@ -41,7 +41,8 @@ class Sink:
         with self.lock:
             self.calls.append(call)
 
-    def file_changed(self, run_id: str, filename: str, strong: bool) -> None:
+    def file_changed(self, run_id: str, filename: str, strong: bool,
+                     open_unknown: bool = False) -> None:
         self._add(("changed", run_id, filename, strong))
 
     def file_nudged(self, run_id: str, filename: str) -> None:
