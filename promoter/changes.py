@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from promoter import events
 from promoter.logs import get_logger
 from promoter.names import is_valid_run_id
 
@@ -90,7 +91,7 @@ class LocalChanges:
                     runs[run_id] = inotify.add_watch(self.artifacts / run_id, per_run)
                 except OSError as exc:  # gone already, or the watch limit: clients reload
                     if not isinstance(exc, FileNotFoundError | NotADirectoryError):
-                        log.warning("events.watch_failed", run_id=run_id,
+                        log.warning(events.EVENTS_WATCH_FAILED, run_id=run_id,
                                     reason=exc.strerror or str(exc))
                         emit(Change(RESET, {"reason": "watch failed"}))
                     return

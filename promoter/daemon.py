@@ -30,7 +30,7 @@ from promoter import events
 from promoter.audit import DAEMON
 from promoter.config import Config, merge_reload
 from promoter.errors import PromoterError
-from promoter.logs import configure_logging, get_logger
+from promoter.logs import StdlibBridge, configure_logging, get_logger
 from promoter.metrics import DaemonMetrics
 from promoter.names import is_valid_run_id
 from promoter.notify import (
@@ -70,18 +70,6 @@ BUDGET_GAP_S = 1.0  # the least time between two sweeps kicked by the store's ce
 def run_daemon(config: Config, reload: Callable[[], Config]) -> int:
     """Run until SIGTERM or SIGINT; returns the exit status (0 on a clean stop)."""
     return Daemon(config, reload).run()
-
-
-class _StdlibBridge(logging.Handler):
-    """Records of libraries' stdlib logging become JSON lines too: stderr stays parseable."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            level = "error" if record.levelno >= logging.ERROR else "warning"
-            getattr(log, level)(events.PYTHON_LOG, logger=record.name,
-                                message=record.getMessage())
-        except Exception:
-            self.handleError(record)
 
 
 def _thread_died(args: threading.ExceptHookArgs) -> None:
@@ -164,7 +152,7 @@ class Daemon:
         saved: dict[str, Any] = {"excepthook": threading.excepthook}
         configure_logging(self.config.log.level, self.config.log.format)
         root = logging.getLogger()
-        self._bridge = _StdlibBridge(level=logging.WARNING)
+        self._bridge = StdlibBridge(events.PYTHON_LOG, level=logging.WARNING)
         root.addHandler(self._bridge)
         logging.captureWarnings(True)
         threading.excepthook = _thread_died
@@ -404,7 +392,7 @@ class Daemon:
                 shown.close()
         self.metrics.record(report.outcomes.values(), time.time_ns())
         assert self.pipeline is not None
-        self.pipeline.promoted += report.count(Outcome.PROMOTED)
+        self.pipeline.add_promoted(report.count(Outcome.PROMOTED))
         duration = time.monotonic() - started
         self.metrics.reconciled(time.time(), duration)
         log.info(events.RECONCILE_FINISHED, trigger="startup", **report.summary(),
@@ -499,6 +487,8 @@ class Daemon:
             thread.join(max(started + SHUTDOWN_S - time.monotonic(), 0.1))
             if thread.is_alive():
                 log.error(events.DAEMON_THREAD_STUCK, threads=[thread.name])
+        if self.pipeline is not None:
+            self.pipeline.close()  # nothing promotes any more: the copy helpers end
         self.metrics.up.set(0)
         if self.config.metrics.textfile and self.watcher is not None:
             self._write_metrics()

@@ -8,7 +8,7 @@ from typing import Any, TextIO
 
 import structlog
 
-__all__ = ["configure_logging", "get_logger"]
+__all__ = ["StdlibBridge", "configure_logging", "get_logger"]
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
            "error": logging.ERROR}
@@ -53,3 +53,25 @@ def get_logger(name: str = "promoter") -> Any:
     if not structlog.is_configured():
         configure_logging()
     return structlog.get_logger(name)
+
+
+class StdlibBridge(logging.Handler):
+    """Records of libraries' stdlib logging (watchdog, uvicorn) as structlog events named
+    `event`, so stderr stays one JSON object a line. The one bridge of the daemon and
+    the server."""
+
+    def __init__(self, event: str, level: int = logging.NOTSET) -> None:
+        super().__init__(level=level)
+        self.event = event
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            method = ("error" if record.levelno >= logging.ERROR else
+                      "warning" if record.levelno >= logging.WARNING else
+                      "info" if record.levelno >= logging.INFO else "debug")
+            fields: dict[str, Any] = {"logger": record.name, "message": record.getMessage()}
+            if record.exc_info:
+                fields["exc_info"] = record.exc_info
+            getattr(get_logger(), method)(self.event, **fields)
+        except Exception:  # a log handler never raises
+            self.handleError(record)

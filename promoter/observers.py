@@ -22,8 +22,8 @@ What watchdog 7.1's source shows, and what this module does about it:
   and nothing notices. Each of our threads reports its own end
   (`Report.died`), so the watcher can restart the observer and catch up.
 
-Only `PROMOTER_TEST_FAULTS` (read by `promoter.watch`) can make these classes
-misbehave on purpose; the end-to-end tests use it to prove each workaround.
+Nothing here misbehaves on purpose: the tests inject their faults from outside
+(tests/fault_site/watch_faults.py, by subclassing) to prove each workaround.
 """
 
 from __future__ import annotations
@@ -188,7 +188,6 @@ def _inotify_classes() -> tuple[Any, Any]:
         InotifyEvent,
         InotifyFD,
         Mask,
-        WatchDescriptor,
     )
 
     class BoundedWatchGroup(InotifyWatchGroup):
@@ -228,10 +227,10 @@ def _inotify_classes() -> tuple[Any, Any]:
     class SupervisedInotifyFD(InotifyFD):
         """watchdog's inotify reader, reporting overflows, failed watches and its own end."""
 
-        def __init__(self, root: str, report: Report, faults: frozenset[str]) -> None:
+        def __init__(self, root: str, report: Report) -> None:
             super().__init__()
             self.name = "promoter-watch-inotify"
-            self._root, self._report, self._faults = root, report, faults
+            self._root, self._report = root, report
             self._read = self._handled = 0
             self._stopping = False
 
@@ -241,8 +240,6 @@ def _inotify_classes() -> tuple[Any, Any]:
                 # watchdog skips a subfolder whose watch fails: no watch, no events, by design
                 raise OSError(errno.EPERM, "not watched by design")
             try:
-                if "nowatch" in self._faults and os.path.basename(text).startswith("fault-nowatch"):
-                    raise OSError(errno.ENOSPC, "inotify watch limit reached")
                 wd = super().add_callback(path, mask, callback, id_)
             except OSError as exc:
                 if exc.errno not in (errno.ENOENT, errno.ENOTDIR):  # vanished: nothing lost
@@ -259,11 +256,6 @@ def _inotify_classes() -> tuple[Any, Any]:
 
         def handle_event(self, event: Any) -> None:
             try:
-                if "overflow" in self._faults and event.name.startswith(b"fault-overflow"):
-                    if event.is_create:  # lose the file's events, then overflow as the kernel does
-                        super().handle_event(InotifyEvent(WatchDescriptor(-1),
-                                                          InotifyConstants.IN_Q_OVERFLOW, 0, b""))
-                    return
                 if event.is_queue_overflow:
                     self._report.overflow()
                     _local.overflow = True
@@ -362,9 +354,9 @@ class _Observer(BaseObserver):
         return bool(self.event_queue.unfinished_tasks == 0)
 
 
-def _inotify_observer(root: str, report: Report, faults: frozenset[str]) -> _Observer:
+def _inotify_observer(root: str, report: Report) -> _Observer:
     fd_class, emitter_class = _inotify_classes()
-    fd = fd_class(root, report, faults)
+    fd = fd_class(root, report)
     fd.start()
     try:
         return _Observer(emitter_class, report, timeout=1.0, inotify_fd=fd)
@@ -421,11 +413,11 @@ def _polling_observer(root: str, report: Report) -> _Observer:
 
 # -- the factory -------------------------------------------------------------------------
 
-def make_observer(kind: str, root: str, handler: FileSystemEventHandler, report: Report,
-                  faults: frozenset[str] = frozenset()) -> ObserverLike:
+def make_observer(kind: str, root: str, handler: FileSystemEventHandler,
+                  report: Report) -> ObserverLike:
     """An observer of `kind` ("inotify" or "polling") with its one recursive schedule on
     `root`, not started. Raises OSError (or ImportError) when inotify is unusable."""
-    observer = (_inotify_observer(root, report, faults) if kind == "inotify"
+    observer = (_inotify_observer(root, report) if kind == "inotify"
                 else _polling_observer(root, report))
     try:
         observer.schedule(handler, root, recursive=True, event_filter=EVENT_FILTER)

@@ -17,13 +17,13 @@ import threading
 import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
-from typing import Any
 
 from promoter import events
 from promoter.layout import session_file
 from promoter.logs import get_logger
 from promoter.metrics import DaemonMetrics
 from promoter.reconcile import Rejections, SessionFile
+from promoter.safeio import CopyPools
 from promoter.settle import Batch, FileState, Settler
 from promoter.store import RETRY, Outcome, PromoteResult, Store
 
@@ -35,6 +35,56 @@ STEADY_LOOK_S = 0.05  # at shutdown, a file without a close is looked at twice t
 STALL_S = 120.0  # work outstanding and no batch done for this long: the backlog is stuck
 
 
+# -- messages to the settle thread (each names what happened; see Pipeline._apply) -------
+
+@dataclass(frozen=True)
+class _Touch:
+    run_id: str
+    filename: str
+    strong: bool
+    open_unknown: bool
+
+
+@dataclass(frozen=True)
+class _Nudge:
+    run_id: str
+    filename: str
+
+
+@dataclass(frozen=True)
+class _Forget:
+    run_id: str
+    filename: str
+
+
+@dataclass(frozen=True)
+class _ForgetTree:
+    run_id: str
+    folder: str
+
+
+@dataclass(frozen=True)
+class _Context:
+    run_id: str
+
+
+@dataclass(frozen=True)
+class _Gone:
+    run_id: str
+
+
+@dataclass(frozen=True)
+class _Offer:
+    run_id: str
+    filename: str
+    quiet: bool
+
+
+@dataclass(frozen=True)
+class _Settle:
+    settle_ms: int
+
+
 @dataclass(frozen=True)
 class _Done:
     batch: Batch
@@ -42,7 +92,13 @@ class _Done:
     retry_run: bool
 
 
-_FLUSH = object()
+@dataclass(frozen=True)
+class _Flush:
+    """Shutdown: flush what is finished, then stop."""
+
+
+_Message = (_Touch | _Nudge | _Forget | _ForgetTree | _Context | _Gone | _Offer | _Settle
+            | _Done | _Flush)
 
 
 class Pipeline:
@@ -57,47 +113,50 @@ class Pipeline:
         self.stall_s = stall_s
         self._now = monotonic_ns
         self._settler = Settler(settle_ms * MS)
-        self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._inbox: queue.SimpleQueue[_Message] = queue.SimpleQueue()
         self._work: queue.SimpleQueue[Batch | None] = queue.SimpleQueue()
         self._threads = [threading.Thread(target=self._settle_loop, name="promoter-settle",
                                           daemon=True)]
         self._threads += [threading.Thread(target=self._worker, name=f"promoter-worker-{i + 1}",
                                            daemon=True) for i in range(workers)]
         self._finished = threading.Event()
+        self.pools = CopyPools()  # the copy helper threads, lent to the store; see close()
+        store.pools = self.pools
         # published by the settle thread after every turn; read anywhere without a lock
         self._busy: frozenset[str] = frozenset()
         self.queue_length = 0
         self._outstanding = 0
         self._last_progress = time.monotonic()
-        self.promoted = 0
+        self._promoted = 0
+        self._promoted_lock = threading.Lock()  # workers and the catch-up thread both add
 
     # -- the watcher's sink --------------------------------------------------------------
 
     def file_changed(self, run_id: str, filename: str, strong: bool,
                      open_unknown: bool = False) -> None:
-        self._inbox.put(("touch", run_id, filename, strong, open_unknown))
+        self._inbox.put(_Touch(run_id, filename, strong, open_unknown))
 
     def file_nudged(self, run_id: str, filename: str) -> None:
-        self._inbox.put(("nudge", run_id, filename))
+        self._inbox.put(_Nudge(run_id, filename))
 
     def file_gone(self, run_id: str, filename: str) -> None:
-        self._inbox.put(("forget", run_id, filename))
+        self._inbox.put(_Forget(run_id, filename))
 
     def folder_gone(self, run_id: str, folder: str) -> None:
-        self._inbox.put(("forget_tree", run_id, folder))
+        self._inbox.put(_ForgetTree(run_id, folder))
 
     def context_changed(self, run_id: str) -> None:
-        self._inbox.put(("context", run_id))
+        self._inbox.put(_Context(run_id))
 
     def session_gone(self, run_id: str) -> None:
-        self._inbox.put(("gone", run_id))
+        self._inbox.put(_Gone(run_id))
 
     def offer(self, run_id: str, filename: str, quiet: bool) -> None:
         """A catch-up found a file the store lacks; `quiet` when already settled on disk."""
-        self._inbox.put(("offer", run_id, filename, quiet))
+        self._inbox.put(_Offer(run_id, filename, quiet))
 
     def set_settle(self, settle_ms: int) -> None:
-        self._inbox.put(("settle", settle_ms))
+        self._inbox.put(_Settle(settle_ms))
 
     # -- state for the daemon ------------------------------------------------------------
 
@@ -114,6 +173,15 @@ class Pipeline:
             return f"no batch done for {self.stall_s:.0f} s with {self._outstanding} outstanding"
         return None
 
+    @property
+    def promoted(self) -> int:
+        """Files promoted since start, by the workers and the catch-up alike."""
+        return self._promoted
+
+    def add_promoted(self, count: int) -> None:
+        with self._promoted_lock:
+            self._promoted += count
+
     # -- lifecycle -----------------------------------------------------------------------
 
     def start(self) -> None:
@@ -123,7 +191,7 @@ class Pipeline:
     def drain(self, timeout: float) -> bool:
         """Shutdown: promote every file already closed after writing (without waiting out its
         settle time), finish what is in flight, stop the threads. False if time ran out."""
-        self._inbox.put(_FLUSH)
+        self._inbox.put(_Flush())
         deadline = time.monotonic() + timeout
         for thread in self._threads:
             thread.join(max(deadline - time.monotonic(), 0))
@@ -131,6 +199,12 @@ class Pipeline:
         if stuck:
             log.error(events.DAEMON_THREAD_STUCK, threads=stuck, waited_s=timeout)
         return not stuck
+
+    def close(self) -> None:
+        """After the drain and once nothing else promotes (the catch-up thread joined): end
+        the copy helper threads. A stuck worker may still copy: then they stay for the exit."""
+        if not any(t.is_alive() for t in self._threads):
+            self.pools.shutdown()
 
     # -- the settle thread ---------------------------------------------------------------
 
@@ -140,12 +214,13 @@ class Pipeline:
         while True:
             deadline = s.next_deadline()
             timeout = None if deadline is None else max(deadline - self._now(), 0) / 1e9
+            message: _Message | None
             try:
                 message = self._inbox.get(timeout=timeout)
             except queue.Empty:
                 message = None
             while message is not None:
-                if message is _FLUSH:
+                if isinstance(message, _Flush):
                     draining = True
                     for batch in s.flush_closed(self._steady(s)):
                         self._work.put(batch)
@@ -167,29 +242,28 @@ class Pipeline:
         for _ in self._threads[1:]:
             self._work.put(None)
 
-    def _apply(self, s: Settler, message: Any) -> None:
-        kind, *args = message
+    def _apply(self, s: Settler, message: _Message) -> None:
         now = self._now()
-        if kind == "touch":
-            s.touch(args[0], args[1], now, strong=args[2], open_unknown=args[3])
-        elif kind == "nudge":
-            s.nudge(args[0], args[1], now)
-        elif kind == "forget":
-            s.forget(args[0], args[1])
-        elif kind == "forget_tree":
-            s.forget_tree(args[0], args[1])
-        elif kind == "context":
-            s.context(args[0], now)
-        elif kind == "gone":
-            s.session_gone(args[0], now)
-        elif kind == "offer":
-            s.offer(args[0], args[1], now, quiet=args[2])
-        elif kind == "settle":
-            s.settle_ns = args[0] * MS
-        elif kind == "done":
-            done: _Done = args[0]
-            s.done(done.batch, done.retry, now, retry_run=done.retry_run)
-            self._last_progress = time.monotonic()
+        match message:
+            case _Touch(run_id, filename, strong, open_unknown):
+                s.touch(run_id, filename, now, strong=strong, open_unknown=open_unknown)
+            case _Nudge(run_id, filename):
+                s.nudge(run_id, filename, now)
+            case _Forget(run_id, filename):
+                s.forget(run_id, filename)
+            case _ForgetTree(run_id, folder):
+                s.forget_tree(run_id, folder)
+            case _Context(run_id):
+                s.context(run_id, now)
+            case _Gone(run_id):
+                s.session_gone(run_id, now)
+            case _Offer(run_id, filename, quiet):
+                s.offer(run_id, filename, now, quiet=quiet)
+            case _Settle(settle_ms):
+                s.settle_ns = settle_ms * MS
+            case _Done(batch, retry, retry_run):
+                s.done(batch, retry, now, retry_run=retry_run)
+                self._last_progress = time.monotonic()
 
     def _steady(self, s: Settler) -> set[tuple[str, str]]:
         """Shutdown: of the pending files whose close was never seen, those not known to be
@@ -232,7 +306,7 @@ class Pipeline:
             if batch is None:
                 return
             retry, retry_run = self._promote(batch)
-            self._inbox.put(("done", _Done(batch, retry, retry_run)))
+            self._inbox.put(_Done(batch, retry, retry_run))
 
     def _promote(self, batch: Batch) -> tuple[frozenset[str], bool]:
         """One batch; returns the files and whether the run chores are to be retried."""
@@ -284,7 +358,7 @@ class Pipeline:
 
     def _account(self, batch: Batch, results: Collection[PromoteResult]) -> None:
         self.metrics.record(results, time.time_ns())
-        self.promoted += sum(1 for r in results if r.outcome is Outcome.PROMOTED)
+        self.add_promoted(sum(1 for r in results if r.outcome is Outcome.PROMOTED))
         for r in results:
             if r.outcome is Outcome.REJECTED:
                 self._remember_rejection(batch.run_id, r.filename)

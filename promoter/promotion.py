@@ -23,6 +23,7 @@ from promoter.names import split_relpath
 from promoter.render import human_size
 from promoter.rules import Verdict
 from promoter.safeio import (
+    CopyPools,
     Refused,
     SourceChanged,
     copy_and_hash,
@@ -68,7 +69,8 @@ def _close(fd: int | None) -> None:
 
 
 def promote_one(config: Config, sessions: int, art: int, meta: RunMetadata,
-                tomb: Tombstone | None, ctx: RunContext, filename: str) -> PromoteResult:
+                tomb: Tombstone | None, ctx: RunContext, filename: str,
+                pools: CopyPools | None = None) -> PromoteResult:
     def result(outcome: Outcome, reason: str = "") -> PromoteResult:
         return PromoteResult(meta.run_id, filename, outcome, reason)
 
@@ -84,7 +86,7 @@ def promote_one(config: Config, sessions: int, art: int, meta: RunMetadata,
     try:
         src_dir = open_dir_chain(sessions, [meta.run_id, OUTPUT, *parts[:-1]])
         src, st = open_regular(src_dir, parts[-1], config.promote.allow_hardlinks)
-        return copy_in(config.promote, art, meta, tomb, ctx, filename, parts, src, st)
+        return copy_in(config.promote, art, meta, tomb, ctx, filename, parts, src, st, pools)
     except Refused as exc:
         return result(Outcome.REJECTED, exc.reason)
     except (FileNotFoundError, NotADirectoryError):
@@ -102,7 +104,7 @@ def promote_one(config: Config, sessions: int, art: int, meta: RunMetadata,
 
 def copy_in(limits: PromoteConfig, art: int, meta: RunMetadata, tomb: Tombstone | None,
             ctx: RunContext, filename: str, parts: list[str], src: int,
-            st: os.stat_result) -> PromoteResult:
+            st: os.stat_result, pools: CopyPools | None = None) -> PromoteResult:
     def result(outcome: Outcome, reason: str = "") -> PromoteResult:
         return PromoteResult(meta.run_id, filename, outcome, reason,
                              source_mtime_ns=st.st_mtime_ns)
@@ -134,7 +136,7 @@ def copy_in(limits: PromoteConfig, art: int, meta: RunMetadata, tomb: Tombstone 
     try:
         copied = copy_and_hash(src, st, dst_dir, parts[-1],
                                checksum=limits.checksum == "sha256",
-                               max_bytes=limits.max_file_bytes)
+                               max_bytes=limits.max_file_bytes, pools=pools)
     finally:
         os.close(dst_dir)
     entry = ArtifactEntry(
@@ -154,6 +156,10 @@ def promoted_fields(r: PromoteResult, now_ns: int) -> dict[str, Any]:
             "latency_ms": round(max(now_ns - r.source_mtime_ns, 0) / 1e6, 1)}
 
 
+_QUIET_EVENTS = {Outcome.SKIPPED: events.ARTIFACT_SKIPPED,
+                 Outcome.CHANGED: events.ARTIFACT_CHANGED}
+
+
 def log_results(clock: Clock, results: list[PromoteResult]) -> None:
     """Every outcome but promotions, which are audit events (Store._journal_promoted)."""
     for r in results:
@@ -169,5 +175,5 @@ def log_results(clock: Clock, results: list[PromoteResult]) -> None:
             log.error(events.ARTIFACT_FAILED, run_id=r.run_id, filename=r.filename,
                       reason=r.reason)
         elif r.outcome is not Outcome.UNCHANGED:
-            log.debug(f"artifact.{r.outcome.value}", run_id=r.run_id, filename=r.filename,
+            log.debug(_QUIET_EVENTS[r.outcome], run_id=r.run_id, filename=r.filename,
                       reason=r.reason)

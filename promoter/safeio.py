@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from promoter.names import TEMP_PREFIX
 
 __all__ = [
+    "CopyPools",
     "CopyResult",
     "Refused",
     "SourceChanged",
@@ -249,9 +250,22 @@ def _same_version(a: os.stat_result, b: os.stat_result) -> bool:
                                                               b.st_dev)
 
 
-_writer = ThreadPoolExecutor(max_workers=4, thread_name_prefix="promoter-copy-writer")
-_flusher = ThreadPoolExecutor(max_workers=2, thread_name_prefix="promoter-copy-flusher")
 FLUSH_EVERY = 32 << 20
+
+
+class CopyPools:
+    """The helper threads of `copy_and_hash`, owned by the daemon's pipeline: created on
+    first use, shut down by `shutdown()`. A command or the server passes none and copies
+    in its own thread (no thread of ours outlives its work)."""
+
+    def __init__(self) -> None:
+        self.writer = ThreadPoolExecutor(max_workers=4, thread_name_prefix="promoter-copy-writer")
+        self.flusher = ThreadPoolExecutor(max_workers=2,
+                                          thread_name_prefix="promoter-copy-flusher")
+
+    def shutdown(self) -> None:
+        self.writer.shutdown(wait=True)
+        self.flusher.shutdown(wait=True)
 
 
 def _write_all(fd: int, data: memoryview) -> None:
@@ -280,11 +294,12 @@ def copy_and_hash(
     dst_name: str,
     checksum: bool,
     max_bytes: int,
+    pools: CopyPools | None = None,
 ) -> CopyResult:
     """Copy an open source into `dst_dir_fd/dst_name` atomically, hashing the bytes copied.
 
-    Each chunk is read once; it is written by a helper thread while this thread
-    hashes it (hashlib and os.write both release the GIL), so a large file costs
+    Each chunk is read once; with `pools`, it is written by a helper thread while this
+    thread hashes it (hashlib and os.write both release the GIL), so a large file costs
     about the slower of copying and hashing, not their sum. The copy is renamed
     into place only if the source kept its size and times throughout; otherwise
     SourceChanged is raised and nothing is left behind.
@@ -305,12 +320,12 @@ def copy_and_hash(
                     raise Refused(f"grew over the max_file_bytes limit ({max_bytes}) while copied")
                 if pending is not None:
                     pending.result()
-                if pending is None and size == src_stat.st_size:
+                if pools is None or (pending is None and size == src_stat.st_size):
                     _write_all(out, chunk)  # a small file is one chunk: no hand-off
                     if digest is not None:
                         digest.update(chunk)
                     continue
-                pending = _writer.submit(_write_all, out, chunk)
+                pending = pools.writer.submit(_write_all, out, chunk)
                 if digest is not None:
                     digest.update(chunk)
                 unflushed += len(chunk)
@@ -318,7 +333,7 @@ def copy_and_hash(
                     # Start writeback early, so the final fsync does not wait for the
                     # whole file: the disk writes while we go on reading and hashing.
                     unflushed = 0
-                    flushing = _flusher.submit(os.fdatasync, out)
+                    flushing = pools.flusher.submit(os.fdatasync, out)
             if pending is not None:
                 pending.result()
             if flushing is not None:

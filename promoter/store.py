@@ -38,6 +38,7 @@ from promoter.names import (
 from promoter.promotion import RETRY, Outcome, PromoteResult
 from promoter.runlock import run_lock
 from promoter.safeio import (
+    CopyPools,
     Refused,
     atomic_write_bytes,
     folder,
@@ -99,6 +100,7 @@ class Store:
         self._cache: dict[str, tuple[tuple[int, int, int], RunMetadata]] = {}
         self.total = StoreTotal()  # the store's size, kept as metadata is written (DESIGN §4)
         self.on_over_budget: Callable[[], None] | None = None  # the daemon kicks its sweeper
+        self.pools: CopyPools | None = None  # the daemon's pipeline lends its copy threads
 
     # -- folders -------------------------------------------------------------------------
 
@@ -447,7 +449,7 @@ class Store:
                     meta = rules.new_run(run_id, ctx, self.clock.now(), self.config.retention)
                 for name in names:
                     result = promotion.promote_one(self.config, sessions, art, meta, tomb, ctx,
-                                                   name)
+                                                   name, self.pools)
                     results.append(result)
                     if result.outcome is Outcome.PROMOTED and result.entry is not None:
                         meta = rules.upsert(meta, result.entry)

@@ -56,7 +56,7 @@ def sweep(store: Store, dry_run: bool = False,
         except NotFoundError:
             continue  # kept, extended or deleted meanwhile
         except PromoterError as exc:
-            log.error("sweep.failed", run_id=meta.run_id, reason=str(exc))
+            log.error(events.SWEEP_FAILED, run_id=meta.run_id, reason=str(exc))
             continue
         report.expired.append(meta.run_id)
     if progress is not None:
@@ -69,7 +69,7 @@ def sweep(store: Store, dry_run: bool = False,
         try:  # whole days only; promoter never rewrites a journal line (DESIGN §11)
             report.audit_days_dropped = store.audit.prune(store.config.audit.retention_days)
         except OSError as exc:
-            log.error("sweep.failed", target="audit journal", reason=exc.strerror or str(exc))
+            log.error(events.SWEEP_FAILED, target="audit journal", reason=exc.strerror or str(exc))
     return report
 
 
@@ -95,7 +95,7 @@ def _budget(store: Store, report: SweepReport, busy: Callable[[str], bool] | Non
         except NotFoundError:
             continue  # kept, resumed or deleted meanwhile
         except PromoterError as exc:
-            log.error("sweep.failed", run_id=meta.run_id, reason=str(exc))
+            log.error(events.SWEEP_FAILED, run_id=meta.run_id, reason=str(exc))
             continue
         report.expired.append(meta.run_id)
         report.budget.append(meta.run_id)

@@ -38,10 +38,9 @@ from promoter.observers import (
     overflow_being_reported,
 )
 
-__all__ = ["FAULTS_ENV", "ObserverFactory", "WatchSink", "Watcher"]
+__all__ = ["ObserverFactory", "WatchSink", "Watcher"]
 
 log = get_logger()
-FAULTS_ENV = "PROMOTER_TEST_FAULTS"  # test-only fault injection: raise, kill, overflow, nowatch
 RESTART_BACKOFF_S = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 QUIET_S = 0.1
 
@@ -71,12 +70,8 @@ class WatchSink(Protocol):
 
 
 class ObserverFactory(Protocol):
-    def __call__(self, kind: str, root: str, handler: FileSystemEventHandler, report: Report,
-                 faults: frozenset[str] = ...) -> ObserverLike: ...
-
-
-class _InjectedDeath(BaseException):
-    """Test-only: escapes the handler's guard, as an unguarded handler's error would."""
+    def __call__(self, kind: str, root: str, handler: FileSystemEventHandler,
+                 report: Report) -> ObserverLike: ...
 
 
 class _Handler(FileSystemEventHandler):
@@ -90,9 +85,6 @@ class _Handler(FileSystemEventHandler):
 
     def dispatch(self, event: FileSystemEvent) -> None:
         self.seen += 1
-        if "kill" in self.w.faults and os.path.basename(str(event.src_path)).startswith(
-                "fault-kill") and not event.is_directory:
-            raise _InjectedDeath("injected: the handler's error kills the dispatcher thread")
         try:
             self.route(event)
         except Exception as exc:
@@ -132,10 +124,6 @@ class _Handler(FileSystemEventHandler):
         if not is_valid_run_id(run_id):
             self.w.ignored(run_id)
             return
-        if "raise" in self.w.faults and parts[-1].startswith("fault-raise"):
-            raise RuntimeError("injected: a handler error")
-        if "overflow" in self.w.faults and parts[-1].startswith("fault-overflow"):
-            return  # injected: these events are lost (see SupervisedInotifyFD.handle_event)
         if len(parts) == 1:
             if is_dir and kind == "deleted":
                 self.sink.session_gone(run_id)
@@ -192,14 +180,12 @@ class Watcher:
     def __init__(self, root: Path, sink: WatchSink, exclude: Sequence[str], kind: str = "auto",
                  factory: ObserverFactory = make_observer,
                  on_trouble: Callable[[], None] = lambda: None,
-                 faults: str | None = None, max_depth: int = 64) -> None:
+                 max_depth: int = 64) -> None:
         self.root = os.path.realpath(root)
         self.sink = sink
         self.exclude: tuple[str, ...] = tuple(exclude)
         self.kind = kind
         self.in_use = ""
-        self.faults = frozenset(filter(None, (faults if faults is not None else
-                                              os.environ.get(FAULTS_ENV, "")).split(",")))
         self.stopping = False
         self._factory = factory
         self._on_trouble = on_trouble
@@ -294,7 +280,7 @@ class Watcher:
         for kind in kinds:
             observer: ObserverLike | None = None
             try:
-                observer = self._factory(kind, self.root, self._handler, self, self.faults)
+                observer = self._factory(kind, self.root, self._handler, self)
                 observer.start()
             except (OSError, ImportError, RuntimeError) as exc:
                 last = exc

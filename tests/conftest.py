@@ -8,8 +8,8 @@ from collections.abc import Iterator
 
 import pytest
 
-# Process-wide pools that live as long as the interpreter, by design.
-LONG_LIVED = ("promoter-copy-writer", "promoter-copy-flusher", "AnyIO worker thread")
+# AnyIO's worker threads live as long as the interpreter, by design.
+LONG_LIVED = ("AnyIO worker thread",)
 
 
 def _foreign(threads: set[threading.Thread]) -> list[threading.Thread]:

@@ -41,12 +41,11 @@ def wait_until(predicate: Callable[[], T], timeout: float = 10.0, interval: floa
 
 @pytest.fixture
 def no_thread_leak() -> Iterator[None]:
-    """Fail a test that leaves a thread of its own running (copy writers are shared)."""
+    """Fail a test that leaves a thread of its own running."""
     before = set(threading.enumerate())
     yield
     def leaked() -> list[threading.Thread]:
-        return [t for t in threading.enumerate() if t not in before and t.is_alive()
-                and not t.name.startswith("promoter-copy-writer")]
+        return [t for t in threading.enumerate() if t not in before and t.is_alive()]
     try:
         wait_until(lambda: not leaked(), timeout=5, what="threads to end")
     except AssertionError:
@@ -239,8 +238,8 @@ class FakeFactory:
         self.made: list[FakeObserver] = []
         self.broken = broken or set()
 
-    def __call__(self, kind: str, root: str, handler: FileSystemEventHandler, report: Report,
-                 faults: frozenset[str] = frozenset()) -> ObserverLike:
+    def __call__(self, kind: str, root: str, handler: FileSystemEventHandler,
+                 report: Report) -> ObserverLike:
         if kind in self.broken:
             raise OSError(24, "inotify instance limit reached")
         observer = FakeObserver(kind)

@@ -33,6 +33,7 @@ from tests.daemon_helpers import (
     wait_until,
     write,
 )
+from tests.fault_helpers import hook_env
 
 __all__ = ["no_thread_leak"]
 
@@ -592,7 +593,7 @@ def faulty(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     only the workarounds can promote what the faults hide."""
     root = tmp_path_factory.mktemp("faulty") / "storage"
     d = start_daemon(root, base_config(),
-                     env={"PROMOTER_TEST_FAULTS": "raise,kill,overflow,nowatch"})
+                     env=hook_env(watch_faults="raise,kill,overflow,nowatch"))
     d.wait_ready()
     yield d
     assert d.stop() == 0

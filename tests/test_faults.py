@@ -6,7 +6,7 @@ run's metadata as the daemon.
 Each case ends with `Arena.check` (tests/fault_helpers.py): nothing read or written outside
 the store, nothing finished lost, every metadata.json valid, and a canary still promoted.
 Where watchdog's own silent failures are injected instead (a raising handler, a dead
-dispatcher, an overflow and a failed watch through PROMOTER_TEST_FAULTS), see the tests at
+dispatcher, an overflow and a failed watch, tests/fault_site/watch_faults.py), see the tests at
 the end of tests/test_daemon.py; these cases make the kernel fail for real.
 """
 

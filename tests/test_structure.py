@@ -1,4 +1,5 @@
-"""promoter's structure (issue 11): no import circle, and the core never imports the shell."""
+"""promoter's structure (issue 11): no import circle, the core never imports the shell, and
+every logged event is a constant of promoter/events.py."""
 
 from __future__ import annotations
 
@@ -75,3 +76,23 @@ def test_the_core_never_imports_the_shell() -> None:
     for name in sorted(CORE):
         upward = {m for m in g[name] if any(m == s or m.startswith(f"{s}.") for s in SHELL)}
         assert not upward, f"{name} imports {sorted(upward)}"
+
+
+LOG_METHODS = {"debug", "info", "warning", "error", "exception", "critical"}
+
+
+def test_every_logged_event_is_a_constant_of_events_py() -> None:
+    """No log call names its event with a literal: auditors rely on events.py (DESIGN §5)."""
+    from promoter import events
+
+    names = {v for k, v in vars(events).items() if k.isupper() and isinstance(v, str)}
+    literal: list[str] = []
+    for name, path in modules().items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                    and node.func.attr in LOG_METHODS and isinstance(node.func.value, ast.Name)
+                    and node.func.value.id == "log" and node.args
+                    and isinstance(node.args[0], (ast.Constant, ast.JoinedStr))):
+                literal.append(f"{name}:{node.lineno}")
+    assert not literal, f"log events named by a literal: {literal}"
+    assert len(names) == len([k for k in vars(events) if k.isupper()]), "two names, one event"

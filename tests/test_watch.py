@@ -16,6 +16,7 @@ import structlog
 from promoter.observers import _polling_listdir, bounded_walk, wanted_folder
 from promoter.watch import Watcher
 from tests.daemon_helpers import FakeFactory, no_thread_leak, wait_until, write
+from tests.fault_site.watch_faults import install as install_faults
 
 __all__ = ["no_thread_leak"]  # the autouse fixture below uses it
 
@@ -82,7 +83,7 @@ def sessions(tmp_path: Path) -> Path:
 @pytest.fixture
 def watched(sessions: Path) -> Iterator[tuple[Watcher, Sink]]:
     sink = Sink()
-    w = Watcher(sessions, sink, [".*", "*.tmp"], kind="inotify", faults="")
+    w = Watcher(sessions, sink, [".*", "*.tmp"], kind="inotify")
     w.start()
     yield w, sink
     w.stop()
@@ -291,7 +292,7 @@ def test_walks_stop_at_the_depth_bound_and_report_it(sessions: Path) -> None:
 def test_polling_observer_reports_changes(sessions: Path) -> None:
     """With the polling observer, new files are reported (as weak hints: no close events)."""
     sink = Sink()
-    w = Watcher(sessions, sink, [], kind="polling", faults="")
+    w = Watcher(sessions, sink, [], kind="polling")
     w.start()
     try:
         assert w.in_use == "polling"
@@ -352,11 +353,13 @@ def test_watchdog_warnings_in_its_log_trigger_a_catch_up(watched: tuple[Watcher,
     assert len(sink.of("catch_up")) == 2
 
 
-def test_a_watch_that_cannot_be_added_is_reported(sessions: Path) -> None:
+def test_a_watch_that_cannot_be_added_is_reported(sessions: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """A folder whose watch fails (ENOSPC, injected) is a watch.error naming the path, a
     catch-up of its run, and the run is degraded until a restart."""
+    install_faults({"nowatch"}, monkeypatch.setattr)
     sink = Sink()
-    w = Watcher(sessions, sink, [], kind="inotify", faults="nowatch")
+    w = Watcher(sessions, sink, [], kind="inotify")
     w.start()
     try:
         watched_output(w, sink, sessions, "r1")
@@ -367,12 +370,14 @@ def test_a_watch_that_cannot_be_added_is_reported(sessions: Path) -> None:
         w.stop()
 
 
-def test_a_dead_dispatcher_is_noticed_and_restarted(sessions: Path) -> None:
+def test_a_dead_dispatcher_is_noticed_and_restarted(sessions: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """An error that escapes into watchdog's dispatcher thread ends it; the watcher hears of
     it at once, and supervise() restarts the observer and catches every run up."""
+    install_faults({"kill"}, monkeypatch.setattr)
     sink = Sink()
     trouble = threading.Event()
-    w = Watcher(sessions, sink, [], kind="inotify", faults="kill", on_trouble=trouble.set)
+    w = Watcher(sessions, sink, [], kind="inotify", on_trouble=trouble.set)
     w.start()
     try:
         out = watched_output(w, sink, sessions, "r1")
@@ -393,7 +398,7 @@ def test_a_deleted_sessions_folder_is_noticed(sessions: Path) -> None:
     reports it and restarts once the folder is back."""
     sink = Sink()
     trouble = threading.Event()
-    w = Watcher(sessions, sink, [], kind="inotify", faults="", on_trouble=trouble.set)
+    w = Watcher(sessions, sink, [], kind="inotify", on_trouble=trouble.set)
     w.start()
     try:
         sessions.rmdir()
@@ -455,7 +460,7 @@ def test_failed_restarts_back_off_and_catch_up_meanwhile(sessions: Path) -> None
 def test_died_reports_after_stop_are_ignored(sessions: Path) -> None:
     """Threads ending because the watcher stops them are not trouble."""
     trouble = threading.Event()
-    w = Watcher(sessions, Sink(), [], kind="inotify", faults="", on_trouble=trouble.set)
+    w = Watcher(sessions, Sink(), [], kind="inotify", on_trouble=trouble.set)
     w.start()
     w.stop()
     assert not trouble.is_set()

@@ -29,6 +29,7 @@ from fastapi import APIRouter, Header, Request, Response
 from fastapi.responses import StreamingResponse
 
 from promoter.changes import RESET, Change, ChangeSource
+from promoter.events import EVENTS_SOURCE_FAILED
 from promoter.logs import get_logger
 
 __all__ = ["CLIENT_BUFFER", "KEEPALIVE_S", "RING", "EventHub", "events_router"]
@@ -95,7 +96,7 @@ class EventHub:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the stream cannot go on: clients fall back to polling
-            log.error("events.source_failed", reason=f"{type(exc).__name__}: {exc}")
+            log.error(EVENTS_SOURCE_FAILED, reason=f"{type(exc).__name__}: {exc}")
         # The source ended (failed, or lost artifacts/): what changed meanwhile is unknown,
         # so every stream ends and no id so far can resume; the next client starts it again.
         self._first = self._last = self._last + 1

@@ -26,10 +26,9 @@ from promoter.web.errors import StreamBroken
 from promoter.web.metrics import HttpMetrics
 from promoter.web.security import deny
 
-__all__ = ["HTTP_ERROR", "KNOWN_METHODS", "ForwardedFor", "RequestObserver", "method_label"]
+__all__ = ["KNOWN_METHODS", "ForwardedFor", "RequestObserver", "method_label"]
 
 log = get_logger()
-HTTP_ERROR: Final = "http.error"
 UNMATCHED: Final = "<unmatched>"
 OTHER_METHOD: Final = "OTHER"
 # The methods a label may name; any other token a client makes up shares one value,
@@ -110,7 +109,7 @@ class RequestObserver:
                 log.warning(events.HTTP_STREAM_BROKEN, method=scope["method"][:_METHOD_LOG_CHARS],
                             path=scope["path"][:_PATH_LOG_CHARS], reason=str(exc))
             except Exception:
-                log.exception(HTTP_ERROR, method=scope["method"][:_METHOD_LOG_CHARS],
+                log.exception(events.HTTP_ERROR, method=scope["method"][:_METHOD_LOG_CHARS],
                               path=scope["path"][:_PATH_LOG_CHARS])
                 if status == 0:  # nothing sent yet: a generic answer, details in the log only
                     status = 500

@@ -16,9 +16,10 @@ from typing import Final
 
 import uvicorn
 
+from promoter import events
 from promoter.config import Config
 from promoter.errors import StoreIOError, UsageError
-from promoter.logs import get_logger
+from promoter.logs import StdlibBridge, get_logger
 from promoter.store import Store
 from promoter.web.app import create_app
 from promoter.web.connections import HeadTimeoutProtocol, accept_backlog, connection_cap
@@ -27,9 +28,6 @@ from promoter.web.live import EventHub
 __all__ = ["parse_listen", "serve"]
 
 log = get_logger()
-HTTP_LISTENING: Final = "http.listening"
-HTTP_STOPPED: Final = "http.stopped"
-HTTP_SERVER: Final = "http.server"
 GRACEFUL_SECONDS: Final = 10  # within the unit's TimeoutStopSec=30
 
 
@@ -59,25 +57,8 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-class _ToStructlog(logging.Handler):
-    """uvicorn's stdlib records as structlog events on stderr."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            level = record.levelname.lower()
-            method = getattr(log, level if level in ("debug", "info", "warning", "error")
-                             else "error")
-            fields = {"logger": record.name, "message": record.getMessage()}
-            if record.exc_info:
-                method(HTTP_SERVER, exc_info=record.exc_info, **fields)
-            else:
-                method(HTTP_SERVER, **fields)
-        except Exception:  # a log handler never raises
-            self.handleError(record)
-
-
 def _route_uvicorn_logs(level: str) -> None:
-    handler = _ToStructlog()
+    handler = StdlibBridge(events.HTTP_SERVER)
     for name in ("uvicorn", "uvicorn.error"):
         logger = logging.getLogger(name)
         logger.handlers = [handler] if name == "uvicorn" else []
@@ -141,7 +122,8 @@ def serve(config: Config, listen: str | None = None) -> int:
     previous = {sig: signal.signal(sig, _record_only) for sig in (signal.SIGTERM, signal.SIGINT)}
     bound_host, bound_port = sock.getsockname()[:2]
     shown = f"[{bound_host}]" if ":" in bound_host else bound_host
-    log.info(HTTP_LISTENING, host=bound_host, port=bound_port, url=f"http://{shown}:{bound_port}/",
+    log.info(events.HTTP_LISTENING, host=bound_host, port=bound_port,
+             url=f"http://{shown}:{bound_port}/",
              max_connections=cap, header_timeout_s=config.http.header_timeout_s)
     try:
         server.run(sockets=[sock])
@@ -149,5 +131,5 @@ def serve(config: Config, listen: str | None = None) -> int:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         sock.close()
-    log.info(HTTP_STOPPED)
+    log.info(events.HTTP_STOPPED)
     return 0

@@ -13,6 +13,8 @@ variable (removed once read) and changes as little as it can:
   so a test sees the systemd watchdog pings stop within seconds.
 - `FAULTSITE_WORKER_RAISE=PREFIX`: `Store.promote_files` raises RuntimeError for
   any batch that holds a file whose base name starts with PREFIX.
+- `FAULTSITE_WATCH_FAULTS=raise,kill,overflow,nowatch`: the watcher misbehaves for
+  files named `fault-*` (see watch_faults.py beside this file).
 """
 
 from __future__ import annotations
@@ -67,6 +69,11 @@ def _install() -> None:
     prefix = os.environ.pop("FAULTSITE_WORKER_RAISE", "")
     if prefix:
         _raise_on(prefix)
+    faults = os.environ.pop("FAULTSITE_WATCH_FAULTS", "")
+    if faults:
+        from watch_faults import install  # this folder is first on the path
+
+        install(set(faults.split(",")))
 
 
 _install()
