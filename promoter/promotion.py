@@ -8,6 +8,7 @@ limits, and copies it in. It knows no `Store`: what it needs comes as arguments.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from enum import Enum
 from typing import Any
@@ -22,18 +23,14 @@ from promoter.metadata import ArtifactEntry, RunMetadata, Tombstone, guess_conte
 from promoter.names import split_relpath
 from promoter.render import human_size
 from promoter.rules import Verdict
-from promoter.safeio import (
-    CopyPools,
-    Refused,
-    SourceChanged,
-    copy_and_hash,
-    open_dir_chain,
-    open_regular,
-)
+from promoter.safeio import CopyResult, Refused, SourceChanged, open_dir_chain, open_regular
 
 __all__ = ["RETRY", "Outcome", "PromoteResult", "copy_in", "log_results", "promote_one"]
 
 log = get_logger()
+PutFile = Callable[[str, int, os.stat_result], CopyResult]
+"""(filename, open source, its stat) -> the stored copy: the backend's `put_file` for one
+run, under its lock. Raises SourceChanged, Refused or OSError as copy_and_hash does."""
 LARGE_COPY_BYTES = 64 << 20  # a copy this large logs its start (`artifact.copying`)
 
 
@@ -68,9 +65,9 @@ def _close(fd: int | None) -> None:
         os.close(fd)
 
 
-def promote_one(config: Config, sessions: int, art: int, meta: RunMetadata,
-                tomb: Tombstone | None, ctx: RunContext, filename: str,
-                pools: CopyPools | None = None) -> PromoteResult:
+def promote_one(config: Config, sessions: int, put: PutFile, meta: RunMetadata,
+                tomb: Tombstone | None, ctx: RunContext, filename: str) -> PromoteResult:
+    """Open `output/<filename>` of the run the safe way and, if the rules say so, `put` it."""
     def result(outcome: Outcome, reason: str = "") -> PromoteResult:
         return PromoteResult(meta.run_id, filename, outcome, reason)
 
@@ -86,7 +83,7 @@ def promote_one(config: Config, sessions: int, art: int, meta: RunMetadata,
     try:
         src_dir = open_dir_chain(sessions, [meta.run_id, OUTPUT, *parts[:-1]])
         src, st = open_regular(src_dir, parts[-1], config.promote.allow_hardlinks)
-        return copy_in(config.promote, art, meta, tomb, ctx, filename, parts, src, st, pools)
+        return copy_in(config.promote, put, meta, tomb, ctx, filename, src, st)
     except Refused as exc:
         return result(Outcome.REJECTED, exc.reason)
     except (FileNotFoundError, NotADirectoryError):
@@ -102,9 +99,8 @@ def promote_one(config: Config, sessions: int, art: int, meta: RunMetadata,
         _close(src_dir)
 
 
-def copy_in(limits: PromoteConfig, art: int, meta: RunMetadata, tomb: Tombstone | None,
-            ctx: RunContext, filename: str, parts: list[str], src: int,
-            st: os.stat_result, pools: CopyPools | None = None) -> PromoteResult:
+def copy_in(limits: PromoteConfig, put: PutFile, meta: RunMetadata, tomb: Tombstone | None,
+            ctx: RunContext, filename: str, src: int, st: os.stat_result) -> PromoteResult:
     def result(outcome: Outcome, reason: str = "") -> PromoteResult:
         return PromoteResult(meta.run_id, filename, outcome, reason,
                              source_mtime_ns=st.st_mtime_ns)
@@ -132,13 +128,7 @@ def copy_in(limits: PromoteConfig, art: int, meta: RunMetadata, tomb: Tombstone 
     if st.st_size > LARGE_COPY_BYTES:  # else a long copy would log nothing until it is done
         log.info(events.ARTIFACT_COPYING, run_id=meta.run_id, filename=filename,
                  size_bytes=st.st_size)
-    dst_dir = open_dir_chain(art, [meta.run_id, FILES, *parts[:-1]], create=True)
-    try:
-        copied = copy_and_hash(src, st, dst_dir, parts[-1],
-                               checksum=limits.checksum == "sha256",
-                               max_bytes=limits.max_file_bytes, pools=pools)
-    finally:
-        os.close(dst_dir)
+    copied = put(filename, src, st)
     entry = ArtifactEntry(
         filename=filename, path=f"{FILES}/{filename}", agent_id=rules.agent_for(ctx, filename),
         generated_at=mtime, size_bytes=copied.size,

@@ -11,8 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
-import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -20,53 +19,33 @@ from pydantic import ValidationError
 
 from promoter import events, promotion, recovery, rules
 from promoter.audit import AUDIT_DIR, Actor, Auditor, LocalJournal, cli_actor
+from promoter.backend import Backend
 from promoter.budget import StoreTotal, evictable
 from promoter.clock import Clock, SystemClock, format_time
 from promoter.config import Config
 from promoter.context import AttributionReader, RunContext, read_run_json
 from promoter.errors import ConflictError, NotFoundError, StoreIOError
-from promoter.layout import FILES, LOCKS, METADATA, TOMBSTONES, TRASH
+from promoter.layout import LOCKS, TOMBSTONES, TRASH
 from promoter.library import Library, LibraryFile
+from promoter.localdisk import LocalDisk, LockFileError, Oversized
 from promoter.logs import get_logger
 from promoter.metadata import ArtifactEntry, RunMetadata, Tombstone
 from promoter.names import (
     check_library_name,
     check_run_id,
-    is_valid_run_id,
     split_relpath,
 )
 from promoter.promotion import RETRY, Outcome, PromoteResult
-from promoter.runlock import run_lock
-from promoter.safeio import (
-    CopyPools,
-    Refused,
-    atomic_write_bytes,
-    folder,
-    fsync_dir,
-    open_dir,
-    open_dir_chain,
-    open_regular,
-    out_of_descriptors,
-    remove_tree,
-)
+from promoter.safeio import CopyPools, CopyResult, Refused, folder, out_of_descriptors
 
 __all__ = ["RETRY", "DeleteReport", "LockFileError", "Outcome", "PromoteResult", "Store"]
 
 log = get_logger()
-class LockFileError(OSError):
-    """A run's lock file cannot be opened: `.locks/` is unusable, so the whole store is
-    (a read-only or full disk), not one run."""
-
-
 @dataclass(frozen=True)
 class DeleteReport:
     run_id: str
     files: int
     size_bytes: int
-
-
-class _Oversized(Exception):
-    """metadata.json is over promote.max_metadata_bytes: corrupt, and not read."""
 
 
 def _json_invalid(exc: Exception) -> bool:
@@ -76,11 +55,6 @@ def _json_invalid(exc: Exception) -> bool:
         return False
     return any(e["type"] == "json_invalid" for e in
                exc.errors(include_url=False, include_context=False, include_input=False))
-
-
-def _close(fd: int | None) -> None:
-    if fd is not None:
-        os.close(fd)
 
 
 class Store:
@@ -95,9 +69,11 @@ class Store:
         # the local journal sink; another backend passes its own to Auditor (DESIGN §11)
         self.audit = Auditor(LocalJournal(self.artifacts_path / AUDIT_DIR), config.storage.host,
                              actor or cli_actor(), self.clock)
+        # the backend (backend.py): bytes, folders and locks; every rule is decided here
+        self.disk: Backend[int] = LocalDisk(self.artifacts_path)
         self.library = Library(config.storage.library_dir, self.clock)
         self.attribution = AttributionReader()
-        self._cache: dict[str, tuple[tuple[int, int, int], RunMetadata]] = {}
+        self._cache: dict[str, tuple[Hashable, RunMetadata]] = {}
         self.total = StoreTotal()  # the store's size, kept as metadata is written (DESIGN §4)
         self.on_over_budget: Callable[[], None] | None = None  # the daemon kicks its sweeper
         self.pools: CopyPools | None = None  # the daemon's pipeline lends its copy threads
@@ -125,71 +101,24 @@ class Store:
                                 "(check --root / storage.artifacts; only `promoter run` "
                                 "creates the store)")
 
-    @contextlib.contextmanager
-    def _artifacts_fd(self) -> Iterator[int]:
-        # The folder is opened on entering the block: that is where an OSError arises.
-        try:
-            fd = open_dir(self.artifacts_path)
-        except OSError as exc:
-            raise StoreIOError(f"artifacts folder unusable: {exc.strerror}") from None
-        try:
-            yield fd
-        finally:
-            os.close(fd)
-
     def _exists(self, run_id: str) -> bool:
         """A cheap look before taking a lock, so asking about a missing run creates nothing."""
-        return os.path.isdir(self.artifacts_path / run_id) and not os.path.islink(
-            self.artifacts_path / run_id)
+        return self.disk.is_run(run_id)
 
     def _require(self, run_id: str) -> None:
         if not self._exists(check_run_id(run_id)):
             raise NotFoundError(f"no run {run_id}")
 
-    @contextlib.contextmanager
-    def locked(self, run_id: str, wait: bool = True) -> Iterator[int]:
-        """Hold the run's lock; yields the artifacts folder's descriptor.
-
-        `wait=False`: BlockingIOError at once when another thread or process holds it.
-        """
-        with self._artifacts_fd() as art:
-            with contextlib.suppress(FileExistsError):
-                os.mkdir(LOCKS, dir_fd=art)
-            locks = open_dir_chain(art, [LOCKS])
-            try:
-                with contextlib.ExitStack() as stack:
-                    try:
-                        stack.enter_context(run_lock(locks, run_id, wait))
-                    except BlockingIOError:  # wait=False and the lock is taken
-                        raise
-                    except OSError as exc:  # a read-only store: name the path and the
-                        # operation for the CLI and the daemon (describe_os_error); the
-                        # server answers with the reason alone (web/errors.py)
-                        named = LockFileError(exc.errno, exc.strerror,
-                                              str(self.artifacts_path / LOCKS / run_id))
-                        named.add_note(f"open the lock file of run {run_id}")
-                        raise named from None
-                    yield art
-            finally:
-                os.close(locks)
+    def locked(self, run_id: str, wait: bool = True) -> contextlib.AbstractContextManager[int]:
+        """Hold the run's lock; yields the handle (the artifacts folder's descriptor) that
+        writes take. `wait=False`: BlockingIOError at once when another holds it."""
+        return self.disk.locked(run_id, wait)
 
     # -- reading -------------------------------------------------------------------------
 
     def run_ids(self) -> list[str]:
-        """Every run folder in the store (dot-names are promoter's own, never runs)."""
-        try:
-            with os.scandir(self.artifacts_path) as it:
-                return [e.name for e in it if is_valid_run_id(e.name)
-                        and e.is_dir(follow_symlinks=False)]
-        except FileNotFoundError:
-            return []
-        except OSError as exc:
-            raise StoreIOError(f"artifacts folder unreadable: {exc.strerror}") from None
-
-    def _metadata_path(self, run_id: str) -> str:
-        """A checked run id's metadata.json path, as a string: listing 1,000 runs stats
-        each one, and joining pathlib paths cost three times the stat itself."""
-        return f"{self.artifacts_path}/{run_id}/{METADATA}"
+        """Every run in the store."""
+        return self.disk.run_ids()
 
     def read_run(self, run_id: str) -> RunMetadata | None:
         """The run's metadata (shared, treat as read-only), or None if there is no such run.
@@ -198,15 +127,13 @@ class Store:
         re-reads only the ones that changed.
         """
         check_run_id(run_id)
-        try:
-            st = os.stat(self._metadata_path(run_id), follow_symlinks=False)
-        except (FileNotFoundError, NotADirectoryError):
+        key = self.disk.meta_version(run_id)
+        if key is None:
             return self._recover_if_orphaned(run_id)
-        key = (st.st_ino, st.st_mtime_ns, st.st_size)
         cached = self._cache.get(run_id)
         if cached is not None and cached[0] == key:
             return cached[1]
-        with self._artifacts_fd() as art:
+        with self.disk.reading() as art:
             meta = self._parse(art, run_id)
         if meta is None:
             return self._recover_if_orphaned(run_id)
@@ -222,18 +149,14 @@ class Store:
         cached = self._cache.get(run_id)
         if cached is None:
             return None
-        try:
-            st = os.stat(self._metadata_path(run_id), follow_symlinks=False)
-        except (OSError, ValueError):
-            return None
-        return cached[1] if cached[0] == (st.st_ino, st.st_mtime_ns, st.st_size) else None
+        return cached[1] if cached[0] == self.disk.meta_version(run_id) else None
 
     def remember(self, run_id: str, meta: RunMetadata) -> None:
         """Under the run's lock: `meta` is what metadata.json holds now, so readers need not
         parse it again (start-up repair reads every run once; the catch-up then reuses it)."""
-        with contextlib.suppress(OSError):
-            st = os.stat(self.artifacts_path / run_id / METADATA, follow_symlinks=False)
-            self._cache[run_id] = ((st.st_ino, st.st_mtime_ns, st.st_size), meta)
+        version = self.disk.meta_version(run_id)
+        if version is not None:
+            self._cache[run_id] = (version, meta)
 
     def get_run(self, run_id: str) -> RunMetadata:
         """The run's metadata, or NotFoundError."""
@@ -252,7 +175,7 @@ class Store:
         """Parse metadata.json; None when absent or corrupt (corruption is recovered under lock)."""
         try:
             raw = self._read_metadata_bytes(art, run_id)
-        except _Oversized:
+        except Oversized:
             return None
         if raw is None:
             return None
@@ -263,28 +186,7 @@ class Store:
         return meta if meta.run_id == run_id else None
 
     def _read_metadata_bytes(self, art: int, run_id: str) -> bytes | None:
-        """The file's bytes; None when absent, b"" for a link (corrupt).
-
-        Raises _Oversized, before reading any of it, for a file over
-        `promote.max_metadata_bytes`: a planted 1 GB metadata.json took 7 GB to parse.
-        """
-        run_fd: int | None = None
-        try:
-            run_fd = open_dir_chain(art, [run_id])
-            fd, st = open_regular(run_fd, METADATA, allow_hardlinks=True)
-        except (FileNotFoundError, NotADirectoryError):
-            return None
-        except Refused:
-            return b""  # a link where metadata.json should be: corrupt
-        finally:
-            _close(run_fd)
-        try:
-            limit = self.config.promote.max_metadata_bytes
-            if st.st_size > limit:
-                raise _Oversized(f"larger than promote.max_metadata_bytes ({limit})")
-            return os.pread(fd, st.st_size, 0)
-        finally:
-            os.close(fd)
+        return self.disk.read_meta(art, run_id, self.config.promote.max_metadata_bytes)
 
     def _recover_if_orphaned(self, run_id: str) -> RunMetadata | None:
         """A run folder whose metadata is missing or corrupt is rebuilt, never dropped.
@@ -293,10 +195,7 @@ class Store:
         the run's first batch, a rebuild) is writing the metadata; until then the run
         is not there. Waiting froze the HTTP server behind a copy (issue 11).
         """
-        try:  # lstat: a link planted where a run folder should be is no run (DESIGN §6)
-            if not stat.S_ISDIR(os.lstat(self.artifacts_path / run_id).st_mode):
-                return None
-        except OSError:
+        if not self.disk.is_run(run_id):  # a link planted as a run folder is none (DESIGN §6)
             return None
         try:
             with self.locked(run_id, wait=False) as art:
@@ -308,14 +207,10 @@ class Store:
         """Under the run's lock: a private copy of the metadata, recovered if corrupt."""
         try:
             raw = self._read_metadata_bytes(art, run_id)
-        except _Oversized as exc:  # set aside unread; nothing of it is salvaged
+        except Oversized as exc:  # set aside unread; nothing of it is salvaged
             return self._rebuild(art, run_id, b"", str(exc))
         if raw is None:
-            try:
-                st = os.stat(run_id, dir_fd=art, follow_symlinks=False)
-            except FileNotFoundError:
-                return None
-            if not stat.S_ISDIR(st.st_mode):
+            if not self.disk.is_run(run_id):
                 return None
             if not recovery.has_files(art, run_id):
                 # the run's first copy never completed (changed, failed, killed): there is
@@ -406,11 +301,7 @@ class Store:
 
     def write_metadata(self, art: int, meta: RunMetadata) -> None:
         meta.updated_at = self.clock.now()
-        run_fd = open_dir_chain(art, [meta.run_id], create=True)
-        try:
-            atomic_write_bytes(run_fd, METADATA, meta.to_json().encode())
-        finally:
-            os.close(run_fd)
+        self.disk.write_meta(art, meta.run_id, meta.to_json().encode())
         self._cache.pop(meta.run_id, None)
         total = self.total.set(meta.run_id, meta.total_bytes)
         ceiling = self.config.retention.max_store_bytes
@@ -447,9 +338,15 @@ class Store:
                 created = meta is None
                 if meta is None:
                     meta = rules.new_run(run_id, ctx, self.clock.now(), self.config.retention)
+                limits = self.config.promote
+
+                def put(name: str, src: int, st: os.stat_result) -> CopyResult:
+                    return self.disk.put_file(art, run_id, name, src, st, self._checksum,
+                                              limits.max_file_bytes, self.pools)
+
                 for name in names:
-                    result = promotion.promote_one(self.config, sessions, art, meta, tomb, ctx,
-                                                   name, self.pools)
+                    result = promotion.promote_one(self.config, sessions, put, meta, tomb, ctx,
+                                                   name)
                     results.append(result)
                     if result.outcome is Outcome.PROMOTED and result.entry is not None:
                         meta = rules.upsert(meta, result.entry)
@@ -489,17 +386,10 @@ class Store:
         with contextlib.suppress(StoreIOError):  # logged (audit.failed) by the auditor
             self.audit.record(batch)
 
-    @staticmethod
-    def _sync_folders(art: int, run_id: str, results: list[PromoteResult]) -> None:
+    def _sync_folders(self, art: int, run_id: str, results: list[PromoteResult]) -> None:
         """Make the batch's renames durable, one fsync per folder, before any entry names them."""
-        folders = {tuple(r.filename.split("/")[:-1]) for r in results
-                   if r.outcome is Outcome.PROMOTED}
-        for parts in folders:
-            fd = open_dir_chain(art, [run_id, FILES, *parts])
-            try:
-                fsync_dir(fd)
-            finally:
-                os.close(fd)
+        self.disk.sync_folders(art, run_id, {tuple(r.filename.split("/")[:-1]) for r in results
+                                             if r.outcome is Outcome.PROMOTED})
 
     # -- recovery (promoter/recovery.py does the file work, rules.py decides) -------------
 
@@ -542,26 +432,21 @@ class Store:
     # -- deletion ------------------------------------------------------------------------
 
     def read_tombstone(self, run_id: str) -> Tombstone | None:
+        raw = self.disk.read_tombstone(run_id)
         try:
-            raw = (self.artifacts_path / TOMBSTONES / run_id).read_bytes()
-            return Tombstone.model_validate_json(raw)
-        except (OSError, ValidationError):
+            return Tombstone.model_validate_json(raw) if raw is not None else None
+        except ValidationError:
             return None
 
     def tombstones(self) -> list[str]:
-        try:
-            return [n for n in os.listdir(self.artifacts_path / TOMBSTONES) if is_valid_run_id(n)]
-        except OSError:
-            return []
+        return self.disk.tombstones()
 
     def drop_stale_tombstones(self) -> list[str]:
         """A tombstone is needed only while its session folder exists (DESIGN §1)."""
         dropped = []
         for run_id in self.tombstones():
-            if not self.session_exists(run_id):
-                with contextlib.suppress(FileNotFoundError):
-                    (self.artifacts_path / TOMBSTONES / run_id).unlink()
-                    dropped.append(run_id)
+            if not self.session_exists(run_id) and self.disk.drop_tombstone(run_id):
+                dropped.append(run_id)
         return dropped
 
     def delete_run(self, run_id: str, reason: str = "rm",
@@ -582,18 +467,8 @@ class Store:
                 raise NotFoundError(f"run {run_id} is kept or active now")
             tomb = Tombstone(run_id=run_id, deleted_at=self.clock.file_now(),
                              reason="rm" if reason == "rm" else "expired")
-            tomb_fd = open_dir_chain(art, [TOMBSTONES], create=True)
-            try:
-                atomic_write_bytes(tomb_fd, run_id, tomb.model_dump_json().encode())
-            finally:
-                os.close(tomb_fd)
-            trash_fd = open_dir_chain(art, [TRASH], create=True)
-            trashed = f"{run_id}.{uuid.uuid4().hex}"
-            try:
-                os.rename(run_id, trashed, src_dir_fd=art, dst_dir_fd=trash_fd)
-                fsync_dir(art)
-            finally:
-                os.close(trash_fd)
+            self.disk.write_tombstone(art, run_id, tomb.model_dump_json().encode())
+            self.disk.trash_run(art, run_id)
             self._cache.pop(run_id, None)
             self.total.drop(run_id)
         self.empty_trash()
@@ -608,34 +483,20 @@ class Store:
         return report
 
     def empty_trash(self) -> None:
-        """Remove what deletions left in the trash; one entry that cannot go stops no other."""
-        try:
-            with folder(self.artifacts_path / TRASH) as trash:
-                for name in os.listdir(trash):
-                    try:
-                        remove_tree(trash, name)  # any depth: never shutil.rmtree (DESIGN §6)
-                    except OSError as exc:
-                        log.warning(events.TRASH_FAILED, name=name,
-                                    reason=exc.strerror or str(exc))
-        except OSError:
-            pass
+        """Remove what deletions left in the trash."""
+        self.disk.empty_trash()
 
     def delete_artifact(self, run_id: str, filename: str) -> ArtifactEntry:
         """Remove one artifact; its `removed` entry keeps this version from coming back."""
         self._require(run_id)
-        parts = split_relpath(filename)
+        split_relpath(filename)
         with self.locked(run_id) as art:
             meta = self.load_for_update(art, run_id)
             entry = meta.entry(filename) if meta is not None else None
             if meta is None or entry is None:
                 raise NotFoundError(f"no artifact {filename} in run {run_id}")
             self.write_metadata(art, rules.remove_entry(meta, filename, self.clock.file_now()))
-            with contextlib.suppress(OSError, Refused):
-                dir_fd = open_dir_chain(art, [run_id, FILES, *parts[:-1]])
-                try:
-                    os.unlink(parts[-1], dir_fd=dir_fd)
-                finally:
-                    os.close(dir_fd)
+            self.disk.remove_file(art, run_id, filename)
         self.audit.one(events.ARTIFACT_DELETED, run_id=run_id, filename=filename,
                        size_bytes=entry.size_bytes)
         return entry
@@ -661,19 +522,14 @@ class Store:
         `meta`: the run's metadata when the caller has a current copy (`cached_run`).
         """
         check_run_id(run_id)
-        parts = split_relpath(filename)
+        split_relpath(filename)
         if meta is None:
             meta = self.get_run(run_id)
         entry = meta.entry(filename)
         if entry is None:
             raise NotFoundError(f"no artifact {filename} in run {run_id}")
         try:
-            with self._artifacts_fd() as art:
-                dir_fd = open_dir_chain(art, [run_id, FILES, *parts[:-1]])
-                try:
-                    fd, st = open_regular(dir_fd, parts[-1], allow_hardlinks=True)
-                finally:
-                    os.close(dir_fd)
+            fd, st = self.disk.open_file(run_id, filename)
         except (OSError, Refused) as exc:
             if out_of_descriptors(exc):
                 raise StoreIOError("the server cannot open files now: too many open "

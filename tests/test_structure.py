@@ -17,7 +17,8 @@ CORE = {"promoter.rules", "promoter.layout", "promoter.metadata", "promoter.name
         "promoter.clock", "promoter.config", "promoter.errors", "promoter.settle",
         "promoter.promotion", "promoter.recovery", "promoter.store", "promoter.reconcile",
         "promoter.sweep", "promoter.safeio", "promoter.context", "promoter.library",
-        "promoter.budget", "promoter.s3layout", "promoter.objectstore", "promoter.audit"}
+        "promoter.budget", "promoter.s3layout", "promoter.objectstore", "promoter.audit",
+        "promoter.backend", "promoter.localdisk"}
 
 
 def modules() -> dict[str, Path]:

@@ -1,0 +1,250 @@
+"""The local backend: `artifacts/` on a POSIX file system (DESIGN §1, §6; STYLE §19).
+
+Bytes and folders only, through descriptors (`dir_fd`, `O_NOFOLLOW`): which
+file is read, written, renamed or removed, never what it means. The run's
+`flock` is the compare-and-set: under `locked()` nobody else writes the run,
+so a metadata write cannot lose a race. The rules live in `rules.py`, the
+composition in `store.py`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from promoter import events
+from promoter.errors import StoreIOError
+from promoter.layout import FILES, LOCKS, METADATA, TOMBSTONES, TRASH
+from promoter.logs import get_logger
+from promoter.names import is_valid_run_id, split_relpath
+from promoter.runlock import run_lock
+from promoter.safeio import (
+    CopyPools,
+    CopyResult,
+    Refused,
+    atomic_write_bytes,
+    copy_and_hash,
+    folder,
+    fsync_dir,
+    open_dir,
+    open_dir_chain,
+    open_regular,
+    remove_tree,
+)
+
+__all__ = ["LocalDisk", "LockFileError", "Oversized", "Version"]
+
+log = get_logger()
+Version = tuple[int, int, int]  # metadata.json's inode, mtime (ns) and size: its version tag
+
+
+class LockFileError(OSError):
+    """A run's lock file cannot be opened: `.locks/` is unusable, so the whole store is
+    (a read-only or full disk), not one run."""
+
+
+class Oversized(Exception):
+    """metadata.json is over promote.max_metadata_bytes: corrupt, and not read."""
+
+
+class LocalDisk:
+    """How bytes and metadata are kept on the local disk; the Store decides what they say."""
+
+    def __init__(self, artifacts: Path) -> None:
+        self.path = artifacts
+
+    # -- the store and its runs ------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[int]:
+        """A read handle: the artifacts folder's descriptor (opening it is where an OSError
+        arises); no lock."""
+        try:
+            fd = open_dir(self.path)
+        except OSError as exc:
+            raise StoreIOError(f"artifacts folder unusable: {exc.strerror}") from None
+        try:
+            yield fd
+        finally:
+            os.close(fd)
+
+    def is_run(self, run_id: str) -> bool:
+        """A run folder (a link planted in its place is none, DESIGN §6)."""
+        return os.path.isdir(self.path / run_id) and not os.path.islink(self.path / run_id)
+
+    def run_ids(self) -> list[str]:
+        """Every run folder (dot-names are promoter's own, never runs)."""
+        try:
+            with os.scandir(self.path) as it:
+                return [e.name for e in it if is_valid_run_id(e.name)
+                        and e.is_dir(follow_symlinks=False)]
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise StoreIOError(f"artifacts folder unreadable: {exc.strerror}") from None
+
+    @contextlib.contextmanager
+    def locked(self, run_id: str, wait: bool = True) -> Iterator[int]:
+        """Hold the run's lock; yields the artifacts folder's descriptor, the handle the
+        writes below take. `wait=False`: BlockingIOError at once when it is held."""
+        with self.reading() as art:
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(LOCKS, dir_fd=art)
+            locks = open_dir_chain(art, [LOCKS])
+            try:
+                with contextlib.ExitStack() as stack:
+                    try:
+                        stack.enter_context(run_lock(locks, run_id, wait))
+                    except BlockingIOError:  # wait=False and the lock is taken
+                        raise
+                    except OSError as exc:  # a read-only store: name the path and the
+                        # operation for the CLI and the daemon (describe_os_error); the
+                        # server answers with the reason alone (web/errors.py)
+                        named = LockFileError(exc.errno, exc.strerror,
+                                              str(self.path / LOCKS / run_id))
+                        named.add_note(f"open the lock file of run {run_id}")
+                        raise named from None
+                    yield art
+            finally:
+                os.close(locks)
+
+    # -- metadata ----------------------------------------------------------------------------
+
+    def meta_version(self, run_id: str) -> Version | None:
+        """metadata.json's version tag (one `stat`), or None when there is none. A string
+        path: listing 1,000 runs stats each, and pathlib joins cost three times the stat."""
+        try:
+            st = os.stat(f"{self.path}/{run_id}/{METADATA}", follow_symlinks=False)
+        except (OSError, ValueError):
+            return None
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+    def read_meta(self, art: int, run_id: str, limit: int) -> bytes | None:
+        """metadata.json's bytes; None when absent, b"" for a link (corrupt).
+
+        Raises Oversized, before reading any of it, for a file over `limit`
+        (`promote.max_metadata_bytes`): a planted 1 GB metadata.json took 7 GB to parse.
+        """
+        run_fd: int | None = None
+        try:
+            run_fd = open_dir_chain(art, [run_id])
+            fd, st = open_regular(run_fd, METADATA, allow_hardlinks=True)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except Refused:
+            return b""  # a link where metadata.json should be: corrupt
+        finally:
+            if run_fd is not None:
+                os.close(run_fd)
+        try:
+            if st.st_size > limit:
+                raise Oversized(f"larger than promote.max_metadata_bytes ({limit})")
+            return os.pread(fd, st.st_size, 0)
+        finally:
+            os.close(fd)
+
+    def write_meta(self, art: int, run_id: str, data: bytes) -> None:
+        """Replace metadata.json atomically and durably (the run's lock is held)."""
+        run_fd = open_dir_chain(art, [run_id], create=True)
+        try:
+            atomic_write_bytes(run_fd, METADATA, data)
+        finally:
+            os.close(run_fd)
+
+    # -- stored files ------------------------------------------------------------------------
+
+    def put_file(self, art: int, run_id: str, filename: str, src: int, st: os.stat_result,
+                 checksum: bool, max_bytes: int, pools: CopyPools | None) -> CopyResult:
+        """Copy an open source into files/<filename>: atomic (temp, fsync, rename), hashed
+        as it is copied; the folder's fsync is `sync_folders`, once a batch."""
+        parts = split_relpath(filename)
+        dst_dir = open_dir_chain(art, [run_id, FILES, *parts[:-1]], create=True)
+        try:
+            return copy_and_hash(src, st, dst_dir, parts[-1], checksum=checksum,
+                                 max_bytes=max_bytes, pools=pools)
+        finally:
+            os.close(dst_dir)
+
+    def sync_folders(self, art: int, run_id: str, folders: Iterable[tuple[str, ...]]) -> None:
+        """Make renames into these folders of files/ durable, one fsync each."""
+        for parts in folders:
+            fd = open_dir_chain(art, [run_id, FILES, *parts])
+            try:
+                fsync_dir(fd)
+            finally:
+                os.close(fd)
+
+    def open_file(self, run_id: str, filename: str) -> tuple[int, os.stat_result]:
+        """An open descriptor on a stored copy; links are never followed."""
+        parts = split_relpath(filename)
+        with self.reading() as art:
+            dir_fd = open_dir_chain(art, [run_id, FILES, *parts[:-1]])
+            try:
+                return open_regular(dir_fd, parts[-1], allow_hardlinks=True)
+            finally:
+                os.close(dir_fd)
+
+    def remove_file(self, art: int, run_id: str, filename: str) -> None:
+        """Remove a stored copy; one already gone is no error."""
+        parts = split_relpath(filename)
+        with contextlib.suppress(OSError, Refused):
+            dir_fd = open_dir_chain(art, [run_id, FILES, *parts[:-1]])
+            try:
+                os.unlink(parts[-1], dir_fd=dir_fd)
+            finally:
+                os.close(dir_fd)
+
+    def trash_run(self, art: int, run_id: str) -> None:
+        """Move the run folder out of the store in one rename (then `empty_trash`)."""
+        trash_fd = open_dir_chain(art, [TRASH], create=True)
+        try:
+            os.rename(run_id, f"{run_id}.{uuid.uuid4().hex}", src_dir_fd=art,
+                      dst_dir_fd=trash_fd)
+            fsync_dir(art)
+        finally:
+            os.close(trash_fd)
+
+    def empty_trash(self) -> None:
+        """Remove what deletions left in the trash; one entry that cannot go stops no other."""
+        try:
+            with folder(self.path / TRASH) as trash:
+                for name in os.listdir(trash):
+                    try:
+                        remove_tree(trash, name)  # any depth: never shutil.rmtree (DESIGN §6)
+                    except OSError as exc:
+                        log.warning(events.TRASH_FAILED, name=name,
+                                    reason=exc.strerror or str(exc))
+        except OSError:
+            pass
+
+    # -- tombstones --------------------------------------------------------------------------
+
+    def read_tombstone(self, run_id: str) -> bytes | None:
+        try:
+            return (self.path / TOMBSTONES / run_id).read_bytes()
+        except OSError:
+            return None
+
+    def write_tombstone(self, art: int, run_id: str, data: bytes) -> None:
+        tomb_fd = open_dir_chain(art, [TOMBSTONES], create=True)
+        try:
+            atomic_write_bytes(tomb_fd, run_id, data)
+        finally:
+            os.close(tomb_fd)
+
+    def tombstones(self) -> list[str]:
+        try:
+            return [n for n in os.listdir(self.path / TOMBSTONES) if is_valid_run_id(n)]
+        except OSError:
+            return []
+
+    def drop_tombstone(self, run_id: str) -> bool:
+        """True when there was one to drop."""
+        try:
+            (self.path / TOMBSTONES / run_id).unlink()
+        except FileNotFoundError:
+            return False
+        return True
