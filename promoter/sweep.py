@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Any
 
 from promoter import events
 from promoter.budget import evictable, figures, select_victims
@@ -48,17 +49,8 @@ def sweep(store: Store, dry_run: bool = False,
         if busy is not None and busy(meta.run_id):
             report.skipped_busy.append(meta.run_id)
             continue
-        if dry_run:
+        if _delete(store, meta.run_id, dry_run, reason="expired", created_before=before):
             report.expired.append(meta.run_id)
-            continue
-        try:
-            store.delete_run(meta.run_id, reason="expired", created_before=before)
-        except NotFoundError:
-            continue  # kept, extended or deleted meanwhile
-        except PromoterError as exc:
-            log.error(events.SWEEP_FAILED, run_id=meta.run_id, reason=str(exc))
-            continue
-        report.expired.append(meta.run_id)
     if progress is not None:
         progress(len(candidates), len(candidates), 0)
     if store.config.retention.max_store_bytes:
@@ -73,6 +65,21 @@ def sweep(store: Store, dry_run: bool = False,
     return report
 
 
+def _delete(store: Store, run_id: str, dry_run: bool, **how: Any) -> bool:
+    """Delete one run the sweep chose (only say so on a dry run); False when it is no longer
+    due (kept, extended, resumed or deleted meanwhile: re-checked under its lock) or failed."""
+    if dry_run:
+        return True
+    try:
+        store.delete_run(run_id, **how)
+    except NotFoundError:
+        return False
+    except PromoterError as exc:
+        log.error(events.SWEEP_FAILED, run_id=run_id, reason=str(exc))
+        return False
+    return True
+
+
 def _budget(store: Store, report: SweepReport, busy: Callable[[str], bool] | None) -> None:
     """Expire whole unkept, finished runs, oldest first, until under the ceiling (DESIGN §4).
 
@@ -85,21 +92,10 @@ def _budget(store: Store, report: SweepReport, busy: Callable[[str], bool] | Non
     if not report.dry_run:
         store.total.reset(runs)
     for meta in select_victims(runs, ceiling, busy):
-        if report.dry_run:
+        if _delete(store, meta.run_id, report.dry_run, reason="budget"):
             report.expired.append(meta.run_id)
             report.budget.append(meta.run_id)
             gone.add(meta.run_id)
-            continue
-        try:
-            store.delete_run(meta.run_id, reason="budget")
-        except NotFoundError:
-            continue  # kept, resumed or deleted meanwhile
-        except PromoterError as exc:
-            log.error(events.SWEEP_FAILED, run_id=meta.run_id, reason=str(exc))
-            continue
-        report.expired.append(meta.run_id)
-        report.budget.append(meta.run_id)
-        gone.add(meta.run_id)
     left = [m for m in runs if m.run_id not in gone]
     now = figures(left, ceiling)
     if now.total_bytes <= ceiling:
