@@ -10,8 +10,8 @@ Threads: the main thread handles signals, supervision of the watcher, systemd
 pings and metrics; `promoter-settle` and `promoter-worker-N` promote
 (`promoter.pipeline`); `promoter-catchup` runs catch-up passes on request and
 every `rescan_interval_s`; `promoter-sweeper` expires runs every
-`retention.sweep_interval_s`. Every loop waits on an event or a timer; signal
-handlers only set events.
+`retention.sweep_interval_s` (both `promoter.loops`). Every loop waits on an
+event or a timer; signal handlers only set events.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from promoter.audit import DAEMON
 from promoter.config import Config, merge_reload
 from promoter.errors import PromoterError
 from promoter.logs import StdlibBridge, configure_logging, get_logger
+from promoter.loops import CatchUp, Sweeper
 from promoter.metrics import DaemonMetrics
 from promoter.names import is_valid_run_id
 from promoter.notify import (
@@ -42,18 +43,10 @@ from promoter.notify import (
 )
 from promoter.observers import make_observer
 from promoter.pipeline import STALL_S, Pipeline
-from promoter.progress import terminal_progress
-from promoter.reconcile import (
-    Rejections,
-    complete_finished_runs,
-    find_pending,
-    quiet,
-    reconcile,
-)
+from promoter.reconcile import Rejections
 from promoter.runlock import hold_daemon_lock
 from promoter.startup import prepare_store
-from promoter.store import Outcome, Store
-from promoter.sweep import SweepReport, sweep
+from promoter.store import Store
 from promoter.watch import ObserverFactory, Watcher
 
 __all__ = ["Daemon", "run_daemon"]
@@ -62,9 +55,7 @@ log = get_logger()
 EXTEND_EVERY_S = 5.0  # during the start-up catch-up: ask systemd for this much more, often
 EXTEND_USEC = 30_000_000
 STATUS_EVERY_S = 30.0
-DEGRADED_RESCAN_S = 5.0  # runs with a folder that has no watch are caught up this often
 SHUTDOWN_S = 20.0  # the drain's bound: the unit's TimeoutStopSec is 30 s
-BUDGET_GAP_S = 1.0  # the least time between two sweeps kicked by the store's ceiling
 
 
 def run_daemon(config: Config, reload: Callable[[], Config]) -> int:
@@ -94,12 +85,6 @@ class Daemon:
         self.stop = threading.Event()  # the one stop event
         self.wake = threading.Event()  # the main loop's: a signal or trouble
         self._reload = threading.Event()
-        self._catchup_kick = threading.Event()
-        self._sweep_kick = threading.Event()
-        self._budget_kick = threading.Event()  # a promotion pushed the store over its ceiling
-        self._started = threading.Event()
-        self._lock = threading.Lock()
-        self._requests: dict[str, set[str]] = {}  # run id ("" = all) -> reasons
         self._signal = ""
         self.metrics = DaemonMetrics()
         self.rejections = Rejections()
@@ -107,7 +92,8 @@ class Daemon:
         self._lock_fd: int | None = None
         self.pipeline: Pipeline | None = None
         self.watcher: Watcher | None = None
-        self._threads: list[threading.Thread] = []
+        self.catchup: CatchUp | None = None
+        self.sweeper: Sweeper | None = None
         self._unhealthy = ""
         self._counted = (0, 0)  # watch overflows and errors already in the metrics
 
@@ -180,30 +166,34 @@ class Daemon:
         self.notifier.notify(f"EXTEND_TIMEOUT_USEC={EXTEND_USEC}")
         self._lock_fd = hold_daemon_lock(cfg.storage.sessions_dir)
         store = self.store = prepare_store(cfg, actor=DAEMON)
-        store.on_over_budget = self._over_budget
-        store.total.reset(store.list_runs())  # once; then kept as metadata is written
-        if cfg.retention.max_store_bytes and store.total.total > cfg.retention.max_store_bytes:
-            self._over_budget()
         pipeline = self.pipeline = Pipeline(store, self.metrics, self.rejections,
                                             cfg.promote.workers, cfg.watch.settle_ms,
                                             stall_s=self._stall_s)
+        settings = self._settings
+        sweeper = self.sweeper = Sweeper(store, pipeline.busy, self.metrics, self.stop, settings)
+        catchup = self.catchup = CatchUp(store, pipeline, self.metrics, self.rejections,
+                                         self.stop, settings)
+        store.on_over_budget = sweeper.over_budget
+        store.total.reset(store.list_runs())  # once; then kept as metadata is written
+        if cfg.retention.max_store_bytes and store.total.total > cfg.retention.max_store_bytes:
+            sweeper.over_budget()
         pipeline.start()
-        self.watcher = Watcher(store.sessions_path, _Sink(self, pipeline), cfg.watch.exclude,
+        self.watcher = Watcher(store.sessions_path, _Sink(catchup, pipeline), cfg.watch.exclude,
                                cfg.watch.observer, factory=self._observer_factory,
                                on_trouble=self.wake.set, max_depth=cfg.watch.max_depth)
         # a failure is logged; the main loop's supervision retries, catch-ups cover meanwhile
         with contextlib.suppress(OSError, ImportError, RuntimeError):
             self.watcher.start()
-        self._threads = [
-            threading.Thread(target=self._catchup_loop, name="promoter-catchup", daemon=True),
-            threading.Thread(target=self._sweep_loop, name="promoter-sweeper", daemon=True),
-        ]
-        for thread in self._threads:
-            thread.start()
-        while not self._started.wait(EXTEND_EVERY_S):  # the start-up catch-up (DESIGN §5)
+        catchup.start(self.watcher.degraded_runs)
+        sweeper.start()
+        while not catchup.started.wait(EXTEND_EVERY_S):  # the start-up catch-up (DESIGN §5)
             if self.stop.is_set():
                 break
             self.notifier.notify(f"EXTEND_TIMEOUT_USEC={EXTEND_USEC}")
+
+    def _settings(self) -> Config:
+        """The configuration in force, for the loops (a reload replaces it)."""
+        return self.config
 
     def _ready(self) -> None:
         assert self.watcher is not None
@@ -253,10 +243,13 @@ class Daemon:
         for check in (self.watcher.health(), self.pipeline.health()):
             if check is not None:
                 return check
-        for thread in self._threads:
-            if not thread.is_alive():
-                return f"{thread.name} is not running"
+        for loop in self._loops():
+            if not loop.is_alive():
+                return f"{loop.name} is not running"
         return None
+
+    def _loops(self) -> list[CatchUp | Sweeper]:
+        return [loop for loop in (self.catchup, self.sweeper) if loop is not None]
 
     def _ping(self) -> None:
         """WATCHDOG=1 only while the pipeline is healthy (DESIGN §5): else systemd restarts."""
@@ -321,154 +314,17 @@ class Daemon:
         self.pipeline.set_settle(applied.watch.settle_ms)
         self.watcher.set_exclude(applied.watch.exclude)
         self.watcher.max_depth = applied.watch.max_depth
-        self._sweep_kick.set()
-        self._catchup_kick.set()
+        for loop in self._loops():
+            loop.kick()
         ceiling = applied.retention.max_store_bytes
-        if ceiling and self.store.total.total > ceiling:
-            self._over_budget()  # a lowered ceiling applies now, not at the next promotion
+        if ceiling and self.store.total.total > ceiling and self.sweeper is not None:
+            self.sweeper.over_budget()  # a lowered ceiling applies now, not at the next promotion
         log.info(events.DAEMON_RELOADED, changed=changed, applied=[k for k in changed
                                                                    if k not in restart])
         if restart:
             log.warning(events.DAEMON_RESTART_NEEDED, keys=restart,
                         reason="these take effect at the next start")
         self.notifier.notify("READY=1\n" + self._status())
-
-    # -- catch-up ------------------------------------------------------------------------
-
-    def catch_up(self, runs: frozenset[str] | None, reason: str) -> None:
-        """Ask the catch-up thread to scan `runs` (None: all). Any thread may call it."""
-        with self._lock:
-            for run_id in runs if runs is not None else {""}:
-                self._requests.setdefault(run_id, set()).add(reason)
-        self._catchup_kick.set()
-
-    def _catchup_loop(self) -> None:
-        assert self.store is not None and self.watcher is not None
-        try:
-            self._startup_catchup()
-        finally:
-            self._started.set()
-        next_rescan = self._next_rescan()
-        next_degraded: float | None = None
-        while not self.stop.is_set():
-            timers = [t for t in (next_rescan, next_degraded) if t is not None]
-            self._catchup_kick.wait(max(min(timers) - time.monotonic(), 0) if timers else None)
-            self._catchup_kick.clear()
-            if self.stop.is_set():
-                break
-            now = time.monotonic()
-            with self._lock:
-                requests, self._requests = self._requests, {}
-            if next_rescan is not None and now >= next_rescan:
-                requests.setdefault("", set()).add("rescan")
-            degraded = self.watcher.degraded_runs()
-            if next_degraded is not None and now >= next_degraded:
-                for run_id in degraded if degraded is not None else {""}:
-                    requests.setdefault(run_id, set()).add("degraded")
-            if "" in requests:
-                next_rescan = self._next_rescan()
-            next_degraded = now + DEGRADED_RESCAN_S if degraded is None or degraded else None
-            if requests:
-                self._scan(requests)
-
-    def _next_rescan(self) -> float | None:
-        interval = self.config.watch.rescan_interval_s
-        return time.monotonic() + interval if interval > 0 else None
-
-    def _startup_catchup(self) -> None:
-        assert self.store is not None
-        started = time.monotonic()
-        log.info(events.RECONCILE_STARTED, trigger="startup")
-        shown = terminal_progress("start-up catch-up: files")  # a person at a terminal
-        try:
-            report = reconcile(self.store, self.rejections, self.stop,
-                               progress=shown.update if shown else None)
-        except Exception as exc:
-            log.error(events.RECONCILE_FAILED, trigger="startup",
-                      reason=f"{type(exc).__name__}: {exc}", exc_info=True)
-            return
-        finally:
-            if shown:
-                shown.close()
-        self.metrics.record(report.outcomes.values(), time.time_ns())
-        assert self.pipeline is not None
-        self.pipeline.add_promoted(report.count(Outcome.PROMOTED))
-        duration = time.monotonic() - started
-        self.metrics.reconciled(time.time(), duration)
-        log.info(events.RECONCILE_FINISHED, trigger="startup", **report.summary(),
-                 duration_ms=round(duration * 1000, 1))
-
-    def _scan(self, requests: dict[str, set[str]]) -> None:
-        """Offer every file the store lacks to the pipeline, which settles and promotes it."""
-        assert self.store is not None and self.pipeline is not None
-        started = time.monotonic()
-        runs = None if "" in requests else sorted(requests)
-        reasons = sorted(set().union(*requests.values()))
-        try:
-            pending = find_pending(self.store, self.rejections, runs)
-            now_ns = time.time_ns()
-            settle_ns = self.config.watch.settle_ms * 1_000_000
-            for run_id, files in pending.items():
-                for f in files:
-                    self.pipeline.offer(run_id, f.filename, quiet=quiet(f, now_ns, settle_ns))
-            if runs is None:
-                complete_finished_runs(self.store)
-        except Exception as exc:  # a failed pass is logged; the next one may do better
-            log.error(events.RECONCILE_FAILED, trigger=reasons,
-                      reason=f"{type(exc).__name__}: {exc}")
-            return
-        duration = time.monotonic() - started
-        self.metrics.reconciled(time.time(), duration)
-        log.info(events.RECONCILE_FINISHED, trigger=reasons, runs=runs if runs else "all",
-                 offered=sum(len(f) for f in pending.values()),
-                 duration_ms=round(duration * 1000, 1))
-
-    # -- sweeper -------------------------------------------------------------------------
-
-    def _over_budget(self) -> None:
-        """A metadata write left the store over `retention.max_store_bytes`: sweep at once."""
-        self._budget_kick.set()
-        self._sweep_kick.set()
-
-    def _sweep_loop(self) -> None:
-        last = time.monotonic()
-        while not self.stop.is_set():
-            due = last + self.config.retention.sweep_interval_s
-            self._sweep_kick.wait(max(due - time.monotonic(), 0))
-            self._sweep_kick.clear()
-            if self.stop.is_set():
-                break
-            if self._budget_kick.is_set():
-                self._budget_kick.clear()
-                report = self._sweep_once()
-                ceiling = self.config.retention.max_store_bytes
-                assert self.store is not None
-                if (report is not None and report.skipped_busy and ceiling
-                        and self.store.total.total > ceiling):
-                    self._budget_kick.set()  # runs being written were passed over: look again
-                    self._sweep_kick.set()
-                # while only kept or active runs remain over, each promotion kicks again:
-                # at most one pass a second (stop still ends the wait at once)
-                self.stop.wait(BUDGET_GAP_S)
-                continue
-            if time.monotonic() < last + self.config.retention.sweep_interval_s:
-                continue  # woken by a reload: the interval may have changed
-            last = time.monotonic()
-            self._sweep_once()
-
-    def _sweep_once(self) -> SweepReport | None:
-        assert self.store is not None and self.pipeline is not None
-        try:
-            report = sweep(self.store, busy=self.pipeline.busy)
-        except Exception as exc:  # the sweeper never stops the daemon either
-            log.error(events.SWEEP_ERROR, reason=f"{type(exc).__name__}: {exc}")
-            return None
-        self.metrics.expired.inc(len(report.expired))
-        if report.expired or report.skipped_busy or report.tombstones_dropped:
-            log.info(events.SWEEP_FINISHED, expired=report.expired, budget=report.budget,
-                     busy=report.skipped_busy,
-                     tombstones_dropped=report.tombstones_dropped)
-        return report
 
     # -- shutdown ------------------------------------------------------------------------
 
@@ -477,16 +333,15 @@ class Daemon:
         log.info(events.DAEMON_STOPPING, signal=self._signal or "request")
         self.notifier.notify("STOPPING=1")
         self.stop.set()
-        self._catchup_kick.set()
-        self._sweep_kick.set()
+        for loop in self._loops():
+            loop.stop()
         if self.watcher is not None:
             self.watcher.quiesce(1.0)  # events of files closed just before the signal
             self.watcher.stop()
         drained = self.pipeline.drain(SHUTDOWN_S) if self.pipeline is not None else True
-        for thread in self._threads:
-            thread.join(max(started + SHUTDOWN_S - time.monotonic(), 0.1))
-            if thread.is_alive():
-                log.error(events.DAEMON_THREAD_STUCK, threads=[thread.name])
+        for loop in self._loops():
+            if not loop.join(max(started + SHUTDOWN_S - time.monotonic(), 0.1)):
+                log.error(events.DAEMON_THREAD_STUCK, threads=[loop.name])
         if self.pipeline is not None:
             self.pipeline.close()  # nothing promotes any more: the copy helpers end
         self.metrics.up.set(0)
@@ -498,10 +353,10 @@ class Daemon:
 
 
 class _Sink:
-    """The watcher's sink: file events to the pipeline, catch-up requests to the daemon."""
+    """The watcher's sink: file events to the pipeline, catch-up requests to the catch-up."""
 
-    def __init__(self, daemon: Daemon, pipeline: Pipeline) -> None:
-        self.catch_up = daemon.catch_up
+    def __init__(self, catchup: CatchUp, pipeline: Pipeline) -> None:
+        self.catch_up = catchup.request
         self.file_changed = pipeline.file_changed
         self.file_nudged = pipeline.file_nudged
         self.file_gone = pipeline.file_gone

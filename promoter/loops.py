@@ -1,0 +1,248 @@
+"""The daemon's two background loops beside the pipeline (DESIGN §5): catch-up and sweeper.
+
+Each is one named thread that waits on its kick event or a timer, never a bare sleep,
+and ends when the daemon's one stop event is set: `stop()` sets it and wakes the loop,
+`join()` waits a bounded time. Configuration is read through a getter at each pass, so
+a reload (SIGHUP) applies to the next wait.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+from promoter import events
+from promoter.config import Config
+from promoter.logs import get_logger
+from promoter.metrics import DaemonMetrics
+from promoter.pipeline import Pipeline
+from promoter.progress import terminal_progress
+from promoter.reconcile import (
+    Rejections,
+    complete_finished_runs,
+    find_pending,
+    quiet,
+    reconcile,
+)
+from promoter.store import Outcome, Store
+from promoter.sweep import SweepReport, sweep
+
+__all__ = ["BUDGET_GAP_S", "DEGRADED_RESCAN_S", "CatchUp", "Sweeper"]
+
+log = get_logger()
+DEGRADED_RESCAN_S = 5.0  # runs with a folder that has no watch are caught up this often
+BUDGET_GAP_S = 1.0  # the least time between two sweeps kicked by the store's ceiling
+
+Settings = Callable[[], Config]  # the configuration in force (a reload replaces it)
+DegradedRuns = Callable[[], frozenset[str] | None]  # runs without a watch (None: all)
+
+
+class _Loop:
+    """A named daemon thread over `_run`, woken by `kick` or the shared stop event."""
+
+    name = ""
+
+    def __init__(self, stop: threading.Event) -> None:
+        self._stop = stop
+        self._kick = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+    def _start_thread(self) -> None:
+        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+        self._thread.start()
+
+    def kick(self) -> None:
+        """Run a pass now (a reload: the interval may have changed)."""
+        self._kick.set()
+
+    def stop(self) -> None:
+        """Set the shared stop event and wake the loop; `join` waits for it."""
+        self._stop.set()
+        self._kick.set()
+
+    def join(self, timeout: float) -> bool:
+        """Wait at most `timeout` seconds; True once the thread has ended (or never ran)."""
+        if self._thread is None:
+            return True
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def is_alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+
+class CatchUp(_Loop):
+    """`promoter-catchup`: the start-up catch-up, then a pass on request, every
+    `watch.rescan_interval_s`, and every DEGRADED_RESCAN_S for runs the watch misses."""
+
+    name = "promoter-catchup"
+
+    def __init__(self, store: Store, pipeline: Pipeline, metrics: DaemonMetrics,
+                 rejections: Rejections, stop: threading.Event, settings: Settings) -> None:
+        super().__init__(stop)
+        self._store = store
+        self._pipeline = pipeline
+        self._metrics = metrics
+        self._rejections = rejections
+        self._settings = settings
+        self._lock = threading.Lock()
+        self._requests: dict[str, set[str]] = {}  # run id ("" = all) -> reasons
+        self._degraded: DegradedRuns = lambda: frozenset()
+        self.started = threading.Event()  # set once the start-up catch-up has ended
+
+    def start(self, degraded_runs: DegradedRuns) -> None:
+        """Start the thread; `degraded_runs` is the watcher's list of unwatched runs."""
+        self._degraded = degraded_runs
+        self._start_thread()
+
+    def request(self, runs: frozenset[str] | None, reason: str) -> None:
+        """Ask for a scan of `runs` (None: all). Any thread may call it."""
+        with self._lock:
+            for run_id in runs if runs is not None else {""}:
+                self._requests.setdefault(run_id, set()).add(reason)
+        self._kick.set()
+
+    def _run(self) -> None:
+        try:
+            self._startup()
+        finally:
+            self.started.set()
+        next_rescan = self._next_rescan()
+        next_degraded: float | None = None
+        while not self._stop.is_set():
+            timers = [t for t in (next_rescan, next_degraded) if t is not None]
+            self._kick.wait(max(min(timers) - time.monotonic(), 0) if timers else None)
+            self._kick.clear()
+            if self._stop.is_set():
+                break
+            now = time.monotonic()
+            with self._lock:
+                requests, self._requests = self._requests, {}
+            if next_rescan is not None and now >= next_rescan:
+                requests.setdefault("", set()).add("rescan")
+            degraded = self._degraded()
+            if next_degraded is not None and now >= next_degraded:
+                for run_id in degraded if degraded is not None else {""}:
+                    requests.setdefault(run_id, set()).add("degraded")
+            if "" in requests:
+                next_rescan = self._next_rescan()
+            next_degraded = now + DEGRADED_RESCAN_S if degraded is None or degraded else None
+            if requests:
+                self._scan(requests)
+
+    def _next_rescan(self) -> float | None:
+        interval = self._settings().watch.rescan_interval_s
+        return time.monotonic() + interval if interval > 0 else None
+
+    def _startup(self) -> None:
+        started = time.monotonic()
+        log.info(events.RECONCILE_STARTED, trigger="startup")
+        shown = terminal_progress("start-up catch-up: files")  # a person at a terminal
+        try:
+            report = reconcile(self._store, self._rejections, self._stop,
+                               progress=shown.update if shown else None)
+        except Exception as exc:
+            log.error(events.RECONCILE_FAILED, trigger="startup",
+                      reason=f"{type(exc).__name__}: {exc}", exc_info=True)
+            return
+        finally:
+            if shown:
+                shown.close()
+        self._metrics.record(report.outcomes.values(), time.time_ns())
+        self._pipeline.add_promoted(report.count(Outcome.PROMOTED))
+        duration = time.monotonic() - started
+        self._metrics.reconciled(time.time(), duration)
+        log.info(events.RECONCILE_FINISHED, trigger="startup", **report.summary(),
+                 duration_ms=round(duration * 1000, 1))
+
+    def _scan(self, requests: dict[str, set[str]]) -> None:
+        """Offer every file the store lacks to the pipeline, which settles and promotes it."""
+        started = time.monotonic()
+        runs = None if "" in requests else sorted(requests)
+        reasons = sorted(set().union(*requests.values()))
+        try:
+            pending = find_pending(self._store, self._rejections, runs)
+            now_ns = time.time_ns()
+            settle_ns = self._settings().watch.settle_ms * 1_000_000
+            for run_id, files in pending.items():
+                for f in files:
+                    self._pipeline.offer(run_id, f.filename, quiet=quiet(f, now_ns, settle_ns))
+            if runs is None:
+                complete_finished_runs(self._store)
+        except Exception as exc:  # a failed pass is logged; the next one may do better
+            log.error(events.RECONCILE_FAILED, trigger=reasons,
+                      reason=f"{type(exc).__name__}: {exc}")
+            return
+        duration = time.monotonic() - started
+        self._metrics.reconciled(time.time(), duration)
+        log.info(events.RECONCILE_FINISHED, trigger=reasons, runs=runs if runs else "all",
+                 offered=sum(len(f) for f in pending.values()),
+                 duration_ms=round(duration * 1000, 1))
+
+
+class Sweeper(_Loop):
+    """`promoter-sweeper`: expires runs every `retention.sweep_interval_s`, and at once
+    (at most one pass a BUDGET_GAP_S) when a write left the store over its ceiling."""
+
+    name = "promoter-sweeper"
+
+    def __init__(self, store: Store, busy: Callable[[str], bool], metrics: DaemonMetrics,
+                 stop: threading.Event, settings: Settings) -> None:
+        super().__init__(stop)
+        self._store = store
+        self._busy = busy
+        self._metrics = metrics
+        self._settings = settings
+        self._budget = threading.Event()  # a promotion pushed the store over its ceiling
+
+    def start(self) -> None:
+        self._start_thread()
+
+    def over_budget(self) -> None:
+        """A metadata write left the store over `retention.max_store_bytes`: sweep at once."""
+        self._budget.set()
+        self._kick.set()
+
+    def _run(self) -> None:
+        last = time.monotonic()
+        while not self._stop.is_set():
+            due = last + self._settings().retention.sweep_interval_s
+            self._kick.wait(max(due - time.monotonic(), 0))
+            self._kick.clear()
+            if self._stop.is_set():
+                break
+            if self._budget.is_set():
+                self._budget.clear()
+                self._budget_pass()
+                continue
+            if time.monotonic() < last + self._settings().retention.sweep_interval_s:
+                continue  # woken by a reload: the interval may have changed
+            last = time.monotonic()
+            self._sweep_once()
+
+    def _budget_pass(self) -> None:
+        report = self._sweep_once()
+        ceiling = self._settings().retention.max_store_bytes
+        if (report is not None and report.skipped_busy and ceiling
+                and self._store.total.total > ceiling):
+            self.over_budget()  # runs being written were passed over: look again
+        # while only kept or active runs remain over, each promotion kicks again:
+        # at most one pass a second (stop still ends the wait at once)
+        self._stop.wait(BUDGET_GAP_S)
+
+    def _sweep_once(self) -> SweepReport | None:
+        try:
+            report = sweep(self._store, busy=self._busy)
+        except Exception as exc:  # the sweeper never stops the daemon either
+            log.error(events.SWEEP_ERROR, reason=f"{type(exc).__name__}: {exc}")
+            return None
+        self._metrics.expired.inc(len(report.expired))
+        if report.expired or report.skipped_busy or report.tombstones_dropped:
+            log.info(events.SWEEP_FINISHED, expired=report.expired, budget=report.budget,
+                     busy=report.skipped_busy,
+                     tombstones_dropped=report.tombstones_dropped)
+        return report
