@@ -1,0 +1,151 @@
+"""watchdog's inotify reader and emitter, reporting what watchdog 7 keeps to itself.
+
+See `promoter.observers` for what watchdog 7.1 does and why each override exists.
+Imported late (by `observers._inotify_classes`): on a libc without inotify, the
+import of watchdog's inotify module itself fails and the polling observer is used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import struct
+import termios
+from typing import Any
+
+from watchdog.observers.inotify import InotifyFullEmitter, InotifyWatchGroup
+from watchdog.observers.inotify_c import (
+    InotifyConstants,
+    InotifyEvent,
+    InotifyFD,
+    Mask,
+)
+
+from promoter.watchtree import (
+    Report,
+    bounded_walk,
+    output_depth,
+    reporting_overflow,
+    run_reporting,
+    wanted_folder,
+)
+
+__all__ = ["BoundedWatchGroup", "SupervisedInotifyEmitter", "SupervisedInotifyFD"]
+
+
+class BoundedWatchGroup(InotifyWatchGroup):
+    """watchdog's recursive watch group, walking with an explicit stack and a depth bound."""
+
+    def __init__(self, report: Report, root: str, *args: Any, **kwargs: Any) -> None:
+        self._report, self._root = report, root  # set first: __post_init__ walks
+        super().__init__(*args, **kwargs)
+
+    def _add_all_callbacks(self, path: bytes) -> None:
+        text = os.fsdecode(path)
+        if output_depth(self._root, text) > self._report.max_depth:
+            self._report.too_deep(text)  # a folder made one level past the bound
+            return
+        self._add_callback(path)
+        if self.is_recursive and os.path.isdir(path):
+            for here, _, _ in bounded_walk(text, self._root, self._report):
+                if here != text:
+                    self._add_callback(os.fsencode(here))
+
+    def _recursive_simulate(self, src_path: bytes) -> list[Any]:
+        found = []
+        for here, dirs, others in bounded_walk(os.fsdecode(src_path), self._root,
+                                               self._report):
+            wd = self._active_callbacks_by_path.get(os.fsencode(here))
+            if wd is None:
+                continue  # not watched (see watchdog's own comment on this case)
+            for entry in dirs:
+                found.append(InotifyEvent(wd, Mask(InotifyConstants.IN_CREATE
+                                                   | InotifyConstants.IN_ISDIR), 0,
+                                          os.fsencode(entry.name)))
+            for entry in others:
+                found.append(InotifyEvent(wd, InotifyConstants.IN_CREATE, 0,
+                                          os.fsencode(entry.name)))
+        return found
+
+class SupervisedInotifyFD(InotifyFD):
+    """watchdog's inotify reader, reporting overflows, failed watches and its own end."""
+
+    def __init__(self, root: str, report: Report) -> None:
+        super().__init__()
+        self.name = "promoter-watch-inotify"
+        self._root, self._report = root, report
+        self._read = self._handled = 0
+        self._stopping = False
+
+    def add_callback(self, path: bytes, mask: Any, callback: Any, id_: Any) -> Any:
+        text = os.fsdecode(path)
+        if not wanted_folder(self._root, text):
+            # watchdog skips a subfolder whose watch fails: no watch, no events, by design
+            raise OSError(errno.EPERM, "not watched by design")
+        try:
+            wd = super().add_callback(path, mask, callback, id_)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOENT, errno.ENOTDIR):  # vanished: nothing lost
+                self._report.watch_failed(text, exc.strerror or str(exc))
+            raise
+        if wd == -1:  # EACCES: watchdog keeps a dead watch and says nothing
+            self._report.watch_failed(text, "permission denied")
+        return wd
+
+    def read_events(self, *args: Any, **kwargs: Any) -> list[Any]:
+        found: list[Any] = super().read_events(*args, **kwargs)
+        self._read += len(found)
+        return found
+
+    def handle_event(self, event: Any) -> None:
+        try:
+            if event.is_queue_overflow:
+                self._report.overflow()
+                reporting_overflow(True)
+                try:
+                    super().handle_event(event)
+                finally:
+                    reporting_overflow(False)
+                return
+            super().handle_event(event)
+        finally:
+            self._handled += 1
+
+    def idle(self) -> bool:
+        if self._read != self._handled:
+            return False
+        with contextlib.suppress(OSError):
+            buf = fcntl.ioctl(self._inotify_fd, termios.FIONREAD, b"\0\0\0\0")
+            return bool(struct.unpack("i", buf)[0] == 0)
+        return True
+
+    def stop(self) -> None:
+        self._stopping = True
+        super().stop()
+
+    def run(self) -> None:
+        run_reporting(self.name, self._report, super().run, lambda: self._stopping)
+
+class SupervisedInotifyEmitter(InotifyFullEmitter):
+    """Full events: a rename from an unwatched folder arrives as a move, not a creation.
+    watchdog stops this emitter itself when the watched folder is deleted: reported."""
+
+    asked_to_stop = False
+
+    def __init__(self, *args: Any, report: Report, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.name = "promoter-watch-emitter"
+        self._report = report
+
+    def on_thread_start(self) -> None:
+        # watchdog's own, with the bounded group (watchdog 7.1 InotifyEmitter)
+        self._inotify = BoundedWatchGroup(
+            self._report, os.fsdecode(self.watch.path), self._inotify_fd,
+            os.fsencode(self.watch.path), is_recursive=self.watch.is_recursive,
+            event_mask=self.get_event_mask_from_filter(),
+            follow_symlink=self.watch.follow_symlink)
+
+    def run(self) -> None:
+        run_reporting(self.name, self._report, super().run, lambda: self.asked_to_stop)
