@@ -4,7 +4,7 @@ Pure and clock-injected: every method takes `now` (monotonic nanoseconds) and
 nothing here sleeps, starts a thread or touches the file system. The one look
 at a file that deciding needs, its size and times, comes through the `stat`
 callable that `due()` is given, so the shell does the system call and this
-module does the deciding.
+module does the deciding. The records it keeps are in `promoter.settle_state`.
 
 The rules:
 
@@ -30,76 +30,21 @@ The rules:
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable, Collection, Iterator
-from dataclasses import dataclass, field
-from enum import Enum
+from collections.abc import Collection, Iterator
 
-__all__ = ["Batch", "FileState", "Settler", "StatFn"]
+from promoter.settle_state import (
+    MAX_BACKOFF_NS,
+    MIN_BACKOFF_NS,
+    MS,
+    Batch,
+    FileState,
+    Phase,
+    RunState,
+    StatFn,
+    TrackedFile,
+)
 
-MS = 1_000_000
-MIN_BACKOFF_NS = 100 * MS
-MAX_BACKOFF_NS = 60_000 * MS
-
-
-@dataclass(frozen=True)
-class FileState:
-    """What one `lstat` says about a file: equal states mean nothing changed."""
-
-    size: int
-    mtime_ns: int
-    ctime_ns: int
-    ino: int
-
-
-StatFn = Callable[[str, str], "FileState | None"]
-"""(run_id, filename) -> the file's state now, or None when it is gone."""
-
-
-@dataclass(frozen=True)
-class Batch:
-    """Work for one run: files to promote, and run-level chores."""
-
-    run_id: str
-    filenames: tuple[str, ...] = ()
-    context: bool = False  # run.json or attribution.jsonl changed: refresh the run's context
-    completed: bool = False  # the session folder is gone: mark the run completed
-
-
-class _Phase(Enum):
-    ARMED = "armed"  # waiting for its quiet period to end
-    READY = "ready"  # finished, waiting for its run's batch
-    FLIGHT = "flight"  # in a batch being promoted
-
-
-@dataclass
-class _File:
-    deadline: int
-    closed: bool = False
-    open_seen: bool = False  # the last event was a real write with no close after it
-    phase: _Phase = _Phase.ARMED
-    queued: bool = False  # has a live entry in the heap
-    seen: FileState | None = None
-    seen_at: int = 0
-    dirty: bool = False  # touched while in flight: look again after
-    forgotten: bool = False  # deleted while in flight: drop after
-    attempts: int = 0
-
-
-@dataclass
-class _Run:
-    files: dict[str, _File] = field(default_factory=dict)
-    context: bool = False  # a context refresh is wanted
-    completed: bool = False  # marking the run completed is wanted
-    chores_at: int | None = None  # when the run-level chores above may go
-    chores_ready: bool = False
-    chore_attempts: int = 0
-    in_flight: int = 0
-    queued_at: int | None = None  # deadline of the run's live heap entry
-
-    def empty(self) -> bool:
-        return (not self.files and not self.context and not self.completed
-                and self.in_flight == 0)
-
+__all__ = ["MAX_BACKOFF_NS", "MIN_BACKOFF_NS", "MS", "Batch", "FileState", "Settler", "StatFn"]
 
 class Settler:
     """Tracks every file the daemon has heard of until its run's batch is done."""
@@ -107,7 +52,7 @@ class Settler:
     def __init__(self, settle_ns: int, max_batch: int = 256) -> None:
         self.settle_ns = settle_ns
         self.max_batch = max_batch
-        self._runs: dict[str, _Run] = {}
+        self._runs: dict[str, RunState] = {}
         self._heap: list[tuple[int, int, str, str]] = []  # (deadline, seq, run_id, filename | "")
         self._seq = 0
         self._ready: set[str] = set()  # runs with something READY not yet batched
@@ -121,10 +66,10 @@ class Settler:
         so still open, unless `open_unknown` (created, found by a scan: it may be closed)."""
         if self._draining:
             return
-        run = self._runs.setdefault(run_id, _Run())
+        run = self._runs.setdefault(run_id, RunState())
         f = run.files.get(filename)
         if f is None:
-            f = run.files[filename] = _File(deadline=now + self.settle_ns)
+            f = run.files[filename] = TrackedFile(deadline=now + self.settle_ns)
         f.deadline = now + self.settle_ns
         f.closed = strong
         f.open_seen = not strong and not open_unknown
@@ -157,7 +102,7 @@ class Settler:
         f = run.files.get(filename) if run is not None else None
         if run is None or f is None:
             return
-        if f.phase is _Phase.FLIGHT:
+        if f.phase is Phase.FLIGHT:
             f.forgotten = True
         else:
             del run.files[filename]
@@ -176,7 +121,7 @@ class Settler:
         """run.json or attribution.jsonl changed: refresh the run once they are quiet."""
         if self._draining:
             return
-        run = self._runs.setdefault(run_id, _Run())
+        run = self._runs.setdefault(run_id, RunState())
         run.context = True
         run.chores_ready = False
         self._schedule_chores(run_id, run, now + self.settle_ns)
@@ -186,7 +131,7 @@ class Settler:
         if self._draining:
             return
         self.forget_tree(run_id, "")
-        run = self._runs.setdefault(run_id, _Run())
+        run = self._runs.setdefault(run_id, RunState())
         run.completed = True
         run.context = False  # run.json went with the folder
         self._schedule_chores(run_id, run, now)
@@ -210,7 +155,7 @@ class Settler:
             if f is None or not f.queued:
                 continue
             f.queued = False
-            if f.phase is not _Phase.ARMED:
+            if f.phase is not Phase.ARMED:
                 continue
             if f.deadline > now:  # touched since this entry was pushed
                 self._push(f.deadline, run_id, name)
@@ -219,7 +164,7 @@ class Settler:
             self._look(run_id, run, name, f, now, stat)
         return self._batches()
 
-    def _run_due(self, run_id: str, run: _Run, now: int) -> None:
+    def _run_due(self, run_id: str, run: RunState, now: int) -> None:
         run.queued_at = None
         if run.chores_at is None:
             return
@@ -230,7 +175,8 @@ class Settler:
         run.chores_ready = True
         self._ready.add(run_id)
 
-    def _look(self, run_id: str, run: _Run, name: str, f: _File, now: int, stat: StatFn) -> None:
+    def _look(self, run_id: str, run: RunState, name: str, f: TrackedFile, now: int,
+              stat: StatFn) -> None:
         if f.closed:
             self._set_ready(run_id, f)
             return
@@ -246,8 +192,8 @@ class Settler:
         f.deadline = f.seen_at + self.settle_ns
         self._rearm(run_id, name, f)
 
-    def _set_ready(self, run_id: str, f: _File) -> None:
-        f.phase = _Phase.READY
+    def _set_ready(self, run_id: str, f: TrackedFile) -> None:
+        f.phase = Phase.READY
         self._ready.add(run_id)
 
     def _batches(self) -> list[Batch]:
@@ -259,7 +205,7 @@ class Settler:
                 continue
             if run.in_flight:
                 continue  # its files wait for the batch in flight, then go together
-            names = [n for n, f in run.files.items() if f.phase is _Phase.READY]
+            names = [n for n, f in run.files.items() if f.phase is Phase.READY]
             chunk = names[: self.max_batch]
             if len(names) <= self.max_batch:
                 self._ready.discard(run_id)
@@ -272,7 +218,7 @@ class Settler:
                 self._drop_if_empty(run_id)
                 continue
             for name in chunk:
-                run.files[name].phase = _Phase.FLIGHT
+                run.files[name].phase = Phase.FLIGHT
             run.in_flight += 1
             out.append(batch)
         return out
@@ -287,17 +233,17 @@ class Settler:
         run.in_flight = max(run.in_flight - 1, 0)
         for name in batch.filenames:
             f = run.files.get(name)
-            if f is None or f.phase is not _Phase.FLIGHT:
+            if f is None or f.phase is not Phase.FLIGHT:
                 continue
             if f.forgotten or self._draining:
                 del run.files[name]
             elif f.dirty:
-                f.dirty, f.attempts, f.phase = False, 0, _Phase.ARMED
+                f.dirty, f.attempts, f.phase = False, 0, Phase.ARMED
                 f.deadline = max(f.deadline, now)
                 self._rearm(batch.run_id, name, f)
             elif name in retry:
                 f.attempts += 1
-                f.phase = _Phase.ARMED
+                f.phase = Phase.ARMED
                 f.deadline = now + self.backoff(f.attempts)
                 self._rearm(batch.run_id, name, f)
             else:
@@ -310,7 +256,7 @@ class Settler:
                 self._schedule_chores(batch.run_id, run, now + self.backoff(run.chore_attempts))
             else:
                 run.chore_attempts = 0
-        if run.chores_ready or any(f.phase is _Phase.READY for f in run.files.values()):
+        if run.chores_ready or any(f.phase is Phase.READY for f in run.files.values()):
             self._ready.add(batch.run_id)
         self._drop_if_empty(batch.run_id)
 
@@ -324,7 +270,7 @@ class Settler:
         `open_seen`: its last event was a real write, so it is still open. At shutdown the
         shell looks twice at the others and names the steady ones to `flush_closed`."""
         return [(run_id, name, f.open_seen) for run_id, run in self._runs.items()
-                for name, f in run.files.items() if f.phase is _Phase.ARMED and not f.closed]
+                for name, f in run.files.items() if f.phase is Phase.ARMED and not f.closed]
 
     def flush_closed(self, steady: Collection[tuple[str, str]] = ()) -> list[Batch]:
         """Shutdown: batches of every file closed after writing (or already finished), and of
@@ -335,10 +281,10 @@ class Settler:
         out: list[Batch] = []
         for run_id, run in self._runs.items():
             names = [n for n, f in run.files.items()
-                     if f.phase is _Phase.READY or (f.phase is _Phase.ARMED and (
+                     if f.phase is Phase.READY or (f.phase is Phase.ARMED and (
                          f.closed or (run_id, n) in steady))]
             for name in names:
-                run.files[name].phase = _Phase.FLIGHT
+                run.files[name].phase = Phase.FLIGHT
             for start in range(0, max(len(names), 1), self.max_batch):
                 first = start == 0
                 batch = Batch(run_id, tuple(names[start:start + self.max_batch]),
@@ -396,16 +342,16 @@ class Settler:
         self._seq += 1
         heapq.heappush(self._heap, (deadline, self._seq, run_id, name))
 
-    def _rearm(self, run_id: str, name: str, f: _File) -> None:
-        if f.phase is _Phase.FLIGHT:
+    def _rearm(self, run_id: str, name: str, f: TrackedFile) -> None:
+        if f.phase is Phase.FLIGHT:
             f.dirty = True
             return
-        f.phase = _Phase.ARMED
+        f.phase = Phase.ARMED
         if not f.queued:  # one live heap entry a file; a later deadline re-pushes on pop
             self._push(f.deadline, run_id, name)
             f.queued = True
 
-    def _schedule_chores(self, run_id: str, run: _Run, deadline: int) -> None:
+    def _schedule_chores(self, run_id: str, run: RunState, deadline: int) -> None:
         run.chores_at = deadline if run.chores_at is None else max(run.chores_at, deadline)
         if run.completed:  # nothing to wait for: the folder is gone
             run.chores_at = min(run.chores_at, deadline)
