@@ -19,6 +19,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from promoter.errors import ConfigError
+from promoter.names import split_host_port
 
 __all__ = [
     "DEFAULT_CONFIG_PATH",
@@ -150,9 +151,7 @@ class HttpConfig(_Section):
     @field_validator("listen")
     @classmethod
     def _host_port(cls, value: str) -> str:
-        host, sep, port = value.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError("must be HOST:PORT, e.g. 127.0.0.1:8730")
+        split_host_port(value)  # a ValueError names the form
         return value
 
     @field_validator("trusted_proxies")

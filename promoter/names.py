@@ -1,4 +1,5 @@
-"""Validation of run ids, artifact file names and library names (DESIGN §1, §6).
+"""Validation of run ids, artifact file names and library names (DESIGN §1, §6), and of
+the HOST:PORT an HTTP server listens on (DESIGN §3).
 
 Every name that reaches the store, from an agent's folder, the command line or
 an HTTP request, goes through here first, so that no name can climb out of its
@@ -20,6 +21,7 @@ __all__ = [
     "check_run_id",
     "is_excluded",
     "is_valid_run_id",
+    "split_host_port",
     "split_relpath",
 ]
 
@@ -96,3 +98,15 @@ def is_excluded(parts: Iterable[str], patterns: Iterable[str]) -> bool:
         if any(fnmatch.fnmatchcase(part, pat) for pat in pats):
             return True
     return False
+
+
+def split_host_port(value: str, zero_port: bool = False) -> tuple[str, int]:
+    """`HOST:PORT` (IPv6 in brackets) → (host, port): the one parser of `http.listen` and
+    `serve --listen`. Port 0 (any free port) only with `zero_port`; ValueError otherwise."""
+    host, sep, port = value.rpartition(":")
+    if (not sep or not host or not port.isdigit()
+            or not (0 if zero_port else 1) <= int(port) <= 65535):
+        raise ValueError("must be HOST:PORT, e.g. 127.0.0.1:8730")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host, int(port)

@@ -15,15 +15,21 @@ __all__ = ["prepare_store"]
 
 
 def prepare_store(config: Config, sessions: bool = True, actor: Actor | None = None,
-                  create: bool = True) -> Store:
+                  create: bool = True, repair: bool = True) -> Store:
     """Create the folders, empty the trash, remove temporaries and relist orphaned copies,
-    so that after a crash every file under `files/` is listed in metadata.json."""
+    so that after a crash every file under `files/` is listed in metadata.json.
+
+    `create=False`: the store must exist already (only `promoter run` creates it).
+    `repair=False` (`serve`): the folders and this process's own leftovers only; relisting
+    runs reads sessions/ for their context, which is the daemon's job."""
     store = Store(config, actor=actor)
     if not create:
         store.require_store()
     store.ensure_folders(sessions=sessions)
     store.empty_trash()
     store.library.remove_stale_temps()
+    if not repair:
+        return store
     for run_id in store.run_ids():
         try:
             store.repair(run_id)

@@ -64,3 +64,15 @@ def test_excludes_match_any_component() -> None:
     assert is_excluded([".git", "x"], pats)
     assert is_excluded([".promoter-123"], [])
     assert not is_excluded(["plots", "a.png"], pats)
+
+
+def test_split_host_port_is_the_one_parser_of_listen_addresses() -> None:
+    """HOST:PORT splits, IPv6 loses its brackets, port 0 only where a free port is wanted."""
+    from promoter.names import split_host_port
+
+    assert split_host_port("127.0.0.1:8730") == ("127.0.0.1", 8730)
+    assert split_host_port("[::1]:80") == ("::1", 80)
+    assert split_host_port("localhost:0", zero_port=True) == ("localhost", 0)
+    for bad in ("nowhere", ":8730", "host:", "host:http", "host:65536", "host:0", "host:-1"):
+        with pytest.raises(ValueError, match="HOST:PORT"):
+            split_host_port(bad)

@@ -20,7 +20,8 @@ from promoter import events
 from promoter.config import Config
 from promoter.errors import StoreIOError, UsageError
 from promoter.logs import StdlibBridge, get_logger
-from promoter.store import Store
+from promoter.names import split_host_port
+from promoter.startup import prepare_store
 from promoter.web.app import create_app
 from promoter.web.connections import HeadTimeoutProtocol, accept_backlog, connection_cap
 from promoter.web.live import EventHub
@@ -33,12 +34,10 @@ GRACEFUL_SECONDS: Final = 10  # within the unit's TimeoutStopSec=30
 
 def parse_listen(value: str) -> tuple[str, int]:
     """`HOST:PORT` (IPv6 in brackets) → (host, port); port 0 picks a free port."""
-    host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
-        raise UsageError(f"--listen {value!r}: must be HOST:PORT, e.g. 127.0.0.1:8730")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    return host, int(port)
+    try:
+        return split_host_port(value, zero_port=True)
+    except ValueError as exc:
+        raise UsageError(f"--listen {value!r}: {exc}") from None
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -70,20 +69,6 @@ def _route_uvicorn_logs(level: str) -> None:
     access.disabled = True
 
 
-def _prepare(config: Config) -> Store:
-    """The folders this process writes, and what a crash of its own may have left there.
-
-    Not the daemon's full start-up (`prepare_store` also relists runs, which reads
-    sessions/ for their context): repairing runs is the daemon's job.
-    """
-    store = Store(config)
-    store.require_store()  # only `promoter run` creates the store (DESIGN §3)
-    store.ensure_folders(sessions=False)
-    store.empty_trash()
-    store.library.remove_stale_temps()
-    return store
-
-
 class _Server(uvicorn.Server):
     """uvicorn waits for running answers at shutdown: event streams never end by themselves,
     so they are ended first (clients reconnect to the next server with Last-Event-ID)."""
@@ -104,7 +89,9 @@ def _record_only(signum: int, frame: FrameType | None) -> None:
 def serve(config: Config, listen: str | None = None) -> int:
     """Serve until SIGTERM or SIGINT; returns the exit status (0 after a graceful stop)."""
     host, port = parse_listen(listen or config.http.listen)
-    store = _prepare(config)
+    # the folders it writes and what a crash of its own may have left there; only
+    # `promoter run` creates the store (DESIGN §3) and repairs runs (it reads sessions/)
+    store = prepare_store(config, sessions=False, create=False, repair=False)
     app = create_app(config, store)
     sock = _bind(host, port)
     _route_uvicorn_logs(config.log.level)
