@@ -1,5 +1,5 @@
-"""promoter's structure (issue 11): no import circle, the core never imports the shell, and
-every logged event is a constant of promoter/events.py."""
+"""promoter's structure (issue 11): no import circle, the core never imports the shell, no
+module over 400 lines, and every logged event is a constant of promoter/events.py."""
 
 from __future__ import annotations
 
@@ -11,10 +11,12 @@ import promoter
 
 PACKAGE = Path(promoter.__file__).parent
 # the threaded shell and the front ends: the core below them never imports them
-SHELL = {"promoter.daemon", "promoter.pipeline", "promoter.watch", "promoter.observers",
-         "promoter.cli", "promoter.startup", "promoter.web"}
+SHELL = {"promoter.daemon", "promoter.loops", "promoter.pipeline", "promoter.watch",
+         "promoter.observers", "promoter.inotify", "promoter.watchtree", "promoter.cli",
+         "promoter.cli_commands", "promoter.startup", "promoter.web"}
 CORE = {"promoter.rules", "promoter.layout", "promoter.metadata", "promoter.names",
         "promoter.clock", "promoter.config", "promoter.errors", "promoter.settle",
+        "promoter.settle_state",
         "promoter.promotion", "promoter.recovery", "promoter.store", "promoter.reconcile",
         "promoter.sweep", "promoter.safeio", "promoter.context", "promoter.library",
         "promoter.budget", "promoter.s3layout", "promoter.objectstore", "promoter.audit",
@@ -77,6 +79,23 @@ def test_the_core_never_imports_the_shell() -> None:
     for name in sorted(CORE):
         upward = {m for m in g[name] if any(m == s or m.startswith(f"{s}.") for s in SHELL)}
         assert not upward, f"{name} imports {sorted(upward)}"
+
+
+MAX_LINES = 400  # STYLE.md: a module of 100-400 lines is comfortable
+# modules allowed over the cap, each with the reason it is still there
+OVER_THE_CAP = {
+    "promoter.store": "being changed for the S3 backend (issue 12) in parallel; split after",
+}
+
+
+def test_no_module_is_over_400_lines() -> None:
+    """Every module of promoter/ stays within 400 lines; an exception names its reason."""
+    lines = {name: len(path.read_text(encoding="utf-8").splitlines())
+             for name, path in modules().items()}
+    over = {name: n for name, n in lines.items() if n > MAX_LINES and name not in OVER_THE_CAP}
+    assert not over, f"modules over {MAX_LINES} lines: {over}"
+    stale = {name for name in OVER_THE_CAP if lines.get(name, 0) <= MAX_LINES}
+    assert not stale, f"no longer over the cap, drop the exception: {sorted(stale)}"
 
 
 LOG_METHODS = {"debug", "info", "warning", "error", "exception", "critical"}
