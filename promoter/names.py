@@ -104,9 +104,12 @@ def split_host_port(value: str, zero_port: bool = False) -> tuple[str, int]:
     """`HOST:PORT` (IPv6 in brackets) → (host, port): the one parser of `http.listen` and
     `serve --listen`. Port 0 (any free port) only with `zero_port`; ValueError otherwise."""
     host, sep, port = value.rpartition(":")
-    if (not sep or not host or not port.isdigit()
-            or not (0 if zero_port else 1) <= int(port) <= 65535):
+    try:
+        number = int(port) if port.isdigit() else -1
+    except ValueError:  # a digit int() does not read ("²"): no port either
+        number = -1
+    if not sep or not host or not (0 if zero_port else 1) <= number <= 65535:
         raise ValueError("must be HOST:PORT, e.g. 127.0.0.1:8730")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
-    return host, int(port)
+    return host, number

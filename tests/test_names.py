@@ -73,6 +73,7 @@ def test_split_host_port_is_the_one_parser_of_listen_addresses() -> None:
     assert split_host_port("127.0.0.1:8730") == ("127.0.0.1", 8730)
     assert split_host_port("[::1]:80") == ("::1", 80)
     assert split_host_port("localhost:0", zero_port=True) == ("localhost", 0)
-    for bad in ("nowhere", ":8730", "host:", "host:http", "host:65536", "host:0", "host:-1"):
+    for bad in ("nowhere", ":8730", "host:", "host:http", "host:65536", "host:0", "host:-1",
+                "host:\u00b2"):  # a superscript two: a digit, but no number int() reads
         with pytest.raises(ValueError, match="HOST:PORT"):
             split_host_port(bad)
