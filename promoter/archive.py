@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from datetime import UTC
 from typing import Final
 
+from promoter.backend import Shrank
 from promoter.errors import NotFoundError
 from promoter.metadata import ArtifactEntry
 from promoter.store import Store
@@ -94,7 +95,7 @@ class _Pipe:
         return data
 
 
-def _zipinfo(entry: ArtifactEntry, st: os.stat_result) -> zipfile.ZipInfo:
+def _zipinfo(entry: ArtifactEntry, size: int) -> zipfile.ZipInfo:
     # Agents set mtimes at will (DESIGN §6); the zip format holds 1980 to 2107 only.
     when = entry.generated_at.astimezone(UTC)
     stamp = (when.year, when.month, when.day, when.hour, when.minute, when.second)
@@ -105,7 +106,7 @@ def _zipinfo(entry: ArtifactEntry, st: os.stat_result) -> zipfile.ZipInfo:
         # what ZipFile.open reads: `_compresslevel` up to 3.12, `compress_level` since 3.13
         level = "compress_level" if hasattr(info, "compress_level") else "_compresslevel"
         setattr(info, level, _DEFLATE_LEVEL)
-    info.file_size = st.st_size  # known before the data: ZIP64 decided in the local header
+    info.file_size = size  # known before the data: ZIP64 decided in the local header
     info.external_attr = 0o644 << 16
     return info
 
@@ -126,25 +127,20 @@ def _generate(store: Store, run_id: str, entries: list[ArtifactEntry]) -> Iterat
     with zipfile.ZipFile(pipe, "w", allowZip64=True) as zf:
         for entry in entries:
             try:
-                fd, st, _ = store.open_artifact(run_id, entry.filename)
+                source, _ = store.read_artifact(run_id, entry.filename)
             except NotFoundError:
                 continue
-            try:
-                with zf.open(_zipinfo(entry, st), "w") as member:
-                    offset = 0
-                    while offset < st.st_size:
-                        data = os.pread(fd, min(CHUNK, st.st_size - offset), offset)
-                        if not data:
-                            raise OSError(f"{entry.filename} shrank while being archived")
+            with source, zf.open(_zipinfo(entry, source.size), "w") as member:
+                try:
+                    for data in source.chunks():  # the local disk's or the bucket's bytes
                         member.write(data)
-                        offset += len(data)
                         # whatever the compressor gave for this piece of input goes out now:
                         # a download of very compressible data starts at once, and a client
                         # that leaves is noticed within one piece, not after 1 MiB of output
                         if pipe.pending:
                             yield pipe.take()
-            finally:
-                os.close(fd)
+                except Shrank:
+                    raise OSError(f"{entry.filename} shrank while being archived") from None
             if pipe.pending >= CHUNK:
                 yield pipe.take()
     tail = pipe.take()

@@ -40,7 +40,9 @@ __all__ = [
     "LocalJournal",
     "acting_as",
     "cli_actor",
+    "events_in",
     "http_actor",
+    "merged",
     "read_journal",
 ]
 
@@ -229,8 +231,7 @@ def read_journal(folder: Path, since: datetime | None = None,
     except OSError as exc:
         raise StoreIOError(f"cannot read the audit journal {folder}: {exc.strerror}") from None
     first_day = since.astimezone(UTC).date() if since is not None else date.min
-    found: list[tuple[datetime, int, dict[str, Any]]] = []
-    order = 0
+    found: list[tuple[datetime, dict[str, Any]]] = []
     for name in names:
         match = _DAY_FILE.match(name)
         if not match:
@@ -247,23 +248,36 @@ def read_journal(folder: Path, since: datetime | None = None,
         except OSError as exc:
             log.warning(events.AUDIT_INVALID, file=name, reason=exc.strerror)
             continue
-        for number, line in enumerate(raw.split(b"\n"), start=1):
-            if not line.strip():
-                continue
-            item = _parse_line(line)
-            if item is None:
-                log.warning(events.AUDIT_INVALID, file=name, line=number,
-                            reason="not a whole JSON event (torn by a crash?)")
-                continue
-            when, event = item
-            if since is not None and when < since:
-                continue
-            if run_id is not None and event.get("run_id") != run_id:
-                continue
-            found.append((when, order, event))
-            order += 1
-    found.sort(key=lambda t: (t[0], t[1]))
-    return [event for _, _, event in found]
+        found += events_in(raw, name, since, run_id)
+    return merged(found)
+
+
+def events_in(raw: bytes, name: str, since: datetime | None,
+              run_id: str | None) -> list[tuple[datetime, dict[str, Any]]]:
+    """The events of one journal file (a day, or one batch object), filtered; torn lines
+    are reported (`audit.invalid`) and skipped."""
+    found = []
+    for number, line in enumerate(raw.split(b"\n"), start=1):
+        if not line.strip():
+            continue
+        item = _parse_line(line)
+        if item is None:
+            log.warning(events.AUDIT_INVALID, file=name, line=number,
+                        reason="not a whole JSON event (torn by a crash?)")
+            continue
+        when, event = item
+        if since is not None and when < since:
+            continue
+        if run_id is not None and event.get("run_id") != run_id:
+            continue
+        found.append((when, event))
+    return found
+
+
+def merged(found: list[tuple[datetime, dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Events in time order; events of one instant keep the order they were read in."""
+    order = sorted(range(len(found)), key=lambda i: (found[i][0], i))
+    return [found[i][1] for i in order]
 
 
 def _read_day(path: Path) -> bytes:

@@ -209,8 +209,8 @@ def cmd_library(args: argparse.Namespace, config: Config) -> int:
         raise UsageError("library rm needs the NAME of the file to delete")
     name = check_library_name(args.name)
     if args.dry_run:
-        fd, _, item = store.library.open(name)
-        os.close(fd)
+        found, item = store.library.read(name)
+        found.close()
     else:
         item = store.delete_library_file(name)
     if args.json:
@@ -222,8 +222,6 @@ def cmd_library(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_audit(args: argparse.Namespace, config: Config) -> int:
-    from promoter.audit import AUDIT_DIR, read_journal
-
     store = _store(config)
     since = None
     if args.since is not None:
@@ -232,7 +230,7 @@ def cmd_audit(args: argparse.Namespace, config: Config) -> int:
         except OverflowError:  # further back than datetime goes: everything
             since = None
     run_id = check_run_id(args.run) if args.run is not None else None
-    found = read_journal(store.artifacts_path / AUDIT_DIR, since, run_id)
+    found = store.read_journal(since, run_id)  # the local folder, or the bucket (§11)
     if args.json:  # JSON Lines, one event a line, for jq
         for item in found:
             sys.stdout.write(json.dumps(item, ensure_ascii=False) + "\n")
@@ -254,9 +252,9 @@ def _audit_row(item: dict[str, Any]) -> list[str]:
 
 def cmd_check(args: argparse.Namespace, config: Config) -> int:
     """O(1) in the number of runs: what /healthz checks, for a container's health check."""
-    store = _store(config)
+    store = _store(config)  # on S3: the probe of DESIGN §10
     for what, path in (("artifacts", store.artifacts_path), ("library", store.library.path)):
-        if not os.access(path, os.R_OK | os.W_OK | os.X_OK):
+        if config.storage.backend == "local" and not os.access(path, os.R_OK | os.W_OK | os.X_OK):
             raise StoreIOError(f"the {what} folder {path} is not usable")
     if args.json:
         _print_json({"status": "ok"})

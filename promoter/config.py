@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from promoter.errors import ConfigError
 from promoter.names import split_host_port
+from promoter.s3layout import S3Settings
 
 __all__ = [
     "DEFAULT_CONFIG_PATH",
@@ -63,7 +64,10 @@ class StorageConfig(_Section):
     sessions: Path | None = None
     artifacts: Path | None = None
     library: Path | None = None
-    host_id: str = ""
+    backend: Literal["local", "s3"] = "local"  # DESIGN §10: "s3" keeps artifacts in a bucket
+    # one key-safe name: it is part of audit object keys (DESIGN §11)
+    host_id: str = Field(default="", max_length=64, pattern=r"^[A-Za-z0-9._-]*$")
+    s3: S3Settings = S3Settings()  # [storage.s3]; credentials only from the AWS sources
 
     @property
     def host(self) -> str:

@@ -16,6 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import BinaryIO
 
+from promoter.backend import StoredRead, fd_read
 from promoter.clock import Clock, from_timestamp_ns
 from promoter.errors import ConflictError, NotFoundError, StoreIOError, TooLargeError
 from promoter.metadata import guess_content_type
@@ -87,6 +88,11 @@ class Library:
         finally:
             os.close(dir_fd)
         return fd, st, self._describe(name, st)
+
+    def read(self, name: str) -> tuple[StoredRead, LibraryFile]:
+        """The file to read in ranges (as `S3Library.read`), through its descriptor."""
+        fd, st, item = self.open(name)
+        return fd_read(fd, st), item
 
     def add(self, name: str, write: Callable[[int], None], overwrite: bool,
             mtime_ns: int | None = None) -> LibraryFile:

@@ -12,13 +12,18 @@ from __future__ import annotations
 import contextlib
 import os
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from datetime import datetime
 from pathlib import Path
 
-from promoter import events
-from promoter.errors import StoreIOError
+from promoter import events, recovery
+from promoter.audit import AUDIT_DIR
+from promoter.backend import Relisted, StoredRead, fd_read
+from promoter.context import RunContext
+from promoter.errors import NotFoundError, StoreIOError
 from promoter.layout import FILES, LOCKS, METADATA, TOMBSTONES, TRASH
 from promoter.logs import get_logger
+from promoter.metadata import ArtifactEntry, RunMetadata
 from promoter.names import is_valid_run_id, split_relpath
 from promoter.runlock import run_lock
 from promoter.safeio import (
@@ -53,8 +58,28 @@ class Oversized(Exception):
 class LocalDisk:
     """How bytes and metadata are kept on the local disk; the Store decides what they say."""
 
+    marks_deletion = False  # a run leaves in one rename into the trash
+
     def __init__(self, artifacts: Path) -> None:
         self.path = artifacts
+
+    def check(self, create: bool) -> None:
+        """`create` (`promoter run`): make the folder and promoter's dot-folders; else a missing
+        folder is an error: commands other than `run` never create the store (DESIGN §3)."""
+        if create:
+            try:
+                self.path.mkdir(parents=True, exist_ok=True)
+                for name in (LOCKS, TRASH, TOMBSTONES, AUDIT_DIR):
+                    (self.path / name).mkdir(exist_ok=True)
+            except OSError as exc:
+                raise StoreIOError(f"cannot create storage folders: {exc.strerror}") from None
+        elif not os.path.isdir(self.path):
+            raise NotFoundError(f"no store at {self.path}: the folder does not exist "
+                                "(check --root / storage.artifacts; only `promoter run` "
+                                "creates the store)")
+
+    def describe(self) -> str:
+        return str(self.path)
 
     # -- the store and its runs ------------------------------------------------------------
 
@@ -157,7 +182,8 @@ class LocalDisk:
     # -- stored files ------------------------------------------------------------------------
 
     def put_file(self, art: int, run_id: str, filename: str, src: int, st: os.stat_result,
-                 checksum: bool, max_bytes: int, pools: CopyPools | None) -> CopyResult:
+                 checksum: bool, max_bytes: int, pools: CopyPools | None,
+                 agent_id: str = "unknown") -> CopyResult:
         """Copy an open source into files/<filename>: atomic (temp, fsync, rename), hashed
         as it is copied; the folder's fsync is `sync_folders`, once a batch."""
         parts = split_relpath(filename)
@@ -187,8 +213,19 @@ class LocalDisk:
             finally:
                 os.close(dir_fd)
 
-    def remove_file(self, art: int, run_id: str, filename: str) -> None:
-        """Remove a stored copy; one already gone is no error."""
+    def read_file(self, run_id: str, filename: str) -> StoredRead:
+        """The stored copy through its descriptor (closed with the StoredRead)."""
+        fd, st = self.open_file(run_id, filename)
+        return fd_read(fd, st)
+
+    def list_files(self, run_id: str) -> list[str]:
+        with self.reading() as art:
+            return [name for name, _, _ in recovery.walk_files(art, run_id)]
+
+    def remove_file(self, art: int, run_id: str, filename: str,
+                    sha256: str | None = None) -> None:
+        """Remove a stored copy; one already gone is no error. The run's lock is held, so
+        the copy is the entry's version (`sha256` needs no check)."""
         parts = split_relpath(filename)
         with contextlib.suppress(OSError, Refused):
             dir_fd = open_dir_chain(art, [run_id, FILES, *parts[:-1]])
@@ -219,6 +256,28 @@ class LocalDisk:
                                     reason=exc.strerror or str(exc))
         except OSError:
             pass
+
+    # -- recovery: recovery.py walks the folders -------------------------------------------
+
+    def has_files(self, art: int, run_id: str) -> bool:
+        return recovery.has_files(art, run_id)
+
+    def stored_entries(self, art: int, run_id: str, ctx: RunContext,
+                       checksum: bool) -> list[ArtifactEntry]:
+        return recovery.stored_entries(art, run_id, ctx, checksum)
+
+    def set_aside(self, art: int, run_id: str, now: datetime) -> str:
+        return recovery.set_aside(art, run_id, now)
+
+    def remove_temps(self, art: int, run_id: str) -> None:
+        recovery.remove_temps(art, run_id)
+
+    def relist(self, art: int, meta: RunMetadata, context: Callable[[], RunContext],
+               checksum: bool) -> Relisted | None:
+        return recovery.relist(art, meta, context, checksum)
+
+    def clean_leftovers(self) -> None:
+        self.empty_trash()
 
     # -- tombstones --------------------------------------------------------------------------
 

@@ -111,12 +111,15 @@ class RunMetadata(_Model):
     updated_at: UtcTime
     expires_at: UtcTime
     keep: bool = False
-    status: Literal["active", "completed"] = "active"
+    # "deleting": a deletion on an object store is under way (DESIGN §10); never listed
+    status: Literal["active", "completed", "deleting"] = "active"
     # fail_fast: the first bad entry is enough to call the file corrupt; reporting every one
     # of a million bad entries (8 MB of `{"x":1}`) took 65 s and 3.8 GB (issue 17)
     artifacts: list[ArtifactEntry] = Field(default_factory=list, fail_fast=True)
     removed: list[RemovedEntry] = Field(default_factory=list, fail_fast=True)
     rejected: list[RejectedEntry] = Field(default_factory=list, fail_fast=True)
+    host: str = Field(default="", description="storage.host_id of the host whose session "
+                      "folder the run came from (DESIGN §10)")
 
     def entry(self, filename: str) -> ArtifactEntry | None:
         """The entry for `filename`, if any."""
@@ -145,6 +148,7 @@ class Tombstone(_Model):
     run_id: str = Field(pattern=RUN_ID_RE.pattern)
     deleted_at: UtcTime
     reason: Literal["rm", "expired"]
+    host: str = ""  # the host whose session folder it guards (DESIGN §10)
 
 
 # Markdown and a few common data types, whatever the host's mime.types holds.

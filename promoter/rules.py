@@ -240,3 +240,16 @@ def relist(meta: RunMetadata, fresh: Iterable[ArtifactEntry], stored: set[str]) 
                       and a.filename not in names] + new,
         "removed": [r for r in meta.removed if r.filename not in names],
         "rejected": [r for r in meta.rejected if r.filename not in names]})
+
+
+FOREIGN_TOMBSTONE_DAYS = 30  # DESIGN §10: any host drops another host's tombstone this old
+
+
+def tombstone_droppable(tomb: Tombstone | None, host: str, session_gone: bool,
+                        now: datetime) -> bool:
+    """Whether this host may drop a tombstone (DESIGN §1, §10): its own (or an unnamed one)
+    once its session folder is gone; another host's once it is 30 days old. An unreadable
+    tombstone is judged as this host's."""
+    if tomb is None or tomb.host in ("", host):
+        return session_gone
+    return now - tomb.deleted_at >= timedelta(days=FOREIGN_TOMBSTONE_DAYS)

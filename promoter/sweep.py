@@ -41,6 +41,11 @@ def sweep(store: Store, dry_run: bool = False,
     serve, DESIGN §7): only one that sees them may decide a session is gone.
     """
     report = SweepReport(dry_run=dry_run)
+    if not dry_run:  # deletions a crash cut short (DESIGN §10); stale uploads, the trash
+        try:
+            store.finish_deletions()
+        except PromoterError as exc:
+            log.error(events.SWEEP_FAILED, target="unfinished deletions", reason=str(exc))
     before = store.clock.now() - older_than if older_than is not None else None
     candidates = store.expired_runs(created_before=before)
     for number, meta in enumerate(candidates, start=1):

@@ -1,0 +1,381 @@
+"""The store's core: reading runs, their context, and every metadata change (DESIGN §1, §2, §6).
+
+Every change to a run is one read-modify-write of its metadata through `change`:
+on the local disk under the run's lock (a write never loses), on an object store
+with a conditional write that may lose its race to another host and is then
+read again and retried (DESIGN §10). Copies are made inside the same change, so
+an entry always describes a stored copy. The backend (`storage.open_backend`)
+keeps the bytes; `rules.py` decides what they say.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import stat
+import time
+from collections.abc import Callable, Hashable, Iterable
+from typing import Any, TypeVar
+
+from pydantic import ValidationError
+
+from promoter import events, rules
+from promoter.audit import Actor, Auditor, cli_actor
+from promoter.backend import Backend, LostRace
+from promoter.budget import StoreTotal
+from promoter.clock import Clock, SystemClock
+from promoter.config import Config
+from promoter.context import AttributionReader, RunContext, read_run_json
+from promoter.errors import NotFoundError, StoreIOError
+from promoter.localdisk import Oversized
+from promoter.logs import get_logger
+from promoter.metadata import RunMetadata, Tombstone
+from promoter.names import check_run_id
+from promoter.safeio import CopyPools, folder
+from promoter.storage import open_parts
+
+__all__ = ["MAX_RACES", "StoreCore"]
+
+log = get_logger()
+T = TypeVar("T")
+MAX_RACES = 50  # lost races in a row on one run before a change gives up (StoreIOError)
+
+
+def _json_invalid(exc: Exception) -> bool:
+    """Whether a parse failed on the JSON itself, read from the error list, never from
+    str(exc), which renders every error and every input (seconds on a planted file)."""
+    if not isinstance(exc, ValidationError):
+        return False
+    return any(e["type"] == "json_invalid" for e in
+               exc.errors(include_url=False, include_context=False, include_input=False))
+
+
+class StoreCore:
+    """Owns the artifacts (and, through `.library`, the library); reads `sessions/` only."""
+
+    def __init__(self, config: Config, clock: Clock | None = None,
+                 actor: Actor | None = None) -> None:
+        self.config = config
+        self.clock: Clock = clock or SystemClock()
+        self.sessions_path = config.storage.sessions_dir
+        self.artifacts_path = config.storage.artifacts_dir
+        parts = open_parts(config, self.clock)
+        # the backend (backend.py): bytes, metadata and tombstones; every rule is decided here
+        self.disk: Backend[Any] = parts.backend
+        self.library = parts.library
+        self.audit = Auditor(parts.journal, config.storage.host, actor or cli_actor(),
+                             self.clock)
+        self.read_journal = parts.read_journal
+        self.host = config.storage.host
+        self.attribution = AttributionReader()
+        self._cache: dict[str, tuple[Hashable, RunMetadata]] = {}
+        self.total = StoreTotal()  # the store's size, kept as metadata is written (DESIGN §4)
+        self.on_over_budget: Callable[[], None] | None = None  # the daemon kicks its sweeper
+        self.pools: CopyPools | None = None  # the daemon's pipeline lends its copy threads
+
+    # -- the store itself ------------------------------------------------------------------
+
+    def ensure_folders(self, sessions: bool = True) -> None:
+        """Create the store when missing (`promoter run`): folders, or the S3 probe."""
+        self.disk.check(create=True)
+        paths = [self.sessions_path] if sessions else []
+        if self.config.storage.backend == "local":
+            paths.append(self.config.storage.library_dir)
+        try:
+            for path in paths:
+                path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreIOError(f"cannot create storage folders: {exc.strerror}") from None
+
+    def require_store(self) -> None:
+        """Commands other than `run` never create the store (DESIGN §3): a mistyped root must
+        not look like an empty store, nor grow a new tree. On S3: the probe of §10."""
+        self.disk.check(create=False)
+
+    def _exists(self, run_id: str) -> bool:
+        """A cheap look before a change, so asking about a missing run creates nothing."""
+        return self.disk.is_run(run_id)
+
+    def _require(self, run_id: str) -> None:
+        if not self._exists(check_run_id(run_id)):
+            raise NotFoundError(f"no run {run_id}")
+
+    def locked(self, run_id: str, wait: bool = True) -> contextlib.AbstractContextManager[Any]:
+        """A write session on the run (the local run lock); yields the handle writes take."""
+        return self.disk.locked(run_id, wait)
+
+    def change(self, run_id: str, apply: Callable[[Any], T], wait: bool = True) -> T:
+        """Run `apply(handle)` (read, modify, write the run's metadata) in a write session,
+        again from its read whenever its write lost the race to another writer (DESIGN §10:
+        no lost update on any number of hosts). `apply` must start from a fresh read."""
+        for attempt in range(MAX_RACES):
+            try:
+                with self.locked(run_id, wait) as handle:
+                    return apply(handle)
+            except LostRace:
+                self._cache.pop(run_id, None)
+                time.sleep(random.uniform(0, min(0.2, 0.005 * 2 ** attempt)))  # noqa: S311 (jitter)
+        raise StoreIOError(f"run {run_id}: {MAX_RACES} writes in a row lost to other writers")
+
+    # -- reading -------------------------------------------------------------------------
+
+    def run_ids(self) -> list[str]:
+        """Every run in the store."""
+        return self.disk.run_ids()
+
+    def read_run(self, run_id: str) -> RunMetadata | None:
+        """The run's metadata (shared, treat as read-only), or None if there is no such run.
+
+        Parsed models are cached by the metadata's version tag, so listing many runs
+        re-reads only the ones that changed. A run being deleted is gone.
+        """
+        check_run_id(run_id)
+        key = self.disk.meta_version(run_id)
+        if key is None:
+            return self._recover_if_orphaned(run_id)
+        cached = self._cache.get(run_id)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        with self.disk.reading() as art:
+            meta = self._parse(art, run_id)
+        if meta is None:
+            return self._recover_if_orphaned(run_id)
+        if meta.status == "deleting":
+            return None
+        self._cache[run_id] = (key, meta)
+        return meta
+
+    def cached_run(self, run_id: str) -> RunMetadata | None:
+        """The run's metadata if the cached copy is current (one stat), else None.
+
+        Never parses: the server calls it on its event loop and, on None, reads the
+        run in a worker thread (DESIGN §7: metadata is never parsed on the loop).
+        """
+        cached = self._cache.get(run_id)
+        if cached is None:
+            return None
+        return cached[1] if cached[0] == self.disk.meta_version(run_id) else None
+
+    def remember(self, run_id: str, meta: RunMetadata) -> None:
+        """In a write session: `meta` is what the metadata holds now, so readers need not
+        parse it again (start-up repair reads every run once; the catch-up then reuses it)."""
+        version = self.disk.meta_version(run_id)
+        if version is not None:
+            self._cache[run_id] = (version, meta)
+
+    def get_run(self, run_id: str) -> RunMetadata:
+        """The run's metadata, or NotFoundError."""
+        meta = self.read_run(run_id)
+        if meta is None:
+            raise NotFoundError(f"no run {run_id}")
+        return meta
+
+    def list_runs(self) -> list[RunMetadata]:
+        """Every run, newest first."""
+        runs = [m for m in (self.read_run(r) for r in self.run_ids()) if m is not None]
+        runs.sort(key=lambda m: (m.created_at, m.run_id), reverse=True)
+        return runs
+
+    def _parse(self, art: Any, run_id: str) -> RunMetadata | None:
+        """Parse the metadata; None when absent or corrupt (corruption is recovered in a
+        write session)."""
+        try:
+            raw = self._read_metadata_bytes(art, run_id)
+        except Oversized:
+            return None
+        return None if raw is None else self._parse_bytes(run_id, raw)
+
+    def _parse_bytes(self, run_id: str, raw: bytes) -> RunMetadata | None:
+        try:
+            meta = RunMetadata.model_validate_json(raw)
+        except ValidationError:
+            return None
+        return meta if meta.run_id == run_id else None
+
+    def _read_metadata_bytes(self, art: Any, run_id: str) -> bytes | None:
+        return self.disk.read_meta(art, run_id, self.config.promote.max_metadata_bytes)
+
+    def _recover_if_orphaned(self, run_id: str) -> RunMetadata | None:
+        """A run whose metadata is missing or corrupt is rebuilt, never dropped.
+
+        A reader never waits for the run's lock: whoever holds it (the daemon copying
+        the run's first batch, a rebuild) is writing the metadata; until then the run
+        is not there. Waiting froze the HTTP server behind a copy (issue 11).
+        """
+        if not self.disk.is_run(run_id):  # a link planted as a run folder is none (DESIGN §6)
+            return None
+        try:
+            meta = self.change(run_id, lambda art: self.load_for_update(art, run_id),
+                               wait=False)
+        except BlockingIOError:
+            return None
+        return meta if meta is None or meta.status != "deleting" else None
+
+    def load_for_update(self, art: Any, run_id: str) -> RunMetadata | None:
+        """In a write session: a private copy of the metadata, recovered if corrupt."""
+        try:
+            raw = self._read_metadata_bytes(art, run_id)
+        except Oversized as exc:  # set aside unread; nothing of it is salvaged
+            return self._rebuild(art, run_id, b"", str(exc))
+        if raw is None:
+            if not self.disk.is_run(run_id):
+                return None
+            if not self.disk.has_files(art, run_id):
+                # the run's first copy never completed (changed, failed, killed): there is
+                # no run yet and nothing to recover; its promotion will create it
+                return None
+            if self.config.storage.backend == "s3" and self.read_tombstone(run_id) is not None:
+                # objects a deletion raced with (an upload after its batch delete): a deleted
+                # run is never rebuilt from them; files written after it start it afresh
+                return None
+            return self._rebuild(art, run_id, None, "metadata missing")
+        try:
+            meta = RunMetadata.model_validate_json(raw)
+            if meta.run_id != run_id:
+                raise ValueError("run_id does not match its folder")
+            return meta
+        except (ValidationError, ValueError) as exc:
+            reason = "not valid JSON" if _json_invalid(exc) else "does not match the schema"
+            return self._rebuild(art, run_id, raw, reason)
+
+    def read_tombstone(self, run_id: str) -> Tombstone | None:
+        raw = self.disk.read_tombstone(run_id)
+        try:
+            return Tombstone.model_validate_json(raw) if raw is not None else None
+        except ValidationError:
+            return None
+
+    # -- run context ---------------------------------------------------------------------
+
+    def context(self, run_id: str, names: Iterable[str] = ()) -> RunContext:
+        """What run.json and attribution.jsonl say about the run now. `names`: files about to
+        be promoted; with the entries already known they are the lines worth keeping."""
+        known = set(names)
+        cached = self._cache.get(run_id)
+        for item in cached[1].artifacts if cached is not None else ():
+            known.add(item.filename)
+        known.update([n.rsplit("/", 1)[-1] for n in known])  # lines may name the base name
+        try:
+            with folder(self.sessions_path) as sessions:
+                fields = read_run_json(sessions, run_id)
+                agents = self.attribution.agents(sessions, run_id, known)
+        except OSError:
+            return RunContext()
+        return RunContext(workflow_id=fields.get("workflow_id", ""),
+                          user_directive=fields.get("user_directive", ""),
+                          status=fields.get("status", ""), agents=agents)
+
+    def session_exists(self, run_id: str) -> bool:
+        """False only when the session is known to be gone (DESIGN §1).
+
+        When sessions/ itself cannot be seen (promoter-web's unit makes it
+        inaccessible; a web container may not mount it) nothing is known, and a
+        tombstone must be kept rather than dropped.
+        """
+        try:
+            os.lstat(self.sessions_path / run_id)
+            return True
+        except FileNotFoundError:
+            try:
+                return not stat.S_ISDIR(os.stat(self.sessions_path).st_mode)
+            except OSError:
+                return True
+        except OSError:
+            return True
+
+    def apply_context(self, meta: RunMetadata, ctx: RunContext) -> tuple[RunMetadata, bool]:
+        """Fold run.json and attribution into the run (rules.apply_context); True if changed."""
+        applied = rules.apply_context(meta, ctx, self.config.retention)
+        if applied.completed:
+            log.info(events.RUN_COMPLETED, run_id=meta.run_id, reason=f"run.json {ctx.status}")
+        return applied.meta, applied.changed
+
+    def refresh_context(self, run_id: str) -> RunMetadata | None:
+        """Re-read the run's context and update its metadata if the run exists."""
+        if not self._exists(check_run_id(run_id)):
+            return None
+        ctx = self.context(run_id)
+
+        def apply(art: Any) -> RunMetadata | None:
+            meta = self.load_for_update(art, run_id)
+            if meta is None or meta.status == "deleting":
+                return None
+            meta, changed = self.apply_context(meta, ctx)
+            if changed:
+                self.write_metadata(art, meta)
+            return meta
+
+        return self.change(run_id, apply)
+
+    def mark_completed(self, run_id: str, reason: str = "session gone") -> None:
+        """A run whose session folder is gone is complete (DESIGN §2)."""
+        if not self._exists(check_run_id(run_id)):
+            return
+
+        def apply(art: Any) -> bool:
+            meta = self.load_for_update(art, run_id)
+            if meta is None or meta.status != "active":
+                return False
+            meta.status = "completed"
+            self.write_metadata(art, meta)
+            return True
+
+        if self.change(run_id, apply):
+            log.info(events.RUN_COMPLETED, run_id=run_id, reason=reason)
+
+    # -- writing metadata ----------------------------------------------------------------
+
+    def write_metadata(self, art: Any, meta: RunMetadata) -> None:
+        meta.updated_at = self.clock.now()
+        meta.host = meta.host or self.host  # the run's own host: the first writer's
+        self.disk.write_meta(art, meta.run_id, meta.to_json().encode())
+        self._cache.pop(meta.run_id, None)
+        total = self.total.set(meta.run_id, meta.total_bytes)
+        ceiling = self.config.retention.max_store_bytes
+        if ceiling and total > ceiling and self.on_over_budget is not None:
+            self.on_over_budget()  # sets an event: nothing waits on it under the run's lock
+
+    @property
+    def _checksum(self) -> bool:
+        return self.config.promote.checksum == "sha256"
+
+    # -- recovery (the backend walks the copies, rules.py decides) ------------------------
+
+    def _rebuild(self, art: Any, run_id: str, raw: bytes | None, reason: str) -> RunMetadata:
+        """In a write session: set corrupt metadata aside, rebuild it from the copies."""
+        aside = self.disk.set_aside(art, run_id, self.clock.now()) if raw is not None else ""
+        ctx = self.context(run_id)
+        entries = self.disk.stored_entries(art, run_id, ctx, self._checksum)
+        applied = rules.rebuild(run_id, entries, rules.salvage(raw), ctx, self.clock.now(),
+                                self.config.retention)
+        if applied.completed:
+            log.info(events.RUN_COMPLETED, run_id=run_id, reason=f"run.json {ctx.status}")
+        self.write_metadata(art, applied.meta)
+        log.warning(events.METADATA_RECOVERED, run_id=run_id, reason=reason, set_aside=aside,
+                    files=len(entries))
+        return applied.meta
+
+    def repair(self, run_id: str) -> bool:
+        """After a crash: remove temps, list every stored file, drop entries without a copy."""
+        check_run_id(run_id)
+
+        def apply(art: Any) -> tuple[int, int] | None:
+            meta = self.load_for_update(art, run_id)
+            if meta is None or meta.status == "deleting":
+                return None
+            self.disk.remove_temps(art, run_id)
+            fixed = self.disk.relist(art, meta, lambda: self.context(run_id), self._checksum)
+            if fixed is None:
+                self.remember(run_id, meta)
+                return None
+            meta, relisted, dropped = fixed
+            self.write_metadata(art, meta)
+            return relisted, dropped
+
+        done = self.change(run_id, apply)
+        if done is None:
+            return False
+        log.warning(events.METADATA_RECOVERED, run_id=run_id, reason="repair after restart",
+                    relisted=done[0], dropped=done[1])
+        return True

@@ -1,0 +1,47 @@
+"""Helpers for store, CLI and daemon tests on the bucket of s3_fixtures (plain functions)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from s3_server import S3Server
+
+from promoter.config import Config, load_config
+from promoter.store import Store
+
+__all__ = ["s3_config", "s3_env", "s3_store", "s3_toml"]
+
+
+def s3_env(server: S3Server, bucket: str, prefix: str, **extra: str) -> dict[str, str]:
+    """PROMOTER_* variables that put the store in the test bucket under `prefix`."""
+    env = {"PROMOTER_STORAGE__BACKEND": '"s3"', "PROMOTER_STORAGE__S3__BUCKET": f'"{bucket}"',
+           "PROMOTER_STORAGE__S3__PREFIX": f'"{prefix}"',
+           "PROMOTER_STORAGE__S3__ENDPOINT": f'"{server.endpoint}"',
+           "PROMOTER_STORAGE__S3__REGION": f'"{server.region}"',
+           "PROMOTER_STORAGE__S3__ALLOW_HTTP": "true"}
+    env.update(extra)
+    return env
+
+
+def s3_config(root: Path, server: S3Server, bucket: str, prefix: str, **extra: str) -> Config:
+    """A configuration with sessions under `root` and the store in the bucket."""
+    return load_config(None, s3_env(server, bucket, prefix, **extra), str(root))
+
+
+def s3_toml(server: S3Server, bucket: str, prefix: str, **storage: Any) -> str:
+    """The [storage] and [storage.s3] tables of a config file for the test bucket."""
+    lines = ["[storage]", 'backend = "s3"']
+    lines += [f"{k} = {v!r}".replace("'", '"') for k, v in storage.items()]
+    lines += ["", "[storage.s3]", f'bucket = "{bucket}"', f'prefix = "{prefix}"',
+              f'endpoint = "{server.endpoint}"', f'region = "{server.region}"',
+              "allow_http = true", ""]
+    return "\n".join(lines)
+
+
+def s3_store(root: Path, server: S3Server, bucket: str, prefix: str, clock: Any = None,
+             **extra: str) -> Store:
+    """A Store on the bucket, created as `promoter run` creates it (probe included)."""
+    store = Store(s3_config(root, server, bucket, prefix, **extra), clock=clock)
+    store.ensure_folders()
+    return store

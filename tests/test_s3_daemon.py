@@ -1,0 +1,70 @@
+"""The real daemon promoting into a bucket (DESIGN §10): `promoter run` on local sessions with
+real inotify, the store in a real SeaweedFS under a prefix, polled with deadlines."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from daemon_helpers import base_config, start_daemon, wait_until, write
+from s3_server import S3Server
+
+from promoter.objectstore import ObjectStore
+from promoter.s3errors import ObjectNotFound
+from promoter.s3layout import file_key, meta_key
+
+pytest_plugins = ("s3_fixtures",)
+
+
+def _s3(server: S3Server, bucket: str, prefix: str) -> dict[str, Any]:
+    return {"backend": "s3", "host_id": "host-a",
+            "s3": {"bucket": bucket, "prefix": prefix, "endpoint": server.endpoint,
+                   "region": server.region, "allow_http": True}}
+
+
+def _meta(objstore: ObjectStore, run_id: str) -> dict[str, Any] | None:
+    try:
+        data, _ = objstore.get(meta_key(objstore.prefix, run_id))
+    except ObjectNotFound:
+        return None
+    parsed: dict[str, Any] = json.loads(data)
+    return parsed
+
+
+def _names(objstore: ObjectStore, run_id: str) -> set[str]:
+    meta = _meta(objstore, run_id) or {"artifacts": []}
+    return {a["filename"] for a in meta["artifacts"]}
+
+
+def test_daemon_promotes_into_the_bucket_under_its_prefix(
+        tmp_path: Path, s3_server: S3Server, s3_bucket: str, s3_prefix: str,
+        objstore: ObjectStore) -> None:
+    """Files written into sessions/ appear as objects under <prefix>files/ with an entry in
+    <prefix>meta/<run>.json (sha256 the object's own, host named), then the daemon stops
+    cleanly; nothing is written outside the prefix or on the local artifacts folder."""
+    root = tmp_path / "root"
+    daemon = start_daemon(root, base_config(storage=_s3(s3_server, s3_bucket, s3_prefix)))
+    try:
+        daemon.wait_ready(60)
+        write(root / "sessions" / "run-1" / "output" / "a.txt", b"alpha")
+        write(root / "sessions" / "run-1" / "output" / "plots" / "b.png", b"\x89PNG beta")
+        write(root / "sessions" / "run-2" / "output" / "c.md", b"# gamma")
+        wait_until(lambda: _names(objstore, "run-1") == {"a.txt", "plots/b.png"}, 60,
+                   what="run-1's two entries in the bucket")
+        wait_until(lambda: _names(objstore, "run-2") == {"c.md"}, 60, what="run-2's entry")
+        assert daemon.stop() == 0
+    finally:
+        daemon.close()
+    meta = _meta(objstore, "run-1")
+    assert meta is not None and meta["host"] == "host-a" and meta["status"] == "active"
+    entry = {a["filename"]: a for a in meta["artifacts"]}["plots/b.png"]
+    assert entry["sha256"] == hashlib.sha256(b"\x89PNG beta").hexdigest()
+    assert entry["path"] == "files/plots/b.png" and entry["content_type"] == "image/png"
+    head = objstore.head(file_key(s3_prefix, "run-1", "plots/b.png"))
+    assert head.sha256 == entry["sha256"] and head.info.size == 9
+    keys = [o.key for page in objstore.list_pages("") for o in page]
+    assert keys and all(k.startswith(s3_prefix) for k in keys)
+    assert not (root / "artifacts" / "run-1").exists()
+    assert any(k.startswith(f"{s3_prefix}audit/") for k in keys)  # the journal, in the bucket
