@@ -99,15 +99,14 @@ def finish_deletions(core: StoreCore) -> list[str]:
     leave (the trash; stale multipart uploads). Returns the runs finished."""
     finished = []
     if core.disk.marks_deletion:
-        for run_id in core.run_ids():
-            with core.disk.reading() as handle:
-                raw = core._read_metadata_bytes(handle, run_id)
-            if raw is None or b'"deleting"' not in raw:
-                continue
-            meta = core._parse_bytes(run_id, raw)
-            if meta is None or meta.status != "deleting":
-                continue
+        core.deleting.clear()
+        core.list_runs()  # one listing; only changed runs are read again (the cache)
+        for run_id in sorted(core.deleting):
             with core.locked(run_id) as handle:
+                raw = core._read_metadata_bytes(handle, run_id)
+                meta = core._parse_bytes(run_id, raw) if raw is not None else None
+                if meta is None or meta.status != "deleting":
+                    continue
                 core.disk.trash_run(handle, run_id)
             core._cache.pop(run_id, None)
             finished.append(run_id)

@@ -118,8 +118,10 @@ class RunMetadata(_Model):
     artifacts: list[ArtifactEntry] = Field(default_factory=list, fail_fast=True)
     removed: list[RemovedEntry] = Field(default_factory=list, fail_fast=True)
     rejected: list[RejectedEntry] = Field(default_factory=list, fail_fast=True)
-    host: str = Field(default="", description="storage.host_id of the host whose session "
-                      "folder the run came from (DESIGN §10)")
+    # written only when known, so a document without it (DESIGN §2's) round-trips
+    host: str = Field(default="", exclude_if=lambda v: v == "",
+                      description="storage.host_id of the host whose session folder the run "
+                      "came from (DESIGN §10)")
 
     def entry(self, filename: str) -> ArtifactEntry | None:
         """The entry for `filename`, if any."""
@@ -148,7 +150,8 @@ class Tombstone(_Model):
     run_id: str = Field(pattern=RUN_ID_RE.pattern)
     deleted_at: UtcTime
     reason: Literal["rm", "expired"]
-    host: str = ""  # the host whose session folder it guards (DESIGN §10)
+    # the host whose session folder it guards (DESIGN §10)
+    host: str = Field(default="", exclude_if=lambda v: v == "")
 
 
 # Markdown and a few common data types, whatever the host's mime.types holds.

@@ -70,6 +70,7 @@ class StoreCore:
         self.host = config.storage.host
         self.attribution = AttributionReader()
         self._cache: dict[str, tuple[Hashable, RunMetadata]] = {}
+        self.deleting: set[str] = set()  # runs seen marked "deleting" (DESIGN §10)
         self.total = StoreTotal()  # the store's size, kept as metadata is written (DESIGN §4)
         self.on_over_budget: Callable[[], None] | None = None  # the daemon kicks its sweeper
         self.pools: CopyPools | None = None  # the daemon's pipeline lends its copy threads
@@ -142,6 +143,7 @@ class StoreCore:
         if meta is None:
             return self._recover_if_orphaned(run_id)
         if meta.status == "deleting":
+            self.deleting.add(run_id)  # for the sweep to finish (deletion.finish_deletions)
             return None
         self._cache[run_id] = (key, meta)
         return meta

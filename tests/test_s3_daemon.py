@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
+import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -68,3 +71,56 @@ def test_daemon_promotes_into_the_bucket_under_its_prefix(
     assert keys and all(k.startswith(s3_prefix) for k in keys)
     assert not (root / "artifacts" / "run-1").exists()
     assert any(k.startswith(f"{s3_prefix}audit/") for k in keys)  # the journal, in the bucket
+
+
+def _cli(cfg: Path, *argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "promoter", *argv, "--config", str(cfg)],
+                          capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_cli_removals_racing_the_daemons_additions_all_survive(
+        tmp_path: Path, s3_server: S3Server, s3_bucket: str, s3_prefix: str,
+        objstore: ObjectStore) -> None:
+    """While the daemon promotes 20 new files into a run, two shells remove four of its old
+    files with `promoter rm` (separate processes, separate clients): at the end every new
+    file is listed and every removed one is gone, in `removed`, its object deleted."""
+    root = tmp_path / "root"
+    storage = _s3(s3_server, s3_bucket, s3_prefix)
+    out = root / "sessions" / "r1" / "output"
+    for i in range(4):
+        write(out / f"old{i}.txt", f"old {i}")
+    daemon = start_daemon(root, base_config(storage=storage))
+    cfg = daemon.cfgfile
+    try:
+        daemon.wait_ready(60)
+        wait_until(lambda: _names(objstore, "r1") == {f"old{i}.txt" for i in range(4)}, 60,
+                   what="the old files in the bucket")
+        failures: list[str] = []
+
+        def remove(part: int) -> None:
+            for i in range(part, 4, 2):
+                proc = _cli(cfg, "rm", "r1", f"old{i}.txt")
+                if proc.returncode != 0:
+                    failures.append(proc.stderr)
+
+        shells = [threading.Thread(target=remove, args=(p,)) for p in (0, 1)]
+        for t in shells:
+            t.start()
+        for i in range(20):
+            write(out / f"new{i}.txt", f"new {i}")
+            pause = threading.Event()
+            pause.wait(0.05)  # the agent's pace: writes spread over the removals
+        for t in shells:
+            t.join(300)
+        assert not failures, failures
+        want = {f"new{i}.txt" for i in range(20)}
+        wait_until(lambda: _names(objstore, "r1") == want, 90, what="exactly the new files")
+        assert daemon.stop() == 0
+    finally:
+        daemon.close()
+    meta = _meta(objstore, "r1")
+    assert meta is not None
+    assert {r["filename"] for r in meta["removed"]} == {f"old{i}.txt" for i in range(4)}
+    listed = {o.key.rsplit("/", 1)[-1] for page in objstore.list_pages("files/r1/")
+              for o in page}
+    assert listed == want
