@@ -61,13 +61,16 @@ class S3Backend:
         self.objects = objects
         self.prefix = objects.prefix
         self._listed: dict[str, str] = {}  # ETags of the last listing, each used once
+        self._probed = False
 
     # -- the store ----------------------------------------------------------------------------
 
     def check(self, create: bool) -> None:
         """The probe of §10 (bucket, credentials, conditional writes); at a daemon's start
         also abort the multipart uploads a crash left behind."""
-        self.objects.probe()
+        if not self._probed:  # once a process (require_store, then ensure_folders)
+            self.objects.probe()
+            self._probed = True
         if create:
             self.clean_leftovers()
 
