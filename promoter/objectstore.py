@@ -279,19 +279,16 @@ class ObjectStore:
 
     def stream(self, key: str, start: int = 0, end: int | None = None,
                chunk: int = STREAM_CHUNK, if_match: str | None = None) -> Iterator[bytes]:
-        """The bytes [start, end) of an object (end None: to its end), a chunk at a time.
-
-        The request is made at the first `next()`, so errors surface there, classified.
-        `if_match`: only that version (the ETag a HEAD gave with the object's sha256); a
-        newer one raises PreconditionFailed, so bytes and digest never disagree.
-        """
+        """The bytes [start, end) of an object (end None: to its end), a chunk at a time;
+        `if_match`: of that version only (else PreconditionFailed), as a HEAD described it.
+        The request is made at the first `next()`, so errors surface there, classified."""
         import obstore
 
         if start < 0 or (end is not None and end <= start):
             raise ValueError(f"bad byte range [{start}, {end})")
         if if_match is not None and not _ETAG_RE.fullmatch(if_match):
             raise ValueError("not an ETag a header can carry")
-        options: Any = {"if_match": if_match} if if_match is not None else {}
+        options: Any = {} if if_match is None else {"if_match": if_match}
         if end is not None:
             options["range"] = (start, end)
         elif start:
