@@ -53,7 +53,7 @@ def _liar(upstream: str) -> type[BaseHTTPRequestHandler]:
             finally:
                 conn.close()
 
-        do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _relay
+        do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _relay  # noqa: N815 (http.server)
 
         def log_message(self, format: str, *args: object) -> None:
             """Quiet: the test reads promoter's output, not the proxy's."""
