@@ -14,6 +14,7 @@ import contextlib
 import errno
 import hashlib
 import os
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -43,6 +44,7 @@ __all__ = ["S3Backend", "S3Handle"]
 
 STALE_UPLOAD = timedelta(hours=1)  # multipart uploads older than this are a crash's (§10)
 RELIST_MARGIN = timedelta(minutes=5)  # clock skew between a host and the store
+LISTING_FRESH_S = 10.0  # a listing's ETags stand for the runs' versions this long
 
 
 @dataclass
@@ -61,6 +63,7 @@ class S3Backend:
         self.objects = objects
         self.prefix = objects.prefix
         self._listed: dict[str, str] = {}  # ETags of the last listing, each used once
+        self._listed_at = 0.0
         self._probed = False
 
     # -- the store ----------------------------------------------------------------------------
@@ -91,7 +94,7 @@ class S3Backend:
                 run_id = run_id_from_meta_key(self.prefix, info.key)
                 if run_id is not None:
                     found[run_id] = info.etag
-        self._listed = found
+        self._listed, self._listed_at = found, time.monotonic()
         return sorted(found)
 
     def listed(self) -> dict[str, str]:
@@ -122,9 +125,12 @@ class S3Backend:
             return None
 
     def meta_version(self, run_id: str) -> str | None:
-        """The metadata's ETag: from the listing just made (`run_ids`), else one HEAD."""
+        """The metadata's ETag: from the listing just made (`run_ids`, used once and only
+        while LISTING_FRESH_S old, so it never hides a later change for long), else a HEAD."""
         listed = self._listed.pop(run_id, None)
-        return listed if listed is not None else self._head_etag(meta_key(self.prefix, run_id))
+        if listed is not None and time.monotonic() - self._listed_at < LISTING_FRESH_S:
+            return listed
+        return self._head_etag(meta_key(self.prefix, run_id))
 
     def read_meta(self, handle: S3Handle, run_id: str, limit: int) -> bytes | None:
         key = meta_key(self.prefix, run_id)

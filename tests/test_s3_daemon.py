@@ -124,3 +124,41 @@ def test_cli_removals_racing_the_daemons_additions_all_survive(
     listed = {o.key.rsplit("/", 1)[-1] for page in objstore.list_pages("files/r1/")
               for o in page}
     assert listed == want
+
+
+def test_kill_9_mid_burst_then_restart_lists_every_object(
+        tmp_path: Path, s3_server: S3Server, s3_bucket: str, s3_prefix: str,
+        objstore: ObjectStore) -> None:
+    """The daemon is killed (SIGKILL) while it promotes a burst; restarted, it promotes every
+    file, and every object under files/ is named by an entry with its own sha256: objects a
+    crash left without an entry are adopted, none is left an orphan."""
+    root = tmp_path / "root"
+    config = base_config(storage=_s3(s3_server, s3_bucket, s3_prefix))
+    out = root / "sessions" / "r1" / "output"
+    daemon = start_daemon(root, config)
+    try:
+        daemon.wait_ready(60)
+        for i in range(60):
+            write(out / f"f{i:02d}.bin", hashlib.sha256(str(i).encode()).digest() * 64)
+        wait_until(lambda: len(_names(objstore, "r1")) >= 1, 60, what="a first entry")
+        daemon.proc.kill()
+        daemon.proc.wait(30)
+        assert len(_names(objstore, "r1")) < 60, "the burst was over before the kill"
+    finally:
+        daemon.close()
+    again = start_daemon(root, config)
+    try:
+        again.wait_ready(60)
+        want = {f"f{i:02d}.bin" for i in range(60)}
+        wait_until(lambda: _names(objstore, "r1") == want, 90, what="all 60 entries")
+        assert again.stop() == 0
+    finally:
+        again.close()
+    meta = _meta(objstore, "r1")
+    assert meta is not None
+    listed = {o.key[len(f"{s3_prefix}files/r1/"):] for page in objstore.list_pages("files/r1/")
+              for o in page}
+    assert listed == want
+    for entry in meta["artifacts"]:
+        head = objstore.head(file_key(s3_prefix, "r1", entry["filename"]))
+        assert head.sha256 == entry["sha256"] and head.info.size == entry["size_bytes"]
