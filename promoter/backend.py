@@ -26,11 +26,12 @@ from datetime import datetime
 from typing import Protocol, TypeVar
 
 from promoter.context import RunContext
-from promoter.errors import ConflictError
+from promoter.errors import ConflictError, StoreIOError
 from promoter.metadata import ArtifactEntry, RunMetadata
 from promoter.safeio import CopyPools, CopyResult
 
-__all__ = ["Backend", "LostRace", "Relisted", "Shrank", "StoredRead", "fd_read"]
+__all__ = ["Backend", "LostRace", "Relisted", "Shrank", "StoredRead", "TooManyRaces",
+           "fd_read"]
 
 H = TypeVar("H")
 Relisted = tuple[RunMetadata, int, int]
@@ -43,6 +44,10 @@ class Shrank(OSError):
 
 class LostRace(ConflictError):
     """A conditional metadata write lost to another writer: read again, then retry."""
+
+
+class TooManyRaces(StoreIOError):
+    """A change lost its race again and again (a run rewritten without pause): try later."""
 
 
 @dataclass

@@ -253,3 +253,11 @@ def tombstone_droppable(tomb: Tombstone | None, host: str, session_gone: bool,
     if tomb is None or tomb.host in ("", host):
         return session_gone
     return now - tomb.deleted_at >= timedelta(days=FOREIGN_TOMBSTONE_DAYS)
+
+
+def raced_deletion(tomb: Tombstone | None, stored_at: datetime, margin: timedelta) -> bool:
+    """A stored copy without an entry, stored before its run's deletion (or within `margin`
+    after it: clocks differ) is a promotion that raced the deletion: never adopted, since
+    deleted stays deleted (DESIGN §1); a file really written later is promoted again from
+    its session."""
+    return tomb is not None and stored_at <= tomb.deleted_at + margin

@@ -26,7 +26,7 @@ from promoter.context import RunContext
 from promoter.errors import InvalidNameError
 from promoter.layout import FILES
 from promoter.localdisk import Oversized
-from promoter.metadata import ArtifactEntry, RunMetadata, guess_content_type
+from promoter.metadata import ArtifactEntry, RunMetadata, Tombstone, guess_content_type
 from promoter.names import is_valid_run_id
 from promoter.objectstore import EntryFields, ObjectHead, ObjectStore
 from promoter.s3errors import ObjectNotFound, ObjectRefused, PreconditionFailed
@@ -298,13 +298,17 @@ class S3Backend:
         fresh: list[ArtifactEntry] = []
         ctx: RunContext | None = None
         since = meta.updated_at - RELIST_MARGIN
+        tomb = self._tombstone(meta.run_id)
         for page in self.objects.list_pages(f"{FILES}/{meta.run_id}/"):
             for info in page:
                 name = relpath_from_file_key(self.prefix, info.key)
                 if name is None:
                     continue
-                seen.add(name)
                 old = known.get(name)
+                if old is None and rules.raced_deletion(tomb, info.last_modified, RELIST_MARGIN):
+                    self.objects.delete_many([info.key])  # an upload that raced a deletion
+                    continue
+                seen.add(name)
                 if old is not None and old.size_bytes == info.size and \
                         info.last_modified < since:
                     continue
@@ -322,6 +326,13 @@ class S3Backend:
         if not fresh and not dropped:
             return None
         return rules.relist(meta, fresh, seen), len(fresh), dropped
+
+    def _tombstone(self, run_id: str) -> Tombstone | None:
+        raw = self.read_tombstone(run_id)
+        try:
+            return Tombstone.model_validate_json(raw) if raw is not None else None
+        except ValueError:
+            return None
 
     # -- tombstones -----------------------------------------------------------------------------
 

@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from promoter import deletion, events, promotion, rules
-from promoter.backend import StoredRead
+from promoter.backend import StoredRead, TooManyRaces
 from promoter.clock import format_time
 from promoter.deletion import DeleteReport
 from promoter.errors import ConflictError, NotFoundError, StoreIOError
@@ -75,7 +75,7 @@ class Store(StoreCore):
             with folder(self.sessions_path) as sessions:
                 results = self.change(run_id, lambda art: self._promote_batch(
                     art, sessions, run_id, names, ctx, stored))
-        except (OSError, StoreUnavailable) as exc:  # the store, not a file: all wait
+        except (OSError, StoreUnavailable, TooManyRaces) as exc:  # the store: all wait
             reason = f"store unusable: {exc.strerror or exc}" if isinstance(exc, OSError) \
                 else str(exc)
             done = {r.filename for r in results}

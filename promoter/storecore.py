@@ -22,7 +22,7 @@ from pydantic import ValidationError
 
 from promoter import events, rules
 from promoter.audit import Actor, Auditor, cli_actor
-from promoter.backend import Backend, LostRace
+from promoter.backend import Backend, LostRace, TooManyRaces
 from promoter.budget import StoreTotal
 from promoter.clock import Clock, SystemClock
 from promoter.config import Config
@@ -117,7 +117,7 @@ class StoreCore:
             except LostRace:
                 self._cache.pop(run_id, None)
                 time.sleep(random.uniform(0, min(0.2, 0.005 * 2 ** attempt)))  # noqa: S311 (jitter)
-        raise StoreIOError(f"run {run_id}: {MAX_RACES} writes in a row lost to other writers")
+        raise TooManyRaces(f"run {run_id}: {MAX_RACES} writes in a row lost to other writers")
 
     # -- reading -------------------------------------------------------------------------
 

@@ -287,3 +287,27 @@ def test_library_and_audit_journal_live_in_the_bucket(
                       "library.deleted"]
     assert all(k.startswith("audit/") and k.endswith(".jsonl") for k in _keys(objstore, "audit/"))
     assert all(e["host"] == "host-a" for e in store.read_journal(None, "r1"))
+
+
+def test_an_upload_that_raced_a_deletion_never_brings_it_back(
+        tmp_path: Path, store: Store, objstore: ObjectStore) -> None:
+    """An object stored around a run's deletion without an entry (a promotion that lost to
+    the deletion) is neither rebuilt into the deleted run nor adopted when a later file
+    starts the run afresh: the repair deletes it."""
+    write_session_file(tmp_path, "r1", "a.txt", b"alpha")
+    store.promote_files("r1", ["a.txt"])
+    store.delete_run("r1")
+    src = tmp_path / "raced"
+    src.write_bytes(b"raced")
+    fd = os.open(src, os.O_RDONLY)
+    try:
+        objstore.put_file(file_key(objstore.prefix, "r1", "raced.txt"), fd, 5,
+                          EntryFields("raced.txt", "agent", "2026-11-30T06:00:00Z"))
+    finally:
+        os.close(fd)
+    assert store.read_run("r1") is None  # not rebuilt from it: the run is tombstoned
+    write_session_file(tmp_path, "r1", "late.txt", b"late", age_s=-1)
+    reconcile(store)
+    store.repair("r1")
+    assert [a.filename for a in store.get_run("r1").artifacts] == ["late.txt"]
+    assert _keys(objstore, "files/") == ["files/r1/late.txt"]
