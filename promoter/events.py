@@ -67,3 +67,4 @@ AUDIT_INVALID: Final = "audit.invalid"
 AUDIT_PRUNED: Final = "audit.pruned"
 DAEMON_FAILED: Final = "daemon.failed"
 ARTIFACT_COPYING: Final = "artifact.copying"
+METADATA_UNREADABLE: Final = "metadata.unreadable"  # serve over a bucket: a meta/ object left out

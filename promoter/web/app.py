@@ -35,12 +35,13 @@ from promoter.signing import LinkSigner
 from promoter.store import Store
 from promoter.web.archive import archive_router
 from promoter.web.bodies import JSON_BODY_MAX, BodyLimit
+from promoter.web.bucket import Bucket, BucketChanges
 from promoter.web.errors import detail_response, error_response, sentence, store_io_error
 from promoter.web.fastpath import LeanFiles
 from promoter.web.files import asset_response
 from promoter.web.insights import router as insights_router
 from promoter.web.links import links_router
-from promoter.web.listing import RunLister
+from promoter.web.listing import RunLister, RunSource
 from promoter.web.live import EventHub, events_router
 from promoter.web.metrics import HttpMetrics
 from promoter.web.models import ErrorDetail, Health
@@ -170,7 +171,15 @@ def _add_ops_routes(app: FastAPI) -> None:
     @app.get("/healthz", response_model=Health, responses={503: {"model": Health}},
              summary="200 while artifacts/ and library/ are usable")
     def healthz(request: Request) -> JSONResponse:
-        store = web_state(request).store
+        web = web_state(request)
+        store = web.store
+        if web.bucket is not None:  # DESIGN §10: 503 while the bucket is unreachable
+            why = web.bucket.unhealthy()
+            if why is not None:
+                return JSONResponse({"status": "unavailable",
+                                     "detail": "The bucket is not reachable."},
+                                    status_code=503)
+            return JSONResponse({"status": "ok"})
         for what, path in (("artifacts", store.artifacts_path), ("library", store.library.path)):
             why = _unusable(what, path)
             if why is not None:
@@ -205,9 +214,11 @@ def local_changes(store: Store) -> LocalChanges:
 
 def create_app(config: Config, store: Store | None = None, *,
                static_dir: Path | None = None, list_ttl_s: float = 0.5,
-               changes: ChangeSource | None = None) -> FastAPI:
+               changes: ChangeSource | None = None, bucket: Bucket | None = None) -> FastAPI:
     """The HTTP API and the page over `store` (default: a Store on `config`).
 
+    `bucket`: the store is in a bucket (DESIGN §10); runs, files, archives, health and
+    the event stream are read from there (its run cache), changes still go through `store`.
     `static_dir` and `list_ttl_s` (how long a rendered run list is reused) are for
     tests and benchmarks.
 
@@ -216,23 +227,27 @@ def create_app(config: Config, store: Store | None = None, *,
     """
     store = store if store is not None else Store(config)
     token = load_token(config.http.token_file)
-    metrics = HttpMetrics(store)
+    runs: RunSource = bucket.runs if bucket is not None else store
+    metrics = HttpMetrics(store, runs)
     app = FastAPI(
         title="promoter", version=__version__, docs_url=None, redoc_url=None,
         description="Artifacts promoted from agent sessions, and the curated library "
                     "(DESIGN §7). Changing requests need the X-Promoter-Request header "
                     "(or a bearer token when the server has one).")
     signer = LinkSigner(token) if token is not None else None
-    app.state.web = WebState(config=config, store=store, lister=RunLister(store, list_ttl_s),
-                             metrics=metrics, signer=signer)
+    app.state.web = WebState(config=config, store=store,
+                             lister=RunLister(store, list_ttl_s, runs=runs),
+                             metrics=metrics, signer=signer, bucket=bucket)
     app.include_router(router)
     app.include_router(archive_router)
     app.include_router(links_router)
     app.include_router(events_router)
     app.include_router(insights_router)
     lister: RunLister = app.state.web.lister
-    hub = app.state.events = EventHub(changes if changes is not None else local_changes(store),
-                                      on_change=lambda change: lister.invalidate())
+    if changes is None:
+        changes = BucketChanges(bucket.runs) if bucket is not None else local_changes(store)
+    hub = app.state.events = EventHub(changes,
+                                      on_change=lambda change: lister.invalidate(runs=False))
     metrics.event_clients.set_function(lambda: hub.clients)
     _add_ops_routes(app)
     _add_page_routes(app, static_dir if static_dir is not None else STATIC_DIR)

@@ -23,6 +23,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
 
 from promoter.archive import iter_zip
+from promoter.errors import PromoterError
 from promoter.names import check_run_id
 from promoter.web.errors import StreamBroken
 from promoter.web.files import FILE_CSP, content_disposition
@@ -48,6 +49,8 @@ async def _pieces(chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
                 piece = await anyio.to_thread.run_sync(next, chunks, None)
             except OSError as exc:  # the reason only: a path may lie outside the store
                 raise StreamBroken(exc.strerror or str(exc)) from None
+            except PromoterError as exc:  # the bucket failed mid-way: a message of ours
+                raise StreamBroken(str(exc)) from None
             if piece is None:
                 return
             yield piece
@@ -67,6 +70,7 @@ def _close(chunks: Iterator[bytes]) -> None:
 def get_archive(request: Request, run_id: RunId) -> Response:
     """Names exactly as under files/; already-compressed types are stored, not deflated."""
     run_id = check_run_id(run_id)
+    # on a bucket too: the store reads each object as it is archived (DESIGN §10)
     chunks = iter_zip(web_state(request).store, run_id)  # NotFoundError here: a clean 404
     headers = {
         "content-disposition": content_disposition("attachment", f"{run_id}.zip"),

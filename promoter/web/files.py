@@ -13,25 +13,35 @@ followed, DESIGN §6); nothing here opens a file by path.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
-from typing import Final
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Final, Protocol
 from urllib.parse import quote
 
+import anyio
 import anyio.to_thread
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
+
+from promoter.errors import PromoterError
+from promoter.web.errors import StreamBroken
 
 __all__ = [
     "FILE_CSP",
     "PAGE_CSP",
     "FdResponse",
+    "Plan",
+    "StoredBody",
     "asset_response",
+    "body_response",
     "content_disposition",
     "disposition_type",
     "etag_matches",
+    "file_headers",
     "file_response",
     "parse_range",
+    "plan_answer",
     "stat_etag",
 ]
 
@@ -211,49 +221,80 @@ class FdResponse(Response):
             await send({"type": "http.response.body", "body": data, "more_body": pos < end})
 
 
-def _conditional(request: Request, fd: int, st: os.stat_result, etag: str,
-                 headers: list[tuple[str, str]], content_type: str) -> FdResponse:
-    """304, 416, 206 or 200 (GET or HEAD) for an open file with the headers given.
+@dataclass(frozen=True)
+class Plan:
+    """What to answer for a stored file of `size` bytes: status, headers, the byte span."""
 
-    Owns `fd`: it is in the answer, or closed here, whatever goes wrong.
-    """
-    try:
-        response = _decide(request, fd, st, etag, headers, content_type)
-    except BaseException:
-        os.close(fd)
-        raise
-    if response.fd is None:  # 304 or 416: the file is not sent
-        os.close(fd)
-    return response
+    status: int
+    headers: Headers
+    first: int = 0
+    length: int = 0
+    send_body: bool = True
+    body: bytes = b""  # sent instead of the file (416)
+
+    @property
+    def sends_file(self) -> bool:
+        return self.status in (200, 206) and self.send_body and self.length > 0
 
 
-def _decide(request: Request, fd: int, st: os.stat_result, etag: str,
-            headers: list[tuple[str, str]], content_type: str) -> FdResponse:
+def plan_answer(request: Request, size: int, etag: str, headers: list[tuple[str, str]],
+                content_type: str) -> Plan:
+    """304, 416, 206 or 200 (GET or HEAD) for a file of `size` bytes: one decision for
+    every kind of stored file (a local descriptor, an object in a bucket)."""
     head = request.method == "HEAD"
     common = [*headers, ("etag", etag), ("cache-control", "no-cache")]
     if etag_matches(request.headers.get("if-none-match"), etag):
-        return FdResponse(None, 304, _h(common))
-    size = st.st_size
+        return Plan(304, _h(common))
     wanted: tuple[int, int] | None = None
     if_range = request.headers.get("if-range")
     if if_range is None or if_range.strip() == etag:  # a date or another tag: the whole file
         try:
             wanted = parse_range(request.headers.get("range"), size)
         except Unsatisfiable:
-            return FdResponse(None, 416, _h([
+            return Plan(416, _h([
                 *common, ("content-range", f"bytes */{size}"),
                 ("content-type", "application/json"),
                 ("content-length", str(len(_UNSATISFIABLE)))]),
                 send_body=not head, body=_UNSATISFIABLE)
     typed = [*common, ("accept-ranges", "bytes"), ("content-type", content_type)]
     if wanted is None:
-        return FdResponse(fd, 200, _h([*typed, ("content-length", str(size))]),
-                          0, size, send_body=not head)
+        return Plan(200, _h([*typed, ("content-length", str(size))]), 0, size,
+                    send_body=not head)
     first, last = wanted
     length = last - first + 1
-    return FdResponse(fd, 206, _h([*typed, ("content-range", f"bytes {first}-{last}/{size}"),
-                                   ("content-length", str(length))]),
-                      first, length, send_body=not head)
+    return Plan(206, _h([*typed, ("content-range", f"bytes {first}-{last}/{size}"),
+                         ("content-length", str(length))]), first, length, send_body=not head)
+
+
+def _conditional(request: Request, fd: int, st: os.stat_result, etag: str,
+                 headers: list[tuple[str, str]], content_type: str) -> FdResponse:
+    """The answer for an open file with the headers given.
+
+    Owns `fd`: it is in the answer, or closed here, whatever goes wrong.
+    """
+    try:
+        plan = plan_answer(request, st.st_size, etag, headers, content_type)
+    except BaseException:
+        os.close(fd)
+        raise
+    if plan.status not in (200, 206):  # 304 or 416: the file is not sent
+        os.close(fd)
+        return FdResponse(None, plan.status, plan.headers, send_body=plan.send_body,
+                          body=plan.body)
+    return FdResponse(fd, plan.status, plan.headers, plan.first, plan.length,
+                      send_body=plan.send_body)
+
+
+def file_headers(filename: str, content_type: str, view: bool = False,
+                 download: bool = False) -> list[tuple[str, str]]:
+    """DESIGN §7's headers of every stored file's answer, wherever its bytes come from."""
+    return [
+        ("content-security-policy", FILE_CSP),
+        ("x-content-type-options", "nosniff"),
+        ("referrer-policy", "no-referrer"),
+        ("content-disposition",
+         content_disposition(disposition_type(content_type, view, download), filename)),
+    ]
 
 
 def file_response(request: Request, fd: int, st: os.stat_result, *, filename: str,
@@ -263,14 +304,8 @@ def file_response(request: Request, fd: int, st: os.stat_result, *, filename: st
 
     Takes ownership of `fd`. `etag` is already quoted.
     """
-    headers = [
-        ("content-security-policy", FILE_CSP),
-        ("x-content-type-options", "nosniff"),
-        ("referrer-policy", "no-referrer"),
-        ("content-disposition",
-         content_disposition(disposition_type(content_type, view, download), filename)),
-    ]
-    return _conditional(request, fd, st, etag, headers, content_type)
+    return _conditional(request, fd, st, etag,
+                        file_headers(filename, content_type, view, download), content_type)
 
 
 def asset_response(request: Request, fd: int, st: os.stat_result, *,
@@ -286,3 +321,73 @@ def asset_response(request: Request, fd: int, st: os.stat_result, *,
         ("referrer-policy", "no-referrer"),
     ]
     return _conditional(request, fd, st, stat_etag(st, "page-"), headers, content_type)
+
+
+class StoredBody(Protocol):
+    """A stored file that is not a local descriptor (an object in a bucket): its size, its own
+    sha256 when known, and its bytes [start, end) as a blocking iterator of bounded chunks
+    (errors surface from `next()`). The iterator is closed when the answer ends."""
+
+    @property
+    def size(self) -> int: ...
+
+    @property
+    def sha256(self) -> str | None: ...
+
+    def chunks(self, start: int, end: int) -> Iterator[bytes]: ...
+
+
+def _close(chunks: Iterator[bytes]) -> None:
+    close = getattr(chunks, "close", None)
+    if close is not None:
+        close()
+
+
+async def _relay(first: bytes, rest: Iterator[bytes], length: int) -> AsyncIterator[bytes]:
+    """The chunks, each fetched in a worker thread; exactly `length` bytes or StreamBroken.
+
+    Closed however it ends (the client gone: starlette cancels this on `http.disconnect`),
+    so the object's connection is given back at once, not after the whole object.
+    """
+    sent = len(first)
+    try:
+        yield first
+        while sent < length:
+            try:
+                piece = await anyio.to_thread.run_sync(next, rest, None)
+            except (PromoterError, OSError) as exc:  # a message of ours: no credential, no path
+                raise StreamBroken(str(exc)) from None
+            if piece is None:
+                raise StreamBroken(f"the stored file ended after {sent} of {length} bytes")
+            sent += len(piece)
+            yield piece
+        if sent > length:
+            raise StreamBroken("the stored file grew while it was sent")
+    finally:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(_close, rest)
+
+
+class _BodyStream(StreamingResponse):
+    """A planned answer whose bytes come from a `StoredBody`: the plan's headers exactly."""
+
+    def __init__(self, plan: Plan, first: bytes, rest: Iterator[bytes]) -> None:
+        super().__init__(_relay(first, rest, plan.length), status_code=plan.status)
+        self.raw_headers = list(plan.headers)
+
+
+def body_response(plan: Plan, body: StoredBody) -> Response:
+    """The answer for a stored body, from a worker thread: the first chunk is fetched here,
+    before the head is sent, so a failure to start is a clean error answer (a 404 for an
+    object gone, a 412 PreconditionFailed for one replaced since it was looked at) and the
+    head is sent only once the bytes are known to come."""
+    if not plan.sends_file:
+        return FdResponse(None, plan.status, plan.headers, send_body=plan.send_body,
+                          body=plan.body)
+    chunks = body.chunks(plan.first, plan.first + plan.length)
+    try:
+        first = next(chunks, b"")
+    except BaseException:
+        _close(chunks)
+        raise
+    return _BodyStream(plan, first, chunks)

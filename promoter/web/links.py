@@ -38,8 +38,11 @@ def make_link(request: Request, run_id: RunId, filename: str,
               ) -> Response:
     web = web_state(request)
     run_id, filename = check_run_id(run_id), check_relpath(filename)
-    fd, _, entry = web.store.open_artifact(run_id, filename)  # 404 for a missing file
-    os.close(fd)
+    if web.bucket is not None:  # the entry is enough: the file's own answer HEADs the object
+        entry = web.bucket.entry(run_id, filename)
+    else:
+        fd, _, entry = web.store.open_artifact(run_id, filename)  # 404 for a missing file
+        os.close(fd)
     expires = int(time.time()) + ttl_s
     path = link_path(run_id, entry.filename)
     url = f"{path}?{EXPIRES}={expires}"

@@ -22,7 +22,7 @@ import json
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Final, Literal
+from typing import Final, Literal, Protocol
 
 from promoter.metadata import RunMetadata
 from promoter.names import check_run_id
@@ -30,11 +30,23 @@ from promoter.render import matches_filter
 from promoter.store import Store
 from promoter.web.models import LibraryEntry, LibraryList
 
-__all__ = ["Filter", "Listing", "RunLister", "library_listing"]
+__all__ = ["Filter", "Listing", "RunLister", "RunSource", "library_listing"]
 
 Filter = Literal["all", "current", "recent", "expiring"]
 _PRUNE_EVERY: Final = 64
 _MAX_RENDERED: Final = 64  # distinct (filter, run_id) queries kept
+
+
+class RunSource(Protocol):
+    """Where the runs are read: the Store over folders, `runcache.RunCache` over a bucket.
+
+    Both hand back the same parsed object until the run's metadata changes."""
+
+    def list_runs(self) -> list[RunMetadata]: ...
+
+    def read_run(self, run_id: str) -> RunMetadata | None: ...
+
+    def cached_run(self, run_id: str) -> RunMetadata | None: ...
 
 
 class Listing:
@@ -59,8 +71,10 @@ class RunLister:
     """Renders `GET /runtime/artifacts` from the store, reusing each run's JSON until it changes."""
 
     def __init__(self, store: Store, ttl_s: float = 0.5,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
+                 monotonic: Callable[[], float] = time.monotonic,
+                 runs: RunSource | None = None) -> None:
         self.store = store
+        self.runs: RunSource = runs if runs is not None else store
         self.ttl_s = ttl_s
         self._monotonic = monotonic
         # run_id -> (the metadata object the store's cache returned, its item JSON, digest)
@@ -69,10 +83,14 @@ class RunLister:
         self._lock = threading.Lock()
         self._calls = 0
 
-    def invalidate(self) -> None:
-        """Forget rendered lists: a change was made through this server."""
+    def invalidate(self, runs: bool = True) -> None:
+        """Forget rendered lists: a change was made through this server (`runs`: the
+        bucket's run cache lists again too), or the event stream reported one."""
         with self._lock:
             self._rendered.clear()
+        forget = getattr(self.runs, "invalidate", None) if runs else None
+        if forget is not None:
+            forget()
 
     def _item(self, meta: RunMetadata) -> tuple[bytes, bytes]:
         cached = self._items.get(meta.run_id)
@@ -88,9 +106,9 @@ class RunLister:
     def select(self, name: Filter, run_id: str | None) -> list[RunMetadata]:
         """The runs the filter keeps, newest first (`current`: DESIGN §7's two meanings)."""
         if name == "current" and run_id is not None:
-            meta = self.store.read_run(check_run_id(run_id))
+            meta = self.runs.read_run(check_run_id(run_id))
             return [meta] if meta is not None else []
-        runs = self.store.list_runs()
+        runs = self.runs.list_runs()
         self._prune(runs)
         if name == "current":
             return [m for m in runs if m.status == "active"]

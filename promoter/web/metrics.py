@@ -8,7 +8,7 @@ store holds, computed when scraped from the store's cached metadata.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -16,6 +16,9 @@ from prometheus_client.registry import Collector
 
 from promoter.errors import PromoterError
 from promoter.store import Store
+
+if TYPE_CHECKING:
+    from promoter.web.listing import RunSource
 
 __all__ = ["HttpMetrics"]
 
@@ -26,15 +29,16 @@ _BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 class _StoreCollector(Collector):
     """Runs, artifacts and bytes in the store and the library, counted at scrape time."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, runs: RunSource) -> None:
         self.store = store
+        self.runs = runs
 
     def describe(self) -> Iterator[Metric]:
         return iter(())  # computed at scrape: nothing to collect at registration
 
     def collect(self) -> Iterator[Metric]:
         try:
-            runs = self.store.list_runs()
+            runs = self.runs.list_runs()
             library = self.store.library.list()
         except PromoterError:
             return  # the store is unusable: /healthz says so; omit the figures
@@ -55,7 +59,7 @@ class _StoreCollector(Collector):
 class HttpMetrics:
     """The registry `/metrics` serves and the instruments the request observer feeds."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, runs: RunSource | None = None) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "promoter_http_requests", "HTTP requests answered, by route template and status.",
@@ -64,7 +68,7 @@ class HttpMetrics:
             "promoter_http_request_duration_seconds",
             "Time from the request to the end of its answer, by route template.",
             ["method", "route"], buckets=_BUCKETS, registry=self.registry)
-        self.registry.register(_StoreCollector(store))
+        self.registry.register(_StoreCollector(store, runs if runs is not None else store))
         self.event_clients = Gauge("promoter_http_event_clients",
                                    "Clients connected to GET /runtime/events.",
                                    registry=self.registry)

@@ -20,12 +20,14 @@ from starlette.routing import Route
 from promoter import events
 from promoter.clock import from_timestamp_ns
 from promoter.config import Config
+from promoter.errors import NotFoundError
 from promoter.logs import get_logger
 from promoter.metadata import ArtifactEntry, RunMetadata
 from promoter.names import check_relpath, check_run_id
 from promoter.signing import LinkSigner
 from promoter.store import Store
 from promoter.sweep import sweep
+from promoter.web.bucket import Bucket
 from promoter.web.fastpath import FileHandler
 from promoter.web.files import etag_matches, file_response, stat_etag
 from promoter.web.listing import Filter, Listing, RunLister, library_listing
@@ -54,6 +56,7 @@ class WebState:
     lister: RunLister
     metrics: HttpMetrics
     signer: LinkSigner | None = None  # signed links (DESIGN §7): only with a token
+    bucket: Bucket | None = None  # serving over a bucket (DESIGN §10): runs and objects there
 
 
 def web_state(request: Request) -> WebState:
@@ -110,7 +113,13 @@ async def list_artifacts(
 @router.get("/artifacts/{run_id}", response_model=RunMetadata, responses=_errors(400, 404),
             summary="One run's metadata.json")
 def get_run(request: Request, run_id: RunId) -> RunMetadata:
-    return web_state(request).store.get_run(check_run_id(run_id))
+    web = web_state(request)
+    if web.bucket is None:
+        return web.store.get_run(check_run_id(run_id))
+    meta = web.bucket.runs.read_run(check_run_id(run_id))
+    if meta is None:
+        raise NotFoundError(f"no run {run_id}")
+    return meta
 
 
 def artifact_etag(entry: ArtifactEntry, st: os.stat_result) -> str:
@@ -126,7 +135,11 @@ async def _artifact(request: Request, run_id: str, filename: str, view: bool,
     # Opened on the event loop when the run's metadata is cached and current: a handful
     # of syscalls, cheaper than the hop to a thread and back (bench/http_bench.py). Else
     # in a worker thread: parsing (or rebuilding) metadata never blocks the loop.
-    store = web_state(request).store
+    web = web_state(request)
+    if web.bucket is not None:  # a HEAD and a GET of the object: in a worker thread
+        return await anyio.to_thread.run_sync(web.bucket.answer, request, check_run_id(run_id),
+                                              filename, view, download)
+    store = web.store
     meta = store.cached_run(run_id)
     if meta is not None:
         fd, st, entry = store.open_artifact(run_id, filename, meta)

@@ -1,0 +1,387 @@
+"""`promoter serve` over a bucket, in-process, on a real SeaweedFS (DESIGN §7, §10): the run
+cache's one listing, the file answers' headers, Range, ETag from the object's own sha256,
+304, traversal refused, archives from objects, health, and the event stream's source."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import zipfile
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from bucket_helpers import put_object, put_run, run_meta
+from s3_helpers import settings_for
+from s3_server import S3Server, free_port_pairs
+
+from promoter.changes import RUN_DELETED, RUN_UPDATED, Change
+from promoter.objectstore import ObjectStore
+from promoter.s3errors import PreconditionFailed
+from promoter.s3layout import file_key, meta_key
+from promoter.web import runcache
+from promoter.web.bucket import Bucket, BucketChanges, ObjectBody
+from promoter.web.files import FILE_CSP
+from promoter.web.runcache import RunCache
+from tests.web_helpers import WebClient, client_for, make_store
+
+pytest_plugins = ("s3_fixtures",)
+
+PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 40
+MAX_META = 16 * 1024 * 1024
+
+
+def _cache(objects: ObjectStore, ttl_s: float = 0.0) -> RunCache:
+    return RunCache(objects, MAX_META, ttl_s=ttl_s)
+
+
+def _client(tmp_path: Path, objects: ObjectStore) -> tuple[WebClient, Bucket]:
+    bucket = Bucket(objects, _cache(objects))
+    return client_for(make_store(tmp_path), bucket=bucket), bucket
+
+
+@pytest.fixture
+def served(tmp_path: Path, objstore: ObjectStore) -> tuple[WebClient, Bucket, ObjectStore]:
+    """Two runs in the bucket and a client on an app serving them."""
+    old = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=2)
+    put_run(objstore, "run-a", {"plot.png": PNG, "notes/readme.md": b"# hi\n",
+                                "page.html": b"<script>alert(1)</script>"}, created=old)
+    put_run(objstore, "run-b", {"data.csv": b"a,b\n1,2\n"})
+    client, bucket = _client(tmp_path, objstore)
+    return client, bucket, objstore
+
+
+# -- the run cache -----------------------------------------------------------------------
+
+
+def test_one_listing_reads_only_changed_runs(objstore: ObjectStore) -> None:
+    """A refresh lists meta/ once and GETs only runs that are new or whose ETag changed."""
+    for name in ("r1", "r2", "r3"):
+        put_run(objstore, name, {"a.txt": name.encode()})
+    cache = _cache(objstore)
+    assert {m.run_id for m in cache.list_runs()} == {"r1", "r2", "r3"}
+    assert (cache.lists, cache.reads) == (1, 3)
+    first = cache.read_run("r1")
+    assert cache.read_run("r1") is first  # unchanged: the same parsed object
+    assert cache.reads == 3
+    put_run(objstore, "r2", {"a.txt": b"again", "b.txt": b"more"})
+    report = cache.refresh()
+    assert [m.run_id for m in report.updated] == ["r2"] and report.deleted == []
+    assert cache.reads == 4
+    assert cache.read_run("r1") is first
+    r2 = cache.read_run("r2")
+    assert r2 is not None and len(r2.artifacts) == 2
+    objstore.delete_many([meta_key(objstore.prefix, "r3")])
+    report = cache.refresh()
+    assert report.deleted == ["r3"] and report.updated == []
+    assert cache.read_run("r3") is None
+    assert cache.reads == 4
+
+
+def test_listing_is_paginated_and_newest_first(objstore: ObjectStore,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pages of the listing are followed to the end; runs come newest first."""
+    monkeypatch.setattr(runcache, "PAGE_SIZE", 2)
+    base = datetime(2026, 1, 1, tzinfo=UTC)
+    for i in range(5):
+        meta = run_meta(f"p{i}", [], created=base + timedelta(minutes=i))
+        objstore.put(meta_key(objstore.prefix, meta.run_id), meta.to_json().encode())
+    cache = _cache(objstore)
+    assert [m.run_id for m in cache.list_runs()] == ["p4", "p3", "p2", "p1", "p0"]
+    assert cache.lists == 1
+
+
+def test_invalid_metadata_is_left_out_and_not_read_again(objstore: ObjectStore) -> None:
+    """Corrupt JSON, another run's metadata and stray keys are skipped, each read once."""
+    put_run(objstore, "good", {"a.txt": b"1"})
+    objstore.put(meta_key(objstore.prefix, "broken"), b"{not json")
+    other = run_meta("elsewhere", [])
+    objstore.put(meta_key(objstore.prefix, "liar"), other.to_json().encode())
+    objstore.put(objstore.prefix + "meta/not-a-run.txt", b"x")
+    objstore.put(objstore.prefix + "meta/..json", b"x")
+    cache = _cache(objstore)
+    assert [m.run_id for m in cache.list_runs()] == ["good"]
+    reads = cache.reads
+    assert reads == 3
+    cache.refresh()
+    assert cache.reads == reads
+
+
+def test_oversized_metadata_is_left_out(objstore: ObjectStore) -> None:
+    """A metadata object over the size limit is not read, and the others still list."""
+    put_run(objstore, "small", {"a.txt": b"1"})
+    objstore.put(meta_key(objstore.prefix, "huge"), b" " * 5000)
+    cache = RunCache(objstore, 4096, ttl_s=0.0)
+    assert [m.run_id for m in cache.list_runs()] == ["small"]
+
+
+def test_ttl_spares_listings_and_invalidate_forces_one(objstore: ObjectStore) -> None:
+    """Within the TTL readers share one listing; invalidate makes the next reader list."""
+    put_run(objstore, "t1", {"a.txt": b"1"})
+    now = [100.0]
+    cache = RunCache(objstore, MAX_META, ttl_s=5.0, monotonic=lambda: now[0])
+    for _ in range(5):
+        cache.list_runs()
+        assert cache.cached_run("t1") is not None
+    assert cache.lists == 1
+    cache.invalidate()
+    assert cache.cached_run("t1") is None  # no I/O, and no stale answer
+    cache.read_run("t1")
+    assert cache.lists == 2
+    now[0] += 6.0
+    cache.list_runs()
+    assert cache.lists == 3
+
+
+# -- the routes --------------------------------------------------------------------------
+
+
+def test_list_and_run_answers(served: tuple[WebClient, Bucket, ObjectStore]) -> None:
+    """The seed shape, newest first, the run's metadata, 404 for a missing run, 304 on the tag."""
+    client, _, _ = served
+    answer = client.get("/runtime/artifacts")
+    assert answer.status_code == 200
+    body = answer.json()
+    assert [a["run_id"] for a in body["artifacts"]] == ["run-b", "run-a"]
+    assert {e["filename"] for e in body["artifacts"][1]["metadata"]["artifacts"]} == {
+        "plot.png", "notes/readme.md", "page.html"}
+    again = client.get("/runtime/artifacts", headers={"if-none-match": answer.headers["etag"]})
+    assert again.status_code == 304
+    assert client.get("/runtime/artifacts/run-a").json()["run_id"] == "run-a"
+    assert client.get("/runtime/artifacts/nope").status_code == 404
+    assert client.get("/runtime/artifacts/.hidden").status_code in (400, 404)
+    current = client.get("/runtime/artifacts", params={"filter": "current", "run_id": "run-a"})
+    assert [a["run_id"] for a in current.json()["artifacts"]] == ["run-a"]
+    recent = client.get("/runtime/artifacts", params={"filter": "recent"})
+    assert len(recent.json()["artifacts"]) == 2
+
+
+def test_file_headers_and_etag_is_the_objects_sha256(
+        served: tuple[WebClient, Bucket, ObjectStore]) -> None:
+    """Sandbox CSP, nosniff, type and disposition from the entry, ETag the sha256, not MD5."""
+    client, _, _ = served
+    answer = client.get("/runtime/artifacts/run-a/files/plot.png")
+    assert answer.status_code == 200
+    assert answer.content == PNG
+    h = answer.headers
+    assert h["content-security-policy"] == FILE_CSP
+    assert h["x-content-type-options"] == "nosniff"
+    assert h["content-type"] == "image/png"
+    assert h["content-disposition"].startswith("inline;")
+    assert h["etag"] == f'"{hashlib.sha256(PNG).hexdigest()}"'
+    assert h["content-length"] == str(len(PNG))
+    assert h["accept-ranges"] == "bytes"
+    assert h["cache-control"] == "no-cache"
+    html = client.get("/runtime/artifacts/run-a/files/page.html")
+    assert html.headers["content-disposition"].startswith("attachment;")
+    assert html.headers["content-security-policy"] == FILE_CSP
+    view = client.get("/runtime/artifacts/run-a/files/page.html?view=1")
+    assert view.headers["content-disposition"].startswith("inline;")
+    sub = client.get("/runtime/artifacts/run-a/files/notes/readme.md")
+    assert sub.content == b"# hi\n"
+
+
+def test_304_range_416_and_head(served: tuple[WebClient, Bucket, ObjectStore]) -> None:
+    """If-None-Match gives 304; one Range gives 206 with its bytes; past the end 416; HEAD."""
+    client, _, _ = served
+    url = "/runtime/artifacts/run-a/files/plot.png"
+    tag = f'"{hashlib.sha256(PNG).hexdigest()}"'
+    assert client.get(url, headers={"if-none-match": tag}).status_code == 304
+    part = client.get(url, headers={"range": "bytes=10-19"})
+    assert part.status_code == 206
+    assert part.content == PNG[10:20]
+    assert part.headers["content-range"] == f"bytes 10-19/{len(PNG)}"
+    suffix = client.get(url, headers={"range": "bytes=-7"})
+    assert suffix.status_code == 206 and suffix.content == PNG[-7:]
+    tail = client.get(url, headers={"range": f"bytes={len(PNG) - 3}-"})
+    assert tail.content == PNG[-3:]
+    past = client.get(url, headers={"range": f"bytes={len(PNG)}-"})
+    assert past.status_code == 416
+    assert past.headers["content-range"] == f"bytes */{len(PNG)}"
+    other = client.get(url, headers={"range": "bytes=0-1", "if-range": '"other"'})
+    assert other.status_code == 200 and other.content == PNG
+    head = client.head(url)
+    assert head.status_code == 200 and head.content == b""
+    assert head.headers["content-length"] == str(len(PNG))
+    assert head.headers["etag"] == tag
+
+
+@pytest.mark.parametrize("path", [
+    "/runtime/artifacts/run-a/files/../run-b/files/data.csv",
+    "/runtime/artifacts/run-a/files/%2e%2e/run-b/files/data.csv",
+    "/runtime/artifacts/run-a/files/notes/%2e%2e/plot.png",
+    "/runtime/artifacts/run-a/files/.%2e/.%2e/meta/run-a.json",
+    "/runtime/artifacts/run-a/files//plot.png",
+    "/runtime/artifacts/run-a/files/a%5Cb",
+    "/runtime/artifacts/..%2fmeta/files/x",
+    "/runtime/artifacts/run-a/files/plot.png%00",
+])
+def test_traversal_and_odd_names_are_refused(served: tuple[WebClient, Bucket, ObjectStore],
+                                             path: str) -> None:
+    """No path reaches an object outside the run's files, nor one without an entry."""
+    client, _, _ = served
+    answer = client.get(path)
+    assert answer.status_code in (400, 404), (path, answer.status_code)
+    assert answer.headers["content-type"] == "application/json"
+
+
+def test_an_object_without_an_entry_is_not_served(
+        served: tuple[WebClient, Bucket, ObjectStore]) -> None:
+    """Only files the run's metadata lists are served (an orphan waits for adoption)."""
+    client, _, objects = served
+    put_object(objects, "run-a", "orphan.txt", b"not listed")
+    assert client.get("/runtime/artifacts/run-a/files/orphan.txt").status_code == 404
+
+
+def test_a_missing_object_is_404(served: tuple[WebClient, Bucket, ObjectStore]) -> None:
+    """An entry whose object is gone (a deletion under way) answers 404, not 500."""
+    client, _, objects = served
+    objects.delete_many([file_key(objects.prefix, "run-b", "data.csv")])
+    answer = client.get("/runtime/artifacts/run-b/files/data.csv")
+    assert answer.status_code == 404
+    assert answer.json()["detail"] == "No artifact data.csv in run run-b."
+
+
+def test_a_rewritten_file_is_never_served_with_a_stale_digest(
+        served: tuple[WebClient, Bucket, ObjectStore]) -> None:
+    """The object is replaced before its entry (§10): the answer's ETag is the new bytes'."""
+    client, _, objects = served
+    new = b"a,b\n3,4\n5,6\n"
+    put_object(objects, "run-b", "data.csv", new)  # the entry still says the old digest
+    answer = client.get("/runtime/artifacts/run-b/files/data.csv")
+    assert answer.content == new
+    assert answer.headers["etag"] == f'"{hashlib.sha256(new).hexdigest()}"'
+    assert answer.headers["content-length"] == str(len(new))
+
+
+def test_bytes_are_read_only_from_the_object_the_head_saw(objstore: ObjectStore) -> None:
+    """A GET after the HEAD carries If-Match: a replacement between them is a lost race."""
+    put_object(objstore, "w1", "f.bin", b"one" * 100)
+    body = ObjectBody(objstore, file_key(objstore.prefix, "w1", "f.bin"))
+    assert b"".join(body.chunks(0, 10)) == (b"one" * 100)[:10]
+    put_object(objstore, "w1", "f.bin", b"two" * 100)
+    with pytest.raises(PreconditionFailed):
+        b"".join(body.chunks(0, body.size))
+
+
+def test_a_large_object_streams_whole_in_chunks(tmp_path: Path, objstore: ObjectStore) -> None:
+    """A 3 MiB object passes through in 256 KiB pieces and arrives whole."""
+    data = hashlib.sha256(b"seed").digest() * (3 * 1024 * 1024 // 32)
+    put_run(objstore, "big", {"blob.bin": data})
+    client, _ = _client(tmp_path, objstore)
+    answer = client.get("/runtime/artifacts/big/files/blob.bin")
+    assert answer.status_code == 200
+    assert hashlib.sha256(answer.content).hexdigest() == hashlib.sha256(data).hexdigest()
+    body = ObjectBody(objstore, file_key(objstore.prefix, "big", "blob.bin"))
+    sizes = [len(c) for c in body.chunks(0, body.size)]
+    assert len(sizes) > 4 and max(sizes) <= 1024 * 1024
+
+
+def test_archive_streams_from_objects(served: tuple[WebClient, Bucket, ObjectStore]) -> None:
+    """The run's zip holds every listed file's bytes under its name, from the objects."""
+    client, _, _ = served
+    answer = client.get("/runtime/artifacts/run-a/archive")
+    assert answer.status_code == 200
+    assert answer.headers["content-security-policy"] == FILE_CSP
+    assert "run-a.zip" in answer.headers["content-disposition"]
+    with zipfile.ZipFile(io.BytesIO(answer.content)) as zf:
+        assert sorted(zf.namelist()) == ["notes/readme.md", "page.html", "plot.png"]
+        assert zf.read("plot.png") == PNG
+        assert zf.read("notes/readme.md") == b"# hi\n"
+    assert client.get("/runtime/artifacts/nope/archive").status_code == 404
+
+
+def test_link_names_the_file(served: tuple[WebClient, Bucket, ObjectStore]) -> None:
+    """A link is made for a listed file and refused (404) for an unlisted one."""
+    client, _, _ = served
+    headers = {"X-Promoter-Request": "1"}
+    made = client.post("/runtime/artifacts/run-a/files/plot.png/link", headers=headers)
+    assert made.status_code == 201
+    assert client.get(made.json()["url"]).content == PNG
+    missing = client.post("/runtime/artifacts/run-a/files/nope.png/link", headers=headers)
+    assert missing.status_code == 404
+
+
+def test_stats_and_metrics_count_the_bucket(
+        served: tuple[WebClient, Bucket, ObjectStore]) -> None:
+    """/runtime/stats and /metrics read the run cache, not the (empty) local folders."""
+    client, _, _ = served
+    stats = client.get("/runtime/stats").json()
+    assert stats["totals"]["runs"] == 2 and stats["totals"]["artifacts"] == 4
+    metrics = client.get("/metrics").text
+    assert "promoter_store_runs 2.0" in metrics
+    assert "promoter_store_artifacts 4.0" in metrics
+
+
+def test_changes_through_the_server_are_seen_at_once(
+        tmp_path: Path, objstore: ObjectStore) -> None:
+    """With a long TTL, a change made by another host waits for it, but invalidate lists."""
+    put_run(objstore, "c1", {"a.txt": b"1"})
+    cache = RunCache(objstore, MAX_META, ttl_s=3600.0)
+    client = client_for(make_store(tmp_path), bucket=Bucket(objstore, cache), list_ttl_s=3600.0)
+    assert len(client.get("/runtime/artifacts").json()["artifacts"]) == 1
+    put_run(objstore, "c2", {"a.txt": b"2"})
+    assert len(client.get("/runtime/artifacts").json()["artifacts"]) == 1
+    client.app.state.web.lister.invalidate()
+    assert len(client.get("/runtime/artifacts").json()["artifacts"]) == 2
+
+
+# -- health and the event stream ---------------------------------------------------------
+
+
+def test_healthz_is_503_while_the_bucket_is_unreachable(
+        tmp_path: Path, s3_server: S3Server, s3_bucket: str, s3_session: Any,
+        objstore: ObjectStore) -> None:
+    """An endpoint nobody answers on is a 503 with one sentence; the real one is 200."""
+    client, _ = _client(tmp_path, objstore)
+    assert client.get("/healthz").json() == {"status": "ok"}
+    dead = free_port_pairs(1)[0]
+    settings = settings_for(s3_server, s3_bucket, endpoint=f"http://127.0.0.1:{dead}")
+    gone = ObjectStore(settings, session=s3_session, timeout_s=5)
+    down, _ = _client(tmp_path / "other", gone)
+    answer = down.get("/healthz")
+    assert answer.status_code == 503
+    assert answer.json() == {"status": "unavailable", "detail": "The bucket is not reachable."}
+    assert s3_server.secret_key not in answer.text
+    listing = down.get("/runtime/artifacts")
+    assert listing.status_code == 503
+    assert s3_server.secret_key not in listing.text
+
+
+def test_bucket_changes_become_events(objstore: ObjectStore) -> None:
+    """The source's periodic listing turns a new run into run.updated and a gone one into
+    run.deleted; the first fill emits nothing."""
+    put_run(objstore, "e1", {"a.txt": b"1"})
+    cache = _cache(objstore)
+    seen: list[Change] = []
+
+    async def scenario() -> None:
+        source = BucketChanges(cache, every_s=0.05)
+        task = asyncio.create_task(source.run(seen.append))
+        try:
+            await _until(lambda: cache.lists >= 1)
+            assert seen == []
+            await asyncio.to_thread(put_run, objstore, "e2", {"b.txt": b"2"})
+            await _until(lambda: any(c.kind == RUN_UPDATED for c in seen))
+            await asyncio.to_thread(objstore.delete_many, [meta_key(objstore.prefix, "e1")])
+            await _until(lambda: any(c.kind == RUN_DELETED for c in seen))
+        finally:
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        assert cache.listeners == []
+
+    asyncio.run(scenario())
+    updated = [c.data for c in seen if c.kind == RUN_UPDATED]
+    assert updated[0]["run_id"] == "e2" and updated[0]["updated_at"].endswith("Z")
+    assert [c.data for c in seen if c.kind == RUN_DELETED] == [{"run_id": "e1"}]
+
+
+async def _until(check: Any, deadline_s: float = 30.0) -> None:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + deadline_s
+    while not check():
+        assert loop.time() < end, "condition not met in time"
+        await asyncio.sleep(0.02)
