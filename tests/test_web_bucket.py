@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
+import time
 import zipfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -19,7 +20,7 @@ from s3_server import S3Server, free_port_pairs
 
 from promoter.changes import RUN_DELETED, RUN_UPDATED, Change
 from promoter.objectstore import ObjectStore
-from promoter.s3errors import PreconditionFailed
+from promoter.s3errors import PreconditionFailed, StoreUnavailable
 from promoter.s3layout import file_key, meta_key
 from promoter.web import runcache
 from promoter.web.bucket import Bucket, BucketChanges, ObjectBody
@@ -130,9 +131,73 @@ def test_ttl_spares_listings_and_invalidate_forces_one(objstore: ObjectStore) ->
     assert cache.cached_run("t1") is None  # no I/O, and no stale answer
     cache.read_run("t1")
     assert cache.lists == 2
+
+
+def test_an_old_cache_answers_at_once_and_refreshes_behind(objstore: ObjectStore) -> None:
+    """Past the TTL a reader gets the cached runs without waiting; one background listing
+    brings the new run for the next reader."""
+    put_run(objstore, "s1", {"a.txt": b"1"})
+    now = [100.0]
+    cache = RunCache(objstore, MAX_META, ttl_s=5.0, monotonic=lambda: now[0])
+    assert [m.run_id for m in cache.list_runs()] == ["s1"]
+    put_run(objstore, "s2", {"a.txt": b"2"}, created=datetime.now(UTC) + timedelta(hours=1))
     now[0] += 6.0
-    cache.list_runs()
-    assert cache.lists == 3
+    assert [m.run_id for m in cache.list_runs()] == ["s1"]  # served from memory
+    _poll(lambda: cache.lists == 2)
+    _poll(lambda: [m.run_id for m in cache.list_runs()] == ["s2", "s1"])
+
+
+class _Switch:
+    """The real object layer, or another pointed at an endpoint nobody answers on."""
+
+    def __init__(self, up: ObjectStore, down: ObjectStore) -> None:
+        self.up, self.down, self.broken = up, down, False
+        self.prefix = up.prefix
+
+    def _now(self) -> ObjectStore:
+        return self.down if self.broken else self.up
+
+    def list_pages(self, under: str = "", page_size: int = 1000) -> Any:
+        return self._now().list_pages(under, page_size)
+
+    def list_fast(self, under: str = "") -> Any:
+        return self._now().list_fast(under)
+
+    def get(self, key: str, max_bytes: int = MAX_META) -> tuple[bytes, str]:
+        return self._now().get(key, max_bytes)
+
+
+def _dead(s3_server: S3Server, bucket: str, session: Any, prefix: str) -> ObjectStore:
+    port = free_port_pairs(1)[0]
+    settings = settings_for(s3_server, bucket, endpoint=f"http://127.0.0.1:{port}",
+                            prefix=prefix)
+    return ObjectStore(settings, session=session, timeout_s=5)
+
+
+def test_a_failed_background_refresh_makes_the_next_reader_see_the_outage(
+        s3_server: S3Server, s3_bucket: str, s3_session: Any, objstore: ObjectStore) -> None:
+    """Stale runs are never served on and on over an outage: after a failed listing the next
+    reader lists itself and gets StoreUnavailable; when the bucket is back, runs again."""
+    put_run(objstore, "o1", {"a.txt": b"1"})
+    switch = _Switch(objstore, _dead(s3_server, s3_bucket, s3_session, objstore.prefix))
+    now = [100.0]
+    cache = RunCache(switch, MAX_META, ttl_s=1.0, monotonic=lambda: now[0])
+    assert len(cache.list_runs()) == 1
+    switch.broken = True
+    now[0] += 2.0
+    assert len(cache.list_runs()) == 1  # the background listing is under way
+    _poll(lambda: cache._must_wait)
+    with pytest.raises(StoreUnavailable):
+        cache.list_runs()
+    switch.broken = False
+    assert [m.run_id for m in cache.list_runs()] == ["o1"]
+
+
+def _poll(check: Any, deadline_s: float = 30.0) -> None:
+    end = time.monotonic() + deadline_s
+    while not check():
+        assert time.monotonic() < end, "condition not met in time"
+        time.sleep(0.02)
 
 
 # -- the routes --------------------------------------------------------------------------

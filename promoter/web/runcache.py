@@ -29,7 +29,7 @@ from typing import Final, Protocol
 from pydantic import ValidationError
 
 from promoter import events
-from promoter.errors import NotFoundError
+from promoter.errors import NotFoundError, PromoterError
 from promoter.logs import get_logger
 from promoter.metadata import RunMetadata
 from promoter.names import check_run_id
@@ -52,6 +52,8 @@ class MetaObjects(Protocol):
 
     def list_pages(self, under: str = "", page_size: int = PAGE_SIZE
                    ) -> Iterable[list[ObjectInfo]]: ...
+
+    def list_fast(self, under: str = "") -> Iterable[list[ObjectInfo]]: ...
 
     def get(self, key: str, max_bytes: int = ...) -> tuple[bytes, str]: ...
 
@@ -79,6 +81,8 @@ class RunCache:
         self._sorted: list[RunMetadata] | None = None
         self._at = float("-inf")  # when the last refresh started
         self._filled = False
+        self._must_wait = False  # the next reader waits for a listing (invalidated, failed)
+        self._generation = 0  # invalidations so far
         self._lock = threading.Lock()  # guards the dicts
         self._refreshing = threading.Lock()  # one refresh at a time
         self.listeners: list[Callable[[Refreshed], None]] = []
@@ -114,19 +118,45 @@ class RunCache:
         return hit[1] if hit is not None else None
 
     def invalidate(self) -> None:
-        """A change was made through this server: the next reader lists again."""
-        self._at = float("-inf")
+        """A change was made through this server: the next reader waits for a listing
+        (and one under way, which may have listed before the change, does not count)."""
+        with self._lock:
+            self._generation += 1
+            self._must_wait = True
+            self._at = float("-inf")
 
     # -- refreshing ----------------------------------------------------------------------
 
     def fresh(self) -> None:
-        """Refresh unless the last one started under `ttl_s` ago (or is running now)."""
+        """Make the cache at most `ttl_s` old, for a reader.
+
+        Cold, invalidated (a change through this server) or after a failed refresh, the
+        reader waits for a listing. Merely old, it is served what the cache holds while
+        one refresh runs in the background: a listing of 1,000 keys takes a tenth of a
+        second or more, and no reader should pay it twice a second (DESIGN §9: p50 under
+        50 ms). Either way one refresh runs at a time. `ttl_s` 0: every reader lists.
+        """
         if self._monotonic() - self._at < self.ttl_s:
+            return
+        if self._filled and not self._must_wait and self.ttl_s > 0:
+            if self._refreshing.acquire(blocking=False):
+                threading.Thread(target=self._background, name="promoter-meta-refresh",
+                                 daemon=True).start()
             return
         with self._refreshing:
             if self._monotonic() - self._at < self.ttl_s:
                 return  # another reader refreshed while this one waited
             self._refresh()
+
+    def _background(self) -> None:
+        """One refresh, holding the lock `fresh` took; a failure makes the next reader wait
+        for its own listing, which then raises (503) if the bucket is still unreachable."""
+        try:
+            self._refresh()
+        except Exception:  # noqa: S110 (an outage: the next reader's own listing answers 503)
+            pass
+        finally:
+            self._refreshing.release()
 
     def refresh(self) -> Refreshed:
         """List `meta/` now and read the runs whose ETag changed."""
@@ -134,7 +164,16 @@ class RunCache:
             return self._refresh()
 
     def _refresh(self) -> Refreshed:
+        try:
+            return self._refresh_once()
+        except BaseException:
+            self._must_wait = True
+            raise
+
+    def _refresh_once(self) -> Refreshed:
         started = self._monotonic()
+        with self._lock:
+            generation = self._generation
         listed = self._list()
         with self._lock:
             known = dict(self._runs)
@@ -160,7 +199,9 @@ class RunCache:
                     updated.append(got[1])
             if gone or read:
                 self._sorted = None
-            self._at = started
+            if self._generation == generation:  # else invalidated meanwhile: still stale
+                self._at = started
+                self._must_wait = False
         report = Refreshed(updated=updated, deleted=gone, first=not self._filled)
         self._filled = True
         if updated or gone or report.first:
@@ -169,11 +210,19 @@ class RunCache:
         return report
 
     def _list(self) -> dict[str, str]:
-        """run id -> ETag, from one paginated listing of `meta/`."""
+        """run id -> ETag, from one paginated listing of `meta/` (obstore's, five times
+        cheaper; boto3's when obstore cannot list some key, or failed: an outage then
+        fails both, and raises)."""
+        self.lists += 1
+        try:
+            return self._listed(self.objects.list_fast("meta/"))
+        except PromoterError:
+            return self._listed(self.objects.list_pages("meta/", PAGE_SIZE))
+
+    def _listed(self, pages: Iterable[list[ObjectInfo]]) -> dict[str, str]:
         prefix = self.objects.prefix
         listed: dict[str, str] = {}
-        self.lists += 1
-        for page in self.objects.list_pages("meta/", PAGE_SIZE):
+        for page in pages:
             for info in page:
                 run_id = run_id_from_meta_key(prefix, info.key)
                 if run_id is not None:

@@ -22,7 +22,9 @@ from promoter.errors import StoreIOError, UsageError
 from promoter.logs import StdlibBridge, get_logger
 from promoter.names import split_host_port
 from promoter.startup import prepare_store
+from promoter.store import Store
 from promoter.web.app import create_app
+from promoter.web.bucket import Bucket
 from promoter.web.connections import HeadTimeoutProtocol, accept_backlog, connection_cap
 from promoter.web.live import EventHub
 
@@ -86,13 +88,18 @@ def _record_only(signum: int, frame: FrameType | None) -> None:
     """uvicorn re-raises the signal it stopped for once it has stopped; this takes it quietly."""
 
 
-def serve(config: Config, listen: str | None = None) -> int:
-    """Serve until SIGTERM or SIGINT; returns the exit status (0 after a graceful stop)."""
+def serve(config: Config, listen: str | None = None, *, store: Store | None = None,
+          bucket: Bucket | None = None) -> int:
+    """Serve until SIGTERM or SIGINT; returns the exit status (0 after a graceful stop).
+
+    `store` and `bucket`: a store already opened (over a bucket, `bucket` reads it).
+    """
     host, port = parse_listen(listen or config.http.listen)
-    # the folders it writes and what a crash of its own may have left there; only
-    # `promoter run` creates the store (DESIGN §3) and repairs runs (it reads sessions/)
-    store = prepare_store(config, sessions=False, create=False, repair=False)
-    app = create_app(config, store)
+    if store is None:
+        # the folders it writes and what a crash of its own may have left there; only
+        # `promoter run` creates the store (DESIGN §3) and repairs runs (it reads sessions/)
+        store = prepare_store(config, sessions=False, create=False, repair=False)
+    app = create_app(config, store, bucket=bucket)
     sock = _bind(host, port)
     _route_uvicorn_logs(config.log.level)
     cap = connection_cap()
