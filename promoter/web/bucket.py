@@ -115,7 +115,6 @@ class Bucket:
                 if attempt == _ATTEMPTS - 1:
                     raise StoreUnavailable(f"{entry.filename} in run {run_id} is being "
                                            "rewritten; try again") from None
-                self.runs.invalidate()
         raise AssertionError("unreachable")
 
     def unhealthy(self) -> str | None:
