@@ -7,11 +7,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
+import threading
 import time
 import zipfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from bucket_helpers import put_object, put_run, run_meta
@@ -450,3 +452,51 @@ async def _until(check: Any, deadline_s: float = 30.0) -> None:
     while not check():
         assert loop.time() < end, "condition not met in time"
         await asyncio.sleep(0.02)
+
+
+def test_odd_but_legal_names_are_served(tmp_path: Path, objstore: ObjectStore) -> None:
+    """Spaces, percent signs, non-ASCII and deep subfolders round-trip through keys and URLs."""
+    names = {"a b%20c.txt": b"1", "résumé/naïve ☃.md": b"2", "d/e/f/g/h.csv": b"3",
+             "x+y=z&w.json": b"{}"}
+    put_run(objstore, "odd", names)
+    client, _ = _client(tmp_path, objstore)
+    for name, data in names.items():
+        answer = client.get("/runtime/artifacts/odd/files/" + quote(name))
+        assert answer.status_code == 200, name
+        assert answer.content == data
+        assert quote(name.rsplit("/", 1)[-1], safe="!#$&+^`|") in \
+            answer.headers["content-disposition"]
+
+
+def test_concurrent_readers_during_refreshes(tmp_path: Path, objstore: ObjectStore) -> None:
+    """Many readers at once while runs change and listings run behind them: every answer is
+    a whole list, and every run written shows in the end."""
+    put_run(objstore, "k0", {"a.txt": b"0"})
+    cache = RunCache(objstore, MAX_META, ttl_s=0.05)
+    bucket = Bucket(objstore, cache)
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def reader() -> None:
+        while not stop.is_set():
+            try:
+                runs = cache.list_runs()
+                assert all(m.run_id.startswith("k") for m in runs)
+                assert bucket.entry("k0", "a.txt").filename == "a.txt"
+            except BaseException as exc:
+                errors.append(exc)
+                return
+
+    threads = [threading.Thread(target=reader) for _ in range(6)]
+    for t in threads:
+        t.start()
+    try:
+        for i in range(1, 6):
+            put_run(objstore, f"k{i}", {"a.txt": str(i).encode()})
+    finally:
+        _poll(lambda: len(cache.list_runs()) == 6 or bool(errors))
+        stop.set()
+        for t in threads:
+            t.join(timeout=30)
+    assert errors == []
+    assert sorted(m.run_id for m in cache.list_runs()) == [f"k{i}" for i in range(6)]
