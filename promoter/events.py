@@ -68,3 +68,4 @@ AUDIT_PRUNED: Final = "audit.pruned"
 DAEMON_FAILED: Final = "daemon.failed"
 ARTIFACT_COPYING: Final = "artifact.copying"
 METADATA_UNREADABLE: Final = "metadata.unreadable"  # serve over a bucket: a meta/ object left out
+STORE_UNAVAILABLE: Final = "store.unavailable"  # the bucket cannot be reached (DESIGN §10)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
+import json
 import threading
 import time
 import zipfile
@@ -23,12 +24,14 @@ from s3_server import S3Server, free_port_pairs
 from promoter.changes import RUN_DELETED, RUN_UPDATED, Change
 from promoter.objectstore import ObjectStore
 from promoter.s3errors import PreconditionFailed, StoreUnavailable
-from promoter.s3layout import file_key, meta_key
+from promoter.s3layout import file_key, meta_key, tombstone_key
+from promoter.store import Store
 from promoter.web import runcache
-from promoter.web.bucket import Bucket, BucketChanges, ObjectBody
+from promoter.web.bucket import Bucket, BucketChanges
 from promoter.web.files import FILE_CSP
 from promoter.web.runcache import RunCache
-from tests.web_helpers import WebClient, client_for, make_store
+from tests.s3_store_helpers import s3_config
+from tests.web_helpers import WebClient, client_for
 
 pytest_plugins = ("s3_fixtures",)
 
@@ -40,19 +43,36 @@ def _cache(objects: ObjectStore, ttl_s: float = 0.0) -> RunCache:
     return RunCache(objects, MAX_META, ttl_s=ttl_s)
 
 
-def _client(tmp_path: Path, objects: ObjectStore) -> tuple[WebClient, Bucket]:
-    bucket = Bucket(objects, _cache(objects))
-    return client_for(make_store(tmp_path), bucket=bucket), bucket
+def _store(root: Path, server: S3Server, bucket: str, prefix: str, **s3: str) -> Store:
+    """A Store on the bucket as `promoter serve` opens it (no probe: tests of outages)."""
+    extra = {f"PROMOTER_STORAGE__S3__{k.upper()}": f'"{v}"' for k, v in s3.items()}
+    return Store(s3_config(root, server, bucket, prefix, **extra))
+
+
+def _client_on(store: Store, ttl_s: float = 0.0, **kwargs: Any) -> tuple[WebClient, Bucket]:
+    objects = store.disk.objects
+    bucket = Bucket(store, objects, RunCache(objects, MAX_META, ttl_s=ttl_s))
+    return client_for(store, bucket=bucket, **kwargs), bucket
 
 
 @pytest.fixture
-def served(tmp_path: Path, objstore: ObjectStore) -> tuple[WebClient, Bucket, ObjectStore]:
+def s3store(tmp_path: Path, s3_server: S3Server, s3_bucket: str, s3_prefix: str) -> Store:
+    """A Store on this test's prefix of the bucket (the same as `objstore`'s)."""
+    return _store(tmp_path / "root", s3_server, s3_bucket, s3_prefix)
+
+
+def _client(store: Store) -> tuple[WebClient, Bucket]:
+    return _client_on(store)
+
+
+@pytest.fixture
+def served(s3store: Store, objstore: ObjectStore) -> tuple[WebClient, Bucket, ObjectStore]:
     """Two runs in the bucket and a client on an app serving them."""
     old = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=2)
     put_run(objstore, "run-a", {"plot.png": PNG, "notes/readme.md": b"# hi\n",
                                 "page.html": b"<script>alert(1)</script>"}, created=old)
     put_run(objstore, "run-b", {"data.csv": b"a,b\n1,2\n"})
-    client, bucket = _client(tmp_path, objstore)
+    client, bucket = _client(s3store)
     return client, bucket, objstore
 
 
@@ -323,25 +343,26 @@ def test_a_rewritten_file_is_never_served_with_a_stale_digest(
     assert answer.headers["content-length"] == str(len(new))
 
 
-def test_bytes_are_read_only_from_the_object_the_head_saw(objstore: ObjectStore) -> None:
+def test_bytes_are_read_only_from_the_object_the_head_saw(s3store: Store,
+                                                          objstore: ObjectStore) -> None:
     """A GET after the HEAD carries If-Match: a replacement between them is a lost race."""
     put_object(objstore, "w1", "f.bin", b"one" * 100)
-    body = ObjectBody(objstore, file_key(objstore.prefix, "w1", "f.bin"))
+    body = s3store.disk.read_file("w1", "f.bin")
     assert b"".join(body.chunks(0, 10)) == (b"one" * 100)[:10]
     put_object(objstore, "w1", "f.bin", b"two" * 100)
     with pytest.raises(PreconditionFailed):
         b"".join(body.chunks(0, body.size))
 
 
-def test_a_large_object_streams_whole_in_chunks(tmp_path: Path, objstore: ObjectStore) -> None:
+def test_a_large_object_streams_whole_in_chunks(s3store: Store, objstore: ObjectStore) -> None:
     """A 3 MiB object passes through in 256 KiB pieces and arrives whole."""
     data = hashlib.sha256(b"seed").digest() * (3 * 1024 * 1024 // 32)
     put_run(objstore, "big", {"blob.bin": data})
-    client, _ = _client(tmp_path, objstore)
+    client, _ = _client(s3store)
     answer = client.get("/runtime/artifacts/big/files/blob.bin")
     assert answer.status_code == 200
     assert hashlib.sha256(answer.content).hexdigest() == hashlib.sha256(data).hexdigest()
-    body = ObjectBody(objstore, file_key(objstore.prefix, "big", "blob.bin"))
+    body = s3store.disk.read_file("big", "blob.bin")
     sizes = [len(c) for c in body.chunks(0, body.size)]
     assert len(sizes) > 4 and max(sizes) <= 1024 * 1024
 
@@ -383,11 +404,10 @@ def test_stats_and_metrics_count_the_bucket(
 
 
 def test_changes_through_the_server_are_seen_at_once(
-        tmp_path: Path, objstore: ObjectStore) -> None:
+        s3store: Store, objstore: ObjectStore) -> None:
     """With a long TTL, a change made by another host waits for it, but invalidate lists."""
     put_run(objstore, "c1", {"a.txt": b"1"})
-    cache = RunCache(objstore, MAX_META, ttl_s=3600.0)
-    client = client_for(make_store(tmp_path), bucket=Bucket(objstore, cache), list_ttl_s=3600.0)
+    client, _ = _client_on(s3store, ttl_s=3600.0, list_ttl_s=3600.0)
     assert len(client.get("/runtime/artifacts").json()["artifacts"]) == 1
     put_run(objstore, "c2", {"a.txt": b"2"})
     assert len(client.get("/runtime/artifacts").json()["artifacts"]) == 1
@@ -399,15 +419,15 @@ def test_changes_through_the_server_are_seen_at_once(
 
 
 def test_healthz_is_503_while_the_bucket_is_unreachable(
-        tmp_path: Path, s3_server: S3Server, s3_bucket: str, s3_session: Any,
-        objstore: ObjectStore) -> None:
+        tmp_path: Path, s3_server: S3Server, s3_bucket: str, s3_prefix: str,
+        s3store: Store) -> None:
     """An endpoint nobody answers on is a 503 with one sentence; the real one is 200."""
-    client, _ = _client(tmp_path, objstore)
+    client, _ = _client(s3store)
     assert client.get("/healthz").json() == {"status": "ok"}
     dead = free_port_pairs(1)[0]
-    settings = settings_for(s3_server, s3_bucket, endpoint=f"http://127.0.0.1:{dead}")
-    gone = ObjectStore(settings, session=s3_session, timeout_s=5)
-    down, _ = _client(tmp_path / "other", gone)
+    gone = _store(tmp_path / "other", s3_server, s3_bucket, s3_prefix,
+                  endpoint=f"http://127.0.0.1:{dead}")
+    down, _ = _client(gone)
     answer = down.get("/healthz")
     assert answer.status_code == 503
     assert answer.json() == {"status": "unavailable", "detail": "The bucket is not reachable."}
@@ -454,12 +474,12 @@ async def _until(check: Any, deadline_s: float = 30.0) -> None:
         await asyncio.sleep(0.02)
 
 
-def test_odd_but_legal_names_are_served(tmp_path: Path, objstore: ObjectStore) -> None:
+def test_odd_but_legal_names_are_served(s3store: Store, objstore: ObjectStore) -> None:
     """Spaces, percent signs, non-ASCII and deep subfolders round-trip through keys and URLs."""
     names = {"a b%20c.txt": b"1", "résumé/naïve ☃.md": b"2", "d/e/f/g/h.csv": b"3",
              "x+y=z&w.json": b"{}"}
     put_run(objstore, "odd", names)
-    client, _ = _client(tmp_path, objstore)
+    client, _ = _client(s3store)
     for name, data in names.items():
         answer = client.get("/runtime/artifacts/odd/files/" + quote(name))
         assert answer.status_code == 200, name
@@ -468,12 +488,12 @@ def test_odd_but_legal_names_are_served(tmp_path: Path, objstore: ObjectStore) -
             answer.headers["content-disposition"]
 
 
-def test_concurrent_readers_during_refreshes(tmp_path: Path, objstore: ObjectStore) -> None:
+def test_concurrent_readers_during_refreshes(s3store: Store, objstore: ObjectStore) -> None:
     """Many readers at once while runs change and listings run behind them: every answer is
     a whole list, and every run written shows in the end."""
     put_run(objstore, "k0", {"a.txt": b"0"})
     cache = RunCache(objstore, MAX_META, ttl_s=0.05)
-    bucket = Bucket(objstore, cache)
+    bucket = Bucket(s3store, objstore, cache)
     errors: list[BaseException] = []
     stop = threading.Event()
 
@@ -500,3 +520,60 @@ def test_concurrent_readers_during_refreshes(tmp_path: Path, objstore: ObjectSto
             t.join(timeout=30)
     assert errors == []
     assert sorted(m.run_id for m in cache.list_runs()) == [f"k{i}" for i in range(6)]
+
+
+# -- changes through the server ----------------------------------------------------------
+
+
+def test_delete_keep_and_remove_through_the_server(
+        served: tuple[WebClient, Bucket, ObjectStore]) -> None:
+    """DELETE a run: 204, its tombstone in the bucket, gone from the list at once; PATCH keep
+    and DELETE of one file show in the next answers (the cache is invalidated)."""
+    client, _, objects = served
+    headers = {"X-Promoter-Request": "1"}
+    assert client.patch("/runtime/artifacts/run-a", json={"keep": True},
+                        headers=headers).json()["keep"] is True
+    assert client.get("/runtime/artifacts/run-a").json()["keep"] is True
+    listed = client.get("/runtime/artifacts").json()["artifacts"]
+    assert {a["run_id"]: a["metadata"]["keep"] for a in listed}["run-a"] is True
+    assert client.delete("/runtime/artifacts/run-a/files/page.html",
+                         headers=headers).status_code == 204
+    assert client.get("/runtime/artifacts/run-a/files/page.html").status_code == 404
+    names = {e["filename"] for e in client.get("/runtime/artifacts/run-a").json()["artifacts"]}
+    assert names == {"plot.png", "notes/readme.md"}
+    assert client.delete("/runtime/artifacts/run-b", headers=headers).status_code == 204
+    assert [a["run_id"] for a in client.get("/runtime/artifacts").json()["artifacts"]] == [
+        "run-a"]
+    assert client.get("/runtime/artifacts/run-b").status_code == 404
+    assert client.get("/runtime/artifacts/run-b/files/data.csv").status_code == 404
+    raw, _ = objects.get(tombstone_key(objects.prefix, "run-b"))
+    assert json.loads(raw)["reason"] == "rm"
+    assert client.delete("/runtime/artifacts/run-b", headers=headers).status_code == 404
+
+
+def test_library_over_the_bucket(served: tuple[WebClient, Bucket, ObjectStore]) -> None:
+    """Promote into the library, list it, fetch it with the file headers, its ETag, Range and
+    304, upload another, delete it."""
+    client, _, _ = served
+    headers = {"X-Promoter-Request": "1"}
+    made = client.post("/runtime/artifacts/run-a/files/plot.png/promote?as=q3.png",
+                       headers=headers)
+    assert made.status_code == 201 and made.json()["size_bytes"] == len(PNG)
+    assert [f["name"] for f in client.get("/runtime/library").json()["files"]] == ["q3.png"]
+    got = client.get("/runtime/library/q3.png")
+    assert got.status_code == 200 and got.content == PNG
+    assert got.headers["content-security-policy"] == FILE_CSP
+    assert got.headers["x-content-type-options"] == "nosniff"
+    tag = got.headers["etag"]
+    assert tag.startswith('"lib-')  # the object's sha256 when it carries one
+    assert client.get("/runtime/library/q3.png",
+                      headers={"if-none-match": tag}).status_code == 304
+    part = client.get("/runtime/library/q3.png", headers={"range": "bytes=1-3"})
+    assert part.status_code == 206 and part.content == PNG[1:4]
+    up = client.post("/runtime/library", headers=headers,
+                     files={"file": ("notes.txt", b"hello", "text/plain")})
+    assert up.status_code == 201
+    assert client.get("/runtime/library/notes.txt").content == b"hello"
+    assert client.delete("/runtime/library/notes.txt", headers=headers).status_code == 204
+    assert client.get("/runtime/library/notes.txt").status_code == 404
+    assert client.get("/runtime/library/..%2fmeta").status_code in (400, 404)

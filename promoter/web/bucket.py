@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Final
 
 import anyio.to_thread
@@ -33,11 +33,11 @@ from promoter.metadata import ArtifactEntry, RunMetadata
 from promoter.names import split_relpath
 from promoter.objectstore import ObjectStore
 from promoter.s3errors import PreconditionFailed, StoreUnavailable
-from promoter.s3layout import file_key
+from promoter.store import Store
 from promoter.web.files import StoredBody, body_response, file_headers, plan_answer
 from promoter.web.runcache import Refreshed, RunCache
 
-__all__ = ["Bucket", "BucketChanges", "ObjectBody", "object_etag", "stored_bodies"]
+__all__ = ["Bucket", "BucketChanges", "object_etag"]
 
 _SHA256: Final = re.compile(r"[0-9a-f]{64}")
 _ATTEMPTS: Final = 3  # HEAD then GET If-Match, again when the object was replaced between
@@ -45,37 +45,21 @@ HEALTH_TTL_S: Final = 1.0
 CHANGES_EVERY_S: Final = 1.0  # the event stream's listing of meta/, while a client listens
 
 
-class ObjectBody:
-    """One object as a `files.StoredBody`: size and sha256 from its HEAD, bytes by If-Match."""
-
-    def __init__(self, objects: ObjectStore, key: str) -> None:
-        head = objects.head(key)  # ObjectNotFound (a NotFoundError) for a missing object
-        self.objects = objects
-        self.key = key
-        self.size = head.info.size
-        self.s3_etag = head.info.etag
-        sha = (head.sha256 or "").lower()
-        self.sha256: str | None = sha if _SHA256.fullmatch(sha) else None
-
-    def chunks(self, start: int, end: int) -> Iterator[bytes]:
-        if end <= start:
-            return iter(())
-        return self.objects.stream(self.key, start, end, if_match=self.s3_etag)
-
-
-def object_etag(body: ObjectBody) -> str:
+def object_etag(found: StoredBody, mtime_ns: int) -> str:
     """The quoted sha256 the object carries; for an object without one (not uploaded by
-    promoter), a tag from S3's own ETag, which changes whenever the object does."""
-    if body.sha256 is not None:
-        return f'"{body.sha256}"'
-    return '"s3-' + re.sub(r"[^0-9A-Za-z-]", "", body.s3_etag)[:80] + '"'
+    promoter), a tag from its size and time, which change whenever the object does."""
+    sha = (found.sha256 or "").lower()
+    if _SHA256.fullmatch(sha):
+        return f'"{sha}"'
+    return f'"s3-{found.size:x}-{mtime_ns:x}"'
 
 
 class Bucket:
     """What the server reads from the bucket: runs (cached), objects and health."""
 
-    def __init__(self, objects: ObjectStore, runs: RunCache,
+    def __init__(self, store: Store, objects: ObjectStore, runs: RunCache,
                  monotonic: Callable[[], float] = time.monotonic) -> None:
+        self.store = store
         self.objects = objects
         self.runs = runs
         self._monotonic = monotonic
@@ -92,29 +76,40 @@ class Bucket:
             raise NotFoundError(f"no artifact {filename} in run {run_id}")
         return entry
 
-    def open(self, run_id: str, entry: ArtifactEntry) -> ObjectBody:
-        """The entry's object, looked at (HEAD); NotFoundError when it is gone."""
-        try:
-            return ObjectBody(self.objects, file_key(self.objects.prefix, run_id,
-                                                     entry.filename))
-        except NotFoundError:
-            raise NotFoundError(f"no artifact {entry.filename} in run {run_id}") from None
-
     def answer(self, request: Request, run_id: str, filename: str, view: bool,
                download: bool) -> Response:
         """A stored file's answer (in a worker thread): DESIGN §7's headers, its own sha256."""
         for attempt in range(_ATTEMPTS):
-            entry = self.entry(run_id, filename)
-            body = self.open(run_id, entry)
-            plan = plan_answer(request, body.size, object_etag(body),
+            meta = self.runs.read_run(run_id)
+            if meta is None:
+                raise NotFoundError(f"no run {run_id}")
+            found, entry = self.store.read_artifact(run_id, filename, meta)  # one HEAD
+            plan = plan_answer(request, found.size, object_etag(found, found.mtime_ns),
                                file_headers(entry.filename, entry.content_type, view, download),
                                entry.content_type)
             try:
-                return body_response(plan, body)
+                return body_response(plan, found)
             except PreconditionFailed:  # replaced between HEAD and GET: look again
                 if attempt == _ATTEMPTS - 1:
                     raise StoreUnavailable(f"{entry.filename} in run {run_id} is being "
                                            "rewritten; try again") from None
+        raise AssertionError("unreachable")
+
+    def library_answer(self, request: Request, name: str, view: bool,
+                       download: bool) -> Response:
+        """A library file's answer from its object, as for artifacts."""
+        for attempt in range(_ATTEMPTS):
+            found, item = self.store.library.read(name)
+            etag = object_etag(found, found.mtime_ns)
+            plan = plan_answer(request, found.size, etag.replace('"', '"lib-', 1),
+                               file_headers(item.name, item.content_type, view, download),
+                               item.content_type)
+            try:
+                return body_response(plan, found)
+            except PreconditionFailed:
+                if attempt == _ATTEMPTS - 1:
+                    raise StoreUnavailable(f"library file {name} is being rewritten; "
+                                           "try again") from None
         raise AssertionError("unreachable")
 
     def unhealthy(self) -> str | None:
@@ -134,17 +129,6 @@ class Bucket:
             why = f"the bucket is not usable: {type(exc).__name__}"
         self._health = (now, why)
         return why
-
-
-def stored_bodies(bucket: Bucket, run_id: str,
-                  entries: list[ArtifactEntry]) -> Iterator[tuple[ArtifactEntry, StoredBody]]:
-    """Each entry's object for the archive; one deleted meanwhile is left out."""
-    for entry in entries:
-        try:
-            body = bucket.open(run_id, entry)
-        except NotFoundError:
-            continue
-        yield entry, body
 
 
 class BucketChanges:

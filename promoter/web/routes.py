@@ -230,7 +230,11 @@ async def list_library(request: Request) -> Response:
 
 
 async def _library_file(request: Request, name: str, view: bool, download: bool) -> Response:
-    library = web_state(request).store.library
+    web = web_state(request)
+    if web.bucket is not None:  # a HEAD and a GET of the object: in a worker thread
+        return await anyio.to_thread.run_sync(web.bucket.library_answer, request, name, view,
+                                              download)
+    library = web.store.library
     fd, st, item = library.open(name)  # on the event loop, as for artifacts
     # Library files are only ever replaced by rename, so (inode, size, mtime) is a
     # strong validator; hashing each file on every request would not be.

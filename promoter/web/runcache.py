@@ -14,7 +14,8 @@ reused by identity, as over folders.
 
 A metadata object that is not a valid run (corrupt, too big, another run's)
 is left out and not read again until its ETag changes; rebuilding it from its
-objects is the daemon's job (§10), not a reader's.
+objects is the daemon's job (§10), not a reader's. A run marked `"status":
+"deleting"` is left out too: its deletion is under way (§10).
 """
 
 from __future__ import annotations
@@ -180,24 +181,24 @@ class RunCache:
         changed = [(run_id, etag) for run_id, etag in listed.items()
                    if run_id not in known or known[run_id][0] != etag]
         read = self._read_all(changed)
-        gone = [run_id for run_id in known if run_id not in listed]
+        dropped = [run_id for run_id in known if run_id not in listed]
+        gone = [run_id for run_id in dropped if known[run_id][1] is not None]
         updated: list[RunMetadata] = []
         with self._lock:
-            for run_id in gone:
+            for run_id in dropped:
                 del self._runs[run_id]
             for run_id, got in read.items():
+                old = known.get(run_id)
+                shown = old is not None and old[1] is not None  # clients have seen it
                 if got is None:  # deleted between the listing and the read
                     self._runs.pop(run_id, None)
-                    if run_id in known:
-                        gone.append(run_id)
-                    continue
-                old = known.get(run_id)
-                self._runs[run_id] = got
-                if got[1] is not None and (old is None or old[1] is None
-                                           or old[1].updated_at != got[1].updated_at
-                                           or old[0] != got[0]):
+                else:
+                    self._runs[run_id] = got
+                if got is not None and got[1] is not None:
                     updated.append(got[1])
-            if gone or read:
+                elif shown:  # gone, or now invalid or being deleted: no longer listed
+                    gone.append(run_id)
+            if dropped or read:
                 self._sorted = None
             if self._generation == generation:  # else invalidated meanwhile: still stale
                 self._at = started
@@ -257,5 +258,7 @@ class RunCache:
         if meta is None or meta.run_id != run_id:
             log.warning(events.METADATA_UNREADABLE, run_id=run_id,
                         reason="not a valid metadata object for this run")
+            return etag, None
+        if meta.status == "deleting":  # a deletion under way (§10): the run is gone already
             return etag, None
         return etag, meta

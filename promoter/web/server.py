@@ -22,11 +22,14 @@ from promoter.errors import StoreIOError, UsageError
 from promoter.logs import StdlibBridge, get_logger
 from promoter.names import split_host_port
 from promoter.startup import prepare_store
+from promoter.s3backend import S3Backend
+from promoter.s3errors import StoreUnavailable
 from promoter.store import Store
 from promoter.web.app import create_app
 from promoter.web.bucket import Bucket
 from promoter.web.connections import HeadTimeoutProtocol, accept_backlog, connection_cap
 from promoter.web.live import EventHub
+from promoter.web.runcache import RunCache
 
 __all__ = ["parse_listen", "serve"]
 
@@ -71,6 +74,27 @@ def _route_uvicorn_logs(level: str) -> None:
     access.disabled = True
 
 
+def _open(config: Config) -> tuple[Store, Bucket | None]:
+    """The store, the folders it writes and what a crash of this process may have left
+    there (only `promoter run` creates the store, DESIGN §3, and repairs runs: it reads
+    sessions/); over a bucket, the run cache and object reads (DESIGN §10).
+
+    The bucket's probe stops the server on a definite answer (missing bucket, refused
+    credentials, conditional writes ignored: exit 2); a bucket that cannot be reached is
+    an outage, not a reason to stay down: the server starts and `/healthz` answers 503
+    until it is back (`store.unavailable`).
+    """
+    try:
+        store = prepare_store(config, sessions=False, create=False, repair=False)
+    except StoreUnavailable as exc:
+        log.warning(events.STORE_UNAVAILABLE, reason=str(exc))
+        store = Store(config)
+    if not isinstance(store.disk, S3Backend):
+        return store, None
+    objects = store.disk.objects
+    return store, Bucket(store, objects, RunCache(objects, config.promote.max_metadata_bytes))
+
+
 class _Server(uvicorn.Server):
     """uvicorn waits for running answers at shutdown: event streams never end by themselves,
     so they are ended first (clients reconnect to the next server with Last-Event-ID)."""
@@ -96,9 +120,7 @@ def serve(config: Config, listen: str | None = None, *, store: Store | None = No
     """
     host, port = parse_listen(listen or config.http.listen)
     if store is None:
-        # the folders it writes and what a crash of its own may have left there; only
-        # `promoter run` creates the store (DESIGN §3) and repairs runs (it reads sessions/)
-        store = prepare_store(config, sessions=False, create=False, repair=False)
+        store, bucket = _open(config)
     app = create_app(config, store, bucket=bucket)
     sock = _bind(host, port)
     _route_uvicorn_logs(config.log.level)
