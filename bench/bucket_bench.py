@@ -5,8 +5,8 @@
 
 Starts one SeaweedFS on loopback (tests/s3_server.py), writes `runs` runs of
 `files` 4 KiB objects each through promoter's object layer (each object with
-its sha256, then the run's `meta/<run_id>.json`, the backend's order), starts a
-real server process over the bucket, and measures with one keep-alive
+its sha256, then the run's `meta/<run_id>.json`, the backend's order), starts
+`promoter serve` with `storage.backend = "s3"` on that bucket, and measures with one keep-alive
 connection, one request at a time (a Python client: its own cost is in the
 figures, so they are an upper bound):
 
@@ -53,7 +53,6 @@ FILE_BYTES = 4096
 TARGET_P50_MS = 50.0
 BUCKET = "promoter-bench"
 PREFIX = "bench/"
-SETTINGS_ENV = "PROMOTER_BENCH_S3_SETTINGS"
 
 
 def _settings(server: S3Server) -> Any:
@@ -115,22 +114,14 @@ def fill_bucket(server: S3Server, runs: int, files: int) -> None:
             list(pool.map(one, range(runs)))
 
 
-def serve_bucket(listen: str, root: str) -> int:
-    """The child: `promoter serve`'s own `serve()` over the bucket named in the environment."""
-    from promoter.config import load_config
-    from promoter.objectstore import ObjectStore
-    from promoter.s3layout import S3Settings
-    from promoter.store import Store
-    from promoter.web.bucket import Bucket
-    from promoter.web.runcache import RunCache
-    from promoter.web.server import serve
-
-    config = load_config(None, env={}, root=root)
-    store = Store(config)
-    store.ensure_folders(sessions=False)
-    objects = ObjectStore(S3Settings.model_validate_json(os.environ[SETTINGS_ENV]))
-    bucket = Bucket(objects, RunCache(objects, config.promote.max_metadata_bytes))
-    return serve(config, listen, store=store, bucket=bucket)
+def serve_config(base: Path, server: S3Server) -> Path:
+    """A config file: the store in the bench bucket, under its prefix."""
+    config = base / "config.toml"
+    config.write_text(
+        f'[storage]\nroot = "{base / "storage"}"\nbackend = "s3"\n\n[storage.s3]\n'
+        f'bucket = "{BUCKET}"\nprefix = "{PREFIX}"\nendpoint = "{server.endpoint}"\n'
+        f'region = "{server.region}"\nallow_http = true\n')
+    return config
 
 
 def timed(client: httpx.Client, url: str, seconds: float,
@@ -195,10 +186,9 @@ def run(args: argparse.Namespace) -> int:
             print(f"filled {args.runs} x {args.files} in {results['fill_s']:.1f} s",
                   file=sys.stderr)
             env = _env(server)
-            env[SETTINGS_ENV] = _settings(server).model_dump_json()
             port = free_port()
-            argv = [sys.executable, "-m", "bench.bucket_bench", "--serve",
-                    f"127.0.0.1:{port}", "--root", str(base / "storage")]
+            argv = [sys.executable, "-m", "promoter", "serve", "--config",
+                    str(serve_config(base, server)), "--listen", f"127.0.0.1:{port}"]
             with child(argv, base / "serve.log", env) as proc:
                 url = f"http://127.0.0.1:{port}"
                 wait_http(url + "/healthz", proc, timeout=60)
@@ -262,12 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration", type=float, default=10.0, help="seconds per figure")
     p.add_argument("--local", action="store_true", help="also serve the same from folders")
     p.add_argument("--keep", action="store_true", help="keep the temporary folder")
-    p.add_argument("--serve", help=argparse.SUPPRESS)  # the child: HOST:PORT
-    p.add_argument("--root", help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
-    if args.serve:
-        return serve_bucket(args.serve, args.root)
-    return run(args)
+    return run(p.parse_args(argv))
 
 
 if __name__ == "__main__":
