@@ -21,9 +21,9 @@ from promoter.config import Config
 from promoter.errors import StoreIOError, UsageError
 from promoter.logs import StdlibBridge, get_logger
 from promoter.names import split_host_port
-from promoter.startup import prepare_store
 from promoter.s3backend import S3Backend
 from promoter.s3errors import StoreUnavailable
+from promoter.startup import prepare_store
 from promoter.store import Store
 from promoter.web.app import create_app
 from promoter.web.bucket import Bucket
@@ -112,15 +112,10 @@ def _record_only(signum: int, frame: FrameType | None) -> None:
     """uvicorn re-raises the signal it stopped for once it has stopped; this takes it quietly."""
 
 
-def serve(config: Config, listen: str | None = None, *, store: Store | None = None,
-          bucket: Bucket | None = None) -> int:
-    """Serve until SIGTERM or SIGINT; returns the exit status (0 after a graceful stop).
-
-    `store` and `bucket`: a store already opened (over a bucket, `bucket` reads it).
-    """
+def serve(config: Config, listen: str | None = None) -> int:
+    """Serve until SIGTERM or SIGINT; returns the exit status (0 after a graceful stop)."""
     host, port = parse_listen(listen or config.http.listen)
-    if store is None:
-        store, bucket = _open(config)
+    store, bucket = _open(config)
     app = create_app(config, store, bucket=bucket)
     sock = _bind(host, port)
     _route_uvicorn_logs(config.log.level)
