@@ -84,7 +84,11 @@ def test_the_core_never_imports_the_shell() -> None:
 
 MAX_LINES = 400  # STYLE.md: a module of 100-400 lines is comfortable
 # modules allowed over the cap, each with the reason it is still there
-OVER_THE_CAP: dict[str, str] = {}
+OVER_THE_CAP: dict[str, str] = {
+    "promoter.objectstore": "the one home of the S3 clients and their error classification; "
+                            "list_fast (serve's listing, issue 12) took it past 400; "
+                            "split the control calls (bucket check, probe, stale uploads) out",
+}
 
 
 def test_no_module_is_over_400_lines() -> None:
