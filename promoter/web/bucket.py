@@ -71,6 +71,8 @@ class Bucket:
         split_relpath(filename)
         if meta is None:
             meta = self.runs.read_run(run_id)
+        if meta is not None and meta.entry(filename) is None:
+            meta = self.runs.reread(run_id)
         entry = meta.entry(filename) if meta is not None else None
         if entry is None:
             raise NotFoundError(f"no artifact {filename} in run {run_id}")
@@ -79,8 +81,11 @@ class Bucket:
     def answer(self, request: Request, run_id: str, filename: str, view: bool,
                download: bool) -> Response:
         """A stored file's answer (in a worker thread): DESIGN §7's headers, its own sha256."""
+        split_relpath(filename)  # a bad name is a 400 before any request to the bucket
         for attempt in range(_ATTEMPTS):
             meta = self.runs.read_run(run_id)
+            if meta is not None and meta.entry(filename) is None:
+                meta = self.runs.reread(run_id)  # promoted since the cache's listing?
             if meta is None:
                 raise NotFoundError(f"no run {run_id}")
             found, entry = self.store.read_artifact(run_id, filename, meta)  # one HEAD

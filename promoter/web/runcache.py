@@ -103,12 +103,28 @@ class RunCache:
             return self._sorted
 
     def read_run(self, run_id: str) -> RunMetadata | None:
-        """One run, at most `ttl_s` old; None when the bucket has no such run."""
+        """One run, at most `ttl_s` old; None when the bucket has no such run. A run the
+        cache does not know is looked for at once (one GET): a client that just made it, or
+        heard of it from another host, must not get a 404 for the cache's age."""
         check_run_id(run_id)
         self.fresh()
         with self._lock:
             hit = self._runs.get(run_id)
-        return hit[1] if hit is not None else None
+        if hit is None:
+            return self.reread(run_id)
+        return hit[1]
+
+    def reread(self, run_id: str) -> RunMetadata | None:
+        """Read one run's metadata now (a file the cached copy does not list yet, a run not
+        yet listed) and keep what was read; None when there is no such run."""
+        got = self._read(check_run_id(run_id), "")
+        with self._lock:
+            if got is None:
+                self._runs.pop(run_id, None)
+            else:
+                self._runs[run_id] = got
+            self._sorted = None
+        return got[1] if got is not None else None
 
     def cached_run(self, run_id: str) -> RunMetadata | None:
         """The run when the cache is fresh, with no I/O at all; None otherwise."""
