@@ -48,11 +48,12 @@ def store_probe(store: Store) -> Callable[[], None]:
     """How to ask whether the store is back: on a bucket the probe of §10 again (a bucket
     HEAD and conditional writes, so a store that answers reads but not writes is still
     down); on folders the store's own check."""
-    objects = getattr(store.disk, "objects", None)
-    probe = getattr(objects, "probe", None)
+    disk = getattr(store, "disk", None)  # (a stand-in store in tests may have none)
+    probe = getattr(getattr(disk, "objects", None), "probe", None)
     if callable(probe):
         return probe  # type: ignore[no-any-return]
-    return lambda: store.disk.check(create=False)
+    check = getattr(disk, "check", None)
+    return (lambda: check(create=False)) if callable(check) else (lambda: None)
 
 
 class Release(Protocol):
