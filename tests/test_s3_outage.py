@@ -4,6 +4,7 @@ session's shared server is never disturbed. Polled with deadlines, never fixed s
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import shutil
@@ -16,10 +17,14 @@ import pytest
 from daemon_helpers import Daemon, base_config, start_daemon, wait_until, write
 from s3_helpers import admin_client, aws_env, settings_for
 from s3_server import S3Server, running_server
+from s3_store_helpers import s3_config, s3_store
 
+from promoter import s3backend
 from promoter.objectstore import ObjectStore
 from promoter.s3errors import ObjectNotFound, StoreUnavailable
 from promoter.s3layout import meta_key
+from promoter.startup import prepare_store
+from promoter.sweep import sweep
 
 pytest_plugins = ("s3_fixtures",)
 
@@ -44,9 +49,9 @@ def server(own_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> S3Server:
     return own_server
 
 
-def _storage(server: S3Server, prefix: str) -> dict[str, Any]:
+def _storage(server: S3Server, prefix: str, bucket: str = BUCKET) -> dict[str, Any]:
     return {"backend": "s3", "host_id": "host-a",
-            "s3": {"bucket": BUCKET, "prefix": prefix, "endpoint": server.endpoint,
+            "s3": {"bucket": bucket, "prefix": prefix, "endpoint": server.endpoint,
                    "region": server.region, "allow_http": True}}
 
 
@@ -214,3 +219,77 @@ def test_stopped_during_an_outage_the_next_start_delivers(tmp_path: Path,
         assert second.stop() == 0
     finally:
         second.close()
+
+
+def test_killed_mid_burst_then_restarted_every_object_listed_no_orphan(
+        tmp_path: Path, s3_server: S3Server, s3_bucket: str, s3_prefix: str,
+        objstore: ObjectStore) -> None:
+    """`kill -9` while a burst goes up (on the session's shared server), then a new daemon on
+    the same sessions: every session file is promoted once, every object under files/ is
+    listed in its run's metadata with the object's own sha256, and no upload is left open."""
+    config = base_config(storage=_storage(s3_server, s3_prefix, s3_bucket))
+    root = tmp_path / "root"
+    daemon = start_daemon(root, config)
+    want = {f"k{r}": {f"f{i:03d}.bin" for i in range(60)} for r in range(3)}
+    try:
+        daemon.wait_ready(60)
+        for i in range(60):
+            for run_id in want:
+                write(daemon.sessions / run_id / "output" / f"f{i:03d}.bin",
+                      f"{run_id} {i} ".encode() * 100)
+
+        def stored() -> int:
+            return sum(len(page) for page in objstore.list_pages("files/"))
+
+        wait_until(lambda: stored() >= 20, 60, interval=0.05, what="part of the burst stored")
+        daemon.proc.kill()
+        daemon.proc.wait(10)
+    finally:
+        daemon.close()
+    assert stored() < 180, "the burst was over before the kill: nothing was proven"
+    second = start_daemon(root, config)
+    try:
+        second.wait_ready(90)
+        for run_id, names in want.items():
+            wait_until(lambda r=run_id, n=names: _names(objstore, r) == n, 120,  # type: ignore[misc]
+                       what=f"every file of {run_id} listed")
+        assert second.stop() == 0
+    finally:
+        second.close()
+    for run_id, names in want.items():
+        meta = json.loads(objstore.get(meta_key(s3_prefix, run_id))[0])
+        entries = {a["filename"]: a["sha256"] for a in meta["artifacts"]}
+        keys = {o.key for page in objstore.list_pages(f"files/{run_id}/") for o in page}
+        assert keys == {f"{s3_prefix}files/{run_id}/{n}" for n in names}  # no orphan
+        for name in names:
+            data = (second.sessions / run_id / "output" / name).read_bytes()
+            assert entries[name] == hashlib.sha256(data).hexdigest()
+            assert objstore.head(f"{s3_prefix}files/{run_id}/{name}").sha256 == entries[name]
+    uploads = admin_client(s3_server).list_multipart_uploads(Bucket=s3_bucket, Prefix=s3_prefix)
+    assert not uploads.get("Uploads")
+
+
+def test_stale_multipart_uploads_are_aborted_at_start_and_by_the_sweeper(
+        tmp_path: Path, s3_server: S3Server, s3_bucket: str, s3_prefix: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A crash's multipart uploads under the prefix: a start-up (`promoter run`'s preparation)
+    and a sweep abort those older than an hour, and leave a younger one (an upload running)."""
+    client = admin_client(s3_server)
+
+    def upload(name: str) -> None:
+        client.create_multipart_upload(Bucket=s3_bucket, Key=f"{s3_prefix}files/r1/{name}")
+
+    def open_uploads() -> set[str]:
+        found = client.list_multipart_uploads(Bucket=s3_bucket, Prefix=s3_prefix)
+        return {u["Key"].rsplit("/", 1)[-1] for u in found.get("Uploads", [])}
+
+    upload("young.bin")
+    store = s3_store(tmp_path, s3_server, s3_bucket, s3_prefix)  # as `promoter run` starts
+    sweep(store)
+    assert open_uploads() == {"young.bin"}  # younger than an hour: maybe an upload running
+    monkeypatch.setattr(s3backend, "STALE_UPLOAD", dt.timedelta(0))  # now every one is stale
+    sweep(store)
+    assert open_uploads() == set()
+    upload("crashed.bin")
+    prepare_store(s3_config(tmp_path, s3_server, s3_bucket, s3_prefix))
+    assert open_uploads() == set()
