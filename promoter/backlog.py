@@ -246,7 +246,9 @@ class Backlog:
                 self._wake.wait()
                 self._wake.clear()
                 continue
-            if self._stop.wait(probe_gap_ms(self.settle_ms, self._attempts) / 1000):
+            self._wake.wait(probe_gap_ms(self.settle_ms, self._attempts) / 1000)
+            self._wake.clear()  # the gap, or a kick (a reload) that asks for a probe now
+            if self._stop.is_set():
                 return
             if self._try():
                 self._back()

@@ -59,6 +59,7 @@ class Sink:
 
 @pytest.fixture
 def parts(tmp_path: Path) -> Iterator[tuple[Backlog, Switch, Sink, DaemonMetrics]]:
+    """A backlog on a local store, its probe switched by the test, its release recorded."""
     switch, sink, metrics = Switch(), Sink(), DaemonMetrics()
     backlog = Backlog(make_store(tmp_path), metrics, settle_ms=1, probe=switch.probe)
     backlog.attach(sink)
