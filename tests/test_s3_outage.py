@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from daemon_helpers import Daemon, base_config, start_daemon, wait_until, write
 from s3_helpers import admin_client, aws_env, settings_for
+from s3_proxy import S3Proxy
 from s3_server import S3Server, running_server
 from s3_store_helpers import s3_config, s3_store
 
@@ -293,3 +294,38 @@ def test_stale_multipart_uploads_are_aborted_at_start_and_by_the_sweeper(
     upload("crashed.bin")
     prepare_store(s3_config(tmp_path, s3_server, s3_bucket, s3_prefix))
     assert open_uploads() == set()
+
+
+def test_a_store_refusing_writes_with_503_is_down_until_it_takes_them(
+        tmp_path: Path, s3_server: S3Server, s3_bucket: str, s3_prefix: str,
+        objstore: ObjectStore) -> None:
+    """Throttling (503 SlowDown) on every write while reads still pass, through a proxy in
+    front of the real server: the copies fail, and so do the probe's conditional writes, so
+    the store is down (said once) and the files wait; once writes pass, all are delivered."""
+    with S3Proxy(s3_server.s3_port) as proxy:
+        storage = _storage(s3_server, s3_prefix, s3_bucket)
+        storage["s3"]["endpoint"] = proxy.endpoint
+        metrics = tmp_path / "promoter.prom"
+        daemon = start_daemon(tmp_path / "root", base_config(
+            storage=storage, metrics={"textfile": str(metrics), "interval_s": 0.2}))
+        try:
+            daemon.wait_ready(60)
+            write(daemon.sessions / "r1" / "output" / "first.txt", b"through")
+            wait_until(lambda: _names(objstore, "r1") == {"first.txt"}, 60, what="first.txt")
+            proxy.mode = "writes"
+            for i in range(10):
+                write(daemon.sessions / "r1" / "output" / f"t{i}.txt", f"throttled {i}".encode())
+            assert "SlowDown" in daemon.wait_log("store.unavailable", 60)["reason"]
+            wait_until(lambda: _metric(metrics, "promoter_store_waiting_files") == 10, 60,
+                       what="ten files waiting")
+            assert _names(objstore, "r1") == {"first.txt"}  # reads passed, nothing written
+            proxy.mode = "pass"
+            want = {"first.txt"} | {f"t{i}.txt" for i in range(10)}
+            wait_until(lambda: _names(objstore, "r1") == want, 120, what="every file")
+            assert daemon.wait_log("store.available", 30)["files"] == 10
+            assert daemon.stop() == 0
+        finally:
+            daemon.close()
+    assert proxy.refused > 0
+    assert len(daemon.events("store.unavailable")) == 1
+    assert len(daemon.events("store.available")) == 1
