@@ -140,11 +140,10 @@ def test_two_daemons_a_cli_and_a_server_share_one_bucket(
     try:
         failures: list[str] = []
 
-        def cli() -> None:
-            for argv in (("keep", "a1"), ("rm", "b1", "z0.txt"), ("rm", "a2")):
-                proc = _cli(cfg, *argv)
-                if proc.returncode != 0:
-                    failures.append(f"{argv}: {proc.stderr}")
+        def cli(*argv: str) -> None:
+            proc = _cli(cfg, *argv)
+            if proc.returncode != 0:
+                failures.append(f"{argv}: {proc.stderr}")
 
         def server() -> None:
             with serve.client() as client:
@@ -152,7 +151,9 @@ def test_two_daemons_a_cli_and_a_server_share_one_bucket(
                 if got.status_code != 204:
                     failures.append(f"serve delete: {got.status_code} {got.text}")
 
-        actors = [threading.Thread(target=cli), threading.Thread(target=server)]
+        actors = [threading.Thread(target=cli, args=argv) for argv in
+                  (("keep", "a1"), ("rm", "b1", "z0.txt"), ("rm", "a2"))]
+        actors.append(threading.Thread(target=server))
         for t in actors:
             t.start()
         for i in range(10, 20):  # both daemons write on through the CLI's and server's changes

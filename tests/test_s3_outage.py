@@ -126,8 +126,8 @@ def test_the_store_stopped_under_a_burst_loses_nothing(tmp_path: Path, server: S
         (sessions / "r1" / "output" / "doomed.txt").unlink()
         shutil.rmtree(sessions / "r4")
         mark = len(daemon.notify.messages)
-        # the outage lasts until the watchdog was pinged 20 more times (every 0.5 s)
-        wait_until(lambda: _pings(daemon, mark) >= 20, 60, interval=0.2,
+        # the outage lasts until the watchdog was pinged 12 more times (every 0.5 s)
+        wait_until(lambda: _pings(daemon, mark) >= 12, 60, interval=0.2,
                    what="watchdog pings during the outage")
         assert daemon.proc.poll() is None
         assert _names(objects, "r2") == set()  # nothing got through meanwhile
@@ -155,16 +155,30 @@ def test_the_store_stopped_under_a_burst_loses_nothing(tmp_path: Path, server: S
     assert digests["f07.bin"] == hashlib.sha256(bytes([7]) * SIZE).hexdigest()
 
 
-def test_a_daemon_started_while_the_store_is_down_starts_and_waits(
+def test_stopped_in_an_outage_then_started_while_it_lasts_delivers_everything(
         tmp_path: Path, server: S3Server) -> None:
-    """The server down at boot: `promoter run` is READY (a store down at boot must not leave
-    the host without its daemon), says store.unavailable, keeps what is written; once the
-    server answers it prepares the store, runs its start-up catch-up and delivers all."""
+    """SIGTERM during an outage: exit 0 and one line saying what waits. A daemon started while
+    the server is still down is READY anyway (a store down at boot must not leave the host
+    without its daemon), says store.unavailable, keeps what is written; once the server
+    answers (a reload asks for a probe at once) it prepares the store, runs its start-up
+    catch-up and delivers all of it."""
     objects = ObjectStore(settings_for(server, BUCKET, prefix="boot/"))
-    sessions = tmp_path / "root" / "sessions"
-    write(sessions / "r1" / "output" / "early.txt", b"written before the daemon started")
-    server.stop()
-    daemon, metrics = _start(tmp_path, server, "boot/")
+    first, metrics = _start(tmp_path, server, "boot/")
+    sessions = first.sessions
+    try:
+        first.wait_ready(60)
+        server.stop()
+        for i in range(3):
+            write(sessions / "r1" / "output" / f"w{i}.txt", f"waiting {i}".encode())
+        wait_until(lambda: _metric(metrics, "promoter_store_waiting_files") == 3, 60,
+                   what="three files waiting")
+        assert first.stop(signal.SIGTERM, timeout=30) == 0
+    finally:
+        first.close()
+    left = first.events("store.backlog_deferred")
+    assert len(left) == 1 and left[0]["files"] == 3
+    metrics.unlink()
+    daemon, metrics = _start(tmp_path, server, "boot/")  # the server still down
     try:
         daemon.wait_ready(90)
         daemon.wait_log("store.unavailable", 30)
@@ -176,7 +190,9 @@ def test_a_daemon_started_while_the_store_is_down_starts_and_waits(
         wait_until(lambda: _pings(daemon, mark) >= 4, 30, interval=0.2,
                    what="watchdog pings while waiting")
         server.start()
-        wait_until(lambda: _names(objects, "r1") == {"early.txt"}, 120, what="the early file")
+        daemon.send(signal.SIGHUP)  # a reload probes at once, not at the backoff's next turn
+        wait_until(lambda: _names(objects, "r1") == {f"w{i}.txt" for i in range(3)}, 120,
+                   what="the files the first daemon left")
         wait_until(lambda: _names(objects, "r2") == {f"late{i}.txt" for i in range(5)}, 120,
                    what="the files written during the outage")
         assert daemon.wait_log("store.available", 30)["files"] == 5
@@ -189,37 +205,6 @@ def test_a_daemon_started_while_the_store_is_down_starts_and_waits(
     assert len(daemon.events("store.unavailable")) == 1
     assert len(daemon.events("store.available")) == 1
     assert not daemon.events("daemon.failed")
-
-
-def test_stopped_during_an_outage_the_next_start_delivers(tmp_path: Path,
-                                                         server: S3Server) -> None:
-    """SIGTERM while the store is down: exit 0 within the drain, one line saying what waits,
-    and the next start (store back) promotes it."""
-    objects = ObjectStore(settings_for(server, BUCKET, prefix="stop/"))
-    daemon, metrics = _start(tmp_path, server, "stop/")
-    sessions = daemon.sessions
-    try:
-        daemon.wait_ready(60)
-        server.stop()
-        for i in range(3):
-            write(sessions / "r1" / "output" / f"w{i}.txt", f"waiting {i}".encode())
-        wait_until(lambda: _metric(metrics, "promoter_store_waiting_files") == 3, 60,
-                   what="three files waiting")
-        assert daemon.stop(signal.SIGTERM, timeout=30) == 0
-    finally:
-        daemon.close()
-        if server.process is None:
-            server.start()
-    left = daemon.events("store.backlog_deferred")
-    assert len(left) == 1 and left[0]["files"] == 3
-    second = start_daemon(tmp_path / "root", base_config(storage=_storage(server, "stop/")))
-    try:
-        second.wait_ready(60)
-        wait_until(lambda: _names(objects, "r1") == {f"w{i}.txt" for i in range(3)}, 120,
-                   what="the files left by the first daemon")
-        assert second.stop() == 0
-    finally:
-        second.close()
 
 
 def test_killed_mid_burst_then_restarted_every_object_listed_no_orphan(
