@@ -207,54 +207,6 @@ def test_stopped_in_an_outage_then_started_while_it_lasts_delivers_everything(
     assert not daemon.events("daemon.failed")
 
 
-def test_killed_mid_burst_then_restarted_every_object_listed_no_orphan(
-        tmp_path: Path, s3_server: S3Server, s3_bucket: str, s3_prefix: str,
-        objstore: ObjectStore) -> None:
-    """`kill -9` while a burst goes up (on the session's shared server), then a new daemon on
-    the same sessions: every session file is promoted once, every object under files/ is
-    listed in its run's metadata with the object's own sha256, and no upload is left open."""
-    config = base_config(storage=_storage(s3_server, s3_prefix, s3_bucket))
-    root = tmp_path / "root"
-    daemon = start_daemon(root, config)
-    want = {f"k{r}": {f"f{i:03d}.bin" for i in range(60)} for r in range(3)}
-    try:
-        daemon.wait_ready(60)
-        for i in range(60):
-            for run_id in want:
-                write(daemon.sessions / run_id / "output" / f"f{i:03d}.bin",
-                      f"{run_id} {i} ".encode() * 100)
-
-        def stored() -> int:
-            return sum(len(page) for page in objstore.list_pages("files/"))
-
-        wait_until(lambda: stored() >= 20, 60, interval=0.05, what="part of the burst stored")
-        daemon.proc.kill()
-        daemon.proc.wait(10)
-    finally:
-        daemon.close()
-    assert stored() < 180, "the burst was over before the kill: nothing was proven"
-    second = start_daemon(root, config)
-    try:
-        second.wait_ready(90)
-        for run_id, names in want.items():
-            wait_until(lambda r=run_id, n=names: _names(objstore, r) == n, 120,  # type: ignore[misc]
-                       what=f"every file of {run_id} listed")
-        assert second.stop() == 0
-    finally:
-        second.close()
-    for run_id, names in want.items():
-        meta = json.loads(objstore.get(meta_key(s3_prefix, run_id))[0])
-        entries = {a["filename"]: a["sha256"] for a in meta["artifacts"]}
-        keys = {o.key for page in objstore.list_pages(f"files/{run_id}/") for o in page}
-        assert keys == {f"{s3_prefix}files/{run_id}/{n}" for n in names}  # no orphan
-        for name in names:
-            data = (second.sessions / run_id / "output" / name).read_bytes()
-            assert entries[name] == hashlib.sha256(data).hexdigest()
-            assert objstore.head(f"{s3_prefix}files/{run_id}/{name}").sha256 == entries[name]
-    uploads = admin_client(s3_server).list_multipart_uploads(Bucket=s3_bucket, Prefix=s3_prefix)
-    assert not uploads.get("Uploads")
-
-
 def test_stale_multipart_uploads_are_aborted_at_start_and_by_the_sweeper(
         tmp_path: Path, s3_server: S3Server, s3_bucket: str, s3_prefix: str,
         monkeypatch: pytest.MonkeyPatch) -> None:
