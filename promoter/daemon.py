@@ -28,6 +28,7 @@ from typing import Any
 
 from promoter import events
 from promoter.audit import DAEMON
+from promoter.backlog import Backlog
 from promoter.config import Config, merge_reload
 from promoter.errors import PromoterError
 from promoter.logs import StdlibBridge, configure_logging, get_logger
@@ -45,7 +46,8 @@ from promoter.observers import make_observer
 from promoter.pipeline import STALL_S, Pipeline
 from promoter.reconcile import Rejections
 from promoter.runlock import hold_daemon_lock
-from promoter.startup import prepare_store
+from promoter.s3errors import StoreUnavailable
+from promoter.startup import prepare
 from promoter.store import Store
 from promoter.watch import ObserverFactory, Watcher
 
@@ -55,6 +57,7 @@ log = get_logger()
 EXTEND_EVERY_S = 5.0  # during the start-up catch-up: ask systemd for this much more, often
 EXTEND_USEC = 30_000_000
 STATUS_EVERY_S = 30.0
+OUTAGE_STATUS_S = 5.0  # while the store is down, STATUS= follows the files waiting closer
 SHUTDOWN_S = 20.0  # the drain's bound: the unit's TimeoutStopSec is 30 s
 
 
@@ -94,6 +97,7 @@ class Daemon:
         self.watcher: Watcher | None = None
         self.catchup: CatchUp | None = None
         self.sweeper: Sweeper | None = None
+        self.backlog: Backlog | None = None
         self._unhealthy = ""
         self._counted = (0, 0)  # watch overflows and errors already in the metrics
 
@@ -165,18 +169,22 @@ class Daemon:
                  settle_ms=cfg.watch.settle_ms)
         self.notifier.notify(f"EXTEND_TIMEOUT_USEC={EXTEND_USEC}")
         self._lock_fd = hold_daemon_lock(cfg.storage.sessions_dir)
-        store = self.store = prepare_store(cfg, actor=DAEMON)
+        store = self.store = Store(cfg, actor=DAEMON)
+        backlog = self.backlog = Backlog(store, self.metrics, cfg.watch.settle_ms, self.stop)
         pipeline = self.pipeline = Pipeline(store, self.metrics, self.rejections,
                                             cfg.promote.workers, cfg.watch.settle_ms,
-                                            stall_s=self._stall_s)
+                                            stall_s=self._stall_s, backlog=backlog)
         settings = self._settings
         sweeper = self.sweeper = Sweeper(store, pipeline.busy, self.metrics, self.stop, settings)
         catchup = self.catchup = CatchUp(store, pipeline, self.metrics, self.rejections,
-                                         self.stop, settings)
+                                         self.stop, settings, backlog=backlog)
         store.on_over_budget = sweeper.over_budget
-        store.total.reset(store.list_runs())  # once; then kept as metadata is written
-        if cfg.retention.max_store_bytes and store.total.total > cfg.retention.max_store_bytes:
-            sweeper.over_budget()
+        backlog.on_available.append(catchup.kick)
+        backlog.on_change = self.wake.set  # STATUS= at once when an outage starts or ends
+        try:
+            self._open_store()
+        except StoreUnavailable as exc:  # a store down at boot must not leave the host
+            backlog.went_down(exc, reopen=self._open_store)  # without its daemon (§10)
         pipeline.start()
         self.watcher = Watcher(store.sessions_path, _Sink(catchup, pipeline), cfg.watch.exclude,
                                cfg.watch.observer, factory=self._observer_factory,
@@ -186,10 +194,21 @@ class Daemon:
             self.watcher.start()
         catchup.start(self.watcher.degraded_runs)
         sweeper.start()
+        backlog.start()
         while not catchup.started.wait(EXTEND_EVERY_S):  # the start-up catch-up (DESIGN §5)
             if self.stop.is_set():
                 break
             self.notifier.notify(f"EXTEND_TIMEOUT_USEC={EXTEND_USEC}")
+
+    def _open_store(self) -> None:
+        """Prepare the store (the probe, leftovers, repairs) and take its size; the backlog
+        does it again once the store answers when it was unreachable at start."""
+        assert self.store is not None and self.sweeper is not None
+        store, ceiling = self.store, self.config.retention.max_store_bytes
+        prepare(store)
+        store.total.reset(store.list_runs())  # once; then kept as metadata is written
+        if ceiling and store.total.total > ceiling:
+            self.sweeper.over_budget()
 
     def _settings(self) -> Config:
         """The configuration in force, for the loops (a reload replaces it)."""
@@ -210,6 +229,7 @@ class Daemon:
         next_metrics = now
         retry_at: float | None = None
         last_status = ""
+        store_up = True
         while not self.stop.is_set():
             timers = [t for t in (next_ping, next_status, retry_at,
                                   next_metrics if self.config.metrics.textfile else None)
@@ -228,12 +248,15 @@ class Daemon:
             if next_ping is not None and ping_every and now >= next_ping:
                 self._ping()
                 next_ping = now + ping_every
+            if self.pipeline is not None and self.pipeline.backlog.available() != store_up:
+                store_up = not store_up  # an outage started or ended: say so now
+                next_status = now if next_status is not None else None
             if next_status is not None and now >= next_status:
                 status = self._status()
                 if status != last_status:
                     self.notifier.notify(status)
                     last_status = status
-                next_status = now + STATUS_EVERY_S
+                next_status = now + (STATUS_EVERY_S if store_up else OUTAGE_STATUS_S)
             if self.config.metrics.textfile and now >= next_metrics:
                 self._write_metrics()
                 next_metrics = now + self.config.metrics.interval_s
@@ -248,8 +271,8 @@ class Daemon:
                 return f"{loop.name} is not running"
         return None
 
-    def _loops(self) -> list[CatchUp | Sweeper]:
-        return [loop for loop in (self.catchup, self.sweeper) if loop is not None]
+    def _loops(self) -> list[CatchUp | Sweeper | Backlog]:
+        return [loop for loop in (self.catchup, self.sweeper, self.backlog) if loop is not None]
 
     def _ping(self) -> None:
         """WATCHDOG=1 only while the pipeline is healthy (DESIGN §5): else systemd restarts."""
@@ -267,7 +290,8 @@ class Daemon:
     def _status(self) -> str:
         assert self.pipeline is not None and self.watcher is not None
         return (f"STATUS=watching {self._runs_watched()} runs ({self.watcher.in_use or 'none'}), "
-                f"{self.pipeline.promoted} files promoted, {self.pipeline.queue_length} queued")
+                f"{self.pipeline.promoted} files promoted, {self.pipeline.queue_length} queued"
+                f"{self.pipeline.backlog.status()}")
 
     def _runs_watched(self) -> int:
         assert self.store is not None
@@ -344,6 +368,7 @@ class Daemon:
                 log.error(events.DAEMON_THREAD_STUCK, threads=[loop.name])
         if self.pipeline is not None:
             self.pipeline.close()  # nothing promotes any more: the copy helpers end
+            self.pipeline.backlog.leave()  # an outage's files: the next start catches up
         self.metrics.up.set(0)
         if self.config.metrics.textfile and self.watcher is not None:
             self._write_metrics()

@@ -69,3 +69,6 @@ DAEMON_FAILED: Final = "daemon.failed"
 ARTIFACT_COPYING: Final = "artifact.copying"
 METADATA_UNREADABLE: Final = "metadata.unreadable"  # serve over a bucket: a meta/ object left out
 STORE_UNAVAILABLE: Final = "store.unavailable"  # the bucket cannot be reached (DESIGN §10)
+STORE_AVAILABLE: Final = "store.available"  # it answers again; with the backlog it held
+STORE_PROBE_FAILED: Final = "store.probe_failed"  # a probe failed for a reason not an outage's
+STORE_BACKLOG_DEFERRED: Final = "store.backlog_deferred"  # stopped in an outage: next start

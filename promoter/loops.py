@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 
 from promoter import events
+from promoter.backlog import Backlog
 from promoter.config import Config
 from promoter.logs import get_logger
 from promoter.metrics import DaemonMetrics
@@ -25,6 +26,7 @@ from promoter.reconcile import (
     quiet,
     reconcile,
 )
+from promoter.s3errors import StoreUnavailable
 from promoter.store import Outcome, Store
 from promoter.sweep import SweepReport, sweep
 
@@ -82,10 +84,12 @@ class CatchUp(_Loop):
     name = "promoter-catchup"
 
     def __init__(self, store: Store, pipeline: Pipeline, metrics: DaemonMetrics,
-                 rejections: Rejections, stop: threading.Event, settings: Settings) -> None:
+                 rejections: Rejections, stop: threading.Event, settings: Settings,
+                 backlog: Backlog | None = None) -> None:
         super().__init__(stop)
         self._store = store
         self._pipeline = pipeline
+        self._backlog = backlog  # the store's outages: passes wait while it is down
         self._metrics = metrics
         self._rejections = rejections
         self._settings = settings
@@ -108,9 +112,15 @@ class CatchUp(_Loop):
 
     def _run(self) -> None:
         try:
-            self._startup()
+            while not self._startup() and not self._stop.is_set():
+                # the store is unreachable (DESIGN §10): the daemon is ready without this
+                # pass, which runs once the store answers (the backlog kicks this loop)
+                self.started.set()
+                self._kick.wait()
+                self._kick.clear()
         finally:
             self.started.set()
+        self._kick.set()  # requests that came meanwhile
         next_rescan = self._next_rescan()
         next_degraded: float | None = None
         while not self._stop.is_set():
@@ -131,24 +141,44 @@ class CatchUp(_Loop):
             if "" in requests:
                 next_rescan = self._next_rescan()
             next_degraded = now + DEGRADED_RESCAN_S if degraded is None or degraded else None
-            if requests:
+            if requests and not self._store_up():
+                self._requeue(requests)  # the backlog kicks this loop when the store is back
+            elif requests:
                 self._scan(requests)
 
     def _next_rescan(self) -> float | None:
         interval = self._settings().watch.rescan_interval_s
         return time.monotonic() + interval if interval > 0 else None
 
-    def _startup(self) -> None:
+    def _store_up(self) -> bool:
+        return self._backlog is None or self._backlog.available()
+
+    def _outage(self, exc: StoreUnavailable) -> None:
+        if self._backlog is not None:
+            self._backlog.went_down(exc)
+
+    def _requeue(self, requests: dict[str, set[str]]) -> None:
+        with self._lock:
+            for run_id, reasons in requests.items():
+                self._requests.setdefault(run_id, set()).update(reasons)
+
+    def _startup(self) -> bool:
+        """The start-up pass; False when the store is down (to be run once it is back)."""
+        if not self._store_up():
+            return False
         started = time.monotonic()
         log.info(events.RECONCILE_STARTED, trigger="startup")
         shown = terminal_progress("start-up catch-up: files")  # a person at a terminal
         try:
             report = reconcile(self._store, self._rejections, self._stop,
                                progress=shown.update if shown else None)
+        except StoreUnavailable as exc:  # waits for the store when a backlog watches it
+            self._outage(exc)
+            return self._backlog is None
         except Exception as exc:
             log.error(events.RECONCILE_FAILED, trigger="startup",
                       reason=f"{type(exc).__name__}: {exc}", exc_info=True)
-            return
+            return True
         finally:
             if shown:
                 shown.close()
@@ -158,6 +188,7 @@ class CatchUp(_Loop):
         self._metrics.reconciled(time.time(), duration)
         log.info(events.RECONCILE_FINISHED, trigger="startup", **report.summary(),
                  duration_ms=round(duration * 1000, 1))
+        return True
 
     def _scan(self, requests: dict[str, set[str]]) -> None:
         """Offer every file the store lacks to the pipeline, which settles and promotes it."""
@@ -173,6 +204,10 @@ class CatchUp(_Loop):
                     self._pipeline.offer(run_id, f.filename, quiet=quiet(f, now_ns, settle_ns))
             if runs is None:
                 complete_finished_runs(self._store)
+        except StoreUnavailable as exc:  # the pass waits for the store (see _run)
+            self._outage(exc)
+            self._requeue(requests)
+            return
         except Exception as exc:  # a failed pass is logged; the next one may do better
             log.error(events.RECONCILE_FAILED, trigger=reasons,
                       reason=f"{type(exc).__name__}: {exc}")

@@ -63,9 +63,18 @@ class DaemonMetrics:
                                  registry=r)
         self.store_max_bytes = Gauge("promoter_store_max_bytes",
                                      "retention.max_store_bytes (0: no ceiling).", registry=r)
+        self.store_available = Gauge("promoter_store_available",
+                                     "1 while the store answers; 0 during an outage (DESIGN §10).",
+                                     registry=r)
+        self.waiting_files = Gauge("promoter_store_waiting_files",
+                                   "Files waiting on the local disk for the store to answer.",
+                                   registry=r)
+        self.waiting_bytes = Gauge("promoter_store_waiting_bytes",
+                                   "Their bytes (sizes when they were parked).", registry=r)
         self.up = Gauge("promoter_up", "1 while the daemon runs; 0 in the last write at exit.",
                         registry=r)
         self.up.set(1)
+        self.store_available.set(1)
 
     def record(self, results: Iterable[PromoteResult], now_ns: int) -> None:
         """Count one batch's outcomes; the latency runs from the source's mtime to now."""

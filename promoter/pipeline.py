@@ -19,10 +19,12 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 from promoter import events
+from promoter.backlog import Backlog
 from promoter.layout import session_file
 from promoter.logs import get_logger
 from promoter.metrics import DaemonMetrics
 from promoter.reconcile import Rejections, SessionFile
+from promoter.s3errors import StoreUnavailable
 from promoter.safeio import CopyPools
 from promoter.settle import Batch, FileState, Settler
 from promoter.store import RETRY, Outcome, PromoteResult, Store
@@ -106,7 +108,8 @@ class Pipeline:
 
     def __init__(self, store: Store, metrics: DaemonMetrics, rejections: Rejections,
                  workers: int, settle_ms: int, stall_s: float = STALL_S,
-                 monotonic_ns: Callable[[], int] = time.monotonic_ns) -> None:
+                 monotonic_ns: Callable[[], int] = time.monotonic_ns,
+                 backlog: Backlog | None = None) -> None:
         self.store = store
         self.metrics = metrics
         self.rejections = rejections
@@ -129,6 +132,9 @@ class Pipeline:
         self._last_progress = time.monotonic()
         self._promoted = 0
         self._promoted_lock = threading.Lock()  # workers and the catch-up thread both add
+        # the store's outages (DESIGN §10): batches wait there as paths while it is down
+        self.backlog = backlog or Backlog(store, metrics, settle_ms)
+        self.backlog.attach(self)
 
     # -- the watcher's sink --------------------------------------------------------------
 
@@ -162,7 +168,7 @@ class Pipeline:
 
     def busy(self, run_id: str) -> bool:
         """True while the run has files pending or in flight: the sweeper leaves it alone."""
-        return run_id in self._busy
+        return run_id in self._busy or self.backlog.holds(run_id)
 
     def health(self) -> str | None:
         """None while every thread runs and the backlog moves, else what is wrong."""
@@ -310,6 +316,8 @@ class Pipeline:
 
     def _promote(self, batch: Batch) -> tuple[frozenset[str], bool]:
         """One batch; returns the files and whether the run chores are to be retried."""
+        if self.backlog.hold(batch):  # the store is down: the batch waits there (backlog.py)
+            return frozenset(), False
         started = time.monotonic()
         results: list[PromoteResult] = []
         raised: set[str] = set()
@@ -321,6 +329,10 @@ class Pipeline:
                 self.store.refresh_context(batch.run_id)
             if batch.completed:
                 self.store.mark_completed(batch.run_id)
+        except StoreUnavailable as exc:  # the run chores met the outage: they wait too
+            self.backlog.went_down(exc)
+            self.backlog.hold(Batch(batch.run_id, context=batch.context,
+                                    completed=batch.completed))
         except Exception as exc:  # nothing a worker meets may stop the daemon (DESIGN §5)
             log.error(events.WORKER_ERROR, run_id=batch.run_id, files=len(batch.filenames),
                       reason=f"{type(exc).__name__}: {exc}", exc_info=True)
@@ -341,7 +353,7 @@ class Pipeline:
         outcome = {r.filename: r.outcome for r in results}
         retry = frozenset(n for n in batch.filenames
                           if n in raised or outcome.get(n, Outcome.FAILED) in RETRY)
-        return retry, retry_run
+        return self.backlog.explain(batch.run_id, results, retry), retry_run
 
     def _one_by_one(self, batch: Batch) -> tuple[list[PromoteResult], set[str]]:
         """The batch's files each in a batch of its own; and the names that raised."""

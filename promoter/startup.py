@@ -11,7 +11,7 @@ from promoter.store import LockFileError, Store
 
 log = get_logger()
 
-__all__ = ["prepare_store"]
+__all__ = ["prepare", "prepare_store"]
 
 
 def prepare_store(config: Config, sessions: bool = True, actor: Actor | None = None,
@@ -23,13 +23,21 @@ def prepare_store(config: Config, sessions: bool = True, actor: Actor | None = N
     `repair=False` (`serve`): the folders and this process's own leftovers only; relisting
     runs reads sessions/ for their context, which is the daemon's job."""
     store = Store(config, actor=actor)
+    prepare(store, sessions, create, repair)
+    return store
+
+
+def prepare(store: Store, sessions: bool = True, create: bool = True,
+            repair: bool = True) -> None:
+    """What `prepare_store` does to a Store already made (the daemon's, when the bucket was
+    unreachable at start: done again once it answers, DESIGN §10)."""
     if not create:
         store.require_store()
     store.ensure_folders(sessions=sessions)
     store.empty_trash()
     store.library.remove_stale_temps()
     if not repair:
-        return store
+        return
     for run_id in store.run_ids():
         try:
             store.repair(run_id)
@@ -37,4 +45,3 @@ def prepare_store(config: Config, sessions: bool = True, actor: Actor | None = N
             raise  # the store itself is unusable: that is for everyone, not one run
         except Exception as exc:  # one bad run never stops a start-up (DESIGN §6)
             log.error(events.REPAIR_FAILED, run_id=run_id, reason=f"{type(exc).__name__}: {exc}")
-    return store
