@@ -42,6 +42,7 @@ from bench.procs import (
     ToolFailed,
     group_cpu_ticks,
     json_event,
+    proc_mem,
     stop_all,
     wait_until,
 )
@@ -74,9 +75,13 @@ def rclone_bin() -> str:
 
 # ---- promoter configuration ----------------------------------------------------------------
 
+WORKERS: int | None = None  # promote.workers for promoter (None: its default)
+
+
 def write_config(path: Path, root: Path, srv: S3Server, prefix: str, settle_ms: int,
                  level: str) -> Path:
     """A config for the S3 backend on the bench bucket; sha256 on, as always in bench/."""
+    workers = f"workers = {WORKERS}\n" if WORKERS is not None else ""
     path.write_text(
         "[storage]\n"
         f'root = "{root}"\n'
@@ -93,6 +98,7 @@ def write_config(path: Path, root: Path, srv: S3Server, prefix: str, settle_ms: 
         "rescan_interval_s = 0\n"
         "\n[promote]\n"
         'checksum = "sha256"\n'
+        f"{workers}"
         "\n[log]\n"
         f'level = "{level}"\n'
         'format = "json"\n'
@@ -268,6 +274,10 @@ class Daemon:
     def cpu_s(self) -> float:
         return group_cpu_ticks(self.proc.pid) / CLK_TCK
 
+    def peak_rss_mib(self) -> float:
+        """The daemon's peak resident memory since it started (VmHWM)."""
+        return proc_mem(self.proc.pid).hwm_kib / 1024
+
     def stop(self) -> None:
         if self.profiler is not None and self.profiler.alive():
             os.killpg(self.profiler.pid, 2)
@@ -287,7 +297,8 @@ def burst_round(daemon: Daemon, bucket: Bucket, data: bytes, rep: int) -> Result
     out: Result = {"wall_s": t_last - t0, "write_s": t_written - t0,
                    "files_per_s": len(keys) / (t_last - t0),
                    "cpu_s": daemon.cpu_s() - cpu0, "server_cpu_s": _server_cpu(daemon.srv) - scpu0,
-                   "load_before": before, "load_after": loadavg()}
+                   "load_before": before, "load_after": loadavg(),
+                   "maxrss_mib": daemon.peak_rss_mib()}
     out.update(bucket.promoter_counts(daemon.prefix, run_prefix))
     return out
 
@@ -312,7 +323,8 @@ def big_round(daemon: Daemon, srv: S3Server, conf: Path, block: bytes, mib: int,
     t_seen = daemon.wait_files({(run, "big.bin")}, 900.0)
     ours: Result = {"wall_s": t_seen - t_close, "cpu_s": daemon.cpu_s() - cpu0,
                     "server_cpu_s": _server_cpu(srv) - scpu0,
-                    "load_before": before, "load_after": loadavg()}
+                    "load_before": before, "load_after": loadavg(),
+                    "maxrss_mib": daemon.peak_rss_mib()}
     argv = [rclone_bin(), "copyto", str(path), f"bench:{BUCKET}/rclone-big-{rep}/big.bin",
             f"--config={conf}", "--checksum", "--s3-no-check-bucket", "-q"]
     cpu0 = _server_cpu(srv)
@@ -432,7 +444,7 @@ def table(doc: Result, big_mib: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    global PER_RUN
+    global PER_RUN, WORKERS
     p = argparse.ArgumentParser(prog="python -m bench.s3_bench",
                                 description=__doc__.split("\n\n")[0] if __doc__ else None)
     p.add_argument("--repeat", type=int, default=3, help="rounds of catch-up and burst")
@@ -443,10 +455,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="py-spy record promoter (reconcile and daemon) into DIR, raw stacks")
     p.add_argument("--per-run", type=int, default=PER_RUN,
                    help="files per run (50 runs; default 100: 5,000 files)")
+    p.add_argument("--workers", type=int, help="promote.workers for promoter (default: its own)")
     p.add_argument("--tmp-dir", default="/tmp")
     p.add_argument("--no-save", action="store_true")
     a = p.parse_args(argv)
-    PER_RUN = a.per_run
+    PER_RUN, WORKERS = a.per_run, a.workers
     try:
         doc = run(a)
     except ToolFailed as exc:

@@ -27,6 +27,9 @@ CALL_ACTIONS = {
     "obstore.get": {"s3:GetObject"},  # GET, HEAD (options head) and ranged reads
     "obstore.put": {"s3:PutObject", "s3:AbortMultipartUpload"},
     "obstore.delete": {"s3:DeleteObject"},  # DeleteObjects, in batches
+    "obstore.list": {"s3:ListBucket"},  # ListObjectsV2 (serve's listing of meta/)
+    "obstore.list_with_delimiter": {"s3:ListBucket"},
+    "obstore.head": {"s3:GetObject"},
     "_boto.head_bucket": {"s3:ListBucket"},
     "_boto.list_objects_v2": {"s3:ListBucket"},
     "_boto.list_multipart_uploads": {"s3:ListBucketMultipartUploads"},
