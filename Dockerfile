@@ -23,11 +23,15 @@ RUN groupadd --system --gid 10001 promoter \
 
 WORKDIR /src
 COPY . /src
-# The web extra brings FastAPI and uvicorn for `promoter serve`.
+# The web extra brings FastAPI and uvicorn for `promoter serve`. EXTRAS picks
+# the extras: `docker build --build-arg EXTRAS=web,s3 .` adds obstore and boto3
+# for `storage.backend = "s3"` (README.md, "Many hosts"); the default image
+# stays as small as before.
+ARG EXTRAS=web
 # DL3013 (pin versions) is ignored: this installs the source tree copied
 # above, not a name from an index; the version is the one in pyproject.toml.
 # hadolint ignore=DL3013
-RUN pip install --no-cache-dir '.[web]'
+RUN pip install --no-cache-dir ".[${EXTRAS}]"
 
 # The store, owned by promoter: a new named volume copies this ownership.
 RUN mkdir -p /app/storage/sessions /app/storage/artifacts /app/storage/library \

@@ -10,6 +10,7 @@ import os
 import stat
 import threading
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import CancelledError, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from promoter import events, rules
@@ -247,22 +248,16 @@ def reconcile(store: Store, rejections: Rejections | None = None,
         now_ns = int(store.clock.now().timestamp() * 1e9)
         wait_ns = 0
         retry = False
+        ready_runs: dict[str, dict[str, SessionFile]] = {}
         for run_id, files in pending.items():
             ready = [f for f in files if quiet(f, now_ns, settle_ns)]
             later = [min(settle_ns - (now_ns - last_change_ns(f.mtime_ns, f.ctime_ns, now_ns)),
                          settle_ns) for f in files if f not in ready]
             wait_ns = max([wait_ns, *later])
-            if not ready:
-                continue
-            by_name = {f.filename: f for f in ready}
-            try:
-                results = store.promote_files(run_id, list(by_name))
-            except StoreIOError:
-                raise
-            except Exception as exc:  # one run's surprise never stops the others' (DESIGN §6)
-                log.error(events.RECONCILE_FAILED, run_id=run_id,
-                          reason=f"{type(exc).__name__}: {exc}")
-                continue
+            if ready:
+                ready_runs[run_id] = {f.filename: f for f in ready}
+        for run_id, results in _promote_runs(store, ready_runs):
+            by_name = ready_runs[run_id]
             for r in results:
                 report.outcomes[(run_id, r.filename)] = r
                 retry = retry or r.outcome in RETRY
@@ -278,3 +273,52 @@ def reconcile(store: Store, rejections: Rejections | None = None,
             break
     complete_finished_runs(store)
     return report
+
+
+def _promote_runs(store: Store, runs: dict[str, dict[str, SessionFile]]
+                 ) -> Iterator[tuple[str, list[PromoteResult]]]:
+    """Each run's ready files promoted, yielded in the order given. Runs go in parallel on
+    `promote.workers` threads, as the daemon's workers take them: each run is a metadata
+    change of its own, and on an object store every upload waits on the network, so one
+    run at a time left the store idle between requests (issue 12). A run whose promotion
+    failed is logged and skipped; a failure of the store itself (StoreIOError) ends the
+    pass: runs not started are cancelled, those in flight finish first."""
+    workers = min(store.config.promote.workers, len(runs))
+    if workers <= 1:
+        for run_id, names in runs.items():
+            try:
+                results = store.promote_files(run_id, list(names))
+            except StoreIOError:
+                raise
+            except Exception as exc:  # one run's surprise never stops the others' (DESIGN §6)
+                _failed(run_id, exc)
+                continue
+            yield run_id, results
+        return
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="promoter-catchup-copy")
+    try:
+        jobs = [(run_id, pool.submit(store.promote_files, run_id, list(names)))
+                for run_id, names in runs.items()]
+        failure: StoreIOError | None = None
+        for run_id, job in jobs:
+            try:
+                results = job.result()
+            except CancelledError:
+                continue
+            except StoreIOError as exc:
+                failure = failure or exc
+                for _, other in jobs:
+                    other.cancel()
+                continue
+            except Exception as exc:  # one run's surprise never stops the others'
+                _failed(run_id, exc)
+                continue
+            yield run_id, results
+        if failure is not None:
+            raise failure
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _failed(run_id: str, exc: Exception) -> None:
+    log.error(events.RECONCILE_FAILED, run_id=run_id, reason=f"{type(exc).__name__}: {exc}")

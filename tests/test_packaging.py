@@ -411,8 +411,11 @@ def test_dockerfile_builds_the_image_design_asks_for() -> None:
     assert any(
         kw == "RUN" and "--uid 10001" in args and "promoter" in args for kw, args in instructions
     )
+    # the web extra by default; `--build-arg EXTRAS=web,s3` for the object store (README)
+    assert ("ARG", "EXTRAS=web") in instructions
     assert any(
-        kw == "RUN" and "pip install --no-cache-dir '.[web]'" in args for kw, args in instructions
+        kw == "RUN" and 'pip install --no-cache-dir ".[${EXTRAS}]"' in args
+        for kw, args in instructions
     )
     assert json.loads(_last("HEALTHCHECK").split(" CMD ", 1)[1]) == ["promoter", "check"]
 
