@@ -250,7 +250,7 @@ class Backlog:
             self._wake.clear()  # the gap, or a kick (a reload) that asks for a probe now
             if self._stop.is_set():
                 return
-            if self._try():
+            if self._try() and not self._stop.is_set():  # stopping: leave() says what waits
                 self._back()
 
     def _try(self) -> bool:
