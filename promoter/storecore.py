@@ -231,7 +231,7 @@ class StoreCore:
                 # objects a deletion raced with (an upload after its batch delete): a deleted
                 # run is never rebuilt from them; files written after it start it afresh
                 return None
-            return self._rebuild(art, run_id, None, "metadata missing")
+            return self._rebuild(art, run_id, None, "metadata.json missing")
         try:
             meta = RunMetadata.model_validate_json(raw)
             if meta.run_id != run_id:
