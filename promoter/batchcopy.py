@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
+import functools
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
+from typing import cast
 
 from promoter.names import split_relpath
 from promoter.safeio import CopyPools, CopyResult, fsync_dir, open_dir_chain, stage_copy
@@ -29,19 +30,24 @@ SYNCFS_MIN_FILES = 16  # from this many staged copies, one syncfs beats an fsync
 MAX_HELD = 256  # folder descriptors a batch holds before it commits what it has
 
 
-def _load_syncfs() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
-    """libc's syncfs(2) (os has none before Python 3.12... and none at all on 3.11)."""
+@functools.cache
+def _load_syncfs() -> Callable[[int], int] | None:
+    """libc's syncfs(2) (Python 3.11's os has none), from the symbols the interpreter already
+    has (never `ctypes.util.find_library`, which runs ldconfig: seconds at start-up under
+    load); looked up at the first batch, not at import."""
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
-        func = libc.syncfs
+        func = ctypes.CDLL(None, use_errno=True).syncfs
     except (OSError, AttributeError):
         return None
     func.argtypes = [ctypes.c_int]
     func.restype = ctypes.c_int
-    return func
+    return cast(Callable[[int], int], func)
 
 
-_syncfs = _load_syncfs()
+def _syncfs(fd: int) -> int:
+    """syncfs(fd): 0 when done; -1 on an error or where there is none (then fsync each)."""
+    func = _load_syncfs()
+    return -1 if func is None else func(fd)
 
 
 def flush_all(files: Sequence[tuple[int, str]]) -> None:
@@ -50,7 +56,7 @@ def flush_all(files: Sequence[tuple[int, str]]) -> None:
     each (a read-only descriptor flushes the file's data as well). One file system."""
     if not files:
         return
-    if _syncfs is not None and len(files) >= SYNCFS_MIN_FILES and _syncfs(files[0][0]) == 0:
+    if len(files) >= SYNCFS_MIN_FILES and _syncfs(files[0][0]) == 0:
         return
     # few files, or syncfs reported a writeback error (Linux 5.8+): which file was it
     for dir_fd, name in files:

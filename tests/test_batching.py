@@ -56,7 +56,7 @@ class IoTrace:
 
         def traced_syncfs(fd: int) -> int:
             self.log.append(("syncfs",))
-            return real_syncfs(fd) if real_syncfs is not None else 0
+            return real_syncfs(fd)
 
         def traced_rename(src: Any, dst: Any, *, src_dir_fd: int | None = None,
                           dst_dir_fd: int | None = None) -> None:
