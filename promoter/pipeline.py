@@ -10,6 +10,7 @@ stops the daemon: every error is logged, and the batch's files retried.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import stat
@@ -35,15 +36,11 @@ log = get_logger()
 MS = 1_000_000
 STEADY_LOOK_S = 0.05  # at shutdown, a file without a close is looked at twice this far apart
 STALL_S = 120.0  # work outstanding and no batch done for this long: the backlog is stuck
-MIN_BATCH = 256  # files in one batch of a small run
-MAX_BATCH = 16_384  # and of a big one: a batch stays seconds long (SIGTERM's drain waits)
+MIN_BATCH, MAX_BATCH = 256, 16_384  # files in a batch: small run, big run (SIGTERM waits)
 
 
 def batch_limit(entries: int) -> int:
-    """Files in one batch of a run that holds `entries`: half the run as it grows, within
-    MIN_BATCH..MAX_BATCH. Every batch rewrites the whole metadata.json, so batches growing
-    with the run keep the cost per file flat (fixed batches made one run of 100,000 files
-    cost the square of its size, issue 15)."""
+    """Half the run, within MIN_BATCH..MAX_BATCH: fixed batches made one run quadratic."""
     return max(MIN_BATCH, min(entries // 2, MAX_BATCH))
 
 
@@ -367,12 +364,10 @@ class Pipeline:
         return self.backlog.explain(batch.run_id, results, retry), retry_run
 
     def _limit(self, run_id: str) -> int:
-        """The run's next batches: sized by its entries (one stat; the model is cached)."""
-        try:
+        with contextlib.suppress(Exception):  # the run's next batches; a hint never stops one
             meta = self.store.cached_run(run_id)
-        except Exception:  # a size hint never stops a worker
-            meta = None
-        return batch_limit(len(meta.artifacts) if meta is not None else 0)
+            return batch_limit(len(meta.artifacts) if meta is not None else 0)
+        return MIN_BATCH
 
     def _one_by_one(self, batch: Batch) -> tuple[list[PromoteResult], set[str]]:
         """The batch's files each in a batch of its own; and the names that raised."""
