@@ -25,7 +25,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from bench import report, workloads
+from bench import report, shapes, workloads
 from bench.procs import stop_all
 from bench.tools import (
     LSYNCD_DELAY,
@@ -96,6 +96,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="run the harness and every tool at this niceness (e.g. -10 as root, so that other "
         "work sharing the machine disturbs the figures less; the same for every tool)",
     )
+    p.add_argument(
+        "--burst-shape",
+        choices=(*shapes.ALL, "all"),
+        action="append",
+        help="issue 15's shapes, each beside the peers with a summary row: FILESxSIZE/RUNS "
+        "bursts, bigrun (100,000 empty files in one run), catchup; 'all' for every one. "
+        "Replaces --workload",
+    )
+    p.add_argument("--bigrun-files", type=int, default=100_000)
     p.add_argument("--burst-files", type=int, default=5000)
     p.add_argument("--burst-runs", type=int, default=50)
     p.add_argument(
@@ -126,7 +135,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--tmp-dir", default="/tmp", help="where the temporary folders go (default /tmp)"
     )
     args = p.parse_args(argv)
-    if not args.workload or "all" in args.workload:
+    if args.burst_shape and "all" in args.burst_shape:
+        args.burst_shape = list(shapes.ALL)
+    if args.burst_shape:
+        args.workload = []
+    elif not args.workload or "all" in args.workload:
         args.workload = list(WORKLOADS)
     return args
 
@@ -205,8 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     ]
     if missing and args.only != "promoter":
         print(
-            f"missing tools: {', '.join(missing)} (apt-get install -y lsyncd rsync "
-            "inotify-tools openssl)",
+            f"missing tools: {', '.join(missing)} (as root: bash bench/install-peers.sh, "
+            "Debian's lsyncd, rsync, inotify-tools and openssl)",
             file=sys.stderr,
         )
         return 2
@@ -263,6 +276,20 @@ def main(argv: list[str] | None = None) -> int:
             for factory in factories(args, name):
                 results[name].append(runner(ctx, factory))
             print("\n" + report.render({name: results[name]}), flush=True)
+        for shape in args.burst_shape or []:
+            key = f"shape:{shape}"
+            results[key] = []
+            chosen = factories(args, "catchup" if shape == "catchup" else "burst")
+            if shape == "bigrun":  # promoter only: the target is its own flat cost per file
+                chosen = chosen[:1] if args.only != "peers" else []
+            for factory in chosen:
+                if shape == "catchup":
+                    results[key].append(workloads.catchup(ctx, factory))
+                elif shape == "bigrun":
+                    results[key].append(shapes.bigrun(ctx, factory, args.bigrun_files))
+                else:
+                    results[key].append(shapes.run_shape(ctx, factory, shape))
+            print(f"\n{shape}: " + json.dumps(_brief(results[key]), default=str), flush=True)
     finally:
         stop_all()
         if not args.keep_tmp:
@@ -276,7 +303,15 @@ def main(argv: list[str] | None = None) -> int:
             out.write_text(json.dumps(doc, indent=2, default=str) + "\n")
             print(f"results: {out}", flush=True)
     print("\n" + report.render(results))
+    print(shapes.summary(results))
     return 0
+
+
+def _brief(items: list[Result]) -> list[dict[str, Any]]:
+    keys = ("tool", "files_per_s", "files_per_s_each", "missing", "duplicates", "cpu_s",
+            "cpu_ms_per_file", "tenths_files_per_s", "sigterm_exit_s", "sigterm_rc",
+            "warm_reconcile_s", "daemon_ready_s", "warm_start_s", "loadavg_before", "error")
+    return [{k: r[k] for k in keys if k in r} for r in items]
 
 
 if __name__ == "__main__":

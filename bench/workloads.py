@@ -45,6 +45,7 @@ class Ctx:
     burst_runs: int = 50
     burst_deadline_s: float = 120.0
     burst_repeats: int = 3
+    burst_size: int = 4096  # bytes a file (--burst-shape)
     bigfile_mib: int = 512
     bigfile_repeats: int = 3
     idle_runs: int = 1000
@@ -256,6 +257,19 @@ def latency(ctx: Ctx, factory: ToolFactory) -> Result:
 # ---------------------------------------------------------------- 2. burst
 
 
+def payload(data: bytes, i: int, size: int) -> bytes | memoryview:
+    """File i's bytes: its own slice of `data` up to 64 KiB; above, `data` (one block of
+    `size`) with the file's number in its first 8 bytes, so that no two files are alike."""
+    if size <= 64 * 1024:
+        return memoryview(data)[i * size : (i + 1) * size]
+    return i.to_bytes(8, "big") + data[8:size]
+
+
+def burst_data(ctx: Ctx) -> bytes:
+    size = ctx.burst_size
+    return os.urandom(size * ctx.burst_files if size <= 64 * 1024 else size)
+
+
 def burst_round(ctx: Ctx, tool: Tool, prefix: str, data: bytes) -> Result:
     """One burst: burst_files files round-robin over burst_runs new runs, as fast as possible."""
     runs = [f"{prefix}{i:02d}" for i in range(ctx.burst_runs)]
@@ -272,8 +286,8 @@ def burst_round(ctx: Ctx, tool: Tool, prefix: str, data: bytes) -> Result:
                 out.mkdir(parents=True)
                 made.add(run)
             rel = f"f{i:05d}.bin"
-            sample = tracker.add(run, rel, 4096)
-            sample.t_close_ns = write_file(str(out / rel), data[i * 4096 : (i + 1) * 4096])
+            sample = tracker.add(run, rel, ctx.burst_size)
+            sample.t_close_ns = write_file(str(out / rel), payload(data, i, ctx.burst_size))
         t_last = time.monotonic_ns()
         all_visible = tracker.wait_all(ctx.burst_deadline_s)
     cpu1 = group_cpu_ticks(pgid(tool))
@@ -299,7 +313,7 @@ def burst_round(ctx: Ctx, tool: Tool, prefix: str, data: bytes) -> Result:
 
 def burst(ctx: Ctx, factory: ToolFactory) -> Result:
     def body(tool: Tool) -> Result:
-        data = os.urandom(4096 * ctx.burst_files)
+        data = burst_data(ctx)
         tool.start()
         ready_s = tool.wait_ready(ctx.ready_timeout_s)
         rounds: list[Result] = []
@@ -315,6 +329,7 @@ def burst(ctx: Ctx, factory: ToolFactory) -> Result:
             "ready_s": round(ready_s, 3),
             "files": ctx.burst_files,
             "runs": ctx.burst_runs,
+            "size_bytes": ctx.burst_size,
             "rounds": rounds,
             "deadline_s": ctx.burst_deadline_s,
             "missing": sum(r["missing"] for r in rounds),
@@ -426,6 +441,7 @@ def idle(ctx: Ctx, factory: ToolFactory) -> Result:
         result: Result = {"runs": ctx.idle_runs, "window_s": ctx.idle_seconds}
         # "all already promoted": promoter reconcile, or an rsync for the peers' mirror
         if isinstance(tool, PromoterTool):
+            (tool.storage / "artifacts").mkdir(parents=True, exist_ok=True)
             rc, secs = run_timed(tool.cli("reconcile"), tool.base / "reconcile.out", 900)
         else:
             mirror = getattr(tool, "mirror")  # noqa: B009 - the peers all have one
@@ -524,7 +540,9 @@ def catchup(ctx: Ctx, factory: ToolFactory) -> Result:
 
 
 def catchup_promoter(ctx: Ctx, tool: PromoterTool, runs: list[str], result: Result) -> None:
-    # cold: the store is empty, every file is copied and hashed
+    # cold: the store is empty, every file is copied and hashed (only `promoter run` creates
+    # a store: an empty artifacts/ is the store before its first promotion)
+    (tool.storage / "artifacts").mkdir(parents=True, exist_ok=True)
     rc, secs = run_timed(
         tool.cli("reconcile"), tool.base / "reconcile-cold.out", ctx.catchup_timeout_s
     )

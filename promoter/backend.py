@@ -23,15 +23,16 @@ from collections.abc import Callable, Hashable, Iterable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol, TypeVar
+from types import TracebackType
+from typing import Generic, Protocol, TypeVar
 
 from promoter.context import RunContext
 from promoter.errors import ConflictError, StoreIOError
 from promoter.metadata import ArtifactEntry, RunMetadata
 from promoter.safeio import CopyPools, CopyResult
 
-__all__ = ["Backend", "LostRace", "Relisted", "Shrank", "StoredRead", "TooManyRaces",
-           "fd_read"]
+__all__ = ["Backend", "FileBatch", "ImmediateBatch", "LostRace", "Relisted", "Shrank",
+           "StoredRead", "TooManyRaces", "fd_read"]
 
 H = TypeVar("H")
 Relisted = tuple[RunMetadata, int, int]
@@ -77,6 +78,22 @@ class StoredRead:
         self.close()
 
 
+class FileBatch(Protocol):
+    """A batch of stored files for one run (`Backend.batch`, issue 15): `put` each, then
+    `commit()` before any metadata names them; leaving the block removes what was not
+    committed. `commit` returns the files that could not be put in place, with why."""
+
+    def put(self, filename: str, src: int, st: os.stat_result,
+            agent_id: str = "unknown") -> CopyResult: ...
+
+    def commit(self) -> dict[str, OSError]: ...
+
+    def __enter__(self) -> FileBatch: ...
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None: ...
+
+
 class Backend(Protocol[H]):
     """Bytes and metadata of runs, with version tags; no rule lives here."""
 
@@ -119,6 +136,12 @@ class Backend(Protocol[H]):
 
     def sync_folders(self, handle: H, run_id: str,
                      folders: Iterable[tuple[str, ...]]) -> None: ...
+
+    def batch(self, handle: H, run_id: str, checksum: bool, max_bytes: int,
+              pools: CopyPools | None) -> FileBatch:
+        """A batch of `put_file`s made durable together (the local disk: one flush for the
+        batch; `ImmediateBatch` where a put is durable when it returns)."""
+        ...
 
     def open_file(self, run_id: str, filename: str) -> tuple[int, os.stat_result]:
         """A descriptor on a stored copy (the local disk only; others raise OSError)."""
@@ -167,6 +190,37 @@ class Backend(Protocol[H]):
     def tombstones(self) -> list[str]: ...
 
     def drop_tombstone(self, run_id: str) -> bool: ...
+
+
+class ImmediateBatch(Generic[H]):
+    """`FileBatch` for a backend whose `put_file` stores durably at once (an object's PUT):
+    each put goes through, `commit` has nothing left to do but `sync_folders`."""
+
+    def __init__(self, backend: Backend[H], handle: H, run_id: str, checksum: bool,
+                 max_bytes: int, pools: CopyPools | None) -> None:
+        self._backend, self._handle, self._run_id = backend, handle, run_id
+        self._checksum, self._max_bytes, self._pools = checksum, max_bytes, pools
+        self._folders: set[tuple[str, ...]] = set()
+
+    def put(self, filename: str, src: int, st: os.stat_result,
+            agent_id: str = "unknown") -> CopyResult:
+        copied = self._backend.put_file(self._handle, self._run_id, filename, src, st,
+                                        self._checksum, self._max_bytes, self._pools,
+                                        agent_id=agent_id)
+        self._folders.add(tuple(filename.split("/")[:-1]))
+        return copied
+
+    def commit(self) -> dict[str, OSError]:
+        self._backend.sync_folders(self._handle, self._run_id, self._folders)
+        self._folders = set()
+        return {}
+
+    def __enter__(self) -> ImmediateBatch[H]:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        return None
 
 
 def fd_read(fd: int, st: os.stat_result) -> StoredRead:

@@ -19,6 +19,7 @@ from pathlib import Path
 from promoter import events, recovery
 from promoter.audit import AUDIT_DIR
 from promoter.backend import Relisted, StoredRead, fd_read
+from promoter.batchcopy import CopyBatch
 from promoter.context import RunContext
 from promoter.errors import NotFoundError, StoreIOError
 from promoter.layout import FILES, LOCKS, METADATA, TOMBSTONES, TRASH
@@ -193,6 +194,11 @@ class LocalDisk:
                                  max_bytes=max_bytes, pools=pools)
         finally:
             os.close(dst_dir)
+
+    def batch(self, art: int, run_id: str, checksum: bool, max_bytes: int,
+              pools: CopyPools | None) -> CopyBatch:
+        """Copies into files/ made durable together by `commit()` (batchcopy.py, issue 15)."""
+        return CopyBatch(art, [run_id, FILES], checksum, max_bytes, pools)
 
     def sync_folders(self, art: int, run_id: str, folders: Iterable[tuple[str, ...]]) -> None:
         """Make renames into these folders of files/ durable, one fsync each."""

@@ -10,6 +10,7 @@ stops the daemon: every error is logged, and the batch's files retried.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import stat
@@ -29,12 +30,18 @@ from promoter.safeio import CopyPools
 from promoter.settle import Batch, FileState, Settler
 from promoter.store import RETRY, Outcome, PromoteResult, Store
 
-__all__ = ["STALL_S", "Pipeline"]
+__all__ = ["MAX_BATCH", "STALL_S", "Pipeline", "batch_limit"]
 
 log = get_logger()
 MS = 1_000_000
 STEADY_LOOK_S = 0.05  # at shutdown, a file without a close is looked at twice this far apart
 STALL_S = 120.0  # work outstanding and no batch done for this long: the backlog is stuck
+MIN_BATCH, MAX_BATCH = 256, 16_384  # files in a batch: small run, big run (SIGTERM waits)
+
+
+def batch_limit(entries: int) -> int:
+    """Half the run, within MIN_BATCH..MAX_BATCH: fixed batches made one run quadratic."""
+    return max(MIN_BATCH, min(entries // 2, MAX_BATCH))
 
 
 # -- messages to the settle thread (each names what happened; see Pipeline._apply) -------
@@ -92,6 +99,7 @@ class _Done:
     batch: Batch
     retry: frozenset[str]
     retry_run: bool
+    limit: int
 
 
 @dataclass(frozen=True)
@@ -267,8 +275,8 @@ class Pipeline:
                 s.offer(run_id, filename, now, quiet=quiet)
             case _Settle(settle_ms):
                 s.settle_ns = settle_ms * MS
-            case _Done(batch, retry, retry_run):
-                s.done(batch, retry, now, retry_run=retry_run)
+            case _Done(batch, retry, retry_run, limit):
+                s.done(batch, retry, now, retry_run=retry_run, limit=limit)
                 self._last_progress = time.monotonic()
 
     def _steady(self, s: Settler) -> set[tuple[str, str]]:
@@ -312,7 +320,7 @@ class Pipeline:
             if batch is None:
                 return
             retry, retry_run = self._promote(batch)
-            self._inbox.put(_Done(batch, retry, retry_run))
+            self._inbox.put(_Done(batch, retry, retry_run, self._limit(batch.run_id)))
 
     def _promote(self, batch: Batch) -> tuple[frozenset[str], bool]:
         """One batch; returns the files and whether the run chores are to be retried."""
@@ -354,6 +362,12 @@ class Pipeline:
         retry = frozenset(n for n in batch.filenames
                           if n in raised or outcome.get(n, Outcome.FAILED) in RETRY)
         return self.backlog.explain(batch.run_id, results, retry), retry_run
+
+    def _limit(self, run_id: str) -> int:
+        with contextlib.suppress(Exception):  # the run's next batches; a hint never stops one
+            meta = self.store.cached_run(run_id)
+            return batch_limit(len(meta.artifacts) if meta is not None else 0)
+        return MIN_BATCH
 
     def _one_by_one(self, batch: Batch) -> tuple[list[PromoteResult], set[str]]:
         """The batch's files each in a batch of its own; and the names that raised."""

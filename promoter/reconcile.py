@@ -6,7 +6,9 @@ again, so a start-up pass over 100,000 promoted files costs one `stat` each.
 
 from __future__ import annotations
 
+import fnmatch
 import os
+import re
 import stat
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -18,10 +20,11 @@ from promoter.clock import last_change_ns
 from promoter.errors import StoreIOError
 from promoter.layout import OUTPUT
 from promoter.logs import get_logger
-from promoter.names import is_excluded, is_valid_run_id
+from promoter.names import TEMP_PREFIX, is_valid_run_id
 from promoter.promotion import RETRY, Outcome, PromoteResult
 from promoter.safeio import Refused, folder, open_dir_chain
 from promoter.store import Store
+from promoter.walk import Folder, walk_tree
 
 __all__ = [
     "ReconcileReport",
@@ -94,7 +97,8 @@ def session_runs(sessions_fd: int, rejections: Rejections) -> list[str]:
 def scan_run(sessions_fd: int, run_id: str, exclude: Iterable[str],
              rejections: Rejections, max_depth: int = 64) -> Iterator[SessionFile]:
     """Every non-excluded entry under the run's `output/`, walked without following links
-    and with an explicit stack; a folder deeper than `max_depth` is refused, not entered."""
+    (walk.walk_tree); a folder deeper than `max_depth` is refused, not entered. One `lstat`
+    a file, none a folder (the directory entry tells its type)."""
     patterns = tuple(exclude)
     try:
         top = open_dir_chain(sessions_fd, [run_id, OUTPUT])
@@ -105,58 +109,52 @@ def scan_run(sessions_fd: int, run_id: str, exclude: Iterable[str],
             log.warning(events.ARTIFACT_REJECTED, run_id=run_id, filename="output/",
                         reason=exc.reason)
         return
-    # The stack holds names, not descriptors: a folder of thousands of sub-folders must not
-    # hold thousands of descriptors (EMFILE would fail other runs' copies meanwhile).
-    stack = [""]
+
+    def denied(prefix: str, exc: OSError | Refused) -> None:
+        # gone, or swapped for a link since it was listed: nothing to say
+        if isinstance(exc, PermissionError) and rejections.warn_once(f"dir:{run_id}/{prefix}"):
+            log.warning(events.ARTIFACT_REJECTED, run_id=run_id, filename=prefix or "output/",
+                        reason="permission denied")
+
+    excluded = exclusion(patterns)
     try:
-        while stack:
-            prefix = stack.pop()
-            try:
-                fd = open_dir_chain(top, prefix.split("/")[:-1])
-            except PermissionError:
-                if rejections.warn_once(f"dir:{run_id}/{prefix}"):
-                    log.warning(events.ARTIFACT_REJECTED, run_id=run_id, filename=prefix,
-                                reason="permission denied")
-                continue
-            except (OSError, Refused):
-                continue  # gone, or swapped for a link since it was listed
-            try:
-                yield from _scan_folder(fd, run_id, prefix, patterns, rejections, max_depth,
-                                        stack)
-            except PermissionError:
-                if rejections.warn_once(f"dir:{run_id}/{prefix}"):
-                    log.warning(events.ARTIFACT_REJECTED, run_id=run_id,
-                                filename=prefix or "output/", reason="permission denied")
-            finally:
-                os.close(fd)
+        for folder in walk_tree(top, denied):
+            yield from _scan_folder(folder, run_id, excluded, rejections, max_depth)
     finally:
         os.close(top)
 
 
-def _scan_folder(fd: int, run_id: str, prefix: str, patterns: tuple[str, ...],
-                 rejections: Rejections, max_depth: int,
-                 stack: list[str]) -> Iterator[SessionFile]:
-    """One folder of scan_run: its files, and its sub-folders pushed on `stack`."""
-    with os.scandir(fd) as it:
-        entries = list(it)
-    for entry in entries:
-        if is_excluded([entry.name], patterns):
+def exclusion(patterns: tuple[str, ...]) -> Callable[[str], bool]:
+    """`names.is_excluded` for one name, its globs compiled into one pattern once a scan
+    rather than matched one by one for every file."""
+    if not patterns:
+        return lambda name: name.startswith(TEMP_PREFIX)
+    one = re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in patterns))
+    return lambda name: name.startswith(TEMP_PREFIX) or one.match(name) is not None
+
+
+def _scan_folder(folder: Folder, run_id: str, excluded: Callable[[str], bool],
+                 rejections: Rejections, max_depth: int) -> Iterator[SessionFile]:
+    """One folder of scan_run: its files, and its sub-folders to enter."""
+    prefix = folder.prefix
+    depth = prefix.count("/") + 1
+    for entry in folder.entries:
+        if excluded(entry.name):
             continue
         try:
+            if entry.is_dir(follow_symlinks=False):
+                if depth > max_depth:
+                    if rejections.warn_once(f"deep:{run_id}/{prefix}{entry.name}"):
+                        log.warning(events.ARTIFACT_REJECTED, run_id=run_id,
+                                    filename=f"{prefix}{entry.name}/", reason=too_deep(max_depth))
+                    continue
+                folder.enter.append(entry.name)
+                continue
             st = entry.stat(follow_symlinks=False)
         except FileNotFoundError:
             continue
-        name = prefix + entry.name
-        if stat.S_ISDIR(st.st_mode):
-            if name.count("/") + 1 > max_depth:
-                if rejections.warn_once(f"deep:{run_id}/{name}"):
-                    log.warning(events.ARTIFACT_REJECTED, run_id=run_id,
-                                filename=name + "/", reason=too_deep(max_depth))
-                continue
-            stack.append(name + "/")
-        else:
-            yield SessionFile(run_id, name, st.st_size, st.st_mtime_ns, st.st_ino,
-                              stat.S_ISREG(st.st_mode), st.st_ctime_ns)
+        yield SessionFile(run_id, prefix + entry.name, st.st_size, st.st_mtime_ns, st.st_ino,
+                          stat.S_ISREG(st.st_mode), st.st_ctime_ns)
 
 
 def too_deep(max_depth: int) -> str:
@@ -180,10 +178,12 @@ def find_pending(store: Store, rejections: Rejections,
             try:
                 meta = store.read_run(run_id)
                 tomb = store.read_tombstone(run_id)
+                entries = rules.by_filename(meta)  # one lookup a file, not a walk of the run
                 todo = [f for f in scan_run(sessions, run_id, exclude, rejections,
                                             store.config.watch.max_depth)
-                        if not rejections.known(f) and rules.needs_promotion(
-                            meta, tomb, f.filename, f.size, f.mtime_ns, f.ctime_ns or f.mtime_ns)]
+                        if rules.needs_promotion(meta, tomb, f.filename, f.size, f.mtime_ns,
+                                                 f.ctime_ns or f.mtime_ns, entries)
+                        and not rejections.known(f)]
             except StoreIOError:
                 raise  # the store itself: every run is concerned
             except Exception as exc:  # one run's surprise never stops the others' (DESIGN §6)

@@ -23,6 +23,7 @@ from promoter.logs import get_logger
 from promoter.metadata import ArtifactEntry, RunMetadata, guess_content_type
 from promoter.names import TEMP_PREFIX
 from promoter.safeio import Refused, open_dir_chain, open_regular
+from promoter.walk import Folder, walk_tree
 
 __all__ = [
     "has_files",
@@ -38,40 +39,35 @@ log = get_logger()
 
 
 def walk_files(art: int, run_id: str) -> Iterator[tuple[str, int, os.stat_result]]:
-    """(filename, folder fd, stat) for every regular file under files/; temps removed."""
+    """(filename, folder fd, stat) for every regular file under files/; temps removed.
+    The same walk as the catch-up's (walk.walk_tree)."""
     try:
         top = open_dir_chain(art, [run_id, FILES])
     except (FileNotFoundError, NotADirectoryError, Refused):
         return
-    stack = [""]  # names, not descriptors: thousands of sub-folders hold none open
     try:
-        while stack:
-            prefix = stack.pop()
-            try:
-                fd = open_dir_chain(top, prefix.split("/")[:-1])
-            except (OSError, Refused):
-                continue
-            try:
-                yield from _walk_folder(fd, run_id, prefix, stack)
-            finally:
-                os.close(fd)
+        for folder in walk_tree(top):
+            yield from _walk_folder(folder, run_id)
     finally:
         os.close(top)
 
 
-def _walk_folder(fd: int, run_id: str, prefix: str,
-                 stack: list[str]) -> Iterator[tuple[str, int, os.stat_result]]:
-    with os.scandir(fd) as it:
-        entries = list(it)
-    for entry in entries:
-        st = entry.stat(follow_symlinks=False)
+def _walk_folder(folder: Folder, run_id: str) -> Iterator[tuple[str, int, os.stat_result]]:
+    fd, prefix = folder.fd, folder.prefix
+    for entry in folder.entries:
         if entry.name.startswith(TEMP_PREFIX):
             with contextlib.suppress(OSError):
                 os.unlink(entry.name, dir_fd=fd)
                 log.info(events.TEMP_REMOVED, run_id=run_id, name=prefix + entry.name)
-        elif stat.S_ISDIR(st.st_mode):
-            stack.append(f"{prefix}{entry.name}/")
-        elif stat.S_ISREG(st.st_mode):
+            continue
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                folder.enter.append(entry.name)
+                continue
+            st = entry.stat(follow_symlinks=False)
+        except FileNotFoundError:
+            continue
+        if stat.S_ISREG(st.st_mode):
             yield prefix + entry.name, fd, st
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from enum import Enum
 from typing import Any, NamedTuple
@@ -29,6 +29,7 @@ __all__ = [
     "Verdict",
     "agent_for",
     "apply_context",
+    "by_filename",
     "expiry",
     "is_expired",
     "needs_promotion",
@@ -40,6 +41,7 @@ __all__ = [
     "salvage",
     "same_copy",
     "upsert",
+    "upsert_many",
     "verdict",
 ]
 
@@ -55,32 +57,43 @@ class Verdict(Enum):
 
 
 def verdict(meta: RunMetadata | None, tomb: Tombstone | None, filename: str, size: int,
-            mtime_ns: int, ctime_ns: int) -> Verdict:
+            mtime_ns: int, ctime_ns: int,
+            entries: Mapping[str, ArtifactEntry] | None = None) -> Verdict:
     """The one decision about a session file (DESIGN §1). "After" is judged by the file's
-    ctime as well as its mtime, which an agent sets at will."""
-    written = written_at(mtime_ns, ctime_ns)
-    if tomb is not None and written <= tomb.deleted_at:
+    ctime as well as its mtime, which an agent sets at will. `entries`: the run's entries
+    by filename (`by_filename`), so a batch of many files looks each up once, not by a walk
+    of the whole run per file (issue 15: that made one big run quadratic)."""
+    if tomb is not None and written_at(mtime_ns, ctime_ns) <= tomb.deleted_at:
         return Verdict.DELETED
     mtime = file_time(mtime_ns)
     if mtime is None:
         return Verdict.BAD_TIME
     if meta is None:
         return Verdict.PROMOTE
-    removed_at = meta.removed_at(filename)
-    if removed_at is not None and written <= removed_at:
+    removed_at = meta.removed_at(filename) if meta.removed else None
+    if removed_at is not None and written_at(mtime_ns, ctime_ns) <= removed_at:
         return Verdict.REMOVED
-    old = meta.entry(filename)
+    old = meta.entry(filename) if entries is None else entries.get(filename)
     if old is not None and old.size_bytes == size and old.generated_at == mtime:
         return Verdict.UNCHANGED
     return Verdict.PROMOTE
 
 
 def needs_promotion(meta: RunMetadata | None, tomb: Tombstone | None, filename: str, size: int,
-                    mtime_ns: int, ctime_ns: int) -> bool:
+                    mtime_ns: int, ctime_ns: int,
+                    entries: Mapping[str, ArtifactEntry] | None = None) -> bool:
     """True when the file is to be offered for promotion (a bad time is offered, to be
     refused once by the promotion, DESIGN §6)."""
-    return verdict(meta, tomb, filename, size, mtime_ns, ctime_ns) in (Verdict.PROMOTE,
-                                                                       Verdict.BAD_TIME)
+    return verdict(meta, tomb, filename, size, mtime_ns, ctime_ns, entries) in (
+        Verdict.PROMOTE, Verdict.BAD_TIME)
+
+
+def by_filename(meta: RunMetadata | None) -> dict[str, ArtifactEntry]:
+    """The run's entries by filename, the first of any repeated name (as `meta.entry`)."""
+    index: dict[str, ArtifactEntry] = {}
+    for item in meta.artifacts if meta is not None else ():
+        index.setdefault(item.filename, item)
+    return index
 
 
 def same_copy(entry: ArtifactEntry | None, size: int, mtime_ns: int) -> bool:
@@ -123,6 +136,18 @@ def upsert(meta: RunMetadata, entry: ArtifactEntry) -> RunMetadata:
         "removed": [r for r in meta.removed if r.filename != entry.filename],
         # a file later promoted leaves the rejected list (DESIGN §2)
         "rejected": [r for r in meta.rejected if r.filename != entry.filename]})
+
+
+def upsert_many(meta: RunMetadata, entries: Sequence[ArtifactEntry]) -> RunMetadata:
+    """`upsert` of a whole batch in one pass over the run (names distinct): the same run as
+    upserting each in turn, at the cost of one."""
+    if not entries:
+        return meta
+    new = {e.filename: e for e in entries}
+    return meta.model_copy(update={
+        "artifacts": [a for a in meta.artifacts if a.filename not in new] + list(new.values()),
+        "removed": [r for r in meta.removed if r.filename not in new],
+        "rejected": [r for r in meta.rejected if r.filename not in new]})
 
 
 def remove_entry(meta: RunMetadata, filename: str, at: datetime) -> RunMetadata:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from promoter import rules
-from promoter.backend import LostRace, Relisted, StoredRead
+from promoter.backend import ImmediateBatch, LostRace, Relisted, StoredRead
 from promoter.clock import file_time, format_time, parse_time
 from promoter.context import RunContext
 from promoter.errors import InvalidNameError
@@ -178,6 +178,11 @@ class S3Backend:
         if (after.st_size, after.st_mtime_ns) != (st.st_size, st.st_mtime_ns):
             raise SourceChanged(filename)  # the object holds bytes and their own digest
         return CopyResult(size=stored.size, sha256=stored.sha256 if checksum else None)
+
+    def batch(self, handle: S3Handle, run_id: str, checksum: bool, max_bytes: int,
+              pools: CopyPools | None) -> ImmediateBatch[S3Handle]:
+        """Each object is durable once its PUT completed: nothing to batch."""
+        return ImmediateBatch(self, handle, run_id, checksum, max_bytes, pools)
 
     def sync_folders(self, handle: S3Handle, run_id: str,
                      folders: Iterable[tuple[str, ...]]) -> None:

@@ -35,6 +35,7 @@ __all__ = [
     "open_regular",
     "out_of_descriptors",
     "remove_tree",
+    "stage_copy",
     "temp_name",
 ]
 
@@ -274,9 +275,15 @@ def _write_all(fd: int, data: memoryview) -> None:
         data = data[written:]
 
 
+_buffers = threading.local()
+
+
 def _chunks(src_fd: int) -> Iterator[memoryview]:
-    """Read the source in chunks, alternating two buffers so one can be written meanwhile."""
-    buffers = (bytearray(CHUNK), bytearray(CHUNK))
+    """Read the source in chunks into two buffers, alternating so one can be written
+    meanwhile; the thread's own, made once (a fresh 2 MiB a file cost more than a 4 KiB copy)."""
+    buffers: tuple[bytearray, bytearray] | None = getattr(_buffers, "pair", None)
+    if buffers is None:
+        buffers = _buffers.pair = (bytearray(CHUNK), bytearray(CHUNK))
     turn = 0
     while True:
         buf = buffers[turn]
@@ -296,13 +303,37 @@ def copy_and_hash(
     max_bytes: int,
     pools: CopyPools | None = None,
 ) -> CopyResult:
-    """Copy an open source into `dst_dir_fd/dst_name` atomically, hashing the bytes copied.
+    """`stage_copy`, then flush and rename: one file copied atomically and durably."""
+    out, tmp, result = stage_copy(src_fd, src_stat, dst_dir_fd, dst_name, checksum, max_bytes,
+                                  pools)
+    try:
+        try:
+            os.fsync(out)
+        finally:
+            os.close(out)
+        os.rename(tmp, dst_name, src_dir_fd=dst_dir_fd, dst_dir_fd=dst_dir_fd)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp, dir_fd=dst_dir_fd)
+        raise
+    return result
 
-    Each chunk is read once; with `pools`, it is written by a helper thread while this
-    thread hashes it (hashlib and os.write both release the GIL), so a large file costs
-    about the slower of copying and hashing, not their sum. The copy is renamed
-    into place only if the source kept its size and times throughout; otherwise
-    SourceChanged is raised and nothing is left behind.
+
+def stage_copy(
+    src_fd: int,
+    src_stat: os.stat_result,
+    dst_dir_fd: int,
+    dst_name: str,
+    checksum: bool,
+    max_bytes: int,
+    pools: CopyPools | None = None,
+) -> tuple[int, str, CopyResult]:
+    """Copy an open source into a new temp beside `dst_name`, hashing the bytes copied;
+    (the temp's open descriptor, its name, the result). Not flushed, not renamed: the
+    caller (`copy_and_hash`, `batchcopy.CopyBatch`) does both, in that order. Each chunk
+    is read once; with `pools`, a helper thread writes it while this one hashes it (both
+    release the GIL): a large file costs the slower of copy and hash, not their sum.
+    SourceChanged unless the source kept its size and times; nothing left on any error.
     """
     tmp = temp_name(dst_name)
     out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
@@ -310,47 +341,45 @@ def copy_and_hash(
     digest = hashlib.sha256() if checksum else None
     size = 0
     try:
-        try:
-            pending: Future[None] | None = None
-            flushing: Future[None] | None = None
-            unflushed = 0
-            for chunk in _chunks(src_fd):
-                size += len(chunk)
-                if size > max_bytes:
-                    raise Refused(f"grew over the max_file_bytes limit ({max_bytes}) while copied")
-                if pending is not None:
-                    pending.result()
-                if pools is None or (pending is None and size == src_stat.st_size):
-                    _write_all(out, chunk)  # a small file is one chunk: no hand-off
-                    if digest is not None:
-                        digest.update(chunk)
-                    continue
-                pending = pools.writer.submit(_write_all, out, chunk)
-                if digest is not None:
-                    digest.update(chunk)
-                unflushed += len(chunk)
-                if unflushed >= FLUSH_EVERY and (flushing is None or flushing.done()):
-                    # Start writeback early, so the final fsync does not wait for the
-                    # whole file: the disk writes while we go on reading and hashing.
-                    unflushed = 0
-                    flushing = pools.flusher.submit(os.fdatasync, out)
+        pending: Future[None] | None = None
+        flushing: Future[None] | None = None
+        unflushed = 0
+        for chunk in _chunks(src_fd):
+            size += len(chunk)
+            if size > max_bytes:
+                raise Refused(f"grew over the max_file_bytes limit ({max_bytes}) while copied")
             if pending is not None:
                 pending.result()
-            if flushing is not None:
-                flushing.result()
-            os.fsync(out)
-            os.utime(out, ns=(src_stat.st_atime_ns, src_stat.st_mtime_ns))
-        finally:
-            os.close(out)
+            if pools is None or (pending is None and size == src_stat.st_size):
+                _write_all(out, chunk)  # a small file is one chunk: no hand-off
+                if digest is not None:
+                    digest.update(chunk)
+                continue
+            pending = pools.writer.submit(_write_all, out, chunk)
+            if digest is not None:
+                digest.update(chunk)
+            unflushed += len(chunk)
+            if unflushed >= FLUSH_EVERY and (flushing is None or flushing.done()):
+                # Start writeback early, so the final flush does not wait for the
+                # whole file: the disk writes while we go on reading and hashing.
+                unflushed = 0
+                flushing = pools.flusher.submit(os.fdatasync, out)
+        if pending is not None:
+            pending.result()
+        if flushing is not None:
+            flushing.result()
+        os.utime(out, ns=(src_stat.st_atime_ns, src_stat.st_mtime_ns))
         after = os.fstat(src_fd)
         if size != src_stat.st_size or not _same_version(src_stat, after):
             raise SourceChanged("source changed during the copy")
-        os.rename(tmp, dst_name, src_dir_fd=dst_dir_fd, dst_dir_fd=dst_dir_fd)
     except BaseException:
+        with contextlib.suppress(OSError):
+            os.close(out)
         with contextlib.suppress(OSError):
             os.unlink(tmp, dir_fd=dst_dir_fd)
         raise
-    return CopyResult(size=size, sha256=digest.hexdigest() if digest is not None else None)
+    return out, tmp, CopyResult(size=size, sha256=digest.hexdigest() if digest is not None
+                                else None)
 
 
 def out_of_descriptors(exc: BaseException) -> bool:

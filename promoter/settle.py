@@ -206,8 +206,9 @@ class Settler:
             if run.in_flight:
                 continue  # its files wait for the batch in flight, then go together
             names = [n for n, f in run.files.items() if f.phase is Phase.READY]
-            chunk = names[: self.max_batch]
-            if len(names) <= self.max_batch:
+            limit = run.limit or self.max_batch
+            chunk = names[:limit]
+            if len(names) <= limit:
                 self._ready.discard(run_id)
             chores = run.chores_ready
             batch = Batch(run_id, tuple(chunk), context=chores and run.context,
@@ -224,13 +225,14 @@ class Settler:
         return out
 
     def done(self, batch: Batch, retry: Collection[str], now: int,
-             retry_run: bool = False) -> None:
+             retry_run: bool = False, limit: int = 0) -> None:
         """A worker finished `batch`. Files named in `retry`, and with `retry_run` its run
-        chores, are tried again after a backoff."""
+        chores, are tried again after a backoff. `limit`: the run's batches from now on."""
         run = self._runs.get(batch.run_id)
         if run is None:
             return
         run.in_flight = max(run.in_flight - 1, 0)
+        run.limit = limit or run.limit
         for name in batch.filenames:
             f = run.files.get(name)
             if f is None or f.phase is not Phase.FLIGHT:
@@ -285,9 +287,10 @@ class Settler:
                          f.closed or (run_id, n) in steady))]
             for name in names:
                 run.files[name].phase = Phase.FLIGHT
-            for start in range(0, max(len(names), 1), self.max_batch):
+            limit = run.limit or self.max_batch
+            for start in range(0, max(len(names), 1), limit):
                 first = start == 0
-                batch = Batch(run_id, tuple(names[start:start + self.max_batch]),
+                batch = Batch(run_id, tuple(names[start:start + limit]),
                               context=first and run.context, completed=first and run.completed)
                 if batch.filenames or batch.context or batch.completed:
                     run.in_flight += 1

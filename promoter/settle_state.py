@@ -77,6 +77,7 @@ class RunState:
     chore_attempts: int = 0
     in_flight: int = 0
     queued_at: int | None = None  # deadline of the run's live heap entry
+    limit: int = 0  # files in one batch of this run (0: the settler's max_batch); done() sets it
 
     def empty(self) -> bool:
         return (not self.files and not self.context and not self.completed

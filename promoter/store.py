@@ -90,29 +90,31 @@ class Store(StoreCore):
     def _promote_batch(self, art: Any, sessions: int, run_id: str, names: list[str],
                        ctx: Any, stored: dict[str, tuple[tuple[int, int, int], CopyResult]]
                        ) -> list[PromoteResult]:
-        meta = self.load_for_update(art, run_id)
+        meta = self.load_current(art, run_id)
         tomb = self.read_tombstone(run_id)
         created = meta is None or meta.status == "deleting"
         if meta is None or meta.status == "deleting":
             meta = rules.new_run(run_id, ctx, self.clock.now(), self.config.retention)
         limits = self.config.promote
+        with self.disk.batch(art, run_id, self._checksum, limits.max_file_bytes,
+                             self.pools) as batch:
 
-        def put(name: str, src: int, st: os.stat_result) -> CopyResult:
-            version = (st.st_size, st.st_mtime_ns, st.st_ino)
-            if name in stored and stored[name][0] == version:
-                return stored[name][1]  # sent in an attempt that lost its race
-            copied = self.disk.put_file(art, run_id, name, src, st, self._checksum,
-                                        limits.max_file_bytes, self.pools,
-                                        agent_id=rules.agent_for(ctx, name))
-            stored[name] = (version, copied)
-            return copied
+            def put(name: str, src: int, st: os.stat_result) -> CopyResult:
+                version = (st.st_size, st.st_mtime_ns, st.st_ino)
+                if name in stored and stored[name][0] == version:
+                    return stored[name][1]  # sent in an attempt that lost its race
+                copied = batch.put(name, src, st, agent_id=rules.agent_for(ctx, name))
+                stored[name] = (version, copied)
+                return copied
 
-        results: list[PromoteResult] = []
-        for name in names:
-            result = promotion.promote_one(self.config, sessions, put, meta, tomb, ctx, name)
-            results.append(result)
-            if result.outcome is Outcome.PROMOTED and result.entry is not None:
-                meta = rules.upsert(meta, result.entry)
+            results, fresh = promotion.promote_batch(self.config, sessions, put, meta, tomb,
+                                                     ctx, names)
+            # every copy durable and in place (its folder flushed) before an entry names it
+            failed = batch.commit()
+        if failed:
+            results = promotion.failed_renames(results, failed)
+            fresh = [e for e in fresh if e.filename not in failed]
+        meta = rules.upsert_many(meta, fresh)
         changed = any(r.outcome is Outcome.PROMOTED for r in results)
         if changed or not created:  # a refusal alone never creates a run
             for r in results:
@@ -125,8 +127,8 @@ class Store(StoreCore):
             meta, context_changed = self.apply_context(meta, ctx)
             changed = context_changed or changed
         if changed:
-            self._sync_folders(art, run_id, results)
             self.write_metadata(art, meta)
+            self.remember_local(run_id, meta)  # the next batch need not parse it again
             if created:
                 log.info(events.RUN_CREATED, run_id=run_id, workflow_id=meta.workflow_id,
                          expires_at=format_time(meta.expires_at))
@@ -139,11 +141,6 @@ class Store(StoreCore):
                  if r.outcome is Outcome.PROMOTED and r.entry is not None]
         with contextlib.suppress(StoreIOError):  # logged (audit.failed) by the auditor
             self.audit.record(batch)
-
-    def _sync_folders(self, art: Any, run_id: str, results: list[PromoteResult]) -> None:
-        """Make the batch's renames durable, one fsync per folder, before any entry names them."""
-        self.disk.sync_folders(art, run_id, {tuple(r.filename.split("/")[:-1]) for r in results
-                                             if r.outcome is Outcome.PROMOTED})
 
     # -- deletion (deletion.py) ----------------------------------------------------------
 

@@ -28,7 +28,7 @@ from promoter.clock import Clock, SystemClock
 from promoter.config import Config
 from promoter.context import AttributionReader, RunContext, read_run_json
 from promoter.errors import NotFoundError, StoreIOError
-from promoter.localdisk import Oversized
+from promoter.localdisk import LocalDisk, Oversized
 from promoter.logs import get_logger
 from promoter.metadata import RunMetadata, Tombstone
 from promoter.names import check_run_id
@@ -166,6 +166,21 @@ class StoreCore:
         if version is not None:
             self._cache[run_id] = (version, meta)
 
+    def remember_local(self, run_id: str, meta: RunMetadata) -> None:
+        """`remember` on the local disk (its lock held, the version tag the file's own): a big
+        run's next batch starts from it, not a parse (issue 15). An object store's write
+        session needs the ETag of its own read."""
+        if isinstance(self.disk, LocalDisk):
+            self.remember(run_id, meta)
+
+    def load_current(self, art: Any, run_id: str) -> RunMetadata | None:
+        """In a write session: the metadata, the remembered model when current (shared)."""
+        cached = self._cache.get(run_id)
+        if cached is not None and isinstance(self.disk, LocalDisk) \
+                and cached[0] == self.disk.meta_version(run_id):
+            return cached[1]
+        return self.load_for_update(art, run_id)
+
     def get_run(self, run_id: str) -> RunMetadata:
         """The run's metadata, or NotFoundError."""
         meta = self.read_run(run_id)
@@ -300,7 +315,7 @@ class StoreCore:
         ctx = self.context(run_id)
 
         def apply(art: Any) -> RunMetadata | None:
-            meta = self.load_for_update(art, run_id)
+            meta = self.load_current(art, run_id)  # shared: apply_context copies to change
             if meta is None or meta.status == "deleting":
                 return None
             meta, changed = self.apply_context(meta, ctx)
