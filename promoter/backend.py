@@ -81,6 +81,9 @@ class Backend(Protocol[H]):
     """Bytes and metadata of runs, with version tags; no rule lives here."""
 
     marks_deletion: bool
+    put_concurrency: int
+    """How many files of one batch the store puts at once: 1 on the local disk (its copies
+    have their own helper threads), more on an object store, where a PUT waits on the network."""
     """True where deleting a run is not one atomic step (an object store): the store then
     marks the metadata `"status": "deleting"` with a conditional write first (DESIGN §10)."""
 

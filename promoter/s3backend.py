@@ -14,6 +14,7 @@ import contextlib
 import errno
 import hashlib
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ from promoter.s3errors import SourceChanged as UploadChanged
 from promoter.s3layout import (
     file_key,
     meta_key,
+    part_size_for,
     relpath_from_file_key,
     run_id_from_meta_key,
     tombstone_key,
@@ -44,6 +46,7 @@ __all__ = ["S3Backend", "S3Handle"]
 
 STALE_UPLOAD = timedelta(hours=1)  # multipart uploads older than this are a crash's (§10)
 RELIST_MARGIN = timedelta(minutes=5)  # clock skew between a host and the store
+PUT_CONCURRENCY = 32  # files of one batch uploaded at once (small files are latency-bound)
 LISTING_FRESH_S = 10.0  # a listing's ETags stand for the runs' versions this long
 
 
@@ -54,16 +57,44 @@ class S3Handle:
     etags: dict[str, str | None] = field(default_factory=dict)
 
 
+class ByteBudget:
+    """At most `limit` bytes of uploads buffered at once, over every thread: a file up to
+    the multipart threshold is read whole before its PUT, a larger one holds 4 parts."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.free = limit
+        self._cond = threading.Condition()
+
+    @contextlib.contextmanager
+    def take(self, size: int) -> Iterator[None]:
+        want = min(max(size, 1), self.limit)
+        with self._cond:
+            self._cond.wait_for(lambda: self.free >= want)
+            self.free -= want
+        try:
+            yield
+        finally:
+            with self._cond:
+                self.free += want
+                self._cond.notify_all()
+
+
 class S3Backend:
     """Runs, stored files and tombstones as objects under the configured prefix."""
 
     marks_deletion = True  # many objects cannot leave in one step: mark, then delete (§10)
+    put_concurrency = PUT_CONCURRENCY  # a batch's files go up in parallel (Store)
 
     def __init__(self, objects: ObjectStore) -> None:
         self.objects = objects
         self.prefix = objects.prefix
         self._listed: dict[str, str] = {}  # ETags of the last listing, each used once
         self._listed_at = 0.0
+        # memory bound for uploads in flight: four parts of a multipart upload, or files
+        # up to the threshold read whole, whichever is larger
+        threshold = objects.settings.multipart_threshold_bytes
+        self.budget = ByteBudget(max(4 * part_size_for(threshold + 1), threshold))
         self._probed = False
 
     # -- the store ----------------------------------------------------------------------------
@@ -167,9 +198,10 @@ class S3Backend:
         when = file_time(st.st_mtime_ns)
         fields = EntryFields(filename=filename, agent_id=agent_id,
                              generated_at=format_time(when) if when is not None else "")
+        key = file_key(self.prefix, run_id, filename)
         try:
-            stored = self.objects.put_file(file_key(self.prefix, run_id, filename), src,
-                                           st.st_size, fields)
+            with self.budget.take(self._buffered(st.st_size)):
+                stored = self.objects.put_file(key, src, st.st_size, fields)
         except UploadChanged:
             raise SourceChanged(filename) from None
         except (ObjectRefused, InvalidNameError) as exc:  # this file, for good: a refusal
@@ -178,6 +210,12 @@ class S3Backend:
         if (after.st_size, after.st_mtime_ns) != (st.st_size, st.st_mtime_ns):
             raise SourceChanged(filename)  # the object holds bytes and their own digest
         return CopyResult(size=stored.size, sha256=stored.sha256 if checksum else None)
+
+    def _buffered(self, size: int) -> int:
+        """Bytes an upload of `size` holds in memory at once."""
+        if size <= self.objects.settings.multipart_threshold_bytes:
+            return size
+        return 4 * part_size_for(size)  # objectstore.UPLOAD_CONCURRENCY parts
 
     def sync_folders(self, handle: S3Handle, run_id: str,
                      folders: Iterable[tuple[str, ...]]) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any
 
@@ -18,6 +19,7 @@ from promoter.backend import StoredRead, TooManyRaces
 from promoter.clock import format_time
 from promoter.deletion import DeleteReport
 from promoter.errors import ConflictError, NotFoundError, StoreIOError
+from promoter.layout import session_file
 from promoter.library import LibraryFile
 from promoter.localdisk import LockFileError
 from promoter.logs import get_logger
@@ -107,12 +109,29 @@ class Store(StoreCore):
             stored[name] = (version, copied)
             return copied
 
-        results: list[PromoteResult] = []
-        for name in names:
-            result = promotion.promote_one(self.config, sessions, put, meta, tomb, ctx, name)
-            results.append(result)
-            if result.outcome is Outcome.PROMOTED and result.entry is not None:
-                meta = rules.upsert(meta, result.entry)
+        workers = min(self.disk.put_concurrency, len(names))
+        if workers > 1 and self._fits_run(meta, run_id, names):
+            # an object store: PUTs wait on the network, so several go at once; each name is
+            # judged on the batch's starting metadata (names are distinct, and the batch
+            # cannot pass max_run_bytes, the one limit the files judge together)
+            start = meta
+
+            def decide(name: str) -> PromoteResult:
+                return promotion.promote_one(self.config, sessions, put, start, tomb, ctx, name)
+
+            with ThreadPoolExecutor(workers, thread_name_prefix="promoter-put") as pool:
+                results = list(pool.map(decide, names))
+            for result in results:
+                if result.outcome is Outcome.PROMOTED and result.entry is not None:
+                    meta = rules.upsert(meta, result.entry)
+        else:
+            results = []
+            for name in names:
+                result = promotion.promote_one(self.config, sessions, put, meta, tomb, ctx,
+                                               name)
+                results.append(result)
+                if result.outcome is Outcome.PROMOTED and result.entry is not None:
+                    meta = rules.upsert(meta, result.entry)
         changed = any(r.outcome is Outcome.PROMOTED for r in results)
         if changed or not created:  # a refusal alone never creates a run
             for r in results:
@@ -131,6 +150,16 @@ class Store(StoreCore):
                 log.info(events.RUN_CREATED, run_id=run_id, workflow_id=meta.workflow_id,
                          expires_at=format_time(meta.expires_at))
         return results
+
+    def _fits_run(self, meta: RunMetadata, run_id: str, names: list[str]) -> bool:
+        """Whether the run stays within max_run_bytes even if every named file is added
+        (their sizes now, by stat; a file that cannot be seen counts as nothing)."""
+        total = meta.total_bytes
+        for name in names:
+            with contextlib.suppress(OSError, ValueError):
+                total += os.stat(session_file(self.sessions_path, run_id, name),
+                                 follow_symlinks=False).st_size
+        return total <= self.config.promote.max_run_bytes
 
     def _journal_promoted(self, results: list[PromoteResult]) -> None:
         """The batch's promotions: one journal write; a journal failure never stops promotion."""
