@@ -18,7 +18,9 @@ The library (`library.Library`, `s3library.S3Library`) and the audit journal
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 from collections.abc import Callable, Hashable, Iterable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -31,7 +33,7 @@ from promoter.errors import ConflictError, StoreIOError
 from promoter.metadata import ArtifactEntry, RunMetadata
 from promoter.safeio import CopyPools, CopyResult
 
-__all__ = ["Backend", "FileBatch", "ImmediateBatch", "LostRace", "Relisted", "Shrank",
+__all__ = ["Backend", "ByteBudget", "FileBatch", "ImmediateBatch", "LostRace", "Relisted", "Shrank",
            "StoredRead", "TooManyRaces", "fd_read"]
 
 H = TypeVar("H")
@@ -98,6 +100,9 @@ class Backend(Protocol[H]):
     """Bytes and metadata of runs, with version tags; no rule lives here."""
 
     marks_deletion: bool
+    put_concurrency: int
+    """How many files of one batch the store puts at once: 1 on the local disk (its copies
+    have their own helper threads), more on an object store, where a PUT waits on the network."""
     """True where deleting a run is not one atomic step (an object store): the store then
     marks the metadata `"status": "deleting"` with a conditional write first (DESIGN §10)."""
 
@@ -246,3 +251,26 @@ def fd_read(fd: int, st: os.stat_result) -> StoredRead:
 
     return StoredRead(size=st.st_size, mtime_ns=st.st_mtime_ns, sha256=None, _chunks=chunks,
                       _close=close, fd=fd)
+
+
+class ByteBudget:
+    """At most `limit` bytes of uploads buffered at once, over every thread: a file up to
+    the multipart threshold is read whole before its PUT, a larger one holds 4 parts."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.free = limit
+        self._cond = threading.Condition()
+
+    @contextlib.contextmanager
+    def take(self, size: int) -> Iterator[None]:
+        want = min(max(size, 1), self.limit)
+        with self._cond:
+            self._cond.wait_for(lambda: self.free >= want)
+            self.free -= want
+        try:
+            yield
+        finally:
+            with self._cond:
+                self.free += want
+                self._cond.notify_all()

@@ -60,6 +60,7 @@ class LocalDisk:
     """How bytes and metadata are kept on the local disk; the Store decides what they say."""
 
     marks_deletion = False  # a run leaves in one rename into the trash
+    put_concurrency = 1  # copies use the pipeline's helper threads (safeio.CopyPools)
 
     def __init__(self, artifacts: Path) -> None:
         self.path = artifacts

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from enum import Enum
 from typing import Any
@@ -28,7 +29,7 @@ from promoter.rules import Verdict
 from promoter.safeio import CopyResult, Refused, SourceChanged, open_dir_chain, open_regular
 
 __all__ = ["RETRY", "Outcome", "PromoteResult", "SourceFolders", "copy_in", "failed_renames",
-           "log_results", "promote_batch", "promote_one"]
+           "log_results", "promote_batch", "promote_one", "promote_parallel"]
 
 log = get_logger()
 PutFile = Callable[[str, int, os.stat_result], CopyResult]
@@ -116,6 +117,29 @@ def promote_batch(config: Config, sessions: int, put: PutFile, meta: RunMetadata
                 fresh.append(r.entry)
     finally:
         folders.close()
+    return results, fresh
+
+
+def promote_parallel(config: Config, sessions: int, put: PutFile, meta: RunMetadata,
+                     tomb: Tombstone | None, ctx: RunContext, names: list[str],
+                     workers: int) -> tuple[list[PromoteResult], list[ArtifactEntry]]:
+    """`promote_batch` with `workers` files in flight, for a backend whose puts wait on the
+    network (an object store). Each name is judged on the batch's starting metadata: names
+    are distinct, and the caller has checked that the batch cannot pass max_run_bytes, the
+    one limit the files judge together. Each thread holds its own source folders."""
+    entries = rules.by_filename(meta)
+
+    def decide(name: str) -> PromoteResult:
+        folders = SourceFolders(sessions, meta.run_id)
+        try:
+            return promote_one(config, folders, put, meta, tomb, ctx, name, entries,
+                               meta.total_bytes)
+        finally:
+            folders.close()
+
+    with ThreadPoolExecutor(workers, thread_name_prefix="promoter-put") as pool:
+        results = list(pool.map(decide, names))
+    fresh = [r.entry for r in results if r.outcome is Outcome.PROMOTED and r.entry is not None]
     return results, fresh
 
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from promoter import rules
-from promoter.backend import ImmediateBatch, LostRace, Relisted, StoredRead
+from promoter.backend import ByteBudget, ImmediateBatch, LostRace, Relisted, StoredRead
 from promoter.clock import file_time, format_time, parse_time
 from promoter.context import RunContext
 from promoter.errors import InvalidNameError
@@ -34,6 +34,7 @@ from promoter.s3errors import SourceChanged as UploadChanged
 from promoter.s3layout import (
     file_key,
     meta_key,
+    part_size_for,
     relpath_from_file_key,
     run_id_from_meta_key,
     tombstone_key,
@@ -44,6 +45,7 @@ __all__ = ["S3Backend", "S3Handle"]
 
 STALE_UPLOAD = timedelta(hours=1)  # multipart uploads older than this are a crash's (§10)
 RELIST_MARGIN = timedelta(minutes=5)  # clock skew between a host and the store
+PUT_CONCURRENCY = 32  # files of one batch uploaded at once (small files are latency-bound)
 LISTING_FRESH_S = 10.0  # a listing's ETags stand for the runs' versions this long
 
 
@@ -58,12 +60,17 @@ class S3Backend:
     """Runs, stored files and tombstones as objects under the configured prefix."""
 
     marks_deletion = True  # many objects cannot leave in one step: mark, then delete (§10)
+    put_concurrency = PUT_CONCURRENCY  # a batch's files go up in parallel (Store)
 
     def __init__(self, objects: ObjectStore) -> None:
         self.objects = objects
         self.prefix = objects.prefix
         self._listed: dict[str, str] = {}  # ETags of the last listing, each used once
         self._listed_at = 0.0
+        # memory bound for uploads in flight: four parts of a multipart upload, or files
+        # up to the threshold read whole, whichever is larger
+        threshold = objects.settings.multipart_threshold_bytes
+        self.budget = ByteBudget(max(4 * part_size_for(threshold + 1), threshold))
         self._probed = False
 
     # -- the store ----------------------------------------------------------------------------
@@ -167,9 +174,10 @@ class S3Backend:
         when = file_time(st.st_mtime_ns)
         fields = EntryFields(filename=filename, agent_id=agent_id,
                              generated_at=format_time(when) if when is not None else "")
+        key = file_key(self.prefix, run_id, filename)
         try:
-            stored = self.objects.put_file(file_key(self.prefix, run_id, filename), src,
-                                           st.st_size, fields)
+            with self.budget.take(self._buffered(st.st_size)):
+                stored = self.objects.put_file(key, src, st.st_size, fields)
         except UploadChanged:
             raise SourceChanged(filename) from None
         except (ObjectRefused, InvalidNameError) as exc:  # this file, for good: a refusal
@@ -183,6 +191,12 @@ class S3Backend:
               pools: CopyPools | None) -> ImmediateBatch[S3Handle]:
         """Each object is durable once its PUT completed: nothing to batch."""
         return ImmediateBatch(self, handle, run_id, checksum, max_bytes, pools)
+
+    def _buffered(self, size: int) -> int:
+        """Bytes an upload of `size` holds in memory at once."""
+        if size <= self.objects.settings.multipart_threshold_bytes:
+            return size
+        return 4 * part_size_for(size)  # objectstore.UPLOAD_CONCURRENCY parts
 
     def sync_folders(self, handle: S3Handle, run_id: str,
                      folders: Iterable[tuple[str, ...]]) -> None:

@@ -18,6 +18,7 @@ from promoter.backend import StoredRead, TooManyRaces
 from promoter.clock import format_time
 from promoter.deletion import DeleteReport
 from promoter.errors import ConflictError, NotFoundError, StoreIOError
+from promoter.layout import session_file
 from promoter.library import LibraryFile
 from promoter.localdisk import LockFileError
 from promoter.logs import get_logger
@@ -107,8 +108,14 @@ class Store(StoreCore):
                 stored[name] = (version, copied)
                 return copied
 
-            results, fresh = promotion.promote_batch(self.config, sessions, put, meta, tomb,
-                                                     ctx, names)
+            workers = min(self.disk.put_concurrency, len(names))
+            if workers > 1 and self._fits_run(meta, run_id, names):
+                # an object store: PUTs wait on the network, so several go at once
+                results, fresh = promotion.promote_parallel(self.config, sessions, put, meta,
+                                                            tomb, ctx, names, workers)
+            else:
+                results, fresh = promotion.promote_batch(self.config, sessions, put, meta,
+                                                         tomb, ctx, names)
             # every copy durable and in place (its folder flushed) before an entry names it
             failed = batch.commit()
         if failed:
@@ -133,6 +140,16 @@ class Store(StoreCore):
                 log.info(events.RUN_CREATED, run_id=run_id, workflow_id=meta.workflow_id,
                          expires_at=format_time(meta.expires_at))
         return results
+
+    def _fits_run(self, meta: RunMetadata, run_id: str, names: list[str]) -> bool:
+        """Whether the run stays within max_run_bytes even if every named file is added
+        (their sizes now, by stat; a file that cannot be seen counts as nothing)."""
+        total = meta.total_bytes
+        for name in names:
+            with contextlib.suppress(OSError, ValueError):
+                total += os.stat(session_file(self.sessions_path, run_id, name),
+                                 follow_symlinks=False).st_size
+        return total <= self.config.promote.max_run_bytes
 
     def _journal_promoted(self, results: list[PromoteResult]) -> None:
         """The batch's promotions: one journal write; a journal failure never stops promotion."""

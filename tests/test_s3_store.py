@@ -311,3 +311,43 @@ def test_an_upload_that_raced_a_deletion_never_brings_it_back(
     store.repair("r1")
     assert [a.filename for a in store.get_run("r1").artifacts] == ["late.txt"]
     assert _keys(objstore, "files/") == ["files/r1/late.txt"]
+
+
+def test_a_batch_that_could_pass_max_run_bytes_is_judged_file_by_file(
+        tmp_path: Path, s3_server: S3Server, s3_bucket: str, s3_prefix: str) -> None:
+    """Files of a batch go up in parallel only when all of them fit the run's limit; else
+    each is judged after the ones before it, as on folders."""
+    store = s3_store(tmp_path, s3_server, s3_bucket, s3_prefix,
+                     PROMOTER_PROMOTE__MAX_RUN_BYTES="10")
+    for name in ("a", "b", "c"):
+        write_session_file(tmp_path, "r1", name, b"1234")
+    outcomes = [r.outcome for r in store.promote_files("r1", ["a", "b", "c"])]
+    assert outcomes == [Outcome.PROMOTED, Outcome.PROMOTED, Outcome.REJECTED]
+    assert _keys(objstore_of(store), "files/") == ["files/r1/a", "files/r1/b"]
+
+
+def objstore_of(store: Store) -> ObjectStore:
+    from promoter.s3backend import S3Backend
+
+    assert isinstance(store.disk, S3Backend)
+    return store.disk.objects
+
+
+def test_the_upload_budget_bounds_bytes_in_flight() -> None:
+    """ByteBudget lets uploads through while their bytes fit and makes the next wait."""
+    from promoter.s3backend import ByteBudget
+
+    budget = ByteBudget(10)
+    entered = threading.Event()
+    with budget.take(6):
+        def second() -> None:
+            with budget.take(6):
+                entered.set()
+
+        t = threading.Thread(target=second)
+        t.start()
+        assert not entered.wait(0.2) and budget.free == 4
+    t.join(10)
+    assert entered.is_set() and budget.free == 10
+    with budget.take(50):  # larger than the whole budget: takes all of it, alone
+        assert budget.free == 0
