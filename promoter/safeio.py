@@ -216,8 +216,11 @@ def fsync_dir(dir_fd: int) -> None:
         os.fsync(dir_fd)
 
 
-def atomic_write_bytes(dir_fd: int, name: str, data: bytes, durable: bool = True) -> None:
-    """Replace `name` in the folder with `data`: temp file, flush, rename, flush the folder."""
+def atomic_write_bytes(dir_fd: int, name: str, data: bytes,
+                       durable: bool = True) -> os.stat_result:
+    """Replace `name` in the folder with `data`: temp file, flush, rename, flush the folder.
+    Returns the written file's stat, taken before the rename: a change made to `name` after
+    it (by anyone) shows in its inode, mtime or size."""
     tmp = temp_name(name)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                  0o644, dir_fd=dir_fd)
@@ -229,6 +232,7 @@ def atomic_write_bytes(dir_fd: int, name: str, data: bytes, durable: bool = True
                 view = view[written:]
             if durable:
                 os.fsync(fd)
+            st = os.fstat(fd)
         finally:
             os.close(fd)
         os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
@@ -238,6 +242,7 @@ def atomic_write_bytes(dir_fd: int, name: str, data: bytes, durable: bool = True
         raise
     if durable:
         fsync_dir(dir_fd)
+    return st
 
 
 @dataclass(frozen=True)
