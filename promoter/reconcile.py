@@ -285,13 +285,11 @@ def _promote_run(store: Store, run_id: str, names: list[str],
     """One run's files in batches as large as the daemon's (pipeline.batch_limit, growing with
     the run), the stop looked at between them: the whole run in one batch could not be
     stopped (a SIGTERM waited 23 s for 6,000 files) and a kill lost every copy (probe-15)."""
-    from promoter.pipeline import batch_limit  # pipeline imports this module: not at the top
-
     results: list[PromoteResult] = []
     start = 0
     while start < len(names) and not stop.is_set():
         meta = store.cached_run(run_id)
-        chunk = names[start:start + batch_limit(len(meta.artifacts) if meta else 0)]
+        chunk = names[start:start + rules.batch_limit(len(meta.artifacts) if meta else 0)]
         start += len(chunk)
         results += store.promote_files(run_id, chunk)
     return results

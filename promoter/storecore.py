@@ -162,15 +162,12 @@ class StoreCore:
     def remember(self, run_id: str, meta: RunMetadata, version: Hashable | None = None) -> None:
         """In a write session: `meta` is what the metadata holds now, so readers need not
         parse it again (start-up repair reads every run once; the catch-up then reuses it).
-        `version`: the tag `write_metadata` returned for `meta`; a `stat` taken after the
-        write would also tag a change someone made since, which the cache then hid and the
-        next batch overwrote (probe-15)."""
+        `version`: `write_metadata`'s (a later stat tagged others' changes as ours, probe-15)."""
         version = version if version is not None else self.disk.meta_version(run_id)
         if version is not None:
             self._cache[run_id] = (version, meta)
 
-    def remember_local(self, run_id: str, meta: RunMetadata,
-                       version: Hashable | None = None) -> None:
+    def remember_local(self, run_id: str, meta: RunMetadata, version: Hashable | None) -> None:
         """`remember` on the local disk (its lock held, the version tag the file's own): a big
         run's next batch starts from it, not a parse (issue 15). An object store's write
         session needs the ETag of its own read."""
@@ -348,7 +345,6 @@ class StoreCore:
     # -- writing metadata ----------------------------------------------------------------
 
     def write_metadata(self, art: Any, meta: RunMetadata) -> Hashable | None:
-        """Replace the run's metadata; the version tag of what was written, if known."""
         meta.updated_at = self.clock.now()
         meta.host = meta.host or self.host  # the run's own host: the first writer's
         version = self.disk.write_meta(art, meta.run_id, meta.to_json().encode())
