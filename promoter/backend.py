@@ -129,9 +129,10 @@ class Backend(Protocol[H]):
 
     def read_meta(self, handle: H, run_id: str, limit: int) -> bytes | None: ...
 
-    def write_meta(self, handle: H, run_id: str, data: bytes) -> None:
+    def write_meta(self, handle: H, run_id: str, data: bytes) -> Hashable | None:
         """Replace the run's metadata; LostRace when another writer changed it since it was
-        read in this session (never on the local disk, whose lock is held)."""
+        read in this session (never on the local disk, whose lock is held). The version tag
+        of what was written when the backend knows it (the local disk does)."""
         ...
 
     # -- stored files ------------------------------------------------------------------------

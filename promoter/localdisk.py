@@ -173,13 +173,15 @@ class LocalDisk:
         finally:
             os.close(fd)
 
-    def write_meta(self, art: int, run_id: str, data: bytes) -> None:
-        """Replace metadata.json atomically and durably (the run's lock is held)."""
+    def write_meta(self, art: int, run_id: str, data: bytes) -> Version:
+        """Replace metadata.json atomically and durably (the run's lock is held); the version
+        tag of what was written (as `meta_version`), not of what a `stat` finds after it."""
         run_fd = open_dir_chain(art, [run_id], create=True)
         try:
-            atomic_write_bytes(run_fd, METADATA, data)
+            st = atomic_write_bytes(run_fd, METADATA, data)
         finally:
             os.close(run_fd)
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
 
     # -- stored files ------------------------------------------------------------------------
 

@@ -25,6 +25,7 @@ from promoter.layout import session_file
 from promoter.logs import get_logger
 from promoter.metrics import DaemonMetrics
 from promoter.reconcile import Rejections, SessionFile
+from promoter.rules import MAX_BATCH, MIN_BATCH, batch_limit
 from promoter.s3errors import StoreUnavailable
 from promoter.safeio import CopyPools
 from promoter.settle import Batch, FileState, Settler
@@ -36,12 +37,6 @@ log = get_logger()
 MS = 1_000_000
 STEADY_LOOK_S = 0.05  # at shutdown, a file without a close is looked at twice this far apart
 STALL_S = 120.0  # work outstanding and no batch done for this long: the backlog is stuck
-MIN_BATCH, MAX_BATCH = 256, 16_384  # files in a batch: small run, big run (SIGTERM waits)
-
-
-def batch_limit(entries: int) -> int:
-    """Half the run, within MIN_BATCH..MAX_BATCH: fixed batches made one run quadratic."""
-    return max(MIN_BATCH, min(entries // 2, MAX_BATCH))
 
 
 # -- messages to the settle thread (each names what happened; see Pipeline._apply) -------

@@ -24,11 +24,14 @@ from promoter.context import RunContext
 from promoter.metadata import ArtifactEntry, RejectedEntry, RemovedEntry, RunMetadata, Tombstone
 
 __all__ = [
+    "MAX_BATCH",
     "MAX_REJECTED",
+    "MIN_BATCH",
     "Applied",
     "Verdict",
     "agent_for",
     "apply_context",
+    "batch_limit",
     "by_filename",
     "expiry",
     "is_expired",
@@ -44,6 +47,14 @@ __all__ = [
     "upsert_many",
     "verdict",
 ]
+
+MIN_BATCH, MAX_BATCH = 256, 16_384  # files in a batch: small run, big run (SIGTERM waits)
+
+
+def batch_limit(entries: int) -> int:
+    """Half the run, within MIN_BATCH..MAX_BATCH: fixed batches made one run quadratic. The
+    daemon's batches and the catch-up's alike (one batch of a whole run could not stop)."""
+    return max(MIN_BATCH, min(entries // 2, MAX_BATCH))
 
 
 class Verdict(Enum):

@@ -216,8 +216,8 @@ def fsync_dir(dir_fd: int) -> None:
         os.fsync(dir_fd)
 
 
-def atomic_write_bytes(dir_fd: int, name: str, data: bytes, durable: bool = True) -> None:
-    """Replace `name` in the folder with `data`: temp file, flush, rename, flush the folder."""
+def atomic_write_bytes(dir_fd: int, name: str, data: bytes, durable: bool = True) -> os.stat_result:
+    """Replace `name` with `data` (temp, flush, rename, folder flush); the stat as written."""
     tmp = temp_name(name)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                  0o644, dir_fd=dir_fd)
@@ -225,10 +225,10 @@ def atomic_write_bytes(dir_fd: int, name: str, data: bytes, durable: bool = True
         try:
             view = memoryview(data)
             while view:
-                written = os.write(fd, view)
-                view = view[written:]
+                view = view[os.write(fd, view):]
             if durable:
                 os.fsync(fd)
+            st = os.fstat(fd)  # the version of what we wrote, whatever follows the rename
         finally:
             os.close(fd)
         os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
@@ -238,6 +238,7 @@ def atomic_write_bytes(dir_fd: int, name: str, data: bytes, durable: bool = True
         raise
     if durable:
         fsync_dir(dir_fd)
+    return st
 
 
 @dataclass(frozen=True)
@@ -378,8 +379,7 @@ def stage_copy(
         with contextlib.suppress(OSError):
             os.unlink(tmp, dir_fd=dst_dir_fd)
         raise
-    return out, tmp, CopyResult(size=size, sha256=digest.hexdigest() if digest is not None
-                                else None)
+    return out, tmp, CopyResult(size=size, sha256=digest.hexdigest() if digest else None)
 
 
 def out_of_descriptors(exc: BaseException) -> bool:

@@ -134,8 +134,8 @@ class Store(StoreCore):
             meta, context_changed = self.apply_context(meta, ctx)
             changed = context_changed or changed
         if changed:
-            self.write_metadata(art, meta)
-            self.remember_local(run_id, meta)  # the next batch need not parse it again
+            written = self.write_metadata(art, meta)
+            self.remember_local(run_id, meta, written)  # the next batch need not parse it
             if created:
                 log.info(events.RUN_CREATED, run_id=run_id, workflow_id=meta.workflow_id,
                          expires_at=format_time(meta.expires_at))

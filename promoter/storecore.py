@@ -159,19 +159,20 @@ class StoreCore:
             return None
         return cached[1] if cached[0] == self.disk.meta_version(run_id) else None
 
-    def remember(self, run_id: str, meta: RunMetadata) -> None:
+    def remember(self, run_id: str, meta: RunMetadata, version: Hashable | None = None) -> None:
         """In a write session: `meta` is what the metadata holds now, so readers need not
-        parse it again (start-up repair reads every run once; the catch-up then reuses it)."""
-        version = self.disk.meta_version(run_id)
+        parse it again (start-up repair reads every run once; the catch-up then reuses it).
+        `version`: `write_metadata`'s (a later stat tagged others' changes as ours, probe-15)."""
+        version = version if version is not None else self.disk.meta_version(run_id)
         if version is not None:
             self._cache[run_id] = (version, meta)
 
-    def remember_local(self, run_id: str, meta: RunMetadata) -> None:
+    def remember_local(self, run_id: str, meta: RunMetadata, version: Hashable | None) -> None:
         """`remember` on the local disk (its lock held, the version tag the file's own): a big
         run's next batch starts from it, not a parse (issue 15). An object store's write
         session needs the ETag of its own read."""
         if isinstance(self.disk, LocalDisk):
-            self.remember(run_id, meta)
+            self.remember(run_id, meta, version)
 
     def load_current(self, art: Any, run_id: str) -> RunMetadata | None:
         """In a write session: the metadata, the remembered model when current (shared)."""
@@ -343,15 +344,16 @@ class StoreCore:
 
     # -- writing metadata ----------------------------------------------------------------
 
-    def write_metadata(self, art: Any, meta: RunMetadata) -> None:
+    def write_metadata(self, art: Any, meta: RunMetadata) -> Hashable | None:
         meta.updated_at = self.clock.now()
         meta.host = meta.host or self.host  # the run's own host: the first writer's
-        self.disk.write_meta(art, meta.run_id, meta.to_json().encode())
+        version = self.disk.write_meta(art, meta.run_id, meta.to_json().encode())
         self._cache.pop(meta.run_id, None)
         total = self.total.set(meta.run_id, meta.total_bytes)
         ceiling = self.config.retention.max_store_bytes
         if ceiling and total > ceiling and self.on_over_budget is not None:
             self.on_over_budget()  # sets an event: nothing waits on it under the run's lock
+        return version
 
     @property
     def _checksum(self) -> bool:
