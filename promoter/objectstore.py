@@ -138,8 +138,10 @@ class ObjectStore:
         self._store: S3Store = S3Store(
             settings.bucket, endpoint=endpoint, region=settings.region,
             credential_provider=creds,
+            # a stall is a read waiting timeout_s; a whole request (a stream served to a slow
+            # client, a big part) may take long: `timeout` is object_store's total per request
             client_options={"allow_http": settings.allow_http, "connect_timeout": "5s",
-                            "timeout": f"{int(timeout_s * 1000)}ms",
+                            "read_timeout": f"{int(timeout_s * 1000)}ms", "timeout": "3600s",
                             "pool_max_idle_per_host": "64"},
             retry_config={"max_retries": 3,
                           "retry_timeout": dt.timedelta(seconds=min(20.0, timeout_s))},

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import shutil
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
+from s3_helpers import settings_for
 from s3_server import S3Server
 from s3_store_helpers import s3_store
 from store_helpers import write_session_file
@@ -57,3 +60,18 @@ def test_an_endpoint_port_out_of_range_is_a_configuration_error(endpoint: str) -
     """A port no TCP socket has is refused by the config check (exit 2), not met as an outage."""
     with pytest.raises(ValidationError, match="not a TCP port"):
         S3Settings(endpoint=endpoint, allow_http=True)
+
+
+def test_a_stream_read_slower_than_the_timeout_is_not_cut(
+        s3_server: S3Server, s3_bucket: str, s3_prefix: str, s3_session: Any) -> None:
+    """The timeout is for a stalled read, not the whole request: a file served to a slow client
+    for longer than it was cut mid-stream (object_store's `timeout` is a request's total)."""
+    objects = ObjectStore(settings_for(s3_server, s3_bucket, prefix=s3_prefix),
+                          session=s3_session, timeout_s=1.0)
+    data = bytes(range(256)) * 8192  # 2 MiB: 8 chunks of 256 KiB
+    objects.put(f"{s3_prefix}slow", data)
+    started, got = time.monotonic(), bytearray()
+    for piece in objects.stream(f"{s3_prefix}slow", chunk=256 * 1024):
+        got += piece
+        time.sleep(0.2)  # a slow client: the whole read takes well over timeout_s
+    assert bytes(got) == data and time.monotonic() - started > 1.0
