@@ -195,6 +195,13 @@ def find_pending(store: Store, rejections: Rejections,
     return pending
 
 
+def _session_is_ours(store: Store, host: str | None) -> bool:
+    """Whether this host can tell that the run's session folder is gone: on a bucket only
+    the run's own host can (DESIGN §10: each host keeps its own sessions/); another host's
+    live run must not be completed (and so left to the budget sweep) by every other host."""
+    return store.config.storage.backend != "s3" or not host or host == store.host
+
+
 def complete_finished_runs(store: Store) -> None:
     """Runs whose session folder is gone are completed; run.json changes are folded in."""
     for run_id in store.run_ids():
@@ -203,7 +210,8 @@ def complete_finished_runs(store: Store) -> None:
             if meta is None or meta.status == "completed":
                 continue
             if not store.session_exists(run_id):
-                store.mark_completed(run_id)
+                if _session_is_ours(store, meta.host):
+                    store.mark_completed(run_id)
             else:
                 store.refresh_context(run_id)
         except StoreIOError:

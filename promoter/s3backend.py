@@ -293,13 +293,13 @@ class S3Backend:
         return out
 
     def set_aside(self, handle: S3Handle, run_id: str, now: datetime) -> str:
-        """Copy a corrupt metadata object under .promoter/corrupt/ before it is rebuilt."""
+        """Copy a corrupt metadata object under .promoter/corrupt/ before it is rebuilt
+        (server-side: one over max_metadata_bytes is kept too, as a local rename keeps it)."""
         key = meta_key(self.prefix, run_id)
         aside = (f"{self.prefix}.promoter/corrupt/{run_id}.json."
                  f"corrupt-{now.strftime('%Y%m%dT%H%M%S%fZ')}")
         try:
-            data, _ = self.objects.get(key)
-            self.objects.put(aside, data)
+            self.objects.copy(key, aside)
         except (ObjectNotFound, ObjectRefused):
             return ""
         return aside.removeprefix(self.prefix)

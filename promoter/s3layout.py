@@ -81,6 +81,9 @@ class S3Settings(BaseModel):
     def _endpoint(cls, value: str) -> str:
         if value and not re.fullmatch(r"https?://[^/\s?#@]+/?", value):
             raise ValueError('must be "" (AWS) or http(s)://host[:port], no path or user')
+        port = re.search(r":(\d+)/?$", value)
+        if port and not 0 < int(port.group(1)) < 65536:  # else an "outage" at the first request
+            raise ValueError(f"port {port.group(1)} is not a TCP port (1-65535)")
         return value.rstrip("/")
 
     @field_validator("region")
