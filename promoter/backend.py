@@ -256,7 +256,7 @@ def fd_read(fd: int, st: os.stat_result) -> StoredRead:
 
 class ByteBudget:
     """At most `limit` bytes of uploads buffered at once, over every thread: a file up to
-    the multipart threshold is read whole before its PUT, a larger one holds 4 parts."""
+    the multipart threshold is read whole before its PUT, a larger one holds its parts in flight."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit

@@ -28,7 +28,7 @@ from promoter.layout import FILES
 from promoter.localdisk import Oversized
 from promoter.metadata import ArtifactEntry, RunMetadata, Tombstone, guess_content_type
 from promoter.names import is_valid_run_id
-from promoter.objectstore import EntryFields, ObjectHead, ObjectStore
+from promoter.objectstore import UPLOAD_CONCURRENCY, EntryFields, ObjectHead, ObjectStore
 from promoter.s3errors import ObjectNotFound, ObjectRefused, PreconditionFailed
 from promoter.s3errors import SourceChanged as UploadChanged
 from promoter.s3layout import (
@@ -67,10 +67,11 @@ class S3Backend:
         self.prefix = objects.prefix
         self._listed: dict[str, str] = {}  # ETags of the last listing, each used once
         self._listed_at = 0.0
-        # memory bound for uploads in flight: four parts of a multipart upload, or files
+        # memory bound for uploads in flight: the parts in flight of a multipart upload, or files
         # up to the threshold read whole, whichever is larger
         threshold = objects.settings.multipart_threshold_bytes
-        self.budget = ByteBudget(max(4 * part_size_for(threshold + 1), threshold))
+        self.budget = ByteBudget(max(UPLOAD_CONCURRENCY * part_size_for(threshold + 1),
+                                     threshold))
         self._probed = False
 
     # -- the store ----------------------------------------------------------------------------
@@ -196,7 +197,7 @@ class S3Backend:
         """Bytes an upload of `size` holds in memory at once."""
         if size <= self.objects.settings.multipart_threshold_bytes:
             return size
-        return 4 * part_size_for(size)  # objectstore.UPLOAD_CONCURRENCY parts
+        return UPLOAD_CONCURRENCY * part_size_for(size)
 
     def sync_folders(self, handle: S3Handle, run_id: str,
                      folders: Iterable[tuple[str, ...]]) -> None:

@@ -37,7 +37,7 @@ MIN_PART_BYTES = 5 * 1024 * 1024  # S3: every part but the last is at least 5 Mi
 MAX_PART_BYTES = 5 * 1024 * 1024 * 1024
 MAX_PARTS = 10_000
 MAX_KEY_BYTES = 1024  # S3's limit on a key, UTF-8
-DEFAULT_PART_BYTES = 16 * 1024 * 1024
+DEFAULT_PART_BYTES = 8 * 1024 * 1024
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 # S3 keys are UTF-8 text in XML and headers: control characters do not survive every store, and
 # SeaweedFS turns "\" into "/" (checked: "a\b" is listed as "a/b"), which would merge two names.
@@ -170,9 +170,10 @@ def relpath_from_file_key(prefix: str, key: str) -> str | None:
 
 
 def part_size_for(size: int) -> int:
-    """A multipart part size: 16 MiB, or larger so that `size` fits in 10,000 parts.
+    """A multipart part size: 8 MiB, or larger so that `size` fits in 10,000 parts.
 
-    5 GiB / 16 MiB is 320 parts; the largest S3 object (5 TiB) needs ~525 MiB parts.
+    5 GiB / 8 MiB is 640 parts, eight in flight (a 512 MiB file went up 1.2x faster than
+    with 16 MiB x 4); the largest S3 object (5 TiB) needs ~525 MiB parts.
     """
     needed = -(-size // MAX_PARTS)
     mib = 1024 * 1024

@@ -19,7 +19,8 @@ CORE = {"promoter.rules", "promoter.layout", "promoter.metadata", "promoter.name
         "promoter.settle_state",
         "promoter.promotion", "promoter.recovery", "promoter.store", "promoter.reconcile",
         "promoter.sweep", "promoter.safeio", "promoter.context", "promoter.library",
-        "promoter.budget", "promoter.s3layout", "promoter.objectstore", "promoter.audit",
+        "promoter.budget", "promoter.s3layout", "promoter.objectstore", "promoter.objectfields",
+        "promoter.audit",
         "promoter.backend", "promoter.localdisk", "promoter.storecore", "promoter.deletion",
         "promoter.storage", "promoter.s3backend", "promoter.s3library", "promoter.s3errors"}
 
@@ -84,11 +85,7 @@ def test_the_core_never_imports_the_shell() -> None:
 
 MAX_LINES = 400  # STYLE.md: a module of 100-400 lines is comfortable
 # modules allowed over the cap, each with the reason it is still there
-OVER_THE_CAP: dict[str, str] = {
-    "promoter.objectstore": "the one home of the S3 clients and their error classification; "
-                            "list_fast (serve's listing, issue 12) took it past 400; "
-                            "split the control calls (bucket check, probe, stale uploads) out",
-}
+OVER_THE_CAP: dict[str, str] = {}
 
 
 def test_no_module_is_over_400_lines() -> None:
