@@ -44,6 +44,9 @@ _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _UNSAFE_IN_KEY = re.compile(r"[\x00-\x1f\x7f\\]")
 
 
+MAX_THRESHOLD_BYTES = 1024 * 1024 * 1024
+
+
 class S3Settings(BaseModel):
     """`[storage.s3]`: where the bucket is; credentials never live here (standard AWS sources)."""
 
@@ -54,8 +57,9 @@ class S3Settings(BaseModel):
     endpoint: str = ""
     region: str = "us-east-1"
     allow_http: bool = False
+    # a file up to the threshold is held whole in memory for its one PUT: at most 1 GiB
     multipart_threshold_bytes: int = Field(default=64 * 1024 * 1024, ge=MIN_PART_BYTES,
-                                           le=MAX_PART_BYTES)
+                                           le=MAX_THRESHOLD_BYTES)
 
     @field_validator("bucket")
     @classmethod

@@ -86,9 +86,13 @@ def test_bad_regions_refused(region: str) -> None:
 
 
 def test_threshold_bounds() -> None:
-    """The multipart threshold is at least S3's 5 MiB part minimum."""
+    """The multipart threshold is at least S3's 5 MiB part minimum, and at most 1 GiB: a file
+    under it is held whole in memory for its one PUT (5 GiB, S3's limit, was accepted)."""
     with pytest.raises(ValidationError):
         S3Settings(multipart_threshold_bytes=MIN_PART_BYTES - 1)
+    with pytest.raises(ValidationError):
+        S3Settings(multipart_threshold_bytes=1024**3 + 1)
+    assert S3Settings(multipart_threshold_bytes=1024**3).multipart_threshold_bytes == 1024**3
 
 
 def test_keys_follow_the_layout() -> None:
