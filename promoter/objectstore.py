@@ -49,6 +49,7 @@ READ_BYTES = 1024 * 1024
 STREAM_CHUNK = 256 * 1024
 UPLOAD_CONCURRENCY = 8  # parts in flight: memory is about part size x this (64 MiB)
 PAGE = 1000
+PROBE_READ_S = 8  # the bucket check's read timeout (two tries)
 _ETAG_RE = re.compile(r'(W/)?"[\x21\x23-\x7e]*"')
 
 
@@ -308,7 +309,7 @@ class ObjectStore:
         refuse to run), StoreUnavailable when the store cannot be reached.
         """
         try:
-            self._call(lambda: self._boto.head_bucket(Bucket=self.settings.bucket))
+            self._call(lambda: self._quick_client().head_bucket(Bucket=self.settings.bucket))
         except ObjectNotFound:  # HEAD has no body: a bare 404 on the bucket is its absence
             where = self.settings.endpoint or "AWS S3"
             raise S3ConfigError(f"no such bucket {self.settings.bucket!r} at {where}") from None
@@ -323,6 +324,16 @@ class ObjectStore:
                 self.delete_many([key])
             raise
         self.delete_many([key])
+
+    def _quick_client(self) -> Any:
+        """boto3 with short timeouts for the probe's bucket check: a store that accepts
+        connections and never answers held a one-shot command 250 s (3 x 60 s reads)."""
+        from botocore.config import Config
+
+        return self._session.client(
+            "s3", endpoint_url=self.settings.endpoint or None, region_name=self.settings.region,
+            config=Config(connect_timeout=5, read_timeout=PROBE_READ_S,
+                          retries={"mode": "standard", "max_attempts": 2}))
 
     def _expect_412(self, write: Callable[[], str], header: str) -> None:
         try:

@@ -75,3 +75,28 @@ def test_a_stream_read_slower_than_the_timeout_is_not_cut(
         got += piece
         time.sleep(0.2)  # a slow client: the whole read takes well over timeout_s
     assert bytes(got) == data and time.monotonic() - started > 1.0
+
+
+def test_a_store_that_never_answers_is_an_outage_within_seconds(
+        s3_session: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A socket that accepts and never answers: the probe gives up after two short reads (it
+    took 3 x 60 s before), so a one-shot command exits 1 instead of hanging for minutes."""
+    import socket
+
+    from promoter import objectstore
+    from promoter.s3errors import StoreUnavailable
+
+    monkeypatch.setattr(objectstore, "PROBE_READ_S", 1)
+    mute = socket.socket()
+    mute.bind(("127.0.0.1", 0))
+    mute.listen(16)  # the kernel accepts; nobody ever reads or answers
+    try:
+        port = mute.getsockname()[1]
+        objects = ObjectStore(S3Settings(bucket="mute", endpoint=f"http://127.0.0.1:{port}",
+                                         allow_http=True), session=s3_session)
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable):
+            objects.probe()
+        assert time.monotonic() - started < 15
+    finally:
+        mute.close()
