@@ -260,6 +260,12 @@ def test_a_long_start_up_catch_up_shows_progress_on_a_terminal(tmp_path: Path) -
                 text += os.read(master, 65536).decode(errors="replace")
     finally:
         proc.send_signal(signal.SIGTERM)
-        proc.wait(30)
+        # keep reading: a terminal nobody reads fills up, and the daemon's next write blocks
+        deadline = time.monotonic() + 30
+        while proc.poll() is None and time.monotonic() < deadline:
+            if select.select([master], [], [], 0.2)[0]:
+                with contextlib.suppress(OSError):  # EIO once the daemon closed its side
+                    text += os.read(master, 65536).decode(errors="replace")
+        proc.wait(5)
         os.close(master)
     assert "start-up catch-up: files 2 of 2, 200 B," in text

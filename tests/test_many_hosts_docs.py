@@ -27,6 +27,7 @@ CALL_ACTIONS = {
     "obstore.get": {"s3:GetObject"},  # GET, HEAD (options head) and ranged reads
     "obstore.put": {"s3:PutObject", "s3:AbortMultipartUpload"},
     "obstore.delete": {"s3:DeleteObject"},  # DeleteObjects, in batches
+    "obstore.copy": {"s3:GetObject", "s3:PutObject"},  # CopyObject: read the source, write the copy
     "obstore.list": {"s3:ListBucket"},  # ListObjectsV2 (serve's listing of meta/)
     "obstore.list_with_delimiter": {"s3:ListBucket"},
     "obstore.head": {"s3:GetObject"},
