@@ -106,7 +106,7 @@ class Stack:
         part.rename(target)
         return target
 
-    def wait_files(self, run_id: str, names: list[str], timeout: float = 10) -> dict[str, Any]:
+    def wait_files(self, run_id: str, names: list[str], timeout: float = 30) -> dict[str, Any]:
         """Poll the API until the daemon has promoted every one of `names`."""
 
         def promoted() -> dict[str, Any] | None:
