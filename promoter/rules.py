@@ -60,16 +60,17 @@ def batch_limit(entries: int) -> int:
     return max(MIN_BATCH, min(entries // 2, MAX_BATCH))
 
 
-def byte_chunks(sized: Iterable[tuple[str, int]], max_bytes: int = MAX_BATCH_BYTES,
+def byte_chunks(sized: Iterable[tuple[str, int]], max_bytes: int | None = None,
                 max_files: int = MAX_BATCH) -> list[list[str]]:
     """A batch's (name, size) cut in order into chunks of at most `max_files` files, each
     closed once its sizes sum past `max_bytes` (always at least one file: a huge file
     goes alone), so one copy batch never stages gigabytes of temps (probe-15 finding 6)."""
+    cap = MAX_BATCH_BYTES if max_bytes is None else max_bytes  # read now: tests lower it
     chunks: list[list[str]] = []
     chunk: list[str] = []
     total = 0
     for name, size in sized:
-        if chunk and (total + size > max_bytes or len(chunk) >= max_files):
+        if chunk and (total + size > cap or len(chunk) >= max_files):
             chunks.append(chunk)
             chunk, total = [], 0
         chunk.append(name)

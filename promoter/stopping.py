@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 from promoter import events
 from promoter.logs import get_logger
-from promoter.rules import MAX_BATCH, MAX_BATCH_BYTES, byte_chunks
+from promoter.rules import MAX_BATCH, byte_chunks
 from promoter.settle import Batch, FileState, Settler
 from promoter.store import PromoteResult, Store
 
@@ -61,7 +61,7 @@ def promote_chunks(store: Store, batch: Batch, stat: Stat, stop_by: Callable[[],
     `stop_by()` (the stop budget's end, None while running) passed before their chunk."""
     sized = [(n, st.size if (st := stat(batch.run_id, n)) else 0) for n in batch.filenames]
     results: list[PromoteResult] = []
-    todo = byte_chunks(sized, MAX_BATCH_BYTES, MAX_BATCH)[::-1]
+    todo = byte_chunks(sized, None, MAX_BATCH)[::-1]  # within rules.MAX_BATCH_BYTES
     while todo:
         chunk = todo.pop()
         end = stop_by()

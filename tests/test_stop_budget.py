@@ -6,9 +6,18 @@ import os
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
+import pytest
+
+from promoter import rules
+from promoter.reconcile import reconcile
 from promoter.rules import MAX_BATCH_BYTES, byte_chunks
+from promoter.settle import Batch, FileState
+from promoter.stopping import promote_chunks
+from promoter.store import Outcome, PromoteResult, Store
 from tests.daemon_helpers import base_config, start_daemon, wait_until
+from tests.store_helpers import make_store, write_session_file
 
 MIB = 1 << 20
 
@@ -75,3 +84,59 @@ def test_sigterm_with_thousands_pending_exits_fast_and_the_next_start_catches_up
         assert d2.stop() == 0
     finally:
         d2.close()
+
+
+def _spy_batches(store: Store, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Record the size of every promote_files call."""
+    sizes: list[int] = []
+    real = store.promote_files
+
+    def spy(run_id: str, names: Any) -> list[PromoteResult]:
+        names = list(names)
+        sizes.append(len(names))
+        return real(run_id, names)
+
+    monkeypatch.setattr(store, "promote_files", spy)
+    return sizes
+
+
+def test_the_catch_up_cuts_a_run_by_bytes_too(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the byte cap at 10 KiB, ten 4 KiB files go in batches of two, all promoted."""
+    monkeypatch.setattr(rules, "MAX_BATCH_BYTES", 10 * 1024)
+    store = make_store(tmp_path)
+    for i in range(10):
+        write_session_file(tmp_path, "r1", f"f{i}", b"x" * 4096)
+    sizes = _spy_batches(store, monkeypatch)
+    assert reconcile(store).count(Outcome.PROMOTED) == 10
+    assert sizes == [2] * 5
+
+
+def test_a_worker_cuts_its_batch_by_bytes(tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A daemon batch of ten 4 KiB files, byte cap 10 KiB: five store calls of two files."""
+    monkeypatch.setattr(rules, "MAX_BATCH_BYTES", 10 * 1024)
+    store = make_store(tmp_path)
+    names = [f"f{i}" for i in range(10)]
+    for name in names:
+        write_session_file(tmp_path, "r1", name, b"x" * 4096)
+    sizes = _spy_batches(store, monkeypatch)
+
+    def stat(run_id: str, name: str) -> FileState:
+        st = (tmp_path / "sessions" / run_id / "output" / name).stat()
+        return FileState(st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+
+    results, deferred = promote_chunks(store, Batch("r1", tuple(names)), stat, lambda: None)
+    assert [r.outcome for r in results] == [Outcome.PROMOTED] * 10 and deferred == []
+    assert sizes == [2] * 5
+
+
+def test_once_the_stop_budget_is_spent_no_chunk_starts(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch taken after the stop budget ran out is deferred whole, the store untouched."""
+    store = make_store(tmp_path)
+    write_session_file(tmp_path, "r1", "a", b"a")
+    sizes = _spy_batches(store, monkeypatch)
+    results, deferred = promote_chunks(store, Batch("r1", ("a",)), lambda r, n: None,
+                                       lambda: time.monotonic() - 1)
+    assert results == [] and deferred == ["a"] and sizes == []
