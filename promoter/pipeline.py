@@ -29,13 +29,13 @@ from promoter.rules import MAX_BATCH, MIN_BATCH, batch_limit
 from promoter.s3errors import StoreUnavailable
 from promoter.safeio import CopyPools
 from promoter.settle import Batch, FileState, Settler
+from promoter.stopping import STOP_BUDGET_S, promote_chunks, steady_files
 from promoter.store import RETRY, Outcome, PromoteResult, Store
 
 __all__ = ["MAX_BATCH", "STALL_S", "Pipeline", "batch_limit"]
 
 log = get_logger()
 MS = 1_000_000
-STEADY_LOOK_S = 0.05  # at shutdown, a file without a close is looked at twice this far apart
 STALL_S = 120.0  # work outstanding and no batch done for this long: the backlog is stuck
 
 
@@ -125,7 +125,7 @@ class Pipeline:
                                           daemon=True)]
         self._threads += [threading.Thread(target=self._worker, name=f"promoter-worker-{i + 1}",
                                            daemon=True) for i in range(workers)]
-        self._finished = threading.Event()
+        self._stop_by: float | None = None  # set by drain(): no chunk starts after it
         self.pools = CopyPools()  # the copy helper threads, lent to the store; see close()
         store.pools = self.pools
         # published by the settle thread after every turn; read anywhere without a lock
@@ -200,6 +200,7 @@ class Pipeline:
     def drain(self, timeout: float) -> bool:
         """Shutdown: promote every file already closed after writing (without waiting out its
         settle time), finish what is in flight, stop the threads. False if time ran out."""
+        self._stop_by = time.monotonic() + min(STOP_BUDGET_S, timeout)
         self._inbox.put(_Flush())
         deadline = time.monotonic() + timeout
         for thread in self._threads:
@@ -231,7 +232,7 @@ class Pipeline:
             while message is not None:
                 if isinstance(message, _Flush):
                     draining = True
-                    for batch in s.flush_closed(self._steady(s)):
+                    for batch in s.flush_closed(steady_files(s, self._stat)):
                         self._work.put(batch)
                 else:
                     self._apply(s, message)
@@ -274,31 +275,6 @@ class Pipeline:
                 s.done(batch, retry, now, retry_run=retry_run, limit=limit)
                 self._last_progress = time.monotonic()
 
-    def _steady(self, s: Settler) -> set[tuple[str, str]]:
-        """Shutdown: of the pending files whose close was never seen, those not known to be
-        open that two looks STEADY_LOOK_S apart saw the same (DESIGN §5). The others are
-        left for the next start's catch-up, logged `artifact.deferred`."""
-        unsure: list[tuple[str, str]] = []
-        for run_id, name, open_seen in s.unclosed():
-            if open_seen:  # written to, and inotify reported no close: still open
-                log.info(events.ARTIFACT_DEFERRED, run_id=run_id, filename=name,
-                         reason="still open at shutdown: the next start catches up")
-            else:
-                unsure.append((run_id, name))
-        if not unsure:
-            return set()
-        first = {key: self._stat(*key) for key in unsure}
-        threading.Event().wait(STEADY_LOOK_S)  # one pause at shutdown, not a polling loop
-        steady: set[tuple[str, str]] = set()
-        for key, seen in first.items():
-            now = self._stat(*key)
-            if seen is not None and now == seen:
-                steady.add(key)
-            elif now is not None:  # one gone meanwhile is nothing to defer
-                log.info(events.ARTIFACT_DEFERRED, run_id=key[0], filename=key[1],
-                         reason="still being written at shutdown: the next start catches up")
-        return steady
-
     def _stat(self, run_id: str, filename: str) -> FileState | None:
         try:
             st = os.stat(session_file(self.store.sessions_path, run_id, filename),
@@ -324,10 +300,12 @@ class Pipeline:
         started = time.monotonic()
         results: list[PromoteResult] = []
         raised: set[str] = set()
+        deferred: list[str] = []
         retry_run = False
         try:
             if batch.filenames:
-                results = self.store.promote_files(batch.run_id, batch.filenames)
+                results, deferred = promote_chunks(self.store, batch, self._stat,
+                                                    lambda: self._stop_by)
             elif batch.context:
                 self.store.refresh_context(batch.run_id)
             if batch.completed:
@@ -354,8 +332,8 @@ class Pipeline:
                   context=batch.context, completed=batch.completed,
                   duration_ms=round((time.monotonic() - started) * 1000, 1))
         outcome = {r.filename: r.outcome for r in results}
-        retry = frozenset(n for n in batch.filenames
-                          if n in raised or outcome.get(n, Outcome.FAILED) in RETRY)
+        retry = frozenset(n for n in batch.filenames if n not in deferred
+                          and (n in raised or outcome.get(n, Outcome.FAILED) in RETRY))
         return self.backlog.explain(batch.run_id, results, retry), retry_run
 
     def _limit(self, run_id: str) -> int:

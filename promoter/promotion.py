@@ -9,6 +9,7 @@ what it needs comes as arguments.
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -222,10 +223,14 @@ def copy_in(limits: PromoteConfig, put: PutFile, meta: RunMetadata, tomb: Tombst
 def failed_renames(results: list[PromoteResult],
                    failed: dict[str, OSError]) -> list[PromoteResult]:
     """The batch's results with the files whose copy could not be renamed into place FAILED
-    (tried again later, as any I/O error in the store)."""
-    return [PromoteResult(r.run_id, r.filename, Outcome.FAILED,
-                          failed[r.filename].strerror or str(failed[r.filename]))
-            if r.filename in failed else r for r in results]
+    (tried again later, as any I/O error in the store); REJECTED when a stored folder holds
+    the name (retrying would fail for ever)."""
+    def why(r: PromoteResult, exc: OSError) -> PromoteResult:
+        if exc.errno == errno.EISDIR:
+            return PromoteResult(r.run_id, r.filename, Outcome.REJECTED, "name clash: the "
+                                 f"store holds a folder {r.filename}/ of this name")
+        return PromoteResult(r.run_id, r.filename, Outcome.FAILED, exc.strerror or str(exc))
+    return [why(r, failed[r.filename]) if r.filename in failed else r for r in results]
 
 
 def promoted_fields(r: PromoteResult, now_ns: int) -> dict[str, Any]:

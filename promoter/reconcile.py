@@ -288,16 +288,19 @@ def reconcile(store: Store, rejections: Rejections | None = None,
     return report
 
 
-def _promote_run(store: Store, run_id: str, names: list[str],
+def _promote_run(store: Store, run_id: str, files: dict[str, SessionFile],
                  stop: threading.Event) -> list[PromoteResult]:
     """One run's files in batches as large as the daemon's (pipeline.batch_limit, growing with
     the run), the stop looked at between them: the whole run in one batch could not be
-    stopped (a SIGTERM waited 23 s for 6,000 files) and a kill lost every copy (probe-15)."""
+    stopped (a SIGTERM waited 23 s for 6,000 files) and a kill lost every copy (probe-15);
+    and within rules.MAX_BATCH_BYTES, so a batch never stages gigabytes of temps."""
+    names = list(files)
     results: list[PromoteResult] = []
     start = 0
     while start < len(names) and not stop.is_set():
         meta = store.cached_run(run_id)
         chunk = names[start:start + rules.batch_limit(len(meta.artifacts) if meta else 0)]
+        chunk = rules.byte_chunks([(n, files[n].size) for n in chunk])[0]
         start += len(chunk)
         results += store.promote_files(run_id, chunk)
     return results
@@ -315,7 +318,7 @@ def _promote_runs(store: Store, runs: dict[str, dict[str, SessionFile]],
     if workers <= 1:
         for run_id, names in runs.items():
             try:
-                results = _promote_run(store, run_id, list(names), stop)
+                results = _promote_run(store, run_id, names, stop)
             except StoreIOError:
                 raise
             except Exception as exc:  # one run's surprise never stops the others' (DESIGN §6)
@@ -325,7 +328,7 @@ def _promote_runs(store: Store, runs: dict[str, dict[str, SessionFile]],
         return
     pool = ThreadPoolExecutor(workers, thread_name_prefix="promoter-catchup-copy")
     try:
-        jobs = [(run_id, pool.submit(_promote_run, store, run_id, list(names), stop))
+        jobs = [(run_id, pool.submit(_promote_run, store, run_id, names, stop))
                 for run_id, names in runs.items()]
         failure: StoreIOError | None = None
         for run_id, job in jobs:

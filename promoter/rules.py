@@ -25,6 +25,7 @@ from promoter.metadata import ArtifactEntry, RejectedEntry, RemovedEntry, RunMet
 
 __all__ = [
     "MAX_BATCH",
+    "MAX_BATCH_BYTES",
     "MAX_REJECTED",
     "MIN_BATCH",
     "Applied",
@@ -33,6 +34,7 @@ __all__ = [
     "apply_context",
     "batch_limit",
     "by_filename",
+    "byte_chunks",
     "expiry",
     "is_expired",
     "needs_promotion",
@@ -49,12 +51,33 @@ __all__ = [
 ]
 
 MIN_BATCH, MAX_BATCH = 256, 16_384  # files in a batch: small run, big run (SIGTERM waits)
+MAX_BATCH_BYTES = 256 << 20  # a batch stages its copies as temps: never gigabytes at once
 
 
 def batch_limit(entries: int) -> int:
     """Half the run, within MIN_BATCH..MAX_BATCH: fixed batches made one run quadratic. The
     daemon's batches and the catch-up's alike (one batch of a whole run could not stop)."""
     return max(MIN_BATCH, min(entries // 2, MAX_BATCH))
+
+
+def byte_chunks(sized: Iterable[tuple[str, int]], max_bytes: int | None = None,
+                max_files: int = MAX_BATCH) -> list[list[str]]:
+    """A batch's (name, size) cut in order into chunks of at most `max_files` files, each
+    closed once its sizes sum past `max_bytes` (always at least one file: a huge file
+    goes alone), so one copy batch never stages gigabytes of temps (probe-15 finding 6)."""
+    cap = MAX_BATCH_BYTES if max_bytes is None else max_bytes  # read now: tests lower it
+    chunks: list[list[str]] = []
+    chunk: list[str] = []
+    total = 0
+    for name, size in sized:
+        if chunk and (total + size > cap or len(chunk) >= max_files):
+            chunks.append(chunk)
+            chunk, total = [], 0
+        chunk.append(name)
+        total += max(size, 0)
+    if chunk:
+        chunks.append(chunk)
+    return chunks
 
 
 class Verdict(Enum):

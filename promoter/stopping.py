@@ -1,0 +1,78 @@
+"""Stopping within a few seconds (DESIGN §5): what the pipeline does once SIGTERM came.
+
+Two jobs, both for `promoter.pipeline`: the two looks at pending files whose close was
+never seen (promoted if steady, else deferred), and a worker's batch cut into chunks: at
+most `MAX_BATCH_BYTES` each always (a batch stages its copies as temps before any rename),
+and once stopping at most `STOP_CHUNK` files each, none started after the stop budget.
+Files left are logged `artifact.deferred`; the next start's catch-up finds them.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+from promoter import events
+from promoter.logs import get_logger
+from promoter.rules import MAX_BATCH, byte_chunks
+from promoter.settle import Batch, FileState, Settler
+from promoter.store import PromoteResult, Store
+
+__all__ = ["STEADY_LOOK_S", "STOP_BUDGET_S", "STOP_CHUNK", "promote_chunks", "steady_files"]
+
+log = get_logger()
+STEADY_LOOK_S = 0.05  # at shutdown, a file without a close is looked at twice this far apart
+STOP_BUDGET_S = 1.5  # after SIGTERM, no new chunk of files starts once this is spent
+STOP_CHUNK = 256  # files in one chunk while stopping: the budget is looked at between chunks
+
+Stat = Callable[[str, str], FileState | None]
+
+
+def steady_files(s: Settler, stat: Stat) -> set[tuple[str, str]]:
+    """Shutdown: of the pending files whose close was never seen, those not known to be
+    open that two looks STEADY_LOOK_S apart saw the same (DESIGN §5). The others are
+    left for the next start's catch-up, logged `artifact.deferred`."""
+    unsure: list[tuple[str, str]] = []
+    for run_id, name, open_seen in s.unclosed():
+        if open_seen:  # written to, and inotify reported no close: still open
+            log.info(events.ARTIFACT_DEFERRED, run_id=run_id, filename=name,
+                     reason="still open at shutdown: the next start catches up")
+        else:
+            unsure.append((run_id, name))
+    if not unsure:
+        return set()
+    first = {key: stat(*key) for key in unsure}
+    threading.Event().wait(STEADY_LOOK_S)  # one pause at shutdown, not a polling loop
+    steady: set[tuple[str, str]] = set()
+    for key, seen in first.items():
+        now = stat(*key)
+        if seen is not None and now == seen:
+            steady.add(key)
+        elif now is not None:  # one gone meanwhile is nothing to defer
+            log.info(events.ARTIFACT_DEFERRED, run_id=key[0], filename=key[1],
+                     reason="still being written at shutdown: the next start catches up")
+    return steady
+
+
+def promote_chunks(store: Store, batch: Batch, stat: Stat, stop_by: Callable[[], float | None]
+                   ) -> tuple[list[PromoteResult], list[str]]:
+    """Promote `batch` chunk by chunk; returns the results and the files deferred because
+    `stop_by()` (the stop budget's end, None while running) passed before their chunk."""
+    sized = [(n, st.size if (st := stat(batch.run_id, n)) else 0) for n in batch.filenames]
+    results: list[PromoteResult] = []
+    todo = byte_chunks(sized, None, MAX_BATCH)[::-1]  # within rules.MAX_BATCH_BYTES
+    while todo:
+        chunk = todo.pop()
+        end = stop_by()
+        if end is not None and time.monotonic() >= end:
+            left = chunk + [n for c in reversed(todo) for n in c]
+            log.info(events.ARTIFACT_DEFERRED, run_id=batch.run_id, filename=left[0],
+                     files=len(left), reason="settled but not promoted within the stop "
+                     "budget: the next start catches up")
+            return results, left
+        if end is not None and len(chunk) > STOP_CHUNK:
+            chunk, rest = chunk[:STOP_CHUNK], chunk[STOP_CHUNK:]
+            todo.append(rest)
+        results += store.promote_files(batch.run_id, chunk)
+    return results, []

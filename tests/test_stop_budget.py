@@ -1,0 +1,142 @@
+"""SIGTERM in a big run exits within seconds (DESIGN §5; probe-15 findings 4 and 6)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from promoter import rules
+from promoter.reconcile import reconcile
+from promoter.rules import MAX_BATCH_BYTES, byte_chunks
+from promoter.settle import Batch, FileState
+from promoter.stopping import promote_chunks
+from promoter.store import Outcome, PromoteResult, Store
+from tests.daemon_helpers import base_config, start_daemon, wait_until
+from tests.store_helpers import make_store, write_session_file
+
+MIB = 1 << 20
+
+
+def test_byte_chunks_close_a_chunk_before_it_passes_the_byte_cap() -> None:
+    """Files are cut in order into chunks whose sizes stay within the cap."""
+    sized = [(f"f{i}", 100 * MIB) for i in range(5)]
+    assert byte_chunks(sized, 256 * MIB) == [["f0", "f1"], ["f2", "f3"], ["f4"]]
+
+
+def test_byte_chunks_let_a_huge_file_go_alone() -> None:
+    """A file bigger than the cap is a chunk of its own, never an empty chunk."""
+    sized = [("a", 1), ("huge", 5 * MAX_BATCH_BYTES), ("b", 1)]
+    assert byte_chunks(sized) == [["a"], ["huge"], ["b"]]
+
+
+def test_byte_chunks_also_cap_the_file_count() -> None:
+    """Empty files are bounded by count: 10 files at 4 a chunk make 4 + 4 + 2."""
+    sized = [(f"f{i}", 0) for i in range(10)]
+    assert [len(c) for c in byte_chunks(sized, MAX_BATCH_BYTES, 4)] == [4, 4, 2]
+    assert byte_chunks([]) == []
+
+
+def test_sigterm_with_thousands_pending_exits_fast_and_the_next_start_catches_up(
+        tmp_path: Path) -> None:
+    """9,000 closed files pending in one run at SIGTERM: exit 0 within ~5 s, every entry has
+    its copy, no temp is left, the rest is logged deferred and the next start promotes it."""
+    root = tmp_path / "storage"
+    out = root / "sessions" / "big-1" / "output"
+    out.mkdir(parents=True)
+    config = base_config(watch={"settle_ms": 30_000})  # all pending at the signal
+    d = start_daemon(root, config)
+    try:
+        d.wait_ready()
+        count = 9_000
+        for i in range(count):
+            (out / f"f{i:05}.txt").write_bytes(b"x" * 100)
+        signalled = time.monotonic()
+        d.send(signal.SIGTERM)
+        assert d.proc.wait(30) == 0
+        took = time.monotonic() - signalled
+        assert took < 6, took  # budget 1.5 s + the chunks in flight + start-up, loaded
+        assert not d.events("daemon.thread_stuck")
+        meta = d.meta("big-1") or {"artifacts": []}
+        stored = {a["filename"] for a in meta["artifacts"]}
+        files = root / "artifacts" / "big-1" / "files"
+        assert all((files / name).stat().st_size == 100 for name in stored)
+        temps = [n for _, _, names in os.walk(root / "artifacts") for n in names
+                 if n.startswith(".promoter-")]
+        assert temps == []
+        deferred = sum(e.get("files", 1) for e in d.events("artifact.deferred", run_id="big-1"))
+        assert len(stored) + deferred == count, (len(stored), deferred)
+    finally:
+        d.close()
+    d2 = start_daemon(root, base_config())
+    try:
+        d2.wait_ready(timeout=60)
+
+        def complete() -> bool:
+            meta = d2.meta("big-1") or {"artifacts": []}
+            return len(meta["artifacts"]) == count
+
+        wait_until(complete, timeout=60, what="every file promoted after the restart")
+        assert d2.stop() == 0
+    finally:
+        d2.close()
+
+
+def _spy_batches(store: Store, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Record the size of every promote_files call."""
+    sizes: list[int] = []
+    real = store.promote_files
+
+    def spy(run_id: str, names: Any) -> list[PromoteResult]:
+        names = list(names)
+        sizes.append(len(names))
+        return real(run_id, names)
+
+    monkeypatch.setattr(store, "promote_files", spy)
+    return sizes
+
+
+def test_the_catch_up_cuts_a_run_by_bytes_too(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the byte cap at 10 KiB, ten 4 KiB files go in batches of two, all promoted."""
+    monkeypatch.setattr(rules, "MAX_BATCH_BYTES", 10 * 1024)
+    store = make_store(tmp_path)
+    for i in range(10):
+        write_session_file(tmp_path, "r1", f"f{i}", b"x" * 4096)
+    sizes = _spy_batches(store, monkeypatch)
+    assert reconcile(store).count(Outcome.PROMOTED) == 10
+    assert sizes == [2] * 5
+
+
+def test_a_worker_cuts_its_batch_by_bytes(tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A daemon batch of ten 4 KiB files, byte cap 10 KiB: five store calls of two files."""
+    monkeypatch.setattr(rules, "MAX_BATCH_BYTES", 10 * 1024)
+    store = make_store(tmp_path)
+    names = [f"f{i}" for i in range(10)]
+    for name in names:
+        write_session_file(tmp_path, "r1", name, b"x" * 4096)
+    sizes = _spy_batches(store, monkeypatch)
+
+    def stat(run_id: str, name: str) -> FileState:
+        st = (tmp_path / "sessions" / run_id / "output" / name).stat()
+        return FileState(st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+
+    results, deferred = promote_chunks(store, Batch("r1", tuple(names)), stat, lambda: None)
+    assert [r.outcome for r in results] == [Outcome.PROMOTED] * 10 and deferred == []
+    assert sizes == [2] * 5
+
+
+def test_once_the_stop_budget_is_spent_no_chunk_starts(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch taken after the stop budget ran out is deferred whole, the store untouched."""
+    store = make_store(tmp_path)
+    write_session_file(tmp_path, "r1", "a", b"a")
+    sizes = _spy_batches(store, monkeypatch)
+    results, deferred = promote_chunks(store, Batch("r1", ("a",)), lambda r, n: None,
+                                       lambda: time.monotonic() - 1)
+    assert results == [] and deferred == ["a"] and sizes == []
