@@ -7,19 +7,21 @@ again, so a start-up pass over 100,000 promoted files costs one `stat` each.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import os
 import re
 import stat
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import CancelledError, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from promoter import events, rules
-from promoter.clock import last_change_ns
+from promoter.clock import EPOCH, ONE_US, last_change_ns
 from promoter.errors import StoreIOError
 from promoter.layout import OUTPUT
 from promoter.logs import get_logger
+from promoter.metadata import RunMetadata, Tombstone
 from promoter.names import TEMP_PREFIX, is_valid_run_id
 from promoter.promotion import RETRY, Outcome, PromoteResult
 from promoter.safeio import Refused, folder, open_dir_chain
@@ -95,10 +97,13 @@ def session_runs(sessions_fd: int, rejections: Rejections) -> list[str]:
 
 
 def scan_run(sessions_fd: int, run_id: str, exclude: Iterable[str],
-             rejections: Rejections, max_depth: int = 64) -> Iterator[SessionFile]:
+             rejections: Rejections, max_depth: int = 64,
+             unchanged: Mapping[str, tuple[int, int]] | None = None) -> Iterator[SessionFile]:
     """Every non-excluded entry under the run's `output/`, walked without following links
     (walk.walk_tree); a folder deeper than `max_depth` is refused, not entered. One `lstat`
-    a file, none a folder (the directory entry tells its type)."""
+    a file, none a folder (the directory entry tells its type). `unchanged`: (size, µs) by
+    name of the copies the store holds as they are (`known_copies`): those are skipped
+    without a SessionFile or a verdict each (issue 15)."""
     patterns = tuple(exclude)
     try:
         top = open_dir_chain(sessions_fd, [run_id, OUTPUT])
@@ -119,22 +124,26 @@ def scan_run(sessions_fd: int, run_id: str, exclude: Iterable[str],
     excluded = exclusion(patterns)
     try:
         for folder in walk_tree(top, denied):
-            yield from _scan_folder(folder, run_id, excluded, rejections, max_depth)
+            yield from _scan_folder(folder, run_id, excluded, rejections, max_depth,
+                                    unchanged or {})
     finally:
         os.close(top)
 
 
+@functools.lru_cache(maxsize=8)
 def exclusion(patterns: tuple[str, ...]) -> Callable[[str], bool]:
-    """`names.is_excluded` for one name, its globs compiled into one pattern once a scan
-    rather than matched one by one for every file."""
-    if not patterns:
-        return lambda name: name.startswith(TEMP_PREFIX)
-    one = re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in patterns))
-    return lambda name: name.startswith(TEMP_PREFIX) or one.match(name) is not None
+    """`names.is_excluded` for one name: promoter's temp prefix and the globs compiled into
+    one pattern, once (not once a run: fnmatch.translate of the default globs was a tenth
+    of a warm catch-up, issue 15)."""
+    one = "|".join([f"(?:{re.escape(TEMP_PREFIX)})", *(f"(?:{fnmatch.translate(p)})"
+                                                       for p in patterns)])
+    match = re.compile(one).match
+    return lambda name: match(name) is not None
 
 
 def _scan_folder(folder: Folder, run_id: str, excluded: Callable[[str], bool],
-                 rejections: Rejections, max_depth: int) -> Iterator[SessionFile]:
+                 rejections: Rejections, max_depth: int,
+                 unchanged: Mapping[str, tuple[int, int]]) -> Iterator[SessionFile]:
     """One folder of scan_run: its files, and its sub-folders to enter."""
     prefix = folder.prefix
     depth = prefix.count("/") + 1
@@ -153,12 +162,33 @@ def _scan_folder(folder: Folder, run_id: str, excluded: Callable[[str], bool],
             st = entry.stat(follow_symlinks=False)
         except FileNotFoundError:
             continue
-        yield SessionFile(run_id, prefix + entry.name, st.st_size, st.st_mtime_ns, st.st_ino,
+        name = prefix + entry.name
+        held = unchanged.get(name)
+        if held is not None and held[0] == st.st_size and held[1] == st.st_mtime_ns // 1000:
+            continue
+        yield SessionFile(run_id, name, st.st_size, st.st_mtime_ns, st.st_ino,
                           stat.S_ISREG(st.st_mode), st.st_ctime_ns)
 
 
 def too_deep(max_depth: int) -> str:
     return f"deeper than watch.max_depth ({max_depth} folders)"
+
+
+def known_copies(meta: RunMetadata | None,
+                 tomb: Tombstone | None) -> dict[str, tuple[int, int]]:
+    """(size, µs since the epoch) by filename of the entries a session file of that size and
+    mtime leaves alone: `rules.verdict` says UNCHANGED for such a file whenever the run has no
+    tombstone and the name is not on its removed list (a time equal to a stored one is in
+    range). With a tombstone, every file goes to `rules.verdict`."""
+    if meta is None or tomb is not None:
+        return {}
+    gone = {item.filename for item in meta.removed}
+    known: dict[str, tuple[int, int]] = {}
+    for item in meta.artifacts:
+        if item.filename not in gone:  # the first of a repeated name, as rules.by_filename
+            known.setdefault(item.filename,  # clock.micros, inline: paid for every entry
+                            (item.size_bytes, (item.generated_at - EPOCH) // ONE_US))
+    return known
 
 
 def quiet(f: SessionFile, now_ns: int, settle_ns: int) -> bool:
@@ -180,7 +210,8 @@ def find_pending(store: Store, rejections: Rejections,
                 tomb = store.read_tombstone(run_id)
                 entries = rules.by_filename(meta)  # one lookup a file, not a walk of the run
                 todo = [f for f in scan_run(sessions, run_id, exclude, rejections,
-                                            store.config.watch.max_depth)
+                                            store.config.watch.max_depth,
+                                            known_copies(meta, tomb))
                         if rules.needs_promotion(meta, tomb, f.filename, f.size, f.mtime_ns,
                                                  f.ctime_ns or f.mtime_ns, entries)
                         and not rejections.known(f)]

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from datetime import datetime
 
 from promoter import events, rules
-from promoter.clock import from_timestamp_ns
+from promoter.clock import EPOCH, MAX_US, MIN_US, ONE_US, from_timestamp_ns
 from promoter.context import RunContext
 from promoter.layout import FILES, METADATA
 from promoter.logs import get_logger
@@ -129,12 +129,17 @@ def relist(art: int, meta: RunMetadata, context: Callable[[], RunContext],
     with the numbers relisted and dropped; None when it was right already. `context` is
     called only if some copy needs a new entry."""
     known = {a.filename: a for a in meta.artifacts}
+    # (size, µs) a name, once: `rules.same_copy` a file built a datetime for each (issue 15)
+    held = {name: (a.size_bytes, (a.generated_at - EPOCH) // ONE_US)  # clock.micros, inline
+            for name, a in known.items()}
     seen: set[str] = set()
     fresh: list[ArtifactEntry] = []
     ctx: RunContext | None = None
     for filename, fd, st in walk_files(art, meta.run_id):
         seen.add(filename)
-        if not rules.same_copy(known.get(filename), st.st_size, st.st_mtime_ns):
+        copy = held.get(filename)
+        if copy is None or copy[0] != st.st_size \
+                or copy[1] != min(max(st.st_mtime_ns // 1000, MIN_US), MAX_US):
             ctx = ctx or context()
             fresh.append(hash_entry(fd, filename, ctx, checksum))
     dropped = len(known.keys() - seen)

@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 
 from pydantic import ValidationError
 
-from promoter.clock import file_time, from_timestamp_ns, written_at
+from promoter.clock import MAX_US, MIN_US, file_micros, micros, written_at
 from promoter.config import RetentionConfig
 from promoter.context import RunContext
 from promoter.metadata import ArtifactEntry, RejectedEntry, RemovedEntry, RunMetadata, Tombstone
@@ -99,8 +99,8 @@ def verdict(meta: RunMetadata | None, tomb: Tombstone | None, filename: str, siz
     of the whole run per file (issue 15: that made one big run quadratic)."""
     if tomb is not None and written_at(mtime_ns, ctime_ns) <= tomb.deleted_at:
         return Verdict.DELETED
-    mtime = file_time(mtime_ns)
-    if mtime is None:
+    mtime_us = file_micros(mtime_ns)  # integers: no datetime built for every file (issue 15)
+    if mtime_us is None:
         return Verdict.BAD_TIME
     if meta is None:
         return Verdict.PROMOTE
@@ -108,7 +108,7 @@ def verdict(meta: RunMetadata | None, tomb: Tombstone | None, filename: str, siz
     if removed_at is not None and written_at(mtime_ns, ctime_ns) <= removed_at:
         return Verdict.REMOVED
     old = meta.entry(filename) if entries is None else entries.get(filename)
-    if old is not None and old.size_bytes == size and old.generated_at == mtime:
+    if old is not None and old.size_bytes == size and micros(old.generated_at) == mtime_us:
         return Verdict.UNCHANGED
     return Verdict.PROMOTE
 
@@ -133,7 +133,7 @@ def by_filename(meta: RunMetadata | None) -> dict[str, ArtifactEntry]:
 def same_copy(entry: ArtifactEntry | None, size: int, mtime_ns: int) -> bool:
     """The entry describes a stored copy of this size and time (start-up repair)."""
     return entry is not None and entry.size_bytes == size \
-        and entry.generated_at == from_timestamp_ns(mtime_ns)
+        and micros(entry.generated_at) == min(max(mtime_ns // 1000, MIN_US), MAX_US)
 
 
 def agent_for(ctx: RunContext, filename: str) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 from promoter import events
 from promoter.audit import Actor
 from promoter.config import Config
@@ -38,10 +40,28 @@ def prepare(store: Store, sessions: bool = True, create: bool = True,
     store.library.remove_stale_temps()
     if not repair:
         return
-    for run_id in store.run_ids():
+    runs = store.run_ids()
+    workers = min(store.config.promote.workers, len(runs))
+    if workers <= 1:
+        for run_id in runs:
+            _repair(store, run_id)
+        return
+    # runs in parallel (each under its own lock): the walk's `lstat`s and reads let go of
+    # the GIL, so a second thread parses or walks meanwhile (issue 15)
+    with ThreadPoolExecutor(workers, thread_name_prefix="promoter-repair") as pool:
+        jobs = [pool.submit(_repair, store, run_id) for run_id in runs]
         try:
-            store.repair(run_id)
-        except (StoreIOError, LockFileError):
-            raise  # the store itself is unusable: that is for everyone, not one run
-        except Exception as exc:  # one bad run never stops a start-up (DESIGN §6)
-            log.error(events.REPAIR_FAILED, run_id=run_id, reason=f"{type(exc).__name__}: {exc}")
+            for job in jobs:
+                job.result()
+        finally:
+            for job in jobs:
+                job.cancel()
+
+
+def _repair(store: Store, run_id: str) -> None:
+    try:
+        store.repair(run_id)
+    except (StoreIOError, LockFileError):
+        raise  # the store itself is unusable: that is for everyone, not one run
+    except Exception as exc:  # one bad run never stops a start-up (DESIGN §6)
+        log.error(events.REPAIR_FAILED, run_id=run_id, reason=f"{type(exc).__name__}: {exc}")
