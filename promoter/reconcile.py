@@ -21,7 +21,7 @@ from promoter.clock import EPOCH, ONE_US, last_change_ns
 from promoter.errors import StoreIOError
 from promoter.layout import OUTPUT
 from promoter.logs import get_logger
-from promoter.metadata import RunMetadata, Tombstone
+from promoter.metadata import RunMetadata
 from promoter.names import TEMP_PREFIX, is_valid_run_id
 from promoter.promotion import RETRY, Outcome, PromoteResult
 from promoter.safeio import Refused, folder, open_dir_chain
@@ -174,20 +174,16 @@ def too_deep(max_depth: int) -> str:
     return f"deeper than watch.max_depth ({max_depth} folders)"
 
 
-def known_copies(meta: RunMetadata | None,
-                 tomb: Tombstone | None) -> dict[str, tuple[int, int]]:
-    """(size, µs since the epoch) by filename of the entries a session file of that size and
-    mtime leaves alone: `rules.verdict` says UNCHANGED for such a file whenever the run has no
-    tombstone and the name is not on its removed list (a time equal to a stored one is in
-    range). With a tombstone, every file goes to `rules.verdict`."""
-    if meta is None or tomb is not None:
-        return {}
-    gone = {item.filename for item in meta.removed}
+def known_copies(meta: RunMetadata | None) -> dict[str, tuple[int, int]]:
+    """(size, µs since the epoch) by filename of the run's entries (the first of a repeated
+    name, as `rules.by_filename`). A session file of that size and mtime is never offered:
+    `rules.verdict` says UNCHANGED for it, or DELETED or REMOVED when a tombstone or the
+    removed list is later, and none of those is promoted (a time equal to a stored one is
+    in range, so never BAD_TIME)."""
     known: dict[str, tuple[int, int]] = {}
-    for item in meta.artifacts:
-        if item.filename not in gone:  # the first of a repeated name, as rules.by_filename
-            known.setdefault(item.filename,  # clock.micros, inline: paid for every entry
-                            (item.size_bytes, (item.generated_at - EPOCH) // ONE_US))
+    for item in meta.artifacts if meta is not None else ():
+        known.setdefault(item.filename,  # clock.micros, inline: paid for every entry
+                         (item.size_bytes, (item.generated_at - EPOCH) // ONE_US))
     return known
 
 
@@ -211,7 +207,7 @@ def find_pending(store: Store, rejections: Rejections,
                 entries = rules.by_filename(meta)  # one lookup a file, not a walk of the run
                 todo = [f for f in scan_run(sessions, run_id, exclude, rejections,
                                             store.config.watch.max_depth,
-                                            known_copies(meta, tomb))
+                                            known_copies(meta))
                         if rules.needs_promotion(meta, tomb, f.filename, f.size, f.mtime_ns,
                                                  f.ctime_ns or f.mtime_ns, entries)
                         and not rejections.known(f)]
