@@ -6,10 +6,7 @@ again, so a start-up pass over 100,000 promoted files costs one `stat` each.
 
 from __future__ import annotations
 
-import fnmatch
-import functools
 import os
-import re
 import stat
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -17,21 +14,21 @@ from concurrent.futures import CancelledError, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from promoter import events, rules
-from promoter.clock import EPOCH, ONE_US, last_change_ns
+from promoter.clock import last_change_ns
 from promoter.errors import StoreIOError
 from promoter.layout import OUTPUT
 from promoter.logs import get_logger
-from promoter.metadata import RunMetadata
-from promoter.names import TEMP_PREFIX, is_valid_run_id
+from promoter.names import is_valid_run_id
 from promoter.promotion import RETRY, Outcome, PromoteResult
 from promoter.safeio import Refused, folder, open_dir_chain
 from promoter.store import Store
-from promoter.walk import Folder, walk_tree
+from promoter.walk import Folder, exclusion, gc_paused, known_copies, walk_tree
 
 __all__ = [
     "ReconcileReport",
     "Rejections",
     "SessionFile",
+    "exclusion",
     "find_pending",
     "quiet",
     "reconcile",
@@ -130,17 +127,6 @@ def scan_run(sessions_fd: int, run_id: str, exclude: Iterable[str],
         os.close(top)
 
 
-@functools.lru_cache(maxsize=8)
-def exclusion(patterns: tuple[str, ...]) -> Callable[[str], bool]:
-    """`names.is_excluded` for one name: promoter's temp prefix and the globs compiled into
-    one pattern, once (not once a run: fnmatch.translate of the default globs was a tenth
-    of a warm catch-up, issue 15)."""
-    one = "|".join([f"(?:{re.escape(TEMP_PREFIX)})", *(f"(?:{fnmatch.translate(p)})"
-                                                       for p in patterns)])
-    match = re.compile(one).match
-    return lambda name: match(name) is not None
-
-
 def _scan_folder(folder: Folder, run_id: str, excluded: Callable[[str], bool],
                  rejections: Rejections, max_depth: int,
                  unchanged: Mapping[str, tuple[int, int]]) -> Iterator[SessionFile]:
@@ -172,19 +158,6 @@ def _scan_folder(folder: Folder, run_id: str, excluded: Callable[[str], bool],
 
 def too_deep(max_depth: int) -> str:
     return f"deeper than watch.max_depth ({max_depth} folders)"
-
-
-def known_copies(meta: RunMetadata | None) -> dict[str, tuple[int, int]]:
-    """(size, µs since the epoch) by filename of the run's entries (the first of a repeated
-    name, as `rules.by_filename`). A session file of that size and mtime is never offered:
-    `rules.verdict` says UNCHANGED for it, or DELETED or REMOVED when a tombstone or the
-    removed list is later, and none of those is promoted (a time equal to a stored one is
-    in range, so never BAD_TIME)."""
-    known: dict[str, tuple[int, int]] = {}
-    for item in meta.artifacts if meta is not None else ():
-        known.setdefault(item.filename,  # clock.micros, inline: paid for every entry
-                         (item.size_bytes, (item.generated_at - EPOCH) // ONE_US))
-    return known
 
 
 def quiet(f: SessionFile, now_ns: int, settle_ns: int) -> bool:
@@ -270,8 +243,14 @@ def reconcile(store: Store, rejections: Rejections | None = None,
     """Promote every finished file the store lacks; a file still being written is waited
     for until it has been quiet for `settle_ms` (DESIGN §3). Files that changed during
     their copy or met an I/O error are tried again, a bounded number of rounds."""
-    rejections = rejections or Rejections()
-    stop = stop or threading.Event()
+    with gc_paused():
+        return _reconcile(store, rejections or Rejections(), stop or threading.Event(),
+                          max_rounds, runs, progress)
+
+
+def _reconcile(store: Store, rejections: Rejections, stop: threading.Event, max_rounds: int,
+               runs: Iterable[str] | None,
+               progress: Callable[[int, int, int], None] | None) -> ReconcileReport:
     settle_ns = store.config.watch.settle_ms * 1_000_000
     report = ReconcileReport()
     run_filter = list(runs) if runs is not None else None

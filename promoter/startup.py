@@ -10,6 +10,7 @@ from promoter.config import Config
 from promoter.errors import StoreIOError
 from promoter.logs import get_logger
 from promoter.store import LockFileError, Store
+from promoter.walk import gc_paused
 
 log = get_logger()
 
@@ -40,6 +41,11 @@ def prepare(store: Store, sessions: bool = True, create: bool = True,
     store.library.remove_stale_temps()
     if not repair:
         return
+    with gc_paused():
+        _repair_all(store)
+
+
+def _repair_all(store: Store) -> None:
     runs = store.run_ids()
     workers = min(store.config.promote.workers, len(runs))
     if workers <= 1:

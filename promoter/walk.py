@@ -7,17 +7,30 @@ top), its stack is explicit and holds names, not descriptors (a folder of
 thousands of sub-folders holds one descriptor open, not thousands), and each
 folder is listed once with `os.scandir`, whose entries carry their type (no
 system call to tell a folder) and cache the one `lstat` a caller asks for.
+
+The rest makes a warm catch-up cheap (issue 15): the exclusion globs compiled once,
+the run's entries as integers to compare a file's `lstat` with, and the garbage
+collector held off while a pass builds 100,000 long-lived objects.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fnmatch
+import functools
+import gc
 import os
+import re
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+from promoter.clock import EPOCH, ONE_US
+from promoter.metadata import RunMetadata
+from promoter.names import TEMP_PREFIX
 from promoter.safeio import Refused, open_dir_chain
 
-__all__ = ["Folder", "walk_tree"]
+__all__ = ["Folder", "exclusion", "gc_paused", "known_copies", "walk_tree"]
 
 
 @dataclass
@@ -60,3 +73,57 @@ def walk_tree(top: int,
             stack.extend(f"{prefix}{name}/" for name in reversed(folder.enter))
         finally:
             os.close(fd)
+
+
+@functools.lru_cache(maxsize=8)
+def exclusion(patterns: tuple[str, ...]) -> Callable[[str], bool]:
+    """`names.is_excluded` for one name: promoter's temp prefix and the globs compiled into
+    one pattern, once (not once a run: fnmatch.translate of the default globs was a tenth
+    of a warm catch-up, issue 15)."""
+    one = "|".join([f"(?:{re.escape(TEMP_PREFIX)})", *(f"(?:{fnmatch.translate(p)})"
+                                                       for p in patterns)])
+    match = re.compile(one).match
+    return lambda name: match(name) is not None
+
+
+def known_copies(meta: RunMetadata | None) -> dict[str, tuple[int, int]]:
+    """(size, µs since the epoch) by filename of the run's entries (the first of a repeated
+    name, as `rules.by_filename`). A session file of that size and mtime is never offered:
+    `rules.verdict` says UNCHANGED for it, or DELETED or REMOVED when a tombstone or the
+    removed list is later, and none of those is promoted (a time equal to a stored one is
+    in range, so never BAD_TIME)."""
+    known: dict[str, tuple[int, int]] = {}
+    for item in meta.artifacts if meta is not None else ():
+        known.setdefault(item.filename,  # clock.micros, inline: paid for every entry
+                         (item.size_bytes, (item.generated_at - EPOCH) // ONE_US))
+    return known
+
+
+class _GcPause:
+    """The cyclic garbage collector held off while a catch-up pass runs (issue 15): parsing
+    100,000 entries allocates as many long-lived objects, and the collections they set off
+    walked them all again and again (a tenth or more of a warm pass). A pass makes no cycles
+    worth collecting; the collector resumes when the last pass in the process ends."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._holders = 0
+        self._was_enabled = False
+
+    @contextlib.contextmanager
+    def __call__(self) -> Iterator[None]:
+        with self._lock:
+            if self._holders == 0:
+                self._was_enabled = gc.isenabled()
+                gc.disable()
+            self._holders += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._holders -= 1
+                if self._holders == 0 and self._was_enabled:
+                    gc.enable()
+
+
+gc_paused = _GcPause()
