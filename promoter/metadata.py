@@ -86,7 +86,10 @@ def _unknown_keys(cls: type[BaseModel], data: Any) -> None:
 def _as_utc(value: datetime) -> datetime:
     """`value` with datetime.UTC as its zone (as `_require_utc` gives): pydantic-core's own
     zone object made every later subtraction call back into it (five times slower)."""
-    return value.astimezone(UTC) if value.utcoffset() else value.replace(tzinfo=UTC)
+    try:
+        return value.astimezone(UTC) if value.utcoffset() else value.replace(tzinfo=UTC)
+    except OverflowError:  # "9999-12-31T23:59:59-23:59": a planted file, refused as such
+        raise ValueError("time out of range in UTC") from None
 
 
 class _Model(BaseModel):

@@ -238,3 +238,32 @@ def test_integer_times_decide_as_datetimes_did(ns: int, stored_ns: int, size: in
                 else rules.Verdict.UNCHANGED if size == 1 and entry.generated_at == t
                 else rules.Verdict.PROMOTE)
     assert rules.verdict(meta, None, "a", size, ns, ns) is expected
+
+
+@pytest.mark.parametrize("when", ["9999-12-31T23:59:59-23:59", "0001-01-01T00:00:00+01:00"])
+def test_a_time_that_leaves_the_calendar_in_utc_is_refused_not_raised(when: str) -> None:
+    """An offset that pushes a time past year 9999 or before year 1 raised OverflowError
+    out of the parser (not a ValidationError: the run's repair and reads failed); now the
+    file is refused like any planted one, and so set aside and rebuilt."""
+    for doc in ({**_doc(), "created_at": when}, _doc(generated_at=when)):
+        with pytest.raises(ValidationError, match="out of range"):
+            RunMetadata.model_validate_json(json.dumps(doc))
+    with pytest.raises(ValidationError, match="out of range"):
+        Tombstone.model_validate_json(json.dumps({"run_id": "r", "deleted_at": when,
+                                                  "reason": "rm"}))
+
+
+def test_a_planted_metadata_with_an_overflowing_time_is_rebuilt_at_start(
+        tmp_path: Path) -> None:
+    """The start-up repair sets such a file aside and relists the copies."""
+    store = make_store(tmp_path)
+    write_session_file(tmp_path, "r", "a", b"abc", age_s=60)
+    reconcile(store)
+    path = tmp_path / "artifacts/r/metadata.json"
+    doc = json.loads(path.read_text())
+    doc["created_at"] = "9999-12-31T23:59:59-23:59"
+    path.write_text(json.dumps(doc))
+    fresh = Store(store.config)
+    prepare(fresh, create=False)
+    assert [a.filename for a in fresh.get_run("r").artifacts] == ["a"]
+    assert any(p.name.startswith("metadata.json.corrupt-") for p in path.parent.iterdir())
