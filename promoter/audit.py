@@ -29,7 +29,7 @@ from typing import Any, Protocol
 from promoter import events
 from promoter.clock import Clock, SystemClock, parse_time
 from promoter.errors import StoreIOError
-from promoter.logs import get_logger
+from promoter.logs import get_logger, info_many
 
 __all__ = [
     "AUDIT_DIR",
@@ -190,12 +190,11 @@ class Auditor:
         actor = _current.get() or self.actor
         now = self.clock.now()
         who = {**actor.fields(), "host": self.host}
-        lines = []
-        for event, fields in batch:
-            log.info(event, **fields, **who)
-            item = {"timestamp": _stamp(now), "event": event, **who, **fields}
-            lines.append(json.dumps(item, ensure_ascii=False, separators=(",", ":")))
-        data = ("\n".join(lines) + "\n").encode("utf-8", "surrogateescape")
+        stamp = _stamp(now)
+        info_many([(event, {**fields, **who}) for event, fields in batch])  # one write
+        dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+        data = "".join(dumps({"timestamp": stamp, "event": event, **who, **fields}) + "\n"
+                       for event, fields in batch).encode("utf-8", "surrogateescape")
         try:
             self.sink.append(now.astimezone(UTC).date().isoformat(), data)
         except OSError as exc:

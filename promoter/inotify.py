@@ -13,8 +13,11 @@ import fcntl
 import os
 import struct
 import termios
+import threading
+import time
 from typing import Any
 
+from watchdog.events import FileSystemEvent
 from watchdog.observers.inotify import InotifyFullEmitter, InotifyWatchGroup
 from watchdog.observers.inotify_c import (
     InotifyConstants,
@@ -22,6 +25,7 @@ from watchdog.observers.inotify_c import (
     InotifyFD,
     Mask,
 )
+from watchdog.utils.delayed_queue import DelayedQueue
 
 from promoter.watchtree import (
     Report,
@@ -32,7 +36,33 @@ from promoter.watchtree import (
     wanted_folder,
 )
 
-__all__ = ["BoundedWatchGroup", "SupervisedInotifyEmitter", "SupervisedInotifyFD"]
+__all__ = ["READ_PAUSE_S", "BoundedWatchGroup", "SupervisedInotifyEmitter", "SupervisedInotifyFD"]
+
+READ_PAUSE_S = 0.002  # after a read with events: a lone file waits this long, a burst wakes less
+
+
+class _HeldQueue(DelayedQueue[Any]):
+    """watchdog's queue between the inotify reader and the emitter, waking the emitter once
+    for each read of the reader (up to hundreds of events) rather than once an event: that
+    wake (a futex call and a hand-over of the GIL) an event was most of the reader's CPU
+    in a burst. Order, and the delay of unpaired moves, are watchdog's own."""
+
+    def __init__(self, delay: float, fd: Any) -> None:
+        super().__init__(delay)
+        self._fd: Any = fd
+
+    def put(self, element: Any, *, delay: bool = False) -> None:
+        fd = self._fd
+        if not getattr(fd, "holding", False) or threading.current_thread() is not fd:
+            super().put(element, delay=delay)
+            return
+        with self._lock:
+            self._queue.append((element, time.monotonic(), delay))
+        self._fd.owed.add(self)  # woken by the reader once its read is handled
+
+    def wake(self) -> None:
+        with self._lock:
+            self._not_empty.notify()
 
 
 class BoundedWatchGroup(InotifyWatchGroup):
@@ -41,6 +71,12 @@ class BoundedWatchGroup(InotifyWatchGroup):
     def __init__(self, report: Report, root: str, *args: Any, **kwargs: Any) -> None:
         self._report, self._root = report, root  # set first: __post_init__ walks
         super().__init__(*args, **kwargs)
+
+    def __post_init__(self) -> None:
+        # the queue is swapped before the first watch exists: no event reaches the old one
+        self._move_event_grouper._queue = _HeldQueue(self._move_event_grouper.delay,
+                                                     self._inotify_fd)
+        super().__post_init__()
 
     def _add_all_callbacks(self, path: bytes) -> None:
         text = os.fsdecode(path)
@@ -78,6 +114,8 @@ class SupervisedInotifyFD(InotifyFD):
         self._root, self._report = root, report
         self._read = self._handled = 0
         self._stopping = False
+        self.holding = False  # while a read's events are handled (see _HeldQueue)
+        self.owed: set[_HeldQueue] = set()
 
     def add_callback(self, path: bytes, mask: Any, callback: Any, id_: Any) -> Any:
         text = os.fsdecode(path)
@@ -126,18 +164,48 @@ class SupervisedInotifyFD(InotifyFD):
         super().stop()
 
     def run(self) -> None:
-        run_reporting(self.name, self._report, super().run, lambda: self._stopping)
+        run_reporting(self.name, self._report, self._read_loop, lambda: self._stopping)
+
+    def _read_loop(self) -> None:
+        """watchdog's `InotifyFD.run`, the emitter woken once a read (see _HeldQueue)."""
+        while self.should_keep_running():
+            found = self.read_events()
+            self.holding = True
+            try:
+                for event in found:
+                    self.handle_event(event)
+            finally:
+                self.holding = False
+                owed, self.owed = self.owed, set()
+                for held in owed:
+                    held.wake()
+            if found:  # let a burst's next events gather: one wake and one read for many
+                self.stopped_event.wait(READ_PAUSE_S)
 
 class SupervisedInotifyEmitter(InotifyFullEmitter):
     """Full events: a rename from an unwatched folder arrives as a move, not a creation.
     watchdog stops this emitter itself when the watched folder is deleted: reported."""
 
     asked_to_stop = False
+    handler: Any = None  # set by observers.make_observer before the start
 
     def __init__(self, *args: Any, report: Report, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.name = "promoter-watch-emitter"
         self._report = report
+
+    def queue_event(self, event: FileSystemEvent) -> None:
+        """Straight to the one handler, in this thread: watchdog's event queue and
+        dispatcher thread were a fifth of a burst's watcher CPU (a lock, a wake and a
+        repeat check an event) for one schedule with one handler. This thread alone
+        hands events over, in the order the group delivers them, as the dispatcher did."""
+        wanted = self._event_filter
+        if wanted is not None and type(event) not in wanted:
+            return  # e.g. the folder's DirModifiedEvent after every file event
+        if self.handler is None:
+            super().queue_event(event)
+        else:
+            self.handler.dispatch(event)
 
     def on_thread_start(self) -> None:
         # watchdog's own, with the bounded group (watchdog 7.1 InotifyEmitter)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Sequence
 from typing import Any, TextIO
 
 import structlog
 
-__all__ = ["StdlibBridge", "configure_logging", "get_logger"]
+__all__ = ["StdlibBridge", "configure_logging", "get_logger", "info_many"]
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
            "error": logging.ERROR}
@@ -53,6 +54,29 @@ def get_logger(name: str = "promoter") -> Any:
     if not structlog.is_configured():
         configure_logging()
     return structlog.get_logger(name)
+
+
+def info_many(items: Sequence[tuple[str, dict[str, Any]]]) -> None:
+    """Info events, each rendered once by the configured processors, written together: a
+    batch of promotions is one write to stderr, not one write and flush a line (a burst
+    logs a line a promoted file). Nothing is rendered when info is filtered out."""
+    if not items:
+        return
+    bound = get_logger().bind()
+    if not bound.is_enabled_for(logging.INFO):
+        return
+    lines: list[str] = []
+    for event, fields in items:
+        try:
+            args, kw = bound._process_event("info", event, dict(fields))
+        except structlog.DropEvent:
+            continue
+        if len(args) == 1 and not kw and isinstance(args[0], str):
+            lines.append(args[0])
+        else:  # a renderer that does not make a line (a test's): logged as structlog would
+            bound._logger.info(*args, **kw)
+    if lines:
+        bound._logger.msg("\n".join(lines))
 
 
 class StdlibBridge(logging.Handler):

@@ -222,4 +222,7 @@ def make_observer(kind: str, root: str, handler: FileSystemEventHandler,
     except BaseException:
         observer.stop()
         raise
+    for emitter in observer.emitters:
+        if hasattr(emitter, "handler"):  # inotify: the emitter calls the handler itself
+            emitter.handler = handler
     return observer

@@ -30,13 +30,14 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler, FileSystemM
 from promoter import events
 from promoter.layout import CONTEXT_FILES, OUTPUT
 from promoter.logs import get_logger
-from promoter.names import is_excluded, is_valid_run_id
+from promoter.names import is_valid_run_id
 from promoter.observers import (
     ObserverLike,
     Report,
     make_observer,
     overflow_being_reported,
 )
+from promoter.reconcile import exclusion
 
 __all__ = ["ObserverFactory", "WatchSink", "Watcher"]
 
@@ -134,7 +135,7 @@ class _Handler(FileSystemEventHandler):
         if parts[1] != OUTPUT:
             return  # input/ and anything else the runtime keeps beside output/
         rel = parts[2:]
-        if rel and is_excluded(rel, self.w.exclude):
+        if rel and any(map(self.w.excluded, rel)):
             return
         name = "/".join(rel)
         if is_dir:
@@ -184,6 +185,7 @@ class Watcher:
         self.root = os.path.realpath(root)
         self.sink = sink
         self.exclude: tuple[str, ...] = tuple(exclude)
+        self.excluded = exclusion(self.exclude)  # names.is_excluded of one name, compiled
         self.kind = kind
         self.in_use = ""
         self.stopping = False
@@ -316,6 +318,7 @@ class Watcher:
 
     def set_exclude(self, patterns: Sequence[str]) -> None:
         self.exclude = tuple(patterns)
+        self.excluded = exclusion(self.exclude)
 
     # -- supervision ---------------------------------------------------------------------
 
