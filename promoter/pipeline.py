@@ -37,6 +37,7 @@ __all__ = ["MAX_BATCH", "STALL_S", "Pipeline", "batch_limit"]
 log = get_logger()
 MS = 1_000_000
 STALL_S = 120.0  # work outstanding and no batch done for this long: the backlog is stuck
+SMALL_BATCH = 16  # files: such a batch takes the lane while every worker is busy
 GATHER_S = 0.002  # the settle thread, woken by a message, lets the next ones come first
 
 
@@ -122,11 +123,18 @@ class Pipeline:
         self._settler = Settler(settle_ms * MS)
         self._inbox: queue.SimpleQueue[_Message] = queue.SimpleQueue()
         self._work: queue.SimpleQueue[Batch | None] = queue.SimpleQueue()
-        self._pause = threading.Event()  # never set: the settle thread's short gather
+        self._pause = threading.Event()  # never set: the settle thread's gather (GATHER_S)
         self._threads = [threading.Thread(target=self._settle_loop, name="promoter-settle",
                                           daemon=True)]
         self._threads += [threading.Thread(target=self._worker, name=f"promoter-worker-{i + 1}",
                                            daemon=True) for i in range(workers)]
+        # probe-15 finding 5: a lone file must not wait seconds behind other runs' big batches
+        self._lane: queue.SimpleQueue[Batch | None] = queue.SimpleQueue()
+        self._threads.append(threading.Thread(target=self._worker, args=(self._lane,),
+                                              name="promoter-worker-lane", daemon=True))
+        self._workers = workers
+        self._on_work = 0  # batches handed to the workers (not the lane), not yet done
+        self._laned: set[int] = set()  # id() of the batches handed to the lane
         self._stop_by: float | None = None  # set by drain(): no chunk starts after it
         self.pools = CopyPools()  # the copy helper threads, lent to the store; see close()
         store.pools = self.pools
@@ -237,7 +245,7 @@ class Pipeline:
                 if isinstance(message, _Flush):
                     draining = True
                     for batch in s.flush_closed(steady_files(s, self._stat)):
-                        self._work.put(batch)
+                        self._hand_out(batch)
                 else:
                     self._apply(s, message)
                 try:
@@ -246,15 +254,26 @@ class Pipeline:
                     message = None
             if not draining:
                 for batch in s.due(self._now(), self._stat):
-                    self._work.put(batch)
+                    self._hand_out(batch)
             self._busy = s.busy_runs()
             self.queue_length = len(s)
             self._outstanding = s.in_flight()
             self.metrics.queue.set(self.queue_length)
             if draining and s.in_flight() == 0:
                 break
-        for _ in self._threads[1:]:
+        for _ in range(self._workers):
             self._work.put(None)
+        self._lane.put(None)
+
+    def _hand_out(self, batch: Batch) -> None:
+        """To the workers; a small batch to the lane while they are all busy (a lone file
+        waited seconds behind other runs' big batches)."""
+        if len(batch.filenames) <= SMALL_BATCH and self._on_work >= self._workers:
+            self._laned.add(id(batch))
+            self._lane.put(batch)
+        else:
+            self._on_work += 1
+            self._work.put(batch)
 
     def _apply(self, s: Settler, message: _Message) -> None:
         now = self._now()
@@ -277,6 +296,8 @@ class Pipeline:
                 s.settle_ns = settle_ms * MS
             case _Done(batch, retry, retry_run, limit):
                 s.done(batch, retry, now, retry_run=retry_run, limit=limit)
+                self._on_work -= id(batch) not in self._laned
+                self._laned.discard(id(batch))
                 self._last_progress = time.monotonic()
 
     def _stat(self, run_id: str, filename: str) -> FileState | None:
@@ -289,9 +310,10 @@ class Pipeline:
 
     # -- the workers ---------------------------------------------------------------------
 
-    def _worker(self) -> None:
+    def _worker(self, source: queue.SimpleQueue[Batch | None] | None = None) -> None:
+        work = self._work if source is None else source
         while True:
-            batch = self._work.get()
+            batch = work.get()
             if batch is None:
                 return
             retry, retry_run = self._promote(batch)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import pwd
@@ -17,6 +18,7 @@ import pytest
 
 from promoter.audit import AUDIT_DIR, read_journal
 from promoter.cli import main
+from promoter.logs import configure_logging
 from promoter.sweep import sweep
 from tests.daemon_helpers import base_config, start_daemon, wait_until, write
 from tests.store_helpers import FakeClock
@@ -321,3 +323,39 @@ def test_odd_day_files_are_skipped_never_a_crash_nor_a_hang(
     assert main(["keep", "r1", "--root", str(tmp_path)]) == 1
     err = capsys.readouterr().err
     assert "not a regular file" in err and str(today) in err
+
+
+class _CountingStream(io.StringIO):
+    """A log stream that counts its writes."""
+
+    writes = 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        return super().write(text)
+
+
+@pytest.mark.parametrize("level", ["info", "warning"])
+def test_a_batch_of_promotions_is_logged_in_one_write(tmp_path: Path, level: str) -> None:
+    """A batch's artifact.promoted lines are rendered once each and written together (one
+    write, not a write and a flush a line); each is whole JSON with actor and host; at
+    warning nothing is written."""
+    store = make_store(tmp_path)
+    names = [f"f{i}.txt" for i in range(50)]
+    for name in names:
+        write_session_file(tmp_path, "r1", name, b"x")
+    stream = _CountingStream()
+    configure_logging(level, "json", stream=stream)
+    try:
+        store.promote_files("r1", names)
+    finally:
+        configure_logging()
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    promoted = [e for e in lines if e["event"] == "artifact.promoted"]
+    if level == "warning":
+        assert promoted == [] and stream.writes == 0
+        return
+    assert sorted(e["filename"] for e in promoted) == sorted(names)
+    assert all(e["actor"] == "daemon" or e["actor"].startswith("uid:") for e in promoted)
+    assert all(e["level"] == "info" and "timestamp" in e and "host" in e for e in promoted)
+    assert stream.writes <= 2 * (len(lines) - len(promoted)) + 2  # print: a line and a "\n"

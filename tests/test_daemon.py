@@ -611,11 +611,11 @@ def test_a_raising_handler_is_caught_and_its_run_caught_up(faulty: Daemon) -> No
 
 
 def test_a_dead_dispatcher_thread_is_restarted_with_a_catch_up(faulty: Daemon) -> None:
-    """When an error escapes into watchdog's dispatcher thread and kills it, the watcher
-    notices, restarts the observer, catches every run up, and files keep arriving."""
+    """When an error escapes the handler and kills the thread that calls it (the emitter), the
+    watcher notices, restarts the observer, catches every run up, and files keep arriving."""
     write(output(faulty, "kill-1") / "fault-kill.txt", "k")
     line = faulty.wait_log("watch.error", source="observer")
-    assert line["thread"] == "promoter-watch-dispatch"
+    assert line["thread"] == "promoter-watch-emitter"
     faulty.wait_log("watch.restarted")
     faulty.wait_entry("kill-1", "fault-kill.txt")
     write(output(faulty, "kill-1") / "after.txt", "a")

@@ -202,3 +202,36 @@ def test_health_names_a_dead_thread(store: FakeStore) -> None:
     assert p.health() is None
     assert p.drain(5)
     assert "is not running" in (p.health() or "")
+
+
+class BlockingStore(FakeStore):
+    """Holds every batch of a run named big-* until `release` is set."""
+
+    def __init__(self, sessions: Path) -> None:
+        super().__init__(sessions)
+        self.release = threading.Event()
+
+    def promote_files(self, run_id: str, filenames: tuple[str, ...]) -> list[PromoteResult]:
+        if run_id.startswith("big-"):
+            with self.lock:
+                self.calls.append(("started", run_id, tuple(filenames)))
+            self.release.wait(20)
+        return super().promote_files(run_id, filenames)
+
+
+def test_a_lone_file_passes_big_batches_that_hold_every_worker(tmp_path: Path) -> None:
+    """probe-15 finding 5: while two runs' batches hold both workers, a lone file of a
+    third run is promoted at once (the lane), not after them."""
+    store = BlockingStore(tmp_path)
+    p = pipeline(store)
+    try:
+        for run in ("big-a", "big-b"):
+            for i in range(40):
+                p.file_changed(run, f"f{i}.bin", strong=True)
+        wait_until(lambda: sum(kind == "started" for kind, _, _ in store.calls) == 2, timeout=10)
+        p.file_changed("lone", "x.txt", strong=True)
+        wait_until(lambda: store.promoted("lone") == ["x.txt"], timeout=5, what=repr(store.calls))
+        assert not store.release.is_set() and store.promoted("big-a") == []
+    finally:
+        store.release.set()
+        assert p.drain(10)

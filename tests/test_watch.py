@@ -372,8 +372,9 @@ def test_a_watch_that_cannot_be_added_is_reported(sessions: Path,
 
 def test_a_dead_dispatcher_is_noticed_and_restarted(sessions: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    """An error that escapes into watchdog's dispatcher thread ends it; the watcher hears of
-    it at once, and supervise() restarts the observer and catches every run up."""
+    """An error that escapes the handler ends the thread that calls it (the emitter, which
+    dispatches itself); the watcher hears of it at once, and supervise() restarts the
+    observer and catches every run up."""
     install_faults({"kill"}, monkeypatch.setattr)
     sink = Sink()
     trouble = threading.Event()
@@ -383,7 +384,7 @@ def test_a_dead_dispatcher_is_noticed_and_restarted(sessions: Path,
         out = watched_output(w, sink, sessions, "r1")
         write(out / "fault-kill.txt", "k")
         assert trouble.wait(10)
-        assert w.health() is not None and "promoter-watch-dispatch" in w.health()  # type: ignore[operator]
+        assert w.health() is not None and "promoter-watch-emitter" in w.health()  # type: ignore[operator]
         assert w.supervise() is None
         assert w.health() is None and w.restarts == 1
         assert sink.seen("catch_up", None, "watch-restart")
@@ -476,3 +477,44 @@ def test_quiesce_returns_once_events_are_delivered(watched: tuple[Watcher, Sink]
     assert w.quiesce(5.0)
     missing = [i for i in range(200) if not sink.seen("changed", "r1", f"q{i}", True)]
     assert not missing, (missing, w._observer.idle())  # type: ignore[union-attr]
+
+
+def test_events_reach_the_sink_from_the_emitter_in_few_wakes(sessions: Path) -> None:
+    """The handler runs in the emitter thread (no dispatcher hop), and a burst already queued
+    in the kernel wakes the emitter once a read, not once an event, in the kernel's order."""
+    from promoter import inotify
+
+    sink = Sink()
+    threads: set[str] = set()
+    file_changed = sink.file_changed
+
+    def changed(run_id: str, filename: str, strong: bool, open_unknown: bool = False) -> None:
+        threads.add(threading.current_thread().name)
+        file_changed(run_id, filename, strong, open_unknown)
+
+    sink.file_changed = changed  # type: ignore[method-assign]
+    wakes = 0
+    wake = inotify._HeldQueue.wake
+
+    def counted(self: Any) -> None:
+        nonlocal wakes
+        wakes += 1
+        wake(self)
+
+    w = Watcher(sessions, sink, [], kind="inotify")
+    w.start()
+    try:
+        out = watched_output(w, sink, sessions, "r1")
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(inotify._HeldQueue, "wake", counted)
+            names = [f"b{i:03d}.txt" for i in range(300)]
+            for name in names:
+                write(out / name, "x")  # create, modify, close: 900 events
+            wait_until(lambda: all(sink.seen("changed", "r1", n, True) for n in names), 20)
+        assert threads == {"promoter-watch-emitter"}
+        assert wakes < 300, wakes  # one a read of the reader; it was one an event
+        with sink.lock:
+            closes = [c[2] for c in sink.calls if c[0] == "changed" and c[3] and c[2] in names]
+        assert closes == names
+    finally:
+        w.stop()

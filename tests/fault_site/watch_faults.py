@@ -4,8 +4,8 @@
 failures promoter works around would (DESIGN §5):
 
 - `raise`: the handler raises for `fault-raise*` (caught by its guard: a catch-up);
-- `kill`: the handler's error for `fault-kill*` escapes into watchdog's dispatcher
-  thread and ends it (the watcher restarts the observer);
+- `kill`: the handler's error for `fault-kill*` escapes into the thread that calls it
+  (watchdog's emitter) and ends it (the watcher restarts the observer);
 - `overflow`: the events of `fault-overflow*` are lost and the kernel's queue
   overflow is reported in their place;
 - `nowatch`: a folder named `fault-nowatch*` cannot be watched (ENOSPC).
