@@ -1,11 +1,10 @@
 """The promotion pipeline: one settle thread, a pool of workers (DESIGN §5).
 
-The settle thread alone owns the `Settler`: the watcher, the catch-up thread
-and the workers talk to it through one queue, so the pure tracker needs no
-lock. It sleeps until its next deadline or its next message, so an idle daemon
-wakes for nothing. Finished files go to the workers a batch per run; each batch
-is one `Store.promote_files` call (one metadata write). Nothing a worker meets
-stops the daemon: every error is logged, and the batch's files retried.
+The settle thread alone owns the `Settler`: the watcher, the catch-up thread and the
+workers talk to it through one queue, so the pure tracker needs no lock. It sleeps until
+its next deadline or its next message, so an idle daemon wakes for nothing. Finished files
+go to the workers a batch per run, each one `Store.promote_files` call (one metadata
+write). Nothing a worker meets stops the daemon: every error is logged, the files retried.
 """
 
 from __future__ import annotations
@@ -128,13 +127,12 @@ class Pipeline:
                                           daemon=True)]
         self._threads += [threading.Thread(target=self._worker, name=f"promoter-worker-{i + 1}",
                                            daemon=True) for i in range(workers)]
-        # probe-15 finding 5: a lone file must not wait seconds behind other runs' big batches
-        self._lane: queue.SimpleQueue[Batch | None] = queue.SimpleQueue()
+        self._lane: queue.SimpleQueue[Batch | None] = queue.SimpleQueue()  # see _hand_out
         self._threads.append(threading.Thread(target=self._worker, args=(self._lane,),
                                               name="promoter-worker-lane", daemon=True))
-        self._workers = workers
-        self._on_work = 0  # batches handed to the workers (not the lane), not yet done
+        self._workers, self._on_work = workers, 0  # batches on the workers' queue, not done
         self._laned: set[int] = set()  # id() of the batches handed to the lane
+        self._working: dict[str, float] = {}  # worker thread -> when it took its batch
         self._stop_by: float | None = None  # set by drain(): no chunk starts after it
         self.pools = CopyPools()  # the copy helper threads, lent to the store; see close()
         store.pools = self.pools
@@ -188,7 +186,9 @@ class Pipeline:
         for thread in self._threads:
             if not thread.is_alive():
                 return f"{thread.name} is not running"
-        if self._outstanding and time.monotonic() - self._last_progress > self.stall_s:
+        now = time.monotonic()
+        since = min([self._last_progress, *list(self._working.values())])  # the lane goes on
+        if self._outstanding and now - since > self.stall_s:  # while a worker is stuck
             return f"no batch done for {self.stall_s:.0f} s with {self._outstanding} outstanding"
         return None
 
@@ -266,8 +266,7 @@ class Pipeline:
         self._lane.put(None)
 
     def _hand_out(self, batch: Batch) -> None:
-        """To the workers; a small batch to the lane while they are all busy (a lone file
-        waited seconds behind other runs' big batches)."""
+        """To the workers; a small batch to the lane while they are all busy (probe-15 #5)."""
         if len(batch.filenames) <= SMALL_BATCH and self._on_work >= self._workers:
             self._laned.add(id(batch))
             self._lane.put(batch)
@@ -316,7 +315,9 @@ class Pipeline:
             batch = work.get()
             if batch is None:
                 return
+            self._working[me := threading.current_thread().name] = time.monotonic()
             retry, retry_run = self._promote(batch)
+            del self._working[me]
             self._inbox.put(_Done(batch, retry, retry_run, self._limit(batch.run_id)))
 
     def _promote(self, batch: Batch) -> tuple[frozenset[str], bool]:

@@ -37,7 +37,7 @@ from promoter.observers import (
     make_observer,
     overflow_being_reported,
 )
-from promoter.reconcile import exclusion
+from promoter.walk import exclusion
 
 __all__ = ["ObserverFactory", "WatchSink", "Watcher"]
 
