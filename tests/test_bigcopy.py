@@ -101,7 +101,7 @@ def test_a_failed_flush_on_a_helper_fails_the_batch_with_no_entry(
             raise OSError(errno.EIO, "Input/output error")
         real_fsync(fd)
 
-    monkeypatch.setattr(batchcopy.os, "fsync", flaky)
+    monkeypatch.setattr(os, "fsync", flaky)
     results = store.promote_files("r1", names)
     monkeypatch.undo()
     assert {r.outcome for r in results} == {Outcome.FAILED}
@@ -161,7 +161,7 @@ def test_a_source_truncated_mid_copy_is_tried_again_and_leaves_nothing(
             os.truncate(src, safeio.CHUNK + 10)
         return real_readv(fd, buffers)
 
-    monkeypatch.setattr(safeio.os, "readv", cutting)
+    monkeypatch.setattr(os, "readv", cutting)
     with folder(tmp_path) as base, folder(tmp_path / "out") as out:
         fd, st = open_regular(base, "src.bin", allow_hardlinks=False)
         try:
