@@ -4,67 +4,66 @@ Copying a file one at a time costs an `fsync` of the file, a rename and (once a
 batch) a folder flush; the `fsync` alone was half of a worker's time in a burst of
 4 KiB files. A batch instead writes every copy to a `.promoter-` temporary, then
 flushes them all at once (one `syncfs` of the store's file system for a batch of
-`SYNCFS_MIN_FILES` or more, an `fsync` each below that, so a lone file never pays
-for other people's dirty pages), then renames them all, then flushes each folder
-once. Only after `commit()` may the caller write metadata naming them: every entry
-is durable before it appears. Folder descriptors are opened once per batch.
+`SYNCFS_MIN_FILES` small copies or more, an `fsync` each below that, so a lone file never
+pays for other people's dirty pages, nor a big copy for the agents' dirty output beside
+it; a big copy's writeback started as it was written), then renames them all, then
+flushes each folder once. Only after `commit()` may the caller write metadata naming
+them: every entry is durable before it appears. Folder descriptors are opened once per batch.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import functools
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from concurrent import futures
 from dataclasses import dataclass
 from types import TracebackType
-from typing import cast
 
+from promoter import writeback
 from promoter.names import split_relpath
 from promoter.safeio import CopyPools, CopyResult, fsync_dir, open_dir_chain, stage_copy
 
 __all__ = ["MAX_HELD", "SYNCFS_MIN_FILES", "CopyBatch", "flush_all"]
 
-SYNCFS_MIN_FILES = 16  # from this many staged copies, one syncfs beats an fsync each
+SYNCFS_MIN_FILES = 16  # from this many small staged copies, one syncfs beats an fsync each
 MAX_HELD = 256  # folder descriptors a batch holds before it commits what it has
-
-
-@functools.cache
-def _load_syncfs() -> Callable[[int], int] | None:
-    """libc's syncfs(2) (Python 3.11's os has none), from the symbols the interpreter already
-    has (never `ctypes.util.find_library`, which runs ldconfig: seconds at start-up under
-    load); looked up at the first batch, not at import."""
-    try:
-        func = ctypes.CDLL(None, use_errno=True).syncfs
-    except (OSError, AttributeError):
-        return None
-    func.argtypes = [ctypes.c_int]
-    func.restype = ctypes.c_int
-    return cast(Callable[[int], int], func)
 
 
 def _syncfs(fd: int) -> int:
     """syncfs(fd): 0 when done; -1 on an error or where there is none (then fsync each)."""
-    func = _load_syncfs()
-    return -1 if func is None else func(fd)
+    return writeback.syncfs(fd)
 
 
-def flush_all(files: Sequence[tuple[int, str]]) -> None:
-    """Make the data of every (folder descriptor, temp name) in `files` durable: one
-    syncfs when there are many (ext4 writes and commits them together), else an fsync
-    each (a read-only descriptor flushes the file's data as well). One file system."""
+def flush_all(files: Sequence[tuple[int, str, int]], pools: CopyPools | None = None) -> None:
+    """Make the data of every (folder descriptor, temp name, size) in `files` durable: one
+    syncfs when there are many small copies (ext4 writes and commits them together), else
+    an fsync each (a read-only descriptor flushes the file's data as well), several at once
+    on `pools`. A syncfs also waits for every other dirty page of the file system: the
+    agents' own output beside the store, as big as the copies; big copies (their writeback
+    started as they were written) are therefore flushed one by one. One file system."""
     if not files:
         return
-    if len(files) >= SYNCFS_MIN_FILES and _syncfs(files[0][0]) == 0:
+    small = sum(1 for _, _, size in files if size < writeback.EARLY_WRITEBACK_BYTES)
+    if small >= SYNCFS_MIN_FILES and _syncfs(files[0][0]) == 0:
         return
-    # few files, or syncfs reported a writeback error (Linux 5.8+): which file was it
-    for dir_fd, name in files:
-        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    # few small copies, big ones, or syncfs reported a writeback error: which file was it
+    if pools is None or len(files) < 2:
+        for dir_fd, name, _ in files:
+            _fsync_at(dir_fd, name)
+        return
+    flushes = [pools.flusher.submit(_fsync_at, dir_fd, name) for dir_fd, name, _ in files]
+    futures.wait(flushes)  # every one done before the folders may be closed
+    for flush in flushes:
+        flush.result()  # the first error fails the batch
+
+
+def _fsync_at(dir_fd: int, name: str) -> None:
+    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 @dataclass
@@ -73,6 +72,7 @@ class _Staged:
     folder: tuple[str, ...]
     tmp: str
     name: str
+    size: int
 
 
 class CopyBatch:
@@ -119,8 +119,8 @@ class CopyBatch:
             self.commit()  # bounded descriptors whatever the batch's shape
         dir_fd = self._folder(folder)
         out, tmp, result = stage_copy(src, st, dir_fd, parts[-1], checksum=self._checksum,
-                                      max_bytes=self._max_bytes, pools=self._pools)
-        self._staged.append(_Staged(filename, folder, tmp, parts[-1]))
+                                      max_bytes=self._max_bytes)
+        self._staged.append(_Staged(filename, folder, tmp, parts[-1], result.size))
         os.close(out)  # held open, 512 temps made each creation cost twice as much
         return result
 
@@ -131,7 +131,7 @@ class CopyBatch:
         names, with their errors, are returned (and kept in `failed`), their temps removed."""
         staged, self._staged = self._staged, []
         try:
-            flush_all([(self._folders[s.folder], s.tmp) for s in staged])
+            flush_all([(self._folders[s.folder], s.tmp, s.size) for s in staged], self._pools)
         except BaseException:
             self._staged = staged  # abort() removes them
             raise

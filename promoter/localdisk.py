@@ -189,12 +189,13 @@ class LocalDisk:
                  checksum: bool, max_bytes: int, pools: CopyPools | None,
                  agent_id: str = "unknown") -> CopyResult:
         """Copy an open source into files/<filename>: atomic (temp, fsync, rename), hashed
-        as it is copied; the folder's fsync is `sync_folders`, once a batch."""
+        as it is copied; the folder's fsync is `sync_folders`, once a batch. One file has
+        one flush: `pools` (for a batch's flushes) is not needed here."""
         parts = split_relpath(filename)
         dst_dir = open_dir_chain(art, [run_id, FILES, *parts[:-1]], create=True)
         try:
             return copy_and_hash(src, st, dst_dir, parts[-1], checksum=checksum,
-                                 max_bytes=max_bytes, pools=pools)
+                                 max_bytes=max_bytes)
         finally:
             os.close(dst_dir)
 

@@ -15,10 +15,11 @@ import os
 import stat
 import threading
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from promoter.names import TEMP_PREFIX
+from promoter.writeback import EARLY_WRITEBACK_BYTES, start_writeback
 
 __all__ = [
     "CopyPools",
@@ -41,7 +42,8 @@ __all__ = [
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-CHUNK = 1 << 20
+CHUNK = 128 << 10  # read, hashed and written while it is still in the core's cache
+WRITEBACK_STEP = 1 << 20  # a long copy starts the writeback of each MiB it has written
 
 
 class Refused(Exception):
@@ -252,21 +254,18 @@ def _same_version(a: os.stat_result, b: os.stat_result) -> bool:
                                                               b.st_dev)
 
 
-FLUSH_EVERY = 32 << 20
-
-
 class CopyPools:
-    """The helper threads of `copy_and_hash`, owned by the daemon's pipeline: created on
-    first use, shut down by `shutdown()`. A command or the server passes none and copies
-    in its own thread (no thread of ours outlives its work)."""
+    """The helper threads of a batch's flush (`batchcopy.flush_all`: the fsyncs of its big
+    copies at once, which the file system commits together: half the wait of one after
+    another), owned by the daemon's pipeline: created on first use, shut down by
+    `shutdown()`. A command or the server passes none and flushes in its own thread (no
+    thread of ours outlives its work)."""
 
     def __init__(self) -> None:
-        self.writer = ThreadPoolExecutor(max_workers=4, thread_name_prefix="promoter-copy-writer")
-        self.flusher = ThreadPoolExecutor(max_workers=2,
+        self.flusher = ThreadPoolExecutor(max_workers=4,
                                           thread_name_prefix="promoter-copy-flusher")
 
     def shutdown(self) -> None:
-        self.writer.shutdown(wait=True)
         self.flusher.shutdown(wait=True)
 
 
@@ -279,20 +278,12 @@ def _write_all(fd: int, data: memoryview) -> None:
 _buffers = threading.local()
 
 
-def _chunks(src_fd: int) -> Iterator[memoryview]:
-    """Read the source in chunks into two buffers, alternating so one can be written
-    meanwhile; the thread's own, made once (a fresh 2 MiB a file cost more than a 4 KiB copy)."""
-    buffers: tuple[bytearray, bytearray] | None = getattr(_buffers, "pair", None)
-    if buffers is None:
-        buffers = _buffers.pair = (bytearray(CHUNK), bytearray(CHUNK))
-    turn = 0
-    while True:
-        buf = buffers[turn]
-        n = os.readv(src_fd, [buf])
-        if n == 0:
-            return
-        yield memoryview(buf)[:n]
-        turn ^= 1
+def _buffer() -> bytearray:
+    """The thread's copy buffer, made once (a fresh one a file cost more than a 4 KiB copy)."""
+    buf: bytearray | None = getattr(_buffers, "buf", None)
+    if buf is None:
+        buf = _buffers.buf = bytearray(CHUNK)
+    return buf
 
 
 def copy_and_hash(
@@ -302,11 +293,9 @@ def copy_and_hash(
     dst_name: str,
     checksum: bool,
     max_bytes: int,
-    pools: CopyPools | None = None,
 ) -> CopyResult:
     """`stage_copy`, then flush and rename: one file copied atomically and durably."""
-    out, tmp, result = stage_copy(src_fd, src_stat, dst_dir_fd, dst_name, checksum, max_bytes,
-                                  pools)
+    out, tmp, result = stage_copy(src_fd, src_stat, dst_dir_fd, dst_name, checksum, max_bytes)
     try:
         try:
             os.fsync(out)
@@ -327,48 +316,37 @@ def stage_copy(
     dst_name: str,
     checksum: bool,
     max_bytes: int,
-    pools: CopyPools | None = None,
 ) -> tuple[int, str, CopyResult]:
     """Copy an open source into a new temp beside `dst_name`, hashing the bytes copied;
     (the temp's open descriptor, its name, the result). Not flushed, not renamed: the
-    caller (`copy_and_hash`, `batchcopy.CopyBatch`) does both, in that order. Each chunk
-    is read once; with `pools`, a helper thread writes it while this one hashes it (both
-    release the GIL): a large file costs the slower of copy and hash, not their sum.
+    caller (`copy_and_hash`, `batchcopy.CopyBatch`) does both, in that order.
+
+    Each chunk is read once into a buffer small enough to stay in the core's cache, then
+    hashed and written from there (1 MiB chunks, read, hashed and written by two threads,
+    cost 1.6 times the CPU: issue 15). A big copy's writeback is started as it goes
+    (`writeback.start_writeback`), so the caller's flush waits only for what is left.
     SourceChanged unless the source kept its size and times; nothing left on any error.
     """
     tmp = temp_name(dst_name)
     out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                   0o644, dir_fd=dst_dir_fd)
     digest = hashlib.sha256() if checksum else None
-    size = 0
+    buf = _buffer()
+    size = started = 0  # bytes copied; bytes whose writeback was started
     try:
-        pending: Future[None] | None = None
-        flushing: Future[None] | None = None
-        unflushed = 0
-        for chunk in _chunks(src_fd):
-            size += len(chunk)
+        while n := os.readv(src_fd, [buf]):
+            size += n
             if size > max_bytes:
                 raise Refused(f"grew over the max_file_bytes limit ({max_bytes}) while copied")
-            if pending is not None:
-                pending.result()
-            if pools is None or (pending is None and size == src_stat.st_size):
-                _write_all(out, chunk)  # a small file is one chunk: no hand-off
-                if digest is not None:
-                    digest.update(chunk)
-                continue
-            pending = pools.writer.submit(_write_all, out, chunk)
+            chunk = memoryview(buf)[:n]
             if digest is not None:
                 digest.update(chunk)
-            unflushed += len(chunk)
-            if unflushed >= FLUSH_EVERY and (flushing is None or flushing.done()):
-                # Start writeback early, so the final flush does not wait for the
-                # whole file: the disk writes while we go on reading and hashing.
-                unflushed = 0
-                flushing = pools.flusher.submit(os.fdatasync, out)
-        if pending is not None:
-            pending.result()
-        if flushing is not None:
-            flushing.result()
+            _write_all(out, chunk)
+            if size - started >= WRITEBACK_STEP:
+                start_writeback(out, started, size - started)
+                started = size
+        if size >= EARLY_WRITEBACK_BYTES and started < size:
+            start_writeback(out, started, size - started)
         os.utime(out, ns=(src_stat.st_atime_ns, src_stat.st_mtime_ns))
         after = os.fstat(src_fd)
         if size != src_stat.st_size or not _same_version(src_stat, after):

@@ -141,7 +141,7 @@ def test_a_failed_flush_leaves_no_copy_and_no_entry(tmp_path: Path,
     for name in names:
         write_session_file(tmp_path, "r1", name, b"x" * 100)
 
-    def broken(files: list[tuple[int, str]]) -> None:
+    def broken(*args: Any) -> None:
         raise OSError(errno.EIO, "Input/output error")
 
     monkeypatch.setattr(batchcopy, "flush_all", broken)
