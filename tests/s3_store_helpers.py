@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 from s3_server import S3Server
 
 from promoter.config import Config, load_config
+from promoter.objectstore import ObjectStore
+from promoter.s3errors import ObjectNotFound
+from promoter.s3layout import meta_key
 from promoter.store import Store
 
-__all__ = ["s3_config", "s3_env", "s3_store", "s3_toml"]
+__all__ = ["bucket_meta", "bucket_names", "s3_config", "s3_env", "s3_storage", "s3_store",
+           "s3_toml"]
 
 
 def s3_env(server: S3Server, bucket: str, prefix: str, **extra: str) -> dict[str, str]:
@@ -45,3 +50,25 @@ def s3_store(root: Path, server: S3Server, bucket: str, prefix: str, clock: Any 
     store = Store(s3_config(root, server, bucket, prefix, **extra), clock=clock)
     store.ensure_folders()
     return store
+
+
+def s3_storage(server: S3Server, bucket: str, prefix: str, host: str = "host-a") -> dict[str, Any]:
+    """The `storage` table of a daemon's config (daemon_helpers.base_config) for the bucket."""
+    return {"backend": "s3", "host_id": host,
+            "s3": {"bucket": bucket, "prefix": prefix, "endpoint": server.endpoint,
+                   "region": server.region, "allow_http": True}}
+
+
+def bucket_meta(objects: ObjectStore, run_id: str) -> dict[str, Any] | None:
+    """A run's metadata as stored in `<prefix>meta/<run>.json`; None while there is none."""
+    try:
+        data, _ = objects.get(meta_key(objects.prefix, run_id))
+    except ObjectNotFound:
+        return None
+    parsed: dict[str, Any] = json.loads(data)
+    return parsed
+
+
+def bucket_names(objects: ObjectStore, run_id: str) -> set[str]:
+    """The filenames of a run's entries in the bucket (empty while it has no metadata)."""
+    return {a["filename"] for a in (bucket_meta(objects, run_id) or {"artifacts": []})["artifacts"]}

@@ -4,41 +4,19 @@ real inotify, the store in a real SeaweedFS under a prefix, polled with deadline
 from __future__ import annotations
 
 import hashlib
-import json
 import subprocess
 import sys
 import threading
 from pathlib import Path
-from typing import Any
 
 from daemon_helpers import base_config, start_daemon, wait_until, write
 from s3_server import S3Server
+from s3_store_helpers import bucket_meta, bucket_names, s3_storage
 
 from promoter.objectstore import ObjectStore
-from promoter.s3errors import ObjectNotFound
-from promoter.s3layout import file_key, meta_key
+from promoter.s3layout import file_key
 
 pytest_plugins = ("s3_fixtures",)
-
-
-def _s3(server: S3Server, bucket: str, prefix: str) -> dict[str, Any]:
-    return {"backend": "s3", "host_id": "host-a",
-            "s3": {"bucket": bucket, "prefix": prefix, "endpoint": server.endpoint,
-                   "region": server.region, "allow_http": True}}
-
-
-def _meta(objstore: ObjectStore, run_id: str) -> dict[str, Any] | None:
-    try:
-        data, _ = objstore.get(meta_key(objstore.prefix, run_id))
-    except ObjectNotFound:
-        return None
-    parsed: dict[str, Any] = json.loads(data)
-    return parsed
-
-
-def _names(objstore: ObjectStore, run_id: str) -> set[str]:
-    meta = _meta(objstore, run_id) or {"artifacts": []}
-    return {a["filename"] for a in meta["artifacts"]}
 
 
 def test_daemon_promotes_into_the_bucket_under_its_prefix(
@@ -48,19 +26,19 @@ def test_daemon_promotes_into_the_bucket_under_its_prefix(
     <prefix>meta/<run>.json (sha256 the object's own, host named), then the daemon stops
     cleanly; nothing is written outside the prefix or on the local artifacts folder."""
     root = tmp_path / "root"
-    daemon = start_daemon(root, base_config(storage=_s3(s3_server, s3_bucket, s3_prefix)))
+    daemon = start_daemon(root, base_config(storage=s3_storage(s3_server, s3_bucket, s3_prefix)))
     try:
         daemon.wait_ready(60)
         write(root / "sessions" / "run-1" / "output" / "a.txt", b"alpha")
         write(root / "sessions" / "run-1" / "output" / "plots" / "b.png", b"\x89PNG beta")
         write(root / "sessions" / "run-2" / "output" / "c.md", b"# gamma")
-        wait_until(lambda: _names(objstore, "run-1") == {"a.txt", "plots/b.png"}, 60,
+        wait_until(lambda: bucket_names(objstore, "run-1") == {"a.txt", "plots/b.png"}, 60,
                    what="run-1's two entries in the bucket")
-        wait_until(lambda: _names(objstore, "run-2") == {"c.md"}, 60, what="run-2's entry")
+        wait_until(lambda: bucket_names(objstore, "run-2") == {"c.md"}, 60, what="run-2's entry")
         assert daemon.stop() == 0
     finally:
         daemon.close()
-    meta = _meta(objstore, "run-1")
+    meta = bucket_meta(objstore, "run-1")
     assert meta is not None and meta["host"] == "host-a" and meta["status"] == "active"
     entry = {a["filename"]: a for a in meta["artifacts"]}["plots/b.png"]
     assert entry["sha256"] == hashlib.sha256(b"\x89PNG beta").hexdigest()
@@ -85,7 +63,7 @@ def test_cli_removals_racing_the_daemons_additions_all_survive(
     files with `promoter rm` (separate processes, separate clients): at the end every new
     file is listed and every removed one is gone, in `removed`, its object deleted."""
     root = tmp_path / "root"
-    storage = _s3(s3_server, s3_bucket, s3_prefix)
+    storage = s3_storage(s3_server, s3_bucket, s3_prefix)
     out = root / "sessions" / "r1" / "output"
     for i in range(4):
         write(out / f"old{i}.txt", f"old {i}")
@@ -93,7 +71,7 @@ def test_cli_removals_racing_the_daemons_additions_all_survive(
     cfg = daemon.cfgfile
     try:
         daemon.wait_ready(60)
-        wait_until(lambda: _names(objstore, "r1") == {f"old{i}.txt" for i in range(4)}, 60,
+        wait_until(lambda: bucket_names(objstore, "r1") == {f"old{i}.txt" for i in range(4)}, 60,
                    what="the old files in the bucket")
         failures: list[str] = []
 
@@ -114,11 +92,11 @@ def test_cli_removals_racing_the_daemons_additions_all_survive(
             t.join(300)
         assert not failures, failures
         want = {f"new{i}.txt" for i in range(20)}
-        wait_until(lambda: _names(objstore, "r1") == want, 90, what="exactly the new files")
+        wait_until(lambda: bucket_names(objstore, "r1") == want, 90, what="exactly the new files")
         assert daemon.stop() == 0
     finally:
         daemon.close()
-    meta = _meta(objstore, "r1")
+    meta = bucket_meta(objstore, "r1")
     assert meta is not None
     assert {r["filename"] for r in meta["removed"]} == {f"old{i}.txt" for i in range(4)}
     listed = {o.key.rsplit("/", 1)[-1] for page in objstore.list_pages("files/r1/")
@@ -133,28 +111,28 @@ def test_kill_9_mid_burst_then_restart_lists_every_object(
     file, and every object under files/ is named by an entry with its own sha256: objects a
     crash left without an entry are adopted, none is left an orphan."""
     root = tmp_path / "root"
-    config = base_config(storage=_s3(s3_server, s3_bucket, s3_prefix))
+    config = base_config(storage=s3_storage(s3_server, s3_bucket, s3_prefix))
     out = root / "sessions" / "r1" / "output"
     daemon = start_daemon(root, config)
     try:
         daemon.wait_ready(60)
         for i in range(60):
             write(out / f"f{i:02d}.bin", hashlib.sha256(str(i).encode()).digest() * 64)
-        wait_until(lambda: len(_names(objstore, "r1")) >= 1, 60, what="a first entry")
+        wait_until(lambda: len(bucket_names(objstore, "r1")) >= 1, 60, what="a first entry")
         daemon.proc.kill()
         daemon.proc.wait(30)
-        assert len(_names(objstore, "r1")) < 60, "the burst was over before the kill"
+        assert len(bucket_names(objstore, "r1")) < 60, "the burst was over before the kill"
     finally:
         daemon.close()
     again = start_daemon(root, config)
     try:
         again.wait_ready(60)
         want = {f"f{i:02d}.bin" for i in range(60)}
-        wait_until(lambda: _names(objstore, "r1") == want, 90, what="all 60 entries")
+        wait_until(lambda: bucket_names(objstore, "r1") == want, 90, what="all 60 entries")
         assert again.stop() == 0
     finally:
         again.close()
-    meta = _meta(objstore, "r1")
+    meta = bucket_meta(objstore, "r1")
     assert meta is not None
     listed = {o.key[len(f"{s3_prefix}files/r1/"):] for page in objstore.list_pages("files/r1/")
               for o in page}

@@ -17,37 +17,17 @@ import httpx
 import pytest
 from daemon_helpers import base_config, start_daemon, wait_until, write
 from s3_server import S3Server
-from s3_store_helpers import s3_store, s3_toml
+from s3_store_helpers import bucket_meta, bucket_names, s3_storage, s3_store, s3_toml
 
 from promoter.errors import NotFoundError
 from promoter.objectstore import ObjectStore
-from promoter.s3errors import ObjectNotFound
-from promoter.s3layout import meta_key, tombstone_key
+from promoter.s3layout import tombstone_key
 from promoter.sweep import sweep
 from tests.store_helpers import FakeClock, write_session_file
 
 pytest_plugins = ("s3_fixtures",)
 
 HEADERS = {"Host": "localhost", "X-Promoter-Request": "1"}
-
-
-def _storage(server: S3Server, bucket: str, prefix: str, host: str) -> dict[str, Any]:
-    return {"backend": "s3", "host_id": host,
-            "s3": {"bucket": bucket, "prefix": prefix, "endpoint": server.endpoint,
-                   "region": server.region, "allow_http": True}}
-
-
-def _meta(objects: ObjectStore, run_id: str) -> dict[str, Any] | None:
-    try:
-        data, _ = objects.get(meta_key(objects.prefix, run_id))
-    except ObjectNotFound:
-        return None
-    parsed: dict[str, Any] = json.loads(data)
-    return parsed
-
-
-def _names(objects: ObjectStore, run_id: str) -> set[str]:
-    return {a["filename"] for a in (_meta(objects, run_id) or {"artifacts": []})["artifacts"]}
 
 
 def _cli(cfg: Path, *argv: str) -> subprocess.CompletedProcess[str]:
@@ -102,9 +82,9 @@ def hosts(tmp_path: Path, s3_server: S3Server, s3_bucket: str,
           s3_prefix: str) -> Iterator[tuple[Any, Any, Path]]:
     """Daemons on host-a and host-b; host-c's config file (for the CLI and the server)."""
     a = start_daemon(tmp_path / "a" / "root",
-                     base_config(storage=_storage(s3_server, s3_bucket, s3_prefix, "host-a")))
+                     base_config(storage=s3_storage(s3_server, s3_bucket, s3_prefix, "host-a")))
     b = start_daemon(tmp_path / "b" / "root",
-                     base_config(storage=_storage(s3_server, s3_bucket, s3_prefix, "host-b")))
+                     base_config(storage=s3_storage(s3_server, s3_bucket, s3_prefix, "host-b")))
     cfg = tmp_path / "c.toml"
     (tmp_path / "c" / "sessions").mkdir(parents=True)
     cfg.write_text(s3_toml(s3_server, s3_bucket, s3_prefix, root=str(tmp_path / "c"),
@@ -133,9 +113,11 @@ def test_two_daemons_a_cli_and_a_server_share_one_bucket(
         write(a.sessions / "both" / "output" / f"from-a-{i}.txt", f"a {i}")
         write(b.sessions / "both" / "output" / f"from-b-{i}.txt", f"b {i}")
     first = {f"from-{h}-{i}.txt" for h in "ab" for i in range(10)}
-    wait_until(lambda: _names(objstore, "both") == first, 90, what="both hosts' files in one run")
-    wait_until(lambda: len(_names(objstore, "a1")) == 5 and len(_names(objstore, "b1")) == 5
-               and _names(objstore, "a2") == {"y.txt"}, 60, what="the hosts' own runs")
+    wait_until(lambda: bucket_names(objstore, "both") == first, 90,
+               what="both hosts' files in one run")
+    wait_until(lambda: len(bucket_names(objstore, "a1")) == 5
+               and len(bucket_names(objstore, "b1")) == 5
+               and bucket_names(objstore, "a2") == {"y.txt"}, 60, what="the hosts' own runs")
     serve = Serve(cfg)
     try:
         failures: list[str] = []
@@ -163,7 +145,8 @@ def test_two_daemons_a_cli_and_a_server_share_one_bucket(
             t.join(300)
         assert not failures, failures
         want = {f"from-{h}-{i}.txt" for h in "ab" for i in range(20)} - {"from-a-0.txt"}
-        wait_until(lambda: _names(objstore, "both") == want, 90, what="every change in 'both'")
+        wait_until(lambda: bucket_names(objstore, "both") == want, 90,
+                   what="every change in 'both'")
         with serve.client() as client:
             def listed() -> set[str]:
                 return {r["run_id"] for r in client.get("/runtime/artifacts").json()["artifacts"]}
@@ -175,14 +158,14 @@ def test_two_daemons_a_cli_and_a_server_share_one_bucket(
         assert a.stop() == 0 and b.stop() == 0
     finally:
         serve.close()
-    a1, b1, both = (_meta(objstore, r) for r in ("a1", "b1", "both"))
+    a1, b1, both = (bucket_meta(objstore, r) for r in ("a1", "b1", "both"))
     assert a1 is not None and a1["keep"] and a1["host"] == "host-a"
     assert b1 is not None and b1["host"] == "host-b"
-    assert _names(objstore, "b1") == {f"z{i}.txt" for i in range(1, 5)}
+    assert bucket_names(objstore, "b1") == {f"z{i}.txt" for i in range(1, 5)}
     assert {r["filename"] for r in b1["removed"]} == {"z0.txt"}
     assert both is not None and both["host"] in ("host-a", "host-b")
     assert {r["filename"] for r in both["removed"]} == {"from-a-0.txt"}
-    assert _meta(objstore, "a2") is None
+    assert bucket_meta(objstore, "a2") is None
     tomb, _ = objstore.get(tombstone_key(objstore.prefix, "a2"))
     assert json.loads(tomb)["host"] == "host-a"  # the run's host: only it drops the tombstone
     assert not [o for page in objstore.list_pages("files/a2/") for o in page]
@@ -239,7 +222,7 @@ def test_two_hosts_sweeping_at_once_never_delete_a_kept_run_nor_twice(
     assert not errors, errors
     deleted = [r for report in reports for r in report.expired]
     assert len(deleted) == len(set(deleted))  # never both sweepers on one run
-    left = {r: _meta(objstore, r) for r in runs}
+    left = {r: bucket_meta(objstore, r) for r in runs}
     for run_id in runs:
         meta = left[run_id]
         if run_id in deleted:
@@ -247,6 +230,6 @@ def test_two_hosts_sweeping_at_once_never_delete_a_kept_run_nor_twice(
             assert not [o for page in objstore.list_pages(f"files/{run_id}/") for o in page]
         else:  # not deleted: it must be one the keeper pinned in time
             assert meta is not None and meta["keep"] and run_id in kept, run_id
-            assert _names(objstore, run_id) == {"a.txt"}
+            assert bucket_names(objstore, run_id) == {"a.txt"}
     assert not set(kept_ok) & set(deleted)  # a keep that answered is never undone
     assert set(deleted) | set(kept_ok) == set(runs)

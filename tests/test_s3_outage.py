@@ -11,18 +11,17 @@ import shutil
 import signal
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from daemon_helpers import Daemon, base_config, start_daemon, wait_until, write
 from s3_helpers import admin_client, aws_env, settings_for
 from s3_proxy import S3Proxy
 from s3_server import S3Server, running_server
-from s3_store_helpers import s3_config, s3_store
+from s3_store_helpers import bucket_names, s3_config, s3_storage, s3_store
 
 from promoter import s3backend
 from promoter.objectstore import ObjectStore
-from promoter.s3errors import ObjectNotFound, StoreUnavailable
+from promoter.s3errors import StoreUnavailable
 from promoter.s3layout import meta_key
 from promoter.startup import prepare_store
 from promoter.sweep import sweep
@@ -50,18 +49,12 @@ def server(own_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> S3Server:
     return own_server
 
 
-def _storage(server: S3Server, prefix: str, bucket: str = BUCKET) -> dict[str, Any]:
-    return {"backend": "s3", "host_id": "host-a",
-            "s3": {"bucket": bucket, "prefix": prefix, "endpoint": server.endpoint,
-                   "region": server.region, "allow_http": True}}
-
-
 def _names(objects: ObjectStore, run_id: str) -> set[str]:
+    """A run's entries; none while the server is down."""
     try:
-        data, _ = objects.get(meta_key(objects.prefix, run_id))
-    except (ObjectNotFound, StoreUnavailable):
+        return bucket_names(objects, run_id)
+    except StoreUnavailable:
         return set()
-    return {a["filename"] for a in json.loads(data)["artifacts"]}
 
 
 def _metric(path: Path, name: str) -> float | None:
@@ -88,7 +81,7 @@ def _status_says(daemon: Daemon, text: str) -> bool:
 
 def _start(tmp_path: Path, server: S3Server, prefix: str) -> tuple[Daemon, Path]:
     metrics = tmp_path / "promoter.prom"
-    config = base_config(storage=_storage(server, prefix),
+    config = base_config(storage=s3_storage(server, BUCKET, prefix),
                          metrics={"textfile": str(metrics), "interval_s": 0.2})
     return start_daemon(tmp_path / "root", config, env={"WATCHDOG_USEC": "1000000"}), metrics
 
@@ -240,7 +233,7 @@ def test_a_store_refusing_writes_with_503_is_down_until_it_takes_them(
     front of the real server: the copies fail, and so do the probe's conditional writes, so
     the store is down (said once) and the files wait; once writes pass, all are delivered."""
     with S3Proxy(s3_server.s3_port) as proxy:
-        storage = _storage(s3_server, s3_prefix, s3_bucket)
+        storage = s3_storage(s3_server, s3_bucket, s3_prefix)
         storage["s3"]["endpoint"] = proxy.endpoint
         metrics = tmp_path / "promoter.prom"
         daemon = start_daemon(tmp_path / "root", base_config(
