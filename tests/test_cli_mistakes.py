@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -188,8 +189,39 @@ def test_help_explains_json_and_overwrite(capsys: pytest.CaptureFixture[str]) ->
     assert "replace a library file" in out and "machine-readable JSON" in out
 
 
-def _on_a_terminal(argv: list[str]) -> tuple[int, str]:
-    """Run `promoter ARGV` with stderr on a pseudo-terminal; returns its status and output."""
+class _KeepFresh:
+    """Touches a file every 0.1 s until `done`: it stays unsettled however long the program
+    takes to start (under load that can pass settle_ms, and the work would not last)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="keep-fresh", daemon=True)
+
+    def _run(self) -> None:
+        while not self.done.wait(0.1):
+            with contextlib.suppress(OSError):
+                os.utime(self.path)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self.done.set()
+        self._thread.join(5)
+
+    def __enter__(self) -> _KeepFresh:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _on_a_terminal(argv: list[str], fresh: _KeepFresh | None = None,
+                   shown: bytes = b"") -> tuple[int, str]:
+    """Run `promoter ARGV` with stderr on a pseudo-terminal; returns its status and output.
+    `fresh` stops touching its file once `shown` has appeared."""
     import pty
 
     master, slave = pty.openpty()
@@ -206,6 +238,8 @@ def _on_a_terminal(argv: list[str]) -> tuple[int, str]:
             if not data:
                 break
             chunks.append(data)
+            if fresh is not None and shown in b"".join(chunks):
+                fresh.done.set()
         return proc.wait(60), b"".join(chunks).decode(errors="replace")
     finally:
         os.close(master)
@@ -218,9 +252,11 @@ def test_long_reconcile_shows_progress_on_a_terminal_only(tmp_path: Path) -> Non
 
     make_store(tmp_path)
     write_session_file(tmp_path, "r1", "old.txt", b"o" * 100)
-    write_session_file(tmp_path, "r1", "fresh.txt", b"f" * 100, age_s=0)
-    code, text = _on_a_terminal(["reconcile", "--root", str(tmp_path),
-                                 "--config", str(_settle_config(tmp_path))])
+    fresh = write_session_file(tmp_path, "r1", "fresh.txt", b"f" * 100, age_s=0)
+    with _KeepFresh(fresh) as keep:  # unsettled until old.txt is in: then 2 s to settle
+        code, text = _on_a_terminal(["reconcile", "--root", str(tmp_path),
+                                     "--config", str(_settle_config(tmp_path, 2000))],
+                                    keep, b"artifact.promoted")
     assert code == 0
     assert "reconcile: files 2 of 2, 200 B," in text and "/s" in text
     from promoter.progress import terminal_progress
@@ -228,9 +264,9 @@ def test_long_reconcile_shows_progress_on_a_terminal_only(tmp_path: Path) -> Non
     assert terminal_progress("reconcile: files") is None  # stderr captured: not a terminal
 
 
-def _settle_config(tmp_path: Path) -> Path:
+def _settle_config(tmp_path: Path, settle_ms: int) -> Path:
     cfg = tmp_path / "settle.toml"
-    cfg.write_text("[watch]\nsettle_ms = 4000\n")
+    cfg.write_text(f"[watch]\nsettle_ms = {settle_ms}\n")
     return cfg
 
 
@@ -245,20 +281,24 @@ def test_a_long_start_up_catch_up_shows_progress_on_a_terminal(tmp_path: Path) -
 
     make_store(tmp_path)
     write_session_file(tmp_path, "r1", "old.txt", b"o" * 100)
-    write_session_file(tmp_path, "r1", "fresh.txt", b"f" * 100, age_s=0)
+    keep = _KeepFresh(write_session_file(tmp_path, "r1", "fresh.txt", b"f" * 100, age_s=0))
+    keep.start()  # unsettled until the daemon has started: then 4 s to settle
     master, slave = pty.openpty()
     proc = subprocess.Popen([sys.executable, "-m", "promoter", "run", "--root", str(tmp_path),
-                             "--config", str(_settle_config(tmp_path))],
+                             "--config", str(_settle_config(tmp_path, 4000))],
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=slave,
                             env=_env())
     os.close(slave)
     text = ""
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60
         while "daemon.ready" not in text and time.monotonic() < deadline:
             if select.select([master], [], [], 0.5)[0]:
                 text += os.read(master, 65536).decode(errors="replace")
+            if "daemon.starting" in text:
+                keep.done.set()  # before its watcher starts: a touch would be an event
     finally:
+        keep.stop()
         proc.send_signal(signal.SIGTERM)
         # keep reading: a terminal nobody reads fills up, and the daemon's next write blocks
         deadline = time.monotonic() + 30
