@@ -105,6 +105,8 @@ class Daemon:
         environ["NOTIFY_SOCKET"] = self.notify.path
         environ.update(env or {})
         self._err = self.stderr_path.open("wb")
+        self._log_offset = 0  # logs(): what has been parsed so far
+        self._log_lines: list[dict[str, Any]] = []
         self._out = self.stdout_path.open("wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "promoter", "run", "--root", str(root),
@@ -117,10 +119,17 @@ class Daemon:
     # -- logs ----------------------------------------------------------------------------
 
     def logs(self) -> list[dict[str, Any]]:
-        """Every complete stderr line, parsed: each must be one JSON object."""
-        text = self.stderr_path.read_text()
-        lines = text.split("\n")[:-1]  # the last piece may be a line being written
-        return [json.loads(line) for line in lines]
+        """Every complete stderr line, parsed: each must be one JSON object. Only the lines
+        added since the last call are read and parsed: tests poll this every few ms, and
+        re-parsing a long log each time cost more CPU than the daemon under test had."""
+        with self.stderr_path.open("rb") as fh:
+            fh.seek(self._log_offset)
+            data = fh.read()
+        end = data.rfind(b"\n") + 1  # the last piece may be a line being written
+        if end:
+            self._log_offset += end
+            self._log_lines.extend(json.loads(line) for line in data[:end - 1].split(b"\n"))
+        return list(self._log_lines)
 
     def events(self, event: str, **fields: Any) -> list[dict[str, Any]]:
         return [e for e in self.logs() if e.get("event") == event
