@@ -24,6 +24,7 @@ from typing import Protocol
 from promoter import events
 from promoter.layout import session_file
 from promoter.logs import get_logger
+from promoter.loopthread import LoopThread
 from promoter.metrics import DaemonMetrics
 from promoter.render import human_size
 from promoter.s3errors import S3ConfigError, StoreUnavailable
@@ -73,7 +74,7 @@ class _Run:
     completed: bool = False
 
 
-class Backlog:
+class Backlog(LoopThread):
     """The outage state, the parked paths, and the `promoter-backlog` probing thread."""
 
     name = "promoter-backlog"
@@ -81,13 +82,12 @@ class Backlog:
     def __init__(self, store: Store, metrics: DaemonMetrics, settle_ms: int,
                  stop: threading.Event | None = None,
                  probe: Callable[[], None] | None = None) -> None:
+        super().__init__(stop)
         self._store = store
         self._metrics = metrics
         self.settle_ms = settle_ms
         self._probe = probe or store_probe(store)
         self._reopen: Callable[[], None] | None = None  # the start-up's own, when down at start
-        self._stop = stop or threading.Event()
-        self._wake = threading.Event()
         self._lock = threading.Lock()  # the state below
         self._probing = threading.Lock()  # one probe at a time (workers, the thread)
         self._runs: dict[str, _Run] = {}
@@ -96,7 +96,6 @@ class Backlog:
         self._since: float | None = None  # monotonic start of the outage; None: up
         self._reason = ""
         self._attempts = 0
-        self._thread: threading.Thread | None = None
         self._release: Release | None = None
         self.on_available: list[Callable[[], None]] = []  # e.g. the catch-up's kick
         self.on_change: Callable[[], None] = lambda: None  # e.g. wake the main loop (STATUS=)
@@ -150,7 +149,7 @@ class Backlog:
         self._metrics.store_available.set(0)
         log.warning(events.STORE_UNAVAILABLE, reason=str(exc),
                     retry="files wait on the local disk; the store is probed with a backoff")
-        self._wake.set()
+        self._kick.set()
         self.on_change()
 
     def explain(self, run_id: str, results: Iterable[PromoteResult],
@@ -220,34 +219,16 @@ class Backlog:
     # -- the probing thread ----------------------------------------------------------------
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
-        self._thread.start()
-
-    def kick(self) -> None:
-        """Probe now (a reload)."""
-        self._wake.set()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-
-    def join(self, timeout: float) -> bool:
-        if self._thread is None:
-            return True
-        self._thread.join(timeout)
-        return not self._thread.is_alive()
-
-    def is_alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        self._start_thread()
 
     def _run(self) -> None:
         while not self._stop.is_set():
             if self._since is None:
-                self._wake.wait()
-                self._wake.clear()
+                self._kick.wait()
+                self._kick.clear()
                 continue
-            self._wake.wait(probe_gap_ms(self.settle_ms, self._attempts) / 1000)
-            self._wake.clear()  # the gap, or a kick (a reload) that asks for a probe now
+            self._kick.wait(probe_gap_ms(self.settle_ms, self._attempts) / 1000)
+            self._kick.clear()  # the gap, or a kick (a reload) that asks for a probe now
             if self._stop.is_set():
                 return
             if self._try() and not self._stop.is_set():  # stopping: leave() says what waits

@@ -30,9 +30,26 @@ from promoter.safeio import (
     temp_name,
 )
 
-__all__ = ["Library", "LibraryFile"]
+__all__ = ["Library", "LibraryFile", "capped_copy"]
 
 STALE_TEMP_SECONDS = 600
+
+
+def capped_copy(stream: BinaryIO, max_bytes: int) -> Callable[[int], None]:
+    """The writer an upload hands to `add` (here or on a bucket): it copies the stream into
+    the descriptor and raises TooLargeError once more than `max_bytes` came."""
+
+    def write(fd: int) -> None:
+        total = 0
+        while chunk := stream.read(1 << 20):
+            total += len(chunk)
+            if total > max_bytes:
+                raise TooLargeError(f"upload over max_upload_bytes ({max_bytes})")
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(fd, view):]
+
+    return write
 
 
 @dataclass(frozen=True)
@@ -157,18 +174,7 @@ class Library:
         """An upload: refused whole (nothing left behind) once it passes `max_bytes`."""
         if not overwrite and self.exists(name):
             raise ConflictError(f"library file {name} exists")
-
-        def write(fd: int) -> None:
-            total = 0
-            while chunk := stream.read(1 << 20):
-                total += len(chunk)
-                if total > max_bytes:
-                    raise TooLargeError(f"upload over max_upload_bytes ({max_bytes})")
-                view = memoryview(chunk)
-                while view:
-                    view = view[os.write(fd, view):]
-
-        return self.add(name, write, overwrite)
+        return self.add(name, capped_copy(stream, max_bytes), overwrite)
 
     def remove_stale_temps(self) -> int:
         """Temporary files left by a crash; recent ones may belong to a live upload."""

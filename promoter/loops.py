@@ -1,9 +1,8 @@
 """The daemon's two background loops beside the pipeline (DESIGN §5): catch-up and sweeper.
 
-Each is one named thread that waits on its kick event or a timer, never a bare sleep,
-and ends when the daemon's one stop event is set: `stop()` sets it and wakes the loop,
-`join()` waits a bounded time. Configuration is read through a getter at each pass, so
-a reload (SIGHUP) applies to the next wait.
+Each is a `LoopThread` (promoter.loopthread) on the daemon's one stop event.
+Configuration is read through a getter at each pass, so a reload (SIGHUP) applies to
+the next wait.
 """
 
 from __future__ import annotations
@@ -16,6 +15,7 @@ from promoter import events
 from promoter.backlog import Backlog
 from promoter.config import Config
 from promoter.logs import get_logger
+from promoter.loopthread import LoopThread
 from promoter.metrics import DaemonMetrics
 from promoter.pipeline import Pipeline
 from promoter.progress import terminal_progress
@@ -40,44 +40,7 @@ Settings = Callable[[], Config]  # the configuration in force (a reload replaces
 DegradedRuns = Callable[[], frozenset[str] | None]  # runs without a watch (None: all)
 
 
-class _Loop:
-    """A named daemon thread over `_run`, woken by `kick` or the shared stop event."""
-
-    name = ""
-
-    def __init__(self, stop: threading.Event) -> None:
-        self._stop = stop
-        self._kick = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def _run(self) -> None:
-        raise NotImplementedError
-
-    def _start_thread(self) -> None:
-        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
-        self._thread.start()
-
-    def kick(self) -> None:
-        """Run a pass now (a reload: the interval may have changed)."""
-        self._kick.set()
-
-    def stop(self) -> None:
-        """Set the shared stop event and wake the loop; `join` waits for it."""
-        self._stop.set()
-        self._kick.set()
-
-    def join(self, timeout: float) -> bool:
-        """Wait at most `timeout` seconds; True once the thread has ended (or never ran)."""
-        if self._thread is None:
-            return True
-        self._thread.join(timeout)
-        return not self._thread.is_alive()
-
-    def is_alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
-
-
-class CatchUp(_Loop):
+class CatchUp(LoopThread):
     """`promoter-catchup`: the start-up catch-up, then a pass on request, every
     `watch.rescan_interval_s`, and every DEGRADED_RESCAN_S for runs the watch misses."""
 
@@ -219,7 +182,7 @@ class CatchUp(_Loop):
                  duration_ms=round(duration * 1000, 1))
 
 
-class Sweeper(_Loop):
+class Sweeper(LoopThread):
     """`promoter-sweeper`: expires runs every `retention.sweep_interval_s`, and at once
     (at most one pass a BUDGET_GAP_S) when a write left the store over its ceiling."""
 

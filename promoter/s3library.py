@@ -22,8 +22,8 @@ from typing import Any, BinaryIO
 from promoter import audit
 from promoter.backend import StoredRead
 from promoter.clock import Clock, from_timestamp_ns
-from promoter.errors import ConflictError, NotFoundError, PromoterError, TooLargeError
-from promoter.library import LibraryFile
+from promoter.errors import ConflictError, NotFoundError, PromoterError
+from promoter.library import LibraryFile, capped_copy
 from promoter.metadata import guess_content_type
 from promoter.names import check_library_name
 from promoter.objectstore import EntryFields, ObjectStore
@@ -115,16 +115,7 @@ class S3Library:
         """An upload: refused whole (nothing stored) once it passes `max_bytes`."""
         if not overwrite and self.exists(name):
             raise ConflictError(f"library file {name} exists")
-
-        def write(fd: int) -> None:
-            total = 0
-            while chunk := stream.read(1 << 20):
-                total += len(chunk)
-                if total > max_bytes:
-                    raise TooLargeError(f"upload over max_upload_bytes ({max_bytes})")
-                os.write(fd, chunk)
-
-        return self.add(name, write, overwrite)
+        return self.add(name, capped_copy(stream, max_bytes), overwrite)
 
     def remove(self, name: str) -> LibraryFile:
         key = library_key(self.objects.prefix, check_library_name(name))
