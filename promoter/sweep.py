@@ -96,7 +96,15 @@ def _budget(store: Store, report: SweepReport, busy: Callable[[str], bool] | Non
     runs = [m for m in store.list_runs() if m.run_id not in gone]  # a dry run deleted nothing
     if not report.dry_run:
         store.total.reset(runs)
-    for meta in select_victims(runs, ceiling, busy):
+    passed_over: set[str] = set()  # busy when the choice was made: asked once, not twice
+
+    def busy_now(run_id: str) -> bool:
+        if busy is not None and busy(run_id):
+            passed_over.add(run_id)
+            return True
+        return False
+
+    for meta in select_victims(runs, ceiling, busy_now):
         if _delete(store, meta.run_id, report.dry_run, reason="budget"):
             report.expired.append(meta.run_id)
             report.budget.append(meta.run_id)
@@ -106,8 +114,10 @@ def _budget(store: Store, report: SweepReport, busy: Callable[[str], bool] | Non
     if now.total_bytes <= ceiling:
         store.total.over_budget_said = False
         return
-    waiting = [m.run_id for m in left if evictable(m) and busy is not None and busy(m.run_id)]
-    if waiting:  # runs still being promoted: the daemon sweeps again shortly
+    # runs passed over while being promoted: the daemon sweeps again shortly. Asking `busy`
+    # again here could find them finished and say store.over_budget while they remain.
+    waiting = [m.run_id for m in left if evictable(m) and m.run_id in passed_over]
+    if waiting:
         report.skipped_busy.extend(r for r in waiting if r not in report.skipped_busy)
     elif not report.dry_run and not store.total.over_budget_said:
         store.total.over_budget_said = True

@@ -117,6 +117,29 @@ def test_budget_skips_a_run_kept_after_it_was_chosen(tmp_path: Path) -> None:
     assert store.run_ids() == ["a"]
 
 
+def test_a_run_that_finishes_during_the_sweep_is_no_reason_to_say_over_budget(
+        tmp_path: Path) -> None:
+    """A run passed over as busy, finished by the time the sweep is done, is one to sweep
+    again (busy), never store.over_budget: the daemon once said it during a burst."""
+    clock = FakeClock(T0)
+    store = make_store(tmp_path, clock, retention={"max_store_bytes": 150})
+    for run in ["kept", "r1", "r2"]:
+        clock.advance(minutes=1)
+        _promote(tmp_path, store, run, 100)
+    store.set_keep("kept", True)
+    asked: list[str] = []
+
+    def busy_once(run_id: str) -> bool:  # each run is being promoted when first asked only
+        asked.append(run_id)
+        return asked.count(run_id) == 1
+
+    with structlog.testing.capture_logs() as logs:
+        report = sweep(store, busy=busy_once)
+    assert report.budget == [] and sorted(report.skipped_busy) == ["r1", "r2"]
+    assert not [e for e in logs if e["event"] == "store.over_budget"]
+    assert sweep(store, busy=lambda r: False).budget == ["r1", "r2"]
+
+
 def test_ls_shows_total_beside_ceiling(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """`promoter ls` ends with the store's total and its ceiling (or says there is none)."""
     store = make_store(tmp_path)
