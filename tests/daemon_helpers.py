@@ -27,12 +27,9 @@ T = TypeVar("T")
 
 def wait_until(predicate: Callable[[], T], timeout: float = 10.0, interval: float = 0.01,
                what: str = "condition") -> T:
-    """Poll `predicate` until it returns something truthy; fail after `timeout` seconds.
-    The pause grows from `interval` to 0.1 s: a quick condition is seen at once, and a long
-    wait (a big run's metadata parsed each time) leaves the CPU to the daemon under test."""
+    """Poll `predicate` until it returns something truthy; fail after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     pause = threading.Event()
-    longest = max(interval, 0.1)
     while True:
         value = predicate()
         if value:
@@ -40,7 +37,6 @@ def wait_until(predicate: Callable[[], T], timeout: float = 10.0, interval: floa
         if time.monotonic() >= deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         pause.wait(interval)
-        interval = min(interval * 1.5, longest)
 
 
 @pytest.fixture
