@@ -338,6 +338,8 @@ def stage_copy(
             size += n
             if size > max_bytes:
                 raise Refused(f"grew over the max_file_bytes limit ({max_bytes}) while copied")
+            if size > src_stat.st_size:  # doomed: stop now, not at the end of the growth
+                raise SourceChanged("source grew during the copy")
             chunk = memoryview(buf)[:n]
             if digest is not None:
                 digest.update(chunk)

@@ -170,3 +170,33 @@ def test_a_source_truncated_mid_copy_is_tried_again_and_leaves_nothing(
         finally:
             os.close(fd)
     assert os.listdir(tmp_path / "out") == []
+
+
+def test_a_source_that_grows_mid_copy_is_given_up_at_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file that grows while copied is SourceChanged as soon as the copy passes the size it
+    started from: not after reading all of its growth (a probe saw a SIGTERM wait 15 s)."""
+    src = tmp_path / "src.bin"
+    src.write_bytes(os.urandom(2 * safeio.CHUNK))
+    (tmp_path / "out").mkdir()
+    real_readv = os.readv
+    read = [0]
+
+    def counting(fd: int, buffers: Any) -> int:
+        n = real_readv(fd, buffers)
+        read[0] += n
+        return n
+
+    with folder(tmp_path) as base, folder(tmp_path / "out") as out:
+        fd, st = open_regular(base, "src.bin", allow_hardlinks=False)
+        with src.open("ab") as grow:  # the agent appends 64 chunks after the look
+            grow.write(b"\0" * (64 * safeio.CHUNK))
+        monkeypatch.setattr(os, "readv", counting)
+        try:
+            with pytest.raises(SourceChanged):
+                copy_and_hash(fd, st, out, "copy.bin", checksum=True, max_bytes=1 << 40)
+        finally:
+            monkeypatch.undo()
+            os.close(fd)
+    assert read[0] <= st.st_size + safeio.CHUNK
+    assert os.listdir(tmp_path / "out") == []
