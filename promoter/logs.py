@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 from collections.abc import Sequence
@@ -15,11 +16,34 @@ _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARN
            "error": logging.ERROR}
 
 
+class _LossyPrintLogger(structlog.PrintLogger):
+    """A line that cannot be written is dropped, never raised: stderr redirected to a file on
+    a full disk (ENOSPC) or a closed pipe once ended every worker that logged, and the daemon
+    went on watching with nobody left to promote."""
+
+    def msg(self, message: str) -> None:
+        with contextlib.suppress(OSError, ValueError):  # ValueError: the stream was closed
+            super().msg(message)
+
+    log = debug = info = warn = warning = msg
+    fatal = failure = err = error = critical = exception = msg
+
+
 class _StderrFactory:
     """Loggers that write to whatever `sys.stderr` is at the time of each event."""
 
     def __call__(self, *args: Any) -> structlog.PrintLogger:
-        return structlog.PrintLogger(file=sys.stderr)
+        return _LossyPrintLogger(file=sys.stderr)
+
+
+class _StreamFactory:
+    """Loggers that write to one given stream."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+
+    def __call__(self, *args: Any) -> structlog.PrintLogger:
+        return _LossyPrintLogger(file=self.stream)
 
 
 def configure_logging(level: str = "info", fmt: str = "json", stream: TextIO | None = None) -> None:
@@ -39,8 +63,7 @@ def configure_logging(level: str = "info", fmt: str = "json", stream: TextIO | N
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
-        logger_factory=(structlog.PrintLoggerFactory(file=stream) if stream is not None
-                        else _StderrFactory()),
+        logger_factory=_StreamFactory(stream) if stream is not None else _StderrFactory(),
         cache_logger_on_first_use=False,
     )
 
