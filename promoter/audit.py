@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import json
 import os
 import pwd
@@ -142,8 +143,12 @@ class LocalJournal:
                 if (st.st_uid, st.st_gid) != (owner.st_uid, owner.st_gid):
                     os.fchown(fd, owner.st_uid, owner.st_gid)
             # A line torn by a crash (another process's, or a full disk) must not swallow
-            # this batch's first line: the batch then starts on a line of its own.
-            if st.st_size and os.pread(fd, 1, st.st_size - 1) != b"\n":
+            # this batch's first line: the batch then starts on a line of its own. The lock
+            # (every thread, every process) keeps another append from growing the file
+            # between the look and the write: a half-seen write made a blank line (F2).
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            size = os.fstat(fd).st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":
                 data = b"\n" + data
             view = memoryview(data)
             written = os.write(fd, view)  # one write a batch: O_APPEND keeps lines whole

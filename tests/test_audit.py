@@ -359,3 +359,47 @@ def test_a_batch_of_promotions_is_logged_in_one_write(tmp_path: Path, level: str
     assert all(e["actor"] == "daemon" or e["actor"].startswith("uid:") for e in promoted)
     assert all(e["level"] == "info" and "timestamp" in e and "host" in e for e in promoted)
     assert stream.writes <= 2 * (len(lines) - len(promoted)) + 2  # print: a line and a "\n"
+
+
+def test_an_append_during_anothers_write_leaves_no_blank_or_torn_line(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """probe-cpu F2: an append that looks at the file while another thread's batch is half
+    written waits for it (one lock over look and write): strict JSON Lines, no blank line."""
+    import fcntl
+    import threading
+
+    from promoter.audit import LocalJournal
+    journal = LocalJournal(tmp_path / AUDIT_DIR)
+    line = json.dumps({"event": "artifact.promoted", "pad": "y" * 300}) + "\n"
+    journal.append("2026-11-30", line.encode())
+    half, b_waits, b_done = threading.Event(), threading.Event(), threading.Event()
+    real_write, real_flock = os.write, fcntl.flock
+
+    def write_half(fd: int, data: Any) -> int:
+        """Thread A's batch is a short write: half, then B's turn, then the rest."""
+        if threading.current_thread().name == "A" and not half.is_set():
+            n = real_write(fd, bytes(data[: len(data) // 2]))
+            half.set()
+            wait_until(lambda: b_done.is_set() or b_waits.is_set(), timeout=10)
+            return n
+        return real_write(fd, data)
+
+    def flock(fd: int, op: int) -> None:
+        if threading.current_thread().name == "B":
+            b_waits.set()  # B is about to wait for A's lock: A may finish its write
+        real_flock(fd, op)
+
+    monkeypatch.setattr(os, "write", write_half)
+    monkeypatch.setattr(fcntl, "flock", flock)
+    a = threading.Thread(name="A", target=journal.append,
+                         args=("2026-11-30", (line * 21).encode()))  # half: mid-line
+    b = threading.Thread(name="B", target=lambda: (half.wait(10), journal.append(
+        "2026-11-30", (line * 3).encode()), b_done.set()))
+    a.start()
+    b.start()
+    a.join(20)
+    b.join(20)
+    raw = (tmp_path / AUDIT_DIR / "2026-11-30.jsonl").read_bytes()
+    lines = raw.split(b"\n")
+    assert lines[-1] == b"" and len(lines) == 26
+    assert all(json.loads(x)["event"] == "artifact.promoted" for x in lines[:-1])
