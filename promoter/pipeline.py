@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import os
 import queue
-import stat
 import threading
 import time
 from collections.abc import Callable, Collection
@@ -23,19 +22,20 @@ from promoter.backlog import Backlog
 from promoter.layout import session_file
 from promoter.logs import get_logger
 from promoter.metrics import DaemonMetrics
-from promoter.reconcile import Rejections, SessionFile
+from promoter.reconcile import Rejections
 from promoter.rules import MAX_BATCH, MIN_BATCH, batch_limit
 from promoter.s3errors import StoreUnavailable
 from promoter.safeio import CopyPools
 from promoter.settle import Batch, FileState, Settler
-from promoter.stopping import STOP_BUDGET_S, promote_chunks, steady_files
+from promoter.stopping import STOP_BUDGET_S, one_by_one, promote_chunks, steady_files
 from promoter.store import RETRY, Outcome, PromoteResult, Store
 
 __all__ = ["MAX_BATCH", "STALL_S", "Pipeline", "batch_limit"]
 
 log = get_logger()
 MS = 1_000_000
-STALL_S = 120.0  # work outstanding and no batch done for this long: the backlog is stuck
+STALL_S = 120.0  # a worker with no chunk done for this long (plus SLOW_RATE's allowance) is stuck
+SLOW_RATE = 1 << 20  # bytes/s: the slowest store a chunk may meet before its worker counts stuck
 SMALL_BATCH = 16  # files: such a batch takes the lane while every worker is busy
 GATHER_S = 0.002  # the settle thread, woken by a message, lets the next ones come first
 
@@ -132,7 +132,7 @@ class Pipeline:
                                               name="promoter-worker-lane", daemon=True))
         self._workers, self._on_work = workers, 0  # batches on the workers' queue, not done
         self._laned: set[int] = set()  # id() of the batches handed to the lane
-        self._working: dict[str, float] = {}  # worker thread -> when it took its batch
+        self._working: dict[str, tuple[float, float]] = {}  # worker -> (last step, allowance s)
         self._stop_by: float | None = None  # set by drain(): no chunk starts after it
         self.pools = CopyPools()  # the copy helper threads, lent to the store; see close()
         store.pools = self.pools
@@ -182,13 +182,16 @@ class Pipeline:
         return run_id in self._busy or self.backlog.holds(run_id)
 
     def health(self) -> str | None:
-        """None while every thread runs and the backlog moves, else what is wrong."""
+        """None while every thread runs and the backlog moves, else what is wrong: a worker
+        whose chunk outlasts stall_s (+ its bytes at SLOW_RATE), other workers or not."""
         for thread in self._threads:
             if not thread.is_alive():
                 return f"{thread.name} is not running"
         now = time.monotonic()
-        since = min([self._last_progress, *list(self._working.values())])  # the lane goes on
-        if self._outstanding and now - since > self.stall_s:  # while a worker is stuck
+        for name, (since, allowance) in list(self._working.items()):
+            if now - since > self.stall_s + allowance:
+                return f"{name} has finished no chunk for {now - since:.0f} s"
+        if self._outstanding and not self._working and now - self._last_progress > self.stall_s:
             return f"no batch done for {self.stall_s:.0f} s with {self._outstanding} outstanding"
         return None
 
@@ -312,13 +315,22 @@ class Pipeline:
     def _worker(self, source: queue.SimpleQueue[Batch | None] | None = None) -> None:
         work = self._work if source is None else source
         while True:
-            batch = work.get()
+            batch = self._from_lane() if source is None else None
+            batch = work.get() if batch is None else batch
             if batch is None:
                 return
-            self._working[me := threading.current_thread().name] = time.monotonic()
+            self._working[me := threading.current_thread().name] = (time.monotonic(), 0.0)
             retry, retry_run = self._promote(batch)
             del self._working[me]
             self._inbox.put(_Done(batch, retry, retry_run, self._limit(batch.run_id)))
+
+    def _from_lane(self) -> Batch | None:
+        """A free worker helps the lane with what queued there meanwhile (probe-cpu F5)."""
+        with contextlib.suppress(queue.Empty):
+            if (batch := self._lane.get_nowait()) is None:
+                self._lane.put(None)
+            return batch
+        return None
 
     def _promote(self, batch: Batch) -> tuple[frozenset[str], bool]:
         """One batch; returns the files and whether the run chores are to be retried."""
@@ -332,7 +344,7 @@ class Pipeline:
         try:
             if batch.filenames:
                 results, deferred = promote_chunks(self.store, batch, self._stat,
-                                                    lambda: self._stop_by)
+                                                    lambda: self._stop_by, self._step)
             elif batch.context:
                 self.store.refresh_context(batch.run_id)
             if batch.completed:
@@ -350,7 +362,7 @@ class Pipeline:
             # One file that makes the store raise must not hold back its batch-mates, which
             # would be retried with it, together, for ever: each is tried alone, and only
             # the ones that raise alone are retried (with the run chores).
-            results, raised = self._one_by_one(batch)
+            results, raised = one_by_one(self.store, batch, self._step)
         try:
             self._account(batch, results)
         except Exception as exc:
@@ -363,38 +375,18 @@ class Pipeline:
                           and (n in raised or outcome.get(n, Outcome.FAILED) in RETRY))
         return self.backlog.explain(batch.run_id, results, retry), retry_run
 
+    def _step(self, nbytes: int) -> None:  # a chunk starts, the last is done: it moves
+        self._working[threading.current_thread().name] = (time.monotonic(), nbytes / SLOW_RATE)
+
     def _limit(self, run_id: str) -> int:
         with contextlib.suppress(Exception):  # the run's next batches; a hint never stops one
             meta = self.store.cached_run(run_id)
             return batch_limit(len(meta.artifacts) if meta is not None else 0)
         return MIN_BATCH
 
-    def _one_by_one(self, batch: Batch) -> tuple[list[PromoteResult], set[str]]:
-        """The batch's files each in a batch of its own; and the names that raised."""
-        results: list[PromoteResult] = []
-        raised: set[str] = set()
-        for name in batch.filenames:
-            try:
-                results += self.store.promote_files(batch.run_id, [name])
-            except Exception as exc:
-                raised.add(name)
-                log.error(events.WORKER_ERROR, run_id=batch.run_id, filename=name,
-                          reason=f"{type(exc).__name__}: {exc}")
-        return results, raised
-
     def _account(self, batch: Batch, results: Collection[PromoteResult]) -> None:
         self.metrics.record(results, time.time_ns())
         self.add_promoted(sum(1 for r in results if r.outcome is Outcome.PROMOTED))
         for r in results:
             if r.outcome is Outcome.REJECTED:
-                self._remember_rejection(batch.run_id, r.filename)
-
-    def _remember_rejection(self, run_id: str, filename: str) -> None:
-        """So that a rescan does not offer (and log) the same refused file again."""
-        try:
-            st = os.stat(session_file(self.store.sessions_path, run_id, filename),
-                         follow_symlinks=False)
-        except (OSError, ValueError):
-            return
-        self.rejections.add(SessionFile(run_id, filename, st.st_size, st.st_mtime_ns,
-                                        st.st_ino, stat.S_ISREG(st.st_mode)))
+                self.rejections.remember(self.store.sessions_path, batch.run_id, r.filename)

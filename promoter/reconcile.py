@@ -12,11 +12,12 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import CancelledError, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from promoter import events, rules
 from promoter.clock import last_change_ns
 from promoter.errors import StoreIOError
-from promoter.layout import OUTPUT
+from promoter.layout import OUTPUT, session_file
 from promoter.logs import get_logger
 from promoter.names import is_valid_run_id
 from promoter.promotion import RETRY, Outcome, PromoteResult
@@ -70,6 +71,15 @@ class Rejections:
     def add(self, f: SessionFile) -> None:
         with self._lock:
             self._seen[(f.run_id, f.filename)] = f.identity
+
+    def remember(self, sessions: Path, run_id: str, filename: str) -> None:
+        """A worker's refusal, by the file's identity now (gone: nothing to remember)."""
+        try:
+            st = os.stat(session_file(sessions, run_id, filename), follow_symlinks=False)
+        except (OSError, ValueError):
+            return
+        self.add(SessionFile(run_id, filename, st.st_size, st.st_mtime_ns, st.st_ino,
+                             stat.S_ISREG(st.st_mode)))
 
     def warn_once(self, key: str) -> bool:
         """True the first time `key` is seen: one warning per bad run id or folder."""

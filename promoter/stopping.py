@@ -19,7 +19,8 @@ from promoter.rules import MAX_BATCH, byte_chunks
 from promoter.settle import Batch, FileState, Settler
 from promoter.store import PromoteResult, Store
 
-__all__ = ["STEADY_LOOK_S", "STOP_BUDGET_S", "STOP_CHUNK", "promote_chunks", "steady_files"]
+__all__ = ["STEADY_LOOK_S", "STOP_BUDGET_S", "STOP_CHUNK", "one_by_one", "promote_chunks",
+           "steady_files"]
 
 log = get_logger()
 STEADY_LOOK_S = 0.05  # at shutdown, a file without a close is looked at twice this far apart
@@ -55,11 +56,14 @@ def steady_files(s: Settler, stat: Stat) -> set[tuple[str, str]]:
     return steady
 
 
-def promote_chunks(store: Store, batch: Batch, stat: Stat, stop_by: Callable[[], float | None]
+def promote_chunks(store: Store, batch: Batch, stat: Stat, stop_by: Callable[[], float | None],
+                   step: Callable[[int], None] = lambda nbytes: None
                    ) -> tuple[list[PromoteResult], list[str]]:
     """Promote `batch` chunk by chunk; returns the results and the files deferred because
-    `stop_by()` (the stop budget's end, None while running) passed before their chunk."""
+    `stop_by()` (the stop budget's end, None while running) passed before their chunk.
+    `step(bytes)` is told as each chunk starts: the worker's progress for the stall check."""
     sized = [(n, st.size if (st := stat(batch.run_id, n)) else 0) for n in batch.filenames]
+    sizes = dict(sized)
     results: list[PromoteResult] = []
     todo = byte_chunks(sized, None, MAX_BATCH)[::-1]  # within rules.MAX_BATCH_BYTES
     while todo:
@@ -74,5 +78,22 @@ def promote_chunks(store: Store, batch: Batch, stat: Stat, stop_by: Callable[[],
         if end is not None and len(chunk) > STOP_CHUNK:
             chunk, rest = chunk[:STOP_CHUNK], chunk[STOP_CHUNK:]
             todo.append(rest)
+        step(sum(sizes[n] for n in chunk))
         results += store.promote_files(batch.run_id, chunk)
     return results, []
+
+
+def one_by_one(store: Store, batch: Batch, step: Callable[[int], None]
+               ) -> tuple[list[PromoteResult], set[str]]:
+    """After a batch raised: its files each in a batch of its own; and the names that raised."""
+    results: list[PromoteResult] = []
+    raised: set[str] = set()
+    for name in batch.filenames:
+        step(0)
+        try:
+            results += store.promote_files(batch.run_id, [name])
+        except Exception as exc:
+            raised.add(name)
+            log.error(events.WORKER_ERROR, run_id=batch.run_id, filename=name,
+                      reason=f"{type(exc).__name__}: {exc}")
+    return results, raised

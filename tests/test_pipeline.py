@@ -152,12 +152,48 @@ def test_a_stalled_backlog_is_unhealthy(store: FakeStore) -> None:
     p = pipeline(store, stall_s=0.2)
     try:
         p.file_changed("r", "a", strong=True)
-        wait_until(lambda: "no batch done" in (p.health() or ""), timeout=5)
+        wait_until(lambda: "finished no chunk" in (p.health() or ""), timeout=5)
         assert p.busy("r")
         release.set()
         wait_until(lambda: p.health() is None and not p.busy("r"), timeout=5)
     finally:
         release.set()
+        assert p.drain(5)
+
+
+class SlowStore(FakeStore):
+    """Every promote_files call (one chunk) takes `pause` seconds: a slow disk or bucket."""
+
+    pause = 0.15
+
+    def promote_files(self, run_id: str, filenames: tuple[str, ...]) -> list[PromoteResult]:
+        threading.Event().wait(self.pause)  # the store's own slowness, not the test's wait
+        return super().promote_files(run_id, filenames)
+
+
+def test_a_long_batch_whose_chunks_complete_is_healthy(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """probe-cpu F1: a batch of many chunks outlasting stall_s is progress, not a stall,
+    as long as each chunk finishes within it."""
+    monkeypatch.setattr("promoter.rules.MAX_BATCH_BYTES", 2000)
+    store = SlowStore(tmp_path)
+    names = [f"f{i}.bin" for i in range(16)]
+    for name in names:
+        write(tmp_path / "r" / "output" / name, "x" * 1000)  # two a chunk: 8 chunks
+    p = pipeline(store, settle_ms=100, stall_s=0.6)
+    try:
+        for name in names:
+            p.file_changed("r", name, strong=True)
+        seen: list[str] = []
+        started = time.monotonic()
+
+        def done() -> bool:
+            seen.append(p.health() or "")
+            return sorted(store.promoted("r")) == sorted(names)
+        wait_until(done, timeout=20, interval=0.02)
+        assert time.monotonic() - started > 0.6 * 1.5  # the batch did outlast stall_s
+        assert [h for h in seen if h] == []
+    finally:
         assert p.drain(5)
 
 
@@ -234,4 +270,45 @@ def test_a_lone_file_passes_big_batches_that_hold_every_worker(tmp_path: Path) -
         assert not store.release.is_set() and store.promoted("big-a") == []
     finally:
         store.release.set()
+        assert p.drain(10)
+
+
+class LaneStore(BlockingStore):
+    """BlockingStore, and a run named hold-* also blocks (on `lane_release`): the lane's."""
+
+    def __init__(self, sessions: Path) -> None:
+        super().__init__(sessions)
+        self.lane_release = threading.Event()
+
+    def promote_files(self, run_id: str, filenames: tuple[str, ...]) -> list[PromoteResult]:
+        if run_id.startswith("hold-"):
+            with self.lock:
+                self.calls.append(("started", run_id, tuple(filenames)))
+            self.lane_release.wait(20)
+        return super().promote_files(run_id, filenames)
+
+
+def test_batches_queued_on_the_lane_go_to_the_workers_once_free(tmp_path: Path) -> None:
+    """probe-cpu F5: small batches queued on the busy lane while both workers were busy are
+    taken by the workers once they are free, not left to the lane alone."""
+    store = LaneStore(tmp_path)
+    p = pipeline(store)
+    try:
+        for run in ("big-a", "big-b"):
+            for i in range(40):
+                p.file_changed(run, f"f{i}.bin", strong=True)
+        wait_until(lambda: sum(kind == "started" for kind, _, _ in store.calls) == 2, timeout=10)
+        p.file_changed("hold-1", "x.txt", strong=True)  # the lane takes it and blocks
+        wait_until(lambda: sum(kind == "started" for kind, _, _ in store.calls) == 3, timeout=10)
+        smalls = [f"small-{i}" for i in range(4)]
+        for run in smalls:
+            p.file_changed(run, "y.txt", strong=True)
+        wait_until(lambda: p._outstanding == 7, timeout=10)  # all handed out: 4 to the lane
+        store.release.set()
+        wait_until(lambda: all(store.promoted(r) == ["y.txt"] for r in smalls), timeout=5,
+                   what=repr(store.calls))
+        assert store.promoted("hold-1") == []  # the lane is still held: the workers did them
+    finally:
+        store.release.set()
+        store.lane_release.set()
         assert p.drain(10)
