@@ -34,8 +34,8 @@ __all__ = ["MAX_BATCH", "STALL_S", "Pipeline", "batch_limit"]
 
 log = get_logger()
 MS = 1_000_000
-STALL_S = 120.0  # a worker with no chunk done for this long (plus SLOW_RATE's allowance) is stuck
-SLOW_RATE = 1 << 20  # bytes/s: the slowest store a chunk may meet before its worker counts stuck
+STALL_S = 120.0  # a worker with no chunk done for this long (+ the chunk's allowance) is stuck
+SLOW_RATE, SLOW_FILE_S = 1 << 20, 1.0  # a chunk's allowance: its bytes at 1 MiB/s, 1 s a file
 SMALL_BATCH = 16  # files: such a batch takes the lane while every worker is busy
 GATHER_S = 0.002  # the settle thread, woken by a message, lets the next ones come first
 
@@ -183,7 +183,7 @@ class Pipeline:
 
     def health(self) -> str | None:
         """None while every thread runs and the backlog moves, else what is wrong: a worker
-        whose chunk outlasts stall_s (+ its bytes at SLOW_RATE), other workers or not."""
+        whose chunk outlasts stall_s + its allowance, whatever the other workers do."""
         for thread in self._threads:
             if not thread.is_alive():
                 return f"{thread.name} is not running"
@@ -375,8 +375,9 @@ class Pipeline:
                           and (n in raised or outcome.get(n, Outcome.FAILED) in RETRY))
         return self.backlog.explain(batch.run_id, results, retry), retry_run
 
-    def _step(self, nbytes: int) -> None:  # a chunk starts, the last is done: it moves
-        self._working[threading.current_thread().name] = (time.monotonic(), nbytes / SLOW_RATE)
+    def _step(self, files: int, nbytes: int) -> None:  # a chunk starts, the last is done
+        allowance = files * SLOW_FILE_S + nbytes / SLOW_RATE
+        self._working[threading.current_thread().name] = (time.monotonic(), allowance)
 
     def _limit(self, run_id: str) -> int:
         with contextlib.suppress(Exception):  # the run's next batches; a hint never stops one

@@ -57,11 +57,11 @@ def steady_files(s: Settler, stat: Stat) -> set[tuple[str, str]]:
 
 
 def promote_chunks(store: Store, batch: Batch, stat: Stat, stop_by: Callable[[], float | None],
-                   step: Callable[[int], None] = lambda nbytes: None
+                   step: Callable[[int, int], None] = lambda files, nbytes: None
                    ) -> tuple[list[PromoteResult], list[str]]:
     """Promote `batch` chunk by chunk; returns the results and the files deferred because
     `stop_by()` (the stop budget's end, None while running) passed before their chunk.
-    `step(bytes)` is told as each chunk starts: the worker's progress for the stall check."""
+    `step(files, bytes)` is told as each chunk starts: the worker's progress (stall check)."""
     sized = [(n, st.size if (st := stat(batch.run_id, n)) else 0) for n in batch.filenames]
     sizes = dict(sized)
     results: list[PromoteResult] = []
@@ -78,18 +78,18 @@ def promote_chunks(store: Store, batch: Batch, stat: Stat, stop_by: Callable[[],
         if end is not None and len(chunk) > STOP_CHUNK:
             chunk, rest = chunk[:STOP_CHUNK], chunk[STOP_CHUNK:]
             todo.append(rest)
-        step(sum(sizes[n] for n in chunk))
+        step(len(chunk), sum(sizes[n] for n in chunk))
         results += store.promote_files(batch.run_id, chunk)
     return results, []
 
 
-def one_by_one(store: Store, batch: Batch, step: Callable[[int], None]
+def one_by_one(store: Store, batch: Batch, step: Callable[[int, int], None]
                ) -> tuple[list[PromoteResult], set[str]]:
     """After a batch raised: its files each in a batch of its own; and the names that raised."""
     results: list[PromoteResult] = []
     raised: set[str] = set()
     for name in batch.filenames:
-        step(0)
+        step(1, 0)
         try:
             results += store.promote_files(batch.run_id, [name])
         except Exception as exc:
