@@ -3,7 +3,8 @@
 Two jobs, both for `promoter.pipeline`: the two looks at pending files whose close was
 never seen (promoted if steady, else deferred), and a worker's batch cut into chunks: at
 most `MAX_BATCH_BYTES` each always (a batch stages its copies as temps before any rename),
-and once stopping at most `STOP_CHUNK` files each, none started after the stop budget.
+and once stopping at most `STOP_CHUNK` files and `STOP_BYTES` each, none started after the
+stop budget: a SIGTERM waits at most for the chunks begun (probe-cpu F4).
 Files left are logged `artifact.deferred`; the next start's catch-up finds them.
 """
 
@@ -19,13 +20,14 @@ from promoter.rules import MAX_BATCH, byte_chunks
 from promoter.settle import Batch, FileState, Settler
 from promoter.store import PromoteResult, Store
 
-__all__ = ["STEADY_LOOK_S", "STOP_BUDGET_S", "STOP_CHUNK", "one_by_one", "promote_chunks",
-           "steady_files"]
+__all__ = ["STEADY_LOOK_S", "STOP_BUDGET_S", "STOP_BYTES", "STOP_CHUNK", "one_by_one",
+           "promote_chunks", "steady_files"]
 
 log = get_logger()
 STEADY_LOOK_S = 0.05  # at shutdown, a file without a close is looked at twice this far apart
 STOP_BUDGET_S = 1.5  # after SIGTERM, no new chunk of files starts once this is spent
 STOP_CHUNK = 256  # files in one chunk while stopping: the budget is looked at between chunks
+STOP_BYTES = 16 << 20  # and bytes (a file bigger goes alone: a copy begun is finished)
 
 Stat = Callable[[str, str], FileState | None]
 
@@ -75,9 +77,9 @@ def promote_chunks(store: Store, batch: Batch, stat: Stat, stop_by: Callable[[],
                      files=len(left), reason="settled but not promoted within the stop "
                      "budget: the next start catches up")
             return results, left
-        if end is not None and len(chunk) > STOP_CHUNK:
-            chunk, rest = chunk[:STOP_CHUNK], chunk[STOP_CHUNK:]
-            todo.append(rest)
+        if end is not None and len(chunk) > 1:  # stopping: smaller chunks, budget between
+            chunk, *rest = byte_chunks([(n, sizes[n]) for n in chunk], STOP_BYTES, STOP_CHUNK)
+            todo += rest[::-1]
         step(len(chunk), sum(sizes[n] for n in chunk))
         results += store.promote_files(batch.run_id, chunk)
     return results, []

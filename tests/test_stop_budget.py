@@ -141,3 +141,24 @@ def test_once_the_stop_budget_is_spent_no_chunk_starts(tmp_path: Path,
     results, deferred = promote_chunks(store, Batch("r1", ("a",)), lambda r, n: None,
                                        lambda: time.monotonic() - 1)
     assert results == [] and deferred == ["a"] and sizes == []
+
+
+def test_once_stopping_chunks_are_cut_by_bytes_too(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """probe-cpu F4: while stopping, a chunk holds at most STOP_BYTES (a bigger file alone),
+    so the budget is looked at every few MiB, not after 256 files of 4 MB."""
+    store = make_store(tmp_path)
+    names = [f"f{i}" for i in range(40)] + ["huge"]
+    for name in names:
+        write_session_file(tmp_path, "r1", name, b"x")
+    sizes = _spy_batches(store, monkeypatch)
+    big = {"huge": 3 * (16 << 20)}  # STOP_BYTES is 16 MiB: four 4 MB files a chunk
+
+    def stat(run_id: str, name: str) -> FileState:  # the sizes the cut believes
+        return FileState(big.get(name, 4_000_000), 1, 1, 1)
+
+    results, deferred = promote_chunks(store, Batch("r1", tuple(names)), stat,
+                                       lambda: time.monotonic() + 60)
+    assert len(results) == 41 and deferred == []
+    assert sizes == [4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 1]
+    assert rules.MAX_BATCH_BYTES <= 64 << 20  # a chunk begun before the signal: 64 MiB at most
