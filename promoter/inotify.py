@@ -15,6 +15,7 @@ import struct
 import termios
 import threading
 import time
+import weakref
 from typing import Any
 
 from watchdog.events import FileSystemEvent
@@ -64,6 +65,12 @@ class _HeldQueue(DelayedQueue[Any]):
         with self._lock:
             self._not_empty.notify()
 
+    def waiting(self) -> bool:
+        """Events the emitter has not taken yet: an unpaired move out holds every event
+        behind it for `delay` (0.5 s), unseen by the fd's counts (probe-cpu F7)."""
+        with self._lock:
+            return bool(self._queue) and not self._closed
+
 
 class BoundedWatchGroup(InotifyWatchGroup):
     """watchdog's recursive watch group, walking with an explicit stack and a depth bound."""
@@ -74,8 +81,11 @@ class BoundedWatchGroup(InotifyWatchGroup):
 
     def __post_init__(self) -> None:
         # the queue is swapped before the first watch exists: no event reaches the old one
-        self._move_event_grouper._queue = _HeldQueue(self._move_event_grouper.delay,
-                                                     self._inotify_fd)
+        held = _HeldQueue(self._move_event_grouper.delay, self._inotify_fd)
+        self._move_event_grouper._queue = held
+        queues = getattr(self._inotify_fd, "queues", None)
+        if queues is not None:  # for SupervisedInotifyFD.idle
+            queues.add(held)
         super().__post_init__()
 
     def _add_all_callbacks(self, path: bytes) -> None:
@@ -116,6 +126,7 @@ class SupervisedInotifyFD(InotifyFD):
         self._stopping = False
         self.holding = False  # while a read's events are handled (see _HeldQueue)
         self.owed: set[_HeldQueue] = set()
+        self.queues: weakref.WeakSet[_HeldQueue] = weakref.WeakSet()  # each emitter's group's
 
     def add_callback(self, path: bytes, mask: Any, callback: Any, id_: Any) -> Any:
         text = os.fsdecode(path)
@@ -152,7 +163,7 @@ class SupervisedInotifyFD(InotifyFD):
             self._handled += 1
 
     def idle(self) -> bool:
-        if self._read != self._handled:
+        if self._read != self._handled or any(q.waiting() for q in list(self.queues)):
             return False
         with contextlib.suppress(OSError):
             buf = fcntl.ioctl(self._inotify_fd, termios.FIONREAD, b"\0\0\0\0")

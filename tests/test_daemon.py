@@ -427,6 +427,29 @@ def test_sigterm_promotes_a_file_just_closed_and_exits_0(tmp_path: Path,
     d.close()
 
 
+def test_sigterm_after_a_move_out_still_promotes_the_files_closed_behind_it(
+        tmp_path: Path, daemons: list[Daemon]) -> None:
+    """probe-cpu F7: a file moved out of sessions/ (an unpaired move, held 0.5 s by watchdog's
+    grouper with every event behind it), then 20 files closed and SIGTERM at once: the
+    shutdown waits for the held events, so all 20 are promoted (settle 60 s)."""
+    root = tmp_path / "storage"
+    out = root / "sessions" / "mv-1" / "output"
+    out.mkdir(parents=True)
+    d = start(daemons, root, base_config(watch={"settle_ms": 60_000}))
+    write(out / "old.txt", "old")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (out / "old.txt").rename(outside / "old.txt")  # IN_MOVED_FROM with no IN_MOVED_TO
+    names = [f"closed{i}.txt" for i in range(20)]
+    for name in names:
+        write(out / name, "c")
+    d.send(signal.SIGTERM)
+    assert d.proc.wait(15) == 0
+    stored = {a["filename"] for a in (d.meta("mv-1") or {"artifacts": []})["artifacts"]}
+    assert set(names) <= stored, sorted(set(names) - stored)
+    d.close()
+
+
 def test_sigterm_promotes_a_file_written_into_a_new_run_folder(tmp_path: Path,
                                                                daemons: list[Daemon]) -> None:
     """A file written into a brand-new run folder 0.3 s before SIGTERM at settle 300 ms (only
