@@ -260,7 +260,9 @@ class Pipeline:
                     self._hand_out(batch)
             self._busy = s.busy_runs()
             self.queue_length = len(s)
-            self._outstanding = s.in_flight()
+            if (outstanding := s.in_flight()) and not self._outstanding:
+                self._last_progress = time.monotonic()  # work again: no stall since the last
+            self._outstanding = outstanding
             self.metrics.queue.set(self.queue_length)
             if draining and s.in_flight() == 0:
                 break
@@ -322,6 +324,7 @@ class Pipeline:
             self._working[me := threading.current_thread().name] = (time.monotonic(), 0.0)
             retry, retry_run = self._promote(batch)
             del self._working[me]
+            self._last_progress = time.monotonic()  # until the settle thread reads its _Done
             self._inbox.put(_Done(batch, retry, retry_run, self._limit(batch.run_id)))
 
     def _from_lane(self) -> Batch | None:
