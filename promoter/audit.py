@@ -20,6 +20,7 @@ import pwd
 import re
 import socket
 import stat
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -124,8 +125,15 @@ class LocalJournal:
     def __init__(self, folder: Path) -> None:
         self.folder = folder
 
+    def _check_folder(self) -> None:
+        """`.audit` must be a folder of the store, never a link to one elsewhere (the day files
+        would be written, and pruned, wherever it points)."""
+        if not stat.S_ISDIR(os.lstat(self.folder).st_mode):
+            raise OSError(errno.ENOTDIR, "not a folder (a link?)", str(self.folder))
+
     def append(self, day: str, data: bytes) -> None:
         self.folder.mkdir(mode=0o750, exist_ok=True)
+        self._check_folder()
         path = self.folder / f"{day}.jsonl"
         # O_NONBLOCK: a FIFO put in place of a day must fail here, not block the daemon
         # once its buffer is full (it is a no-op on a regular file).
@@ -146,7 +154,7 @@ class LocalJournal:
             # this batch's first line: the batch then starts on a line of its own. The lock
             # (every thread, every process) keeps another append from growing the file
             # between the look and the write: a half-seen write made a blank line (F2).
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            _lock(fd)
             size = os.fstat(fd).st_size
             if size and os.pread(fd, 1, size - 1) != b"\n":
                 data = b"\n" + data
@@ -162,8 +170,9 @@ class LocalJournal:
     def prune(self, before: str) -> list[str]:
         removed = []
         try:
+            self._check_folder()
             names = sorted(os.listdir(self.folder))
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # none yet, or a link: nothing pruned
             return []
         for name in names:
             match = _DAY_FILE.match(name)
@@ -305,3 +314,23 @@ def _parse_line(line: bytes) -> tuple[datetime, dict[str, Any]] | None:
         return parse_time(item["timestamp"]), item
     except (ValueError, TypeError, UnicodeDecodeError, OverflowError):
         return None
+
+
+LOCK_WAIT_S = 2.0
+
+
+def _lock(fd: int) -> None:
+    """The day file's lock, waited for at most LOCK_WAIT_S: another process that holds it for
+    ever must cost at worst a blank line in the journal, never a worker stuck with its batch's
+    lines (a probe's held lock kept a worker past the stop and lost the lines)."""
+    deadline = time.monotonic() + LOCK_WAIT_S
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                log.warning(events.AUDIT_FAILED, reason="journal lock held by another "
+                            "process: appended without it")
+                return
+            time.sleep(0.005)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import signal
 import threading
 import time
@@ -282,7 +283,7 @@ class Daemon:
             if self._unhealthy:
                 self._unhealthy = ""
                 self.notifier.notify(self._status())
-        elif problem != self._unhealthy:
+        elif _kind(problem) != _kind(self._unhealthy):  # not again as its seconds count up
             self._unhealthy = problem
             log.error(events.DAEMON_UNHEALTHY, reason=problem, watchdog="not pinged")
             self.notifier.notify(f"STATUS=unhealthy: {problem}")
@@ -388,3 +389,9 @@ class _Sink:
         self.folder_gone = pipeline.folder_gone
         self.context_changed = pipeline.context_changed
         self.session_gone = pipeline.session_gone
+
+
+def _kind(problem: str) -> str:
+    """A health problem without its numbers: "worker-1 has finished no chunk for 31 s" and
+    "... for 32 s" are one problem, logged once (not once a ping)."""
+    return re.sub(r"\d+", "#", problem)

@@ -323,8 +323,8 @@ class Pipeline:
                 return
             self._working[me := threading.current_thread().name] = (time.monotonic(), 0.0)
             retry, retry_run = self._promote(batch)
-            del self._working[me]
             self._last_progress = time.monotonic()  # until the settle thread reads its _Done
+            del self._working[me]  # (after: a look between the two saw no worker, old progress)
             self._inbox.put(_Done(batch, retry, retry_run, self._limit(batch.run_id)))
 
     def _from_lane(self) -> Batch | None:
@@ -365,7 +365,7 @@ class Pipeline:
             # One file that makes the store raise must not hold back its batch-mates, which
             # would be retried with it, together, for ever: each is tried alone, and only
             # the ones that raise alone are retried (with the run chores).
-            results, raised = one_by_one(self.store, batch, self._step)
+            results, raised = one_by_one(self.store, batch, self._step, self._stat)
         try:
             self._account(batch, results)
         except Exception as exc:

@@ -85,13 +85,16 @@ def promote_chunks(store: Store, batch: Batch, stat: Stat, stop_by: Callable[[],
     return results, []
 
 
-def one_by_one(store: Store, batch: Batch, step: Callable[[int, int], None]
+def one_by_one(store: Store, batch: Batch, step: Callable[[int, int], None],
+               stat: Stat
                ) -> tuple[list[PromoteResult], set[str]]:
-    """After a batch raised: its files each in a batch of its own; and the names that raised."""
+    """After a batch raised: its files each in a batch of its own; and the names that raised.
+    Each file's step carries its size, so a big file alone is not read as a stuck worker."""
     results: list[PromoteResult] = []
     raised: set[str] = set()
     for name in batch.filenames:
-        step(1, 0)
+        state = stat(batch.run_id, name)
+        step(1, state.size if state is not None else 0)
         try:
             results += store.promote_files(batch.run_id, [name])
         except Exception as exc:
