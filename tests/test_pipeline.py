@@ -241,17 +241,20 @@ def test_health_names_a_dead_thread(store: FakeStore) -> None:
 
 
 class BlockingStore(FakeStore):
-    """Holds every batch of a run named big-* until `release` is set."""
+    """Holds every batch of a run named big-* until `release` is set, and of a run named
+    hold-* (the lane's, in the test that needs it) until `lane_release` is set."""
 
     def __init__(self, sessions: Path) -> None:
         super().__init__(sessions)
         self.release = threading.Event()
+        self.lane_release = threading.Event()
 
     def promote_files(self, run_id: str, filenames: tuple[str, ...]) -> list[PromoteResult]:
-        if run_id.startswith("big-"):
+        gate = {"big-": self.release, "hold-": self.lane_release}.get(run_id[:run_id.find("-") + 1])
+        if gate is not None:
             with self.lock:
                 self.calls.append(("started", run_id, tuple(filenames)))
-            self.release.wait(20)
+            gate.wait(20)
         return super().promote_files(run_id, filenames)
 
 
@@ -273,25 +276,10 @@ def test_a_lone_file_passes_big_batches_that_hold_every_worker(tmp_path: Path) -
         assert p.drain(10)
 
 
-class LaneStore(BlockingStore):
-    """BlockingStore, and a run named hold-* also blocks (on `lane_release`): the lane's."""
-
-    def __init__(self, sessions: Path) -> None:
-        super().__init__(sessions)
-        self.lane_release = threading.Event()
-
-    def promote_files(self, run_id: str, filenames: tuple[str, ...]) -> list[PromoteResult]:
-        if run_id.startswith("hold-"):
-            with self.lock:
-                self.calls.append(("started", run_id, tuple(filenames)))
-            self.lane_release.wait(20)
-        return super().promote_files(run_id, filenames)
-
-
 def test_batches_queued_on_the_lane_go_to_the_workers_once_free(tmp_path: Path) -> None:
     """probe-cpu F5: small batches queued on the busy lane while both workers were busy are
     taken by the workers once they are free, not left to the lane alone."""
-    store = LaneStore(tmp_path)
+    store = BlockingStore(tmp_path)
     p = pipeline(store)
     try:
         for run in ("big-a", "big-b"):
