@@ -258,16 +258,21 @@ class BlockingStore(FakeStore):
         return super().promote_files(run_id, filenames)
 
 
+def _hold_both_workers(p: Pipeline, store: BlockingStore) -> None:
+    """Two big runs' batches, each taken by a worker and held there (until store.release)."""
+    for run in ("big-a", "big-b"):
+        for i in range(40):
+            p.file_changed(run, f"f{i}.bin", strong=True)
+    wait_until(lambda: sum(kind == "started" for kind, _, _ in store.calls) == 2, timeout=10)
+
+
 def test_a_lone_file_passes_big_batches_that_hold_every_worker(tmp_path: Path) -> None:
     """probe-15 finding 5: while two runs' batches hold both workers, a lone file of a
     third run is promoted at once (the lane), not after them."""
     store = BlockingStore(tmp_path)
     p = pipeline(store)
     try:
-        for run in ("big-a", "big-b"):
-            for i in range(40):
-                p.file_changed(run, f"f{i}.bin", strong=True)
-        wait_until(lambda: sum(kind == "started" for kind, _, _ in store.calls) == 2, timeout=10)
+        _hold_both_workers(p, store)
         p.file_changed("lone", "x.txt", strong=True)
         wait_until(lambda: store.promoted("lone") == ["x.txt"], timeout=5, what=repr(store.calls))
         assert not store.release.is_set() and store.promoted("big-a") == []
@@ -282,10 +287,7 @@ def test_batches_queued_on_the_lane_go_to_the_workers_once_free(tmp_path: Path) 
     store = BlockingStore(tmp_path)
     p = pipeline(store)
     try:
-        for run in ("big-a", "big-b"):
-            for i in range(40):
-                p.file_changed(run, f"f{i}.bin", strong=True)
-        wait_until(lambda: sum(kind == "started" for kind, _, _ in store.calls) == 2, timeout=10)
+        _hold_both_workers(p, store)
         p.file_changed("hold-1", "x.txt", strong=True)  # the lane takes it and blocks
         wait_until(lambda: sum(kind == "started" for kind, _, _ in store.calls) == 3, timeout=10)
         smalls = [f"small-{i}" for i in range(4)]
