@@ -49,6 +49,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="which tools to run (default: all, side by side)",
     )
     p.add_argument(
+        "--durable-peer",
+        action="store_true",
+        help="add lsyncd with rsync --fsync beside the plain lsyncd: the peer that flushes "
+        "every copy to disk as promoter does (DESIGN §2)",
+    )
+    p.add_argument(
         "--workload",
         choices=(*WORKLOADS, "all"),
         action="append",
@@ -203,7 +209,7 @@ def factories(args: argparse.Namespace, workload: str) -> list[ToolFactory]:
         level = "info" if workload == "catchup" else "warning"  # catchup waits for daemon.ready
         out += [promoter_factory(s, level) for s in settles]
     if args.only in ("all", "peers"):
-        out += peer_factories()
+        out += peer_factories(args.durable_peer)
     return out
 
 

@@ -141,12 +141,17 @@ def summary(results: dict[str, list[Result]]) -> str:
     head = ("| shape | promoter files/s | lsyncd files/s | inotifywait+cp files/s | promoter ÷ "
             "lsyncd | promoter CPU ms/file | missing (promoter) | dups | load before |\n"
             "|---|---|---|---|---|---|---|---|---|\n")
-    rows = []
+    rows: list[str] = []
+    notes: list[str] = []
     for key, items in results.items():
         if not key.startswith("shape:"):
             continue
-        by = {("promoter" if r.get("is_promoter") else r["tool"].split()[0]): r for r in items}
+        by: dict[str, Result] = {}
+        for r in items:
+            name = "promoter" if r.get("is_promoter") else r["tool"].split()[0]
+            by.setdefault(name + ("-fsync" if "--fsync" in r["tool"] else ""), r)
         p, lsy = by.get("promoter", {}), by.get("lsyncd", {})
+        durable = by.get("lsyncd-fsync", {}).get("files_per_s")
         ino = next((r for n, r in by.items() if n.startswith("inotifywait")), {})
         pf, lf = p.get("files_per_s"), lsy.get("files_per_s")
         rows.append(
@@ -154,6 +159,11 @@ def summary(results: dict[str, list[Result]]) -> str:
             f"{(pf / lf) if pf and lf else float('nan'):.2f}× | "
             f"{_n(p.get('cpu_ms_per_file'), 3)} | {p.get('missing', '—')} | "
             f"{p.get('duplicates', '—')} | {p.get('loadavg_before', float('nan')):.1f} |")
+        if durable:
+            notes.append(f"- {key[6:]}: lsyncd + rsync --fsync {_n(durable)} files/s; promoter ÷ "
+                         f"that {(pf / durable) if pf else float('nan'):.2f}×")
+    if notes:
+        rows += ["", "Beside the peer that flushes its copies too (--durable-peer):", *notes]
     return head + "\n".join(rows) + "\n" if rows else ""
 
 

@@ -257,10 +257,15 @@ class PromoterTool(Tool):
 
 
 class LsyncdTool(Tool):
+    fsync = False  # rsync --fsync: every copy flushed, as promoter's are (DESIGN §2)
+
     def __init__(self, base: Path) -> None:
         super().__init__(base)
         self.name = f"lsyncd + rsync (delay {LSYNCD_DELAY})"
         self.slug = "lsyncd"
+        if self.fsync:
+            self.name = f"lsyncd + rsync --fsync (delay {LSYNCD_DELAY})"
+            self.slug = "lsyncd-fsync"
         self.mirror = base / "mirror"
         self.config = base / "lsyncd.lua"
         self.logfile = base / "lsyncd.log"
@@ -279,7 +284,8 @@ class LsyncdTool(Tool):
             f'    source = "{self.sessions}",\n'
             f'    target = "{self.mirror}",\n'
             f"    delay = {LSYNCD_DELAY},\n"
-            "}\n"
+            + ('    rsync = { _extra = { "--fsync" } },\n' if self.fsync else "")
+            + "}\n"
         )
 
     def command(self) -> list[str]:
@@ -298,6 +304,12 @@ class LsyncdTool(Tool):
 
     def started_log(self) -> Path:
         return self.logfile
+
+
+class DurableLsyncdTool(LsyncdTool):
+    """lsyncd whose rsync flushes every copy: the peer that does the same durable work."""
+
+    fsync = True
 
 
 class InotifyCpTool(Tool):
@@ -334,5 +346,6 @@ def promoter_factory(settle_ms: int, log_level: str = "warning") -> ToolFactory:
     return make
 
 
-def peer_factories() -> list[ToolFactory]:
-    return [LsyncdTool, InotifyCpTool]
+def peer_factories(durable: bool = False) -> list[ToolFactory]:
+    """The peers; `durable` adds lsyncd with rsync --fsync beside the plain one."""
+    return [LsyncdTool, *([DurableLsyncdTool] if durable else []), InotifyCpTool]
