@@ -7,7 +7,9 @@ neither promoted nor stopped. Now loggers put their rendered lines on a bounded 
 never wait; one writer thread owns the descriptor.
 
 - A full queue (MAX_LINES lines or MAX_BYTES bytes) refuses the line and counts it; when
-  the writer gets going again it logs one `log.dropped` line with the count.
+  the writer gets going again it logs one `log.dropped` line with the count. A batch of
+  lines (`info_many`) is taken whole while the queue is not full, however long: a big
+  batch with a reader at hand is no reason to lose it, and it is in memory already.
 - The writer writes whole lines, several in one write, at most PIPE_BUF bytes a write,
   which a pipe takes whole or not at all: a pipe left full ends at the end of a line.
   A write cut short (a non-blocking descriptor, a longer line) is finished before anything
@@ -63,6 +65,7 @@ class LogSink:
         self._lines = self._bytes = 0
         self.dropped = 0  # lines a full queue refused, not yet reported
         self._writing = False
+        self._cut = False  # a write failed part-way through a line
         self._closing = False
         self._thread: threading.Thread | None = None
 
@@ -71,8 +74,8 @@ class LogSink:
         data = text.encode("utf-8", "backslashreplace") + b"\n"
         lines = data.count(b"\n")
         with self._lock:
-            if self._lines + lines > self.max_lines or self._bytes + len(data) > self.max_bytes:
-                self.dropped += lines
+            if self._lines >= self.max_lines or self._bytes >= self.max_bytes:
+                self.dropped += lines  # the writer is at work: it reports them after a write
                 return
             if len(data) > _CHUNK and lines > 1:  # a batch: chunks of whole lines
                 self._queue.extend(data.splitlines(keepends=True))
@@ -132,11 +135,15 @@ class LogSink:
             self._write(chunk)
 
     def _write(self, data: bytes) -> None:
-        """All of `data`, however many writes it takes, or none of the rest on an error."""
+        """All of `data`, however many writes it takes, or none of the rest on an error
+        (then the next write first ends the cut line: a full disk took half of it)."""
+        if self._cut:
+            data = b"\n" + data
         view = memoryview(data)
         while view:
             try:
                 view = view[os.write(self.fd, view):]
+                self._cut = bool(view)
             except BlockingIOError:  # a non-blocking descriptor, full: wait for room
                 if self._closing:
                     return

@@ -123,8 +123,8 @@ def test_a_daemon_whose_stderr_nobody_reads_promotes_reports_drops_and_stops(
     daemon = _Run(tmp_path, w, [sys.executable, "-c", SMALL_QUEUE])
     try:
         daemon.notify.wait_for("READY=1", 20)
-        first = _files(daemon.root, 3, 100)  # ~100 KiB of lines: pipe and queue full
-        wait_until(lambda: _promoted(daemon.root, first), 30, what="300 files promoted")
+        first = _files(daemon.root, 3, 200)  # ~200 KiB of lines: 3 times pipe and queue
+        wait_until(lambda: _promoted(daemon.root, first), 30, what="600 files promoted")
 
         seen = bytearray()
 
@@ -133,7 +133,7 @@ def test_a_daemon_whose_stderr_nobody_reads_promotes_reports_drops_and_stops(
             return b'"log.dropped"' in seen
         wait_until(reported, 20, what="a log.dropped line")
 
-        second = _files(daemon.root, 3, 100, start=100)  # fills the pipe again
+        second = _files(daemon.root, 3, 100, start=200)  # fills the pipe again
         wait_until(lambda: _promoted(daemon.root, second), 30, what="300 more promoted")
         took = daemon.stop()
         assert took < 8, f"SIGTERM with the pipe full took {took:.1f} s"
@@ -144,7 +144,7 @@ def test_a_daemon_whose_stderr_nobody_reads_promotes_reports_drops_and_stops(
     drops = [line["count"] for line in lines if line["event"] == "log.dropped"]
     promoted = [line for line in lines if line["event"] == "artifact.promoted"]
     assert drops and all(n > 0 for n in drops)
-    assert len(promoted) < 600
+    assert len(promoted) < 900
     assert all({"timestamp", "level", "event"} <= line.keys() for line in lines)
 
 
@@ -323,3 +323,60 @@ def test_a_write_that_fails_drops_its_lines_quietly() -> None:
     sink.close()
     os.close(w)
     assert reports == []
+
+
+CUT_BY_A_FULL_DISK = """
+import resource, sys
+from promoter.logsink import LogSink
+with open(sys.argv[1], "wb") as out:
+    sink = LogSink(out.fileno())
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1000, resource.RLIM_INFINITY))
+    for i in range(10):
+        sink.put(str(i) * 299)
+    assert sink.flush(5)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+    sink.put("after")
+    assert sink.flush(5)
+    sink.close()
+"""
+
+
+def test_a_line_a_full_disk_cut_is_ended_before_the_next(tmp_path: Path) -> None:
+    """A file that takes 1,000 bytes of a 3,000-byte write, then no more (EFBIG, as a
+    full disk): once it takes lines again, they start on a line of their own."""
+    out = tmp_path / "stderr"
+    done = subprocess.run([sys.executable, "-c", CUT_BY_A_FULL_DISK, str(out)], env=_env(),
+                          capture_output=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    lines = out.read_bytes().split(b"\n")
+    assert lines[:3] == [b"0" * 299, b"1" * 299, b"2" * 299]
+    assert lines[3] == b"3" * 100  # 1,000 bytes, cut
+    assert lines[4:] == [b"after", b""]
+
+
+def test_a_batch_longer_than_the_queue_is_written_whole() -> None:
+    """One put of 500 lines into a queue of 100 (a big run's promotions in one batch),
+    with a reader at hand: taken whole, nothing dropped; a put while it is queued is
+    refused, counted and reported."""
+    r, w = os.pipe()
+    _nonblocking(r)
+    reports: list[int] = []
+    sink = LogSink(w, report=reports.append, max_lines=100)
+    sink.put("\n".join(f"line {i:03d}" for i in range(500)))
+    sink.put("refused")  # the batch fills the queue unless the writer took it already
+    got = bytearray()
+
+    def everything() -> bool:
+        got.extend(_drain(r))
+        return sink.flush(0)
+    try:
+        wait_until(everything, 10, what="the batch written")
+        got.extend(_drain(r))
+    finally:
+        sink.close()
+        os.close(w)
+        os.close(r)
+    lines = got.decode().splitlines()
+    assert lines[:500] == [f"line {i:03d}" for i in range(500)]
+    assert reports in ([], [1])
+    assert lines[500:] == ([] if reports else ["refused"])
