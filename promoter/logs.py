@@ -70,7 +70,8 @@ def configure_logging(level: str = "info", fmt: str = "json", stream: TextIO | N
     """Send every event to `stream` (the current stderr by default) at `level` and above."""
     renderer: Any
     if fmt == "console":
-        tty = (stream or sys.stderr).isatty()
+        target = stream or sys.stderr
+        tty = target is not None and target.isatty()  # None: started with `2>&-`
         renderer = structlog.dev.ConsoleRenderer(colors=tty)
     else:
         renderer = structlog.processors.JSONRenderer()

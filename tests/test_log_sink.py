@@ -196,8 +196,9 @@ def test_a_full_non_blocking_pipe_then_a_slow_reader_loses_nothing(
 
 
 def _cli(root: Path, *argv: str, **kw: Any) -> subprocess.Popen[bytes]:
+    kw.setdefault("env", _env())
     return subprocess.Popen([sys.executable, "-m", "promoter", *argv, "--root", str(root)],
-                            stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, env=_env(), **kw)
+                            stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, **kw)
 
 
 def test_a_command_prints_its_lines_and_never_waits_for_a_reader(
@@ -227,7 +228,7 @@ def test_a_command_prints_its_lines_and_never_waits_for_a_reader(
 
 def test_a_command_started_without_stderr_logs_nothing_on_stdout(tmp_path: Path) -> None:
     """`2>&-`: no stderr at all. Log lines are dropped; they used to land on stdout (the
-    print logger's fallback), mixed into a command's data."""
+    print logger's fallback), mixed into a command's data, and the console format failed."""
     root = tmp_path / "root"
     (root / "artifacts").mkdir(parents=True)
     _files(root, 1, 3)
@@ -236,6 +237,11 @@ def test_a_command_started_without_stderr_logs_nothing_on_stdout(tmp_path: Path)
     assert done.returncode == 0
     assert out.decode().splitlines() == [out.decode().splitlines()[0]]
     assert out.startswith(b"3 promoted"), out
+    env = {**_env(), "PROMOTER_LOG__FORMAT": "console"}  # it asks whether stderr is a tty
+    done = _cli(root, "reconcile", stderr=None, preexec_fn=lambda: os.close(2), env=env)
+    out, _ = done.communicate(timeout=60)
+    assert done.returncode == 0
+    assert out.startswith(b"0 promoted, 3 unchanged"), out
 
 
 def test_a_line_cut_by_a_non_blocking_pipe_is_finished_before_the_next() -> None:
