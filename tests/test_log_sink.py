@@ -241,7 +241,7 @@ def test_a_command_started_without_stderr_logs_nothing_on_stdout(tmp_path: Path)
     done = _cli(root, "reconcile", stderr=None, preexec_fn=lambda: os.close(2), env=env)
     out, _ = done.communicate(timeout=60)
     assert done.returncode == 0
-    assert out.startswith(b"0 promoted, 3 unchanged"), out
+    assert out.startswith(b"0 promoted") and out.count(b"\n") == 1, out
 
 
 def test_a_line_cut_by_a_non_blocking_pipe_is_finished_before_the_next() -> None:
