@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any
@@ -33,7 +32,7 @@ from promoter.cli_commands import (
 from promoter.clock import parse_duration
 from promoter.config import Config, load_config, resolve_config_path
 from promoter.errors import PromoterError, UsageError
-from promoter.logs import configure_logging, get_logger
+from promoter.logs import configure_logging, get_logger, stderr_line
 from promoter.safeio import describe_os_error
 
 __all__ = ["main"]
@@ -202,5 +201,5 @@ def _fail(command: str | None, message: str, code: int) -> int:
     if command == "run":
         get_logger().error(events.DAEMON_FAILED, reason=message, exit_code=code)
     else:
-        sys.stderr.write(f"promoter: {message}\n")
+        stderr_line(f"promoter: {message}")
     return code

@@ -55,6 +55,7 @@ ARTIFACT_SKIPPED: Final = "artifact.skipped"
 ARTIFACT_CHANGED: Final = "artifact.changed"
 METRICS_FAILED: Final = "metrics.failed"
 PYTHON_LOG: Final = "python.log"
+LOG_DROPPED: Final = "log.dropped"  # lines a stderr nobody read could not take (count)
 RECONCILE_FAILED: Final = "reconcile.failed"
 TRASH_FAILED: Final = "store.trash_failed"
 REPAIR_FAILED: Final = "store.repair_failed"

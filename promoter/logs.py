@@ -10,7 +10,9 @@ from typing import Any, TextIO
 
 import structlog
 
-__all__ = ["StdlibBridge", "configure_logging", "get_logger", "info_many"]
+from promoter.logsink import LogSink, stderr_sink
+
+__all__ = ["StdlibBridge", "configure_logging", "get_logger", "info_many", "stderr_line"]
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
            "error": logging.ERROR}
@@ -29,10 +31,28 @@ class _LossyPrintLogger(structlog.PrintLogger):
     fatal = failure = err = error = critical = exception = msg
 
 
-class _StderrFactory:
-    """Loggers that write to whatever `sys.stderr` is at the time of each event."""
+class _SinkLogger:
+    """Lines to the process's stderr through its writer thread (promoter.logsink): a
+    stderr nobody reads never blocks the thread that logs. No stderr at all: dropped."""
 
-    def __call__(self, *args: Any) -> structlog.PrintLogger:
+    def __init__(self, sink: LogSink | None) -> None:
+        self._sink = sink
+
+    def msg(self, message: Any) -> None:
+        if self._sink is not None:
+            self._sink.put(message if isinstance(message, str) else str(message))
+
+    log = debug = info = warn = warning = msg
+    fatal = failure = err = error = critical = exception = msg
+
+
+class _StderrFactory:
+    """Loggers that write to whatever `sys.stderr` is at the time of each event: the
+    process's own through the sink, another (a test's capture) directly."""
+
+    def __call__(self, *args: Any) -> _SinkLogger | structlog.PrintLogger:
+        if sys.stderr is None or sys.stderr is sys.__stderr__:
+            return _SinkLogger(stderr_sink())
         return _LossyPrintLogger(file=sys.stderr)
 
 
@@ -50,7 +70,8 @@ def configure_logging(level: str = "info", fmt: str = "json", stream: TextIO | N
     """Send every event to `stream` (the current stderr by default) at `level` and above."""
     renderer: Any
     if fmt == "console":
-        tty = (stream or sys.stderr).isatty()
+        target = stream or sys.stderr
+        tty = target is not None and target.isatty()  # None: started with `2>&-`
         renderer = structlog.dev.ConsoleRenderer(colors=tty)
     else:
         renderer = structlog.processors.JSONRenderer()
@@ -100,6 +121,15 @@ def info_many(items: Sequence[tuple[str, dict[str, Any]]]) -> None:
             bound._logger.info(*args, **kw)
     if lines:
         bound._logger.msg("\n".join(lines))
+
+
+def stderr_line(text: str) -> None:
+    """One plain line on stderr (a command's error), after the log lines already queued
+    and, like them, never waiting for a reader."""
+    if sys.stderr is None or sys.stderr is sys.__stderr__:
+        _SinkLogger(stderr_sink()).msg(text)
+    else:
+        sys.stderr.write(text + "\n")
 
 
 class StdlibBridge(logging.Handler):

@@ -8,8 +8,9 @@ from collections.abc import Iterator
 
 import pytest
 
-# AnyIO's worker threads live as long as the interpreter, by design.
-LONG_LIVED = ("AnyIO worker thread",)
+# AnyIO's worker threads and the log writer on fd 2 (started only when sys.stderr is not
+# captured: `pytest -s`) live as long as the interpreter, by design.
+LONG_LIVED = ("AnyIO worker thread", "promoter-log-writer")
 
 
 def _foreign(threads: set[threading.Thread]) -> list[threading.Thread]:
