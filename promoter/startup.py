@@ -42,32 +42,33 @@ def prepare(store: Store, sessions: bool = True, create: bool = True,
     if not repair:
         return
     with gc_paused():
-        _repair_all(store)
+        if _repair_all(store):
+            store.disk.repaired_all()  # every run walked or unmarked: trust the marks
 
 
-def _repair_all(store: Store) -> None:
+def _repair_all(store: Store) -> bool:
+    """Repair every run; True when none failed."""
     runs = store.run_ids()
     workers = min(store.config.promote.workers, len(runs))
     if workers <= 1:
-        for run_id in runs:
-            _repair(store, run_id)
-        return
+        return all([_repair(store, run_id) for run_id in runs])
     # runs in parallel (each under its own lock): the walk's `lstat`s and reads let go of
     # the GIL, so a second thread parses or walks meanwhile (issue 15)
     with ThreadPoolExecutor(workers, thread_name_prefix="promoter-repair") as pool:
         jobs = [pool.submit(_repair, store, run_id) for run_id in runs]
         try:
-            for job in jobs:
-                job.result()
+            return all([job.result() for job in jobs])
         finally:
             for job in jobs:
                 job.cancel()
 
 
-def _repair(store: Store, run_id: str) -> None:
+def _repair(store: Store, run_id: str) -> bool:
     try:
         store.repair(run_id)
     except (StoreIOError, LockFileError):
         raise  # the store itself is unusable: that is for everyone, not one run
     except Exception as exc:  # one bad run never stops a start-up (DESIGN §6)
         log.error(events.REPAIR_FAILED, run_id=run_id, reason=f"{type(exc).__name__}: {exc}")
+        return False
+    return True
