@@ -324,7 +324,7 @@ class LocalDisk:
                checksum: bool) -> Relisted | None:
         """Walk files/ only where a write may have been cut short: a marked run, or every
         run until the store has been repaired whole once (runmark.py, issue 15)."""
-        if self._marks_trusted() and not is_marked(art, meta.run_id):
+        if self.marks_trusted() and not is_marked(art, meta.run_id):
             return None
         mark = self._mark(art, meta.run_id)
         mark.adopt()  # removed at the session's end once the run is listed again
@@ -333,7 +333,8 @@ class LocalDisk:
             mark.written()  # listed as it is
         return fixed
 
-    def _marks_trusted(self) -> bool:
+    def marks_trusted(self) -> bool:
+        """Whether a run's mark alone says if its files/ must be walked (`repaired_all`)."""
         if not self._trusted:
             self._trusted = os.path.lexists(self.path / REPAIRED)
         return self._trusted
