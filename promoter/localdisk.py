@@ -155,7 +155,7 @@ class LocalDisk:
 
     def _mark(self, art: int, run_id: str) -> RunMark:
         """The session's mark; outside a session (never in promoter), one that stays."""
-        return self._marks.get(run_id) or RunMark(art, run_id)
+        return self._marks.get(run_id) or RunMark(art, run_id, detached=True)
 
     def mark(self, art: int, run_id: str) -> None:
         """A change to files/ that the next metadata write comes before (a removal): the

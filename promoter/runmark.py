@@ -54,10 +54,12 @@ def is_marked(art: int, run_id: str) -> bool:
 class RunMark:
     """One write session's mark of its run (the run's lock held)."""
 
-    def __init__(self, art: int, run_id: str) -> None:
+    def __init__(self, art: int, run_id: str, detached: bool = False) -> None:
         self._art = art
         self._run_id = run_id
-        self._run_fd: int | None = None  # the run folder, while a mark of ours awaits its flush
+        self._detached = detached  # outside a session: no `end`, the mark always stays
+        self._run_fd: int | None = None  # the run folder, once this session made the mark
+        self._unflushed = False  # a mark made this session that may not be on disk yet
         self._present = False  # the mark is there (made, found or adopted) this session
         self._ours = False  # made (or adopted) by this session: it may remove it
         self._clean = True  # no change to files/ since the last metadata write
@@ -77,25 +79,26 @@ class RunMark:
             os.close(run_fd)
             raise
         else:
-            self._ours = True
+            self._ours = self._unflushed = True
             self._run_fd = run_fd  # flushed before the first rename (`pending_flush`)
         self._present = True
 
     def pending_flush(self) -> int | None:
         """The run folder to flush before a rename or removal in files/ (a mark made this
         session, not yet on disk); None when nothing is waiting."""
-        return self._run_fd
+        return self._run_fd if self._unflushed else None
 
     def flushed(self) -> None:
         """The mark is on disk (its folder flushed, or the whole file system synced)."""
-        if self._run_fd is not None:
+        self._unflushed = False
+        if self._detached and self._run_fd is not None:
             os.close(self._run_fd)
             self._run_fd = None
 
     def flush(self) -> None:
         """Make the mark durable now (a removal or a lone copy: no batch flush to join).
         Raises OSError: a mark that may not be on disk allows no change."""
-        if self._run_fd is not None:
+        if self._run_fd is not None and self._unflushed:
             os.fsync(self._run_fd)
             self.flushed()
 
@@ -112,13 +115,13 @@ class RunMark:
     def end(self, ok: bool) -> None:
         """The session ends: remove the mark if this session made it and left the run clean.
         Its removal need not be durable: a mark that comes back costs one walk."""
-        with contextlib.suppress(OSError):
-            self.flushed()
-        if not (ok and self._ours and self._clean):
-            return
-        with contextlib.suppress(OSError):
-            run_fd = open_dir_chain(self._art, [self._run_id])
-            try:
-                remove_tree(run_fd, MARK)  # a file as a rule; a planted folder goes too
-            finally:
+        run_fd, self._run_fd = self._run_fd, None
+        try:
+            if ok and self._ours and self._clean:
+                with contextlib.suppress(OSError):
+                    if run_fd is None:  # adopted by a repair
+                        run_fd = open_dir_chain(self._art, [self._run_id])
+                    remove_tree(run_fd, MARK)  # a file as a rule; a planted folder goes too
+        finally:
+            if run_fd is not None:
                 os.close(run_fd)

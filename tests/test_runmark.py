@@ -283,3 +283,24 @@ def test_a_mark_that_cannot_be_made_stops_the_batch_before_any_rename(
     assert not (tmp_path / "artifacts/r1/files/b.txt").exists()
     assert sorted(_listed(tmp_path, "r1")) == ["a.txt"]
     assert {r.outcome for r in store.promote_files("r1", ["b.txt"])} == {Outcome.PROMOTED}
+
+
+def test_a_copy_put_outside_a_write_session_leaves_its_mark_and_no_descriptor(
+        tmp_path: Path) -> None:
+    """Never done by promoter (every write holds the run's lock): the mark is made, flushed
+    and left for the next start's repair, and its folder's descriptor is closed."""
+    store = _promoted(tmp_path, {"r1": ["a.txt"]})
+    disk = store.disk
+    assert isinstance(disk, LocalDisk)
+    src = write_session_file(tmp_path, "r1", "b.txt", b"b")
+    before = len(os.listdir("/proc/self/fd"))
+    fd = os.open(src, os.O_RDONLY)
+    try:
+        with disk.reading() as art:
+            disk.put_file(art, "r1", "b.txt", fd, os.fstat(fd), True, 1 << 20, None)
+    finally:
+        os.close(fd)
+    assert len(os.listdir("/proc/self/fd")) == before
+    assert (tmp_path / "artifacts/r1" / MARK).is_file()
+    prepare(Store(store.config), create=False)
+    assert sorted(_listed(tmp_path, "r1")) == ["a.txt", "b.txt"]
