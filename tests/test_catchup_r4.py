@@ -150,3 +150,19 @@ def test_the_runs_parsed_at_start_are_kept_out_of_the_collectors_sight(
     meta = fresh.cached_run("r1")
     assert meta is not None and gc.get_freeze_count() > 0
     assert not any(o is meta for o in gc.get_objects())
+
+
+def test_entries_of_mixed_offsets_are_each_converted_to_utc() -> None:
+    """The zone object a `Z` shares across a document is checked once; any other offset in
+    between is still converted, whatever its place."""
+    from datetime import UTC, datetime
+
+    stamps = ["2026-01-09T10:00:00Z", "2026-01-09T12:00:00+02:00", "2026-01-09T10:00:00Z",
+              "2026-01-09T10:00:00+00:00", "2026-01-09T04:30:00-05:30", "2026-01-09T10:00:00Z"]
+    doc = _doc()
+    doc["artifacts"] = [{"filename": f"f{i}", "path": f"files/f{i}", "generated_at": t,
+                         "size_bytes": 1} for i, t in enumerate(stamps)]
+    meta = parse_metadata(json.dumps(doc).encode())
+    expected = datetime(2026, 1, 9, 10, 0, tzinfo=UTC)
+    assert [a.generated_at for a in meta.artifacts] == [expected] * len(stamps)
+    assert all(a.generated_at.tzinfo is UTC for a in meta.artifacts)
