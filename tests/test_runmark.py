@@ -304,3 +304,45 @@ def test_a_copy_put_outside_a_write_session_leaves_its_mark_and_no_descriptor(
     assert (tmp_path / "artifacts/r1" / MARK).is_file()
     prepare(Store(store.config), create=False)
     assert sorted(_listed(tmp_path, "r1")) == ["a.txt", "b.txt"]
+
+
+def test_a_removal_marks_the_run_on_disk_before_its_entry_goes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`rm RUN FILE`, in order: the mark made and its folder flushed, the metadata without
+    the entry renamed in, the copy unlinked and its folder flushed, then the mark removed."""
+    store = _promoted(tmp_path, {"r1": ["a.txt", "b.txt"]})
+    run_ino = (tmp_path / "artifacts/r1").stat().st_ino
+    files_ino = (tmp_path / "artifacts/r1/files").stat().st_ino
+    log: list[str] = []
+    real_open, real_fsync, real_rename, real_unlink = os.open, os.fsync, os.rename, os.unlink
+
+    def traced_open(path: Any, flags: int, *args: Any, **kw: Any) -> int:
+        if str(path) == MARK and flags & os.O_CREAT:
+            log.append("mark")
+        return real_open(path, flags, *args, **kw)
+
+    def traced_fsync(fd: int) -> None:
+        real_fsync(fd)
+        ino = os.fstat(fd).st_ino
+        log.extend(["flush-run"] if ino == run_ino else ["flush-files"] if ino == files_ino
+                   else [])
+
+    def traced_rename(src: Any, dst: Any, **kw: Any) -> None:
+        real_rename(src, dst, **kw)
+        if str(dst) == METADATA:
+            log.append("metadata")
+
+    def traced_unlink(path: Any, **kw: Any) -> None:
+        real_unlink(path, **kw)
+        log.append({MARK: "unmark", "a.txt": "unlink-copy"}.get(str(path), "other"))
+
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "open", traced_open)
+        patch.setattr(os, "fsync", traced_fsync)
+        patch.setattr(os, "rename", traced_rename)
+        patch.setattr(os, "unlink", traced_unlink)
+        store.delete_artifact("r1", "a.txt")
+    order = ["mark", "flush-run", "metadata", "unlink-copy", "flush-files", "unmark"]
+    first = [log.index(e) for e in order]  # ValueError if one is missing
+    assert first == sorted(first), log
+    assert not (tmp_path / "artifacts/r1" / MARK).exists()
