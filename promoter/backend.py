@@ -167,6 +167,11 @@ class Backend(Protocol[H]):
         still that version (an object store: a newer upload of the name stays)."""
         ...
 
+    def mark(self, handle: H, run_id: str) -> None:
+        """Before a metadata write that a change to the stored files follows (a removal):
+        the local disk marks the run durably (runmark.py); an object store needs nothing."""
+        ...
+
     def trash_run(self, handle: H, run_id: str) -> None: ...
 
     def empty_trash(self) -> None: ...
@@ -187,6 +192,11 @@ class Backend(Protocol[H]):
 
     def relist(self, handle: H, meta: RunMetadata, context: Callable[[], RunContext],
                checksum: bool) -> Relisted | None: ...
+
+    def repaired_all(self) -> None:
+        """The start-up repair went through every run: the local disk trusts its runs'
+        marks from now on (runmark.py); an object store needs nothing."""
+        ...
 
     # -- tombstones --------------------------------------------------------------------------
     def read_tombstone(self, run_id: str) -> bytes | None: ...

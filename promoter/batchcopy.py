@@ -9,6 +9,8 @@ pays for other people's dirty pages, nor a big copy for the agents' dirty output
 it; a big copy's writeback started as it was written), then renames them all, then
 flushes each folder once. Only after `commit()` may the caller write metadata naming
 them: every entry is durable before it appears. Folder descriptors are opened once per batch.
+The run's mark (runmark.py) is made before the first temporary and is on disk, by the same
+flush, before the first rename.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from types import TracebackType
 
 from promoter import writeback
 from promoter.names import split_relpath
+from promoter.runmark import RunMark
 from promoter.safeio import CopyPools, CopyResult, fsync_dir, open_dir_chain, stage_copy
 
 __all__ = ["MAX_HELD", "SYNCFS_MIN_FILES", "CopyBatch", "flush_all"]
@@ -35,24 +38,31 @@ def _syncfs(fd: int) -> int:
     return writeback.syncfs(fd)
 
 
-def flush_all(files: Sequence[tuple[int, str, int]], pools: CopyPools | None = None) -> None:
+def flush_all(files: Sequence[tuple[int, str, int]], pools: CopyPools | None = None,
+              folder: int | None = None) -> None:
     """Make the data of every (folder descriptor, temp name, size) in `files` durable: one
     syncfs when there are many small copies (ext4 writes and commits them together), else
     an fsync each (a read-only descriptor flushes the file's data as well), several at once
     on `pools`. A syncfs also waits for every other dirty page of the file system: the
     agents' own output beside the store, as big as the copies; big copies (their writeback
-    started as they were written) are therefore flushed one by one. One file system."""
+    started as they were written) are therefore flushed one by one. One file system.
+    `folder`: a folder flushed with them (a new run mark's, on the same file system)."""
     if not files:
         return
     small = sum(1 for _, _, size in files if size < writeback.EARLY_WRITEBACK_BYTES)
     if small >= SYNCFS_MIN_FILES and _syncfs(files[0][0]) == 0:
         return
     # few small copies, big ones, or syncfs reported a writeback error: which file was it
-    if pools is None or len(files) < 2:
+    if pools is None or len(files) < 2:  # a lone copy: its folder's flush then finds
+        # the journal committed by the copy's (one commit, not two waits on other threads)
         for dir_fd, name, _ in files:
             _fsync_at(dir_fd, name)
+        if folder is not None:
+            os.fsync(folder)
         return
     flushes = [pools.flusher.submit(_fsync_at, dir_fd, name) for dir_fd, name, _ in files]
+    if folder is not None:
+        flushes.append(pools.flusher.submit(os.fsync, folder))
     futures.wait(flushes)  # every one done before the folders may be closed
     for flush in flushes:
         flush.result()  # the first error fails the batch
@@ -83,8 +93,9 @@ class CopyBatch:
     """
 
     def __init__(self, base_fd: int, prefix: Sequence[str], checksum: bool, max_bytes: int,
-                 pools: CopyPools | None = None) -> None:
+                 pools: CopyPools | None = None, mark: RunMark | None = None) -> None:
         self._base = base_fd
+        self._mark = mark
         self._prefix = list(prefix)
         self._checksum = checksum
         self._max_bytes = max_bytes
@@ -115,6 +126,8 @@ class CopyBatch:
         `agent_id` is for backends that store it beside the copy; a file here does not."""
         parts = split_relpath(filename)
         folder = tuple(parts[:-1])
+        if self._mark is not None:
+            self._mark.set()  # before the first temporary (an OSError fails this file)
         if folder not in self._folders and len(self._folders) >= MAX_HELD:
             self.commit()  # bounded descriptors whatever the batch's shape
         dir_fd = self._folder(folder)
@@ -130,11 +143,15 @@ class CopyBatch:
         that fails (a folder took the name meanwhile) fails that file alone: the files it
         names, with their errors, are returned (and kept in `failed`), their temps removed."""
         staged, self._staged = self._staged, []
+        mark = self._mark
         try:
-            flush_all([(self._folders[s.folder], s.tmp, s.size) for s in staged], self._pools)
+            flush_all([(self._folders[s.folder], s.tmp, s.size) for s in staged], self._pools,
+                      mark.pending_flush() if mark is not None and staged else None)
         except BaseException:
             self._staged = staged  # abort() removes them
             raise
+        if mark is not None and staged:
+            mark.flushed()  # the mark is on disk: the renames may follow
         for s in staged:
             dir_fd = self._folders[s.folder]
             try:

@@ -139,6 +139,7 @@ def delete_artifact(core: StoreCore, run_id: str, filename: str) -> ArtifactEntr
         entry = meta.entry(filename) if meta is not None else None
         if meta is None or entry is None or meta.status == "deleting":
             raise NotFoundError(f"no artifact {filename} in run {run_id}")
+        core.disk.mark(handle, run_id)  # on disk before the entry goes (runmark.py)
         core.write_metadata(handle, rules.remove_entry(meta, filename, core.clock.file_now()))
         # after the entry: a copy is never listed without its bytes. An object replaced by
         # a newer upload meanwhile (another sha256) is that upload's and stays.

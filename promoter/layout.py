@@ -4,6 +4,8 @@
     sessions/<run_id>/run.json, attribution.jsonl
     artifacts/<run_id>/metadata.json            one run's metadata, replaced atomically
     artifacts/<run_id>/files/<relpath>          the stored copies
+    artifacts/<run_id>/.unlisted                a write into files/ under way or cut short
+    artifacts/.repaired                         the marks above are trusted (runmark.py)
     artifacts/.locks/<run_id>                   the run's lock (flock)
     artifacts/.tombstones/<run_id>              a deleted run that must not come back
     artifacts/.trash/                           runs being removed
@@ -16,12 +18,14 @@ from __future__ import annotations
 import os
 from typing import Final
 
-__all__ = ["CONTEXT_FILES", "FILES", "LOCKS", "METADATA", "OUTPUT", "TOMBSTONES", "TRASH",
-           "session_file"]
+__all__ = ["CONTEXT_FILES", "FILES", "LOCKS", "MARK", "METADATA", "OUTPUT", "REPAIRED",
+           "TOMBSTONES", "TRASH", "session_file"]
 
 METADATA: Final = "metadata.json"
 FILES: Final = "files"
 LOCKS: Final = ".locks"
+MARK: Final = ".unlisted"
+REPAIRED: Final = ".repaired"
 TRASH: Final = ".trash"
 TOMBSTONES: Final = ".tombstones"
 OUTPUT: Final = "output"

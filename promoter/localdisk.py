@@ -22,11 +22,12 @@ from promoter.backend import Relisted, StoredRead, fd_read
 from promoter.batchcopy import CopyBatch
 from promoter.context import RunContext
 from promoter.errors import NotFoundError, StoreIOError
-from promoter.layout import FILES, LOCKS, METADATA, TOMBSTONES, TRASH
+from promoter.layout import FILES, LOCKS, METADATA, REPAIRED, TOMBSTONES, TRASH
 from promoter.logs import get_logger
 from promoter.metadata import ArtifactEntry, RunMetadata
 from promoter.names import is_valid_run_id, split_relpath
 from promoter.runlock import run_lock
+from promoter.runmark import RunMark, is_marked
 from promoter.safeio import (
     CopyPools,
     CopyResult,
@@ -64,6 +65,8 @@ class LocalDisk:
 
     def __init__(self, artifacts: Path) -> None:
         self.path = artifacts
+        self._marks: dict[str, RunMark] = {}  # the write sessions open in this process, by run
+        self._trusted = False  # the marks alone say which runs to walk (`repaired_all`)
 
     def check(self, create: bool) -> None:
         """`create` (`promoter run`): make the folder and promoter's dot-folders; else a missing
@@ -134,9 +137,32 @@ class LocalDisk:
                                               str(self.path / LOCKS / run_id))
                         named.add_note(f"open the lock file of run {run_id}")
                         raise named from None
-                    yield art
+                    yield from self._session(art, run_id)
             finally:
                 os.close(locks)
+
+    def _session(self, art: int, run_id: str) -> Iterator[int]:
+        """The write session's mark (runmark.py): removed at its end if the session made it
+        and its metadata lists every change it made to files/."""
+        mark = self._marks[run_id] = RunMark(art, run_id)
+        ok = False
+        try:
+            yield art
+            ok = True
+        finally:
+            del self._marks[run_id]
+            mark.end(ok)
+
+    def _mark(self, art: int, run_id: str) -> RunMark:
+        """The session's mark; outside a session (never in promoter), one that stays."""
+        return self._marks.get(run_id) or RunMark(art, run_id, detached=True)
+
+    def mark(self, art: int, run_id: str) -> None:
+        """A change to files/ that the next metadata write comes before (a removal): the
+        run is marked durably first, and the mark stays for the next start's repair."""
+        mark = self._mark(art, run_id)
+        mark.set()
+        mark.flush()
 
     # -- metadata ----------------------------------------------------------------------------
 
@@ -181,6 +207,7 @@ class LocalDisk:
             st = atomic_write_bytes(run_fd, METADATA, data)
         finally:
             os.close(run_fd)
+        self._mark(art, run_id).written()  # it lists every change the session made so far
         return (st.st_ino, st.st_mtime_ns, st.st_size)
 
     # -- stored files ------------------------------------------------------------------------
@@ -192,6 +219,9 @@ class LocalDisk:
         as it is copied; the folder's fsync is `sync_folders`, once a batch. One file has
         one flush: `pools` (for a batch's flushes) is not needed here."""
         parts = split_relpath(filename)
+        mark = self._mark(art, run_id)
+        mark.set()
+        mark.flush()  # on disk before the copy's rename can be
         dst_dir = open_dir_chain(art, [run_id, FILES, *parts[:-1]], create=True)
         try:
             return copy_and_hash(src, st, dst_dir, parts[-1], checksum=checksum,
@@ -202,7 +232,8 @@ class LocalDisk:
     def batch(self, art: int, run_id: str, checksum: bool, max_bytes: int,
               pools: CopyPools | None) -> CopyBatch:
         """Copies into files/ made durable together by `commit()` (batchcopy.py, issue 15)."""
-        return CopyBatch(art, [run_id, FILES], checksum, max_bytes, pools)
+        return CopyBatch(art, [run_id, FILES], checksum, max_bytes, pools,
+                         mark=self._mark(art, run_id))
 
     def sync_folders(self, art: int, run_id: str, folders: Iterable[tuple[str, ...]]) -> None:
         """Make renames into these folders of files/ durable, one fsync each."""
@@ -235,12 +266,19 @@ class LocalDisk:
     def remove_file(self, art: int, run_id: str, filename: str,
                     sha256: str | None = None) -> None:
         """Remove a stored copy; one already gone is no error. The run's lock is held, so
-        the copy is the entry's version (`sha256` needs no check)."""
+        the copy is the entry's version (`sha256` needs no check). The run is marked until
+        the removal is on disk (its entry went first: `mark`)."""
         parts = split_relpath(filename)
+        mark = self._mark(art, run_id)
+        mark.set()
         with contextlib.suppress(OSError, Refused):
+            mark.flush()
             dir_fd = open_dir_chain(art, [run_id, FILES, *parts[:-1]])
             try:
-                os.unlink(parts[-1], dir_fd=dir_fd)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(parts[-1], dir_fd=dir_fd)
+                os.fsync(dir_fd)
+                mark.written()  # gone for good: nothing left unlisted
             finally:
                 os.close(dir_fd)
 
@@ -284,7 +322,30 @@ class LocalDisk:
 
     def relist(self, art: int, meta: RunMetadata, context: Callable[[], RunContext],
                checksum: bool) -> Relisted | None:
-        return recovery.relist(art, meta, context, checksum)
+        """Walk files/ only where a write may have been cut short: a marked run, or every
+        run until the store has been repaired whole once (runmark.py, issue 15)."""
+        if self.marks_trusted() and not is_marked(art, meta.run_id):
+            return None
+        mark = self._mark(art, meta.run_id)
+        mark.adopt()  # removed at the session's end once the run is listed again
+        fixed = recovery.relist(art, meta, context, checksum)
+        if fixed is None:
+            mark.written()  # listed as it is
+        return fixed
+
+    def marks_trusted(self) -> bool:
+        """Whether a run's mark alone says if its files/ must be walked (`repaired_all`)."""
+        if not self._trusted:
+            self._trusted = os.path.lexists(self.path / REPAIRED)
+        return self._trusted
+
+    def repaired_all(self) -> None:
+        """Every run was repaired (each walked, unmarked or not): from now on a run's mark
+        alone says whether its files/ must be walked. Its loss costs one whole walk more."""
+        with contextlib.suppress(OSError):
+            os.close(os.open(self.path / REPAIRED, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW
+                             | os.O_CLOEXEC, 0o644))
+            self._trusted = True
 
     def clean_leftovers(self) -> None:
         self.empty_trash()

@@ -187,10 +187,11 @@ def find_pending(store: Store, rejections: Rejections,
             try:
                 meta = store.read_run(run_id)
                 tomb = store.read_tombstone(run_id)
-                entries = rules.by_filename(meta)  # one lookup a file, not a walk of the run
-                todo = [f for f in scan_run(sessions, run_id, exclude, rejections,
-                                            store.config.watch.max_depth,
-                                            known_copies(meta))
+                found = list(scan_run(sessions, run_id, exclude, rejections,
+                                      store.config.watch.max_depth, known_copies(meta)))
+                # one lookup a file, not a walk of the run; none when every file is known
+                entries = rules.by_filename(meta) if found else {}
+                todo = [f for f in found
                         if rules.needs_promotion(meta, tomb, f.filename, f.size, f.mtime_ns,
                                                  f.ctime_ns or f.mtime_ns, entries)
                         and not rejections.known(f)]

@@ -59,6 +59,8 @@ def _walk_folder(folder: Folder, run_id: str) -> Iterator[tuple[str, int, os.sta
             with contextlib.suppress(OSError):
                 os.unlink(entry.name, dir_fd=fd)
                 log.info(events.TEMP_REMOVED, run_id=run_id, name=prefix + entry.name)
+                # gone for good before the run's mark may go (runmark.py): rare, so one flush each
+                os.fsync(fd)
             continue
         try:
             if entry.is_dir(follow_symlinks=False):

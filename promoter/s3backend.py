@@ -308,6 +308,12 @@ class S3Backend:
     def remove_temps(self, handle: S3Handle, run_id: str) -> None:
         """Nothing: an object is never visible half-written."""
 
+    def mark(self, handle: S3Handle, run_id: str) -> None:
+        """Nothing: `relist` looks at every run's objects (its own rule of what to HEAD)."""
+
+    def repaired_all(self) -> None:
+        """Nothing, as `mark`."""
+
     def relist(self, handle: S3Handle, meta: RunMetadata, context: Callable[[], RunContext],
                checksum: bool) -> Relisted | None:
         """After a crash: objects without an entry adopted from their own fields, entries

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import gc
 from concurrent.futures import ThreadPoolExecutor
 
 from promoter import events
 from promoter.audit import Actor
 from promoter.config import Config
 from promoter.errors import StoreIOError
+from promoter.localdisk import LocalDisk
 from promoter.logs import get_logger
 from promoter.store import LockFileError, Store
 from promoter.walk import gc_paused
@@ -42,32 +44,41 @@ def prepare(store: Store, sessions: bool = True, create: bool = True,
     if not repair:
         return
     with gc_paused():
-        _repair_all(store)
+        if _repair_all(store):
+            store.disk.repaired_all()  # every run walked or unmarked: trust the marks
+        # the runs just parsed stay (the store's cache) for the process's life: out of the
+        # collector's sight, not walked by the first collection after the pause (~0.1 s)
+        # and by every full one after it (issue 15)
+        gc.freeze()
 
 
-def _repair_all(store: Store) -> None:
+def _repair_all(store: Store) -> bool:
+    """Repair every run; True when none failed."""
     runs = store.run_ids()
     workers = min(store.config.promote.workers, len(runs))
+    if isinstance(store.disk, LocalDisk) and store.disk.marks_trusted():
+        # no walk but of marked runs: parsing holds the GIL, and two threads took more
+        # time and CPU than one (issue 15); an object store's listings wait on the network
+        workers = 1
     if workers <= 1:
-        for run_id in runs:
-            _repair(store, run_id)
-        return
-    # runs in parallel (each under its own lock): the walk's `lstat`s and reads let go of
-    # the GIL, so a second thread parses or walks meanwhile (issue 15)
+        return all([_repair(store, run_id) for run_id in runs])
+    # runs in parallel (each under its own lock): the walk's `lstat`s and reads (a whole
+    # walk) or an object store's listings let go of the GIL, so a second thread parses
     with ThreadPoolExecutor(workers, thread_name_prefix="promoter-repair") as pool:
         jobs = [pool.submit(_repair, store, run_id) for run_id in runs]
         try:
-            for job in jobs:
-                job.result()
+            return all([job.result() for job in jobs])
         finally:
             for job in jobs:
                 job.cancel()
 
 
-def _repair(store: Store, run_id: str) -> None:
+def _repair(store: Store, run_id: str) -> bool:
     try:
         store.repair(run_id)
     except (StoreIOError, LockFileError):
         raise  # the store itself is unusable: that is for everyone, not one run
     except Exception as exc:  # one bad run never stops a start-up (DESIGN §6)
         log.error(events.REPAIR_FAILED, run_id=run_id, reason=f"{type(exc).__name__}: {exc}")
+        return False
+    return True

@@ -30,7 +30,7 @@ from promoter.context import AttributionReader, RunContext, read_run_json
 from promoter.errors import NotFoundError, StoreIOError
 from promoter.localdisk import LocalDisk, Oversized
 from promoter.logs import get_logger
-from promoter.metadata import RunMetadata, Tombstone
+from promoter.metadata import RunMetadata, Tombstone, parse_metadata
 from promoter.names import check_run_id
 from promoter.safeio import CopyPools, folder
 from promoter.storage import open_parts
@@ -43,8 +43,8 @@ MAX_RACES = 50  # lost races in a row on one run before a change gives up (Store
 
 
 def _json_invalid(exc: Exception) -> bool:
-    """Whether a parse failed on the JSON itself, read from the error list, never from
-    str(exc), which renders every error and every input (seconds on a planted file)."""
+    """Whether a parse failed on the JSON itself, from the error list, never str(exc)
+    (which renders every error and every input: seconds on a planted file)."""
     if not isinstance(exc, ValidationError):
         return False
     return any(e["type"] == "json_invalid" for e in
@@ -149,15 +149,11 @@ class StoreCore:
         return meta
 
     def cached_run(self, run_id: str) -> RunMetadata | None:
-        """The run's metadata if the cached copy is current (one stat), else None.
-
-        Never parses: the server calls it on its event loop and, on None, reads the
-        run in a worker thread (DESIGN §7: metadata is never parsed on the loop).
-        """
+        """The run's metadata if the cached copy is current (one stat), else None. Never
+        parses: the server calls it on its event loop and, on None, reads the run in a
+        worker thread (DESIGN §7: metadata is never parsed on the loop)."""
         cached = self._cache.get(run_id)
-        if cached is None:
-            return None
-        return cached[1] if cached[0] == self.disk.meta_version(run_id) else None
+        return cached[1] if cached and cached[0] == self.disk.meta_version(run_id) else None
 
     def remember(self, run_id: str, meta: RunMetadata, version: Hashable | None = None) -> None:
         """In a write session: `meta` is what the metadata holds now, so readers need not
@@ -206,7 +202,7 @@ class StoreCore:
 
     def _parse_bytes(self, run_id: str, raw: bytes) -> RunMetadata | None:
         try:
-            meta = RunMetadata.model_validate_json(raw)
+            meta = parse_metadata(raw)
         except ValidationError:
             return None
         return meta if meta.run_id == run_id else None
@@ -215,12 +211,10 @@ class StoreCore:
         return self.disk.read_meta(art, run_id, self.config.promote.max_metadata_bytes)
 
     def _recover_if_orphaned(self, run_id: str) -> RunMetadata | None:
-        """A run whose metadata is missing or corrupt is rebuilt, never dropped.
-
-        A reader never waits for the run's lock: whoever holds it (the daemon copying
-        the run's first batch, a rebuild) is writing the metadata; until then the run
-        is not there. Waiting froze the HTTP server behind a copy (issue 11).
-        """
+        """A run whose metadata is missing or corrupt is rebuilt, never dropped. A reader
+        never waits for the run's lock: whoever holds it (the daemon copying the run's first
+        batch, a rebuild) is writing the metadata; until then the run is not there. Waiting
+        froze the HTTP server behind a copy (issue 11)."""
         if not self.disk.is_run(run_id):  # a link planted as a run folder is none (DESIGN §6)
             return None
         try:
@@ -249,7 +243,7 @@ class StoreCore:
                 return None
             return self._rebuild(art, run_id, None, "metadata.json missing")
         try:
-            meta = RunMetadata.model_validate_json(raw)
+            meta = parse_metadata(raw)
             if meta.run_id != run_id:
                 raise ValueError("run_id does not match its folder")
             return meta
@@ -310,10 +304,15 @@ class StoreCore:
         return applied.meta, applied.changed
 
     def refresh_context(self, run_id: str) -> RunMetadata | None:
-        """Re-read the run's context and update its metadata if the run exists."""
-        if not self._exists(check_run_id(run_id)):
+        """Re-read the run's context and update its metadata if the run exists. A current
+        cached run the context leaves as it is takes no write session (issue 15)."""
+        cached = self.cached_run(check_run_id(run_id))
+        if cached is None and not self._exists(run_id):
             return None
         ctx = self.context(run_id)
+        if cached is not None and cached.status != "deleting" \
+                and not rules.apply_context(cached, ctx, self.config.retention).changed:
+            return cached
 
         def apply(art: Any) -> RunMetadata | None:
             meta = self.load_current(art, run_id)  # shared: apply_context copies to change

@@ -1,7 +1,9 @@
-"""Suite-wide guards: no test may leak a thread (STYLE §12)."""
+"""Suite-wide guards: no test may leak a thread (STYLE §12), nor its objects out of the
+collector's sight (the start-up repair freezes what it parsed: `startup.prepare`)."""
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
 from collections.abc import Iterator
@@ -28,3 +30,10 @@ def no_leaked_threads() -> Iterator[None]:
         leaked[0].join(timeout=0.1)
         leaked = _foreign(set(threading.enumerate()) - before)
     assert not leaked, f"threads left running: {[t.name for t in leaked]}"
+
+
+@pytest.fixture(autouse=True)
+def collector_unfrozen() -> Iterator[None]:
+    """What a test's start-up repair froze (gc.freeze) is collectable again after it."""
+    yield
+    gc.unfreeze()

@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from promoter import batchcopy
-from promoter.layout import METADATA
+from promoter.layout import MARK, METADATA
 from promoter.metadata import RunMetadata
 from promoter.names import TEMP_PREFIX
 from promoter.pipeline import MAX_BATCH, MIN_BATCH, batch_limit
@@ -135,7 +135,8 @@ def test_a_batch_lists_no_entry_before_its_copy_is_durable(
 
 def test_a_failed_flush_leaves_no_copy_and_no_entry(tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    """An I/O error while flushing the batch: nothing renamed, nothing listed, no temp left."""
+    """An I/O error while flushing the batch: nothing renamed, nothing listed, no temp left;
+    the run's mark stays for the next start's repair (runmark.py: a failed session)."""
     store = make_store(tmp_path)
     names = [f"f{i:02d}.txt" for i in range(20)]
     for name in names:
@@ -149,7 +150,7 @@ def test_a_failed_flush_leaves_no_copy_and_no_entry(tmp_path: Path,
     assert {r.outcome for r in results} == {Outcome.FAILED}
     run = tmp_path / "artifacts" / "r1"
     left = [p.name for p in run.rglob("*") if p.is_file()] if run.exists() else []
-    assert left == [], left
+    assert left == [MARK], left
     monkeypatch.undo()
     assert {r.outcome for r in store.promote_files("r1", names)} == {Outcome.PROMOTED}
 
