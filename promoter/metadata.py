@@ -220,7 +220,7 @@ class RunMetadata(_Document):
         Each entry's text is made once (`_entry_text`) and the document is made around
         them: every batch rewrites the whole file, so a burst into one run serialised each
         entry several times, 13 µs each (issue 15). The same bytes (tests/test_metadata)."""
-        if not self.artifacts:
+        if not self.artifacts or len(self.artifacts) > ENTRY_TEXTS_MAX:  # too big to keep
             return self.model_dump_json(indent=2) + "\n"
         head = self.model_copy(update={"artifacts": []}).model_dump_json(indent=2)
         with _entry_texts_lock:
@@ -234,7 +234,7 @@ class RunMetadata(_Document):
                         "\n"))
 
 
-ENTRY_TEXTS_MAX = 32_768  # entries whose text is kept (with the entry: its id stays its own)
+ENTRY_TEXTS_MAX = 8_192  # entries whose text is kept with the entry (its id stays its own): 16 MB
 _EMPTY_ARTIFACTS = '\n  "artifacts": [],\n'
 _entry_texts: dict[int, tuple[ArtifactEntry, str]] = {}
 _entry_texts_lock = threading.Lock()  # workers write several runs' metadata at once

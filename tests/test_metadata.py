@@ -107,7 +107,8 @@ def test_json_schema_names_every_field() -> None:
     assert {"filename", "path", "generated_at", "size_bytes"} <= set(entry["required"])
 
 
-def test_the_file_text_is_pydantics_own_with_each_entry_made_once() -> None:
+def test_the_file_text_is_pydantics_own_with_each_entry_made_once(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     """to_json writes the same bytes as pydantic's model_dump_json (hostile names, a host,
     a workflow naming the artifacts key, removed and rejected entries) while reusing each
     entry's text; an entry replaced by a new one for the same name is written anew."""
@@ -141,3 +142,10 @@ def test_the_file_text_is_pydantics_own_with_each_entry_made_once() -> None:
     assert m.to_json() == m.model_dump_json(indent=2) + "\n"
     assert '"size_bytes": 999' in m.to_json()
     assert RunMetadata.model_validate_json(m.to_json()) == m
+    monkeypatch.setattr(metadata, "ENTRY_TEXTS_MAX", 2)  # a run bigger than the cache: not kept
+    big = [entry(f"big{i}", i) for i in range(3)]
+    m = doc(big, "")
+    assert m.to_json() == m.model_dump_json(indent=2) + "\n"
+    assert not any(id(e) in metadata._entry_texts for e in big)
+    m = doc(big[:2], "")
+    assert m.to_json() == m.model_dump_json(indent=2) + "\n" and len(metadata._entry_texts) <= 2
