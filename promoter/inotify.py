@@ -21,10 +21,12 @@ from typing import Any
 from watchdog.events import FileSystemEvent
 from watchdog.observers.inotify import InotifyFullEmitter, InotifyWatchGroup
 from watchdog.observers.inotify_c import (
+    DEFAULT_EVENT_BUFFER_SIZE,
     InotifyConstants,
     InotifyEvent,
     InotifyFD,
     Mask,
+    WatchDescriptor,
 )
 from watchdog.utils.delayed_queue import DelayedQueue
 
@@ -37,9 +39,36 @@ from promoter.watchtree import (
     wanted_folder,
 )
 
-__all__ = ["READ_PAUSE_S", "BoundedWatchGroup", "SupervisedInotifyEmitter", "SupervisedInotifyFD"]
+__all__ = ["READ_PAUSE_S", "BoundedWatchGroup", "SupervisedInotifyEmitter", "SupervisedInotifyFD",
+           "superseded"]
 
 READ_PAUSE_S = 0.002  # after a read with events: a lone file waits this long, a burst wakes less
+_CREATE, _MODIFY = InotifyConstants.IN_CREATE, InotifyConstants.IN_MODIFY
+_SUPERSEDED = frozenset({_CREATE, _MODIFY})  # a file's own masks, exactly (no IN_ISDIR)
+_SUPERSEDING = frozenset({_MODIFY, InotifyConstants.IN_CLOSE_WRITE})
+
+
+Raw = tuple[WatchDescriptor, Mask, int, bytes]  # an inotify_event: wd, mask, cookie, name
+
+
+def superseded(found: list[Raw]) -> list[Raw]:
+    """`found` (one read's events, in order) without each file's creation or write that the
+    same file's next event in the read, a write or a close, supersedes: the settle state
+    (`Settler.touch`) is the last touch's alone, so dropping them changes nothing downstream,
+    and a burst's 4 KiB file costs one event instead of three (create, modify, close) in
+    watchdog's grouper, the emitter, the handler and the settle thread (issue 15). Folders,
+    moves, deletions and attributes are never dropped, nor anything a move or deletion of
+    the same name follows."""
+    keep: list[Raw] = []
+    later: dict[tuple[WatchDescriptor, bytes], int] = {}  # (wd, name) -> the mask of its next event
+    for event in reversed(found):
+        wd, mask, _, name = event
+        key = (wd, name)
+        if mask not in _SUPERSEDED or later.get(key) not in _SUPERSEDING:
+            keep.append(event)
+        later[key] = mask
+    keep.reverse()
+    return keep
 
 
 class _HeldQueue(DelayedQueue[Any]):
@@ -143,8 +172,11 @@ class SupervisedInotifyFD(InotifyFD):
             self._report.watch_failed(text, "permission denied")
         return wd
 
-    def read_events(self, *args: Any, **kwargs: Any) -> list[Any]:
-        found: list[Any] = super().read_events(*args, **kwargs)
+    def read_events(self, *, event_buffer_size: int = DEFAULT_EVENT_BUFFER_SIZE) -> list[Any]:
+        """watchdog 7.1's own, with the superseded events dropped before they are objects."""
+        raw = [e for e in InotifyFD._parse_event_buffer(self._read_event_buffer(event_buffer_size))
+               if e[0] != -1 or e[1] & InotifyConstants.IN_Q_OVERFLOW]  # overflow's wd is -1
+        found = [InotifyEvent(*e) for e in superseded(raw)]
         self._read += len(found)
         return found
 

@@ -77,16 +77,24 @@ class DaemonMetrics:
         self.store_available.set(1)
 
     def record(self, results: Iterable[PromoteResult], now_ns: int) -> None:
-        """Count one batch's outcomes; the latency runs from the source's mtime to now."""
+        """Count one batch's outcomes; the latency runs from the source's mtime to now. The
+        counters move once a batch (a labelled child's lookup and lock a file were a burst's
+        per-file cost); the histogram takes each file's latency."""
+        counts: dict[str, int] = {}
+        size = 0
         for r in results:
             label = _RESULTS.get(r.outcome)
             if label is None:
                 continue
-            self.files.labels(result=label).inc()
+            counts[label] = counts.get(label, 0) + 1
             if r.outcome is Outcome.PROMOTED and r.entry is not None:
-                self.bytes.inc(r.entry.size_bytes)
+                size += r.entry.size_bytes
                 if r.source_mtime_ns:
                     self.latency.observe(max(now_ns - r.source_mtime_ns, 0) / 1e9)
+        for label, n in counts.items():
+            self.files.labels(result=label).inc(n)
+        if size:
+            self.bytes.inc(size)
 
     def reconciled(self, finished_at: float, duration_s: float) -> None:
         self.reconcile_time.set(finished_at)

@@ -161,7 +161,8 @@ def promote_one(config: Config, folders: SourceFolders, put: PutFile, meta: RunM
     src: int | None = None
     try:
         src_dir = folders.get(tuple(parts[:-1]))
-        src, st = open_regular(src_dir, parts[-1], config.promote.allow_hardlinks)
+        src, st = open_regular(src_dir, parts[-1], config.promote.allow_hardlinks,
+                               blocking=False)
         return copy_in(config.promote, put, meta, tomb, ctx, filename, src, st, entries,
                        run_bytes)
     except Refused as exc:

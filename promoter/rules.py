@@ -229,9 +229,10 @@ def apply_context(meta: RunMetadata, ctx: RunContext, retention: RetentionConfig
     completed = ctx.status in ("completed", "failed") and meta.status != "completed"
     if completed:
         update["status"] = "completed"
-    items = [_with_agent(item, agent_for(ctx, item.filename)) for item in meta.artifacts]
-    if any(new is not old for new, old in zip(items, meta.artifacts, strict=True)):
-        update["artifacts"] = items
+    if ctx.agents:  # else every entry's agent stays: a pass over a big run a batch (issue 15)
+        items = [_with_agent(item, agent_for(ctx, item.filename)) for item in meta.artifacts]
+        if any(new is not old for new, old in zip(items, meta.artifacts, strict=True)):
+            update["artifacts"] = items
     if not update:
         return Applied(meta, False, False)
     return Applied(meta.model_copy(update=update), True, completed)

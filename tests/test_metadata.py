@@ -105,3 +105,47 @@ def test_json_schema_names_every_field() -> None:
     assert set(schema["properties"]) == set(RunMetadata.model_fields)
     entry = schema["$defs"]["ArtifactEntry"]
     assert {"filename", "path", "generated_at", "size_bytes"} <= set(entry["required"])
+
+
+def test_the_file_text_is_pydantics_own_with_each_entry_made_once(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """to_json writes the same bytes as pydantic's model_dump_json (hostile names, a host,
+    a workflow naming the artifacts key, removed and rejected entries) while reusing each
+    entry's text; an entry replaced by a new one for the same name is written anew."""
+    from promoter import metadata
+    from promoter.metadata import ArtifactEntry, RejectedEntry, RemovedEntry, RunMetadata
+
+    t0 = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+
+    def entry(name: str, size: int, sha: str | None = "ab" * 32) -> ArtifactEntry:
+        return ArtifactEntry(filename=name, path=f"files/{name}", generated_at=t0,
+                             size_bytes=size, sha256=sha)
+
+    names = ["a.txt", 'q"uote\\back\nline\u2028é😀.bin', "d/e/f.csv", "  \"artifacts\": [],"]
+    entries = [entry(n, i, None if i % 2 else "ab" * 32) for i, n in enumerate(names)]
+
+    def doc(arts: list[ArtifactEntry], host: str) -> RunMetadata:
+        return RunMetadata(run_id="r1", workflow_id='\n  "artifacts": [],\n', created_at=t0,
+                           updated_at=t0, expires_at=t0 + timedelta(days=1), artifacts=arts,
+                           removed=[RemovedEntry(filename="gone", removed_at=t0)],
+                           rejected=[RejectedEntry(filename="x", reason="fifo",
+                                                   rejected_at=t0)], host=host)
+
+    for host in ("", "h1"):
+        for arts in ([], entries[:1], entries):
+            m = doc(arts, host)
+            assert m.to_json() == m.model_dump_json(indent=2) + "\n"
+            assert m.to_json() == m.model_dump_json(indent=2) + "\n"  # from the texts kept
+    assert all(metadata._entry_texts[id(e)][0] is e for e in entries)
+    grown = [*entries[:-1], entry(names[-1], 999)]
+    m = doc(grown, "")
+    assert m.to_json() == m.model_dump_json(indent=2) + "\n"
+    assert '"size_bytes": 999' in m.to_json()
+    assert RunMetadata.model_validate_json(m.to_json()) == m
+    monkeypatch.setattr(metadata, "ENTRY_TEXTS_MAX", 2)  # a run bigger than the cache: not kept
+    big = [entry(f"big{i}", i) for i in range(3)]
+    m = doc(big, "")
+    assert m.to_json() == m.model_dump_json(indent=2) + "\n"
+    assert not any(id(e) in metadata._entry_texts for e in big)
+    m = doc(big[:2], "")
+    assert m.to_json() == m.model_dump_json(indent=2) + "\n" and len(metadata._entry_texts) <= 2

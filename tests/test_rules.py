@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from promoter import rules
 from promoter.config import RetentionConfig
 from promoter.context import RunContext
@@ -120,6 +122,20 @@ def test_apply_context_with_nothing_new_changes_nothing() -> None:
     assert rules.apply_context(meta, RunContext(), RETENTION) == (meta, False, False)
     ctx = RunContext(workflow_id="short", status="completed", agents={"a": "w"})
     assert rules.apply_context(meta, ctx, RETENTION) == (meta, False, False)
+
+
+def test_apply_context_without_attribution_looks_at_no_entry(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """No attribution lines: no entry's agent is looked up (a pass over the whole run a
+    batch was most of a small batch's cost in a big run); run.json still folds in."""
+    calls: list[str] = []
+    monkeypatch.setattr(rules, "agent_for", lambda ctx, name: calls.append(name) or "x")
+    meta = run(*(entry(f"f{i}") for i in range(50)))
+    applied = rules.apply_context(meta, RunContext(workflow_id="short"), RETENTION)
+    assert applied.changed and applied.meta.workflow_id == "short"
+    assert applied.meta.artifacts == meta.artifacts and calls == []
+    rules.apply_context(meta, RunContext(agents={"f1": "w"}), RETENTION)
+    assert len(calls) == 50
 
 
 def test_agents_are_found_by_path_or_base_name() -> None:

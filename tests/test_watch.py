@@ -127,9 +127,12 @@ def test_writes_are_weak_and_the_close_is_strong(watched: tuple[Watcher, Sink],
     """Creating and writing a file are weak hints; closing it after writing is the strong one."""
     w, sink = watched
     out = watched_output(w, sink, sessions, "r1")
-    write(out / "a.txt", "a")
+    with open(out / "a.txt", "w") as f:
+        f.write("a")
+        f.flush()
+        wait_until(lambda: sink.seen("changed", "r1", "a.txt", False))
+        assert not sink.seen("changed", "r1", "a.txt", True)
     wait_until(lambda: sink.seen("changed", "r1", "a.txt", True))
-    assert sink.seen("changed", "r1", "a.txt", False)
 
 
 def test_rename_is_gone_then_moved_in(watched: tuple[Watcher, Sink], sessions: Path) -> None:
@@ -477,6 +480,54 @@ def test_quiesce_returns_once_events_are_delivered(watched: tuple[Watcher, Sink]
     assert w.quiesce(5.0)
     missing = [i for i in range(200) if not sink.seen("changed", "r1", f"q{i}", True)]
     assert not missing, (missing, w._observer.idle())  # type: ignore[union-attr]
+
+
+def test_a_files_create_and_writes_are_superseded_by_its_close_in_one_read() -> None:
+    """Within one read, a file's creation and writes followed by its own write or close are
+    dropped (the last touch alone decides its settle state); folders, moves, deletions,
+    attributes, and what follows a close or a deletion of the name are all kept."""
+    from watchdog.observers.inotify_c import InotifyConstants as C
+
+    from promoter.inotify import superseded
+
+    def ev(wd: int, mask: int, name: bytes, cookie: int = 0) -> Any:
+        return (wd, mask, cookie, name)
+
+    create, modify, close = C.IN_CREATE, C.IN_MODIFY, C.IN_CLOSE_WRITE
+    burst = [ev(1, create, b"a"), ev(1, create, b"b"), ev(1, modify, b"a"),
+             ev(1, modify, b"b"), ev(1, close, b"a"), ev(2, modify, b"a"), ev(1, close, b"b")]
+    assert superseded(burst) == [burst[4], burst[5], burst[6]]  # wd 2's "a" is another file
+    still_open = [ev(1, create, b"a"), ev(1, modify, b"a")]
+    assert superseded(still_open) == [still_open[1]]  # weak, as the write alone says
+    kept = [
+        ev(1, create | C.IN_ISDIR, b"d"), ev(1, close, b"d"),  # a folder: never dropped
+        ev(1, modify, b"m"), ev(1, C.IN_MOVED_FROM, b"m", 7), ev(1, close, b"m"),
+        ev(1, create, b"x"), ev(1, C.IN_DELETE, b"x"), ev(1, create, b"x"),
+        ev(1, C.IN_ATTRIB, b"t"), ev(1, close, b"t"),
+        ev(1, close, b"w"), ev(1, modify, b"w"),  # written again after its close: weak
+    ]
+    assert superseded(kept) == kept
+    assert superseded([]) == []
+
+
+def test_a_burst_reaches_the_sink_as_one_strong_change_a_file(sessions: Path) -> None:
+    """300 files written at once (900 kernel events) reach the sink as about one call a
+    file, each strong, in write order: the weak ones their close superseded never travel."""
+    sink = Sink()
+    w = Watcher(sessions, sink, [], kind="inotify")
+    w.start()
+    try:
+        out = watched_output(w, sink, sessions, "r1")
+        names = [f"s{i:03d}.txt" for i in range(300)]
+        for name in names:
+            write(out / name, "x")
+        wait_until(lambda: all(sink.seen("changed", "r1", n, True) for n in names), 20)
+        with sink.lock:
+            calls = [c for c in sink.calls if c[0] == "changed" and c[2] in names]
+        assert len(calls) < 2 * len(names), len(calls)  # 900 before
+        assert [c[2] for c in calls if c[3]] == names
+    finally:
+        w.stop()
 
 
 def test_events_reach_the_sink_from_the_emitter_in_few_wakes(sessions: Path) -> None:

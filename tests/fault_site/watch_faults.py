@@ -77,7 +77,9 @@ def _overflowing(original: Callable[[], tuple[Any, Any]]) -> Callable[[], tuple[
         class OverflowingInotifyFD(fd_class):  # type: ignore[misc, valid-type]
             def handle_event(self, event: Any) -> None:
                 if event.name.startswith(b"fault-overflow"):
-                    if event.is_create:  # lose the file's events, then overflow as the kernel does
+                    # lose the file's events, then overflow as the kernel does; at its close,
+                    # which is never superseded (its creation may be: inotify.superseded)
+                    if event.is_close_write:
                         super().handle_event(InotifyEvent(WatchDescriptor(-1),
                                                           InotifyConstants.IN_Q_OVERFLOW, 0, b""))
                     return
