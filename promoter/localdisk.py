@@ -341,10 +341,14 @@ class LocalDisk:
 
     def repaired_all(self) -> None:
         """Every run was repaired (each walked, unmarked or not): from now on a run's mark
-        alone says whether its files/ must be walked. Its loss costs one whole walk more."""
+        alone says whether its files/ must be walked. Its loss costs one whole walk more.
+        Whatever is there already is left alone, and nothing is opened that could block (a
+        FIFO planted there has no reader: O_NONBLOCK fails at once instead)."""
+        if self.marks_trusted():
+            return
         with contextlib.suppress(OSError):
             os.close(os.open(self.path / REPAIRED, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW
-                             | os.O_CLOEXEC, 0o644))
+                             | os.O_NONBLOCK | os.O_CLOEXEC, 0o644))
             self._trusted = True
 
     def clean_leftovers(self) -> None:

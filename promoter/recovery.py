@@ -73,6 +73,19 @@ def _walk_folder(folder: Folder, run_id: str) -> Iterator[tuple[str, int, os.sta
             yield prefix + entry.name, fd, st
 
 
+def _finish_removal(fd: int, filename: str, run_id: str) -> None:
+    """Unlink a removed artifact's copy, flushed before the run's mark may go; one that
+    cannot be removed stays unlisted, for the next walk."""
+    try:
+        os.unlink(filename.rsplit("/", 1)[-1], dir_fd=fd)
+        os.fsync(fd)
+    except OSError as exc:
+        log.warning(events.REMOVAL_FINISHED, run_id=run_id, filename=filename, done=False,
+                    reason=str(exc))
+        return
+    log.info(events.REMOVAL_FINISHED, run_id=run_id, filename=filename, done=True)
+
+
 def has_files(art: int, run_id: str) -> bool:
     """Any stored copy under files/ (a first copy that never completed leaves none)."""
     return next(walk_files(art, run_id), None) is not None
@@ -134,14 +147,20 @@ def relist(art: int, meta: RunMetadata, context: Callable[[], RunContext],
     # (size, µs) a name, once: `rules.same_copy` a file built a datetime for each (issue 15)
     held = {name: (a.size_bytes, (a.generated_at - EPOCH) // ONE_US)  # clock.micros, inline
             for name, a in known.items()}
+    # a removal (`rm RUN FILE`) cut short between its metadata write and the copy's unlink
+    # leaves a copy no newer than its removal: finished here, not listed again (DESIGN §1)
+    gone = {r.filename: (r.removed_at - EPOCH) // ONE_US for r in meta.removed}
     seen: set[str] = set()
     fresh: list[ArtifactEntry] = []
     ctx: RunContext | None = None
     for filename, fd, st in walk_files(art, meta.run_id):
-        seen.add(filename)
+        micros = min(max(st.st_mtime_ns // 1000, MIN_US), MAX_US)
         copy = held.get(filename)
-        if copy is None or copy[0] != st.st_size \
-                or copy[1] != min(max(st.st_mtime_ns // 1000, MIN_US), MAX_US):
+        if copy is None and filename in gone and micros <= gone[filename]:
+            _finish_removal(fd, filename, meta.run_id)
+            continue
+        seen.add(filename)
+        if copy is None or copy[0] != st.st_size or copy[1] != micros:
             ctx = ctx or context()
             fresh.append(hash_entry(fd, filename, ctx, checksum))
     dropped = len(known.keys() - seen)

@@ -145,13 +145,46 @@ def test_a_crash_between_rename_and_metadata_write_is_found_at_start(
 def test_a_crash_between_an_entrys_removal_and_its_copys_is_found_at_start(
         tmp_path: Path) -> None:
     """`rm RUN FILE` marks the run before the entry goes: a death before the copy's removal
-    leaves it marked, and the start lists every copy again (as before marks)."""
+    leaves it marked, and the start finishes the removal (deleted stays deleted)."""
     store = _promoted(tmp_path, {"r1": ["a.txt", "b.txt"]})
     _crash(tmp_path, "r1", "a.txt", "remove_file")
     assert (tmp_path / "artifacts/r1" / MARK).is_file()
     assert "a.txt" not in _listed(tmp_path, "r1")
+    assert "a.txt" in _stored(tmp_path, "r1")  # the copy the crash left
     prepare(Store(store.config), create=False)
     assert _listed(tmp_path, "r1") == _stored(tmp_path, "r1")
+    assert set(_stored(tmp_path, "r1")) == {"b.txt"}
+    assert [r.filename for r in _meta(tmp_path, "r1").removed] == ["a.txt"]
+    assert not (tmp_path / "artifacts/r1" / MARK).exists()
+
+
+def test_a_removed_name_promoted_again_after_its_rewrite_is_listed_at_start(
+        tmp_path: Path) -> None:
+    """Only a copy no newer than its removal is a removal's leftover: a rewrite promoted
+    after `rm` and cut short before its metadata write is listed, its removal dropped."""
+    store = _promoted(tmp_path, {"r1": ["a.txt", "b.txt"]})
+    store.delete_artifact("r1", "a.txt")
+    removed_at = _meta(tmp_path, "r1").removed[0].removed_at.timestamp()
+    path = write_session_file(tmp_path, "r1", "a.txt", b"rewritten after rm")
+    os.utime(path, (removed_at + 5, removed_at + 5))
+    _crash(tmp_path, "r1", "a.txt", "write_meta")
+    prepare(Store(store.config), create=False)
+    assert _listed(tmp_path, "r1") == _stored(tmp_path, "r1")
+    assert "a.txt" in _listed(tmp_path, "r1")
+    assert _meta(tmp_path, "r1").removed == []
+
+
+def test_a_fifo_planted_as_the_repaired_marker_never_blocks_a_start(tmp_path: Path) -> None:
+    """`.repaired` as a FIFO with no reader: the start neither opens it nor hangs (a
+    blocking open for writing would wait for a reader for ever)."""
+    store = _promoted(tmp_path, {"r1": ["a.txt"]})
+    (tmp_path / "artifacts" / REPAIRED).unlink()
+    os.mkfifo(tmp_path / "artifacts" / REPAIRED)
+    done = subprocess.run([sys.executable, "-m", "promoter", "reconcile", "--root",
+                           str(tmp_path)], capture_output=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert stat.S_ISFIFO(os.lstat(tmp_path / "artifacts" / REPAIRED).st_mode)
+    prepare(Store(store.config), create=False)  # in process too: returns
 
 
 def test_a_removal_that_finishes_leaves_no_mark(tmp_path: Path) -> None:
