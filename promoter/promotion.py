@@ -158,23 +158,28 @@ def promote_one(config: Config, folders: SourceFolders, put: PutFile, meta: RunM
     max_depth = config.watch.max_depth
     if len(parts) - 1 > max_depth:  # agents control depths (DESIGN §6)
         return result(Outcome.REJECTED, f"deeper than watch.max_depth ({max_depth} folders)")
-    src: int | None = None
-    try:
+    try:  # the agent's side: what goes wrong here is the file's
         src_dir = folders.get(tuple(parts[:-1]))
         src, st = open_regular(src_dir, parts[-1], config.promote.allow_hardlinks,
                                blocking=False)
-        return copy_in(config.promote, put, meta, tomb, ctx, filename, src, st, entries,
-                       run_bytes)
     except Refused as exc:
         return result(Outcome.REJECTED, exc.reason)
     except (FileNotFoundError, NotADirectoryError):
         return result(Outcome.LOST, "vanished before it was copied")
     except PermissionError:
         return result(Outcome.REJECTED, "permission denied")
-    except SourceChanged:
-        return result(Outcome.CHANGED, "changed during the copy")
     except OSError as exc:
         return result(Outcome.FAILED, exc.strerror or str(exc))
+    try:  # the store's side: an error here is retried, never blamed on the file
+        return copy_in(config.promote, put, meta, tomb, ctx, filename, src, st, entries,
+                       run_bytes)
+    except Refused as exc:
+        return result(Outcome.REJECTED, exc.reason)
+    except SourceChanged:
+        return result(Outcome.CHANGED, "changed during the copy")
+    except OSError as exc:  # e.g. the run's mark or a temporary refused (EPERM, EROFS)
+        where = f" ({exc.filename})" if exc.filename else ""
+        return result(Outcome.FAILED, f"{exc.strerror or exc}{where}")
     finally:
         _close(src)
 

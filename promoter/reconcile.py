@@ -247,6 +247,9 @@ class ReconcileReport:
         return counts
 
 
+RETRY_ROUNDS = 6  # rounds with only failures left: 50 ms .. 1.6 s apart (~3 s in all)
+
+
 def reconcile(store: Store, rejections: Rejections | None = None,
               stop: threading.Event | None = None, max_rounds: int = 50,
               runs: Iterable[str] | None = None,
@@ -267,6 +270,7 @@ def _reconcile(store: Store, rejections: Rejections, stop: threading.Event, max_
     run_filter = list(runs) if runs is not None else None
     found: set[tuple[str, str]] = set()
     done_bytes = 0
+    retries = 0
     for _ in range(max_rounds):
         pending = find_pending(store, rejections, run_filter)
         found.update((run_id, f.filename) for run_id, files in pending.items() for f in files)
@@ -299,6 +303,11 @@ def _reconcile(store: Store, rejections: Rejections, stop: threading.Event, max_
                 progress(len(report.outcomes), len(found), done_bytes)
         if stop.is_set() or not pending or (wait_ns <= 0 and not retry):
             break
+        if wait_ns <= 0:  # only failures left: each such round waits twice the last
+            retries += 1
+            if retries > RETRY_ROUNDS:
+                break  # left to the next pass (the daemon's rescan, or a later reconcile)
+            wait_ns = 50_000_000 << (retries - 1)
         if stop.wait(max(wait_ns / 1e9, 0.05)):
             break
     complete_finished_runs(store)

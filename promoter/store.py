@@ -77,8 +77,10 @@ class Store(StoreCore):
                 results = self.change(run_id, lambda art: self._promote_batch(
                     art, sessions, run_id, names, ctx, stored))
         except (OSError, StoreUnavailable, TooManyRaces) as exc:  # the store: all wait
-            reason = f"store unusable: {exc.strerror or exc}" if isinstance(exc, OSError) \
-                else str(exc)
+            reason = str(exc)
+            if isinstance(exc, OSError):  # which entry, when the error names one
+                where = f" ({exc.filename})" if exc.filename else ""
+                reason = f"store unusable: {exc.strerror or exc}{where}"
             done = {r.filename for r in results}
             results = [r if r.outcome is not Outcome.PROMOTED else
                        PromoteResult(run_id, r.filename, Outcome.FAILED, reason) for r in results]

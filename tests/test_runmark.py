@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import itertools
 import os
 import stat
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,7 @@ from promoter import batchcopy, recovery
 from promoter.layout import MARK, METADATA, REPAIRED
 from promoter.localdisk import LocalDisk
 from promoter.metadata import RunMetadata
+from promoter.reconcile import RETRY_ROUNDS, reconcile
 from promoter.startup import prepare, prepare_store
 from promoter.store import Outcome, Store
 from tests.store_helpers import make_store, write_session_file
@@ -316,6 +319,33 @@ def test_a_mark_that_cannot_be_made_stops_the_batch_before_any_rename(
     assert not (tmp_path / "artifacts/r1/files/b.txt").exists()
     assert sorted(_listed(tmp_path, "r1")) == ["a.txt"]
     assert {r.outcome for r in store.promote_files("r1", ["b.txt"])} == {Outcome.PROMOTED}
+
+
+def test_a_catch_up_whose_mark_cannot_be_made_backs_off_and_names_the_mark(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only failures left: the catch-up's rounds wait twice as long each time and stop after
+    RETRY_ROUNDS (a flood of one attempt every 50 ms before), the reason naming the entry."""
+    store = _promoted(tmp_path, {"r1": ["a.txt"]})
+    write_session_file(tmp_path, "r1", "b.txt", b"b")
+    real_open = os.open
+    tries: list[float] = []
+
+    def refused(path: Any, flags: int, *args: Any, **kw: Any) -> int:
+        if str(path) == MARK:
+            tries.append(time.monotonic())
+            raise OSError(errno.EPERM, "Operation not permitted", MARK)
+        return real_open(path, flags, *args, **kw)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "open", refused)
+        report = reconcile(store)
+    assert len(tries) == 1 + RETRY_ROUNDS
+    gaps = [b - a for a, b in itertools.pairwise(tries)]
+    assert all(later > earlier * 1.5 for earlier, later in itertools.pairwise(gaps))
+    outcome = report.outcomes[("r1", "b.txt")]
+    assert outcome.outcome is Outcome.FAILED
+    assert outcome.reason == f"Operation not permitted ({MARK})"
+    assert not (tmp_path / "artifacts/r1/files/b.txt").exists()
 
 
 def test_a_copy_put_outside_a_write_session_leaves_its_mark_and_no_descriptor(
