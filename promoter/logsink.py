@@ -25,7 +25,8 @@ never wait; one writer thread owns the descriptor.
 - A write that fails (EPIPE, EIO, ENOSPC, a closed descriptor) drops its lines, as the
   print logger did; such lines are not counted, there is nowhere to report them.
 - At exit, what is queued gets FLUSH_S to be written; if that is not enough, the lines
-  left are counted into one last `log.dropped` line, which gets LAST_S more.
+  left are counted where they were (`log.dropped`), and those reports and the lifecycle
+  lines among them (daemon.stopping, daemon.stopped) get LAST_S more.
 """
 
 from __future__ import annotations
@@ -72,6 +73,11 @@ class _Gap:
         self.count = count
 
 
+class _Lifecycle(bytes):
+    """A lifecycle line (daemon.stopping, stopped): still written when the exit flush
+    gives up on the lines queued before it."""
+
+
 class LogSink:
     """Lines from any thread, written to `fd` by one writer thread in the order they came.
     `report(count)` renders the line that says `count` lines were dropped (None: none)."""
@@ -116,7 +122,7 @@ class LogSink:
             if len(data) > _CHUNK and lines > 1:  # a batch: chunks of whole lines
                 self._queue.extend(data.splitlines(keepends=True))
             else:
-                self._queue.append(data)
+                self._queue.append(_Lifecycle(data) if priority == LIFECYCLE else data)
             self._lines += lines
             self._bytes += len(data)
             self._wake()
@@ -138,8 +144,9 @@ class LogSink:
         blocks, and a status not yet drawn is simply replaced."""
         data = None if text is None else text.encode("utf-8", "backslashreplace")
         with self._lock:
-            self._status = data
-            self._wake()
+            if data != self._status:  # nothing to do (at exit: no writer started for it)
+                self._status = data
+                self._wake()
 
     def _wake(self) -> None:
         """The writer, started if need be, told there is work (under the lock)."""
@@ -163,17 +170,30 @@ class LogSink:
 
     def finish(self, timeout: float = FLUSH_S, last: float = LAST_S) -> bool:
         """At exit: clear the status line, flush; lines still queued after `timeout` are
-        counted into one last report, which gets `last` seconds more."""
+        counted, and the reports and the lifecycle lines get `last` seconds more."""
         self.status(None)
         if self.flush(timeout):
             return True
         with self._lock:
-            left = sum(x.count if isinstance(x, _Gap) else x.count(b"\n") for x in self._queue)
-            self.dropped += left - sum(x.count for x in self._queue if isinstance(x, _Gap))
-            self._queue.clear()
-            self._lines = self._bytes = 0
-            if left:
-                self._queue.append(_Gap(left))
+            queue: deque[bytes | _Gap] = deque()
+            gap = 0
+            for part in self._queue:  # lifecycle lines kept, the rest counted where it was
+                if isinstance(part, _Lifecycle):
+                    if gap:
+                        queue.append(_Gap(gap))
+                        gap = 0
+                    queue.append(part)
+                elif isinstance(part, _Gap):
+                    gap += part.count
+                else:
+                    gap += part.count(b"\n")
+                    self.dropped += part.count(b"\n")
+            if gap:
+                queue.append(_Gap(gap))
+            self._queue = queue
+            kept = [part for part in queue if isinstance(part, bytes)]
+            self._lines = len(kept)
+            self._bytes = sum(map(len, kept))
         return self.flush(last)
 
     def close(self, timeout: float = FLUSH_S) -> None:

@@ -92,12 +92,14 @@ def test_lifecycle_lines_and_warnings_outlast_a_queue_full_of_info_lines() -> No
 
 def test_lines_left_at_exit_are_counted_in_a_last_report() -> None:
     """At exit, a reader too slow for the queue: after the flush's time, the lines left
-    are counted in one last report, written behind the ones that made it."""
+    are counted in one report where they were, and the lifecycle line behind them is
+    still written (daemon.stopped behind seconds of promotions)."""
     r, w = os.pipe()
     _nonblocking(r)
     sink = LogSink(w, report=lambda n: f"dropped {n}")
     for i in range(200):
         sink.put(f"line {i:03d} " + "z" * 2000)  # 400 KB: seconds at the reader's pace
+    sink.put("daemon.stopped", LIFECYCLE)
     got = bytearray()
     stop = threading.Event()
 
@@ -117,8 +119,9 @@ def test_lines_left_at_exit_are_counted_in_a_last_report() -> None:
         os.close(w)
         os.close(r)
     kept, reports = _count(got.decode().splitlines())
-    assert len(reports) == 1 and got.decode().splitlines()[-1].startswith("dropped ")
-    assert len(kept) + reports[0] == 200 and reports[0] > 0
+    assert len(reports) == 1 and got.decode().splitlines()[-2].startswith("dropped ")
+    assert kept[-1] == "daemon.stopped"
+    assert len(kept) + reports[0] == 201 and reports[0] > 0
 
 
 def test_a_daemon_read_slowly_counts_every_lost_line_and_logs_its_stop(tmp_path: Path) -> None:
