@@ -5,12 +5,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
+import threading
 from collections.abc import Sequence
 from typing import Any, TextIO
 
 import structlog
 
-from promoter.logsink import LogSink, stderr_sink
+from promoter import events
+from promoter.logsink import INFO, LIFECYCLE, URGENT, LogSink, stderr_sink
 
 __all__ = ["StdlibBridge", "configure_logging", "get_logger", "info_many", "stderr_line"]
 
@@ -31,16 +33,32 @@ class _LossyPrintLogger(structlog.PrintLogger):
     fatal = failure = err = error = critical = exception = msg
 
 
+_LIFECYCLE = frozenset({events.DAEMON_STARTING, events.DAEMON_READY, events.DAEMON_STOPPING,
+                        events.DAEMON_STOPPED, events.DAEMON_RELOADED, events.DAEMON_FAILED})
+_priority = threading.local()  # the event being logged in this thread: set, then taken
+
+
+def _mark_priority(logger: Any, method_name: str, event_dict: Any) -> Any:
+    """How much of the sink's reserve the line may use (promoter.logsink): lifecycle
+    lines, then warnings and errors, outlast a queue full of per-file info lines."""
+    _priority.value = (LIFECYCLE if event_dict.get("event") in _LIFECYCLE else
+                       INFO if method_name in ("debug", "info") else URGENT)
+    return event_dict
+
+
 class _SinkLogger:
     """Lines to the process's stderr through its writer thread (promoter.logsink): a
     stderr nobody reads never blocks the thread that logs. No stderr at all: dropped."""
 
-    def __init__(self, sink: LogSink | None) -> None:
+    def __init__(self, sink: LogSink | None, priority: int | None = None) -> None:
         self._sink = sink
+        self._fixed = priority
 
     def msg(self, message: Any) -> None:
+        priority = getattr(_priority, "value", INFO) if self._fixed is None else self._fixed
+        _priority.value = INFO  # taken: a later line that skipped the processors is info
         if self._sink is not None:
-            self._sink.put(message if isinstance(message, str) else str(message))
+            self._sink.put(message if isinstance(message, str) else str(message), priority)
 
     log = debug = info = warn = warning = msg
     fatal = failure = err = error = critical = exception = msg
@@ -81,6 +99,7 @@ def configure_logging(level: str = "info", fmt: str = "json", stream: TextIO | N
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
+            _mark_priority,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
@@ -127,7 +146,7 @@ def stderr_line(text: str) -> None:
     """One plain line on stderr (a command's error), after the log lines already queued
     and, like them, never waiting for a reader."""
     if sys.stderr is None or sys.stderr is sys.__stderr__:
-        _SinkLogger(stderr_sink()).msg(text)
+        _SinkLogger(stderr_sink(), URGENT).msg(text)
     else:
         sys.stderr.write(text + "\n")
 

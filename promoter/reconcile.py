@@ -9,9 +9,11 @@ from __future__ import annotations
 import os
 import stat
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import CancelledError, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from promoter import events, rules
@@ -262,6 +264,18 @@ def reconcile(store: Store, rejections: Rejections | None = None,
                           max_rounds, runs, progress)
 
 
+def _wait(stop: threading.Event, seconds: float, tick: Callable[[], None] | None) -> bool:
+    """Wait `seconds` for files to settle, calling `tick` each second (a progress line
+    shows a long wait, not only its end); True if `stop` was set."""
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        if stop.wait(min(left, 1.0)):
+            return True
+        if tick is not None:
+            tick()
+    return stop.is_set()
+
+
 def _reconcile(store: Store, rejections: Rejections, stop: threading.Event, max_rounds: int,
                runs: Iterable[str] | None,
                progress: Callable[[int, int, int], None] | None) -> ReconcileReport:
@@ -308,7 +322,8 @@ def _reconcile(store: Store, rejections: Rejections, stop: threading.Event, max_
             if retries > RETRY_ROUNDS:
                 break  # left to the next pass (the daemon's rescan, or a later reconcile)
             wait_ns = 50_000_000 << (retries - 1)
-        if stop.wait(max(wait_ns / 1e9, 0.05)):
+        if _wait(stop, max(wait_ns / 1e9, 0.05), None if progress is None else partial(
+                progress, len(report.outcomes), len(found), done_bytes)):
             break
     complete_finished_runs(store)
     return report

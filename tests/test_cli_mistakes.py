@@ -247,7 +247,8 @@ def _on_a_terminal(argv: list[str], fresh: _KeepFresh | None = None,
 
 def test_long_reconcile_shows_progress_on_a_terminal_only(tmp_path: Path) -> None:
     """On a terminal, a reconcile lasting over a second shows files done of found, bytes and
-    rate; with stderr not a terminal, nothing but log lines."""
+    rate while it waits for a file to settle, and clears it at the end; with stderr not a
+    terminal, nothing but log lines."""
     from tests.web_helpers import write_session_file
 
     make_store(tmp_path)
@@ -258,7 +259,8 @@ def test_long_reconcile_shows_progress_on_a_terminal_only(tmp_path: Path) -> Non
                                      "--config", str(_settle_config(tmp_path, 2000))],
                                     keep, b"artifact.promoted")
     assert code == 0
-    assert "reconcile: files 2 of 2, 200 B," in text and "/s" in text
+    assert "reconcile: files 1 of 2, 100 B," in text and "/s" in text
+    assert "\r\x1b[K" in text[text.rindex("/s\x1b[K"):]  # the line cleared at the end
     from promoter.progress import terminal_progress
 
     assert terminal_progress("reconcile: files") is None  # stderr captured: not a terminal
@@ -308,4 +310,4 @@ def test_a_long_start_up_catch_up_shows_progress_on_a_terminal(tmp_path: Path) -
                     text += os.read(master, 65536).decode(errors="replace")
         proc.wait(5)
         os.close(master)
-    assert "start-up catch-up: files 2 of 2, 200 B," in text
+    assert "start-up catch-up: files 1 of 2, 100 B," in text  # while fresh.txt settles

@@ -286,7 +286,7 @@ def test_a_full_queue_drops_counts_and_reports_once_room_comes() -> None:
     counted and reported once the reader is back; the rest arrive whole, in order."""
     r, w = os.pipe()
     _nonblocking(r)
-    sink = LogSink(w, report=lambda n: sink.put(f"dropped {n}"), max_lines=100,
+    sink = LogSink(w, report=lambda n: f"dropped {n}", max_lines=100,
                    max_bytes=1 << 20)
     started = time.monotonic()
     for i in range(5000):
