@@ -14,7 +14,16 @@ from pathlib import Path
 from promoter.logsink import INFO, LIFECYCLE, URGENT, LogSink
 from promoter.tomlout import dumps
 from tests.daemon_helpers import NotifySocket, base_config, wait_until
-from tests.test_log_sink import SMALL_QUEUE, _drain, _env, _files, _lines, _nonblocking, _promoted
+from tests.test_log_sink import (
+    SMALL_QUEUE,
+    _drain,
+    _env,
+    _files,
+    _lines,
+    _nonblocking,
+    _promoted,
+    read_all,
+)
 
 
 def _count(lines: list[str]) -> tuple[list[str], list[int]]:
@@ -71,18 +80,7 @@ def test_lifecycle_lines_and_warnings_outlast_a_queue_full_of_info_lines() -> No
         sink.put(f"warn {i:04d}", URGENT)
     sink.put("daemon.stopping", LIFECYCLE)
     sink.put("info after", INFO)  # refused: the queue is still full
-    got = bytearray()
-
-    def everything() -> bool:
-        got.extend(_drain(r))
-        return sink.flush(0)
-    try:
-        wait_until(everything, 20, what="everything written")
-        got.extend(_drain(r))
-    finally:
-        sink.close()
-        os.close(w)
-        os.close(r)
+    got = read_all(sink, r, w, 20, "everything written")
     kept, reports = _count(got.decode().splitlines())
     warned = [x for x in kept if x.startswith("warn ")]
     assert 400 <= len(warned) < 2000  # the reserve (500 lines), not more

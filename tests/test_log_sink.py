@@ -35,6 +35,23 @@ def _nonblocking(fd: int) -> None:
     fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_NONBLOCK)
 
 
+def read_all(sink: LogSink, r: int, w: int, seconds: float, what: str) -> bytes:
+    """Read the pipe until the sink has written everything, then close the sink and pipe."""
+    got = bytearray()
+
+    def written() -> bool:
+        got.extend(_drain(r))
+        return sink.flush(0)
+    try:
+        wait_until(written, seconds, what=what)
+        got.extend(_drain(r))
+    finally:
+        sink.close()
+        os.close(w)
+        os.close(r)
+    return bytes(got)
+
+
 def _drain(fd: int) -> bytes:
     """What a non-blocking read end holds now (b"" at end of file as well)."""
     parts = []
@@ -370,19 +387,7 @@ def test_a_batch_longer_than_the_queue_is_written_whole() -> None:
     sink = LogSink(w, report=reports.append, max_lines=100)
     sink.put("\n".join(f"line {i:03d}" for i in range(500)))
     sink.put("refused")  # the batch fills the queue unless the writer took it already
-    got = bytearray()
-
-    def everything() -> bool:
-        got.extend(_drain(r))
-        return sink.flush(0)
-    try:
-        wait_until(everything, 10, what="the batch written")
-        got.extend(_drain(r))
-    finally:
-        sink.close()
-        os.close(w)
-        os.close(r)
-    lines = got.decode().splitlines()
+    lines = read_all(sink, r, w, 10, "the batch written").decode().splitlines()
     assert lines[:500] == [f"line {i:03d}" for i in range(500)]
     assert reports in ([], [1])
     assert lines[500:] == ([] if reports else ["refused"])
