@@ -290,7 +290,7 @@ def _reconcile(store: Store, rejections: Rejections, stop: threading.Event, max_
         found.update((run_id, f.filename) for run_id, files in pending.items() for f in files)
         now_ns = int(store.clock.now().timestamp() * 1e9)
         wait_ns = 0
-        retry = False
+        retry = progressed = False
         ready_runs: dict[str, dict[str, SessionFile]] = {}
         for run_id, files in pending.items():
             # one pass: `f not in ready` scanned the list per file, and a run of 20,000
@@ -309,6 +309,7 @@ def _reconcile(store: Store, rejections: Rejections, stop: threading.Event, max_
             for r in results:
                 report.outcomes[(run_id, r.filename)] = r
                 retry = retry or r.outcome in RETRY
+                progressed = progressed or r.outcome not in RETRY
                 if r.outcome is Outcome.REJECTED:
                     rejections.add(by_name[r.filename])
                 elif r.outcome is Outcome.PROMOTED and r.entry is not None:
@@ -317,7 +318,9 @@ def _reconcile(store: Store, rejections: Rejections, stop: threading.Event, max_
                 progress(len(report.outcomes), len(found), done_bytes)
         if stop.is_set() or not pending or (wait_ns <= 0 and not retry):
             break
-        if wait_ns <= 0:  # only failures left: each such round waits twice the last
+        if progressed:  # files went through (e.g. descriptors short): the rest soon after
+            retries = 0
+        elif wait_ns <= 0:  # only failures, and none went through: twice the last wait
             retries += 1
             if retries > RETRY_ROUNDS:
                 break  # left to the next pass (the daemon's rescan, or a later reconcile)

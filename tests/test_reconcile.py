@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from promoter.reconcile import Rejections, find_pending, reconcile
+from promoter.promotion import PromoteResult
+from promoter.reconcile import RETRY_ROUNDS, Rejections, find_pending, reconcile
 from promoter.store import Outcome, Store
 from tests.store_helpers import make_store, write_session_file
 
@@ -141,6 +142,31 @@ def test_a_wide_tree_holds_no_descriptor_per_folder(tmp_path: Path) -> None:
         (tmp_path / "artifacts" / "wide" / "metadata.json").unlink()
         meta = store.read_run("wide")  # rebuilt from the stored copies
     assert meta is not None and len(meta.artifacts) == 150
+
+
+def test_rounds_that_promote_some_files_keep_going_until_every_file_is_in(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A store that takes 3 files a round (descriptors short, say) and fails the rest: each
+    round that promotes something starts the failure back-off again, so all 30 get in (a
+    back-off counting those rounds gave up with files left)."""
+    store = make_store(tmp_path)
+    for i in range(30):
+        write_session_file(tmp_path, "r", f"f{i:02d}.txt", b"f")
+    real = Store.promote_files
+    rounds: list[int] = []
+
+    def three_a_round(self: Store, run_id: str, names: list[str]) -> list[PromoteResult]:
+        rounds.append(len(names))
+        done = real(self, run_id, names[:3])
+        return done + [PromoteResult(run_id, n, Outcome.FAILED, "Too many open files")
+                       for n in names[3:]]
+
+    monkeypatch.setattr(Store, "promote_files", three_a_round)
+    report = reconcile(store)
+    assert len(rounds) == 10 > 1 + RETRY_ROUNDS
+    assert {r.outcome for r in report.outcomes.values()} == {Outcome.PROMOTED}
+    meta = store.read_run("r")
+    assert meta is not None and len(meta.artifacts) == 30
 
 
 def test_one_run_that_raises_stops_no_other_runs_catch_up(
