@@ -12,6 +12,7 @@ daemon's catch-up thread, a command's main thread). The line is cleared at the e
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -57,8 +58,21 @@ def terminal_progress(what: str) -> TerminalProgress | None:
     """A progress line on stderr when it is a terminal (and the process's own, written
     by the log sink), else None."""
     try:
-        tty = sys.stderr.isatty()
+        tty = sys.stderr.isatty() and os.environ.get("TERM") != "dumb"  # no cursor control
     except (AttributeError, ValueError):
         tty = False
     sink = stderr_sink() if tty else None
-    return TerminalProgress(sink.status, what) if sink is not None else None
+    if sink is None:
+        return None
+    status, fd = sink.status, sink.fd
+
+    def fitted(text: str | None) -> None:
+        """Cut to the terminal's width: a wrapped line is cleared only on its last row."""
+        if text is not None:
+            try:
+                columns = os.get_terminal_size(fd).columns or 80  # 0: size unknown
+            except OSError:
+                columns = 80
+            text = text[:max(columns - 1, 1)]
+        status(text)
+    return TerminalProgress(fitted, what)

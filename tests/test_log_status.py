@@ -4,14 +4,20 @@ never ended), and on a terminal that is read every log line has a screen line of
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import re
+import struct
 import subprocess
 import sys
+import termios
 import threading
 import time
 from pathlib import Path
+
+import pytest
 
 from promoter.logsink import LogSink
 from tests.daemon_helpers import NotifySocket, wait_until, write
@@ -185,3 +191,45 @@ def test_on_a_terminal_that_is_read_every_log_line_has_its_own_line(tmp_path: Pa
     assert screen[-1] == ""  # the progress line cleared
     promoted = [json.loads(line) for line in screen[:-1]]
     assert sum(line["event"] == "artifact.promoted" for line in promoted) == 601
+
+
+_FIT = """
+import sys
+from promoter.logsink import stderr_sink
+from promoter.progress import terminal_progress
+progress = terminal_progress("reconcile:")
+print(progress is None, flush=True)
+if progress is not None:
+    progress.show("x" * 100)
+    sink = stderr_sink()
+    assert sink is not None and sink.flush(5)
+"""
+
+
+@pytest.mark.parametrize("term", ["xterm", "dumb"])
+def test_the_status_line_fits_the_terminal_and_a_dumb_one_gets_none(term: str) -> None:
+    """A status wider than the terminal would wrap, and clearing erases only its last row:
+    it is cut to the width. TERM=dumb knows no cursor control: no status line at all."""
+    master, slave = os.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 20, 0, 0))  # 20 columns
+    try:
+        done = subprocess.run([sys.executable, "-c", _FIT], stdin=subprocess.DEVNULL,
+                              stdout=subprocess.PIPE, stderr=slave,
+                              env={**_env(), "TERM": term}, timeout=30)
+        os.close(slave)
+        slave = -1
+        got = bytearray()
+        with contextlib.suppress(OSError):  # EIO once the child's end is closed
+            while chunk := os.read(master, 65536):
+                got.extend(chunk)
+    finally:
+        if slave >= 0:
+            os.close(slave)
+        os.close(master)
+    assert done.returncode == 0
+    if term == "dumb":
+        assert done.stdout.strip() == b"True" and b"\x1b" not in got
+        return
+    assert done.stdout.strip() == b"False"
+    drawn = [part for part in bytes(got).replace(b"\x1b[K", b"").split(b"\r") if b"x" in part]
+    assert drawn and all(len(part) == 19 for part in drawn)
