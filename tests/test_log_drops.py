@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 from promoter.logsink import INFO, LIFECYCLE, URGENT, LogSink
@@ -32,28 +33,26 @@ def _count(lines: list[str]) -> tuple[list[str], list[int]]:
             [int(x.split()[1]) for x in lines if x.startswith("dropped ")])
 
 
-def test_drops_while_a_slow_reader_drains_the_queue_all_add_up() -> None:
-    """A queue of 100 that fills again and again while a slow reader drains it: the
-    reports (each rendered by the writer, never refused) add up to the lines lost."""
-    r, w = os.pipe()
-    _nonblocking(r)
-    sink = LogSink(w, report=lambda n: f"dropped {n}", max_lines=100)
+@contextlib.contextmanager
+def _read_slowly(sink: LogSink, r: int, w: int, pause: float,
+                 chunk: int | None = None) -> Iterator[bytearray]:
+    """A reader thread taking `chunk` bytes (or all the pipe holds) every `pause` seconds;
+    at the end the rest is read, and the sink and the pipe are closed."""
     got = bytearray()
     stop = threading.Event()
 
     def slow_reader() -> None:
         while not stop.is_set():
-            with contextlib.suppress(BlockingIOError):
-                got.extend(os.read(r, 4096))
-            stop.wait(0.001)
-    for i in range(2000):  # the pipe and the queue full before the reader comes
-        sink.put(f"line {i:05d} " + "y" * 100)
+            if chunk is None:
+                got.extend(_drain(r))
+            else:
+                with contextlib.suppress(BlockingIOError):
+                    got.extend(os.read(r, chunk))
+            stop.wait(pause)
     reader = threading.Thread(target=slow_reader, name="slow-reader")
     reader.start()
     try:
-        for i in range(2000, 20000):
-            sink.put(f"line {i:05d} " + "y" * 100)
-        wait_until(lambda: sink.flush(0), 30, what="everything written")
+        yield got
     finally:
         stop.set()
         reader.join(10)
@@ -61,6 +60,20 @@ def test_drops_while_a_slow_reader_drains_the_queue_all_add_up() -> None:
         sink.close()
         os.close(w)
         os.close(r)
+
+
+def test_drops_while_a_slow_reader_drains_the_queue_all_add_up() -> None:
+    """A queue of 100 that fills again and again while a slow reader drains it: the
+    reports (each rendered by the writer, never refused) add up to the lines lost."""
+    r, w = os.pipe()
+    _nonblocking(r)
+    sink = LogSink(w, report=lambda n: f"dropped {n}", max_lines=100)
+    for i in range(2000):  # the pipe and the queue full before the reader comes
+        sink.put(f"line {i:05d} " + "y" * 100)
+    with _read_slowly(sink, r, w, 0.001, chunk=4096) as got:
+        for i in range(2000, 20000):
+            sink.put(f"line {i:05d} " + "y" * 100)
+        wait_until(lambda: sink.flush(0), 30, what="everything written")
     kept, reports = _count(got.decode().splitlines())
     assert kept == sorted(kept)
     assert reports and all(n > 0 for n in reports)
@@ -98,24 +111,8 @@ def test_lines_left_at_exit_are_counted_in_a_last_report() -> None:
     for i in range(200):
         sink.put(f"line {i:03d} " + "z" * 2000)  # 400 KB: seconds at the reader's pace
     sink.put("daemon.stopped", LIFECYCLE)
-    got = bytearray()
-    stop = threading.Event()
-
-    def slow_reader() -> None:
-        while not stop.is_set():
-            got.extend(_drain(r))
-            stop.wait(0.05)
-    reader = threading.Thread(target=slow_reader, name="slow-reader")
-    reader.start()
-    try:
+    with _read_slowly(sink, r, w, 0.05) as got:
         assert sink.finish(timeout=0.2, last=20)
-    finally:
-        stop.set()
-        reader.join(10)
-        got.extend(_drain(r))
-        sink.close()
-        os.close(w)
-        os.close(r)
     kept, reports = _count(got.decode().splitlines())
     assert len(reports) == 1 and got.decode().splitlines()[-2].startswith("dropped ")
     assert kept[-1] == "daemon.stopped"
