@@ -289,9 +289,10 @@ def test_a_long_start_up_catch_up_shows_progress_on_a_terminal(tmp_path: Path) -
     proc = subprocess.Popen([sys.executable, "-m", "promoter", "run", "--root", str(tmp_path),
                              "--config", str(_settle_config(tmp_path, 4000))],
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=slave,
-                            env=_env())
+                            env={**_env(), "PYTHONFAULTHANDLER": "1"})  # SIGABRT: thread dump
     os.close(slave)
     text = ""
+    stopped_in: float | None = None
     try:
         deadline = time.monotonic() + 60
         while "daemon.ready" not in text and time.monotonic() < deadline:
@@ -303,11 +304,23 @@ def test_a_long_start_up_catch_up_shows_progress_on_a_terminal(tmp_path: Path) -
         keep.stop()
         proc.send_signal(signal.SIGTERM)
         # keep reading: a terminal nobody reads fills up, and the daemon's next write blocks
-        deadline = time.monotonic() + 30
+        signalled = time.monotonic()
+        deadline = signalled + 30
         while proc.poll() is None and time.monotonic() < deadline:
             if select.select([master], [], [], 0.2)[0]:
                 with contextlib.suppress(OSError):  # EIO once the daemon closed its side
                     text += os.read(master, 65536).decode(errors="replace")
+        if proc.poll() is None:  # stuck: its threads' stacks say where, before it dies
+            proc.send_signal(signal.SIGABRT)
+            deadline = time.monotonic() + 5
+            while proc.poll() is None and time.monotonic() < deadline:
+                if select.select([master], [], [], 0.2)[0]:
+                    with contextlib.suppress(OSError):
+                        text += os.read(master, 65536).decode(errors="replace")
+            proc.kill()
+        else:
+            stopped_in = time.monotonic() - signalled
         proc.wait(5)
         os.close(master)
+    assert stopped_in is not None, f"no exit 30 s after SIGTERM:\n{text[-6000:]}"
     assert "start-up catch-up: files 1 of 2, 100 B," in text  # while fresh.txt settles

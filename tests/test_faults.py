@@ -430,12 +430,14 @@ def test_cli_processes_and_the_daemon_write_one_run_at_once(arena: Arena) -> Non
             except ValueError as exc:
                 seen["broken"].append(str(exc)[:200])
             seen["reads"] += 1
-    threads = [in_thread(writer, "fault-writer"), in_thread(reader, "fault-reader")]
     env = {k: v for k, v in os.environ.items() if not k.startswith("PROMOTER_")}
     procs = [subprocess.Popen([sys.executable, "-c", CLI_LOOP, str(d.cfgfile), str(arena.root),
                                "conc-1", *args], env=env, stderr=subprocess.PIPE)
              for args in (["keep", "41"], ["rm", *doomed])]
     arena.pids.update(p.pid for p in procs)
+    # the threads start after the fork: a child forked while the writer held a session file
+    # open closes that copy of it at exec, which the monitor reports as the child's write
+    threads = [in_thread(writer, "fault-writer"), in_thread(reader, "fault-reader")]
     try:
         for p in procs:
             _, err = p.communicate(timeout=60)
