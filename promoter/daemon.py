@@ -27,7 +27,7 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
-from promoter import events
+from promoter import events, stopguard
 from promoter.audit import DAEMON
 from promoter.backlog import Backlog
 from promoter.config import Config, merge_reload
@@ -63,8 +63,11 @@ SHUTDOWN_S = 20.0  # the drain's bound: the unit's TimeoutStopSec is 30 s
 
 
 def run_daemon(config: Config, reload: Callable[[], Config]) -> int:
-    """Run until SIGTERM or SIGINT; returns the exit status (0 on a clean stop)."""
-    return Daemon(config, reload).run()
+    """Run until SIGTERM or SIGINT; returns the exit status (0 on a clean stop). A stop that
+    has not ended the process within its bound ends it (`promoter.stopguard`)."""
+    daemon = Daemon(config, reload)
+    stopguard.arm(daemon.stop)
+    return daemon.run()
 
 
 def _thread_died(args: threading.ExceptHookArgs) -> None:

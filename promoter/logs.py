@@ -34,7 +34,8 @@ class _LossyPrintLogger(structlog.PrintLogger):
 
 
 _LIFECYCLE = frozenset({events.DAEMON_STARTING, events.DAEMON_READY, events.DAEMON_STOPPING,
-                        events.DAEMON_STOPPED, events.DAEMON_RELOADED, events.DAEMON_FAILED})
+                        events.DAEMON_STOPPED, events.DAEMON_RELOADED, events.DAEMON_FAILED,
+                        events.DAEMON_STOP_STUCK})
 _priority = threading.local()  # the event being logged in this thread: set, then taken
 
 

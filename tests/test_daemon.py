@@ -511,6 +511,32 @@ def test_sigint_stops_cleanly_too(tmp_path: Path, daemons: list[Daemon]) -> None
     assert d.events("daemon.stopping", signal="SIGINT")
 
 
+def test_a_stop_held_by_a_stuck_thread_ends_within_its_bound_naming_it(
+        tmp_path: Path, daemons: list[Daemon]) -> None:
+    """A thread that never ends (as one stuck in the kernel would) cannot hold the process
+    after SIGTERM past the stop guard's bound: daemon.stop_stuck names it with its stack,
+    and the process exits 1 once the drain's files are in."""
+    env = hook_env(exit_hang=1, stop_guard_s=2)
+    d = start(daemons, tmp_path / "storage", env=env)
+    write(output(d, "hang-1") / "a.txt", "a")
+    d.wait_entry("hang-1", "a.txt")
+    started = time.monotonic()
+    assert d.stop(timeout=20) == 1
+    assert time.monotonic() - started < 10
+    assert d.events("daemon.stopped", drained=True)  # the drain ended: the exit was held
+    stuck = d.wait_log("daemon.stop_stuck")
+    assert stuck["after_s"] == 2 and stuck["level"] == "error"
+    assert "in hang_forever" in stuck["threads"]["faultsite-hang"]  # its stack, by name
+
+
+def test_a_clean_stop_is_not_cut_short_by_the_guard(tmp_path: Path,
+                                                    daemons: list[Daemon]) -> None:
+    """With the guard armed at 2 s, a stop that ends in time exits 0 with no stop_stuck."""
+    d = start(daemons, tmp_path / "storage", env=hook_env(stop_guard_s=2))
+    assert d.stop() == 0
+    assert not d.events("daemon.stop_stuck")
+
+
 @pytest.fixture(scope="module")
 def systemd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     """A daemon whose systemd watchdog is on (WATCHDOG_USEC=200000)."""

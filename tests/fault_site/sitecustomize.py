@@ -15,6 +15,9 @@ variable (removed once read) and changes as little as it can:
   any batch that holds a file whose base name starts with PREFIX.
 - `FAULTSITE_WATCH_FAULTS=raise,kill,overflow,nowatch`: the watcher misbehaves for
   files named `fault-*` (see watch_faults.py beside this file).
+- `FAULTSITE_EXIT_HANG=1`: a non-daemon thread `faultsite-hang` that never ends, as a
+  thread stuck in the kernel would hold the interpreter's exit; with
+  `FAULTSITE_STOP_GUARD_S=S` the stop guard's bound is S (production: 25 s).
 """
 
 from __future__ import annotations
@@ -57,6 +60,15 @@ def _raise_on(prefix: str) -> None:
     Store.promote_files = promote_files  # type: ignore[method-assign]
 
 
+def _hang_at_exit() -> None:
+    import threading
+
+    def hang_forever() -> None:
+        threading.Event().wait()
+
+    threading.Thread(target=hang_forever, name="faultsite-hang", daemon=False).start()
+
+
 def _install() -> None:
     watches = os.environ.pop("FAULTSITE_USERNS_WATCHES", "")
     if watches:
@@ -74,6 +86,13 @@ def _install() -> None:
         from watch_faults import install  # this folder is first on the path
 
         install(set(faults.split(",")))
+    if os.environ.pop("FAULTSITE_EXIT_HANG", ""):
+        _hang_at_exit()
+    guard = os.environ.pop("FAULTSITE_STOP_GUARD_S", "")
+    if guard:
+        import promoter.stopguard
+
+        promoter.stopguard.STOP_GUARD_S = float(guard)  # read when the guard is armed
 
 
 _install()
