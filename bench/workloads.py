@@ -139,6 +139,15 @@ def with_tool(
     return result
 
 
+def flush_disk() -> float:
+    """`sync` before a round, for every tool alike: the writeback of earlier rounds and
+    shapes (sources, and the peers' unflushed mirrors) would otherwise land on this round's
+    flushes, which only promoter makes. Returns how long it took."""
+    t0 = time.monotonic()
+    os.sync()
+    return time.monotonic() - t0
+
+
 def wait_machine_quiet(threshold_pct: float, max_wait_s: float) -> Result:
     """Wait (bounded) until the machine is less than threshold_pct busy over one second.
 
@@ -320,9 +329,12 @@ def burst(ctx: Ctx, factory: ToolFactory) -> Result:
         for k in range(ctx.burst_repeats):
             if k and ctx.quiet_pct > 0:
                 wait_machine_quiet(ctx.quiet_pct, ctx.quiet_wait_s)
+            synced_s = flush_disk()
             rounds.append(burst_round(ctx, tool, f"burst{k}x", data))
             r = rounds[-1]
-            print(f"    round {k}: files/s {r['files_per_s']}, missing {r['missing']}", flush=True)
+            r["sync_before_s"] = round(synced_s, 3)
+            print(f"    round {k}: files/s {r['files_per_s']}, missing {r['missing']}, "
+                  f"sync before {synced_s:.2f} s", flush=True)
         fps = [r["files_per_s"] for r in rounds]
         complete = [x for x in fps if x is not None]
         result: Result = {
