@@ -7,7 +7,10 @@ exit status (2 for usage and configuration, 1 for the rest), never a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
+import sys
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any
@@ -180,7 +183,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         command = args.command
         config = _load(args)
         configure_logging(config.log.level, config.log.format)
-        return COMMANDS[args.command](args, config)
+        code = COMMANDS[args.command](args, config)
+        sys.stdout.flush()  # here, not at exit: a reader gone is told apart below
+        return code
     except PromoterError as exc:
         return _fail(command, str(exc), exc.exit_code)
     except SystemExit as exc:  # --help and --version
@@ -188,11 +193,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
-        return 1
+        return _reader_gone()
     except OSError as exc:  # an I/O error is no bug: name the operation and the path
         return _fail(command, describe_os_error(exc), 1)
     except Exception as exc:
         return _fail(command, f"internal error: {type(exc).__name__}: {exc}", 1)
+
+
+def _reader_gone() -> int:
+    """stdout's reader left early (`promoter ls | head -1`): stop quietly, with the status
+    the shell gives a tool that SIGPIPE ended (`ls | head` in `set -o pipefail`: 141);
+    stdout goes to /dev/null so that the exit's flush fails no more."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    return 128 + signal.SIGPIPE
 
 
 def _fail(command: str | None, message: str, code: int) -> int:

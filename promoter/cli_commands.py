@@ -30,7 +30,14 @@ __all__ = ["cmd_audit", "cmd_check", "cmd_config", "cmd_export", "cmd_keep", "cm
 
 
 def _print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    """In pieces of at most PIECE characters: CPython's text layer loses a broken pipe in
+    one big write that the pipe took in part (no error: a reader gone looked like success)."""
+    text = json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+    for start in range(0, len(text), PIECE):
+        sys.stdout.write(text[start:start + PIECE])
+
+
+PIECE = 64 * 1024
 
 
 def _store(config: Config) -> Store:

@@ -324,3 +324,28 @@ def test_a_long_start_up_catch_up_shows_progress_on_a_terminal(tmp_path: Path) -
         os.close(master)
     assert stopped_in is not None, f"no exit 30 s after SIGTERM:\n{text[-6000:]}"
     assert "start-up catch-up: files 1 of 2, 100 B," in text  # while fresh.txt settles
+
+
+@pytest.fixture(scope="module")
+def big_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A store whose listings are more than a pipe holds (64 KiB); commands here only read."""
+    root = tmp_path_factory.mktemp("big")
+    names = [f"{'a-long-file-name-' * 5}{i:04d}.txt" for i in range(800)]  # 100+ B a line
+    populate(make_store(root), root, "r1", dict.fromkeys(names, b"x"))
+    return root
+
+
+@pytest.mark.parametrize("argv", [["show", "r1"], ["show", "r1", "--json"], ["ls", "--json"],
+                                  ["audit"]])
+def test_a_reader_that_leaves_early_ends_the_command_quietly_with_141(
+        big_store: Path, argv: list[str]) -> None:
+    """`promoter ls | head -1`: a reader gone ends the command without a word on stderr,
+    with the status a tool ended by SIGPIPE has (141), never 0 and never a traceback."""
+    with subprocess.Popen([sys.executable, "-m", "promoter", *argv, "--root", str(big_store)],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env()) as proc:
+        assert proc.stdout is not None and proc.stderr is not None
+        assert proc.stdout.read(10)  # more than a pipe holds is coming: the reader leaves
+        proc.stdout.close()
+        err = proc.stderr.read()
+        code = proc.wait(30)
+    assert (code, err) == (141, b"")
