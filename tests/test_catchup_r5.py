@@ -1,0 +1,132 @@
+"""The warm start-up, fifth round (issue 15): the watches set beside the start-up repair miss
+nothing written meanwhile, and the cheaper steps of the parse and the catch-up decide as
+before (times in UTC, the first entry of a repeated name, attribution names made lazily)."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from promoter import daemon, metadata
+from promoter.context import AttributionReader
+from promoter.metadata import ArtifactEntry, RunMetadata, parse_metadata
+from promoter.safeio import folder
+from promoter.walk import known_copies
+from tests.daemon_helpers import base_config, start_daemon, write
+from tests.fault_helpers import hook_env
+
+
+def test_files_written_while_the_repair_runs_are_promoted_once(tmp_path: Path) -> None:
+    """The watches are set while the start-up repair is held (watch.started comes first);
+    files written before, during and after it, in old and new runs and folders, are each
+    promoted once, none later than a second after READY."""
+    root = tmp_path / "storage"
+    gate = tmp_path / "repair-may-go"
+    write(root / "sessions" / "old-1" / "output" / "before.txt", "b")
+    d = start_daemon(root, base_config(), env=hook_env(repair_wait=str(gate)))
+    try:
+        write(root / "sessions" / "old-1" / "output" / "launch.txt", "l")
+        d.wait_log("watch.started", timeout=20)
+        assert not d.events("reconcile.started")  # the repair is still held
+        names = {("old-1", "during.txt"), ("new-1", "a.txt"), ("new-1", "sub/b.txt")}
+        for run_id, name in names:
+            write(root / "sessions" / run_id / "output" / name, name)
+        gate.touch()
+        d.wait_ready(timeout=20)
+        write(root / "sessions" / "new-2" / "output" / "after.txt", "a")
+        names |= {("old-1", "before.txt"), ("old-1", "launch.txt"), ("new-2", "after.txt")}
+        for run_id, name in names:
+            d.wait_entry(run_id, name, timeout=15)
+        promoted = [(e["run_id"], e["filename"]) for e in d.events("artifact.promoted")]
+        assert sorted(promoted) == sorted(names)
+        assert d.stop() == 0
+    finally:
+        d.close()
+
+
+class _Watcher:
+    """Stands in for `Watcher` in `_WatchStart`: its start raises what it is given."""
+
+    def __init__(self, error: BaseException | None) -> None:
+        self.error = error
+        self.started = False
+
+    def start(self) -> None:
+        self.started = True
+        if self.error is not None:
+            raise self.error
+
+
+def test_a_watch_start_error_is_raised_on_the_main_thread_as_before() -> None:
+    """OSError, ImportError and RuntimeError are the watcher's own to log and retry (as when
+    it started on the main thread); anything else is raised by `join`, once."""
+    for handled in (OSError(28, "no space"), ImportError("x"), RuntimeError("x"), None):
+        start = daemon._WatchStart(_Watcher(handled))  # type: ignore[arg-type]
+        start.join()
+    start = daemon._WatchStart(_Watcher(ValueError("planted")))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="planted"):
+        start.join()
+    start.join()  # raised once
+    quiet = daemon._WatchStart(_Watcher(ValueError("planted")))  # type: ignore[arg-type]
+    quiet.join(raise_error=False)
+
+
+@pytest.mark.parametrize("when", [
+    datetime(1, 1, 1, tzinfo=UTC), datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
+    datetime(2026, 2, 28, 23, 59, 59, 1, tzinfo=UTC), datetime(2024, 2, 29, tzinfo=UTC),
+    datetime(1970, 1, 1, tzinfo=UTC),
+])
+def test_a_time_at_offset_zero_is_the_same_time_in_utc(when: datetime) -> None:
+    """`_in_utc` gives what `replace(tzinfo=UTC)` gave: the same fields, datetime.UTC, fold 0,
+    for a time read at "Z" and at "+00:00"."""
+    for text in (when.isoformat().replace("+00:00", "Z"), when.isoformat()):
+        doc = {"run_id": "r", "created_at": text, "updated_at": text, "expires_at": text,
+               "artifacts": [{"filename": "a", "path": "files/a", "generated_at": text,
+                              "size_bytes": 1}]}
+        got = parse_metadata(json.dumps(doc).encode()).artifacts[0].generated_at
+        assert got == when and got.tzinfo is UTC and got.fold == 0
+        assert (got.year, got.month, got.day, got.hour, got.minute, got.second,
+                got.microsecond) == (when.year, when.month, when.day, when.hour, when.minute,
+                                     when.second, when.microsecond)
+    assert metadata._in_utc(when) == when.replace(tzinfo=UTC)
+
+
+def test_known_copies_keep_the_first_entry_of_a_repeated_name() -> None:
+    """As `rules.by_filename`: the first of two entries of one name is the one compared."""
+    t0 = datetime(2026, 1, 9, tzinfo=UTC)
+
+    def entry(name: str, size: int, later_us: int) -> ArtifactEntry:
+        return ArtifactEntry(filename=name, path=f"files/{name}", size_bytes=size,
+                             generated_at=t0 + timedelta(microseconds=later_us))
+
+    meta = RunMetadata(run_id="r", created_at=t0, updated_at=t0, expires_at=t0,
+                       artifacts=[entry("a", 1, 5), entry("b", 2, 0), entry("a", 9, 7)])
+    base_us = (t0 - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
+    assert known_copies(meta) == {"a": (1, base_us + 5), "b": (2, base_us)}
+    assert known_copies(None) == {}
+
+
+def test_attribution_names_are_made_only_when_the_run_has_lines(tmp_path: Path) -> None:
+    """A run without attribution.jsonl never asks for its names (made at most once a call);
+    with one, a line naming an entry is kept as before."""
+    sessions = tmp_path / "sessions"
+    (sessions / "r1" / "output").mkdir(parents=True)
+    (sessions / "r2" / "output").mkdir(parents=True)
+    (sessions / "r2" / "attribution.jsonl").write_text(
+        json.dumps({"filename": "gone.txt", "agent_id": "ag"}) + "\n")
+    asked: list[str] = []
+
+    def known(run_id: str) -> set[str]:
+        asked.append(run_id)
+        return {"gone.txt"}
+
+    reader = AttributionReader()
+    with folder(sessions) as fd:
+        assert reader.agents(fd, "r1", lambda: known("r1")) == {}
+        assert reader.agents(fd, "r2", lambda: known("r2")) == {"gone.txt": "ag"}
+    assert asked == ["r2"]
+    assert reader._runs["r2"].kept == {"gone.txt": "ag"}  # kept for good: an entry's line
+
