@@ -40,9 +40,9 @@ def test_files_written_while_the_repair_runs_are_promoted_once(tmp_path: Path) -
         names |= {("old-1", "before.txt"), ("old-1", "launch.txt"), ("new-2", "after.txt")}
         for run_id, name in names:
             d.wait_entry(run_id, name, timeout=15)
+        assert d.stop() == 0  # the log is whole once the daemon has exited
         promoted = [(e["run_id"], e["filename"]) for e in d.events("artifact.promoted")]
         assert sorted(promoted) == sorted(names)
-        assert d.stop() == 0
     finally:
         d.close()
 
