@@ -1,10 +1,10 @@
 """`promoter run`: the long-running daemon (DESIGN §5).
 
-Start: prepare the store while the watcher sets its watches on another thread,
-start the pipeline, run the start-up catch-up (telling systemd
-`EXTEND_TIMEOUT_USEC=` while it runs), then `READY=1`. The watcher has started
-before the catch-up so that nothing written during it is missed; a file both
-find is promoted once (the second look sees it unchanged).
+Start: prepare the store, start the pipeline and the watcher, run the start-up
+catch-up (telling systemd `EXTEND_TIMEOUT_USEC=` while it runs), then
+`READY=1`. The watcher starts before the catch-up so that nothing written
+during it is missed; a file both find is promoted once (the second look sees
+it unchanged).
 
 Threads: the main thread handles signals, supervision of the watcher, systemd
 pings and metrics; `promoter-settle` and `promoter-worker-N` promote
@@ -185,25 +185,18 @@ class Daemon:
         store.on_over_budget = sweeper.over_budget
         backlog.on_available.append(catchup.kick)
         backlog.on_change = self.wake.set  # STATUS= at once when an outage starts or ends
-        watcher = self.watcher = Watcher(store.sessions_path, _Sink(catchup, pipeline),
-                                         cfg.watch.exclude, cfg.watch.observer,
-                                         factory=self._observer_factory,
-                                         on_trouble=self.wake.set, max_depth=cfg.watch.max_depth)
-        # the watches are set beside the start-up repair (issue 15): both wait on the kernel
-        # much of the time. Events queue in the pipeline's inbox until it starts; the
-        # catch-up starts only once every watch is set, so nothing written meanwhile is missed
-        watching = _WatchStart(watcher)
         try:
             self._open_store()
         except StoreUnavailable as exc:  # a store down at boot must not leave the host
             backlog.went_down(exc, reopen=self._open_store)  # without its daemon (§10)
-        except BaseException:
-            watching.join(raise_error=False)
-            watcher.stop()
-            raise
-        watching.join()
         pipeline.start()
-        catchup.start(watcher.degraded_runs)
+        self.watcher = Watcher(store.sessions_path, _Sink(catchup, pipeline), cfg.watch.exclude,
+                               cfg.watch.observer, factory=self._observer_factory,
+                               on_trouble=self.wake.set, max_depth=cfg.watch.max_depth)
+        # a failure is logged; the main loop's supervision retries, catch-ups cover meanwhile
+        with contextlib.suppress(OSError, ImportError, RuntimeError):
+            self.watcher.start()
+        catchup.start(self.watcher.degraded_runs)
         sweeper.start()
         backlog.start()
         while not catchup.started.wait(EXTEND_EVERY_S):  # the start-up catch-up (DESIGN §5)
@@ -399,31 +392,6 @@ class _Sink:
         self.folder_gone = pipeline.folder_gone
         self.context_changed = pipeline.context_changed
         self.session_gone = pipeline.session_gone
-
-
-class _WatchStart(threading.Thread):
-    """`Watcher.start` on a thread of its own, beside the start-up repair on the main thread.
-    What it raises is raised again by `join`, on the main thread, as if it had run there."""
-
-    def __init__(self, watcher: Watcher) -> None:
-        super().__init__(name="promoter-watch-start", daemon=True)
-        self._watcher = watcher
-        self._error: BaseException | None = None
-        self.start()
-
-    def run(self) -> None:
-        try:
-            # a failure is logged; the main loop's supervision retries, catch-ups cover
-            with contextlib.suppress(OSError, ImportError, RuntimeError):
-                self._watcher.start()
-        except BaseException as exc:  # for the main thread, as before
-            self._error = exc
-
-    def join(self, timeout: float | None = None, raise_error: bool = True) -> None:
-        super().join(timeout)
-        error, self._error = self._error, None
-        if error is not None and raise_error:
-            raise error
 
 
 def _kind(problem: str) -> str:

@@ -1,6 +1,6 @@
-"""The warm start-up, fifth round (issue 15): the watches set beside the start-up repair miss
-nothing written meanwhile, and the cheaper steps of the parse and the catch-up decide as
-before (times in UTC, the first entry of a repeated name, attribution names made lazily)."""
+"""The warm start-up, fifth round (issue 15): nothing written during the start-up repair is
+missed, and the cheaper steps of the parse and the catch-up decide as before (times in UTC,
+the first entry of a repeated name, attribution names made lazily)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from promoter import daemon, metadata
+from promoter import metadata
 from promoter.context import AttributionReader
 from promoter.metadata import ArtifactEntry, RunMetadata, parse_metadata
 from promoter.safeio import folder
@@ -20,24 +20,23 @@ from tests.fault_helpers import hook_env
 
 
 def test_files_written_while_the_repair_runs_are_promoted_once(tmp_path: Path) -> None:
-    """The watches are set while the start-up repair is held (watch.started comes first);
-    files written before, during and after it, in old and new runs and folders, are each
-    promoted once, none later than a second after READY."""
+    """Files written before the start, while the start-up repair is held, and after READY,
+    in old and new runs and folders, are each promoted once: the catch-up, after the
+    watches are set, finds what no event told of."""
     root = tmp_path / "storage"
     gate = tmp_path / "repair-may-go"
     write(root / "sessions" / "old-1" / "output" / "before.txt", "b")
     d = start_daemon(root, base_config(), env=hook_env(repair_wait=str(gate)))
     try:
-        write(root / "sessions" / "old-1" / "output" / "launch.txt", "l")
-        d.wait_log("watch.started", timeout=20)
-        assert not d.events("reconcile.started")  # the repair is still held
+        d.wait_log("daemon.starting", timeout=20)
         names = {("old-1", "during.txt"), ("new-1", "a.txt"), ("new-1", "sub/b.txt")}
         for run_id, name in names:
             write(root / "sessions" / run_id / "output" / name, name)
+        assert not d.events("reconcile.started")  # the repair is still held
         gate.touch()
         d.wait_ready(timeout=20)
         write(root / "sessions" / "new-2" / "output" / "after.txt", "a")
-        names |= {("old-1", "before.txt"), ("old-1", "launch.txt"), ("new-2", "after.txt")}
+        names |= {("old-1", "before.txt"), ("new-2", "after.txt")}
         for run_id, name in names:
             d.wait_entry(run_id, name, timeout=15)
         assert d.stop() == 0  # the log is whole once the daemon has exited
@@ -45,33 +44,6 @@ def test_files_written_while_the_repair_runs_are_promoted_once(tmp_path: Path) -
         assert sorted(promoted) == sorted(names)
     finally:
         d.close()
-
-
-class _Watcher:
-    """Stands in for `Watcher` in `_WatchStart`: its start raises what it is given."""
-
-    def __init__(self, error: BaseException | None) -> None:
-        self.error = error
-        self.started = False
-
-    def start(self) -> None:
-        self.started = True
-        if self.error is not None:
-            raise self.error
-
-
-def test_a_watch_start_error_is_raised_on_the_main_thread_as_before() -> None:
-    """OSError, ImportError and RuntimeError are the watcher's own to log and retry (as when
-    it started on the main thread); anything else is raised by `join`, once."""
-    for handled in (OSError(28, "no space"), ImportError("x"), RuntimeError("x"), None):
-        start = daemon._WatchStart(_Watcher(handled))  # type: ignore[arg-type]
-        start.join()
-    start = daemon._WatchStart(_Watcher(ValueError("planted")))  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="planted"):
-        start.join()
-    start.join()  # raised once
-    quiet = daemon._WatchStart(_Watcher(ValueError("planted")))  # type: ignore[arg-type]
-    quiet.join(raise_error=False)
 
 
 @pytest.mark.parametrize("when", [
