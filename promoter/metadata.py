@@ -95,6 +95,14 @@ def _as_utc(value: datetime) -> datetime:
         raise ValueError("time out of range in UTC") from None
 
 
+def _in_utc(value: datetime) -> datetime:
+    """`value.replace(tzinfo=UTC)` for a time at offset 0: the constructor with positional
+    fields is 2.5 times faster than `replace`, whose keywords are parsed at each call, paid
+    for 100,000 entries at start-up (issue 15). A parsed time's `fold` is always 0."""
+    return datetime(value.year, value.month, value.day, value.hour, value.minute,
+                    value.second, value.microsecond, UTC)
+
+
 class _Model(BaseModel):
     """Unknown keys refused in pydantic-core (`extra="forbid"`). The documents read from disk
     (RunMetadata, Tombstone) check theirs and their entries' first, in one Python call a
@@ -190,7 +198,7 @@ class RunMetadata(_Document):
                     fields["generated_at"] = _as_utc(value)
                     continue
                 zero = value.tzinfo
-            fields["generated_at"] = value.replace(tzinfo=UTC)
+            fields["generated_at"] = _in_utc(value)
         for removed in self.removed:
             removed.__dict__["removed_at"] = _as_utc(removed.removed_at)
         for rejected in self.rejected:

@@ -188,11 +188,12 @@ def find_pending(store: Store, rejections: Rejections,
         for run_id in run_ids:
             try:
                 meta = store.read_run(run_id)
-                tomb = store.read_tombstone(run_id)
                 found = list(scan_run(sessions, run_id, exclude, rejections,
                                       store.config.watch.max_depth, known_copies(meta)))
-                # one lookup a file, not a walk of the run; none when every file is known
+                # one lookup a file, not a walk of the run; none when every file is known,
+                # nor a read of its tombstone (1,000 failed opens at a warm start)
                 entries = rules.by_filename(meta) if found else {}
+                tomb = store.read_tombstone(run_id) if found else None
                 todo = [f for f in found
                         if rules.needs_promotion(meta, tomb, f.filename, f.size, f.mtime_ns,
                                                  f.ctime_ns or f.mtime_ns, entries)

@@ -263,11 +263,14 @@ class StoreCore:
     def context(self, run_id: str, names: Iterable[str] = ()) -> RunContext:
         """What run.json and attribution.jsonl say about the run now. `names`: files about to
         be promoted; with the entries already known they are the lines worth keeping."""
-        known = set(names)
-        cached = self._cache.get(run_id)
-        for item in cached[1].artifacts if cached is not None else ():
-            known.add(item.filename)
-        known.update([n.rsplit("/", 1)[-1] for n in known])  # lines may name the base name
+        def known() -> set[str]:  # made only if the run has attribution lines to judge
+            wanted = set(names)
+            cached = self._cache.get(run_id)
+            for item in cached[1].artifacts if cached is not None else ():
+                wanted.add(item.filename)
+            wanted.update([n.rsplit("/", 1)[-1] for n in wanted])  # lines may name the base
+            return wanted
+
         try:
             with folder(self.sessions_path) as sessions:
                 fields = read_run_json(sessions, run_id)

@@ -18,6 +18,8 @@ variable (removed once read) and changes as little as it can:
 - `FAULTSITE_EXIT_HANG=1`: a non-daemon thread `faultsite-hang` that never ends, as a
   thread stuck in the kernel would hold the interpreter's exit; with
   `FAULTSITE_STOP_GUARD_S=S` the stop guard's bound is S (production: 25 s).
+- `FAULTSITE_REPAIR_WAIT=PATH`: the start-up repair waits (30 s at most) until PATH
+  exists, so a test can write files while it runs.
 """
 
 from __future__ import annotations
@@ -69,6 +71,22 @@ def _hang_at_exit() -> None:
     threading.Thread(target=hang_forever, name="faultsite-hang", daemon=False).start()
 
 
+def _repair_waits(path: str) -> None:
+    import time
+
+    import promoter.startup
+
+    original = promoter.startup._repair_all
+
+    def _repair_all(store: Any) -> bool:
+        deadline = time.monotonic() + 30
+        while not os.path.exists(path) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return original(store)
+
+    promoter.startup._repair_all = _repair_all
+
+
 def _install() -> None:
     watches = os.environ.pop("FAULTSITE_USERNS_WATCHES", "")
     if watches:
@@ -81,6 +99,9 @@ def _install() -> None:
     prefix = os.environ.pop("FAULTSITE_WORKER_RAISE", "")
     if prefix:
         _raise_on(prefix)
+    gate = os.environ.pop("FAULTSITE_REPAIR_WAIT", "")
+    if gate:
+        _repair_waits(gate)
     faults = os.environ.pop("FAULTSITE_WATCH_FAULTS", "")
     if faults:
         from watch_faults import install  # this folder is first on the path
