@@ -209,7 +209,9 @@ class Daemon:
         does it again once the store answers when it was unreachable at start."""
         assert self.store is not None and self.sweeper is not None
         store, ceiling = self.store, self.config.retention.max_store_bytes
-        prepare(store)
+        prepare(store, stop=self.stop)
+        if self.stop.is_set():
+            return  # a SIGTERM during the repair: the rest is the next start's
         store.total.reset(store.list_runs())  # once; then kept as metadata is written
         if ceiling and store.total.total > ceiling:
             self.sweeper.over_budget()

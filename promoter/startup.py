@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 from promoter import events
@@ -33,9 +34,11 @@ def prepare_store(config: Config, sessions: bool = True, actor: Actor | None = N
 
 
 def prepare(store: Store, sessions: bool = True, create: bool = True,
-            repair: bool = True) -> None:
+            repair: bool = True, stop: threading.Event | None = None) -> None:
     """What `prepare_store` does to a Store already made (the daemon's, when the bucket was
-    unreachable at start: done again once it answers, DESIGN §10)."""
+    unreachable at start: done again once it answers, DESIGN §10). Once `stop` is set (a
+    SIGTERM during the daemon's start), runs not yet repaired are left to the next start,
+    as a crash would leave them: the repair is for leftovers, and is made to be cut."""
     if not create:
         store.require_store()
     store.ensure_folders(sessions=sessions)
@@ -44,7 +47,7 @@ def prepare(store: Store, sessions: bool = True, create: bool = True,
     if not repair:
         return
     with gc_paused():
-        if _repair_all(store):
+        if _repair_all(store, stop or threading.Event()):
             store.disk.repaired_all()  # every run walked or unmarked: trust the marks
         # the runs just parsed stay (the store's cache) for the process's life: out of the
         # collector's sight, not walked by the first collection after the pause (~0.1 s)
@@ -52,8 +55,8 @@ def prepare(store: Store, sessions: bool = True, create: bool = True,
         gc.freeze()
 
 
-def _repair_all(store: Store) -> bool:
-    """Repair every run; True when none failed."""
+def _repair_all(store: Store, stop: threading.Event) -> bool:
+    """Repair every run; True when none failed and none was left for `stop`."""
     runs = store.run_ids()
     workers = min(store.config.promote.workers, len(runs))
     if isinstance(store.disk, LocalDisk) and store.disk.marks_trusted():
@@ -61,11 +64,11 @@ def _repair_all(store: Store) -> bool:
         # time and CPU than one (issue 15); an object store's listings wait on the network
         workers = 1
     if workers <= 1:
-        return all([_repair(store, run_id) for run_id in runs])
+        return all([_repair(store, run_id, stop) for run_id in runs])
     # runs in parallel (each under its own lock): the walk's `lstat`s and reads (a whole
     # walk) or an object store's listings let go of the GIL, so a second thread parses
     with ThreadPoolExecutor(workers, thread_name_prefix="promoter-repair") as pool:
-        jobs = [pool.submit(_repair, store, run_id) for run_id in runs]
+        jobs = [pool.submit(_repair, store, run_id, stop) for run_id in runs]
         try:
             return all([job.result() for job in jobs])
         finally:
@@ -73,7 +76,9 @@ def _repair_all(store: Store) -> bool:
                 job.cancel()
 
 
-def _repair(store: Store, run_id: str) -> bool:
+def _repair(store: Store, run_id: str, stop: threading.Event) -> bool:
+    if stop.is_set():
+        return False  # left for the next start, marks and all
     try:
         store.repair(run_id)
     except (StoreIOError, LockFileError):

@@ -529,6 +529,35 @@ def test_a_stop_held_by_a_stuck_thread_ends_within_its_bound_naming_it(
     assert "in hang_forever" in stuck["threads"]["faultsite-hang"]  # its stack, by name
 
 
+def test_sigterm_during_a_long_start_up_repair_ends_it_and_leaves_the_rest_marked(
+        tmp_path: Path, daemons: list[Daemon]) -> None:
+    """A SIGTERM while the start-up repair is still walking a large store (here 0.5 s a
+    run, 21 runs) ends the daemon within seconds, exit 0, not after the whole repair; the
+    runs not reached keep their crash marks, and the next start relists their orphans."""
+    from tests.web_helpers import make_store, populate
+
+    root = tmp_path / "storage"
+    store = make_store(root)
+    for i in range(20):
+        populate(store, root, f"r{i:02d}", {"a.txt": b"a"})
+    populate(store, root, "zz-last", {"a.txt": b"a"})
+    orphan = root / "artifacts" / "zz-last" / "files" / "orphan.txt"
+    orphan.write_bytes(b"a crash left me unlisted")
+    mark = root / "artifacts" / "zz-last" / ".unlisted"
+    mark.touch()  # as a write session cut by a crash leaves it
+    d = start_daemon(root, base_config(), env=hook_env(repair_run_s=0.5))
+    daemons.append(d)
+    d.wait_log("daemon.starting", timeout=20)
+    started = time.monotonic()
+    assert d.stop(timeout=20) == 0
+    assert time.monotonic() - started < 5  # the whole repair takes 10.5 s
+    assert not d.events("daemon.ready") and mark.exists()
+    assert d.entry("zz-last", "orphan.txt") is None
+    again = start(daemons, root)  # a start with nothing to cut it: the orphan relisted
+    assert again.entry("zz-last", "orphan.txt") is not None and not mark.exists()
+    assert again.stop() == 0
+
+
 def test_a_clean_stop_is_not_cut_short_by_the_guard(tmp_path: Path,
                                                     daemons: list[Daemon]) -> None:
     """With the guard armed at 2 s, a stop that ends in time exits 0 with no stop_stuck."""

@@ -20,6 +20,8 @@ variable (removed once read) and changes as little as it can:
   `FAULTSITE_STOP_GUARD_S=S` the stop guard's bound is S (production: 25 s).
 - `FAULTSITE_REPAIR_WAIT=PATH`: the start-up repair waits (30 s at most) until PATH
   exists, so a test can write files while it runs.
+- `FAULTSITE_REPAIR_RUN_S=S`: the start-up repair takes S seconds more for each run, as a
+  large store on a slow disk would.
 """
 
 from __future__ import annotations
@@ -78,13 +80,27 @@ def _repair_waits(path: str) -> None:
 
     original = promoter.startup._repair_all
 
-    def _repair_all(store: Any) -> bool:
+    def _repair_all(store: Any, *args: Any) -> bool:
         deadline = time.monotonic() + 30
         while not os.path.exists(path) and time.monotonic() < deadline:
             time.sleep(0.01)
-        return original(store)
+        return original(store, *args)
 
     promoter.startup._repair_all = _repair_all
+
+
+def _repair_slowly(seconds: float) -> None:
+    import time
+
+    from promoter.store import Store
+
+    original = Store.repair
+
+    def repair(self: Store, run_id: str, *args: Any, **kwargs: Any) -> Any:
+        time.sleep(seconds)
+        return original(self, run_id, *args, **kwargs)
+
+    Store.repair = repair  # type: ignore[method-assign]
 
 
 def _install() -> None:
@@ -99,6 +115,9 @@ def _install() -> None:
     prefix = os.environ.pop("FAULTSITE_WORKER_RAISE", "")
     if prefix:
         _raise_on(prefix)
+    slow = os.environ.pop("FAULTSITE_REPAIR_RUN_S", "")
+    if slow:
+        _repair_slowly(float(slow))
     gate = os.environ.pop("FAULTSITE_REPAIR_WAIT", "")
     if gate:
         _repair_waits(gate)
