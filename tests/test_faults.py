@@ -12,7 +12,6 @@ the end of tests/test_daemon.py; these cases make the kernel fail for real.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import random
 import re
@@ -29,7 +28,14 @@ from typing import Any
 import pytest
 
 from promoter.metadata import RunMetadata
-from tests.daemon_helpers import Daemon, NotifySocket, base_config, wait_until, write
+from tests.daemon_helpers import (
+    Daemon,
+    NotifySocket,
+    base_config,
+    copy_under_way,
+    wait_until,
+    write,
+)
 from tests.fault_helpers import (
     Arena,
     arena_at,
@@ -64,19 +70,6 @@ def queue_empty(metrics: Path) -> bool:
 
 def temps(folder: Path) -> list[Path]:
     return [p for p in folder.rglob(".promoter-*")] if folder.exists() else []
-
-
-def copying(pid: int, folder: Path) -> bool:
-    """A copy into `folder` is under way: a named temporary there, or an unnamed copy (held
-    open by the daemon, shown by /proc as `folder/#inode (deleted)`)."""
-    if temps(folder):
-        return True
-    links = []
-    with contextlib.suppress(OSError):
-        for fd in os.listdir(f"/proc/{pid}/fd"):
-            with contextlib.suppress(OSError):
-                links.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
-    return any(link.startswith(f"{folder}/#") for link in links)
 
 
 # -- a module daemon for the files that misbehave -----------------------------------------
@@ -134,7 +127,7 @@ def test_a_file_growing_during_its_copy_is_stored_whole(marena: Arena, md: Daemo
         name = f"g{attempt}.bin"
         first, tail = os.urandom(1 << 20) * 48, os.urandom(4096)
         write(out / name, first)
-        wait_until(lambda: copying(md.proc.pid, files), timeout=10, interval=0.001,
+        wait_until(lambda: copy_under_way(md.proc.pid, files), timeout=10, interval=0.001,
                    what="the copy to start")
         with (out / name).open("ab") as fh:
             fh.write(tail)
