@@ -2,21 +2,29 @@
 
 Copying a file one at a time costs an `fsync` of the file, a rename and (once a
 batch) a folder flush; the `fsync` alone was half of a worker's time in a burst of
-4 KiB files. A batch instead writes every copy to a `.promoter-` temporary, then
-flushes them all at once (one `syncfs` of the store's file system for a batch of
-`SYNCFS_MIN_FILES` small copies or more, an `fsync` each below that, so a lone file never
-pays for other people's dirty pages, nor a big copy for the agents' dirty output beside
-it; a big copy's writeback started as it was written), then renames them all, then
-flushes each folder once. Only after `commit()` may the caller write metadata naming
-them: every entry is durable before it appears. Folder descriptors are opened once per batch.
-The run's mark (runmark.py) is made before the first temporary and is on disk, by the same
-flush, before the first rename.
+4 KiB files. A batch instead writes every copy to an unnamed file held open
+(`O_TMPFILE`; a `.promoter-` temporary where the file system has none), then flushes
+them all at once (one `syncfs` of the store's file system for a batch of
+`SYNCFS_MIN_FILES` small copies or more, an `fsync` each below that, so a lone file
+never pays for other people's dirty pages, nor a big copy for the agents' dirty output
+beside it; a big copy's writeback started as it was written), then links (or renames)
+them all into place, then flushes each folder once. Only after `commit()` may the caller
+write metadata naming them: every entry is durable before it appears. Folder descriptors
+are opened once per batch.
+
+The run's mark (runmark.py) is made before the first copy and is on disk, by the same
+flush, before the first link or rename. Unnamed copies (issue 15, fifth round): ext4's
+create of a named temporary was 85 % of a 4 KiB copy's time; an unnamed one has no name
+to insert, nor to rename, and a crash before its link leaves nothing to clean up. A batch
+holds at most `MAX_UNNAMED` of them open (and a quarter of the descriptor limit): then it
+commits what it has.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import resource
 from collections.abc import Sequence
 from concurrent import futures
 from dataclasses import dataclass
@@ -25,12 +33,22 @@ from types import TracebackType
 from promoter import writeback
 from promoter.names import split_relpath
 from promoter.runmark import RunMark
-from promoter.safeio import CopyPools, CopyResult, fsync_dir, open_dir_chain, stage_copy
+from promoter.safeio import CopyPools, CopyResult, fsync_dir, open_dir_chain, place, stage_copy
 
-__all__ = ["MAX_HELD", "SYNCFS_MIN_FILES", "CopyBatch", "flush_all"]
+__all__ = ["MAX_HELD", "MAX_UNNAMED", "SYNCFS_MIN_FILES", "CopyBatch", "flush_all"]
 
 SYNCFS_MIN_FILES = 16  # from this many small staged copies, one syncfs beats an fsync each
 MAX_HELD = 256  # folder descriptors a batch holds before it commits what it has
+MAX_UNNAMED = 1024  # unnamed copies (open descriptors) a batch holds before it commits
+
+
+def _unnamed_cap() -> int:
+    """Unnamed copies a batch may hold: MAX_UNNAMED, at most a quarter of the descriptor
+    limit (the watches, the sources and the folders need the rest)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return MAX_UNNAMED
+    return max(0, min(MAX_UNNAMED, soft // 4))
 
 
 def _syncfs(fd: int) -> int:
@@ -38,29 +56,31 @@ def _syncfs(fd: int) -> int:
     return writeback.syncfs(fd)
 
 
-def flush_all(files: Sequence[tuple[int, str, int]], pools: CopyPools | None = None,
-              folder: int | None = None) -> None:
-    """Make the data of every (folder descriptor, temp name, size) in `files` durable: one
-    syncfs when there are many small copies (ext4 writes and commits them together), else
-    an fsync each (a read-only descriptor flushes the file's data as well), several at once
-    on `pools`. A syncfs also waits for every other dirty page of the file system: the
+def flush_all(files: Sequence[tuple[int, str | None, int, int | None]],
+              pools: CopyPools | None = None, folder: int | None = None) -> None:
+    """Make the data of every (folder descriptor, temp name, size, open descriptor) in `files`
+    durable: one syncfs when there are many small copies (ext4 writes and commits them
+    together), else an fsync each (of the open descriptor of an unnamed copy, else of its
+    temp opened read-only, which flushes the file's data as well), several at once on
+    `pools`. A syncfs also waits for every other dirty page of the file system: the
     agents' own output beside the store, as big as the copies; big copies (their writeback
     started as they were written) are therefore flushed one by one. One file system.
     `folder`: a folder flushed with them (a new run mark's, on the same file system)."""
     if not files:
         return
-    small = sum(1 for _, _, size in files if size < writeback.EARLY_WRITEBACK_BYTES)
+    small = sum(1 for _, _, size, _ in files if size < writeback.EARLY_WRITEBACK_BYTES)
     if small >= SYNCFS_MIN_FILES and _syncfs(files[0][0]) == 0:
         return
     # few small copies, big ones, or syncfs reported a writeback error: which file was it
     if pools is None or len(files) < 2:  # a lone copy: its folder's flush then finds
         # the journal committed by the copy's (one commit, not two waits on other threads)
-        for dir_fd, name, _ in files:
-            _fsync_at(dir_fd, name)
+        for dir_fd, name, _, fd in files:
+            _fsync_one(dir_fd, name, fd)
         if folder is not None:
             os.fsync(folder)
         return
-    flushes = [pools.flusher.submit(_fsync_at, dir_fd, name) for dir_fd, name, _ in files]
+    flushes = [pools.flusher.submit(_fsync_one, dir_fd, name, fd)
+               for dir_fd, name, _, fd in files]
     if folder is not None:
         flushes.append(pools.flusher.submit(os.fsync, folder))
     futures.wait(flushes)  # every one done before the folders may be closed
@@ -68,7 +88,11 @@ def flush_all(files: Sequence[tuple[int, str, int]], pools: CopyPools | None = N
         flush.result()  # the first error fails the batch
 
 
-def _fsync_at(dir_fd: int, name: str) -> None:
+def _fsync_one(dir_fd: int, name: str | None, fd: int | None) -> None:
+    if fd is not None:
+        os.fsync(fd)
+        return
+    assert name is not None  # a named temporary when no descriptor is held
     fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
     try:
         os.fsync(fd)
@@ -80,9 +104,10 @@ def _fsync_at(dir_fd: int, name: str) -> None:
 class _Staged:
     filename: str
     folder: tuple[str, ...]
-    tmp: str
+    tmp: str | None  # None: unnamed, `fd` held open until placed
     name: str
     size: int
+    fd: int | None
 
 
 class CopyBatch:
@@ -102,6 +127,8 @@ class CopyBatch:
         self._pools = pools
         self._folders: dict[tuple[str, ...], int] = {}
         self._staged: list[_Staged] = []
+        self._held = 0  # unnamed copies held open (staged, not yet placed)
+        self._cap = _unnamed_cap()
         self.committed = 0  # copies renamed into place so far
         self.failed: dict[str, OSError] = {}  # filename -> why its rename failed
 
@@ -128,25 +155,30 @@ class CopyBatch:
         folder = tuple(parts[:-1])
         if self._mark is not None:
             self._mark.set()  # before the first temporary (an OSError fails this file)
-        if folder not in self._folders and len(self._folders) >= MAX_HELD:
+        if (folder not in self._folders and len(self._folders) >= MAX_HELD) \
+                or self._held >= self._cap > 0:
             self.commit()  # bounded descriptors whatever the batch's shape
         dir_fd = self._folder(folder)
         out, tmp, result = stage_copy(src, st, dir_fd, parts[-1], checksum=self._checksum,
-                                      max_bytes=self._max_bytes)
-        self._staged.append(_Staged(filename, folder, tmp, parts[-1], result.size))
-        os.close(out)  # held open, 512 temps made each creation cost twice as much
+                                      max_bytes=self._max_bytes, unnamed=self._cap > 0)
+        if tmp is not None:
+            os.close(out)  # held open, 512 named temps made each creation cost twice as much
+        else:
+            self._held += 1
+        self._staged.append(_Staged(filename, folder, tmp, parts[-1], result.size,
+                                    None if tmp is not None else out))
         return result
 
     def commit(self) -> dict[str, OSError]:
-        """Flush every staged copy, rename them all into place, flush each folder once. A
-        flush error fails the whole batch (raised: which file it was is unknown); a rename
+        """Flush every staged copy, place them all (`safeio.place`), flush each folder once. A
+        flush error fails the whole batch (raised: which file it was is unknown); a placing
         that fails (a folder took the name meanwhile) fails that file alone: the files it
         names, with their errors, are returned (and kept in `failed`), their temps removed."""
         staged, self._staged = self._staged, []
         mark = self._mark
         try:
-            flush_all([(self._folders[s.folder], s.tmp, s.size) for s in staged], self._pools,
-                      mark.pending_flush() if mark is not None and staged else None)
+            flush_all([(self._folders[s.folder], s.tmp, s.size, s.fd) for s in staged],
+                      self._pools, mark.pending_flush() if mark is not None and staged else None)
         except BaseException:
             self._staged = staged  # abort() removes them
             raise
@@ -155,11 +187,14 @@ class CopyBatch:
         for s in staged:
             dir_fd = self._folders[s.folder]
             try:
-                os.rename(s.tmp, s.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+                place(-1 if s.fd is None else s.fd, s.tmp, dir_fd, s.name)
             except OSError as exc:
                 self.failed[s.filename] = exc
-                with contextlib.suppress(OSError):
-                    os.unlink(s.tmp, dir_fd=dir_fd)
+                if s.tmp is not None:
+                    with contextlib.suppress(OSError):
+                        os.unlink(s.tmp, dir_fd=dir_fd)
+            finally:
+                self._release(s)
         for folder in {s.folder for s in staged}:
             fsync_dir(self._folders[folder])
         self.committed += len(staged)
@@ -170,9 +205,18 @@ class CopyBatch:
         """Remove every staged copy not committed, close every descriptor."""
         staged, self._staged = self._staged, []
         for s in staged:
-            with contextlib.suppress(OSError, KeyError):
-                os.unlink(s.tmp, dir_fd=self._folders[s.folder])
+            self._release(s)  # an unnamed copy is gone with its descriptor
+            if s.tmp is not None:
+                with contextlib.suppress(OSError, KeyError):
+                    os.unlink(s.tmp, dir_fd=self._folders[s.folder])
         self._close_folders()
+
+    def _release(self, s: _Staged) -> None:
+        fd, s.fd = s.fd, None
+        if fd is not None:
+            self._held -= 1
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
     def _close_folders(self) -> None:
         folders, self._folders = self._folders, {}

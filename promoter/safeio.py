@@ -2,14 +2,17 @@
 
 Every path below a trusted base folder is walked one component at a time with
 `dir_fd` and `O_NOFOLLOW` (DESIGN §6): a link anywhere on the way is refused,
-not resolved. Writes go to a `.promoter-` temporary name in the destination
-folder and are renamed into place once flushed, so readers see whole files only.
+not resolved. Copies are written to an unnamed file in the destination folder
+(`O_TMPFILE`) and linked to their name once flushed; where the file system has no
+unnamed files, to a `.promoter-` temporary name renamed into place. Readers see whole
+files only, and a crash before the link leaves nothing behind.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import hashlib
 import os
 import stat
@@ -35,9 +38,11 @@ __all__ = [
     "open_dir_chain",
     "open_regular",
     "out_of_descriptors",
+    "place",
     "remove_tree",
     "stage_copy",
     "temp_name",
+    "unnamed_supported",
 ]
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -299,19 +304,76 @@ def copy_and_hash(
     checksum: bool,
     max_bytes: int,
 ) -> CopyResult:
-    """`stage_copy`, then flush and rename: one file copied atomically and durably."""
+    """`stage_copy`, then flush and `place`: one file copied atomically and durably."""
     out, tmp, result = stage_copy(src_fd, src_stat, dst_dir_fd, dst_name, checksum, max_bytes)
     try:
         try:
             os.fsync(out)
+            place(out, tmp, dst_dir_fd, dst_name)
         finally:
             os.close(out)
-        os.rename(tmp, dst_name, src_dir_fd=dst_dir_fd, dst_dir_fd=dst_dir_fd)
     except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp, dir_fd=dst_dir_fd)
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp, dir_fd=dst_dir_fd)
         raise
     return result
+
+
+_UNNAMED_REFUSED = (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL)  # open(2): no O_TMPFILE here
+_FD_LINKS = "/proc/self/fd"
+
+
+@functools.cache
+def unnamed_supported() -> bool:
+    """Whether unnamed copies can be linked by name: `linkat` through /proc/self/fd (without
+    CAP_DAC_READ_SEARCH, the one way to name an O_TMPFILE file). Without /proc, or on a
+    system without O_TMPFILE, every copy takes a named temporary."""
+    return hasattr(os, "O_TMPFILE") and os.path.isdir(_FD_LINKS)
+
+
+def open_unnamed(dir_fd: int) -> int:
+    """An unnamed regular file in the folder (`O_TMPFILE`), gone on close unless linked.
+    OSError with an errno of `_UNNAMED_REFUSED` where the file system has none."""
+    return os.open(".", os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, 0o644, dir_fd=dir_fd)
+
+
+def _open_staged(dir_fd: int, dst_name: str, unnamed: bool) -> tuple[int, str | None]:
+    """A new file to copy into: unnamed if it may be and the file system has them, else a
+    `.promoter-` temporary beside `dst_name`; (its descriptor, its name or None)."""
+    if unnamed and unnamed_supported():
+        try:
+            return open_unnamed(dir_fd), None
+        except OSError as exc:
+            if exc.errno not in _UNNAMED_REFUSED:
+                raise
+    tmp = temp_name(dst_name)
+    return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                   0o644, dir_fd=dir_fd), tmp
+
+
+def place(out: int, tmp: str | None, dir_fd: int, name: str) -> None:
+    """Give a flushed staged copy its name: rename the named temporary `tmp` over `name`, or
+    link the unnamed file `out` (still open) to it. A link never replaces: where `name` is
+    taken (a new version of a copy), the unnamed file is linked to a temporary name that is
+    renamed over it, so the replacement stays atomic. Raises OSError (e.g. EISDIR: a folder
+    holds the name); nothing named is left behind then. The folder's flush is the caller's."""
+    if tmp is not None:
+        os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        return
+    try:
+        os.link(f"{_FD_LINKS}/{out}", name, dst_dir_fd=dir_fd)
+        return
+    except FileExistsError:
+        pass
+    tmp = temp_name(name)
+    os.link(f"{_FD_LINKS}/{out}", tmp, dst_dir_fd=dir_fd)
+    try:
+        os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp, dir_fd=dir_fd)
+        raise
 
 
 def stage_copy(
@@ -321,10 +383,14 @@ def stage_copy(
     dst_name: str,
     checksum: bool,
     max_bytes: int,
-) -> tuple[int, str, CopyResult]:
-    """Copy an open source into a new temp beside `dst_name`, hashing the bytes copied;
-    (the temp's open descriptor, its name, the result). Not flushed, not renamed: the
-    caller (`copy_and_hash`, `batchcopy.CopyBatch`) does both, in that order.
+    unnamed: bool = True,
+) -> tuple[int, str | None, CopyResult]:
+    """Copy an open source into a new file in `dst_dir_fd`, hashing the bytes copied; (its
+    open descriptor, its temporary name or None when unnamed, the result). Unnamed
+    (`O_TMPFILE`) where the file system allows it and `unnamed`: no name is made nor
+    renamed, and a crash leaves nothing (an unnamed file must stay open until `place`d).
+    Not flushed, not placed: the caller (`copy_and_hash`, `batchcopy.CopyBatch`) does
+    both, in that order.
 
     Each chunk is read once into a buffer small enough to stay in the core's cache, then
     hashed and written from there (1 MiB chunks, read, hashed and written by two threads,
@@ -332,9 +398,7 @@ def stage_copy(
     (`writeback.start_writeback`), so the caller's flush waits only for what is left.
     SourceChanged unless the source kept its size and times; nothing left on any error.
     """
-    tmp = temp_name(dst_name)
-    out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                  0o644, dir_fd=dst_dir_fd)
+    out, tmp = _open_staged(dst_dir_fd, dst_name, unnamed)
     digest = hashlib.sha256() if checksum else None
     buf = _buffer()
     size = started = 0  # bytes copied; bytes whose writeback was started
@@ -363,8 +427,9 @@ def stage_copy(
     except BaseException:
         with contextlib.suppress(OSError):
             os.close(out)
-        with contextlib.suppress(OSError):
-            os.unlink(tmp, dir_fd=dst_dir_fd)
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp, dir_fd=dst_dir_fd)
         raise
     return out, tmp, CopyResult(size=size, sha256=digest.hexdigest() if digest else None)
 

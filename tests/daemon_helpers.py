@@ -209,6 +209,25 @@ def start_daemon(root: Path, config: dict[str, Any] | None = None,
     return Daemon(root, config if config is not None else base_config(), env)
 
 
+def copy_under_way(pid: int, folder: Path) -> bool:
+    """The daemon `pid` is copying into `folder` (or a folder below it): a `.promoter-`
+    temporary there, or an unnamed copy (O_TMPFILE) it holds open, which /proc shows as
+    `folder/#inode (deleted)`."""
+    if folder.exists() and any(folder.rglob(".promoter-*")):
+        return True
+    links = []
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            links.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
+        except OSError:  # closed meanwhile
+            continue
+    return any(link.startswith(f"{folder}/") and "/#" in link for link in links)
+
+
 def write(path: Path, data: bytes | str = b"data") -> Path:
     """Write a session file in one go (open, write, close), making its folders."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from promoter import batchcopy
+from promoter import batchcopy, safeio
 from promoter.layout import MARK, METADATA
 from promoter.metadata import RunMetadata
 from promoter.names import TEMP_PREFIX
@@ -30,18 +30,22 @@ from tests.store_helpers import make_store, write_session_file
 
 
 class IoTrace:
-    """Records, in order, every flush, syncfs and rename the store makes, and what each
-    metadata.json listed at the moment it was renamed into place."""
+    """Records, in order, every flush, syncfs, link and rename the store makes, and what each
+    metadata.json listed at the moment it was renamed into place. An unnamed copy
+    (O_TMPFILE) is traced as `unnamed-N` until it is linked to a name."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.log: list[tuple[Any, ...]] = []
         self.temps: dict[int, str] = {}  # open fd -> temp name
-        real_open, real_fsync, real_rename = os.open, os.fsync, os.rename
+        real_open, real_fsync, real_rename, real_link = os.open, os.fsync, os.rename, os.link
         real_syncfs = batchcopy._syncfs
 
         def traced_open(path: Any, flags: int, *args: Any, **kw: Any) -> int:
             fd = real_open(path, flags, *args, **kw)
-            if os.path.basename(str(path)).startswith(TEMP_PREFIX):
+            if flags & os.O_TMPFILE == os.O_TMPFILE:
+                self.temps[fd] = f"unnamed-{len(self.log)}"
+                self.log.append(("create", self.temps[fd]))
+            elif os.path.basename(str(path)).startswith(TEMP_PREFIX):
                 self.temps[fd] = str(path)
                 if flags & os.O_CREAT:
                     self.log.append(("create", str(path)))
@@ -72,6 +76,12 @@ class IoTrace:
             ino = os.fstat(dst_dir_fd).st_ino if dst_dir_fd is not None else 0
             self.log.append(("rename", str(src), str(dst), ino, listed))
 
+        def traced_link(src: Any, dst: Any, *, dst_dir_fd: int | None = None) -> None:
+            fd = int(str(src).rsplit("/", 1)[-1])
+            real_link(src, dst, dst_dir_fd=dst_dir_fd)
+            ino = os.fstat(dst_dir_fd).st_ino if dst_dir_fd is not None else 0
+            self.log.append(("link", self.temps[fd], str(dst), ino))
+
         def traced_close(fd: int, real_close: Callable[[int], None] = os.close) -> None:
             self.temps.pop(fd, None)
             real_close(fd)
@@ -79,6 +89,7 @@ class IoTrace:
         monkeypatch.setattr(os, "open", traced_open)
         monkeypatch.setattr(os, "fsync", traced_fsync)
         monkeypatch.setattr(os, "rename", traced_rename)
+        monkeypatch.setattr(os, "link", traced_link)
         monkeypatch.setattr(os, "close", traced_close)
         monkeypatch.setattr(batchcopy, "_syncfs", traced_syncfs)
 
@@ -100,6 +111,12 @@ class IoTrace:
                 flushed.update(created)
             elif kind == "fsync-dir":
                 dir_flushes.append((i, item[1]))
+            elif kind == "link":
+                assert item[1] in flushed, f"{item[2]} linked into place before it was flushed"
+                if item[2].startswith(TEMP_PREFIX):  # a name taken: renamed over it next
+                    flushed.add(item[2])
+                else:
+                    renamed_at[item[2]] = (i, item[3])
             elif kind == "rename" and item[2] != METADATA:
                 assert item[1] in flushed, f"{item[2]} renamed into place before it was flushed"
                 renamed_at[item[2]] = (i, item[3])
@@ -114,23 +131,33 @@ class IoTrace:
         return checked
 
 
+@pytest.mark.parametrize("unnamed", [True, False], ids=["unnamed", "named"])
 @pytest.mark.parametrize("count", [3, 40])
 def test_a_batch_lists_no_entry_before_its_copy_is_durable(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, count: int) -> None:
-    """3 files (an fsync each) and 40 (one syncfs): flushed, renamed, folder flushed, listed."""
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, count: int, unnamed: bool) -> None:
+    """3 files (an fsync each) and 40 (one syncfs), unnamed copies or named temporaries, new
+    and replaced: flushed, linked or renamed, folder flushed, listed."""
     store = make_store(tmp_path)
     names = [f"f{i:03d}.bin" if i % 2 else f"sub/f{i:03d}.bin" for i in range(count)]
-    for name in names:
-        write_session_file(tmp_path, "r1", name, name.encode() * 100)
-    trace = IoTrace(monkeypatch)
-    results = store.promote_files("r1", names)
-    monkeypatch.undo()
-    assert {r.outcome for r in results} == {Outcome.PROMOTED}
-    assert trace.check_durable_before_listed() == count
-    assert ("syncfs",) in trace.log if count >= batchcopy.SYNCFS_MIN_FILES else \
-        ("syncfs",) not in trace.log
-    meta = store.get_run("r1")
-    assert sorted(a.filename for a in meta.artifacts) == sorted(names)
+    for version in (1, 2):  # the second replaces every copy (a link cannot: link + rename)
+        for name in names:
+            write_session_file(tmp_path, "r1", name, name.encode() * 100 * version)
+        if not unnamed:
+            monkeypatch.setattr(safeio, "unnamed_supported", lambda: False)
+        trace = IoTrace(monkeypatch)
+        results = store.promote_files("r1", names)
+        monkeypatch.undo()
+        assert {r.outcome for r in results} == {Outcome.PROMOTED}
+        assert trace.check_durable_before_listed() == count
+        assert ("syncfs",) in trace.log if count >= batchcopy.SYNCFS_MIN_FILES else \
+            ("syncfs",) not in trace.log
+        assert any(item[0] == "link" for item in trace.log) is unnamed
+        meta = store.get_run("r1")
+        assert sorted(a.filename for a in meta.artifacts) == sorted(names)
+        assert {a.size_bytes for a in meta.artifacts} == {len(names[1]) * 100 * version,
+                                                          len(names[0]) * 100 * version}
+    run = tmp_path / "artifacts" / "r1"
+    assert not [p for p in run.rglob(f"{TEMP_PREFIX}*")]
 
 
 def test_a_failed_flush_leaves_no_copy_and_no_entry(tmp_path: Path,

@@ -28,7 +28,14 @@ from typing import Any
 import pytest
 
 from promoter.metadata import RunMetadata
-from tests.daemon_helpers import Daemon, NotifySocket, base_config, wait_until, write
+from tests.daemon_helpers import (
+    Daemon,
+    NotifySocket,
+    base_config,
+    copy_under_way,
+    wait_until,
+    write,
+)
 from tests.fault_helpers import (
     Arena,
     arena_at,
@@ -120,7 +127,8 @@ def test_a_file_growing_during_its_copy_is_stored_whole(marena: Arena, md: Daemo
         name = f"g{attempt}.bin"
         first, tail = os.urandom(1 << 20) * 48, os.urandom(4096)
         write(out / name, first)
-        wait_until(lambda: temps(files), timeout=10, interval=0.001, what="the copy to start")
+        wait_until(lambda: copy_under_way(md.proc.pid, files), timeout=10, interval=0.001,
+                   what="the copy to start")
         with (out / name).open("ab") as fh:
             fh.write(tail)
         md.wait_entry("grow-1", name, timeout=15,

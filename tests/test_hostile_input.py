@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from promoter.clock import format_time, from_timestamp_ns
-from tests.daemon_helpers import Daemon, base_config, wait_until, write
+from tests.daemon_helpers import Daemon, base_config, copy_under_way, wait_until, write
 from tests.fault_helpers import (
     Arena,
     arena_at,
@@ -186,7 +186,7 @@ def test_symlink_swapped_in_a_tight_loop_during_copies(arena: Arena, d: Daemon) 
     flips = [0]
 
     def copying() -> bool:
-        return any(p.name.startswith(".promoter-") for p in files.glob(".*"))
+        return copy_under_way(d.proc.pid, files)
 
     def swap(times: int = 1) -> None:
         for _ in range(times):

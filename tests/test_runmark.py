@@ -233,13 +233,15 @@ def test_the_mark_is_on_disk_before_the_first_rename(
     run_ino = (tmp_path / "artifacts/r1").stat().st_ino
     log: list[str] = []
     real_open, real_fsync, real_rename, real_unlink = os.open, os.fsync, os.rename, os.unlink
+    real_link = os.link
     real_syncfs = batchcopy._syncfs
 
     def traced_open(path: Any, flags: int, *args: Any, **kw: Any) -> int:
         fd = real_open(path, flags, *args, **kw)
         if str(path) == MARK and flags & os.O_CREAT:
             log.append("mark")
-        elif flags & os.O_CREAT and str(path).startswith(".promoter-"):
+        elif flags & os.O_TMPFILE == os.O_TMPFILE or (
+                flags & os.O_CREAT and str(path).startswith(".promoter-")):
             log.append("temp")
         return fd
 
@@ -252,6 +254,10 @@ def test_the_mark_is_on_disk_before_the_first_rename(
     def traced_rename(src: Any, dst: Any, **kw: Any) -> None:
         real_rename(src, dst, **kw)
         log.append("metadata" if str(dst) == METADATA else "rename")
+
+    def traced_link(src: Any, dst: Any, **kw: Any) -> None:
+        real_link(src, dst, **kw)
+        log.append("rename")  # an unnamed copy linked into place
 
     def traced_unlink(path: Any, **kw: Any) -> None:
         real_unlink(path, **kw)
@@ -267,6 +273,7 @@ def test_the_mark_is_on_disk_before_the_first_rename(
         patch.setattr(os, "fsync", traced_fsync)
         patch.setattr(os, "rename", traced_rename)
         patch.setattr(os, "unlink", traced_unlink)
+        patch.setattr(os, "link", traced_link)
         patch.setattr(batchcopy, "_syncfs", traced_syncfs)
         assert {r.outcome for r in store.promote_files("r1", names)} == {Outcome.PROMOTED}
     assert log.index("mark") < log.index("temp")

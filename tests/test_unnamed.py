@@ -1,0 +1,232 @@
+"""Issue 15, fifth round: copies are unnamed files (O_TMPFILE) linked into place once flushed,
+named temporaries where the file system (or /proc) has none; a batch holds a bounded number
+open, and a crash before the link leaves nothing in files/."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from promoter import batchcopy, safeio
+from promoter.names import TEMP_PREFIX
+from promoter.safeio import folder, place, stage_copy
+from promoter.store import Outcome
+from tests.store_helpers import make_store, write_session_file
+from tests.test_batching import IoTrace
+
+
+def _files(root: Path, run: str = "r1") -> dict[str, bytes]:
+    base = root / "artifacts" / run / "files"
+    return {str(p.relative_to(base)): p.read_bytes() for p in base.rglob("*") if p.is_file()}
+
+
+def _write(root: Path, names: list[str], tag: bytes = b"") -> dict[str, bytes]:
+    data = {n: n.encode() * 50 + tag for n in names}
+    for name, body in data.items():
+        write_session_file(root, "r1", name, body)
+    return data
+
+
+@pytest.mark.parametrize("refusal", [errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL])
+@pytest.mark.parametrize("count", [2, 30])
+def test_a_file_system_without_unnamed_files_gets_named_temporaries(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, refusal: int, count: int) -> None:
+    """open(O_TMPFILE) refused as each kernel/file system may (EOPNOTSUPP, EISDIR, EINVAL):
+    every copy takes a named temporary, flushed before its rename, listed, none left."""
+    store = make_store(tmp_path)
+    names = [f"f{i:02d}.txt" if i % 3 else f"d/f{i:02d}.txt" for i in range(count)]
+    data = _write(tmp_path, names)
+
+    def refused(dir_fd: int) -> int:
+        raise OSError(refusal, os.strerror(refusal))
+
+    monkeypatch.setattr(safeio, "open_unnamed", refused)
+    trace = IoTrace(monkeypatch)
+    results = store.promote_files("r1", names)
+    monkeypatch.undo()
+    assert {r.outcome for r in results} == {Outcome.PROMOTED}
+    assert trace.check_durable_before_listed() == count
+    assert not any(item[0] == "link" for item in trace.log)
+    assert _files(tmp_path) == data
+    assert not list((tmp_path / "artifacts").rglob(f"{TEMP_PREFIX}*"))
+
+
+def test_another_error_of_the_unnamed_open_fails_the_file_and_leaves_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ENOSPC (or EACCES) from open(O_TMPFILE) is the store's error, not a missing feature:
+    the file FAILED (retried later), nothing named in files/; promoted once it clears."""
+    store = make_store(tmp_path)
+    data = _write(tmp_path, ["a.txt", "b.txt"])
+
+    def full(dir_fd: int) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(safeio, "open_unnamed", full)
+    assert {r.outcome for r in store.promote_files("r1", ["a.txt", "b.txt"])} \
+        == {Outcome.FAILED}
+    assert _files(tmp_path) == {}
+    monkeypatch.undo()
+    assert {r.outcome for r in store.promote_files("r1", ["a.txt", "b.txt"])} \
+        == {Outcome.PROMOTED}
+    assert _files(tmp_path) == data
+
+
+def test_without_proc_fd_links_copies_are_named(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """No /proc/self/fd (an unnamed file could not be linked): named temporaries, at once."""
+    monkeypatch.setattr(safeio, "_FD_LINKS", str(tmp_path / "no-proc"))
+    safeio.unnamed_supported.cache_clear()
+    try:
+        assert not safeio.unnamed_supported()
+        store = make_store(tmp_path)
+        data = _write(tmp_path, ["a.txt", "sub/b.txt"])
+        trace = IoTrace(monkeypatch)
+        assert {r.outcome for r in store.promote_files("r1", list(data))} == {Outcome.PROMOTED}
+        assert trace.check_durable_before_listed() == 2
+        assert not any(item[0] == "link" for item in trace.log)
+    finally:
+        monkeypatch.undo()
+        safeio.unnamed_supported.cache_clear()
+    assert safeio.unnamed_supported()
+    assert _files(tmp_path) == data
+
+
+def test_a_batch_holds_a_bounded_number_of_unnamed_copies(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cap of 5: 23 files are committed 5 at a time (each step flushed before its links),
+    never more than 5 unnamed copies open, every one listed once."""
+    monkeypatch.setattr(batchcopy, "MAX_UNNAMED", 5)
+    store = make_store(tmp_path)
+    names = [f"f{i:02d}.txt" for i in range(23)]
+    data = _write(tmp_path, names)
+    files = tmp_path / "artifacts" / "r1" / "files"
+    held: list[int] = []
+    real_stage = batchcopy.stage_copy
+
+    def unnamed_open() -> int:
+        links = []
+        for fd in os.listdir("/proc/self/fd"):
+            with contextlib.suppress(OSError):  # the listing's own descriptor is gone
+                links.append(os.readlink(f"/proc/self/fd/{fd}"))
+        return sum(1 for link in links if link.startswith(f"{files}/#"))
+
+    def counting(*args: Any, **kw: Any) -> Any:
+        held.append(unnamed_open())
+        return real_stage(*args, **kw)
+
+    monkeypatch.setattr(batchcopy, "stage_copy", counting)
+    trace = IoTrace(monkeypatch)
+    results = store.promote_files("r1", names)
+    monkeypatch.undo()
+    assert {r.outcome for r in results} == {Outcome.PROMOTED}
+    assert held == [0, 1, 2, 3, 4] * 4 + [0, 1, 2]  # before each copy: 5 staged, a commit
+    assert trace.check_durable_before_listed() == len(names)
+    assert sum(1 for item in trace.log if item[0] == "link") == len(names)
+    assert _files(tmp_path) == data
+
+
+@pytest.mark.parametrize(("soft", "cap"), [(64, 16), (3, 0), (1 << 20, batchcopy.MAX_UNNAMED)])
+def test_the_cap_is_a_quarter_of_the_descriptor_limit(
+        monkeypatch: pytest.MonkeyPatch, soft: int, cap: int) -> None:
+    """RLIMIT_NOFILE 64: 16 unnamed copies a batch; 3: none (named temporaries); large: 1,024."""
+    monkeypatch.setattr(batchcopy.resource, "getrlimit", lambda _: (soft, soft))
+    assert batchcopy._unnamed_cap() == cap
+
+
+def test_a_cap_of_zero_takes_named_temporaries(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A descriptor limit too small for any held copy: every copy named, all promoted."""
+    monkeypatch.setattr(batchcopy, "_unnamed_cap", lambda: 0)
+    store = make_store(tmp_path)
+    data = _write(tmp_path, [f"f{i}.txt" for i in range(20)])
+    trace = IoTrace(monkeypatch)
+    assert {r.outcome for r in store.promote_files("r1", list(data))} == {Outcome.PROMOTED}
+    monkeypatch.undo()
+    assert not any(item[0] == "link" for item in trace.log)
+    assert _files(tmp_path) == data
+
+
+def _staged(root: Path, body: bytes) -> tuple[int, str | None, int]:
+    src = root / "src"
+    src.write_bytes(body)
+    dst = root / "dst"
+    dst.mkdir(exist_ok=True)
+    fd = os.open(src, os.O_RDONLY)
+    try:
+        dir_fd = os.open(dst, os.O_RDONLY | os.O_DIRECTORY)
+        out, tmp, _ = stage_copy(fd, os.fstat(fd), dir_fd, "x", checksum=False, max_bytes=1 << 20)
+    finally:
+        os.close(fd)
+    return out, tmp, dir_fd
+
+
+def test_place_replaces_a_copy_and_refuses_a_folder_leaving_no_name(tmp_path: Path) -> None:
+    """A taken name is replaced whole (link to a temporary, renamed over); a folder of that
+    name fails with EISDIR (the rename's error, as for a named temporary) and leaves no
+    temporary; a name with a newline and non-ASCII is placed as it is."""
+    for name, old in (("x", b"old"), ("é\nx", None)):
+        out, tmp, dir_fd = _staged(tmp_path, b"new " + name.encode())
+        assert tmp is None  # unnamed on this file system
+        if old is not None:
+            (tmp_path / "dst" / name).write_bytes(old)
+        try:
+            os.fsync(out)
+            place(out, tmp, dir_fd, name)
+        finally:
+            os.close(out)
+            os.close(dir_fd)
+        assert (tmp_path / "dst" / name).read_bytes() == b"new " + name.encode()
+    (tmp_path / "dst" / "taken").mkdir()
+    (tmp_path / "dst" / "taken" / "inner").write_bytes(b"keep")
+    out, tmp, dir_fd = _staged(tmp_path, b"body")
+    try:
+        with pytest.raises(OSError) as caught:
+            place(out, tmp, dir_fd, "taken")
+    finally:
+        os.close(out)
+        os.close(dir_fd)
+    assert caught.value.errno in (errno.EISDIR, errno.ENOTEMPTY)
+    assert sorted(p.name for p in (tmp_path / "dst").iterdir()) == ["taken", "x", "é\nx"]
+    assert (tmp_path / "dst" / "taken" / "inner").read_bytes() == b"keep"
+
+
+_KILLED = textwrap.dedent("""
+    import os, signal, sys
+    from promoter import batchcopy
+    from promoter.config import load_config
+    from promoter.store import Store
+    root = sys.argv[1]
+    def die(*args, **kw):
+        os.kill(os.getpid(), signal.SIGKILL)  # a real kill -9 with the copies staged
+    batchcopy.flush_all = die
+    names = [f"f{i:02d}.txt" for i in range(40)]
+    Store(load_config(None, {}, root)).promote_files("r1", names)
+""")
+
+
+def test_a_kill_with_a_batch_staged_leaves_nothing_in_files(tmp_path: Path) -> None:
+    """kill -9 of a process holding 40 staged unnamed copies (before their flush): files/ has
+    no entry and no temporary; the next promotion stores and lists all 40."""
+    store = make_store(tmp_path)
+    names = [f"f{i:02d}.txt" for i in range(40)]
+    data = _write(tmp_path, names)
+    done = subprocess.run([sys.executable, "-c", _KILLED, str(tmp_path)], capture_output=True,
+                          timeout=60)
+    assert done.returncode == -9, done.stderr.decode()[-2000:]
+    files = tmp_path / "artifacts" / "r1" / "files"
+    assert list(files.rglob("*")) == []
+    assert {r.outcome for r in store.promote_files("r1", names)} == {Outcome.PROMOTED}
+    assert _files(tmp_path) == data
+    listed = {a.filename: a.sha256 for a in store.get_run("r1").artifacts}
+    assert listed == {n: hashlib.sha256(b).hexdigest() for n, b in data.items()}
+    with folder(files) as fd:
+        assert sorted(os.listdir(fd)) == names
