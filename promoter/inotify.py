@@ -118,15 +118,21 @@ class BoundedWatchGroup(InotifyWatchGroup):
         super().__post_init__()
 
     def _add_all_callbacks(self, path: bytes) -> None:
+        """Every folder's watch is added BEFORE the folder is listed, as watchdog's own
+        os.walk does: a folder made in it meanwhile then has either its IN_CREATE or a
+        place in the listing (so a watch of its own). Listed first, a folder made between
+        the listing and the watch had neither and was never watched: with no rescan, its
+        files were never promoted (`mkdir -p run/output/sub`, issue 15 round 5)."""
         text = os.fsdecode(path)
         if output_depth(self._root, text) > self._report.max_depth:
             self._report.too_deep(text)  # a folder made one level past the bound
             return
-        self._add_callback(path)
-        if self.is_recursive and os.path.isdir(path):
-            for here, _, _ in bounded_walk(text, self._root, self._report):
-                if here != text:
-                    self._add_callback(os.fsencode(here))
+        if not (self.is_recursive and os.path.isdir(path)):
+            self._add_callback(path)
+            return
+        for _ in bounded_walk(text, self._root, self._report,
+                              enter=lambda here: self._add_callback(os.fsencode(here))):
+            pass
 
     def _recursive_simulate(self, src_path: bytes) -> list[Any]:
         found = []

@@ -62,13 +62,17 @@ def output_depth(root: str, path: str) -> int:
 
 
 def bounded_walk(top: str, root: str, report: Report,
+                 enter: Callable[[str], object] | None = None,
                  ) -> Iterator[tuple[str, list[os.DirEntry[str]], list[os.DirEntry[str]]]]:
     """os.walk of `top` without recursion: (folder, folder entries, other entries), entering
     only watched folders (`wanted_folder`) no deeper than `report.max_depth`; a deeper one is
-    reported, not entered. Links are listed, never entered."""
+    reported, not entered. Links are listed, never entered. `enter(folder)` is called just
+    before each folder is listed (the watch's add: see `BoundedWatchGroup`)."""
     stack = [top]
     while stack:
         here = stack.pop()
+        if enter is not None:
+            enter(here)
         try:
             with os.scandir(here) as it:
                 entries = list(it)

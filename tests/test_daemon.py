@@ -670,8 +670,10 @@ def faulty(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     """A daemon whose watcher misbehaves on purpose for files named fault-*; no rescans, so
     only the workarounds can promote what the faults hide."""
     root = tmp_path_factory.mktemp("faulty") / "storage"
+    (root.parent / "pauses").mkdir()
     d = start_daemon(root, base_config(),
-                     env=hook_env(watch_faults="raise,kill,overflow,nowatch"))
+                     env=hook_env(watch_faults="raise,kill,overflow,nowatch",
+                                  list_pause=f"lp-:{root.parent / 'pauses'}"))
     d.wait_ready()
     yield d
     assert d.stop() == 0
@@ -710,6 +712,33 @@ def test_an_overflow_triggers_a_catch_up_of_every_run(faulty: Daemon) -> None:
     faulty.wait_entry("over-1", "fault-overflow.txt")
     assert any("overflow" in e["trigger"] for e in faulty.events("reconcile.finished")
                if isinstance(e["trigger"], list))
+
+
+def test_a_folder_made_while_its_parent_is_listed_is_watched(faulty: Daemon) -> None:
+    """A folder made in a new folder's subfolder between the subfolder's listing and what the
+    reader does next is watched, and its files promoted, with no rescan (issue 15 round 5)."""
+    # The reader is held inside the listing of lp-hold while `top/lp-a` is made, so that
+    # lp-a is found by the walk of top, not by an event of its own; then it is held again
+    # right after listing lp-a while `inner/` and a file in it are made. lp-a's watch must
+    # have been added before that listing, or inner/ has neither an event nor a place in it.
+    pauses = faulty.root.parent / "pauses"
+    out = output(faulty, "listed-1")
+    write(out / "first.txt", "f")
+    faulty.wait_entry("listed-1", "first.txt")  # output/ is watched
+
+    def held(name: str) -> None:
+        wait_until(lambda: (pauses / f"{name}.listed").exists(), what=f"{name} listed")
+
+    (out / "lp-hold").mkdir()
+    held("lp-hold")
+    (out / "top" / "lp-a").mkdir(parents=True)
+    (pauses / "lp-hold.go").touch()
+    held("lp-a")
+    write(out / "top" / "lp-a" / "inner" / "x.txt", "x")
+    (pauses / "lp-a.go").touch()
+    faulty.wait_entry("listed-1", "top/lp-a/inner/x.txt", timeout=5)
+    write(out / "top" / "lp-a" / "inner" / "later.txt", "l")
+    faulty.wait_entry("listed-1", "top/lp-a/inner/later.txt", timeout=5)
 
 
 @pytest.mark.slow

@@ -292,6 +292,26 @@ def test_walks_stop_at_the_depth_bound_and_report_it(sessions: Path) -> None:
     assert report.deep == [str(out / "a" / "b" / "c")]
 
 
+def test_the_walk_enters_each_folder_before_listing_it(sessions: Path) -> None:
+    """bounded_walk calls `enter` (the inotify group's watch add) before it lists a folder:
+    a folder made from `enter` is in the listing, and is itself entered and walked."""
+    out = sessions / "r1" / "output"
+    (out / "a").mkdir(parents=True)
+    entered: list[str] = []
+
+    def enter(here: str) -> None:
+        entered.append(here)
+        if os.path.basename(here) in ("output", "a"):
+            os.mkdir(os.path.join(here, "made-on-enter"))
+
+    listed = {here: sorted(d.name for d in dirs)
+              for here, dirs, _ in bounded_walk(str(out), str(sessions), DepthReport(8), enter)}
+    assert listed[str(out)] == ["a", "made-on-enter"]
+    assert listed[str(out / "a")] == ["made-on-enter"]
+    assert sorted(entered) == sorted(listed) == sorted(
+        str(p) for p in (out, out / "a", out / "made-on-enter", out / "a" / "made-on-enter"))
+
+
 def test_polling_observer_reports_changes(sessions: Path) -> None:
     """With the polling observer, new files are reported (as weak hints: no close events)."""
     sink = Sink()

@@ -15,6 +15,10 @@ variable (removed once read) and changes as little as it can:
   any batch that holds a file whose base name starts with PREFIX.
 - `FAULTSITE_WATCH_FAULTS=raise,kill,overflow,nowatch`: the watcher misbehaves for
   files named `fault-*` (see watch_faults.py beside this file).
+- `FAULTSITE_LIST_PAUSE=PREFIX:DIR`: the first time the watcher's inotify reader thread
+  lists a folder whose name starts with PREFIX, it writes DIR/<name>.listed once the
+  listing is done and waits (10 s at most) for DIR/<name>.go: a test makes folders in
+  that window, between a folder's listing and what the reader does next.
 - `FAULTSITE_EXIT_HANG=1`: a non-daemon thread `faultsite-hang` that never ends, as a
   thread stuck in the kernel would hold the interpreter's exit; with
   `FAULTSITE_STOP_GUARD_S=S` the stop guard's bound is S (production: 25 s).
@@ -62,6 +66,55 @@ def _raise_on(prefix: str) -> None:
         return original(self, run_id, names)
 
     Store.promote_files = promote_files  # type: ignore[method-assign]
+
+
+class _Listed:
+    """What os.scandir returns, from a listing already made."""
+
+    def __init__(self, entries: list[Any]) -> None:
+        self._it = iter(entries)
+
+    def __enter__(self) -> _Listed:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def __iter__(self) -> _Listed:
+        return self
+
+    def __next__(self) -> Any:
+        return next(self._it)
+
+    def close(self) -> None:
+        return None
+
+
+def _pause_after_listing(prefix: str, folder: str) -> None:
+    import threading
+    import time
+
+    real = os.scandir
+    paused: set[str] = set()
+
+    def scandir(path: Any = ".") -> Any:
+        it = real(path)
+        if threading.current_thread().name != "promoter-watch-inotify" or isinstance(path, int):
+            return it  # (a folder's descriptor: the catch-up lists by descriptor)
+        name = os.path.basename(os.fsdecode(path))
+        if not name.startswith(prefix) or name in paused:
+            return it
+        paused.add(name)
+        with it:
+            entries = list(it)
+        _write(os.path.join(folder, f"{name}.listed"), "")
+        go = os.path.join(folder, f"{name}.go")
+        deadline = time.monotonic() + 10
+        while not os.path.exists(go) and time.monotonic() < deadline:
+            threading.Event().wait(0.005)
+        return _Listed(entries)
+
+    os.scandir = scandir
 
 
 def _hang_at_exit() -> None:
@@ -126,6 +179,10 @@ def _install() -> None:
         from watch_faults import install  # this folder is first on the path
 
         install(set(faults.split(",")))
+    pause = os.environ.pop("FAULTSITE_LIST_PAUSE", "")
+    if pause:
+        prefix, folder = pause.split(":", 1)
+        _pause_after_listing(prefix, folder)
     if os.environ.pop("FAULTSITE_EXIT_HANG", ""):
         _hang_at_exit()
     guard = os.environ.pop("FAULTSITE_STOP_GUARD_S", "")
