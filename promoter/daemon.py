@@ -36,13 +36,7 @@ from promoter.logs import StdlibBridge, configure_logging, get_logger
 from promoter.loops import CatchUp, Sweeper
 from promoter.metrics import DaemonMetrics
 from promoter.names import is_valid_run_id
-from promoter.notify import (
-    Notifier,
-    NullNotifier,
-    make_notifier,
-    monotonic_usec,
-    watchdog_interval,
-)
+from promoter.notify import Notifier, NullNotifier, make_notifier, monotonic_usec, watchdog_interval
 from promoter.observers import make_observer
 from promoter.pipeline import STALL_S, Pipeline
 from promoter.reconcile import Rejections

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import functools
 import hashlib
 import os
 import stat
@@ -21,7 +20,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from promoter.names import TEMP_PREFIX
+from promoter.placing import open_staged, place, temp_name, unnamed_supported
 from promoter.writeback import EARLY_WRITEBACK_BYTES, start_writeback
 
 __all__ = [
@@ -61,19 +60,6 @@ class Refused(Exception):
 
 class SourceChanged(Exception):
     """The source changed while it was copied; it is tried again once quiet."""
-
-
-_counter = 0
-_counter_lock = threading.Lock()
-
-
-def temp_name(hint: str = "tmp") -> str:
-    """A unique `.promoter-` name: never promoted, removed at start-up if left behind."""
-    global _counter
-    with _counter_lock:
-        _counter += 1
-        n = _counter
-    return f"{TEMP_PREFIX}{os.getpid()}-{threading.get_ident() % 100000}-{n}-{hint[:40]}"
 
 
 def open_dir(path: str | os.PathLike[str]) -> int:
@@ -320,62 +306,6 @@ def copy_and_hash(
     return result
 
 
-_UNNAMED_REFUSED = (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL)  # open(2): no O_TMPFILE here
-_FD_LINKS = "/proc/self/fd"
-
-
-@functools.cache
-def unnamed_supported() -> bool:
-    """Whether unnamed copies can be linked by name: `linkat` through /proc/self/fd (without
-    CAP_DAC_READ_SEARCH, the one way to name an O_TMPFILE file). Without /proc, or on a
-    system without O_TMPFILE, every copy takes a named temporary."""
-    return hasattr(os, "O_TMPFILE") and os.path.isdir(_FD_LINKS)
-
-
-def open_unnamed(dir_fd: int) -> int:
-    """An unnamed regular file in the folder (`O_TMPFILE`), gone on close unless linked.
-    OSError with an errno of `_UNNAMED_REFUSED` where the file system has none."""
-    return os.open(".", os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, 0o644, dir_fd=dir_fd)
-
-
-def _open_staged(dir_fd: int, dst_name: str, unnamed: bool) -> tuple[int, str | None]:
-    """A new file to copy into: unnamed if it may be and the file system has them, else a
-    `.promoter-` temporary beside `dst_name`; (its descriptor, its name or None)."""
-    if unnamed and unnamed_supported():
-        try:
-            return open_unnamed(dir_fd), None
-        except OSError as exc:
-            if exc.errno not in _UNNAMED_REFUSED:
-                raise
-    tmp = temp_name(dst_name)
-    return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                   0o644, dir_fd=dir_fd), tmp
-
-
-def place(out: int, tmp: str | None, dir_fd: int, name: str) -> None:
-    """Give a flushed staged copy its name: rename the named temporary `tmp` over `name`, or
-    link the unnamed file `out` (still open) to it. A link never replaces: where `name` is
-    taken (a new version of a copy), the unnamed file is linked to a temporary name that is
-    renamed over it, so the replacement stays atomic. Raises OSError (e.g. EISDIR: a folder
-    holds the name); nothing named is left behind then. The folder's flush is the caller's."""
-    if tmp is not None:
-        os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-        return
-    try:
-        os.link(f"{_FD_LINKS}/{out}", name, dst_dir_fd=dir_fd)
-        return
-    except FileExistsError:
-        pass
-    tmp = temp_name(name)
-    os.link(f"{_FD_LINKS}/{out}", tmp, dst_dir_fd=dir_fd)
-    try:
-        os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp, dir_fd=dir_fd)
-        raise
-
-
 def stage_copy(
     src_fd: int,
     src_stat: os.stat_result,
@@ -398,7 +328,7 @@ def stage_copy(
     (`writeback.start_writeback`), so the caller's flush waits only for what is left.
     SourceChanged unless the source kept its size and times; nothing left on any error.
     """
-    out, tmp = _open_staged(dst_dir_fd, dst_name, unnamed)
+    out, tmp = open_staged(dst_dir_fd, dst_name, unnamed)
     digest = hashlib.sha256() if checksum else None
     buf = _buffer()
     size = started = 0  # bytes copied; bytes whose writeback was started

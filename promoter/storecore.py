@@ -264,12 +264,9 @@ class StoreCore:
         """What run.json and attribution.jsonl say about the run now. `names`: files about to
         be promoted; with the entries already known they are the lines worth keeping."""
         def known() -> set[str]:  # made only if the run has attribution lines to judge
-            wanted = set(names)
             cached = self._cache.get(run_id)
-            for item in cached[1].artifacts if cached is not None else ():
-                wanted.add(item.filename)
-            wanted.update([n.rsplit("/", 1)[-1] for n in wanted])  # lines may name the base
-            return wanted
+            wanted = {*names, *(item.filename for item in (cached[1].artifacts if cached else ()))}
+            return wanted | {n.rsplit("/", 1)[-1] for n in wanted}  # lines may name the base
 
         try:
             with folder(self.sessions_path) as sessions:

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from promoter import batchcopy, safeio
+from promoter import batchcopy, placing
 from promoter.layout import MARK, METADATA
 from promoter.metadata import RunMetadata
 from promoter.names import TEMP_PREFIX
@@ -143,7 +143,7 @@ def test_a_batch_lists_no_entry_before_its_copy_is_durable(
         for name in names:
             write_session_file(tmp_path, "r1", name, name.encode() * 100 * version)
         if not unnamed:
-            monkeypatch.setattr(safeio, "unnamed_supported", lambda: False)
+            monkeypatch.setattr(placing, "unnamed_supported", lambda: False)
         trace = IoTrace(monkeypatch)
         results = store.promote_files("r1", names)
         monkeypatch.undo()

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from promoter import batchcopy, safeio
+from promoter import batchcopy, placing
 from promoter.names import TEMP_PREFIX
 from promoter.safeio import folder, place, stage_copy
 from promoter.store import Outcome
@@ -49,7 +49,7 @@ def test_a_file_system_without_unnamed_files_gets_named_temporaries(
     def refused(dir_fd: int) -> int:
         raise OSError(refusal, os.strerror(refusal))
 
-    monkeypatch.setattr(safeio, "open_unnamed", refused)
+    monkeypatch.setattr(placing, "open_unnamed", refused)
     trace = IoTrace(monkeypatch)
     results = store.promote_files("r1", names)
     monkeypatch.undo()
@@ -70,7 +70,7 @@ def test_another_error_of_the_unnamed_open_fails_the_file_and_leaves_nothing(
     def full(dir_fd: int) -> int:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(safeio, "open_unnamed", full)
+    monkeypatch.setattr(placing, "open_unnamed", full)
     assert {r.outcome for r in store.promote_files("r1", ["a.txt", "b.txt"])} \
         == {Outcome.FAILED}
     assert _files(tmp_path) == {}
@@ -83,10 +83,10 @@ def test_another_error_of_the_unnamed_open_fails_the_file_and_leaves_nothing(
 def test_without_proc_fd_links_copies_are_named(tmp_path: Path,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """No /proc/self/fd (an unnamed file could not be linked): named temporaries, at once."""
-    monkeypatch.setattr(safeio, "_FD_LINKS", str(tmp_path / "no-proc"))
-    safeio.unnamed_supported.cache_clear()
+    monkeypatch.setattr(placing, "_FD_LINKS", str(tmp_path / "no-proc"))
+    placing.unnamed_supported.cache_clear()
     try:
-        assert not safeio.unnamed_supported()
+        assert not placing.unnamed_supported()
         store = make_store(tmp_path)
         data = _write(tmp_path, ["a.txt", "sub/b.txt"])
         trace = IoTrace(monkeypatch)
@@ -95,8 +95,8 @@ def test_without_proc_fd_links_copies_are_named(tmp_path: Path,
         assert not any(item[0] == "link" for item in trace.log)
     finally:
         monkeypatch.undo()
-        safeio.unnamed_supported.cache_clear()
-    assert safeio.unnamed_supported()
+        placing.unnamed_supported.cache_clear()
+    assert placing.unnamed_supported()
     assert _files(tmp_path) == data
 
 
