@@ -179,6 +179,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; returns the exit status."""
     command = None
     try:
+        if sys.stdout is None:  # started with stdout closed (`>&-`): the output is dropped
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the process's life
         args = _parser().parse_args(argv)
         command = args.command
         config = _load(args)

@@ -51,6 +51,7 @@ __all__ = ["Daemon", "run_daemon"]
 log = get_logger()
 EXTEND_EVERY_S = 5.0  # during the start-up catch-up: ask systemd for this much more, often
 EXTEND_USEC = 30_000_000
+STOP_LOOK_S = 0.1  # how soon a SIGTERM during the start-up catch-up starts the stop
 STATUS_EVERY_S = 30.0
 OUTAGE_STATUS_S = 5.0  # while the store is down, STATUS= follows the files waiting closer
 SHUTDOWN_S = 20.0  # the drain's bound: the unit's TimeoutStopSec is 30 s
@@ -193,10 +194,13 @@ class Daemon:
         catchup.start(self.watcher.degraded_runs)
         sweeper.start()
         backlog.start()
-        while not catchup.started.wait(EXTEND_EVERY_S):  # the start-up catch-up (DESIGN §5)
+        extend_at = time.monotonic() + EXTEND_EVERY_S
+        while not catchup.started.wait(STOP_LOOK_S):  # the start-up catch-up (DESIGN §5)
             if self.stop.is_set():
-                break
-            self.notifier.notify(f"EXTEND_TIMEOUT_USEC={EXTEND_USEC}")
+                break  # the stop's own bound starts now, not at the next extension
+            if time.monotonic() >= extend_at:
+                self.notifier.notify(f"EXTEND_TIMEOUT_USEC={EXTEND_USEC}")
+                extend_at += EXTEND_EVERY_S
 
     def _open_store(self) -> None:
         """Prepare the store (the probe, leftovers, repairs) and take its size; the backlog

@@ -558,6 +558,52 @@ def test_sigterm_during_a_long_start_up_repair_ends_it_and_leaves_the_rest_marke
     assert again.stop() == 0
 
 
+def test_sigterm_during_a_long_start_up_catch_up_starts_the_stop_at_once(
+        tmp_path: Path, daemons: list[Daemon]) -> None:
+    """A SIGTERM while the start-up catch-up is busy (a long copy does not look at the
+    stop) starts the stop at once: `daemon.stopping` within a second, not at the next
+    systemd extension 5 s later, so the stop's bounds count from the signal."""
+    gate = tmp_path / "catch-up-may-go"
+    d = start_daemon(tmp_path / "storage", base_config(), env=hook_env(catchup_wait=str(gate)))
+    daemons.append(d)
+    d.wait_log("reconcile.started", timeout=20)
+    sent = time.monotonic()
+    d.send(signal.SIGTERM)
+    d.wait_log("daemon.stopping", timeout=10)
+    assert time.monotonic() - sent < 2
+    gate.touch()
+    assert d.stop() == 0
+
+
+def test_commands_and_the_daemon_with_stdout_closed_drop_their_output(
+        tmp_path: Path, daemons: list[Daemon]) -> None:
+    """Started with stdout closed (`>&-`), a command does its work and exits 0 quietly,
+    and the daemon stops with exit 0: no "internal error" for want of a stdout."""
+    d = start(daemons, tmp_path / "storage")
+    write(output(d, "out-1") / "a.txt", "a")
+    d.wait_entry("out-1", "a.txt")
+    closed = ["sh", "-c", 'exec "$@" >&-', "sh", sys.executable, "-m", "promoter"]
+    for argv in (["ls"], ["show", "out-1", "--json"], ["keep", "out-1"]):
+        done = subprocess.run([*closed, *argv, "--root", str(d.root)], capture_output=True,
+                              timeout=60)
+        assert done.returncode == 0, (argv, done.stderr)
+        assert b"error" not in done.stderr and b"Traceback" not in done.stderr, argv
+    assert d.meta("out-1")["keep"] is True  # the work was done, its report dropped
+    assert d.stop() == 0
+    run = subprocess.Popen([*closed, "run", "--root", str(tmp_path / "second"),
+                            "--config", str(d.cfgfile)], stderr=subprocess.PIPE)
+    assert run.stderr is not None
+    seen = b""
+    while b"daemon.ready" not in seen:
+        line = run.stderr.readline()
+        assert line, seen[-2000:]
+        seen += line
+    run.send_signal(signal.SIGTERM)
+    seen += run.stderr.read()
+    run.stderr.close()
+    assert run.wait(30) == 0 and b"daemon.failed" not in seen, seen[-2000:]
+
+
 def test_a_clean_stop_is_not_cut_short_by_the_guard(tmp_path: Path,
                                                     daemons: list[Daemon]) -> None:
     """With the guard armed at 2 s, a stop that ends in time exits 0 with no stop_stuck."""

@@ -24,6 +24,8 @@ variable (removed once read) and changes as little as it can:
   `FAULTSITE_STOP_GUARD_S=S` the stop guard's bound is S (production: 25 s).
 - `FAULTSITE_REPAIR_WAIT=PATH`: the start-up repair waits (30 s at most) until PATH
   exists, so a test can write files while it runs.
+- `FAULTSITE_CATCHUP_WAIT=PATH`: the start-up catch-up waits (30 s at most, deaf to the
+  stop as a long copy is) until PATH exists.
 - `FAULTSITE_REPAIR_RUN_S=S`: the start-up repair takes S seconds more for each run, as a
   large store on a slow disk would.
 """
@@ -156,6 +158,22 @@ def _repair_slowly(seconds: float) -> None:
     Store.repair = repair  # type: ignore[method-assign]
 
 
+def _catchup_waits(path: str) -> None:
+    import time
+
+    import promoter.loops
+
+    original = promoter.loops.reconcile
+
+    def reconcile(*args: Any, **kwargs: Any) -> Any:
+        deadline = time.monotonic() + 30
+        while not os.path.exists(path) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return original(*args, **kwargs)
+
+    promoter.loops.reconcile = reconcile
+
+
 def _install() -> None:
     watches = os.environ.pop("FAULTSITE_USERNS_WATCHES", "")
     if watches:
@@ -168,6 +186,9 @@ def _install() -> None:
     prefix = os.environ.pop("FAULTSITE_WORKER_RAISE", "")
     if prefix:
         _raise_on(prefix)
+    held = os.environ.pop("FAULTSITE_CATCHUP_WAIT", "")
+    if held:
+        _catchup_waits(held)
     slow = os.environ.pop("FAULTSITE_REPAIR_RUN_S", "")
     if slow:
         _repair_slowly(float(slow))
