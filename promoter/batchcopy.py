@@ -42,13 +42,17 @@ MAX_HELD = 256  # folder descriptors a batch holds before it commits what it has
 MAX_UNNAMED = 1024  # unnamed copies (open descriptors) a batch holds before it commits
 
 
-def _unnamed_cap() -> int:
-    """Unnamed copies a batch may hold: MAX_UNNAMED, at most a quarter of the descriptor
-    limit (the watches, the sources and the folders need the rest)."""
+SHARE = 16  # a batch's share of the descriptor limit: a 16th, as several batches run at
+# once (each worker's, the catch-up's) beside the watches, the sources and the logs
+
+
+def _caps() -> tuple[int, int]:
+    """(unnamed copies, folders) a batch may hold open: MAX_UNNAMED and MAX_HELD, at most
+    a SHARE of the descriptor limit each (probe: 4 workers under `ulimit -n 64` took it all)."""
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY:
-        return MAX_UNNAMED
-    return max(0, min(MAX_UNNAMED, soft // 4))
+        return MAX_UNNAMED, MAX_HELD
+    return max(0, min(MAX_UNNAMED, soft // SHARE)), max(1, min(MAX_HELD, soft // SHARE))
 
 
 def _syncfs(fd: int) -> int:
@@ -128,7 +132,7 @@ class CopyBatch:
         self._folders: dict[tuple[str, ...], int] = {}
         self._staged: list[_Staged] = []
         self._held = 0  # unnamed copies held open (staged, not yet placed)
-        self._cap = _unnamed_cap()
+        self._cap, self._max_folders = _caps()
         self.committed = 0  # copies renamed into place so far
         self.failed: dict[str, OSError] = {}  # filename -> why its rename failed
 
@@ -155,7 +159,7 @@ class CopyBatch:
         folder = tuple(parts[:-1])
         if self._mark is not None:
             self._mark.set()  # before the first temporary (an OSError fails this file)
-        if (folder not in self._folders and len(self._folders) >= MAX_HELD) \
+        if (folder not in self._folders and len(self._folders) >= self._max_folders) \
                 or self._held >= self._cap > 0:
             self.commit()  # bounded descriptors whatever the batch's shape
         dir_fd = self._folder(folder)

@@ -146,6 +146,9 @@ def _duration(text: str) -> timedelta:
 
 def _cmd_run(args: argparse.Namespace, config: Config) -> int:
     from promoter.daemon import run_daemon
+    from promoter.limits import raise_descriptor_limit
+
+    raise_descriptor_limit()
 
     def reload() -> Config:
         return _load(args)

@@ -134,18 +134,20 @@ def test_a_batch_holds_a_bounded_number_of_unnamed_copies(
     assert _files(tmp_path) == data
 
 
-@pytest.mark.parametrize(("soft", "cap"), [(64, 16), (3, 0), (1 << 20, batchcopy.MAX_UNNAMED)])
-def test_the_cap_is_a_quarter_of_the_descriptor_limit(
-        monkeypatch: pytest.MonkeyPatch, soft: int, cap: int) -> None:
-    """RLIMIT_NOFILE 64: 16 unnamed copies a batch; 3: none (named temporaries); large: 1,024."""
+@pytest.mark.parametrize(("soft", "caps"), [(64, (4, 4)), (15, (0, 1)),
+                                           (1 << 20, (batchcopy.MAX_UNNAMED, batchcopy.MAX_HELD))])
+def test_the_caps_are_a_sixteenth_of_the_descriptor_limit(
+        monkeypatch: pytest.MonkeyPatch, soft: int, caps: tuple[int, int]) -> None:
+    """RLIMIT_NOFILE 64: 4 unnamed copies and 4 folders a batch (several batches run at
+    once); 15: no unnamed copy (named temporaries), one folder; large: 1,024 and 256."""
     monkeypatch.setattr(batchcopy.resource, "getrlimit", lambda _: (soft, soft))
-    assert batchcopy._unnamed_cap() == cap
+    assert batchcopy._caps() == caps
 
 
 def test_a_cap_of_zero_takes_named_temporaries(tmp_path: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """A descriptor limit too small for any held copy: every copy named, all promoted."""
-    monkeypatch.setattr(batchcopy, "_unnamed_cap", lambda: 0)
+    monkeypatch.setattr(batchcopy, "_caps", lambda: (0, batchcopy.MAX_HELD))
     store = make_store(tmp_path)
     data = _write(tmp_path, [f"f{i}.txt" for i in range(20)])
     trace = IoTrace(monkeypatch)
@@ -230,3 +232,47 @@ def test_a_kill_with_a_batch_staged_leaves_nothing_in_files(tmp_path: Path) -> N
     assert listed == {n: hashlib.sha256(b).hexdigest() for n, b in data.items()}
     with folder(files) as fd:
         assert sorted(os.listdir(fd)) == names
+
+
+def test_the_daemon_raises_its_soft_descriptor_limit_to_the_hard_one(tmp_path: Path) -> None:
+    """Started with a soft limit of 256 under a hard one of 4,096, `promoter run` works
+    with 4,096 (systemd's 1024:524288 is meant to be raised); a one-shot command does not
+    raise it."""
+    import signal
+    import subprocess
+    import sys
+
+    from tests.daemon_helpers import wait_until
+
+    (tmp_path / "sessions").mkdir()
+    shell = ["sh", "-c", 'ulimit -S -n 256 && ulimit -H -n 4096 && exec "$@"', "sh",
+             sys.executable, "-m", "promoter"]
+    proc = subprocess.Popen([*shell, "run", "--root", str(tmp_path)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        def raised() -> bool:
+            with open(f"/proc/{proc.pid}/limits") as fh:
+                line = next(x for x in fh if x.startswith("Max open files"))
+            return line.split()[3:5] == ["4096", "4096"]  # soft, hard (sh's own: 20000)
+        wait_until(raised, timeout=20, what="the soft limit raised to 4096")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    done = subprocess.run([*shell, "config", "--root", str(tmp_path)], capture_output=True,
+                          timeout=60)
+    assert done.returncode == 0
+
+
+@pytest.mark.parametrize(("limits", "raised"), [
+    ((256, 4096), (256, 4096)), ((1024, 1 << 20), (1024, 65536)),
+    ((70000, 1 << 20), (70000, 70000)), ((256, 256), (256, 256))])
+def test_the_raise_stops_at_the_hard_limit_and_the_ceiling(
+        monkeypatch: pytest.MonkeyPatch, limits: tuple[int, int], raised: tuple[int, int]) -> None:
+    """Up to the hard limit, at most 65,536, and never down."""
+    from promoter import limits as limits_module
+
+    calls: list[tuple[int, int]] = []
+    monkeypatch.setattr(limits_module.resource, "getrlimit", lambda _: limits)
+    monkeypatch.setattr(limits_module.resource, "setrlimit", lambda _, value: calls.append(value))
+    assert limits_module.raise_descriptor_limit() == raised
+    assert calls == ([] if raised[0] == raised[1] else [(raised[1], limits[1])])
