@@ -52,6 +52,7 @@ log = get_logger()
 EXTEND_EVERY_S = 5.0  # during the start-up catch-up: ask systemd for this much more, often
 EXTEND_USEC = 30_000_000
 STOP_LOOK_S = 0.1  # how soon a SIGTERM during the start-up catch-up starts the stop
+SIGNAL_LOOK_S = 1.0  # longest main-loop wait: a signal another thread took waits for it
 STATUS_EVERY_S = 30.0
 OUTAGE_STATUS_S = 5.0  # while the store is down, STATUS= follows the files waiting closer
 SHUTDOWN_S = 20.0  # the drain's bound: the unit's TimeoutStopSec is 30 s
@@ -238,7 +239,7 @@ class Daemon:
             timers = [t for t in (next_ping, next_status, retry_at,
                                   next_metrics if self.config.metrics.textfile else None)
                       if t is not None]
-            timeout = max(min(timers) - time.monotonic(), 0) if timers else None
+            timeout = min([max(t - time.monotonic(), 0) for t in timers] + [SIGNAL_LOOK_S])
             self.wake.wait(timeout)
             self.wake.clear()
             if self.stop.is_set():
@@ -301,8 +302,7 @@ class Daemon:
         assert self.store is not None
         try:
             with os.scandir(self.store.sessions_path) as it:
-                return sum(1 for e in it if is_valid_run_id(e.name)
-                           and e.is_dir(follow_symlinks=False))
+                return sum(is_valid_run_id(e.name) and e.is_dir(follow_symlinks=False) for e in it)
         except OSError:
             return 0
 
