@@ -29,6 +29,9 @@ __all__ = ["cmd_audit", "cmd_check", "cmd_config", "cmd_export", "cmd_keep", "cm
            "cmd_stats", "cmd_sweep"]
 
 
+PIECE = 64 * 1024  # characters a write of _print_json
+
+
 def _print_json(data: Any) -> None:
     """In pieces of at most PIECE characters: CPython's text layer loses a broken pipe in
     one big write that the pipe took in part (no error: a reader gone looked like success)."""
@@ -36,8 +39,6 @@ def _print_json(data: Any) -> None:
     for start in range(0, len(text), PIECE):
         sys.stdout.write(text[start:start + PIECE])
 
-
-PIECE = 64 * 1024
 
 
 def _store(config: Config) -> Store:
