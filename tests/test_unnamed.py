@@ -247,14 +247,18 @@ def test_the_daemon_raises_its_soft_descriptor_limit_to_the_hard_one(tmp_path: P
     (tmp_path / "sessions").mkdir()
     shell = ["sh", "-c", 'ulimit -S -n 256 && ulimit -H -n 4096 && exec "$@"', "sh",
              sys.executable, "-m", "promoter"]
-    proc = subprocess.Popen([*shell, "run", "--root", str(tmp_path)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = tmp_path / "run.log"
+    with log.open("wb") as err:
+        proc = subprocess.Popen([*shell, "run", "--root", str(tmp_path)],
+                                stdout=subprocess.DEVNULL, stderr=err)
     try:
         def raised() -> bool:
             with open(f"/proc/{proc.pid}/limits") as fh:
                 line = next(x for x in fh if x.startswith("Max open files"))
             return line.split()[3:5] == ["4096", "4096"]  # soft, hard (sh's own: 20000)
         wait_until(raised, timeout=20, what="the soft limit raised to 4096")
+        # the limit is raised before the signal handlers are set: SIGTERM once it is ready
+        wait_until(lambda: b"daemon.ready" in log.read_bytes(), timeout=20, what="ready")
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
