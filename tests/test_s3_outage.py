@@ -9,8 +9,10 @@ import hashlib
 import json
 import shutil
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from daemon_helpers import Daemon, base_config, start_daemon, wait_until, write
@@ -199,6 +201,35 @@ def test_stopped_in_an_outage_then_started_while_it_lasts_delivers_everything(
     assert len(daemon.events("store.unavailable")) == 1
     assert len(daemon.events("store.available")) == 1
     assert not daemon.events("daemon.failed")
+
+
+def test_stopped_server_is_an_outage_then_recovers(server: S3Server, s3_session: Any) -> None:
+    """A stopped server is StoreUnavailable, not a configuration error; restarted, all is back."""
+    # (the object layer's own outage, on this module's server: one start of SeaweedFS fewer)
+    prefix = "objects/"
+    store = ObjectStore(settings_for(server, BUCKET, prefix=prefix), session=s3_session)
+    etag = store.put_if(meta_key(prefix, "r"), b"{}", etag=None)
+    try:
+        server.stop()
+        started = time.monotonic()
+        for call in (lambda: store.get(meta_key(prefix, "r")), store.probe,
+                     lambda: store.put_if(meta_key(prefix, "r"), b"[]", etag=etag)):
+            with pytest.raises(StoreUnavailable, match=r"127\.0\.0\.1") as info:
+                call()
+            assert server.secret_key not in str(info.value)
+        assert time.monotonic() - started < 15, "an outage must be reported, not waited out"
+        server.start()
+
+        def back() -> tuple[bytes, str] | None:
+            # the S3 port answers before the volume server is back: retried, as the daemon will
+            try:
+                return store.get(meta_key(prefix, "r"))
+            except StoreUnavailable:
+                return None
+        assert wait_until(back, 60, interval=0.2, what="the store to come back") == (b"{}", etag)
+    finally:
+        if server.process is None:
+            server.start()
 
 
 def test_stale_multipart_uploads_are_aborted_at_start_and_by_the_sweeper(
