@@ -85,8 +85,8 @@ def _start(tmp_path: Path, server: S3Server, prefix: str) -> tuple[Daemon, Path]
     metrics = tmp_path / "promoter.prom"
     config = base_config(storage=s3_storage(server, BUCKET, prefix),
                          metrics={"textfile": str(metrics), "interval_s": 0.2})
-    # a ping every 0.2 s: the outage tests count pings, and the count, not the time, is the point
-    return start_daemon(tmp_path / "root", config, env={"WATCHDOG_USEC": "400000"}), metrics
+    # a ping every 0.1 s: the outage tests count pings, and the count, not the time, is the point
+    return start_daemon(tmp_path / "root", config, env={"WATCHDOG_USEC": "200000"}), metrics
 
 
 def test_the_store_stopped_under_a_burst_loses_nothing(tmp_path: Path, server: S3Server) -> None:
@@ -122,7 +122,7 @@ def test_the_store_stopped_under_a_burst_loses_nothing(tmp_path: Path, server: S
         (sessions / "r1" / "output" / "doomed.txt").unlink()
         shutil.rmtree(sessions / "r4")
         mark = len(daemon.notify.messages)
-        # the outage lasts until the watchdog was pinged 12 more times (every 0.2 s)
+        # the outage lasts until the watchdog was pinged 12 more times (every 0.1 s)
         wait_until(lambda: _pings(daemon, mark) >= 12, 60, interval=0.2,
                    what="watchdog pings during the outage")
         assert daemon.proc.poll() is None
