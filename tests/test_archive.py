@@ -10,9 +10,11 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import urllib.request
 import zipfile
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -227,13 +229,30 @@ def _download_sparse(url: str, out: Path) -> int:
     return status
 
 
+@pytest.fixture
+def holes(tmp_path: Path) -> Iterator[Path]:
+    """A folder for the 4 GiB sparse files: on tmpfs (/dev/shm) where there is one, else in
+    tmp_path. A hole read from tmpfs is the shared zero page; from ext4 every 4 KiB of it is
+    a page cache page filled with zeros: 8 of unzip's 30 CPU-seconds (measured), and 4 GiB
+    of other programs' cache evicted, for each of the three readers."""
+    shm = Path("/dev/shm")
+    if shm.is_dir() and os.access(shm, os.W_OK | os.X_OK):
+        folder = Path(tempfile.mkdtemp(prefix="promoter-zip64-", dir=shm))
+        try:
+            yield folder
+        finally:
+            shutil.rmtree(folder)  # a shallow tree
+    else:
+        yield tmp_path
+
+
 # The big member is a .gz (stored, as already-compressed types are): deflating 4 GiB
 # would cost the suite a minute and prove nothing the small deflated members do not.
 @pytest.mark.timeout(600)
-def test_archive_5gib_sparse_zip64_bounded_rss(tmp_path: Path) -> None:
+def test_archive_5gib_sparse_zip64_bounded_rss(tmp_path: Path, holes: Path) -> None:
     """A file over 4 GiB streams as ZIP64 through the real server, whose RSS does not grow with it;
     unzip -t and zipfile accept the result and its digests match the entries'."""
-    root = tmp_path / "root"
+    root = holes / "root"
     meta = _sparse_run(root)
     port = free_port()
     base = f"http://127.0.0.1:{port}"
@@ -253,7 +272,7 @@ def test_archive_5gib_sparse_zip64_bounded_rss(tmp_path: Path) -> None:
 
         sampler = threading.Thread(target=sample, name="rss-sampler")
         sampler.start()
-        out = tmp_path / "big.zip"
+        out = holes / "big.zip"
         try:
             assert _download_sparse(f"{base}/runtime/artifacts/big/archive", out) == 200
         finally:
