@@ -1,10 +1,10 @@
 """`promoter run`: the long-running daemon (DESIGN §5).
 
-Start: prepare the store, start the pipeline and the watcher, run the start-up
-catch-up (telling systemd `EXTEND_TIMEOUT_USEC=` while it runs), then
-`READY=1`. The watcher starts before the catch-up so that nothing written
-during it is missed; a file both find is promoted once (the second look sees
-it unchanged).
+Start: start the watcher, prepare the store while a second process lists
+`sessions/` (`promoter.prescan`), start the pipeline, run the start-up catch-up
+(telling systemd `EXTEND_TIMEOUT_USEC=` while it runs), then `READY=1`. The
+watcher starts first so that nothing written meanwhile is missed; a file both
+find is promoted once (the second look sees it unchanged).
 
 Threads: the main thread handles signals, supervision of the watcher, systemd
 pings and metrics; `promoter-settle` and `promoter-worker-N` promote
@@ -33,12 +33,13 @@ from promoter.backlog import Backlog
 from promoter.config import Config, merge_reload
 from promoter.errors import PromoterError
 from promoter.logs import StdlibBridge, configure_logging, get_logger
-from promoter.loops import CatchUp, Sweeper
+from promoter.loops import CatchUp, Sink, Sweeper
 from promoter.metrics import DaemonMetrics
 from promoter.names import is_valid_run_id
 from promoter.notify import Notifier, NullNotifier, make_notifier, monotonic_usec, watchdog_interval
 from promoter.observers import make_observer
 from promoter.pipeline import STALL_S, Pipeline
+from promoter.prescan import Prescan
 from promoter.reconcile import Rejections
 from promoter.runlock import hold_daemon_lock
 from promoter.s3errors import StoreUnavailable
@@ -181,18 +182,25 @@ class Daemon:
         store.on_over_budget = sweeper.over_budget
         backlog.on_available.append(catchup.kick)
         backlog.on_change = self.wake.set  # STATUS= at once when an outage starts or ends
-        try:
-            self._open_store()
-        except StoreUnavailable as exc:  # a store down at boot must not leave the host
-            backlog.went_down(exc, reopen=self._open_store)  # without its daemon (§10)
-        pipeline.start()
-        self.watcher = Watcher(store.sessions_path, _Sink(catchup, pipeline), cfg.watch.exclude,
+        self.watcher = Watcher(store.sessions_path, Sink(catchup, pipeline), cfg.watch.exclude,
                                cfg.watch.observer, factory=self._observer_factory,
                                on_trouble=self.wake.set, max_depth=cfg.watch.max_depth)
         # a failure is logged; the main loop's supervision retries, catch-ups cover meanwhile
         with contextlib.suppress(OSError, ImportError, RuntimeError):
-            self.watcher.start()
-        catchup.start(self.watcher.degraded_runs)
+            self.watcher.start()  # before the repair: its events wait for the pipeline
+        # every folder watched: the start-up catch-up's scan, on the other core (prescan.py)
+        prescan = Prescan.start(store.sessions_path, cfg.watch.exclude, cfg.watch.max_depth) \
+            if self.watcher.in_use == "inotify" else None
+        try:
+            self._open_store()
+        except StoreUnavailable as exc:  # a store down at boot must not leave the host
+            backlog.went_down(exc, reopen=self._open_store)  # without its daemon (§10)
+        except BaseException:
+            if prescan is not None:
+                prescan.discard()
+            raise
+        pipeline.start()
+        catchup.start(self.watcher.degraded_runs, prescan)
         sweeper.start()
         backlog.start()
         extend_at = time.monotonic() + EXTEND_EVERY_S
@@ -379,19 +387,6 @@ class Daemon:
         log.info(events.DAEMON_STOPPED, drained=drained,
                  promoted=self.pipeline.promoted if self.pipeline else 0,
                  duration_ms=round((time.monotonic() - started) * 1000, 1))
-
-
-class _Sink:
-    """The watcher's sink: file events to the pipeline, catch-up requests to the catch-up."""
-
-    def __init__(self, catchup: CatchUp, pipeline: Pipeline) -> None:
-        self.catch_up = catchup.request
-        self.file_changed = pipeline.file_changed
-        self.file_nudged = pipeline.file_nudged
-        self.file_gone = pipeline.file_gone
-        self.folder_gone = pipeline.folder_gone
-        self.context_changed = pipeline.context_changed
-        self.session_gone = pipeline.session_gone
 
 
 def _kind(problem: str) -> str:

@@ -59,6 +59,7 @@ METRICS_FAILED: Final = "metrics.failed"
 PYTHON_LOG: Final = "python.log"
 LOG_DROPPED: Final = "log.dropped"  # lines a stderr nobody read could not take (count)
 RECONCILE_FAILED: Final = "reconcile.failed"
+RECONCILE_PRESCAN_FAILED: Final = "reconcile.prescan_failed"
 TRASH_FAILED: Final = "store.trash_failed"
 REPAIR_FAILED: Final = "store.repair_failed"
 STORE_OVER_BUDGET: Final = "store.over_budget"

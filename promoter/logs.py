@@ -9,10 +9,9 @@ import threading
 from collections.abc import Sequence
 from typing import Any, TextIO
 
-import structlog
-
 from promoter import events
 from promoter.logsink import INFO, LIFECYCLE, URGENT, LogSink, stderr_sink
+from promoter.structlog_import import structlog
 
 __all__ = ["StdlibBridge", "configure_logging", "get_logger", "info_many", "stderr_line"]
 

@@ -43,9 +43,8 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-import structlog
-
 from promoter import events
+from promoter.structlog_import import structlog
 
 __all__ = ["FLUSH_S", "LAST_S", "MAX_BYTES", "MAX_LINES", "RESERVE_LINES", "LogSink",
            "stderr_sink"]

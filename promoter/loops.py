@@ -18,6 +18,7 @@ from promoter.logs import get_logger
 from promoter.loopthread import LoopThread
 from promoter.metrics import DaemonMetrics
 from promoter.pipeline import Pipeline
+from promoter.prescan import Prescan
 from promoter.progress import terminal_progress
 from promoter.reconcile import (
     Rejections,
@@ -30,7 +31,7 @@ from promoter.s3errors import StoreUnavailable
 from promoter.store import Outcome, Store
 from promoter.sweep import SweepReport, sweep
 
-__all__ = ["BUDGET_GAP_S", "DEGRADED_RESCAN_S", "CatchUp", "Sweeper"]
+__all__ = ["BUDGET_GAP_S", "DEGRADED_RESCAN_S", "CatchUp", "Sink", "Sweeper"]
 
 log = get_logger()
 DEGRADED_RESCAN_S = 5.0  # runs with a folder that has no watch are caught up this often
@@ -59,11 +60,14 @@ class CatchUp(LoopThread):
         self._lock = threading.Lock()
         self._requests: dict[str, set[str]] = {}  # run id ("" = all) -> reasons
         self._degraded: DegradedRuns = lambda: frozenset()
+        self._prescan: Prescan | None = None
         self.started = threading.Event()  # set once the start-up catch-up has ended
 
-    def start(self, degraded_runs: DegradedRuns) -> None:
-        """Start the thread; `degraded_runs` is the watcher's list of unwatched runs."""
+    def start(self, degraded_runs: DegradedRuns, prescan: Prescan | None = None) -> None:
+        """Start the thread; `degraded_runs` is the watcher's list of unwatched runs,
+        `prescan` the start-up pass's scan, under way in a second process."""
         self._degraded = degraded_runs
+        self._prescan = prescan
         self._start_thread()
 
     def request(self, runs: frozenset[str] | None, reason: str) -> None:
@@ -82,6 +86,8 @@ class CatchUp(LoopThread):
                 self._kick.wait()
                 self._kick.clear()
         finally:
+            if self._prescan is not None:
+                self._prescan.discard()
             self.started.set()
         self._kick.set()  # requests that came meanwhile
         next_rescan = self._next_rescan()
@@ -127,14 +133,18 @@ class CatchUp(LoopThread):
 
     def _startup(self) -> bool:
         """The start-up pass; False when the store is down (to be run once it is back)."""
+        prescan, self._prescan = self._prescan, None  # for the first try only: fresh later
         if not self._store_up():
+            if prescan is not None:
+                prescan.discard()
             return False
         started = time.monotonic()
         log.info(events.RECONCILE_STARTED, trigger="startup")
         shown = terminal_progress("start-up catch-up: files")  # a person at a terminal
         try:
+            listing = prescan.collect(self._stop) if prescan is not None else None
             report = reconcile(self._store, self._rejections, self._stop,
-                               progress=shown.update if shown else None)
+                               progress=shown.update if shown else None, listing=listing)
         except StoreUnavailable as exc:  # waits for the store when a backlog watches it
             self._outage(exc)
             return self._backlog is None
@@ -150,7 +160,7 @@ class CatchUp(LoopThread):
         duration = time.monotonic() - started
         self._metrics.reconciled(time.time(), duration)
         log.info(events.RECONCILE_FINISHED, trigger="startup", **report.summary(),
-                 duration_ms=round(duration * 1000, 1))
+                 prescan=listing is not None, duration_ms=round(duration * 1000, 1))
         return True
 
     def _scan(self, requests: dict[str, set[str]]) -> None:
@@ -244,3 +254,16 @@ class Sweeper(LoopThread):
                      busy=report.skipped_busy,
                      tombstones_dropped=report.tombstones_dropped)
         return report
+
+
+class Sink:
+    """The watcher's sink: file events to the pipeline, catch-up requests to the catch-up."""
+
+    def __init__(self, catchup: CatchUp, pipeline: Pipeline) -> None:
+        self.catch_up = catchup.request
+        self.file_changed = pipeline.file_changed
+        self.file_nudged = pipeline.file_nudged
+        self.file_gone = pipeline.file_gone
+        self.folder_gone = pipeline.folder_gone
+        self.context_changed = pipeline.context_changed
+        self.session_gone = pipeline.session_gone

@@ -6,28 +6,34 @@ again, so a start-up pass over 100,000 promoted files costs one `stat` each.
 
 from __future__ import annotations
 
-import os
-import stat
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import CancelledError, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
-from pathlib import Path
 
 from promoter import events, rules
 from promoter.clock import last_change_ns
 from promoter.errors import StoreIOError
-from promoter.layout import OUTPUT, session_file
 from promoter.logs import get_logger
-from promoter.names import is_valid_run_id
 from promoter.promotion import RETRY, Outcome, PromoteResult
-from promoter.safeio import Refused, folder, open_dir_chain
+from promoter.safeio import folder
+from promoter.scan import (
+    Listing,
+    Rejections,
+    SessionFile,
+    quiet,
+    refusal_log,
+    scan_run,
+    session_runs,
+    too_deep,
+)
 from promoter.store import Store
-from promoter.walk import Folder, exclusion, gc_paused, known_copies, walk_tree
+from promoter.walk import exclusion, gc_paused, known_copies
 
 __all__ = [
+    "Listing",
     "ReconcileReport",
     "Rejections",
     "SessionFile",
@@ -36,160 +42,30 @@ __all__ = [
     "quiet",
     "reconcile",
     "scan_run",
+    "session_runs",
+    "too_deep",
 ]
 
 log = get_logger()
 
 
-@dataclass(frozen=True)
-class SessionFile:
-    """One entry under `output/` as `lstat` saw it."""
-
-    run_id: str
-    filename: str
-    size: int
-    mtime_ns: int
-    ino: int
-    regular: bool
-    ctime_ns: int = 0
-
-    @property
-    def identity(self) -> tuple[int, int, int]:
-        return (self.ino, self.mtime_ns, self.size)
-
-
-class Rejections:
-    """Remembers refused entries, so a rescan does not log the same refusal again."""
-
-    def __init__(self) -> None:
-        self._seen: dict[tuple[str, str], tuple[int, int, int]] = {}
-        self._lock = threading.Lock()
-        self._runs_warned: set[str] = set()
-
-    def known(self, f: SessionFile) -> bool:
-        with self._lock:
-            return self._seen.get((f.run_id, f.filename)) == f.identity
-
-    def add(self, f: SessionFile) -> None:
-        with self._lock:
-            self._seen[(f.run_id, f.filename)] = f.identity
-
-    def remember(self, sessions: Path, run_id: str, filename: str) -> None:
-        """A worker's refusal, by the file's identity now (gone: nothing to remember)."""
-        try:
-            st = os.stat(session_file(sessions, run_id, filename), follow_symlinks=False)
-        except (OSError, ValueError):
-            return
-        self.add(SessionFile(run_id, filename, st.st_size, st.st_mtime_ns, st.st_ino,
-                             stat.S_ISREG(st.st_mode)))
-
-    def warn_once(self, key: str) -> bool:
-        """True the first time `key` is seen: one warning per bad run id or folder."""
-        with self._lock:
-            if key in self._runs_warned:
-                return False
-            self._runs_warned.add(key)
-            return True
-
-
-def session_runs(sessions_fd: int, rejections: Rejections) -> list[str]:
-    """Valid run ids under `sessions/`; anything else is ignored with one warning."""
-    runs = []
-    for entry in os.scandir(sessions_fd):
-        if is_valid_run_id(entry.name) and entry.is_dir(follow_symlinks=False):
-            runs.append(entry.name)
-        elif rejections.warn_once(f"run:{entry.name}"):
-            log.warning(events.RUN_IGNORED, name=entry.name,
-                        reason="not a valid run id" if not is_valid_run_id(entry.name)
-                        else "not a folder")
-    return runs
-
-
-def scan_run(sessions_fd: int, run_id: str, exclude: Iterable[str],
-             rejections: Rejections, max_depth: int = 64,
-             unchanged: Mapping[str, tuple[int, int]] | None = None) -> Iterator[SessionFile]:
-    """Every non-excluded entry under the run's `output/`, walked without following links
-    (walk.walk_tree); a folder deeper than `max_depth` is refused, not entered. One `lstat`
-    a file, none a folder (the directory entry tells its type). `unchanged`: (size, µs) by
-    name of the copies the store holds as they are (`known_copies`): those are skipped
-    without a SessionFile or a verdict each (issue 15)."""
-    patterns = tuple(exclude)
-    try:
-        top = open_dir_chain(sessions_fd, [run_id, OUTPUT])
-    except (FileNotFoundError, NotADirectoryError, PermissionError):
-        return
-    except Refused as exc:
-        if rejections.warn_once(f"output:{run_id}"):
-            log.warning(events.ARTIFACT_REJECTED, run_id=run_id, filename="output/",
-                        reason=exc.reason)
-        return
-
-    def denied(prefix: str, exc: OSError | Refused) -> None:
-        # gone, or swapped for a link since it was listed: nothing to say
-        if isinstance(exc, PermissionError) and rejections.warn_once(f"dir:{run_id}/{prefix}"):
-            log.warning(events.ARTIFACT_REJECTED, run_id=run_id, filename=prefix or "output/",
-                        reason="permission denied")
-
-    excluded = exclusion(patterns)
-    try:
-        for folder in walk_tree(top, denied):
-            yield from _scan_folder(folder, run_id, excluded, rejections, max_depth,
-                                    unchanged or {})
-    finally:
-        os.close(top)
-
-
-def _scan_folder(folder: Folder, run_id: str, excluded: Callable[[str], bool],
-                 rejections: Rejections, max_depth: int,
-                 unchanged: Mapping[str, tuple[int, int]]) -> Iterator[SessionFile]:
-    """One folder of scan_run: its files, and its sub-folders to enter."""
-    prefix = folder.prefix
-    depth = prefix.count("/") + 1
-    for entry in folder.entries:
-        if excluded(entry.name):
-            continue
-        try:
-            if entry.is_dir(follow_symlinks=False):
-                if depth > max_depth:
-                    if rejections.warn_once(f"deep:{run_id}/{prefix}{entry.name}"):
-                        log.warning(events.ARTIFACT_REJECTED, run_id=run_id,
-                                    filename=f"{prefix}{entry.name}/", reason=too_deep(max_depth))
-                    continue
-                folder.enter.append(entry.name)
-                continue
-            st = entry.stat(follow_symlinks=False)
-        except FileNotFoundError:
-            continue
-        name = prefix + entry.name
-        held = unchanged.get(name)
-        if held is not None and held[0] == st.st_size and held[1] == st.st_mtime_ns // 1000:
-            continue
-        yield SessionFile(run_id, name, st.st_size, st.st_mtime_ns, st.st_ino,
-                          stat.S_ISREG(st.st_mode), st.st_ctime_ns)
-
-
-def too_deep(max_depth: int) -> str:
-    return f"deeper than watch.max_depth ({max_depth} folders)"
-
-
-def quiet(f: SessionFile, now_ns: int, settle_ns: int) -> bool:
-    """Settled on disk: not a regular file, or unchanged for settle_ns (a future mtime is
-    judged by the ctime: it is no reason to wait)."""
-    return not f.regular or now_ns - last_change_ns(f.mtime_ns, f.ctime_ns, now_ns) >= settle_ns
-
-
-def find_pending(store: Store, rejections: Rejections,
-                 runs: Iterable[str] | None = None) -> dict[str, list[SessionFile]]:
-    """Session files to promote, by run; also marks runs whose session is gone completed."""
+def find_pending(store: Store, rejections: Rejections, runs: Iterable[str] | None = None,
+                 listing: Listing | None = None) -> dict[str, list[SessionFile]]:
+    """Session files to promote, by run. `listing`: the start-up's scan made by a second
+    process (`promoter.prescan`) once the watches were set; a run it lacks is scanned here."""
     pending: dict[str, list[SessionFile]] = {}
     exclude = store.config.watch.exclude
+    if listing is not None:
+        listing.replay(refusal_log(rejections))
     with folder(store.sessions_path) as sessions:
         run_ids = list(runs) if runs is not None else session_runs(sessions, rejections)
         for run_id in run_ids:
             try:
                 meta = store.read_run(run_id)
-                found = list(scan_run(sessions, run_id, exclude, rejections,
-                                      store.config.watch.max_depth, known_copies(meta)))
+                known = known_copies(meta)
+                found = [] if listing is not None and listing.unchanged(run_id, known) else \
+                    list(scan_run(sessions, run_id, exclude, rejections,
+                                  store.config.watch.max_depth, known))
                 # one lookup a file, not a walk of the run; none when every file is known,
                 # nor a read of its tombstone (1,000 failed opens at a warm start)
                 entries = rules.by_filename(meta) if found else {}
@@ -256,13 +132,15 @@ RETRY_ROUNDS = 6  # rounds with only failures left: 50 ms .. 1.6 s apart (~3 s i
 def reconcile(store: Store, rejections: Rejections | None = None,
               stop: threading.Event | None = None, max_rounds: int = 50,
               runs: Iterable[str] | None = None,
-              progress: Callable[[int, int, int], None] | None = None) -> ReconcileReport:
+              progress: Callable[[int, int, int], None] | None = None,
+              listing: Listing | None = None) -> ReconcileReport:
     """Promote every finished file the store lacks; a file still being written is waited
     for until it has been quiet for `settle_ms` (DESIGN §3). Files that changed during
-    their copy or met an I/O error are tried again, a bounded number of rounds."""
+    their copy or met an I/O error are tried again, a bounded number of rounds.
+    `listing`: the first round's scan, made already (`find_pending`)."""
     with gc_paused():
         return _reconcile(store, rejections or Rejections(), stop or threading.Event(),
-                          max_rounds, runs, progress)
+                          max_rounds, runs, progress, listing)
 
 
 def _wait(stop: threading.Event, seconds: float, tick: Callable[[], None] | None) -> bool:
@@ -278,8 +156,8 @@ def _wait(stop: threading.Event, seconds: float, tick: Callable[[], None] | None
 
 
 def _reconcile(store: Store, rejections: Rejections, stop: threading.Event, max_rounds: int,
-               runs: Iterable[str] | None,
-               progress: Callable[[int, int, int], None] | None) -> ReconcileReport:
+               runs: Iterable[str] | None, progress: Callable[[int, int, int], None] | None,
+               listing: Listing | None) -> ReconcileReport:
     settle_ns = store.config.watch.settle_ms * 1_000_000
     report = ReconcileReport()
     run_filter = list(runs) if runs is not None else None
@@ -287,7 +165,8 @@ def _reconcile(store: Store, rejections: Rejections, stop: threading.Event, max_
     done_bytes = 0
     retries = 0
     for _ in range(max_rounds):
-        pending = find_pending(store, rejections, run_filter)
+        pending = find_pending(store, rejections, run_filter, listing)
+        listing = None  # the later rounds look again
         found.update((run_id, f.filename) for run_id, files in pending.items() for f in files)
         now_ns = int(store.clock.now().timestamp() * 1e9)
         wait_ns = 0

@@ -30,7 +30,7 @@ from promoter.metadata import RunMetadata
 from promoter.names import TEMP_PREFIX
 from promoter.safeio import Refused, open_dir_chain
 
-__all__ = ["Folder", "exclusion", "gc_paused", "known_copies", "walk_tree"]
+__all__ = ["Folder", "exclusion", "exclusion_match", "gc_paused", "known_copies", "walk_tree"]
 
 
 @dataclass
@@ -76,13 +76,19 @@ def walk_tree(top: int,
 
 
 @functools.lru_cache(maxsize=8)
-def exclusion(patterns: tuple[str, ...]) -> Callable[[str], bool]:
-    """`names.is_excluded` for one name: promoter's temp prefix and the globs compiled into
-    one pattern, once (not once a run: fnmatch.translate of the default globs was a tenth
-    of a warm catch-up, issue 15)."""
+def exclusion_match(patterns: tuple[str, ...]) -> Callable[[str], re.Match[str] | None]:
+    """`names.is_excluded` for one name, as a pattern's `match` (not None: excluded):
+    promoter's temp prefix and the globs compiled into one pattern, once (not once a run:
+    fnmatch.translate of the default globs was a tenth of a warm catch-up, issue 15)."""
     one = "|".join([f"(?:{re.escape(TEMP_PREFIX)})", *(f"(?:{fnmatch.translate(p)})"
                                                        for p in patterns)])
-    match = re.compile(one).match
+    return re.compile(one).match
+
+
+@functools.lru_cache(maxsize=8)
+def exclusion(patterns: tuple[str, ...]) -> Callable[[str], bool]:
+    """`exclusion_match` as a yes or no."""
+    match = exclusion_match(patterns)
     return lambda name: match(name) is not None
 
 

@@ -1,0 +1,180 @@
+"""The start-up catch-up's scan of `sessions/`, made by a second process (issue 15).
+
+At start the daemon parses every run's metadata.json (the start-up repair) and
+then `lstat`s every session file (the catch-up): both are CPU-bound, and on one
+thread they took one core while the other stayed idle. A thread could not share
+them (each `lstat` hands the GIL to the parser and waits to get it back: slower
+than serial, round 5), so the scan runs in a child made by `fork` once every
+watch is set (DESIGN §5: a folder is listed only after its watch exists, so a
+file written after the listing is an event, never a miss), while the parent
+repairs. The child only lists and `lstat`s, through the same walk as the
+in-process scan (`scan.run_stats`), and sends back through a pipe, in `marshal`
+form, per run: name: (size, µs of the mtime) of every file, and the refusals,
+which the daemon logs itself. The comparison with the store stays in the daemon
+(`reconcile.find_pending`): a run whose every file is a copy the store holds as
+it is needs nothing more; any other run is scanned again there, so what is
+judged (settled, to promote) is the file as it is then, never the listing.
+
+A child that cannot be made, fails, or sends something unreadable costs nothing
+but the time: its runs are scanned in-process as before (`reconcile.prescan_failed`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import marshal
+import os
+import resource
+import select
+import signal
+import threading
+import warnings
+from collections.abc import Iterable
+from pathlib import Path
+from typing import NoReturn
+
+from promoter import events
+from promoter.logs import get_logger
+from promoter.names import is_valid_run_id
+from promoter.safeio import folder
+from promoter.scan import Listing, run_stats
+from promoter.walk import exclusion_match
+
+__all__ = ["Prescan"]
+
+log = get_logger()
+LOOK_MS = 100  # how soon a stop is seen while the child works
+
+
+class Prescan:
+    """The child scanning `sessions/`, and the pipe its listing comes through."""
+
+    def __init__(self, pid: int, fd: int) -> None:
+        self.pid = pid
+        self._fd: int | None = fd
+        self._reaped = False
+
+    @classmethod
+    def start(cls, sessions: Path, exclude: Iterable[str], max_depth: int) -> Prescan | None:
+        """Fork the child (its listing starts at once); None when it cannot be made, or on
+        one CPU, where it could only take turns with the daemon."""
+        if len(os.sched_getaffinity(0)) < 2:
+            return None
+        patterns = tuple(exclude)
+        exclusion_match(patterns)  # compiled once, here: the child finds it made
+        try:
+            r, w = os.pipe2(os.O_CLOEXEC)
+        except OSError as exc:
+            _failed(f"pipe: {exc.strerror}")
+            return None
+        try:
+            with warnings.catch_warnings():  # 3.12 warns of a fork beside threads: the
+                warnings.simplefilter("ignore", DeprecationWarning)  # child only lists
+                pid = os.fork()
+        except OSError as exc:
+            os.close(r)
+            os.close(w)
+            _failed(f"fork: {exc.strerror}")
+            return None
+        if pid == 0:
+            _child(r, w, str(sessions), patterns, max_depth)
+        os.close(w)
+        return cls(pid, r)
+
+    def collect(self, stop: threading.Event) -> Listing | None:
+        """The listing, once the child has ended; None when it failed (logged: the catch-up
+        scans in-process) or when `stop` was set meanwhile (the child is killed)."""
+        assert self._fd is not None
+        chunks = []
+        poller = select.poll()
+        poller.register(self._fd, select.POLLIN)
+        try:
+            while True:
+                if stop.is_set():
+                    return None
+                if not poller.poll(LOOK_MS):
+                    continue
+                chunk = os.read(self._fd, 1 << 20)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+            _, status = os.waitpid(self.pid, 0)
+            self._reaped = True
+            code = os.waitstatus_to_exitcode(status)
+            if code != 0:
+                _failed(f"the scanning process ended with status {code}")
+                return None
+            data = marshal.loads(b"".join(chunks))  # noqa: S302 (our own child's, our pipe)
+        except (OSError, ValueError, EOFError, TypeError) as exc:
+            _failed(f"{type(exc).__name__}: {exc}")
+            return None
+        finally:
+            self.discard()
+        if not (isinstance(data, tuple) and len(data) == 2 and isinstance(data[0], dict)
+                and isinstance(data[1], list)):
+            _failed("unreadable listing")
+            return None
+        return Listing(data[0], data[1])
+
+    def discard(self) -> None:
+        """Close the pipe; a child still running is killed. Always reaped: no zombie."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        if not self._reaped:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(self.pid, 0)
+            self._reaped = True
+
+
+def _failed(reason: str) -> None:
+    log.warning(events.RECONCILE_PRESCAN_FAILED, reason=reason,
+                action="the start-up catch-up scans in the daemon itself")
+
+
+def _child(r: int, w: int, sessions: str, exclude: tuple[str, ...],
+           max_depth: int) -> NoReturn:
+    """The child's whole life: list, send, `_exit` (never back into the daemon's code, no
+    log line, no lock another thread held at the fork)."""
+    code = 1
+    try:
+        os.close(r)
+        # the daemon's lock and the watches are the parent's: a child outliving a killed
+        # parent must not hold the lock against the next start
+        top = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        os.closerange(3, w)
+        os.closerange(w + 1, top if top != resource.RLIM_INFINITY else 1 << 20)
+        with contextlib.suppress(ValueError):  # (a fork from another thread than the main)
+            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                signal.signal(signum, signal.SIG_DFL)  # a stop of the group ends it at once
+        data = marshal.dumps(_listing(sessions, exclude, max_depth))
+        view = memoryview(data)
+        while view:
+            view = view[os.write(w, view):]
+        code = 0
+    except BaseException:  # nothing may escape into the parent's code: the exit says it
+        code = 1
+    finally:
+        os._exit(code)
+
+
+def _listing(sessions: str, exclude: tuple[str, ...], max_depth: int
+             ) -> tuple[dict[str, dict[str, tuple[int, int]]], list[tuple[str, str, str, str]]]:
+    runs: dict[str, dict[str, tuple[int, int]]] = {}
+    refusals: list[tuple[str, str, str, str]] = []
+
+    def refuse(key: str, run_id: str, filename: str, reason: str) -> None:
+        refusals.append((key, run_id, filename, reason))
+
+    with folder(sessions) as fd:
+        with os.scandir(fd) as it:
+            run_ids = [e.name for e in it
+                       if is_valid_run_id(e.name) and e.is_dir(follow_symlinks=False)]
+        for run_id in run_ids:
+            # a run whose walk fails is left out: the daemon scans it itself, and says why
+            with contextlib.suppress(Exception):
+                runs[run_id] = {name: (st.st_size, st.st_mtime_ns // 1000) for name, st
+                                in run_stats(fd, run_id, exclude, refuse, max_depth)}
+    return runs, refusals
