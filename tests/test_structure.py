@@ -13,7 +13,8 @@ PACKAGE = Path(promoter.__file__).parent
 # the threaded shell and the front ends: the core below them never imports them
 SHELL = {"promoter.daemon", "promoter.loops", "promoter.pipeline", "promoter.watch",
          "promoter.observers", "promoter.inotify", "promoter.watchtree", "promoter.cli",
-         "promoter.cli_commands", "promoter.startup", "promoter.web", "promoter.stopping"}
+         "promoter.cli_commands", "promoter.startup", "promoter.web", "promoter.stopping",
+         "promoter.prescan"}
 CORE = {"promoter.rules", "promoter.layout", "promoter.metadata", "promoter.names",
         "promoter.clock", "promoter.config", "promoter.errors", "promoter.settle",
         "promoter.settle_state",
