@@ -22,6 +22,7 @@ but the time: its runs are scanned in-process as before (`reconcile.prescan_fail
 from __future__ import annotations
 
 import contextlib
+import gc
 import marshal
 import os
 import resource
@@ -140,6 +141,9 @@ def _child(r: int, w: int, sessions: str, exclude: tuple[str, ...],
     log line, no lock another thread held at the fork)."""
     code = 1
     try:
+        # no collection: it would walk every object of the daemon's heap, each page it
+        # touches copied for the child (copy-on-write), for a list it keeps to its end
+        gc.disable()
         os.close(r)
         # the daemon's lock and the watches are the parent's: a child outliving a killed
         # parent must not hold the lock against the next start
