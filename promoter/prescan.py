@@ -28,6 +28,7 @@ import os
 import resource
 import select
 import signal
+import sys
 import threading
 import warnings
 from collections.abc import Iterable
@@ -99,6 +100,8 @@ class Prescan:
                 if not chunk:
                     break
                 chunks.append(chunk)
+            if stop.is_set():
+                return None  # (a stop of the whole group ended the child too: no failure)
             _, status = os.waitpid(self.pid, 0)
             self._reaped = True
             code = os.waitstatus_to_exitcode(status)
@@ -144,6 +147,9 @@ def _child(r: int, w: int, sessions: str, exclude: tuple[str, ...],
         # no collection: it would walk every object of the daemon's heap, each page it
         # touches copied for the child (copy-on-write), for a list it keeps to its end
         gc.disable()
+        # nothing written anywhere: another thread may have held stderr's lock at the fork
+        warnings.simplefilter("ignore")
+        sys.stdout = sys.stderr = None
         os.close(r)
         # the daemon's lock and the watches are the parent's: a child outliving a killed
         # parent must not hold the lock against the next start
