@@ -195,9 +195,10 @@ class Daemon:
             self._open_store()
         except StoreUnavailable as exc:  # a store down at boot must not leave the host
             backlog.went_down(exc, reopen=self._open_store)  # without its daemon (§10)
-        except BaseException:
+        except BaseException:  # the store unusable: the process ends, with nothing left
             if prescan is not None:
                 prescan.discard()
+            self.watcher.stop()
             raise
         pipeline.start()
         catchup.start(self.watcher.degraded_runs, prescan)

@@ -227,3 +227,23 @@ def test_structlog_comes_without_rich_and_rich_stays_importable() -> None:
                                capture_output=True, text=True, timeout=60, check=True)
         assert again.stdout.strip() == "1"
     assert "ZeroDivisionError" in out.stderr and "Traceback" in out.stderr
+
+
+def test_a_store_that_cannot_be_opened_leaves_no_watch_and_no_child(tmp_path: Path) -> None:
+    """The watches and the scanning child come before the store's preparation: when that
+    fails (here `artifacts` is a file), the start fails as before and leaves no watcher
+    thread (the autouse fixture checks) and no child behind."""
+    from promoter.config import Config
+    from promoter.daemon import Daemon
+    from promoter.errors import StoreIOError
+
+    root = tmp_path / "storage"
+    write(root / "sessions" / "r1" / "output" / "a.txt", "a")
+    (root / "artifacts").write_text("not a folder")
+    config = Config.model_validate({"storage": {"root": str(root)},
+                                    "watch": {"rescan_interval_s": 0, "observer": "inotify"}})
+    daemon = Daemon(config, lambda: config, install_signals=False)
+    with pytest.raises(StoreIOError):
+        daemon.run()
+    assert daemon.watcher is not None and daemon.watcher.stopping
+    assert not _zombie_child_of(os.getpid())
