@@ -14,7 +14,7 @@ import pytest
 
 from promoter.audit import Actor, Auditor, _journal_lines
 from promoter.logs import configure_logging, info_many
-from promoter.metadata import ArtifactEntry, guess_content_type
+from promoter.metadata import ArtifactEntry, _entry_text, _plain_text, guess_content_type
 
 WHO = {"actor": "daemon", "host": "vm"}
 STAMP = "2026-11-30T19:00:00.000000Z"
@@ -40,6 +40,30 @@ def test_a_trusted_entry_is_what_model_construct_makes() -> None:
     assert other.sha256 is None and other != fast
     other.model_fields_set.discard("sha256")  # each entry has its own set
     assert "sha256" in fast.model_fields_set
+
+
+@pytest.mark.parametrize(("change", "plain"), [
+    ({}, True), ({"sha256": None}, True),
+    ({"generated_at": datetime(2026, 11, 30, 19, 0, 1, 0, UTC)}, True),
+    ({"generated_at": datetime(500, 1, 2, 3, 4, 5, 6, UTC)}, True), ({"size_bytes": 0}, True),
+    ({"filename": "a b/c~d.txt", "path": "files/a b/c~d.txt", "agent_id": "<x>&'y'"}, True),
+    ({"filename": 'q"uote'}, False), ({"filename": "back\\slash"}, False),
+    ({"filename": "tab\there"}, False), ({"filename": "é"}, False),
+    ({"agent_id": "\udce9"}, False), ({"content_type": 'text/x; a="b"'}, False),
+    ({"filename": "ctl\x7f"}, False), ({"size_bytes": True}, False),
+])
+def test_an_entrys_text_is_pydantics_own(change: dict[str, Any], plain: bool) -> None:
+    """The entry text joined by hand is byte for byte pydantic's indented dump; an entry it
+    cannot join plainly (quotes, escapes, non-ASCII) gets pydantic's dump itself."""
+    entry = ArtifactEntry.model_construct(**{**_entry_fields(), **change})
+    assert (_plain_text(entry) is not None) == plain
+    try:
+        want = "    " + entry.model_dump_json(indent=2).replace("\n", "\n    ")
+    except Exception:  # pydantic cannot write it (a lone surrogate): nor does the shortcut
+        assert not plain
+        return
+    assert _entry_text(entry) == want
+    assert _plain_text(entry) in (None, want)
 
 
 @pytest.mark.parametrize("name", [
