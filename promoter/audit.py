@@ -183,32 +183,6 @@ class LocalJournal:
         return removed
 
 
-_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
-
-
-def _journal_lines(stamp: str, who: dict[str, Any],
-                   batch: Sequence[tuple[str, dict[str, Any]]]) -> bytes:
-    """The batch's journal lines: `{"timestamp", "event", **who, **fields}` each. The part
-    before an event's own fields is encoded once an event name, not once an event (a burst
-    journals one `artifact.promoted` a file); an event whose fields name a key of that
-    part, or have none, is encoded whole, so every line is the dict's own encoding."""
-    heads: dict[str, str] = {}
-    lines: list[str] = []
-    for event, fields in batch:
-        if not fields or _HEAD_KEYS.intersection(fields) or who.keys() & fields.keys():
-            lines.append(_dumps({"timestamp": stamp, "event": event, **who, **fields}))
-            continue
-        head = heads.get(event)
-        if head is None:
-            head = heads[event] = _dumps({"timestamp": stamp, "event": event, **who})[:-1]
-        lines.append(head + "," + _dumps(fields)[1:])
-    lines.append("")
-    return "\n".join(lines).encode("utf-8", "surrogateescape")
-
-
-_HEAD_KEYS = frozenset({"timestamp", "event"})
-
-
 def _stamp(value: datetime) -> str:
     return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
@@ -230,8 +204,11 @@ class Auditor:
         actor = _current.get() or self.actor
         now = self.clock.now()
         who = {**actor.fields(), "host": self.host}
-        info_many(batch, extra=who)  # one write
-        data = _journal_lines(_stamp(now), who, batch)
+        stamp = _stamp(now)
+        info_many(batch, extra=who)  # one write; nothing merged when info is filtered out
+        dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+        data = "".join(dumps({"timestamp": stamp, "event": event, **who, **fields}) + "\n"
+                       for event, fields in batch).encode("utf-8", "surrogateescape")
         try:
             self.sink.append(now.astimezone(UTC).date().isoformat(), data)
         except OSError as exc:

@@ -279,26 +279,10 @@ def _entry_text(entry: ArtifactEntry) -> str:
     hit = _entry_texts.get(id(entry))
     if hit is not None and hit[0] is entry:
         return hit[1]
-    text = _plain_text(entry) or "    " + entry.model_dump_json(indent=2).replace("\n", "\n    ")
+    text = "    " + entry.model_dump_json(indent=2).replace("\n", "\n    ")
     _entry_texts[id(entry)] = (entry, text)
     return text
 
-
-def _plain_text(entry: ArtifactEntry) -> str | None:
-    """`_entry_text` of an entry whose texts need no escaping (printable ASCII without `"` or
-    `\\`: a burst's names), joined here: pydantic's own dump was 10 µs of a 4 KiB file's
-    path. The same bytes (tests/test_hotpath.py); None for any other entry."""
-    d = entry.__dict__
-    texts = (d["filename"], d["path"], d["agent_id"], d["content_type"], d["sha256"] or "")
-    if not all(t.isascii() and t.isprintable() and '"' not in t and "\\" not in t
-               for t in texts) or type(d["size_bytes"]) is not int:
-        return None
-    sha = "null" if d["sha256"] is None else f'"{d["sha256"]}"'
-    return (f'    {{\n      "filename": "{texts[0]}",\n      "path": "{texts[1]}",\n'
-            f'      "agent_id": "{texts[2]}",\n'
-            f'      "generated_at": "{format_time(d["generated_at"])}",\n'
-            f'      "size_bytes": {d["size_bytes"]},\n      "content_type": "{texts[3]}",\n'
-            f'      "sha256": {sha}\n    }}')
 
 
 class Tombstone(_Document):

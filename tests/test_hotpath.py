@@ -12,12 +12,9 @@ from typing import Any
 
 import pytest
 
-from promoter.audit import Actor, Auditor, _journal_lines
+from promoter.audit import Actor, Auditor
 from promoter.logs import configure_logging, info_many
-from promoter.metadata import ArtifactEntry, _entry_text, _plain_text, guess_content_type
-
-WHO = {"actor": "daemon", "host": "vm"}
-STAMP = "2026-11-30T19:00:00.000000Z"
+from promoter.metadata import ArtifactEntry, guess_content_type
 
 
 def _entry_fields() -> dict[str, Any]:
@@ -42,30 +39,6 @@ def test_a_trusted_entry_is_what_model_construct_makes() -> None:
     assert "sha256" in fast.model_fields_set
 
 
-@pytest.mark.parametrize(("change", "plain"), [
-    ({}, True), ({"sha256": None}, True),
-    ({"generated_at": datetime(2026, 11, 30, 19, 0, 1, 0, UTC)}, True),
-    ({"generated_at": datetime(500, 1, 2, 3, 4, 5, 6, UTC)}, True), ({"size_bytes": 0}, True),
-    ({"filename": "a b/c~d.txt", "path": "files/a b/c~d.txt", "agent_id": "<x>&'y'"}, True),
-    ({"filename": 'q"uote'}, False), ({"filename": "back\\slash"}, False),
-    ({"filename": "tab\there"}, False), ({"filename": "é"}, False),
-    ({"agent_id": "\udce9"}, False), ({"content_type": 'text/x; a="b"'}, False),
-    ({"filename": "ctl\x7f"}, False), ({"size_bytes": True}, False),
-])
-def test_an_entrys_text_is_pydantics_own(change: dict[str, Any], plain: bool) -> None:
-    """The entry text joined by hand is byte for byte pydantic's indented dump; an entry it
-    cannot join plainly (quotes, escapes, non-ASCII) gets pydantic's dump itself."""
-    entry = ArtifactEntry.model_construct(**{**_entry_fields(), **change})
-    assert (_plain_text(entry) is not None) == plain
-    try:
-        want = "    " + entry.model_dump_json(indent=2).replace("\n", "\n    ")
-    except Exception:  # pydantic cannot write it (a lone surrogate): nor does the shortcut
-        assert not plain
-        return
-    assert _entry_text(entry) == want
-    assert _plain_text(entry) in (None, want)
-
-
 @pytest.mark.parametrize("name", [
     "f00001.bin", "a.txt", "A.TXT", "x.JSON", "dir.d/file.txt", "deep/er/pic.png",
     "arch.tgz", "arch.tar.gz", "notes", ".hidden", "a:b.txt", "data:text/plain,x.txt",
@@ -80,24 +53,6 @@ def test_content_types_are_mimetypes_own_answer(name: str) -> None:
     assert guess_content_type(name) == guessed
     assert guess_content_type(name) == guessed
     assert mimetypes.guess_type("x.png")[0] == guess_content_type("pic.png")
-
-
-@pytest.mark.parametrize("batch", [
-    [("artifact.promoted", {"run_id": "r", "filename": "a", "size_bytes": 3})] * 3,
-    [("artifact.promoted", {"run_id": "r", "filename": "é\udce9"}),
-     ("run.deleted", {"run_id": "r"}), ("artifact.promoted", {"run_id": "r2", "filename": "b"})],
-    [("run.kept", {})],  # no fields of its own
-    [("artifact.deleted", {"host": "other", "run_id": "r"})],  # overrides the host
-    [("artifact.deleted", {"event": "x", "timestamp": "t", "run_id": "r"})],
-])
-def test_journal_lines_are_each_events_own_encoding(batch: list[tuple[str, dict[str, Any]]]
-                                                    ) -> None:
-    """The journal's lines, built from a head encoded once an event name, are byte for byte
-    the JSON of `{"timestamp", "event", **who, **fields}` for each event, whatever it holds."""
-    dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
-    want = "".join(dumps({"timestamp": STAMP, "event": event, **WHO, **fields}) + "\n"
-                   for event, fields in batch).encode("utf-8", "surrogateescape")
-    assert _journal_lines(STAMP, WHO, batch) == want
 
 
 class _Sink:
