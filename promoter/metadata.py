@@ -145,8 +145,8 @@ class ArtifactEntry(_Model):
     def trusted(cls, filename: str, path: str, agent_id: str, generated_at: datetime,
                 size_bytes: int, content_type: str, sha256: str | None) -> ArtifactEntry:
         """A promotion's entry, every field ours and valid (a checked name, a UTC time, a
-        hex digest): what `model_construct` makes (tests/test_entry_fast.py), without its
-        generic walk over aliases and defaults: 7 µs of a 4 KiB file's path, now 1 µs."""
+        hex digest): what `model_construct` makes (tests/test_hotpath.py), without its
+        generic walk over aliases and defaults (2.3 times as long, a 4 KiB file's path)."""
         entry = cls.__new__(cls)
         _set(entry, "__dict__", {"filename": filename, "path": path, "agent_id": agent_id,
                                  "generated_at": generated_at, "size_bytes": size_bytes,
