@@ -226,6 +226,18 @@ def group_cpu_ticks(pgid: int) -> int:
     return total
 
 
+def group_cpu_split(pgid: int) -> tuple[int, int]:
+    """(user, system) ticks of a process group, as group_cpu_ticks counts them."""
+    user = system = 0
+    for pid in group_members(pgid):
+        fields = _stat_fields(pid)
+        if fields is None:
+            continue
+        user += int(fields[11]) + int(fields[13])
+        system += int(fields[12]) + int(fields[14])
+    return user, system
+
+
 @dataclass
 class Mem:
     rss_kib: int

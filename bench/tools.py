@@ -159,15 +159,15 @@ class Tool(ABC):
 
     def _start_profiler(self) -> None:
         """With profile_to set: py-spy record on the tool's main process, every thread, idle
-        frames included (time blocked in fsync or waiting for work shows up), in py-spy's
-        raw (collapsed stacks) format. --nonblocking: the daemon is never paused to sample."""
+        frames included (time blocked in fsync or waiting for work shows up; BENCH_PROFILE_ON_CPU=1
+        leaves them out), in py-spy's raw (collapsed stacks) format. --nonblocking: the daemon is never paused to sample."""
         if self.profile_to is None or self.proc is None or self.profiler is not None:
             return
         self.profiler = Proc(
             [
                 py_spy(),
                 "record",
-                "--idle",
+                *([] if os.environ.get("BENCH_PROFILE_ON_CPU") else ["--idle"]),
                 "--threads",
                 "--nonblocking",
                 "--rate",

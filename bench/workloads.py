@@ -18,6 +18,7 @@ from bench.measure import Tracker, median, percentile
 from bench.procs import (
     CLK_TCK,
     ToolFailed,
+    group_cpu_split,
     group_cpu_ticks,
     group_mem,
     group_members,
@@ -282,6 +283,7 @@ def burst_data(ctx: Ctx) -> bytes:
 def burst_round(ctx: Ctx, tool: Tool, prefix: str, data: bytes) -> Result:
     """One burst: burst_files files round-robin over burst_runs new runs, as fast as possible."""
     runs = [f"{prefix}{i:02d}" for i in range(ctx.burst_runs)]
+    split0 = group_cpu_split(pgid(tool))
     cpu0 = group_cpu_ticks(pgid(tool))
     max_life = ctx.burst_deadline_s + 300
     with tracker_for(ctx, tool, 0.01, max_life) as tracker:
@@ -300,6 +302,7 @@ def burst_round(ctx: Ctx, tool: Tool, prefix: str, data: bytes) -> Result:
         t_last = time.monotonic_ns()
         all_visible = tracker.wait_all(ctx.burst_deadline_s)
     cpu1 = group_cpu_ticks(pgid(tool))
+    split1 = group_cpu_split(pgid(tool))
     seen = [s.t_visible_ns for s in tracker.samples if s.t_visible_ns is not None]
     result: Result = {
         "runs_ids": runs,
@@ -307,6 +310,8 @@ def burst_round(ctx: Ctx, tool: Tool, prefix: str, data: bytes) -> Result:
         "visible": len(seen),
         "missing": ctx.burst_files - len(seen),
         "cpu_s": cpu_s(cpu1 - cpu0),
+        "cpu_user_s": cpu_s(split1[0] - split0[0]),
+        "cpu_sys_s": cpu_s(split1[1] - split0[1]),
         "tracker": tracker.summary(),
         "all_visible_s": None,
         "files_per_s": None,
@@ -334,7 +339,8 @@ def burst(ctx: Ctx, factory: ToolFactory) -> Result:
             r = rounds[-1]
             r["sync_before_s"] = round(synced_s, 3)
             print(f"    round {k}: files/s {r['files_per_s']}, missing {r['missing']}, "
-                  f"sync before {synced_s:.2f} s", flush=True)
+                  f"sync before {synced_s:.2f} s, cpu user {r['cpu_user_s']:.3f} s "
+                  f"sys {r['cpu_sys_s']:.3f} s", flush=True)
         fps = [r["files_per_s"] for r in rounds]
         complete = [x for x in fps if x is not None]
         result: Result = {

@@ -205,7 +205,7 @@ class Auditor:
         now = self.clock.now()
         who = {**actor.fields(), "host": self.host}
         stamp = _stamp(now)
-        info_many([(event, {**fields, **who}) for event, fields in batch])  # one write
+        info_many(batch, extra=who)  # one write; nothing merged when info is filtered out
         dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
         data = "".join(dumps({"timestamp": stamp, "event": event, **who, **fields}) + "\n"
                        for event, fields in batch).encode("utf-8", "surrogateescape")

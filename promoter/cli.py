@@ -146,9 +146,10 @@ def _duration(text: str) -> timedelta:
 
 def _cmd_run(args: argparse.Namespace, config: Config) -> int:
     from promoter.daemon import run_daemon
-    from promoter.limits import raise_descriptor_limit
+    from promoter.limits import raise_descriptor_limit, tune_gc
 
     raise_descriptor_limit()
+    tune_gc()  # the imports are done: the collector leaves their objects (limits.py)
 
     def reload() -> Config:
         return _load(args)

@@ -6,7 +6,7 @@ import contextlib
 import logging
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, TextIO
 
 from promoter import events
@@ -119,10 +119,12 @@ def get_logger(name: str = "promoter") -> Any:
     return structlog.get_logger(name)
 
 
-def info_many(items: Sequence[tuple[str, dict[str, Any]]]) -> None:
+def info_many(items: Sequence[tuple[str, Mapping[str, Any]]],
+              extra: Mapping[str, Any] | None = None) -> None:
     """Info events, each rendered once by the configured processors, written together: a
     batch of promotions is one write to stderr, not one write and flush a line (a burst
-    logs a line a promoted file). Nothing is rendered when info is filtered out."""
+    logs a line a promoted file). `extra`: fields added to every event (after its own).
+    Nothing is rendered, nor merged, when info is filtered out."""
     if not items:
         return
     bound = get_logger().bind()
@@ -131,7 +133,8 @@ def info_many(items: Sequence[tuple[str, dict[str, Any]]]) -> None:
     lines: list[str] = []
     for event, fields in items:
         try:
-            args, kw = bound._process_event("info", event, dict(fields))
+            merged = {**fields, **extra} if extra else dict(fields)
+            args, kw = bound._process_event("info", event, merged)
         except structlog.DropEvent:
             continue
         if len(args) == 1 and not kw and isinstance(args[0], str):

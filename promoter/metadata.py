@@ -141,6 +141,29 @@ class ArtifactEntry(_Model):
     content_type: str = "application/octet-stream"
     sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
 
+    @classmethod
+    def trusted(cls, filename: str, path: str, agent_id: str, generated_at: datetime,
+                size_bytes: int, content_type: str, sha256: str | None) -> ArtifactEntry:
+        """A promotion's entry, every field ours and valid (a checked name, a UTC time, a
+        hex digest): what `model_construct` makes (tests/test_hotpath.py), without its
+        generic walk over aliases and defaults (2.3 times as long, a 4 KiB file's path)."""
+        entry = cls.__new__(cls)
+        _set(entry, "__dict__", {"filename": filename, "path": path, "agent_id": agent_id,
+                                 "generated_at": generated_at, "size_bytes": size_bytes,
+                                 "content_type": content_type, "sha256": sha256})
+        _set(entry, "__pydantic_fields_set__", set(_ENTRY_FIELDS))
+        _set(entry, "__pydantic_extra__", None)
+        _set(entry, "__pydantic_private__", None)
+        return entry
+
+
+_set = object.__setattr__
+_ENTRY_FIELDS = ("filename", "path", "agent_id", "generated_at", "size_bytes", "content_type",
+                 "sha256")
+# what `trusted` relies on: no hook runs after construction, and these are all the fields
+assert not ArtifactEntry.__pydantic_post_init__ and not ArtifactEntry.__pydantic_root_model__
+assert tuple(ArtifactEntry.model_fields) == _ENTRY_FIELDS
+
 
 class RemovedEntry(_Model):
     """An artifact a person removed; kept out until its source is rewritten."""
@@ -261,6 +284,7 @@ def _entry_text(entry: ArtifactEntry) -> str:
     return text
 
 
+
 class Tombstone(_Document):
     """`artifacts/.tombstones/<run_id>`: a deleted run that must not come back."""
 
@@ -297,8 +321,19 @@ for _ext, _type in _EXTRA_TYPES.items():
 
 
 def guess_content_type(filename: str) -> str:
-    """The type from the file name alone, never sniffed (DESIGN §2)."""
+    """The type from the file name alone, never sniffed (DESIGN §2). A plain `stem.ext` name
+    (one dot, no `:` that could read as a URL scheme) is typed by its extension alone, so the
+    answer is kept per extension: 3.5 µs a file in a burst, now a dict look-up."""
+    base = filename.rpartition("/")[2]
+    if base.count(".") == 1 and not base.startswith(".") and ":" not in filename:
+        return _type_of_extension(base[base.index("."):])
     guessed, _ = _types.guess_type(filename, strict=False)
+    return guessed or "application/octet-stream"
+
+
+@functools.lru_cache(maxsize=1024)
+def _type_of_extension(ext: str) -> str:
+    guessed, _ = _types.guess_type("x" + ext, strict=False)
     return guessed or "application/octet-stream"
 
 

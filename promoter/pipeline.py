@@ -1,10 +1,10 @@
 """The promotion pipeline: one settle thread, a pool of workers (DESIGN §5).
 
-The settle thread alone owns the `Settler`: the watcher, the catch-up thread and the
-workers talk to it through one queue, so the pure tracker needs no lock. It sleeps until
-its next deadline or its next message, so an idle daemon wakes for nothing. Finished files
-go to the workers a batch per run, each one `Store.promote_files` call (one metadata
-write). Nothing a worker meets stops the daemon: every error is logged, the files retried.
+The settle thread alone owns the `Settler` (the watcher, the catch-up thread and the
+workers talk to it through one queue: no lock). It sleeps until its next deadline or
+message. Finished files go to the workers a batch per run (one metadata write), made when a
+worker is free for it, so a run's files gather meanwhile. Nothing a worker meets stops the
+daemon: every error is logged, the files retried.
 """
 
 from __future__ import annotations
@@ -182,8 +182,7 @@ class Pipeline:
         return run_id in self._busy or self.backlog.holds(run_id)
 
     def health(self) -> str | None:
-        """None while every thread runs and the backlog moves, else what is wrong: a worker
-        whose chunk outlasts stall_s + its allowance, whatever the other workers do."""
+        """None while all runs well, else what is wrong (e.g. a chunk past stall_s + allowance)."""
         for thread in self._threads:
             if not thread.is_alive():
                 return f"{thread.name} is not running"
@@ -211,8 +210,7 @@ class Pipeline:
             thread.start()
 
     def drain(self, timeout: float) -> bool:
-        """Shutdown: promote every file already closed after writing (without waiting out its
-        settle time), finish what is in flight, stop the threads. False if time ran out."""
+        """Shutdown: promote the closed files now, finish, stop the threads; False: too late."""
         self._stop_by = time.monotonic() + min(STOP_BUDGET_S, timeout)
         self._inbox.put(_Flush())
         deadline = time.monotonic() + timeout
@@ -224,8 +222,7 @@ class Pipeline:
         return not stuck
 
     def close(self) -> None:
-        """After the drain and once nothing else promotes (the catch-up thread joined): end
-        the copy helper threads. A stuck worker may still copy: then they stay for the exit."""
+        """After the drain, nothing else promoting: end the copy helpers (unless one is stuck)."""
         if not any(t.is_alive() for t in self._threads):
             self.pools.shutdown()
 
@@ -256,8 +253,7 @@ class Pipeline:
                 except queue.Empty:
                     message = None
             if not draining:
-                for batch in s.due(self._now(), self._stat):
-                    self._hand_out(batch)
+                s.due(self._now(), self._stat, self._take)  # handed out as they are made
             self._busy = s.busy_runs()
             self.queue_length = len(s)
             if (outstanding := s.in_flight()) and not self._outstanding:
@@ -278,6 +274,14 @@ class Pipeline:
         else:
             self._on_work += 1
             self._work.put(batch)
+
+    def _take(self, batch: Batch) -> bool:
+        """Out now if a worker (or, small, the idle lane) is free, else its run's files gather."""
+        lane_free = len(batch.filenames) <= SMALL_BATCH and not self._laned
+        if self._on_work >= self._workers and not lane_free:
+            return False
+        self._hand_out(batch)
+        return True
 
     def _apply(self, s: Settler, message: _Message) -> None:
         now = self._now()

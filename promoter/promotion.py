@@ -218,7 +218,7 @@ def copy_in(limits: PromoteConfig, put: PutFile, meta: RunMetadata, tomb: Tombst
     copied = put(filename, src, st)
     # every field is ours and valid (a checked name, a UTC time, a hex digest): constructed,
     # not validated, which was a tenth of a 4 KiB file's cost
-    entry = ArtifactEntry.model_construct(
+    entry = ArtifactEntry.trusted(
         filename=filename, path=f"{FILES}/{filename}", agent_id=rules.agent_for(ctx, filename),
         generated_at=mtime, size_bytes=copied.size,
         content_type=guess_content_type(filename), sha256=copied.sha256)

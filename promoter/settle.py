@@ -30,7 +30,7 @@ The rules:
 from __future__ import annotations
 
 import heapq
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 
 from promoter.settle_state import (
     MAX_BACKOFF_NS,
@@ -44,7 +44,11 @@ from promoter.settle_state import (
     TrackedFile,
 )
 
-__all__ = ["MAX_BACKOFF_NS", "MIN_BACKOFF_NS", "MS", "Batch", "FileState", "Settler", "StatFn"]
+__all__ = ["MAX_BACKOFF_NS", "MIN_BACKOFF_NS", "MS", "Batch", "FileState", "Settler", "StatFn",
+           "Take"]
+
+Take = Callable[[Batch], bool]
+"""The shell's answer to `Settler.due`: whether a worker takes this batch now."""
 
 class Settler:
     """Tracks every file the daemon has heard of until its run's batch is done."""
@@ -55,7 +59,9 @@ class Settler:
         self._runs: dict[str, RunState] = {}
         self._heap: list[tuple[int, int, str, str]] = []  # (deadline, seq, run_id, filename | "")
         self._seq = 0
-        self._ready: set[str] = set()  # runs with something READY not yet batched
+        # runs with something READY not yet batched, oldest first (a dict as an ordered set)
+        self._ready: dict[str, None] = {}
+        self._holding = False  # the last `due` kept ready batches back: no worker was free
         self._draining = False
 
     # -- events --------------------------------------------------------------------------
@@ -138,8 +144,10 @@ class Settler:
 
     # -- deciding ------------------------------------------------------------------------
 
-    def due(self, now: int, stat: StatFn) -> list[Batch]:
-        """Batches of finished files (and run chores) that can be handed to workers now."""
+    def due(self, now: int, stat: StatFn, take: Take | None = None) -> list[Batch]:
+        """Batches of finished files (and run chores) that can be handed to workers now.
+        `take(batch)`: whether a worker takes it now; a batch it refuses is not made, and its
+        run's finished files gather until the next `due` (see `_batches`)."""
         if self._draining:
             return []
         while self._heap and self._heap[0][0] <= now:
@@ -162,7 +170,7 @@ class Settler:
                 f.queued = True
                 continue
             self._look(run_id, run, name, f, now, stat)
-        return self._batches()
+        return self._batches(take)
 
     def _run_due(self, run_id: str, run: RunState, now: int) -> None:
         run.queued_at = None
@@ -173,7 +181,7 @@ class Settler:
             return
         run.chores_at = None
         run.chores_ready = True
-        self._ready.add(run_id)
+        self._ready.setdefault(run_id)
 
     def _look(self, run_id: str, run: RunState, name: str, f: TrackedFile, now: int,
               stat: StatFn) -> None:
@@ -194,34 +202,45 @@ class Settler:
 
     def _set_ready(self, run_id: str, f: TrackedFile) -> None:
         f.phase = Phase.READY
-        self._ready.add(run_id)
+        self._ready.setdefault(run_id)
 
-    def _batches(self) -> list[Batch]:
+    def _batches(self, take: Take | None = None) -> list[Batch]:
+        """A batch for each ready run without one in flight, oldest ready first. With `take`,
+        a batch no worker is free for is not made: its files stay READY and gather, so a
+        run's next batch holds all that finished meanwhile (batches frozen while they queued
+        were a few files each: a metadata write and a journal flush per few files)."""
         out: list[Batch] = []
+        holding = False
         for run_id in list(self._ready):
             run = self._runs.get(run_id)
             if run is None:
-                self._ready.discard(run_id)
+                self._ready.pop(run_id, None)
                 continue
             if run.in_flight:
                 continue  # its files wait for the batch in flight, then go together
             names = [n for n, f in run.files.items() if f.phase is Phase.READY]
             limit = run.limit or self.max_batch
             chunk = names[:limit]
-            if len(names) <= limit:
-                self._ready.discard(run_id)
             chores = run.chores_ready
             batch = Batch(run_id, tuple(chunk), context=chores and run.context,
                           completed=chores and run.completed)
-            if chores:
-                run.chores_ready = run.context = run.completed = False
             if not (batch.filenames or batch.context or batch.completed):
+                self._ready.pop(run_id, None)
                 self._drop_if_empty(run_id)
                 continue
+            if take is not None and not take(batch):
+                holding = True
+                continue
+            del self._ready[run_id]
+            if len(names) > limit:
+                self._ready[run_id] = None  # the rest: behind the runs already waiting
+            if chores:
+                run.chores_ready = run.context = run.completed = False
             for name in chunk:
                 run.files[name].phase = Phase.FLIGHT
             run.in_flight += 1
             out.append(batch)
+        self._holding = holding
         return out
 
     def done(self, batch: Batch, retry: Collection[str], now: int,
@@ -259,7 +278,7 @@ class Settler:
             else:
                 run.chore_attempts = 0
         if run.chores_ready or any(f.phase is Phase.READY for f in run.files.values()):
-            self._ready.add(batch.run_id)
+            self._ready.setdefault(batch.run_id)
         self._drop_if_empty(batch.run_id)
 
     def backoff(self, attempts: int) -> int:
@@ -306,7 +325,8 @@ class Settler:
         """When `due()` has something to decide next (monotonic ns), or None when idle."""
         if self._draining:
             return None
-        if any(not self._runs[r].in_flight for r in self._ready if r in self._runs):
+        if not self._holding and any(not self._runs[r].in_flight for r in self._ready
+                                     if r in self._runs):
             return 0
         while self._heap:
             deadline, _, run_id, name = self._heap[0]
@@ -366,4 +386,4 @@ class Settler:
         run = self._runs.get(run_id)
         if run is not None and run.empty():
             del self._runs[run_id]
-            self._ready.discard(run_id)
+            self._ready.pop(run_id, None)

@@ -281,9 +281,10 @@ def test_a_lone_file_passes_big_batches_that_hold_every_worker(tmp_path: Path) -
         assert p.drain(10)
 
 
-def test_batches_queued_on_the_lane_go_to_the_workers_once_free(tmp_path: Path) -> None:
-    """probe-cpu F5: small batches queued on the busy lane while both workers were busy are
-    taken by the workers once they are free, not left to the lane alone."""
+def test_batches_waiting_behind_the_busy_lane_go_to_the_workers_once_free(tmp_path: Path
+                                                                          ) -> None:
+    """probe-cpu F5: small batches that finished while both workers and the lane were busy
+    are taken by the workers once they are free, not left to the lane alone."""
     store = BlockingStore(tmp_path)
     p = pipeline(store)
     try:
@@ -293,11 +294,43 @@ def test_batches_queued_on_the_lane_go_to_the_workers_once_free(tmp_path: Path) 
         smalls = [f"small-{i}" for i in range(4)]
         for run in smalls:
             p.file_changed(run, "y.txt", strong=True)
-        wait_until(lambda: p._outstanding == 7, timeout=10)  # all handed out: 4 to the lane
+        # tracked, finished, and kept back: nobody is free to take them
+        wait_until(lambda: p.queue_length == 85 and p._outstanding == 3, timeout=10)
         store.release.set()
         wait_until(lambda: all(store.promoted(r) == ["y.txt"] for r in smalls), timeout=5,
                    what=repr(store.calls))
         assert store.promoted("hold-1") == []  # the lane is still held: the workers did them
+    finally:
+        store.release.set()
+        store.lane_release.set()
+        assert p.drain(10)
+
+
+def test_files_finishing_while_every_worker_is_busy_go_as_one_batch(tmp_path: Path) -> None:
+    """Issue 15 round 6: a run's files that finish one by one while both workers and the lane
+    are busy are kept back, not frozen into a batch each, and go in one batch once a worker
+    is free; the settle thread does not spin meanwhile."""
+    store = BlockingStore(tmp_path)
+    p = pipeline(store, settle_ms=10)
+    try:
+        _hold_both_workers(p, store)
+        p.file_changed("hold-1", "x.txt", strong=True)  # the lane takes it and blocks
+        wait_until(lambda: sum(kind == "started" for kind, _, _ in store.calls) == 3, timeout=10)
+        for i in range(30):
+            p.file_changed("many", f"m{i}.bin", strong=True)
+            wait_until(lambda i=i: p.queue_length == 81 + i + 1, timeout=10)
+        pause = threading.Event()
+        pause.wait(0.1)  # not a wait for a result: the last file's 10 ms settle time passes
+        settle = next(t for t in threading.enumerate() if t.name == "promoter-settle")
+        assert settle.is_alive()
+        cpu0 = time.thread_time()  # this thread's: the settle thread must not spin instead
+        busy0 = time.process_time()
+        pause.wait(0.3)
+        assert time.process_time() - busy0 - (time.thread_time() - cpu0) < 0.15
+        store.release.set()
+        wait_until(lambda: len(store.promoted("many")) == 30, timeout=10)
+        calls = [names for kind, run, names in store.calls if kind == "promote" and run == "many"]
+        assert len(calls) == 1 and len(calls[0]) == 30, calls
     finally:
         store.release.set()
         store.lane_release.set()

@@ -541,3 +541,33 @@ def test_flush_takes_the_steady_files_the_shell_names() -> None:
     s.touch("r", "steady", 0, strong=False, open_unknown=True)
     s.touch("r", "growing", 0, strong=False, open_unknown=True)
     assert names(s.flush_closed(steady={("r", "steady")})) == {"r": ["closed", "steady"]}
+
+
+def test_a_refused_batch_is_not_made_and_its_files_gather() -> None:
+    """`due(take=...)`: a batch the shell cannot take now is not made; its run's files stay
+    ready, the tracker does not ask to be woken at once (no spin), and the next `due` makes
+    one batch of everything finished meanwhile, the runs that waited longest first."""
+    s, disk = Settler(SETTLE), Disk()
+    s.touch("old", "a", 0, strong=True)
+    s.touch("new", "b", 1, strong=True)
+    refused: list[Batch] = []
+
+    def refuse(batch: Batch) -> bool:
+        refused.append(batch)
+        return False
+
+    assert s.due(SETTLE + 1, disk.stat, refuse) == []
+    assert [b.run_id for b in refused] == ["old", "new"]
+    assert s.next_deadline() is None  # nothing to decide until the shell has room
+    s.touch("old", "c", 2 * SETTLE, strong=True)
+    assert s.due(3 * SETTLE, disk.stat, refuse) == []
+    taken: list[str] = []
+
+    def one(batch: Batch) -> bool:
+        taken.append(batch.run_id)
+        return len(taken) == 1
+
+    assert names(s.due(3 * SETTLE, disk.stat, one)) == {"old": ["a", "c"]}
+    assert s.next_deadline() is None  # "new" still waits for room, without a spin
+    assert names(s.due(3 * SETTLE, disk.stat, lambda b: True)) == {"new": ["b"]}
+    assert len(s) == 3 and s.in_flight() == 2

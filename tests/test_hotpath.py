@@ -1,0 +1,122 @@
+"""The per-file shortcuts of issue 15's sixth round give what the long ways gave."""
+
+from __future__ import annotations
+
+import io
+import json
+import mimetypes
+import subprocess
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from promoter.audit import Actor, Auditor
+from promoter.logs import configure_logging, info_many
+from promoter.metadata import ArtifactEntry, guess_content_type
+
+
+def _entry_fields() -> dict[str, Any]:
+    return {"filename": "a/b.txt", "path": "files/a/b.txt", "agent_id": "agent-1",
+            "generated_at": datetime(2026, 11, 30, 19, 0, 1, 5, UTC), "size_bytes": 4096,
+            "content_type": "text/plain", "sha256": "ab" * 32}
+
+
+def test_a_trusted_entry_is_what_model_construct_makes() -> None:
+    """`ArtifactEntry.trusted` equals pydantic's `model_construct` of the same fields: the same
+    value, fields set, JSON and copy; and validating its dump gives it back."""
+    fast = ArtifactEntry.trusted(**_entry_fields())
+    slow = ArtifactEntry.model_construct(**_entry_fields())
+    assert fast == slow
+    assert fast.model_fields_set == slow.model_fields_set
+    assert fast.model_dump_json(indent=2) == slow.model_dump_json(indent=2)
+    assert fast.model_copy(update={"size_bytes": 1}).size_bytes == 1
+    assert ArtifactEntry.model_validate_json(fast.model_dump_json()) == fast
+    other = ArtifactEntry.trusted(**{**_entry_fields(), "sha256": None})
+    assert other.sha256 is None and other != fast
+    other.model_fields_set.discard("sha256")  # each entry has its own set
+    assert "sha256" in fast.model_fields_set
+
+
+@pytest.mark.parametrize("name", [
+    "f00001.bin", "a.txt", "A.TXT", "x.JSON", "dir.d/file.txt", "deep/er/pic.png",
+    "arch.tgz", "arch.tar.gz", "notes", ".hidden", "a:b.txt", "data:text/plain,x.txt",
+    "a.unknownextension", "trailing.", "a.b.c", "x.svgz", "report.html", "y.Z",
+])
+def test_content_types_are_mimetypes_own_answer(name: str) -> None:
+    """The per-extension shortcut types every name as the full `guess_type` does, asked twice
+    (the second from the cache)."""
+    from promoter.metadata import _types
+
+    guessed = _types.guess_type(name, strict=False)[0] or "application/octet-stream"
+    assert guess_content_type(name) == guessed
+    assert guess_content_type(name) == guessed
+    assert mimetypes.guess_type("x.png")[0] == guess_content_type("pic.png")
+
+
+class _Sink:
+    def __init__(self) -> None:
+        self.data = b""
+
+    def append(self, day: str, data: bytes) -> None:
+        self.data += data
+
+    def prune(self, before: str) -> list[str]:
+        return []
+
+
+def test_an_audited_batch_logs_each_event_with_its_actor_and_host() -> None:
+    """At info, each audited event is one log line with its own fields and the actor's and
+    host's after them; at warning, none, and the journal has every event either way."""
+    for level, lines in (("info", 2), ("warning", 0)):
+        out = io.StringIO()
+        configure_logging(level, "json", stream=out)
+        try:
+            sink = _Sink()
+            Auditor(sink, "vm", Actor("daemon")).record(
+                [("artifact.promoted", {"run_id": "r", "filename": "a"}),
+                 ("artifact.promoted", {"run_id": "r", "filename": "b"})])
+            logged = [json.loads(x) for x in out.getvalue().splitlines()]
+            assert len(logged) == lines
+            for got, name in zip(logged, "ab", strict=False):
+                assert got["filename"] == name and got["actor"] == "daemon"
+                assert got["host"] == "vm" and got["event"] == "artifact.promoted"
+            journal = [json.loads(x) for x in sink.data.decode().splitlines()]
+            assert [j["filename"] for j in journal] == ["a", "b"]
+        finally:
+            configure_logging("info", "json")
+
+
+def test_info_many_puts_the_extra_fields_after_each_events_own() -> None:
+    """`info_many(extra=...)`: the extra fields win over an event's own of the same name, as
+    the auditor's merge did, and the caller's dicts are left as they were."""
+    out = io.StringIO()
+    configure_logging("info", "json", stream=out)
+    try:
+        fields = {"run_id": "r", "host": "mine"}
+        info_many([("artifact.promoted", fields)], extra={"host": "vm"})
+        assert json.loads(out.getvalue())["host"] == "vm"
+        assert fields == {"run_id": "r", "host": "mine"}
+    finally:
+        configure_logging("info", "json")
+
+
+def test_tune_gc_freezes_start_up_and_still_collects_cycles() -> None:
+    """After `tune_gc` (in a fresh interpreter, as `promoter run` calls it) the start-up's
+    objects are frozen, the young threshold is GC_YOUNG, and a new cycle is still freed."""
+    code = (
+        "import gc, weakref\n"
+        "from promoter.limits import GC_YOUNG, tune_gc\n"
+        "tune_gc()\n"
+        "assert gc.get_freeze_count() > 1000, gc.get_freeze_count()\n"
+        "assert gc.get_threshold()[0] == GC_YOUNG\n"
+        "class C: pass\n"
+        "a = C(); a.me = a; dead = weakref.ref(a); del a\n"
+        "gc.collect()\n"
+        "assert dead() is None\n"
+        "print('ok')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert proc.returncode == 0 and proc.stdout == "ok\n", proc.stderr
