@@ -239,8 +239,8 @@ class Pipeline:
                 message = self._inbox.get(timeout=timeout)
             except queue.Empty:
                 message = None
-            if message is not None and not draining:  # a burst's next messages gather: one
-                self._pause.wait(GATHER_S)  # wake for many, not one each (CPU, issue 15)
+            if message is not None and not draining and not isinstance(message, _Done):
+                self._pause.wait(GATHER_S)  # events gather (CPU); a freed worker never waits
             while message is not None:
                 if isinstance(message, _Flush):
                     draining = True

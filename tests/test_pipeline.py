@@ -335,3 +335,31 @@ def test_files_finishing_while_every_worker_is_busy_go_as_one_batch(tmp_path: Pa
         store.release.set()
         store.lane_release.set()
         assert p.drain(10)
+
+
+def test_a_kept_back_batch_goes_the_moment_a_worker_is_free(tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch
+                                                            ) -> None:
+    """Issue 15 round 6: a worker's finish is not one of the burst's events to gather for:
+    a batch kept back for want of a free worker goes at once, not after the gather pause."""
+    import promoter.pipeline as pipeline_module
+
+    store = BlockingStore(tmp_path)
+    p = pipeline(store, settle_ms=10)
+    try:
+        _hold_both_workers(p, store)
+        p.file_changed("hold-1", "x.txt", strong=True)  # the lane takes it and blocks
+        wait_until(lambda: sum(kind == "started" for kind, _, _ in store.calls) == 3, timeout=10)
+        p.file_changed("late", "y.txt", strong=True)
+        wait_until(lambda: p.queue_length == 82, timeout=10)  # tracked and kept back
+        gather = pipeline_module.GATHER_S
+        monkeypatch.setattr(pipeline_module, "GATHER_S", 5.0)  # a pause no one could miss
+        started = time.monotonic()
+        store.release.set()
+        wait_until(lambda: store.promoted("late") == ["y.txt"], timeout=10)
+        assert time.monotonic() - started < 2.5, "the freed worker waited out the gather pause"
+        monkeypatch.setattr(pipeline_module, "GATHER_S", gather)  # the drain's flush not held
+    finally:
+        store.release.set()
+        store.lane_release.set()
+        assert p.drain(10)
