@@ -141,7 +141,7 @@ def test_a_daemon_whose_stderr_nobody_reads_promotes_reports_drops_and_stops(
     try:
         daemon.notify.wait_for("READY=1", 20)
         first = _files(daemon.root, 3, 200)  # ~200 KiB of lines: 3 times pipe and queue
-        wait_until(lambda: _promoted(daemon.root, first), 30, what="600 files promoted")
+        wait_until(lambda: _promoted(daemon.root, first), 60, what="600 files promoted")
 
         seen = bytearray()
 
@@ -151,7 +151,7 @@ def test_a_daemon_whose_stderr_nobody_reads_promotes_reports_drops_and_stops(
         wait_until(reported, 20, what="a log.dropped line")
 
         second = _files(daemon.root, 3, 100, start=200)  # fills the pipe again
-        wait_until(lambda: _promoted(daemon.root, second), 30, what="300 more promoted")
+        wait_until(lambda: _promoted(daemon.root, second), 60, what="300 more promoted")
         took = daemon.stop()
         assert took < 8, f"SIGTERM with the pipe full took {took:.1f} s"
         seen.extend(_drain(r))
