@@ -143,6 +143,8 @@ class CatchUp(LoopThread):
         shown = terminal_progress("start-up catch-up: files")  # a person at a terminal
         try:
             listing = prescan.collect(self._stop) if prescan is not None else None
+            if self._stop.is_set():
+                return True  # stopped while the child listed: no pass to make (r6 probe)
             report = reconcile(self._store, self._rejections, self._stop,
                                progress=shown.update if shown else None, listing=listing)
         except StoreUnavailable as exc:  # waits for the store when a backlog watches it

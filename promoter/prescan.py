@@ -22,6 +22,8 @@ but the time: its runs are scanned in-process as before (`reconcile.prescan_fail
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import functools
 import gc
 import marshal
 import os
@@ -30,10 +32,11 @@ import select
 import signal
 import sys
 import threading
+import time
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from promoter import events
 from promoter.logs import get_logger
@@ -46,6 +49,8 @@ __all__ = ["Prescan"]
 
 log = get_logger()
 LOOK_MS = 100  # how soon a stop is seen while the child works
+STALL_S = 10.0  # a child whose CPU time stands still this long is given up (SIGSTOP, ...)
+PR_SET_PDEATHSIG = 1
 
 
 class Prescan:
@@ -64,11 +69,13 @@ class Prescan:
             return None
         patterns = tuple(exclude)
         exclusion_match(patterns)  # compiled once, here: the child finds it made
+        _prctl()  # (likewise)
         try:
             r, w = os.pipe2(os.O_CLOEXEC)
         except OSError as exc:
             _failed(f"pipe: {exc.strerror}")
             return None
+        parent = os.getpid()
         try:
             with warnings.catch_warnings():  # 3.12 warns of a fork beside threads: the
                 warnings.simplefilter("ignore", DeprecationWarning)  # child only lists
@@ -79,7 +86,7 @@ class Prescan:
             _failed(f"fork: {exc.strerror}")
             return None
         if pid == 0:
-            _child(r, w, str(sessions), patterns, max_depth)
+            _child(r, w, str(sessions), patterns, max_depth, parent)
         os.close(w)
         return cls(pid, r)
 
@@ -90,11 +97,17 @@ class Prescan:
         chunks = []
         poller = select.poll()
         poller.register(self._fd, select.POLLIN)
+        cpu, moved = _cpu_ticks(self.pid), time.monotonic()
         try:
             while True:
                 if stop.is_set():
                     return None
                 if not poller.poll(LOOK_MS):
+                    if (now_cpu := _cpu_ticks(self.pid)) != cpu:
+                        cpu, moved = now_cpu, time.monotonic()
+                    elif time.monotonic() - moved > STALL_S:  # stopped, or stuck: the
+                        _failed(f"the scanning process made no progress for {STALL_S:.0f} s")
+                        return None  # daemon scans itself (the child is killed below)
                     continue
                 chunk = os.read(self._fd, 1 << 20)
                 if not chunk:
@@ -139,7 +152,7 @@ def _failed(reason: str) -> None:
 
 
 def _child(r: int, w: int, sessions: str, exclude: tuple[str, ...],
-           max_depth: int) -> NoReturn:
+           max_depth: int, parent: int) -> NoReturn:
     """The child's whole life: list, send, `_exit` (never back into the daemon's code, no
     log line, no lock another thread held at the fork)."""
     code = 1
@@ -157,8 +170,12 @@ def _child(r: int, w: int, sessions: str, exclude: tuple[str, ...],
         os.closerange(3, w)
         os.closerange(w + 1, top if top != resource.RLIM_INFINITY else 1 << 20)
         with contextlib.suppress(ValueError):  # (a fork from another thread than the main)
-            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-                signal.signal(signum, signal.SIG_DFL)  # a stop of the group ends it at once
+            # SIGTERM (a stop of the group) ends it at once; SIGHUP is the daemon's reload and
+            # SIGINT a terminal's Ctrl-C to the group: the daemon decides, and kills it
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+        _die_with_parent(parent)
         data = marshal.dumps(_listing(sessions, exclude, max_depth))
         view = memoryview(data)
         while view:
@@ -168,6 +185,35 @@ def _child(r: int, w: int, sessions: str, exclude: tuple[str, ...],
         code = 1
     finally:
         os._exit(code)
+
+
+@functools.cache
+def _prctl() -> Any:
+    """libc's prctl, looked up in the daemon before the fork (a `dlopen` in the child could
+    wait for a loader lock another thread held at the fork); None where there is none."""
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+def _cpu_ticks(pid: int) -> int | None:
+    """The child's CPU time so far, in clock ticks (/proc); None once it cannot be read."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            fields = fh.read().rpartition(b")")[2].split()
+        return int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _die_with_parent(parent: int) -> None:
+    """SIGKILL when the daemon's thread that forked it ends (kill -9 of the daemon): an
+    orphan listed on for seconds, a core taken for nothing (prctl PR_SET_PDEATHSIG)."""
+    if (prctl := _prctl()) is not None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:  # the daemon ended before the prctl: no signal will come
+        os._exit(1)
 
 
 def _listing(sessions: str, exclude: tuple[str, ...], max_depth: int

@@ -50,9 +50,11 @@ log = get_logger()
 
 
 def find_pending(store: Store, rejections: Rejections, runs: Iterable[str] | None = None,
-                 listing: Listing | None = None) -> dict[str, list[SessionFile]]:
+                 listing: Listing | None = None, stop: threading.Event | None = None
+                 ) -> dict[str, list[SessionFile]]:
     """Session files to promote, by run. `listing`: the start-up's scan made by a second
-    process (`promoter.prescan`) once the watches were set; a run it lacks is scanned here."""
+    process (`promoter.prescan`) once the watches were set; a run it lacks is scanned here.
+    `stop`: looked at between runs (a SIGTERM waited for a scan of every run, r6 probe)."""
     pending: dict[str, list[SessionFile]] = {}
     exclude = store.config.watch.exclude
     if listing is not None:
@@ -60,6 +62,8 @@ def find_pending(store: Store, rejections: Rejections, runs: Iterable[str] | Non
     with folder(store.sessions_path) as sessions:
         run_ids = list(runs) if runs is not None else session_runs(sessions, rejections)
         for run_id in run_ids:
+            if stop is not None and stop.is_set():
+                break
             try:
                 meta = store.read_run(run_id)
                 known = known_copies(meta)
@@ -165,7 +169,7 @@ def _reconcile(store: Store, rejections: Rejections, stop: threading.Event, max_
     done_bytes = 0
     retries = 0
     for _ in range(max_rounds):
-        pending = find_pending(store, rejections, run_filter, listing)
+        pending = find_pending(store, rejections, run_filter, listing, stop)
         listing = None  # the later rounds look again
         found.update((run_id, f.filename) for run_id, files in pending.items() for f in files)
         now_ns = int(store.clock.now().timestamp() * 1e9)

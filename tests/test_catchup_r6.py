@@ -247,3 +247,82 @@ def test_a_store_that_cannot_be_opened_leaves_no_watch_and_no_child(tmp_path: Pa
         daemon.run()
     assert daemon.watcher is not None and daemon.watcher.stopping
     assert not _zombie_child_of(os.getpid())
+
+
+def _stalling_listing(*_: object) -> None:
+    """A child that stops itself before listing anything (as a SIGSTOP from outside would)."""
+    import signal
+
+    os.kill(os.getpid(), signal.SIGSTOP)
+
+
+def _ignored_signals(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigIgn:"):
+            return int(line.split()[1], 16)
+    raise AssertionError("no SigIgn")
+
+
+def test_a_child_that_makes_no_progress_is_given_up(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """r6 probe 3: a child stopped (or stuck) before its listing is given up once its CPU
+    time stands still for STALL_S: a failure logged, the child killed and reaped, and the
+    start-up scans in-process instead of waiting for ever."""
+    import signal
+
+    (tmp_path / "sessions").mkdir()
+    monkeypatch.setattr(prescan_mod, "_listing", _stalling_listing)
+    monkeypatch.setattr(prescan_mod, "STALL_S", 0.5)
+    started = Prescan.start(tmp_path / "sessions", (), 64)
+    assert started is not None
+    wait_until(lambda: Path(f"/proc/{started.pid}/stat").read_text().rpartition(")")[2]
+               .split()[0] == "T", timeout=10, what="the child stopped")
+    ignored = _ignored_signals(started.pid)
+    assert ignored & (1 << (signal.SIGHUP - 1)) and ignored & (1 << (signal.SIGINT - 1)), \
+        "a SIGHUP (reload) or Ctrl-C to the group must not end the child"
+    assert not ignored & (1 << (signal.SIGTERM - 1))
+    assert started.collect(threading.Event()) is None
+    assert "made no progress" in capsys.readouterr().err
+    with pytest.raises(ChildProcessError):
+        os.waitpid(started.pid, os.WNOHANG)
+
+
+ORPHAN = """
+import os, sys, time
+from pathlib import Path
+from promoter import prescan
+prescan._listing = lambda *a: time.sleep(60)  # (the child's stand-in for a long listing)
+started = prescan.Prescan.start(Path(sys.argv[1]), (), 64)
+print(started.pid, flush=True)
+os._exit(0)  # the daemon killed: no discard, no reaping
+"""
+
+
+def test_a_child_dies_with_the_daemon(tmp_path: Path) -> None:
+    """r6 probe 7: a kill -9 of the daemon ends its child too (PR_SET_PDEATHSIG), rather
+    than leaving an orphan listing on a core for seconds."""
+    (tmp_path / "sessions").mkdir()
+    out = subprocess.run([sys.executable, "-c", ORPHAN, str(tmp_path / "sessions")],
+                         capture_output=True, text=True, timeout=60, check=True)
+    pid = int(out.stdout.split()[0])
+
+    def gone() -> bool:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+        except FileNotFoundError:
+            return True
+        return state in ("Z", "X")  # killed, not yet reaped by whoever adopted it
+    wait_until(gone, timeout=10, what="the orphaned child ended")
+
+
+def test_find_pending_stops_between_runs(tmp_path: Path) -> None:
+    """r6 probe 1: a stop ends the catch-up's scan between runs (a SIGTERM during the start
+    waited for a scan of every run)."""
+    store = make_store(tmp_path)
+    for i in range(5):
+        write_session_file(tmp_path, f"r{i}", "a.txt", b"a", age_s=60)
+    assert len(find_pending(store, Rejections())) == 5
+    stop = threading.Event()
+    stop.set()
+    assert find_pending(store, Rejections(), stop=stop) == {}
