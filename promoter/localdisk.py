@@ -77,7 +77,8 @@ class LocalDisk:
                 for name in (LOCKS, TRASH, TOMBSTONES, AUDIT_DIR):
                     (self.path / name).mkdir(exist_ok=True)
             except OSError as exc:
-                raise StoreIOError(f"cannot create storage folders: {exc.strerror}") from None
+                raise StoreIOError(f"cannot create storage folder {exc.filename or self.path}: "
+                                   f"{exc.strerror}") from None
         elif not os.path.isdir(self.path):
             raise NotFoundError(f"no store at {self.path}: the folder does not exist "
                                 "(check --root / storage.artifacts; only `promoter run` "

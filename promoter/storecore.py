@@ -87,7 +87,8 @@ class StoreCore:
             for path in paths:
                 path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise StoreIOError(f"cannot create storage folders: {exc.strerror}") from None
+            raise StoreIOError(f"cannot create storage folder {exc.filename}: {exc.strerror}"
+                               ) from None
 
     def require_store(self) -> None:
         """Commands other than `run` never create the store (DESIGN §3): a mistyped root must

@@ -617,3 +617,17 @@ def test_file_written_just_after_a_deletion_comes_back(tmp_path: Path) -> None:
         results = store.promote_files(run, ["a.txt", "new.txt"])
         misses += outcomes(results)["new.txt"] is not Outcome.PROMOTED
     assert misses == 0
+
+
+@pytest.mark.parametrize("which", ["artifacts", "sessions"])
+def test_a_store_folder_that_cannot_be_made_is_named(tmp_path: Path, which: str) -> None:
+    """r6 probe 8: a file where the store's or the sessions folder should be fails the start
+    with the path in the message (DESIGN §3: what failed and where), not a bare strerror."""
+    from promoter.errors import StoreIOError
+    from promoter.store import Store
+    from tests.store_helpers import make_config
+
+    config = make_config(tmp_path)
+    (tmp_path / which).write_text("not a folder")
+    with pytest.raises(StoreIOError, match=f"cannot create storage folder .*{which}"):
+        Store(config).ensure_folders()
