@@ -139,7 +139,9 @@ class ArtifactEntry(_Model):
     generated_at: _FileTime = Field(description="The source file's modification time")
     size_bytes: int = Field(ge=0)
     content_type: str = "application/octet-stream"
-    sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    # absent, not null, when checksums are off (DESIGN §2)
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$",
+                               exclude_if=lambda v: v is None)
 
     @classmethod
     def trusted(cls, filename: str, path: str, agent_id: str, generated_at: datetime,

@@ -631,3 +631,19 @@ def test_a_store_folder_that_cannot_be_made_is_named(tmp_path: Path, which: str)
     (tmp_path / which).write_text("not a folder")
     with pytest.raises(StoreIOError, match=f"cannot create storage folder .*{which}"):
         Store(config).ensure_folders()
+
+
+def test_without_checksums_an_entry_has_no_sha256_key(tmp_path: Path) -> None:
+    """r6 probe: with `checksum = "none"` the entry leaves `sha256` out (DESIGN §2: absent
+    only when checksums are off), not `null`; it reads back, and with checksums it is there."""
+    for checksum, present in (("none", False), ("sha256", True)):
+        root = tmp_path / checksum
+        store = make_store(root, promote={"checksum": checksum})
+        write_session_file(root, "r1", "a.txt", b"abc")
+        store.promote_files("r1", ["a.txt"])
+        raw = json.loads((root / "artifacts" / "r1" / "metadata.json").read_text())
+        [entry] = raw["artifacts"]
+        assert ("sha256" in entry) is present, entry
+        if present:
+            assert entry["sha256"] == hashlib.sha256(b"abc").hexdigest()
+        assert RunMetadata.model_validate(raw).artifacts[0].size_bytes == 3
