@@ -266,6 +266,13 @@ def _hold_both_workers(p: Pipeline, store: BlockingStore) -> None:
     wait_until(lambda: sum(kind == "started" for kind, _, _ in store.calls) == 2, timeout=10)
 
 
+def _hold_workers_and_lane(p: Pipeline, store: BlockingStore) -> None:
+    """Both workers held by big batches, and the lane by a lone file (until the releases)."""
+    _hold_both_workers(p, store)
+    p.file_changed("hold-1", "x.txt", strong=True)  # the lane takes it and blocks
+    wait_until(lambda: sum(kind == "started" for kind, _, _ in store.calls) == 3, timeout=10)
+
+
 def test_a_lone_file_passes_big_batches_that_hold_every_worker(tmp_path: Path) -> None:
     """probe-15 finding 5: while two runs' batches hold both workers, a lone file of a
     third run is promoted at once (the lane), not after them."""
@@ -288,9 +295,7 @@ def test_batches_waiting_behind_the_busy_lane_go_to_the_workers_once_free(tmp_pa
     store = BlockingStore(tmp_path)
     p = pipeline(store)
     try:
-        _hold_both_workers(p, store)
-        p.file_changed("hold-1", "x.txt", strong=True)  # the lane takes it and blocks
-        wait_until(lambda: sum(kind == "started" for kind, _, _ in store.calls) == 3, timeout=10)
+        _hold_workers_and_lane(p, store)
         smalls = [f"small-{i}" for i in range(4)]
         for run in smalls:
             p.file_changed(run, "y.txt", strong=True)
@@ -313,9 +318,7 @@ def test_files_finishing_while_every_worker_is_busy_go_as_one_batch(tmp_path: Pa
     store = BlockingStore(tmp_path)
     p = pipeline(store, settle_ms=10)
     try:
-        _hold_both_workers(p, store)
-        p.file_changed("hold-1", "x.txt", strong=True)  # the lane takes it and blocks
-        wait_until(lambda: sum(kind == "started" for kind, _, _ in store.calls) == 3, timeout=10)
+        _hold_workers_and_lane(p, store)
         for i in range(30):
             p.file_changed("many", f"m{i}.bin", strong=True)
             wait_until(lambda i=i: p.queue_length == 81 + i + 1, timeout=10)
@@ -347,9 +350,7 @@ def test_a_kept_back_batch_goes_the_moment_a_worker_is_free(tmp_path: Path,
     store = BlockingStore(tmp_path)
     p = pipeline(store, settle_ms=10)
     try:
-        _hold_both_workers(p, store)
-        p.file_changed("hold-1", "x.txt", strong=True)  # the lane takes it and blocks
-        wait_until(lambda: sum(kind == "started" for kind, _, _ in store.calls) == 3, timeout=10)
+        _hold_workers_and_lane(p, store)
         p.file_changed("late", "y.txt", strong=True)
         wait_until(lambda: p.queue_length == 82, timeout=10)  # tracked and kept back
         gather = pipeline_module.GATHER_S
