@@ -115,3 +115,25 @@ def test_the_cli_is_imported_with_the_collector_off_and_it_is_back_on_after(
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                          timeout=60, cwd=tmp_path, check=True).stdout
     assert out.splitlines()[-1] == "[False, False, False] True 0"
+
+
+def test_the_hosts_mime_types_are_read_at_the_first_guess_not_at_import(
+        tmp_path: Path) -> None:
+    """Importing the daemon reads no mime.types (a fifteenth of its imports); the first
+    content type guessed does, and types as before."""
+    script = (
+        "import mimetypes\n"
+        "made = []\n"
+        "real = mimetypes.MimeTypes.__init__\n"
+        "def spy(self, *a, **k):\n"
+        "    made.append(1)\n"
+        "    real(self, *a, **k)\n"
+        "mimetypes.MimeTypes.__init__ = spy\n"
+        "import promoter.daemon\n"
+        "from promoter.metadata import guess_content_type\n"
+        "before = len(made)\n"
+        "print(before, guess_content_type('a.md'), guess_content_type('b.tar.gz'), len(made) > 0)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=60, cwd=tmp_path, check=True).stdout
+    assert out.splitlines()[-1] == "0 text/markdown application/x-tar True"
