@@ -63,7 +63,8 @@ def test_a_clean_run_is_remembered_as_read_without_waiting_for_its_lock(
         assert cached is not None and cached == _doc(tmp_path, run)
 
 
-@pytest.mark.parametrize("damage", ["temp", "mark", "corrupt", "other-run", "oversized"])
+@pytest.mark.parametrize("damage", ["temp", "mark", "corrupt", "other-run", "oversized", "link",
+                                    "fifo"])
 def test_a_run_that_is_not_clean_is_repaired_under_its_lock(
         tmp_path: Path, trusted: Store, damage: str) -> None:
     """A temporary file, a mark, a metadata.json that does not parse, names another run, or is
@@ -80,6 +81,12 @@ def test_a_run_that_is_not_clean_is_repaired_under_its_lock(
         (run_dir / METADATA).write_bytes(b'{"run_id": "r2", ')
     elif damage == "other-run":
         (run_dir / METADATA).write_bytes(before["r1"])
+    elif damage == "link":
+        (run_dir / METADATA).unlink()
+        (run_dir / METADATA).symlink_to(tmp_path / "artifacts" / "r1" / METADATA)
+    elif damage == "fifo":
+        (run_dir / METADATA).unlink()
+        os.mkfifo(run_dir / METADATA)
     else:
         (run_dir / METADATA).write_bytes(before["r2"] + b" " * 2048)
     config = trusted.config.model_copy(update={"promote": trusted.config.promote.model_copy(
@@ -90,7 +97,7 @@ def test_a_run_that_is_not_clean_is_repaired_under_its_lock(
     assert listed == ({"a.txt", "b.txt", "c.txt"} if damage == "mark" else {"a.txt", "b.txt"})
     assert not list(run_dir.glob(".promoter-*")) and not (run_dir / MARK).exists()
     aside = list(run_dir.glob(f"{METADATA}.corrupt-*"))
-    assert len(aside) == (damage in ("corrupt", "other-run", "oversized"))
+    assert len(aside) == (damage in ("corrupt", "other-run", "oversized", "link", "fifo"))
     for run in ("r1", "r3"):
         assert (tmp_path / "artifacts" / run / METADATA).read_bytes() == before[run]
 
