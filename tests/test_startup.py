@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from promoter import walk
 from promoter.layout import LOCKS, MARK, METADATA, REPAIRED
 from promoter.localdisk import LocalDisk
 from promoter.metadata import RunMetadata
@@ -144,3 +145,32 @@ def test_the_hosts_mime_types_are_read_at_the_first_guess_not_at_import(
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                          timeout=60, cwd=tmp_path, check=True).stdout
     assert out.splitlines()[-1] == "0 text/markdown application/x-tar True"
+
+
+def test_known_copies_made_ahead_are_taken_once_by_the_same_model(trusted: Store) -> None:
+    """What the start-up catch-up prepares while the listing is made is what `known_copies`
+    would compute, handed once to the very model it was made from; another model of the
+    run is computed afresh, and what is not taken is dropped."""
+    metas = [trusted.read_run(run) for run in RUNS]
+    assert all(m is not None for m in metas)
+    fresh = {m.run_id: walk._copies(m) for m in metas if m is not None}
+    walk.prepare_known_copies([m for m in metas if m is not None], threading.Event())
+    try:
+        first = metas[0]
+        assert first is not None
+        taken = walk.known_copies(first)
+        assert taken == fresh["r1"] and len(taken) == 2
+        assert walk.known_copies(first) == taken and walk.known_copies(first) is not taken
+        other = first.model_copy()
+        assert walk.known_copies(other) == fresh["r1"]
+    finally:
+        walk.forget_known_copies()
+    assert not walk._prepared
+
+
+def test_nothing_is_made_ahead_once_stopped(trusted: Store) -> None:
+    """A stop during the preparation ends it at once."""
+    stop = threading.Event()
+    stop.set()
+    walk.prepare_known_copies([m for m in (trusted.read_run(r) for r in RUNS) if m], stop)
+    assert not walk._prepared
