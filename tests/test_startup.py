@@ -65,7 +65,7 @@ def test_a_clean_run_is_remembered_as_read_without_waiting_for_its_lock(
 
 
 @pytest.mark.parametrize("damage", ["temp", "mark", "corrupt", "other-run", "oversized", "link",
-                                    "fifo"])
+                                    "fifo", "folder"])
 def test_a_run_that_is_not_clean_is_repaired_under_its_lock(
         tmp_path: Path, trusted: Store, damage: str) -> None:
     """A temporary file, a mark, a metadata.json that does not parse, names another run, or is
@@ -88,6 +88,9 @@ def test_a_run_that_is_not_clean_is_repaired_under_its_lock(
     elif damage == "fifo":
         (run_dir / METADATA).unlink()
         os.mkfifo(run_dir / METADATA)
+    elif damage == "folder":
+        (run_dir / METADATA).unlink()
+        (run_dir / METADATA).mkdir()
     else:
         (run_dir / METADATA).write_bytes(before["r2"] + b" " * 2048)
     config = trusted.config.model_copy(update={"promote": trusted.config.promote.model_copy(
@@ -98,7 +101,8 @@ def test_a_run_that_is_not_clean_is_repaired_under_its_lock(
     assert listed == ({"a.txt", "b.txt", "c.txt"} if damage == "mark" else {"a.txt", "b.txt"})
     assert not list(run_dir.glob(".promoter-*")) and not (run_dir / MARK).exists()
     aside = list(run_dir.glob(f"{METADATA}.corrupt-*"))
-    assert len(aside) == (damage in ("corrupt", "other-run", "oversized", "link", "fifo"))
+    assert len(aside) == (damage in ("corrupt", "other-run", "oversized", "link", "fifo",
+                                     "folder"))
     for run in ("r1", "r3"):
         assert (tmp_path / "artifacts" / run / METADATA).read_bytes() == before[run]
 
