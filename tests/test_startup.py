@@ -109,7 +109,7 @@ def test_a_run_that_is_not_clean_is_repaired_under_its_lock(
 
 def test_the_cli_is_imported_with_the_collector_off_and_it_is_back_on_after(
         tmp_path: Path) -> None:
-    """`promoter.entry.main`: the CLI's imports run with gc disabled (a sixth of their CPU),
+    """`promoter.entry.main`: the CLI's imports run with gc disabled (3-15 % of their CPU),
     and the collector is enabled again before the command runs."""
     script = (
         "import gc, importlib.abc, sys\n"
