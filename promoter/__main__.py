@@ -1,3 +1,3 @@
-from promoter.cli import main
+from promoter.entry import main
 
 raise SystemExit(main())

@@ -37,6 +37,7 @@ from promoter.config import Config, load_config, resolve_config_path
 from promoter.errors import PromoterError, UsageError
 from promoter.logs import configure_logging, get_logger, stderr_line
 from promoter.safeio import describe_os_error
+from promoter.walk import gc_paused
 
 __all__ = ["main"]
 
@@ -145,8 +146,9 @@ def _duration(text: str) -> timedelta:
 
 
 def _cmd_run(args: argparse.Namespace, config: Config) -> int:
-    from promoter.daemon import run_daemon
-    from promoter.limits import raise_descriptor_limit, tune_gc
+    with gc_paused():  # objects that live as long as the daemon (entry.py)
+        from promoter.daemon import run_daemon
+        from promoter.limits import raise_descriptor_limit, tune_gc
 
     raise_descriptor_limit()
     tune_gc()  # the imports are done: the collector leaves their objects (limits.py)

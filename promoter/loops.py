@@ -7,16 +7,19 @@ the next wait.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from promoter import events
 from promoter.backlog import Backlog
 from promoter.config import Config
 from promoter.logs import get_logger
 from promoter.loopthread import LoopThread
+from promoter.metadata import RunMetadata
 from promoter.metrics import DaemonMetrics
+from promoter.names import is_valid_run_id
 from promoter.pipeline import Pipeline
 from promoter.prescan import Prescan
 from promoter.progress import terminal_progress
@@ -30,6 +33,7 @@ from promoter.reconcile import (
 from promoter.s3errors import StoreUnavailable
 from promoter.store import Outcome, Store
 from promoter.sweep import SweepReport, sweep
+from promoter.walk import forget_known_copies, prepare_known_copies
 
 __all__ = ["BUDGET_GAP_S", "DEGRADED_RESCAN_S", "CatchUp", "Sink", "Sweeper"]
 
@@ -142,6 +146,8 @@ class CatchUp(LoopThread):
         log.info(events.RECONCILE_STARTED, trigger="startup")
         shown = terminal_progress("start-up catch-up: files")  # a person at a terminal
         try:
+            if prescan is not None:
+                prepare_known_copies(self._session_models(), self._stop)  # while it lists
             listing = prescan.collect(self._stop) if prescan is not None else None
             if self._stop.is_set():
                 return True  # stopped while the child listed: no pass to make (r6 probe)
@@ -155,6 +161,7 @@ class CatchUp(LoopThread):
                       reason=f"{type(exc).__name__}: {exc}", exc_info=True)
             return True
         finally:
+            forget_known_copies()
             if shown:
                 shown.close()
         self._metrics.record(report.outcomes.values(), time.time_ns())
@@ -164,6 +171,22 @@ class CatchUp(LoopThread):
         log.info(events.RECONCILE_FINISHED, trigger="startup", **report.summary(),
                  prescan=listing is not None, duration_ms=round(duration * 1000, 1))
         return True
+
+    def _session_models(self) -> Iterator[RunMetadata]:
+        """The store's parsed model of each run that has a session folder (the runs the
+        catch-up compares), as `read_run` will give it: on the local disk only (an object
+        store's version tag may cost a request)."""
+        if self._store.config.storage.backend != "local":
+            return
+        try:
+            with os.scandir(self._store.sessions_path) as it:
+                run_ids = [e.name for e in it if is_valid_run_id(e.name)]
+        except OSError:
+            return
+        for run_id in run_ids:
+            meta = self._store.cached_run(run_id)
+            if meta is not None:
+                yield meta
 
     def _scan(self, requests: dict[str, set[str]]) -> None:
         """Offer every file the store lacks to the pipeline, which settles and promotes it."""

@@ -96,11 +96,11 @@ def _as_utc(value: datetime) -> datetime:
 
 
 def _in_utc(value: datetime) -> datetime:
-    """`value.replace(tzinfo=UTC)` for a time at offset 0: the constructor with positional
-    fields is 2.5 times faster than `replace`, whose keywords are parsed at each call, paid
-    for 100,000 entries at start-up (issue 15). A parsed time's `fold` is always 0."""
-    return datetime(value.year, value.month, value.day, value.hour, value.minute,
-                    value.second, value.microsecond, UTC)
+    """`value.replace(tzinfo=UTC)` for a time at offset 0: `combine` of its date and time is
+    4 times faster than `replace`, whose keywords are parsed at each call, and twice as fast
+    as the constructor with seven fields read one by one, paid for 100,000 entries at
+    start-up (issue 15). A parsed time's `fold` is always 0 (`time()` keeps it anyway)."""
+    return datetime.combine(value.date(), value.time(), UTC)
 
 
 class _Model(BaseModel):
@@ -317,9 +317,16 @@ _EXTRA_TYPES = {
     ".webp": "image/webp",
     ".log": "text/plain",
 }
-_types = mimetypes.MimeTypes()
-for _ext, _type in _EXTRA_TYPES.items():
-    _types.add_type(_type, _ext)
+
+
+@functools.cache
+def _types() -> mimetypes.MimeTypes:
+    """The host's mime.types with promoter's own on top, read at the first guess rather than
+    at import: a fifteenth of `promoter run`'s imports (issue 15), and most commands guess none."""
+    types = mimetypes.MimeTypes()
+    for ext, content_type in _EXTRA_TYPES.items():
+        types.add_type(content_type, ext)
+    return types
 
 
 def guess_content_type(filename: str) -> str:
@@ -329,13 +336,13 @@ def guess_content_type(filename: str) -> str:
     base = filename.rpartition("/")[2]
     if base.count(".") == 1 and not base.startswith(".") and ":" not in filename:
         return _type_of_extension(base[base.index("."):])
-    guessed, _ = _types.guess_type(filename, strict=False)
+    guessed, _ = _types().guess_type(filename, strict=False)
     return guessed or "application/octet-stream"
 
 
 @functools.lru_cache(maxsize=1024)
 def _type_of_extension(ext: str) -> str:
-    guessed, _ = _types.guess_type("x" + ext, strict=False)
+    guessed, _ = _types().guess_type("x" + ext, strict=False)
     return guessed or "application/octet-stream"
 
 

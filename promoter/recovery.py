@@ -18,7 +18,7 @@ from datetime import datetime
 from promoter import events, rules
 from promoter.clock import EPOCH, MAX_US, MIN_US, ONE_US, from_timestamp_ns
 from promoter.context import RunContext
-from promoter.layout import FILES, METADATA
+from promoter.layout import FILES, MARK, METADATA
 from promoter.logs import get_logger
 from promoter.metadata import ArtifactEntry, RunMetadata, guess_content_type
 from promoter.names import TEMP_PREFIX
@@ -26,6 +26,7 @@ from promoter.safeio import Refused, open_dir_chain, open_regular
 from promoter.walk import Folder, walk_tree
 
 __all__ = [
+    "clean_metadata",
     "has_files",
     "hash_entry",
     "relist",
@@ -110,6 +111,37 @@ def hash_entry(dir_fd: int, filename: str, ctx: RunContext, checksum: bool) -> A
 def stored_entries(art: int, run_id: str, ctx: RunContext, checksum: bool) -> list[ArtifactEntry]:
     """An entry for every stored copy of the run, each hashed."""
     return [hash_entry(fd, name, ctx, checksum) for name, fd, _ in walk_files(art, run_id)]
+
+
+def clean_metadata(art: int, run_id: str, limit: int) -> tuple[tuple[int, int, int], bytes] | None:
+    """A run the start-up repair has nothing to do in, seen without its lock (issue 15): no
+    temporary file and no mark (runmark.py) in its folder, one listing for both, and a
+    metadata.json that is a regular file within `limit`. Its version tag (inode, mtime, size
+    of what was read, as `LocalDisk.meta_version`) and bytes; None for anything else, which
+    the repair looks at under the run's lock as before. A temporary file or a mark that
+    appears after the listing is a live write session's, not a crash's leftover."""
+    try:
+        run_fd = open_dir_chain(art, [run_id])
+    except (OSError, Refused):
+        return None
+    try:
+        names = os.listdir(run_fd)
+        if MARK in names or any(name.startswith(TEMP_PREFIX) for name in names):
+            return None
+        fd, st = open_regular(run_fd, METADATA, allow_hardlinks=True, blocking=False)
+    except (OSError, Refused):
+        return None
+    finally:
+        os.close(run_fd)
+    try:
+        if st.st_size > limit:
+            return None
+        raw = os.pread(fd, st.st_size, 0)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return (st.st_ino, st.st_mtime_ns, st.st_size), raw
 
 
 def set_aside(art: int, run_id: str, now: datetime) -> str:

@@ -22,7 +22,7 @@ import gc
 import os
 import re
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from promoter.clock import EPOCH, ONE_US
@@ -30,7 +30,8 @@ from promoter.metadata import RunMetadata
 from promoter.names import TEMP_PREFIX
 from promoter.safeio import Refused, open_dir_chain
 
-__all__ = ["Folder", "exclusion", "exclusion_match", "gc_paused", "known_copies", "walk_tree"]
+__all__ = ["Folder", "exclusion", "exclusion_match", "forget_known_copies", "gc_paused",
+           "known_copies", "prepare_known_copies", "walk_tree"]
 
 
 @dataclass
@@ -100,10 +101,37 @@ def known_copies(meta: RunMetadata | None) -> dict[str, tuple[int, int]]:
     in range, so never BAD_TIME)."""
     if meta is None:
         return {}
+    prepared = _prepared.pop(id(meta), None)
+    if prepared is not None and prepared[0] is meta:
+        return prepared[1]
+    return _copies(meta)
+
+
+def _copies(meta: RunMetadata) -> dict[str, tuple[int, int]]:
     # reversed: the first of a repeated name is the one kept (a comprehension, not a
     # setdefault a name: 100,000 entries at start-up, issue 15); clock.micros, inline
     return {item.filename: (item.size_bytes, (item.generated_at - EPOCH) // ONE_US)
             for item in reversed(meta.artifacts)}
+
+
+# made ahead by the start-up catch-up while the second process still lists (issue 15), each
+# taken by the first `known_copies` of the same model (an entry is never changed once made)
+_prepared: dict[int, tuple[RunMetadata, dict[str, tuple[int, int]]]] = {}
+
+
+def prepare_known_copies(metas: Iterable[RunMetadata], stop: threading.Event) -> None:
+    """`known_copies` of each model, made now: the start-up catch-up waits for the listing
+    of `sessions/` with nothing to do, and this was a third of its work after it (100,000
+    entries). Taken once each; `forget_known_copies` drops what no pass took."""
+    for meta in metas:
+        if stop.is_set():
+            return
+        _prepared[id(meta)] = (meta, _copies(meta))
+
+
+def forget_known_copies() -> None:
+    """Drop the copies prepared and not taken (runs the catch-up did not look at)."""
+    _prepared.clear()
 
 
 class _GcPause:

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from promoter import metadata
+from promoter import metadata, startup
 from promoter.metadata import RunMetadata, parse_metadata
 from promoter.reconcile import complete_finished_runs
 from promoter.startup import prepare
@@ -123,13 +123,13 @@ def test_the_repair_walks_on_threads_only_while_the_marks_are_not_trusted(
         write_session_file(tmp_path, run, "a.txt", b"a")
         store.promote_files(run, ["a.txt"])
     threads: set[str] = set()
-    real = Store.repair
+    real = startup._repair
 
-    def where(self: Store, run_id: str) -> bool:
+    def where(store: Store, run_id: str, *args: Any) -> bool:
         threads.add(threading.current_thread().name)
-        return real(self, run_id)
+        return real(store, run_id, *args)
 
-    monkeypatch.setattr(Store, "repair", where)
+    monkeypatch.setattr(startup, "_repair", where)
     prepare(Store(store.config), create=False)
     assert all(name.startswith("promoter-repair") for name in threads), threads
     threads.clear()

@@ -49,7 +49,7 @@ def test_content_types_are_mimetypes_own_answer(name: str) -> None:
     (the second from the cache)."""
     from promoter.metadata import _types
 
-    guessed = _types.guess_type(name, strict=False)[0] or "application/octet-stream"
+    guessed = _types().guess_type(name, strict=False)[0] or "application/octet-stream"
     assert guess_content_type(name) == guessed
     assert guess_content_type(name) == guessed
     assert mimetypes.guess_type("x.png")[0] == guess_content_type("pic.png")
