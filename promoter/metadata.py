@@ -321,8 +321,10 @@ _EXTRA_TYPES = {
 
 @functools.cache
 def _types() -> mimetypes.MimeTypes:
-    """The host's mime.types with promoter's own on top, read at the first guess rather than
-    at import: a fifteenth of `promoter run`'s imports (issue 15), and most commands guess none."""
+    """Python's built-in table with promoter's own on top (README: not the host's mime.types,
+    so every host answers the same). Made at the first guess rather than at import, since the
+    constructor has `mimetypes` read the host's files for its module table: a fifteenth of
+    `promoter run`'s imports (issue 15), and most commands guess none."""
     types = mimetypes.MimeTypes()
     for ext, content_type in _EXTRA_TYPES.items():
         types.add_type(content_type, ext)
