@@ -338,7 +338,9 @@ def guess_content_type(filename: str) -> str:
     base = filename.rpartition("/")[2]
     if base.count(".") == 1 and not base.startswith(".") and ":" not in filename:
         return _type_of_extension(base[base.index("."):])
-    guessed, _ = _types().guess_type(filename, strict=False)
+    # "./": a name is a path, never a URL, so `data:text/html,x.png` is typed by `.png`
+    # (mimetypes reads a leading `scheme:` as a URL and a data URL's own type)
+    guessed, _ = _types().guess_type("./" + filename, strict=False)
     return guessed or "application/octet-stream"
 
 

@@ -21,6 +21,9 @@ from promoter.metadata import (
     ("x.json", "application/json"), ("r.html", "text/html"), ("p.pdf", "application/pdf"),
     ("noext", "application/octet-stream"), ("weird.zzz", "application/octet-stream"),
     ("pic.svg", "image/svg+xml"), ("README.MD", "text/markdown"),
+    ("data:text/html,x.png", "image/png"), ("data:x,report.csv", "text/csv"),
+    ("data:image/svg+xml,a.b.txt", "text/plain"), ("http:x.tar.gz", "application/x-tar"),
+    ("a/data:text/html,x.png", "image/png"),
 ])
 def test_content_type_from_name(name: str, expected: str) -> None:
     """Types come from the name via mimetypes with a few additions, never from content."""
