@@ -28,6 +28,7 @@ WATCH_ERROR: Final = "watch.error"
 METADATA_RECOVERED: Final = "metadata.recovered"
 CONTEXT_INVALID: Final = "context.invalid"
 TEMP_REMOVED: Final = "store.temp_removed"
+TEMP_REMOVE_FAILED: Final = "store.temp_remove_failed"
 REMOVAL_FINISHED: Final = "store.removal_finished"  # a removed copy a crash left behind
 HTTP_REQUEST: Final = "http.request"
 HTTP_STREAM_BROKEN: Final = "http.stream_broken"  # a streamed answer could not be finished

@@ -22,7 +22,7 @@ from promoter.layout import FILES, MARK, METADATA
 from promoter.logs import get_logger
 from promoter.metadata import ArtifactEntry, RunMetadata, guess_content_type
 from promoter.names import TEMP_PREFIX
-from promoter.safeio import Refused, open_dir_chain, open_regular
+from promoter.safeio import Refused, describe_os_error, open_dir_chain, open_regular, remove_tree
 from promoter.walk import Folder, walk_tree
 
 __all__ = [
@@ -158,13 +158,20 @@ def set_aside(art: int, run_id: str, now: datetime) -> str:
 
 
 def remove_temps(art: int, run_id: str) -> None:
-    """Temporary files a crash left in the run folder (a metadata write cut short)."""
+    """Temporary files a crash left in the run folder (a metadata write cut short). Each
+    name on its own: one that cannot go (a folder planted under the prefix is removed as a
+    tree) never keeps the others."""
     with contextlib.suppress(OSError, Refused):
         run_fd = open_dir_chain(art, [run_id])
         try:
             for name in os.listdir(run_fd):
                 if name.startswith(TEMP_PREFIX):
-                    os.unlink(name, dir_fd=run_fd)
+                    try:
+                        remove_tree(run_fd, name)
+                    except OSError as exc:
+                        log.warning(events.TEMP_REMOVE_FAILED, run_id=run_id, name=name,
+                                    error=describe_os_error(exc))
+                        continue
                     log.info(events.TEMP_REMOVED, run_id=run_id, name=name)
         finally:
             os.close(run_fd)

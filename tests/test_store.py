@@ -390,6 +390,23 @@ def test_repair_after_crash_lists_orphans_and_removes_temps(tmp_path: Path) -> N
     assert not list(tmp_path.glob("artifacts/**/.promoter-*"))
 
 
+def test_a_folder_planted_under_the_temp_prefix_keeps_no_other_temp(tmp_path: Path) -> None:
+    """A `.promoter-*` folder is removed as a tree, and the temps listed after it go too
+    (the loop once ended at the folder's unlink, r7 start probe 2)."""
+    store = make_store(tmp_path)
+    write_session_file(tmp_path, "r1", "a.txt", b"a")
+    store.promote_files("r1", ["a.txt"])
+    run = tmp_path / "artifacts/r1"
+    planted = run / ".promoter-zdir"
+    (planted / "deep").mkdir(parents=True)
+    (planted / "deep/x").write_bytes(b"x")
+    for n in range(8):
+        (run / f".promoter-{n}-metadata.json").write_bytes(b"{")
+    prepare_store(store.config)
+    assert not list(run.glob(".promoter-*"))
+    assert [a.filename for a in meta_of(tmp_path, "r1").artifacts] == ["a.txt"]
+
+
 # -- deletion, keep, sweep -------------------------------------------------------------------
 
 
