@@ -25,6 +25,7 @@ from promoter.layout import FILES, OUTPUT
 from promoter.logs import get_logger
 from promoter.metadata import ArtifactEntry, RunMetadata, Tombstone, guess_content_type
 from promoter.names import split_relpath
+from promoter.recheck import same_bytes
 from promoter.render import human_size
 from promoter.rules import Verdict
 from promoter.safeio import CopyResult, Refused, SourceChanged, open_dir_chain, open_regular
@@ -202,11 +203,14 @@ def copy_in(limits: PromoteConfig, put: PutFile, meta: RunMetadata, tomb: Tombst
         return result(Outcome.REJECTED, "modification time out of range")
     if verdict is Verdict.REMOVED:
         return result(Outcome.SKIPPED, "artifact was removed after this file was written")
-    if verdict is Verdict.UNCHANGED:
+    old = entries.get(filename)
+    if verdict is Verdict.UNCHANGED and rules.times_set(st.st_mtime_ns, st.st_ctime_ns):
+        verdict = Verdict.RECHECK  # offered again (an event): new bytes under the old mtime?
+    if verdict is Verdict.UNCHANGED or (verdict is Verdict.RECHECK and old is not None
+                                        and same_bytes(src, st.st_size, old.sha256)):
         return result(Outcome.UNCHANGED)
     mtime = file_time(st.st_mtime_ns)
     assert mtime is not None  # BAD_TIME otherwise
-    old = entries.get(filename)
     run_total = run_bytes - (old.size_bytes if old else 0) + st.st_size
     if run_total > limits.max_run_bytes:
         return replace(result(Outcome.REJECTED, f"the run would pass its "

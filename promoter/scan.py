@@ -13,14 +13,15 @@ import os
 import stat
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from promoter import events
-from promoter.clock import last_change_ns
+from promoter.clock import MAX_US, last_change_ns
 from promoter.layout import OUTPUT, session_file
 from promoter.logs import get_logger
 from promoter.names import is_valid_run_id
+from promoter.promotion import Outcome, PromoteResult
 from promoter.safeio import Refused, open_dir_chain
 from promoter.walk import Folder, exclusion_match, walk_tree
 
@@ -65,6 +66,7 @@ class Rejections:
 
     def __init__(self) -> None:
         self._seen: dict[tuple[str, str], tuple[int, int, int]] = {}
+        self._read: dict[tuple[str, str], tuple[int, int, int, int]] = {}
         self._lock = threading.Lock()
         self._runs_warned: set[str] = set()
 
@@ -76,14 +78,25 @@ class Rejections:
         with self._lock:
             self._seen[(f.run_id, f.filename)] = f.identity
 
-    def remember(self, sessions: Path, run_id: str, filename: str) -> None:
-        """A worker's refusal, by the file's identity now (gone: nothing to remember)."""
-        try:
-            st = os.stat(session_file(sessions, run_id, filename), follow_symlinks=False)
-        except (OSError, ValueError):
+    def read_unchanged(self, f: SessionFile) -> bool:
+        """True when this very version (its ctime too) was read and found to be the stored
+        copy (`rules.Verdict.RECHECK`): not read again at every pass of the catch-up."""
+        with self._lock:
+            return self._read.get((f.run_id, f.filename)) == (*f.identity, f.ctime_ns)
+
+    def add_read_unchanged(self, f: SessionFile) -> None:
+        with self._lock:
+            self._read[(f.run_id, f.filename)] = (*f.identity, f.ctime_ns)
+
+    def remember(self, sessions: Path, result: PromoteResult) -> None:
+        """A worker's refusal or UNCHANGED, by the file's identity now (gone: nothing to
+        remember), so that a rescan neither logs the refusal again nor reads again a file
+        whose times were put back on the same bytes (`rules.Verdict.RECHECK`; a version
+        written since has its own events, which this does not filter)."""
+        if result.outcome not in (Outcome.REJECTED, Outcome.UNCHANGED):
             return
-        self.add(SessionFile(run_id, filename, st.st_size, st.st_mtime_ns, st.st_ino,
-                             stat.S_ISREG(st.st_mode)))
+        if (f := _look(sessions, result.run_id, result.filename)) is not None:
+            (self.add if result.outcome is Outcome.REJECTED else self.add_read_unchanged)(f)
 
     def warn_once(self, key: str) -> bool:
         """True the first time `key` is seen: one warning per bad run id or folder."""
@@ -92,6 +105,16 @@ class Rejections:
                 return False
             self._runs_warned.add(key)
             return True
+
+
+def _look(sessions: Path, run_id: str, filename: str) -> SessionFile | None:
+    """The session file as it is now; None when it is gone."""
+    try:
+        st = os.stat(session_file(sessions, run_id, filename), follow_symlinks=False)
+    except (OSError, ValueError):
+        return None
+    return SessionFile(run_id, filename, st.st_size, st.st_mtime_ns, st.st_ino,
+                       stat.S_ISREG(st.st_mode), st.st_ctime_ns)
 
 
 def refusal_log(rejections: Rejections) -> Refuse:
@@ -171,15 +194,20 @@ def _stat_folder(folder: Folder, run_id: str, excluded: Callable[[str], object],
 
 def scan_run(sessions_fd: int, run_id: str, exclude: Iterable[str],
              rejections: Rejections, max_depth: int = 64,
-             unchanged: Mapping[str, tuple[int, int]] | None = None) -> Iterator[SessionFile]:
+             unchanged: Mapping[str, tuple[int, int]] | None = None,
+             written_us: int | None = None) -> Iterator[SessionFile]:
     """Every non-excluded entry under the run's `output/` (`run_stats`), its refusals logged.
     `unchanged`: (size, µs) by name of the copies the store holds as they are
-    (`known_copies`): those are skipped without a SessionFile or a verdict each (issue 15)."""
+    (`known_copies`): those are skipped without a SessionFile or a verdict each (issue 15),
+    unless changed (ctime) after `written_us`, the run's last write (µs): new bytes under
+    an old mtime (`rules.times_put_back`)."""
     held_by = unchanged or {}
+    since = MAX_US if written_us is None else written_us
     for name, st in run_stats(sessions_fd, run_id, exclude, refusal_log(rejections),
                               max_depth):
         held = held_by.get(name)
-        if held is not None and held[0] == st.st_size and held[1] == st.st_mtime_ns // 1000:
+        if held is not None and held[0] == st.st_size and held[1] == st.st_mtime_ns // 1000 \
+                and st.st_ctime_ns // 1000 <= since:
             continue
         yield SessionFile(run_id, name, st.st_size, st.st_mtime_ns, st.st_ino,
                           stat.S_ISREG(st.st_mode), st.st_ctime_ns)
@@ -188,23 +216,28 @@ def scan_run(sessions_fd: int, run_id: str, exclude: Iterable[str],
 @dataclass(frozen=True)
 class Listing:
     """What a second process saw (`promoter.prescan`): the files of each run it listed, as
-    name: (size, µs of its mtime) like `known_copies`, and the walk's refusals."""
+    name: (size, µs of its mtime) like `known_copies`, the walk's refusals, and each run's
+    latest ctime (µs) among its files."""
 
     runs: Mapping[str, dict[str, tuple[int, int]]]
     refusals: list[tuple[str, str, str, str]]
+    changed: Mapping[str, int] = field(default_factory=dict)
 
     def replay(self, refuse: Refuse) -> None:
         """The refusals, told as the in-process scan tells them."""
         for key, run_id, filename, reason in self.refusals:
             refuse(key, run_id, filename, reason)
 
-    def unchanged(self, run_id: str, copies: Mapping[str, tuple[int, int]]) -> bool:
+    def unchanged(self, run_id: str, copies: Mapping[str, tuple[int, int]],
+                  written_us: int | None = None) -> bool:
         """True when the run was listed and each of its files is a copy the store holds as
-        it is (`known_copies`: size, µs): nothing of the run to scan again. A run with any
-        other file is scanned again in-process (`scan_run`): its files' state then is the
-        one judged (settled or not), as it always was, not the listing's, made earlier."""
+        it is (`known_copies`: size, µs), none changed (ctime) after `written_us`, the run's
+        last write: nothing of the run to scan again. A run with any other file is scanned
+        again in-process (`scan_run`): its files' state then is the one judged (settled or
+        not), as it always was, not the listing's, made earlier."""
         files = self.runs.get(run_id)
-        return files is not None and files.items() <= copies.items()  # in C: no loop here
+        return files is not None and files.items() <= copies.items() and (  # in C: no loop
+            written_us is None or self.changed.get(run_id, MAX_US) <= written_us)
 
 
 def too_deep(max_depth: int) -> str:
