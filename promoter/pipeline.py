@@ -396,4 +396,5 @@ class Pipeline:
         self.metrics.record(results, time.time_ns())
         self.add_promoted(sum(1 for r in results if r.outcome is Outcome.PROMOTED))
         for r in results:
-            self.rejections.remember(self.store.sessions_path, r)  # refused, or read the same
+            if r.outcome is Outcome.REJECTED:
+                self.rejections.remember(self.store.sessions_path, batch.run_id, r.filename)

@@ -30,8 +30,8 @@ from promoter.render import human_size
 from promoter.rules import Verdict
 from promoter.safeio import CopyResult, Refused, SourceChanged, open_dir_chain, open_regular
 
-__all__ = ["RETRY", "Outcome", "PromoteResult", "SourceFolders", "copy_in", "failed_renames",
-           "log_results", "promote_batch", "promote_one", "promote_parallel"]
+__all__ = ["READ_SAME", "RETRY", "Outcome", "PromoteResult", "SourceFolders", "copy_in",
+           "failed_renames", "log_results", "promote_batch", "promote_one", "promote_parallel"]
 
 log = get_logger()
 PutFile = Callable[[str, int, os.stat_result], CopyResult]
@@ -39,6 +39,7 @@ PutFile = Callable[[str, int, os.stat_result], CopyResult]
 run, under its lock. Raises SourceChanged, Refused or OSError as copy_and_hash does."""
 LARGE_COPY_BYTES = 64 << 20  # a copy this large logs its start (`artifact.copying`)
 MAX_SOURCE_FOLDERS = 64  # source folder descriptors a batch holds at once
+READ_SAME = "read: the same bytes"  # an UNCHANGED found by reading the file (RECHECK)
 
 
 class Outcome(Enum):
@@ -206,9 +207,10 @@ def copy_in(limits: PromoteConfig, put: PutFile, meta: RunMetadata, tomb: Tombst
     old = entries.get(filename)
     if verdict is Verdict.UNCHANGED and rules.times_set(st.st_mtime_ns, st.st_ctime_ns):
         verdict = Verdict.RECHECK  # offered again (an event): new bytes under the old mtime?
-    if verdict is Verdict.UNCHANGED or (verdict is Verdict.RECHECK and old is not None
-                                        and same_bytes(src, st.st_size, old.sha256)):
+    if verdict is Verdict.UNCHANGED:
         return result(Outcome.UNCHANGED)
+    if verdict is Verdict.RECHECK and old is not None and same_bytes(src, st.st_size, old.sha256):
+        return result(Outcome.UNCHANGED, READ_SAME)
     mtime = file_time(st.st_mtime_ns)
     assert mtime is not None  # BAD_TIME otherwise
     run_total = run_bytes - (old.size_bytes if old else 0) + st.st_size

@@ -79,7 +79,7 @@ def find_pending(store: Store, rejections: Rejections, runs: Iterable[str] | Non
                 todo = [f for f in found
                         if rules.needs_promotion(meta, tomb, f.filename, f.size, f.mtime_ns,
                                                  f.ctime_ns or f.mtime_ns, entries)
-                        and not rejections.known(f) and not rejections.read_unchanged(f)]
+                        and not rejections.known(f)]
             except StoreIOError:
                 raise  # the store itself: every run is concerned
             except Exception as exc:  # one run's surprise never stops the others' (DESIGN §6)
@@ -198,8 +198,6 @@ def _reconcile(store: Store, rejections: Rejections, stop: threading.Event, max_
                 progressed = progressed or r.outcome not in RETRY
                 if r.outcome is Outcome.REJECTED:
                     rejections.add(by_name[r.filename])
-                elif r.outcome is Outcome.UNCHANGED:  # read (RECHECK): not again each pass
-                    rejections.add_read_unchanged(by_name[r.filename])
                 elif r.outcome is Outcome.PROMOTED and r.entry is not None:
                     done_bytes += r.entry.size_bytes
             if progress is not None:  # files done of files found, bytes (DESIGN §3)

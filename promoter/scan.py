@@ -21,7 +21,6 @@ from promoter.clock import MAX_US, last_change_ns
 from promoter.layout import OUTPUT, session_file
 from promoter.logs import get_logger
 from promoter.names import is_valid_run_id
-from promoter.promotion import Outcome, PromoteResult
 from promoter.safeio import Refused, open_dir_chain
 from promoter.walk import Folder, exclusion_match, walk_tree
 
@@ -66,7 +65,6 @@ class Rejections:
 
     def __init__(self) -> None:
         self._seen: dict[tuple[str, str], tuple[int, int, int]] = {}
-        self._read: dict[tuple[str, str], tuple[int, int, int, int]] = {}
         self._lock = threading.Lock()
         self._runs_warned: set[str] = set()
 
@@ -78,25 +76,14 @@ class Rejections:
         with self._lock:
             self._seen[(f.run_id, f.filename)] = f.identity
 
-    def read_unchanged(self, f: SessionFile) -> bool:
-        """True when this very version (its ctime too) was read and found to be the stored
-        copy (`rules.Verdict.RECHECK`): not read again at every pass of the catch-up."""
-        with self._lock:
-            return self._read.get((f.run_id, f.filename)) == (*f.identity, f.ctime_ns)
-
-    def add_read_unchanged(self, f: SessionFile) -> None:
-        with self._lock:
-            self._read[(f.run_id, f.filename)] = (*f.identity, f.ctime_ns)
-
-    def remember(self, sessions: Path, result: PromoteResult) -> None:
-        """A worker's refusal or UNCHANGED, by the file's identity now (gone: nothing to
-        remember), so that a rescan neither logs the refusal again nor reads again a file
-        whose times were put back on the same bytes (`rules.Verdict.RECHECK`; a version
-        written since has its own events, which this does not filter)."""
-        if result.outcome not in (Outcome.REJECTED, Outcome.UNCHANGED):
+    def remember(self, sessions: Path, run_id: str, filename: str) -> None:
+        """A worker's refusal, by the file's identity now (gone: nothing to remember)."""
+        try:
+            st = os.stat(session_file(sessions, run_id, filename), follow_symlinks=False)
+        except (OSError, ValueError):
             return
-        if (f := _look(sessions, result.run_id, result.filename)) is not None:
-            (self.add if result.outcome is Outcome.REJECTED else self.add_read_unchanged)(f)
+        self.add(SessionFile(run_id, filename, st.st_size, st.st_mtime_ns, st.st_ino,
+                             stat.S_ISREG(st.st_mode)))
 
     def warn_once(self, key: str) -> bool:
         """True the first time `key` is seen: one warning per bad run id or folder."""
@@ -105,16 +92,6 @@ class Rejections:
                 return False
             self._runs_warned.add(key)
             return True
-
-
-def _look(sessions: Path, run_id: str, filename: str) -> SessionFile | None:
-    """The session file as it is now; None when it is gone."""
-    try:
-        st = os.stat(session_file(sessions, run_id, filename), follow_symlinks=False)
-    except (OSError, ValueError):
-        return None
-    return SessionFile(run_id, filename, st.st_size, st.st_mtime_ns, st.st_ino,
-                       stat.S_ISREG(st.st_mode), st.st_ctime_ns)
 
 
 def refusal_log(rejections: Rejections) -> Refuse:

@@ -124,7 +124,10 @@ class Store(StoreCore):
             results = promotion.failed_renames(results, failed)
             fresh = [e for e in fresh if e.filename not in failed]
         meta = rules.upsert_many(meta, fresh)
-        changed = any(r.outcome is Outcome.PROMOTED for r in results)
+        # a file read and found the same (times put back: rules.Verdict.RECHECK) writes the
+        # run too: its updated_at then passes the file's ctime, not read again at each pass
+        changed = any(r.outcome is Outcome.PROMOTED or r.reason == promotion.READ_SAME
+                      for r in results)
         if changed or not created:  # a refusal alone never creates a run
             for r in results:
                 if r.outcome is Outcome.REJECTED:

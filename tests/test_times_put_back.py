@@ -89,6 +89,9 @@ def test_rewrite_while_down_is_promoted_once(tmp_path: Path, checksum: str) -> N
     assert promoted(lives[1], "b.txt") == (1 if checksum == "none" else 0)
     assert promoted(lives[1], "c.txt") == promoted(lives[1], "x.txt") == 0
     assert sum(promoted(lives[2], n) for n in ("a.txt", "b.txt", "c.txt", "x.txt")) == 0
+    summaries = [next(e for e in life if e.get("event") == "reconcile.finished")
+                 for life in lives[1:]]
+    assert [s["unchanged"] for s in summaries] == [1 if checksum == "sha256" else 0, 0]
     if checksum == "sha256":
         assert d.entry("r1", "a.txt") is not None
         assert d.entry("r1", "a.txt")["sha256"] == sha(b"A" * 50)  # type: ignore[index]
@@ -97,7 +100,7 @@ def test_rewrite_while_down_is_promoted_once(tmp_path: Path, checksum: str) -> N
 def test_the_in_process_scan_reads_a_put_back_file_once(tmp_path: Path,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """Without the start-up child: the new bytes are found and promoted; a file only chmodded
-    is read once, then not again at the next passes of the same daemon."""
+    is read once: its run is written, so no later pass (or start) reads it again."""
     store = make_store(tmp_path)
     a = write_session_file(tmp_path, "r1", "a", b"old!", age_s=60)
     b = write_session_file(tmp_path, "r1", "b", b"same", age_s=60)
@@ -110,14 +113,14 @@ def test_the_in_process_scan_reads_a_put_back_file_once(tmp_path: Path,
                         lambda *args: reads.append(1) or original(*args))
     put_back(a, b"new!")
     os.chmod(b, 0o600)
-    rejections = Rejections()
-    assert sorted(f.filename for f in find_pending(store, rejections)["r1"]) == ["a", "b"]
-    report = reconcile(store, rejections)
+    assert sorted(f.filename for f in find_pending(store, Rejections())["r1"]) == ["a", "b"]
+    report = reconcile(store)
     assert report.outcomes[("r1", "a")].outcome is Outcome.PROMOTED
     assert store.get_run("r1").entry("a").sha256 == sha(b"new!")  # type: ignore[union-attr]
-    os.chmod(b, 0o640)  # after a's promotion (a later updated_at): again a change since
-    assert reconcile(store, rejections).summary()["unchanged"] == 1
-    assert reconcile(store, rejections).summary()["unchanged"] == 0
+    assert find_pending(store, Rejections()) == {}
+    os.chmod(b, 0o640)  # a change since the run's last write again: read again, once
+    assert reconcile(store).summary()["unchanged"] == 1
+    assert reconcile(store).summary()["unchanged"] == 0
     assert len(reads) == 3  # a, b after its first chmod, b after its second: once each
 
 
