@@ -205,12 +205,14 @@ def copy_in(limits: PromoteConfig, put: PutFile, meta: RunMetadata, tomb: Tombst
     if verdict is Verdict.REMOVED:
         return result(Outcome.SKIPPED, "artifact was removed after this file was written")
     old = entries.get(filename)
-    if verdict is Verdict.UNCHANGED and rules.times_set(st.st_mtime_ns, st.st_ctime_ns):
-        verdict = Verdict.RECHECK  # offered again (an event): new bytes under the old mtime?
-    if verdict is Verdict.UNCHANGED:
+    # offered again (an event) with its mtime set since it was written: new bytes under an
+    # old mtime? Read, as a RECHECK is; only a RECHECK writes the run (READ_SAME), for a
+    # file whose ctime is before the run's last write is not read again by a later pass
+    if verdict is Verdict.UNCHANGED and not rules.times_set(st.st_mtime_ns, st.st_ctime_ns):
         return result(Outcome.UNCHANGED)
-    if verdict is Verdict.RECHECK and old is not None and same_bytes(src, st.st_size, old.sha256):
-        return result(Outcome.UNCHANGED, READ_SAME)
+    if verdict in (Verdict.UNCHANGED, Verdict.RECHECK) and old is not None \
+            and same_bytes(src, st.st_size, old.sha256):
+        return result(Outcome.UNCHANGED, READ_SAME if verdict is Verdict.RECHECK else "")
     mtime = file_time(st.st_mtime_ns)
     assert mtime is not None  # BAD_TIME otherwise
     run_total = run_bytes - (old.size_bytes if old else 0) + st.st_size
