@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import functools
 import resource
+import signal
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from promoter.launch import command_of
 from tests.daemon_helpers import Daemon, start_daemon, wait_until
 
 
@@ -56,3 +58,36 @@ def test_out_of_descriptors_at_start_is_one_clear_line(
         finally:
             d.close()
     raise AssertionError("the daemon never started")
+
+
+def _catches_sigterm(pid: int) -> bool:
+    """The process has a handler for SIGTERM (/proc: the SigCgt mask)."""
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            mask = next(line for line in fh if line.startswith("SigCgt:")).split()[1]
+    except (OSError, StopIteration):
+        return False
+    return bool(int(mask, 16) >> (signal.SIGTERM - 1) & 1)
+
+
+def test_a_sigterm_during_the_imports_is_a_clean_stop(tmp_path: Path) -> None:
+    """`promoter run` catches SIGTERM before its heavy imports: a stop then logs
+    daemon.stopping and exits 0 (systemd sees a clean stop), not -15 and silence."""
+    d = start_daemon(tmp_path / "root")
+    try:
+        wait_until(lambda: _catches_sigterm(d.proc.pid), timeout=20, interval=0.001,
+                   what="a SIGTERM handler")
+        d.send(signal.SIGTERM)
+        assert d.proc.wait(20) == 0
+        [line] = d.logs()
+        assert (line["event"], line["signal"], line["phase"]) == (
+            "daemon.stopping", "SIGTERM", "starting")
+    finally:
+        d.close()
+
+
+def test_the_command_is_found_past_the_options() -> None:
+    """Only `run` gets the early handler, wherever its options stand."""
+    assert command_of(["--config", "x.toml", "run"]) == "run"
+    assert command_of(["--root", "run", "ls"]) == "ls"
+    assert command_of(["--version"]) is None
