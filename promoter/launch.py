@@ -4,7 +4,8 @@
 own signal handlers; a SIGTERM then (systemd stopping a unit just started) killed the
 process with status -15 and not a line logged. Here, before any heavy import, a handler
 for SIGTERM and SIGINT logs `daemon.stopping` and exits 0: nothing has started yet, so
-there is nothing to finish. The daemon's handlers replace it once it runs (daemon.py).
+there is nothing to finish. A SIGHUP (reload) is ignored: the configuration is not read
+yet. The daemon's handlers replace it once it runs (daemon.py).
 Only for `run`: the other commands keep Python's own behaviour.
 """
 
@@ -31,6 +32,9 @@ def main() -> int:
     if command_of(sys.argv[1:]) == "run":
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, _stop_early)
+        # a reload before the configuration is even read: nothing to do (its default
+        # action, the end of the process, would be a silent death)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
     from promoter.cli import main as cli_main  # the heavy imports, from here on
 
     return cli_main()

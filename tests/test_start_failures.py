@@ -72,11 +72,13 @@ def _catches_sigterm(pid: int) -> bool:
 
 def test_a_sigterm_during_the_imports_is_a_clean_stop(tmp_path: Path) -> None:
     """`promoter run` catches SIGTERM before its heavy imports: a stop then logs
-    daemon.stopping and exits 0 (systemd sees a clean stop), not -15 and silence."""
+    daemon.stopping and exits 0 (systemd sees a clean stop), not -15 and silence; a
+    reload (SIGHUP) before it is ignored, not a death."""
     d = start_daemon(tmp_path / "root")
     try:
         wait_until(lambda: _catches_sigterm(d.proc.pid), timeout=20, interval=0.001,
                    what="a SIGTERM handler")
+        d.send(signal.SIGHUP)
         d.send(signal.SIGTERM)
         assert d.proc.wait(20) == 0
         [line] = d.logs()
