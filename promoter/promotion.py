@@ -206,9 +206,11 @@ def copy_in(limits: PromoteConfig, put: PutFile, meta: RunMetadata, tomb: Tombst
         return result(Outcome.SKIPPED, "artifact was removed after this file was written")
     old = entries.get(filename)
     # offered again (an event) with its mtime set since it was written: new bytes under an
-    # old mtime? Read, as a RECHECK is; only a RECHECK writes the run (READ_SAME), for a
-    # file whose ctime is before the run's last write is not read again by a later pass
-    if verdict is Verdict.UNCHANGED and not rules.times_set(st.st_mtime_ns, st.st_ctime_ns):
+    # old mtime? Read, as a RECHECK is, when there is a digest to compare with (else every
+    # event on a renamed file would copy it again); only a RECHECK writes the run
+    # (READ_SAME): a file whose ctime is before the run's last write is not read by a pass
+    if verdict is Verdict.UNCHANGED and (old is None or old.sha256 is None or not
+                                         rules.times_set(st.st_mtime_ns, st.st_ctime_ns)):
         return result(Outcome.UNCHANGED)
     if verdict in (Verdict.UNCHANGED, Verdict.RECHECK) and old is not None \
             and same_bytes(src, st.st_size, old.sha256):

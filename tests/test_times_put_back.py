@@ -157,3 +157,13 @@ def test_the_listing_holds_a_run_changed_since_its_last_write() -> None:
     assert not listing.unchanged("r", {"f": (3, 10)}, 499)
     assert not Listing({"r": {"f": (3, 10)}}, []).unchanged("r", {"f": (3, 10)}, 500)
     assert not listing.unchanged("r", {"f": (3, 11)}, 500)
+
+
+def test_without_digests_an_event_on_a_renamed_file_copies_nothing(tmp_path: Path) -> None:
+    """checksum = "none": a file whose mtime was set (ctime later), offered again by an event,
+    is trusted by size and mtime (no digest to compare with); only the catch-up's RECHECK
+    copies again."""
+    store = make_store(tmp_path, promote={"checksum": "none"})
+    write_session_file(tmp_path, "r1", "a", b"data", age_s=60)  # its mtime set: ctime later
+    assert store.promote_files("r1", ["a"])[0].outcome is Outcome.PROMOTED
+    assert store.promote_files("r1", ["a"])[0].outcome is Outcome.UNCHANGED
