@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from promoter.launch import command_of
+from promoter.entry import command_of
 from tests.daemon_helpers import Daemon, start_daemon, wait_until
 
 

@@ -14,7 +14,7 @@ PACKAGE = Path(promoter.__file__).parent
 SHELL = {"promoter.daemon", "promoter.loops", "promoter.pipeline", "promoter.watch",
          "promoter.observers", "promoter.inotify", "promoter.watchtree", "promoter.cli",
          "promoter.cli_commands", "promoter.startup", "promoter.web", "promoter.stopping",
-         "promoter.prescan", "promoter.launch"}
+         "promoter.prescan"}
 CORE = {"promoter.rules", "promoter.layout", "promoter.metadata", "promoter.names",
         "promoter.clock", "promoter.config", "promoter.errors", "promoter.settle",
         "promoter.settle_state",
