@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from promoter import events
 from promoter.backlog import Backlog
 from promoter.config import Config
+from promoter.errors import PromoterError
 from promoter.logs import get_logger
 from promoter.loopthread import LoopThread
 from promoter.metadata import RunMetadata
@@ -31,6 +32,7 @@ from promoter.reconcile import (
     reconcile,
 )
 from promoter.s3errors import StoreUnavailable
+from promoter.safeio import out_of_descriptors
 from promoter.store import Outcome, Store
 from promoter.sweep import SweepReport, sweep
 from promoter.walk import forget_known_copies, prepare_known_copies
@@ -66,6 +68,7 @@ class CatchUp(LoopThread):
         self._degraded: DegradedRuns = lambda: frozenset()
         self._prescan: Prescan | None = None
         self.started = threading.Event()  # set once the start-up catch-up has ended
+        self._failed = False  # the last full pass failed: the next comes soon
 
     def start(self, degraded_runs: DegradedRuns, prescan: Prescan | None = None) -> None:
         """Start the thread; `degraded_runs` is the watcher's list of unwatched runs,
@@ -97,6 +100,10 @@ class CatchUp(LoopThread):
         next_rescan = self._next_rescan()
         next_degraded: float | None = None
         while not self._stop.is_set():
+            if self._failed:  # a failed pass is made again soon, whatever the rescan interval
+                self._failed = False
+                soon = time.monotonic() + DEGRADED_RESCAN_S
+                next_rescan = soon if next_rescan is None else min(next_rescan, soon)
             timers = [t for t in (next_rescan, next_degraded) if t is not None]
             self._kick.wait(max(min(timers) - time.monotonic(), 0) if timers else None)
             self._kick.clear()
@@ -157,8 +164,10 @@ class CatchUp(LoopThread):
             self._outage(exc)
             return self._backlog is None
         except Exception as exc:
-            log.error(events.RECONCILE_FAILED, trigger="startup",
-                      reason=f"{type(exc).__name__}: {exc}", exc_info=True)
+            self._failed = True
+            log.error(events.RECONCILE_FAILED, trigger="startup", reason=failure(exc),
+                      action=f"tried again in {DEGRADED_RESCAN_S:.0f} s",
+                      exc_info=not isinstance(exc, OSError | PromoterError))  # a bug's only
             return True
         finally:
             forget_known_copies()
@@ -206,15 +215,26 @@ class CatchUp(LoopThread):
             self._outage(exc)
             self._requeue(requests)
             return
-        except Exception as exc:  # a failed pass is logged; the next one may do better
-            log.error(events.RECONCILE_FAILED, trigger=reasons,
-                      reason=f"{type(exc).__name__}: {exc}")
+        except Exception as exc:  # a failed pass is logged, and made again soon
+            self._failed = runs is None
+            log.error(events.RECONCILE_FAILED, trigger=reasons, reason=failure(exc))
             return
         duration = time.monotonic() - started
         self._metrics.reconciled(time.time(), duration)
         log.info(events.RECONCILE_FINISHED, trigger=reasons, runs=runs if runs else "all",
                  offered=sum(len(f) for f in pending.values()),
                  duration_ms=round(duration * 1000, 1))
+
+
+def failure(exc: Exception) -> str:
+    """A failed pass's reason, in one line: the host's trouble said plainly (out of file
+    descriptors is a limit to raise, not a bug: r6 start probe 5)."""
+    if isinstance(exc, OSError):
+        if out_of_descriptors(exc):
+            return f"out of file descriptors ({exc.strerror}): raise the daemon's limit " \
+                "(LimitNOFILE=)"
+        return f"{exc.strerror or exc}" + (f" ({exc.filename})" if exc.filename else "")
+    return f"{type(exc).__name__}: {exc}"
 
 
 class Sweeper(LoopThread):

@@ -127,11 +127,11 @@ class Prescan:
             return None
         finally:
             self.discard()
-        if not (isinstance(data, tuple) and len(data) == 2 and isinstance(data[0], dict)
-                and isinstance(data[1], list)):
+        if not (isinstance(data, tuple) and len(data) == 3 and isinstance(data[0], dict)
+                and isinstance(data[1], list) and isinstance(data[2], dict)):
             _failed("unreadable listing")
             return None
-        return Listing(data[0], data[1])
+        return Listing(data[0], data[1], data[2])
 
     def discard(self) -> None:
         """Close the pipe; a child still running is killed. Always reaped: no zombie."""
@@ -217,9 +217,11 @@ def _die_with_parent(parent: int) -> None:
 
 
 def _listing(sessions: str, exclude: tuple[str, ...], max_depth: int
-             ) -> tuple[dict[str, dict[str, tuple[int, int]]], list[tuple[str, str, str, str]]]:
+             ) -> tuple[dict[str, dict[str, tuple[int, int]]], list[tuple[str, str, str, str]],
+                        dict[str, int]]:
     runs: dict[str, dict[str, tuple[int, int]]] = {}
     refusals: list[tuple[str, str, str, str]] = []
+    changed: dict[str, int] = {}  # each run's latest ctime, µs (scan.Listing)
 
     def refuse(key: str, run_id: str, filename: str, reason: str) -> None:
         refusals.append((key, run_id, filename, reason))
@@ -231,6 +233,8 @@ def _listing(sessions: str, exclude: tuple[str, ...], max_depth: int
         for run_id in run_ids:
             # a run whose walk fails is left out: the daemon scans it itself, and says why
             with contextlib.suppress(Exception):
-                runs[run_id] = {name: (st.st_size, st.st_mtime_ns // 1000) for name, st
-                                in run_stats(fd, run_id, exclude, refuse, max_depth)}
-    return runs, refusals
+                stats = list(run_stats(fd, run_id, exclude, refuse, max_depth))
+                changed[run_id] = max((st.st_ctime_ns for _, st in stats), default=0) // 1000
+                runs[run_id] = {name: (st.st_size, st.st_mtime_ns // 1000)
+                                for name, st in stats}
+    return runs, refusals, changed

@@ -25,12 +25,13 @@ from promoter.layout import FILES, OUTPUT
 from promoter.logs import get_logger
 from promoter.metadata import ArtifactEntry, RunMetadata, Tombstone, guess_content_type
 from promoter.names import split_relpath
+from promoter.recheck import same_bytes
 from promoter.render import human_size
 from promoter.rules import Verdict
 from promoter.safeio import CopyResult, Refused, SourceChanged, open_dir_chain, open_regular
 
-__all__ = ["RETRY", "Outcome", "PromoteResult", "SourceFolders", "copy_in", "failed_renames",
-           "log_results", "promote_batch", "promote_one", "promote_parallel"]
+__all__ = ["READ_SAME", "RETRY", "Outcome", "PromoteResult", "SourceFolders", "copy_in",
+           "failed_renames", "log_results", "promote_batch", "promote_one", "promote_parallel"]
 
 log = get_logger()
 PutFile = Callable[[str, int, os.stat_result], CopyResult]
@@ -38,6 +39,7 @@ PutFile = Callable[[str, int, os.stat_result], CopyResult]
 run, under its lock. Raises SourceChanged, Refused or OSError as copy_and_hash does."""
 LARGE_COPY_BYTES = 64 << 20  # a copy this large logs its start (`artifact.copying`)
 MAX_SOURCE_FOLDERS = 64  # source folder descriptors a batch holds at once
+READ_SAME = "read: the same bytes"  # an UNCHANGED found by reading the file (RECHECK)
 
 
 class Outcome(Enum):
@@ -202,11 +204,19 @@ def copy_in(limits: PromoteConfig, put: PutFile, meta: RunMetadata, tomb: Tombst
         return result(Outcome.REJECTED, "modification time out of range")
     if verdict is Verdict.REMOVED:
         return result(Outcome.SKIPPED, "artifact was removed after this file was written")
-    if verdict is Verdict.UNCHANGED:
+    old = entries.get(filename)
+    # offered again (an event) with its mtime set since it was written: new bytes under an
+    # old mtime? Read, as a RECHECK is, when there is a digest to compare with (else every
+    # event on a renamed file would copy it again); only a RECHECK writes the run
+    # (READ_SAME): a file whose ctime is before the run's last write is not read by a pass
+    if verdict is Verdict.UNCHANGED and (old is None or old.sha256 is None or not
+                                         rules.times_set(st.st_mtime_ns, st.st_ctime_ns)):
         return result(Outcome.UNCHANGED)
+    if verdict in (Verdict.UNCHANGED, Verdict.RECHECK) and old is not None \
+            and same_bytes(src, st.st_size, old.sha256):
+        return result(Outcome.UNCHANGED, READ_SAME if verdict is Verdict.RECHECK else "")
     mtime = file_time(st.st_mtime_ns)
     assert mtime is not None  # BAD_TIME otherwise
-    old = entries.get(filename)
     run_total = run_bytes - (old.size_bytes if old else 0) + st.st_size
     if run_total > limits.max_run_bytes:
         return replace(result(Outcome.REJECTED, f"the run would pass its "

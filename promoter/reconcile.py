@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from functools import partial
 
 from promoter import events, rules
-from promoter.clock import last_change_ns
+from promoter.clock import last_change_ns, micros
 from promoter.errors import StoreIOError
 from promoter.logs import get_logger
 from promoter.promotion import RETRY, Outcome, PromoteResult
@@ -67,9 +67,11 @@ def find_pending(store: Store, rejections: Rejections, runs: Iterable[str] | Non
             try:
                 meta = store.read_run(run_id)
                 known = known_copies(meta)
-                found = [] if listing is not None and listing.unchanged(run_id, known) else \
-                    list(scan_run(sessions, run_id, exclude, rejections,
-                                  store.config.watch.max_depth, known))
+                # a file changed since the run's last write is judged again (times put back)
+                written = micros(meta.updated_at) if meta is not None else None
+                found = [] if listing is not None and listing.unchanged(run_id, known, written) \
+                    else list(scan_run(sessions, run_id, exclude, rejections,
+                                       store.config.watch.max_depth, known, written))
                 # one lookup a file, not a walk of the run; none when every file is known,
                 # nor a read of its tombstone (1,000 failed opens at a warm start)
                 entries = rules.by_filename(meta) if found else {}

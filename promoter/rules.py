@@ -45,6 +45,7 @@ __all__ = [
     "remove_entry",
     "salvage",
     "same_copy",
+    "times_set",
     "upsert",
     "upsert_many",
     "verdict",
@@ -86,6 +87,7 @@ class Verdict(Enum):
 
     PROMOTE = "promote"  # the store lacks it or holds another version
     UNCHANGED = "unchanged"  # the store holds this size and time already
+    RECHECK = "recheck"  # this size and time, but changed since they were stored: read it
     DELETED = "deleted"  # the run was deleted after this version was written
     REMOVED = "removed"  # the artifact was removed after this version was written
     BAD_TIME = "bad_time"  # its mtime is outside datetime's range: refused once, when copied
@@ -110,17 +112,29 @@ def verdict(meta: RunMetadata | None, tomb: Tombstone | None, filename: str, siz
         return Verdict.REMOVED
     old = meta.entry(filename) if entries is None else entries.get(filename)
     if old is not None and old.size_bytes == size and micros(old.generated_at) == mtime_us:
-        return Verdict.UNCHANGED
+        # the ctime, which nobody sets, says whether it changed since the run's last write
+        # (new bytes under the old mtime, `cp -p` while the daemon was down): to be read
+        return Verdict.RECHECK if ctime_ns // 1000 > micros(meta.updated_at) \
+            else Verdict.UNCHANGED
     return Verdict.PROMOTE
+
+
+def times_set(mtime_ns: int, ctime_ns: int) -> bool:
+    """Whether a file's mtime was set after its last write (its ctime is later: `cp -p`,
+    `rsync -t`, `tar x` put an old mtime on new bytes; a rename or a chmod does too,
+    harmlessly). A file written plainly has ctime = mtime. The event path reads such a
+    file of the stored size and mtime (RECHECK): the run may have been written since its
+    change, which `verdict` alone could not tell."""
+    return ctime_ns // 1000 > mtime_ns // 1000
 
 
 def needs_promotion(meta: RunMetadata | None, tomb: Tombstone | None, filename: str, size: int,
                     mtime_ns: int, ctime_ns: int,
                     entries: Mapping[str, ArtifactEntry] | None = None) -> bool:
     """True when the file is to be offered for promotion (a bad time is offered, to be
-    refused once by the promotion, DESIGN §6)."""
+    refused once by the promotion, DESIGN §6; a RECHECK, to be read by it)."""
     return verdict(meta, tomb, filename, size, mtime_ns, ctime_ns, entries) in (
-        Verdict.PROMOTE, Verdict.BAD_TIME)
+        Verdict.PROMOTE, Verdict.BAD_TIME, Verdict.RECHECK)
 
 
 def by_filename(meta: RunMetadata | None) -> dict[str, ArtifactEntry]:

@@ -13,11 +13,11 @@ import os
 import stat
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from promoter import events
-from promoter.clock import last_change_ns
+from promoter.clock import MAX_US, last_change_ns
 from promoter.layout import OUTPUT, session_file
 from promoter.logs import get_logger
 from promoter.names import is_valid_run_id
@@ -171,15 +171,20 @@ def _stat_folder(folder: Folder, run_id: str, excluded: Callable[[str], object],
 
 def scan_run(sessions_fd: int, run_id: str, exclude: Iterable[str],
              rejections: Rejections, max_depth: int = 64,
-             unchanged: Mapping[str, tuple[int, int]] | None = None) -> Iterator[SessionFile]:
+             unchanged: Mapping[str, tuple[int, int]] | None = None,
+             written_us: int | None = None) -> Iterator[SessionFile]:
     """Every non-excluded entry under the run's `output/` (`run_stats`), its refusals logged.
     `unchanged`: (size, µs) by name of the copies the store holds as they are
-    (`known_copies`): those are skipped without a SessionFile or a verdict each (issue 15)."""
+    (`known_copies`): those are skipped without a SessionFile or a verdict each (issue 15),
+    unless changed (ctime) after `written_us`, the run's last write (µs): new bytes under
+    an old mtime (`rules.times_put_back`)."""
     held_by = unchanged or {}
+    since = MAX_US if written_us is None else written_us
     for name, st in run_stats(sessions_fd, run_id, exclude, refusal_log(rejections),
                               max_depth):
         held = held_by.get(name)
-        if held is not None and held[0] == st.st_size and held[1] == st.st_mtime_ns // 1000:
+        if held is not None and held[0] == st.st_size and held[1] == st.st_mtime_ns // 1000 \
+                and st.st_ctime_ns // 1000 <= since:
             continue
         yield SessionFile(run_id, name, st.st_size, st.st_mtime_ns, st.st_ino,
                           stat.S_ISREG(st.st_mode), st.st_ctime_ns)
@@ -188,23 +193,28 @@ def scan_run(sessions_fd: int, run_id: str, exclude: Iterable[str],
 @dataclass(frozen=True)
 class Listing:
     """What a second process saw (`promoter.prescan`): the files of each run it listed, as
-    name: (size, µs of its mtime) like `known_copies`, and the walk's refusals."""
+    name: (size, µs of its mtime) like `known_copies`, the walk's refusals, and each run's
+    latest ctime (µs) among its files."""
 
     runs: Mapping[str, dict[str, tuple[int, int]]]
     refusals: list[tuple[str, str, str, str]]
+    changed: Mapping[str, int] = field(default_factory=dict)
 
     def replay(self, refuse: Refuse) -> None:
         """The refusals, told as the in-process scan tells them."""
         for key, run_id, filename, reason in self.refusals:
             refuse(key, run_id, filename, reason)
 
-    def unchanged(self, run_id: str, copies: Mapping[str, tuple[int, int]]) -> bool:
+    def unchanged(self, run_id: str, copies: Mapping[str, tuple[int, int]],
+                  written_us: int | None = None) -> bool:
         """True when the run was listed and each of its files is a copy the store holds as
-        it is (`known_copies`: size, µs): nothing of the run to scan again. A run with any
-        other file is scanned again in-process (`scan_run`): its files' state then is the
-        one judged (settled or not), as it always was, not the listing's, made earlier."""
+        it is (`known_copies`: size, µs), none changed (ctime) after `written_us`, the run's
+        last write: nothing of the run to scan again. A run with any other file is scanned
+        again in-process (`scan_run`): its files' state then is the one judged (settled or
+        not), as it always was, not the listing's, made earlier."""
         files = self.runs.get(run_id)
-        return files is not None and files.items() <= copies.items()  # in C: no loop here
+        return files is not None and files.items() <= copies.items() and (  # in C: no loop
+            written_us is None or self.changed.get(run_id, MAX_US) <= written_us)
 
 
 def too_deep(max_depth: int) -> str:

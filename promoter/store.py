@@ -96,6 +96,7 @@ class Store(StoreCore):
         meta = self.load_current(art, run_id)
         tomb = self.read_tombstone(run_id)
         created = meta is None or meta.status == "deleting"
+        fresh_run = meta is None and tomb is None  # neither deleted nor being deleted
         if meta is None or meta.status == "deleting":
             meta = rules.new_run(run_id, ctx, self.clock.now(), self.config.retention)
         limits = self.config.promote
@@ -124,8 +125,13 @@ class Store(StoreCore):
             results = promotion.failed_renames(results, failed)
             fresh = [e for e in fresh if e.filename not in failed]
         meta = rules.upsert_many(meta, fresh)
-        changed = any(r.outcome is Outcome.PROMOTED for r in results)
-        if changed or not created:  # a refusal alone never creates a run
+        # a file read and found the same (times put back: rules.Verdict.RECHECK) writes the
+        # run too: its updated_at then passes the file's ctime, not read again at each pass
+        changed = any(r.outcome is Outcome.PROMOTED or r.reason == promotion.READ_SAME
+                      for r in results)
+        # a refusal alone creates the run, so that `show` and the page tell why the file is
+        # not there (DESIGN §2), unless the run was deleted (deleted stays deleted, §1)
+        if changed or not created or fresh_run:
             for r in results:
                 if r.outcome is Outcome.REJECTED:
                     noted = rules.note_rejection(meta, r.filename, r.reason, r.size_bytes,

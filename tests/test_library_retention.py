@@ -124,7 +124,7 @@ def test_refused_files_are_listed_in_the_run(tmp_path: Path,
                                              capsys: pytest.CaptureFixture[str]) -> None:
     """A file over max_file_bytes is in the run's `rejected` list with its size and reason,
     shown by `show`; the same refusal again writes nothing; promoted later, it leaves the list;
-    a refusal alone creates no run."""
+    a refusal alone creates its run (DESIGN §2: a person sees why), but not a deleted one."""
     store = make_store(tmp_path, promote={"max_file_bytes": 10})
     write_session_file(tmp_path, "r1", "ok.txt", b"fine")
     write_session_file(tmp_path, "r1", "huge.bin", b"x" * 50)
@@ -142,6 +142,13 @@ def test_refused_files_are_listed_in_the_run(tmp_path: Path,
     store.promote_files("r1", ["huge.bin"])
     assert store.get_run("r1").rejected == []
     write_session_file(tmp_path, "r2", "huge.bin", b"x" * 50)
+    assert store.promote_files("r2", ["huge.bin"])[0].outcome is Outcome.REJECTED
+    assert [(r.filename, r.size_bytes) for r in store.get_run("r2").rejected] == [
+        ("huge.bin", 50)]
+    assert store.get_run("r2").artifacts == []
+    code, out, _ = run_cli(capsys, "show", "r2", "--root", str(tmp_path))
+    assert code == 0 and "huge.bin  over the 10 B limit (max_file_bytes)  50 B" in out
+    store.delete_run("r2")
     assert store.promote_files("r2", ["huge.bin"])[0].outcome is Outcome.REJECTED
     assert not (tmp_path / "artifacts/r2").exists()
 

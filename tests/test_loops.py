@@ -144,3 +144,31 @@ def test_a_failing_sweep_is_logged_and_the_sweeper_goes_on(tmp_path: Path,
     finally:
         sweeper.stop()
         assert sweeper.join(10)
+
+
+def test_a_failed_start_up_pass_is_made_again_soon(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Out of descriptors at start: one plain line (no traceback), and the files the pass
+    missed are offered by a pass made DEGRADED_RESCAN_S later, though rescans are off."""
+    import errno
+
+    monkeypatch.setattr(loops, "DEGRADED_RESCAN_S", 0.05)
+
+    def out_of_descriptors(*args: Any, **kwargs: Any) -> Any:
+        raise OSError(errno.EMFILE, "Too many open files")
+    monkeypatch.setattr(loops, "reconcile", out_of_descriptors)
+    write_session_file(tmp_path, "r1", "waiting.txt", b"w")
+    catchup, pipeline, _ = _catchup(tmp_path)
+    with structlog.testing.capture_logs() as logs:
+        catchup.start(lambda: frozenset())
+        try:
+            assert catchup.started.wait(20)
+            wait_until(lambda: pipeline.offered, timeout=20, what="waiting.txt offered")
+        finally:
+            catchup.stop()
+            assert catchup.join(10)
+    assert pipeline.offered[0][:2] == ("r1", "waiting.txt")
+    [failed] = [e for e in logs if e["event"] == events.RECONCILE_FAILED]
+    assert failed["reason"] == ("out of file descriptors (Too many open files): raise the "
+                                "daemon's limit (LimitNOFILE=)")
+    assert failed["exc_info"] is False

@@ -151,7 +151,8 @@ def test_no_run_is_created_for_nothing(tmp_path: Path) -> None:
 
 
 def test_symlink_at_last_name_is_rejected(tmp_path: Path) -> None:
-    """A symlink is never followed, even to a readable file."""
+    """A symlink is never followed, even to a readable file; its refusal alone makes the run
+    (DESIGN §2: `show` tells why the file is not there)."""
     store = make_store(tmp_path)
     out = tmp_path / "sessions/r1/output"
     out.mkdir(parents=True)
@@ -160,7 +161,10 @@ def test_symlink_at_last_name_is_rejected(tmp_path: Path) -> None:
     (out / "link.txt").symlink_to(secret)
     [r] = store.promote_files("r1", ["link.txt"])
     assert (r.outcome, r.reason) == (Outcome.REJECTED, "symlink")
-    assert not (tmp_path / "artifacts/r1").exists()
+    meta = meta_of(tmp_path, "r1")
+    assert meta.artifacts == [] and [(x.filename, x.reason) for x in meta.rejected] == [
+        ("link.txt", "symlink")]
+    assert not (tmp_path / "artifacts/r1/files").exists()
 
 
 def test_symlinked_folder_on_the_way_is_rejected(tmp_path: Path) -> None:

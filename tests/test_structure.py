@@ -21,7 +21,7 @@ CORE = {"promoter.rules", "promoter.layout", "promoter.metadata", "promoter.name
         "promoter.promotion", "promoter.recovery", "promoter.store", "promoter.reconcile",
         "promoter.sweep", "promoter.safeio", "promoter.context", "promoter.library",
         "promoter.budget", "promoter.s3layout", "promoter.objectstore", "promoter.objectfields",
-        "promoter.audit",
+        "promoter.audit", "promoter.recheck",
         "promoter.backend", "promoter.localdisk", "promoter.storecore", "promoter.deletion",
         "promoter.storage", "promoter.s3backend", "promoter.s3library", "promoter.s3errors"}
 
