@@ -30,7 +30,9 @@ The rules:
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Collection, Iterator
+from dataclasses import dataclass
+from itertools import islice
 
 from promoter.settle_state import (
     MAX_BACKOFF_NS,
@@ -44,11 +46,19 @@ from promoter.settle_state import (
     TrackedFile,
 )
 
-__all__ = ["MAX_BACKOFF_NS", "MIN_BACKOFF_NS", "MS", "Batch", "FileState", "Settler", "StatFn",
-           "Take"]
+__all__ = ["MAX_BACKOFF_NS", "MIN_BACKOFF_NS", "MS", "Batch", "FileState", "Room", "Settler",
+           "StatFn"]
 
-Take = Callable[[Batch], bool]
-"""The shell's answer to `Settler.due`: whether a worker takes this batch now."""
+
+@dataclass(frozen=True)
+class Room:
+    """What the shell can take now (`Settler.due`): `workers` batches of any size, then
+    `small` more of at most `small_files` files each (the pipeline's lane)."""
+
+    workers: int
+    small: int = 0
+    small_files: int = 0
+
 
 class Settler:
     """Tracks every file the daemon has heard of until its run's batch is done."""
@@ -112,6 +122,7 @@ class Settler:
             f.forgotten = True
         else:
             del run.files[filename]
+            run.ready.pop(filename, None)
             self._drop_if_empty(run_id)
 
     def forget_tree(self, run_id: str, folder: str) -> None:
@@ -144,10 +155,10 @@ class Settler:
 
     # -- deciding ------------------------------------------------------------------------
 
-    def due(self, now: int, stat: StatFn, take: Take | None = None) -> list[Batch]:
-        """Batches of finished files (and run chores) that can be handed to workers now.
-        `take(batch)`: whether a worker takes it now; a batch it refuses is not made, and its
-        run's finished files gather until the next `due` (see `_batches`)."""
+    def due(self, now: int, stat: StatFn, room: Room | None = None) -> list[Batch]:
+        """Batches of finished files (and run chores) to hand to workers now, in order.
+        `room`: what the shell can take (None: no limit); a batch beyond it is not made, and
+        its run's finished files gather until the next `due` (see `_batches`)."""
         if self._draining:
             return []
         while self._heap and self._heap[0][0] <= now:
@@ -170,7 +181,7 @@ class Settler:
                 f.queued = True
                 continue
             self._look(run_id, run, name, f, now, stat)
-        return self._batches(take)
+        return self._batches(room)
 
     def _run_due(self, run_id: str, run: RunState, now: int) -> None:
         run.queued_at = None
@@ -186,30 +197,36 @@ class Settler:
     def _look(self, run_id: str, run: RunState, name: str, f: TrackedFile, now: int,
               stat: StatFn) -> None:
         if f.closed:
-            self._set_ready(run_id, f)
+            self._set_ready(run_id, run, name, f)
             return
         state = stat(run_id, name)
         if state is None:  # gone without an event: the store logs it as lost
-            self._set_ready(run_id, f)
+            self._set_ready(run_id, run, name, f)
             return
         if state == f.seen and now - f.seen_at >= self.settle_ns:
-            self._set_ready(run_id, f)
+            self._set_ready(run_id, run, name, f)
             return
         if state != f.seen:
             f.seen, f.seen_at = state, now
         f.deadline = f.seen_at + self.settle_ns
         self._rearm(run_id, name, f)
 
-    def _set_ready(self, run_id: str, f: TrackedFile) -> None:
+    def _set_ready(self, run_id: str, run: RunState, name: str, f: TrackedFile) -> None:
         f.phase = Phase.READY
+        run.ready[name] = None
         self._ready.setdefault(run_id)
 
-    def _batches(self, take: Take | None = None) -> list[Batch]:
-        """A batch for each ready run without one in flight, oldest ready first. With `take`,
-        a batch no worker is free for is not made: its files stay READY and gather, so a
-        run's next batch holds all that finished meanwhile (batches frozen while they queued
-        were a few files each: a metadata write and a journal flush per few files)."""
+    def _batches(self, room: Room | None = None) -> list[Batch]:
+        """A batch for each ready run without one in flight, oldest ready first, as far as
+        `room` goes: the workers' batches first, then the small ones (the lane's) to the runs
+        with the fewest files ready. A batch beyond the room is not made: its files stay READY
+        and gather, so a run's next batch holds all that finished meanwhile (batches frozen
+        while they queued were a few files each: a metadata write and a journal flush per few
+        files). A run kept back costs its count, not a look at each file: under overload the
+        runs kept back hold thousands, and this runs at every turn (issue 15 round 7)."""
         out: list[Batch] = []
+        workers = room.workers if room is not None else len(self._ready)
+        small: list[tuple[int, str]] = []  # (files, run) that only the small room could take
         holding = False
         for run_id in list(self._ready):
             run = self._runs.get(run_id)
@@ -218,30 +235,40 @@ class Settler:
                 continue
             if run.in_flight:
                 continue  # its files wait for the batch in flight, then go together
-            names = [n for n, f in run.files.items() if f.phase is Phase.READY]
-            limit = run.limit or self.max_batch
-            chunk = names[:limit]
-            chores = run.chores_ready
-            batch = Batch(run_id, tuple(chunk), context=chores and run.context,
-                          completed=chores and run.completed)
-            if not (batch.filenames or batch.context or batch.completed):
+            files = min(len(run.ready), run.limit or self.max_batch)
+            if not (files or run.chores_ready):
                 self._ready.pop(run_id, None)
                 self._drop_if_empty(run_id)
                 continue
-            if take is not None and not take(batch):
-                holding = True
+            if workers > 0:
+                workers -= 1
+                out.append(self._make_batch(run_id, run, files))
                 continue
-            del self._ready[run_id]
-            if len(names) > limit:
-                self._ready[run_id] = None  # the rest: behind the runs already waiting
-            if chores:
-                run.chores_ready = run.context = run.completed = False
-            for name in chunk:
-                run.files[name].phase = Phase.FLIGHT
-            run.in_flight += 1
-            out.append(batch)
+            holding = True
+            if room is not None and room.small and files <= room.small_files:
+                small.append((files, run_id))
+        if room is not None and small:
+            for files, run_id in sorted(small, key=lambda c: c[0])[:room.small]:  # stable: by age
+                out.append(self._make_batch(run_id, self._runs[run_id], files))
         self._holding = holding
         return out
+
+    def _make_batch(self, run_id: str, run: RunState, files: int) -> Batch:
+        """The run's next batch: its first `files` READY files (and its chores, if due)."""
+        chunk = tuple(islice(run.ready, files))
+        chores = run.chores_ready
+        batch = Batch(run_id, chunk, context=chores and run.context,
+                      completed=chores and run.completed)
+        del self._ready[run_id]
+        for name in chunk:
+            del run.ready[name]
+            run.files[name].phase = Phase.FLIGHT
+        if run.ready:
+            self._ready[run_id] = None  # the rest: behind the runs already waiting
+        if chores:
+            run.chores_ready = run.context = run.completed = False
+        run.in_flight += 1
+        return batch
 
     def done(self, batch: Batch, retry: Collection[str], now: int,
              retry_run: bool = False, limit: int = 0) -> None:
@@ -277,7 +304,7 @@ class Settler:
                 self._schedule_chores(batch.run_id, run, now + self.backoff(run.chore_attempts))
             else:
                 run.chore_attempts = 0
-        if run.chores_ready or any(f.phase is Phase.READY for f in run.files.values()):
+        if run.chores_ready or run.ready:
             self._ready.setdefault(batch.run_id)
         self._drop_if_empty(batch.run_id)
 
@@ -306,6 +333,7 @@ class Settler:
                          f.closed or (run_id, n) in steady))]
             for name in names:
                 run.files[name].phase = Phase.FLIGHT
+            run.ready.clear()
             limit = run.limit or self.max_batch
             for start in range(0, max(len(names), 1), limit):
                 first = start == 0
@@ -369,6 +397,8 @@ class Settler:
         if f.phase is Phase.FLIGHT:
             f.dirty = True
             return
+        if f.phase is Phase.READY:  # written again after it finished: not ready any more
+            self._runs[run_id].ready.pop(name, None)
         f.phase = Phase.ARMED
         if not f.queued:  # one live heap entry a file; a later deadline re-pushes on pop
             self._push(f.deadline, run_id, name)

@@ -78,6 +78,9 @@ class RunState:
     in_flight: int = 0
     queued_at: int | None = None  # deadline of the run's live heap entry
     limit: int = 0  # files in one batch of this run (0: the settler's max_batch); done() sets it
+    # the names of its READY files, in the order they finished (a dict as an ordered set): a
+    # run kept back is weighed by its count, never looked over file by file (issue 15 r7)
+    ready: dict[str, None] = field(default_factory=dict)
 
     def empty(self) -> bool:
         return (not self.files and not self.context and not self.completed
