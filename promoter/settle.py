@@ -218,15 +218,15 @@ class Settler:
 
     def _batches(self, room: Room | None = None) -> list[Batch]:
         """A batch for each ready run without one in flight, oldest ready first, as far as
-        `room` goes: the workers' batches first, then the small ones (the lane's) to the runs
-        with the fewest files ready. A batch beyond the room is not made: its files stay READY
+        `room` goes: the workers' batches first, then the small ones (the lane's), also oldest
+        first. A batch beyond the room is not made: its files stay READY
         and gather, so a run's next batch holds all that finished meanwhile (batches frozen
         while they queued were a few files each: a metadata write and a journal flush per few
         files). A run kept back costs its count, not a look at each file: under overload the
         runs kept back hold thousands, and this runs at every turn (issue 15 round 7)."""
         out: list[Batch] = []
         workers = room.workers if room is not None else len(self._ready)
-        small: list[tuple[int, str]] = []  # (files, run) that only the small room could take
+        small: list[tuple[str, int]] = []  # (run, files) that only the small room could take
         holding = False
         for run_id in list(self._ready):
             run = self._runs.get(run_id)
@@ -245,11 +245,10 @@ class Settler:
                 out.append(self._make_batch(run_id, run, files))
                 continue
             holding = True
-            if room is not None and room.small and files <= room.small_files:
-                small.append((files, run_id))
-        if room is not None and small:
-            for files, run_id in sorted(small, key=lambda c: c[0])[:room.small]:  # stable: by age
-                out.append(self._make_batch(run_id, self._runs[run_id], files))
+            if room is not None and len(small) < room.small and files <= room.small_files:
+                small.append((run_id, files))
+        for run_id, files in small:  # after the workers' batches: the lane's, in that order
+            out.append(self._make_batch(run_id, self._runs[run_id], files))
         self._holding = holding
         return out
 

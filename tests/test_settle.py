@@ -560,11 +560,10 @@ def test_a_batch_beyond_the_room_is_not_made_and_its_files_gather() -> None:
     assert len(s) == 3 and s.in_flight() == 2
 
 
-def test_the_small_room_goes_to_the_run_with_the_fewest_files_ready() -> None:
-    """Issue 15 round 7: with no worker free, the lane's one small batch goes to the run with
-    the fewest finished files (a lone file before a busy run's leftovers; the oldest among
-    equals), a run with more than the small limit never takes it, and the workers' batches
-    come first in the list (the pipeline hands them out in that order)."""
+def test_the_small_room_takes_the_oldest_small_batch_after_the_workers_batches() -> None:
+    """With no worker free, the lane's one small batch goes to the oldest ready run that
+    fits it (a run with more files than its limit never takes it), and the workers'
+    batches come first in the list: the pipeline hands them out in that order."""
     s, disk = Settler(SETTLE), Disk()
     for i in range(40):
         s.touch("busy", f"f{i}", 0, strong=True)
@@ -572,12 +571,11 @@ def test_the_small_room_goes_to_the_run_with_the_fewest_files_ready() -> None:
         s.touch("leftovers", f"g{i}", 1, strong=True)
     s.touch("lone", "x", 2, strong=True)
     s.touch("lone-2", "y", 3, strong=True)
+    assert s.due(SETTLE + 3, disk.stat, Room(0, 0, 16)) == []
     assert [(b.run_id, len(b.filenames)) for b in s.due(SETTLE + 3, disk.stat, Room(0, 1, 16))
-            ] == [("lone", 1)]
-    assert [b.run_id for b in s.due(SETTLE + 3, disk.stat, Room(1, 1, 16))] == ["busy",
-                                                                                  "lone-2"]
-    assert s.due(SETTLE + 3, disk.stat, Room(0, 1, 4)) == []  # 5 files: too many for it
-    assert [b.run_id for b in s.due(SETTLE + 3, disk.stat, Room(0, 1, 16))] == ["leftovers"]
+            ] == [("leftovers", 5)]
+    assert [b.run_id for b in s.due(SETTLE + 3, disk.stat, Room(1, 1, 16))] == ["busy", "lone"]
+    assert s.in_flight() == 3 and s.next_deadline() is None  # "lone-2" waits for room
 
 
 def test_a_ready_file_written_again_or_deleted_leaves_its_run_s_next_batch() -> None:
