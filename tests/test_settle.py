@@ -6,6 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from promoter.settle import MAX_BACKOFF_NS, MIN_BACKOFF_NS, Batch, FileState, Room, Settler
+from promoter.settle_state import Phase
 
 MS = 1_000_000
 SETTLE = 50 * MS
@@ -476,8 +477,9 @@ ops = st.lists(st.tuples(
 @settings(max_examples=300, deadline=None)
 @given(ops)
 def test_every_closed_file_is_copied_after_its_last_event(script: list) -> None:  # type: ignore[type-arg]
-    """Whatever the interleaving: no run has two batches in flight, and each file whose last
-    event was a close ends up in a batch handed out after that event."""
+    """Whatever the interleaving (and whatever room the shell has): no run has two batches
+    in flight, each file whose last event was a close ends up in a batch handed out after
+    that event, and a run's list of finished files is exactly its READY files."""
     s, disk = Settler(SETTLE, max_batch=2), Disk()
     now = 0
     in_flight: dict[str, Batch] = {}
@@ -503,11 +505,13 @@ def test_every_closed_file_is_copied_after_its_last_event(script: list) -> None:
             s.context(run, now)
         elif op == "tick":
             now += dt
-            take(s.due(now, disk.stat))
+            take(s.due(now, disk.stat, Room(dt % 2, dt // 2 % 2, 1)))  # some room, or none
         elif in_flight:
             b = in_flight.pop(sorted(in_flight)[0])
             s.done(b, retry=set(b.filenames) if op == "retry" else (), now=now)
             take(s.due(now, disk.stat))
+        for r in s._runs.values():
+            assert set(r.ready) == {n for n, f in r.files.items() if f.phase is Phase.READY}
     for _ in range(200):  # let everything settle and finish
         for b in list(in_flight.values()):
             in_flight.pop(b.run_id)
