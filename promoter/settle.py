@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Collection, Iterator
-from dataclasses import dataclass
 from itertools import islice
 
 from promoter.settle_state import (
@@ -41,6 +40,7 @@ from promoter.settle_state import (
     Batch,
     FileState,
     Phase,
+    Room,
     RunState,
     StatFn,
     TrackedFile,
@@ -48,16 +48,6 @@ from promoter.settle_state import (
 
 __all__ = ["MAX_BACKOFF_NS", "MIN_BACKOFF_NS", "MS", "Batch", "FileState", "Room", "Settler",
            "StatFn"]
-
-
-@dataclass(frozen=True)
-class Room:
-    """What the shell can take now (`Settler.due`): `workers` batches of any size, then
-    `small` more of at most `small_files` files each (the pipeline's lane)."""
-
-    workers: int
-    small: int = 0
-    small_files: int = 0
 
 
 class Settler:
@@ -103,9 +93,8 @@ class Settler:
         self._rearm(run_id, filename, f)
 
     def offer(self, run_id: str, filename: str, now: int, quiet: bool) -> None:
-        """A catch-up found the file. `quiet`: its mtime is already settle_ns old, so it is
-        finished now; otherwise it is treated as being written. A file already tracked keeps
-        its state: its own events know more than the catch-up."""
+        """A catch-up found the file. `quiet`: its mtime is settle_ns old, so it is finished
+        now (else: being written). A file tracked keeps its state: its events know more."""
         run = self._runs.get(run_id)
         if self._draining or (run is not None and filename in run.files):
             return
@@ -156,9 +145,8 @@ class Settler:
     # -- deciding ------------------------------------------------------------------------
 
     def due(self, now: int, stat: StatFn, room: Room | None = None) -> list[Batch]:
-        """Batches of finished files (and run chores) to hand to workers now, in order.
-        `room`: what the shell can take (None: no limit); a batch beyond it is not made, and
-        its run's finished files gather until the next `due` (see `_batches`)."""
+        """Batches of finished files (and run chores) to hand out now, in order, as far as
+        `room` goes (None: no limit; see `_batches`)."""
         if self._draining:
             return []
         while self._heap and self._heap[0][0] <= now:
@@ -217,13 +205,10 @@ class Settler:
         self._ready.setdefault(run_id)
 
     def _batches(self, room: Room | None = None) -> list[Batch]:
-        """A batch for each ready run without one in flight, oldest ready first, as far as
-        `room` goes: the workers' batches first, then the small ones (the lane's), also oldest
-        first. A batch beyond the room is not made: its files stay READY
-        and gather, so a run's next batch holds all that finished meanwhile (batches frozen
-        while they queued were a few files each: a metadata write and a journal flush per few
-        files). A run kept back costs its count, not a look at each file: under overload the
-        runs kept back hold thousands, and this runs at every turn (issue 15 round 7)."""
+        """A batch for each ready run not in flight, oldest first, as far as `room` goes (the
+        workers' batches, then the lane's). A batch beyond it is not made: its files gather
+        into the run's next batch (frozen while queued, batches were a few files each). A run
+        kept back costs its count, not a look at each file (issue 15 r7: thousands a turn)."""
         out: list[Batch] = []
         workers = room.workers if room is not None else len(self._ready)
         small: list[tuple[str, int]] = []  # (run, files) that only the small room could take
@@ -243,19 +228,17 @@ class Settler:
             if workers > 0:
                 workers -= 1
                 out.append(self._make_batch(run_id, run, files))
-                continue
-            holding = True
-            if room is not None and len(small) < room.small and files <= room.small_files:
-                small.append((run_id, files))
-        for run_id, files in small:  # after the workers' batches: the lane's, in that order
-            out.append(self._make_batch(run_id, self._runs[run_id], files))
+            else:
+                holding = True
+                if room is not None and len(small) < room.small and files <= room.small_files:
+                    small.append((run_id, files))
+        out += [self._make_batch(r, self._runs[r], n) for r, n in small]  # the lane's: last
         self._holding = holding
         return out
 
     def _make_batch(self, run_id: str, run: RunState, files: int) -> Batch:
         """The run's next batch: its first `files` READY files (and its chores, if due)."""
-        chunk = tuple(islice(run.ready, files))
-        chores = run.chores_ready
+        chunk, chores = tuple(islice(run.ready, files)), run.chores_ready
         batch = Batch(run_id, chunk, context=chores and run.context,
                       completed=chores and run.completed)
         del self._ready[run_id]
@@ -313,17 +296,16 @@ class Settler:
         return min(base << min(attempts - 1, 20), MAX_BACKOFF_NS)
 
     def unclosed(self) -> list[tuple[str, str, bool]]:
-        """(run_id, filename, open_seen) of every pending file whose close was never seen;
-        `open_seen`: its last event was a real write, so it is still open. At shutdown the
-        shell looks twice at the others and names the steady ones to `flush_closed`."""
+        """(run_id, filename, open_seen) of every pending file whose close was never seen
+        (`open_seen`: its last event was a real write). At shutdown the shell looks twice at
+        the others and names the steady ones to `flush_closed`."""
         return [(run_id, name, f.open_seen) for run_id, run in self._runs.items()
                 for name, f in run.files.items() if f.phase is Phase.ARMED and not f.closed]
 
     def flush_closed(self, steady: Collection[tuple[str, str]] = ()) -> list[Batch]:
-        """Shutdown: batches of every file closed after writing (or already finished), and of
-        the `steady` ones (no close seen, but two looks saw the same state; DESIGN §5),
-        without waiting out the settle time, with the runs' pending chores. Files still
-        being written are left to the next start's catch-up. Nothing is decided after this."""
+        """Shutdown: batches of every file closed (or finished) and the `steady` ones (no close
+        seen, two looks saw the same state; DESIGN §5), with the runs' chores, at once. Files
+        still written are left to the next start's catch-up. Nothing is decided after this."""
         self._draining = True
         out: list[Batch] = []
         for run_id, run in self._runs.items():
