@@ -221,7 +221,7 @@ class Settler:
             if run.in_flight:
                 continue  # its files wait for the batch in flight, then go together
             files = min(len(run.ready), run.limit or self.max_batch)
-            if not (files or run.chores_ready):
+            if not (files or (run.chores_ready and (run.context or run.completed))):
                 self._ready.pop(run_id, None)
                 self._drop_if_empty(run_id)
                 continue
