@@ -26,7 +26,7 @@ from promoter.reconcile import Rejections
 from promoter.rules import MAX_BATCH, MIN_BATCH, batch_limit
 from promoter.s3errors import StoreUnavailable
 from promoter.safeio import CopyPools
-from promoter.settle import Batch, FileState, Settler
+from promoter.settle import Batch, FileState, Room, Settler
 from promoter.stopping import STOP_BUDGET_S, one_by_one, promote_chunks, steady_files
 from promoter.store import RETRY, Outcome, PromoteResult, Store
 
@@ -253,7 +253,8 @@ class Pipeline:
                 except queue.Empty:
                     message = None
             if not draining:
-                s.due(self._now(), self._stat, self._take)  # handed out as they are made
+                for batch in s.due(self._now(), self._stat, self._room()):
+                    self._hand_out(batch)
             self._busy = s.busy_runs()
             self.queue_length = len(s)
             if (outstanding := s.in_flight()) and not self._outstanding:
@@ -275,13 +276,12 @@ class Pipeline:
             self._on_work += 1
             self._work.put(batch)
 
-    def _take(self, batch: Batch) -> bool:
-        """Out now if a worker (or, small, the idle lane) is free, else its run's files gather."""
-        lane_free = len(batch.filenames) <= SMALL_BATCH and not self._laned
-        if self._on_work >= self._workers and not lane_free:
-            return False
-        self._hand_out(batch)
-        return True
+    def _room(self) -> Room:
+        """The free workers, and the lane if idle: no more batches are made, so a run's files
+        gather while every worker is busy. `_hand_out` sends them as the settler ordered
+        them (the workers' first, then the small one), so each goes where it was counted."""
+        return Room(max(self._workers - self._on_work, 0), 0 if self._laned else 1,
+                    SMALL_BATCH)
 
     def _apply(self, s: Settler, message: _Message) -> None:
         now = self._now()

@@ -30,7 +30,8 @@ The rules:
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Collection, Iterator
+from itertools import islice
 
 from promoter.settle_state import (
     MAX_BACKOFF_NS,
@@ -39,16 +40,15 @@ from promoter.settle_state import (
     Batch,
     FileState,
     Phase,
+    Room,
     RunState,
     StatFn,
     TrackedFile,
 )
 
-__all__ = ["MAX_BACKOFF_NS", "MIN_BACKOFF_NS", "MS", "Batch", "FileState", "Settler", "StatFn",
-           "Take"]
+__all__ = ["MAX_BACKOFF_NS", "MIN_BACKOFF_NS", "MS", "Batch", "FileState", "Room", "Settler",
+           "StatFn"]
 
-Take = Callable[[Batch], bool]
-"""The shell's answer to `Settler.due`: whether a worker takes this batch now."""
 
 class Settler:
     """Tracks every file the daemon has heard of until its run's batch is done."""
@@ -93,9 +93,8 @@ class Settler:
         self._rearm(run_id, filename, f)
 
     def offer(self, run_id: str, filename: str, now: int, quiet: bool) -> None:
-        """A catch-up found the file. `quiet`: its mtime is already settle_ns old, so it is
-        finished now; otherwise it is treated as being written. A file already tracked keeps
-        its state: its own events know more than the catch-up."""
+        """A catch-up found the file. `quiet`: its mtime is settle_ns old, so it is finished
+        now (else: being written). A file tracked keeps its state: its events know more."""
         run = self._runs.get(run_id)
         if self._draining or (run is not None and filename in run.files):
             return
@@ -112,6 +111,7 @@ class Settler:
             f.forgotten = True
         else:
             del run.files[filename]
+            run.ready.pop(filename, None)
             self._drop_if_empty(run_id)
 
     def forget_tree(self, run_id: str, folder: str) -> None:
@@ -144,10 +144,9 @@ class Settler:
 
     # -- deciding ------------------------------------------------------------------------
 
-    def due(self, now: int, stat: StatFn, take: Take | None = None) -> list[Batch]:
-        """Batches of finished files (and run chores) that can be handed to workers now.
-        `take(batch)`: whether a worker takes it now; a batch it refuses is not made, and its
-        run's finished files gather until the next `due` (see `_batches`)."""
+    def due(self, now: int, stat: StatFn, room: Room | None = None) -> list[Batch]:
+        """Batches of finished files (and run chores) to hand out now, in order, as far as
+        `room` goes (None: no limit; see `_batches`)."""
         if self._draining:
             return []
         while self._heap and self._heap[0][0] <= now:
@@ -170,7 +169,7 @@ class Settler:
                 f.queued = True
                 continue
             self._look(run_id, run, name, f, now, stat)
-        return self._batches(take)
+        return self._batches(room)
 
     def _run_due(self, run_id: str, run: RunState, now: int) -> None:
         run.queued_at = None
@@ -186,30 +185,33 @@ class Settler:
     def _look(self, run_id: str, run: RunState, name: str, f: TrackedFile, now: int,
               stat: StatFn) -> None:
         if f.closed:
-            self._set_ready(run_id, f)
+            self._set_ready(run_id, run, name, f)
             return
         state = stat(run_id, name)
         if state is None:  # gone without an event: the store logs it as lost
-            self._set_ready(run_id, f)
+            self._set_ready(run_id, run, name, f)
             return
         if state == f.seen and now - f.seen_at >= self.settle_ns:
-            self._set_ready(run_id, f)
+            self._set_ready(run_id, run, name, f)
             return
         if state != f.seen:
             f.seen, f.seen_at = state, now
         f.deadline = f.seen_at + self.settle_ns
         self._rearm(run_id, name, f)
 
-    def _set_ready(self, run_id: str, f: TrackedFile) -> None:
+    def _set_ready(self, run_id: str, run: RunState, name: str, f: TrackedFile) -> None:
         f.phase = Phase.READY
+        run.ready[name] = None
         self._ready.setdefault(run_id)
 
-    def _batches(self, take: Take | None = None) -> list[Batch]:
-        """A batch for each ready run without one in flight, oldest ready first. With `take`,
-        a batch no worker is free for is not made: its files stay READY and gather, so a
-        run's next batch holds all that finished meanwhile (batches frozen while they queued
-        were a few files each: a metadata write and a journal flush per few files)."""
+    def _batches(self, room: Room | None = None) -> list[Batch]:
+        """A batch for each ready run not in flight, oldest first, as far as `room` goes (the
+        workers' batches, then the lane's). A batch beyond it is not made: its files gather
+        into the run's next batch (frozen while queued, batches were a few files each). A run
+        kept back costs its count, not a look at each file (issue 15 r7: thousands a turn)."""
         out: list[Batch] = []
+        workers = room.workers if room is not None else len(self._ready)
+        small: list[tuple[str, int]] = []  # (run, files) that only the small room could take
         holding = False
         for run_id in list(self._ready):
             run = self._runs.get(run_id)
@@ -218,30 +220,37 @@ class Settler:
                 continue
             if run.in_flight:
                 continue  # its files wait for the batch in flight, then go together
-            names = [n for n, f in run.files.items() if f.phase is Phase.READY]
-            limit = run.limit or self.max_batch
-            chunk = names[:limit]
-            chores = run.chores_ready
-            batch = Batch(run_id, tuple(chunk), context=chores and run.context,
-                          completed=chores and run.completed)
-            if not (batch.filenames or batch.context or batch.completed):
+            files = min(len(run.ready), run.limit or self.max_batch)
+            if not (files or (run.chores_ready and (run.context or run.completed))):
                 self._ready.pop(run_id, None)
                 self._drop_if_empty(run_id)
                 continue
-            if take is not None and not take(batch):
+            if workers > 0:
+                workers -= 1
+                out.append(self._make_batch(run_id, run, files))
+            else:
                 holding = True
-                continue
-            del self._ready[run_id]
-            if len(names) > limit:
-                self._ready[run_id] = None  # the rest: behind the runs already waiting
-            if chores:
-                run.chores_ready = run.context = run.completed = False
-            for name in chunk:
-                run.files[name].phase = Phase.FLIGHT
-            run.in_flight += 1
-            out.append(batch)
+                if room is not None and len(small) < room.small and files <= room.small_files:
+                    small.append((run_id, files))
+        out += [self._make_batch(r, self._runs[r], n) for r, n in small]  # the lane's: last
         self._holding = holding
         return out
+
+    def _make_batch(self, run_id: str, run: RunState, files: int) -> Batch:
+        """The run's next batch: its first `files` READY files (and its chores, if due)."""
+        chunk, chores = tuple(islice(run.ready, files)), run.chores_ready
+        batch = Batch(run_id, chunk, context=chores and run.context,
+                      completed=chores and run.completed)
+        del self._ready[run_id]
+        for name in chunk:
+            del run.ready[name]
+            run.files[name].phase = Phase.FLIGHT
+        if run.ready:
+            self._ready[run_id] = None  # the rest: behind the runs already waiting
+        if chores:
+            run.chores_ready = run.context = run.completed = False
+        run.in_flight += 1
+        return batch
 
     def done(self, batch: Batch, retry: Collection[str], now: int,
              retry_run: bool = False, limit: int = 0) -> None:
@@ -277,7 +286,7 @@ class Settler:
                 self._schedule_chores(batch.run_id, run, now + self.backoff(run.chore_attempts))
             else:
                 run.chore_attempts = 0
-        if run.chores_ready or any(f.phase is Phase.READY for f in run.files.values()):
+        if run.chores_ready or run.ready:
             self._ready.setdefault(batch.run_id)
         self._drop_if_empty(batch.run_id)
 
@@ -287,17 +296,16 @@ class Settler:
         return min(base << min(attempts - 1, 20), MAX_BACKOFF_NS)
 
     def unclosed(self) -> list[tuple[str, str, bool]]:
-        """(run_id, filename, open_seen) of every pending file whose close was never seen;
-        `open_seen`: its last event was a real write, so it is still open. At shutdown the
-        shell looks twice at the others and names the steady ones to `flush_closed`."""
+        """(run_id, filename, open_seen) of every pending file whose close was never seen
+        (`open_seen`: its last event was a real write). At shutdown the shell looks twice at
+        the others and names the steady ones to `flush_closed`."""
         return [(run_id, name, f.open_seen) for run_id, run in self._runs.items()
                 for name, f in run.files.items() if f.phase is Phase.ARMED and not f.closed]
 
     def flush_closed(self, steady: Collection[tuple[str, str]] = ()) -> list[Batch]:
-        """Shutdown: batches of every file closed after writing (or already finished), and of
-        the `steady` ones (no close seen, but two looks saw the same state; DESIGN §5),
-        without waiting out the settle time, with the runs' pending chores. Files still
-        being written are left to the next start's catch-up. Nothing is decided after this."""
+        """Shutdown: batches of every file closed (or finished) and the `steady` ones (no close
+        seen, two looks saw the same state; DESIGN §5), with the runs' chores, at once. Files
+        still written are left to the next start's catch-up. Nothing is decided after this."""
         self._draining = True
         out: list[Batch] = []
         for run_id, run in self._runs.items():
@@ -306,6 +314,7 @@ class Settler:
                          f.closed or (run_id, n) in steady))]
             for name in names:
                 run.files[name].phase = Phase.FLIGHT
+            run.ready.clear()
             limit = run.limit or self.max_batch
             for start in range(0, max(len(names), 1), limit):
                 first = start == 0
@@ -369,6 +378,8 @@ class Settler:
         if f.phase is Phase.FLIGHT:
             f.dirty = True
             return
+        if f.phase is Phase.READY:  # written again after it finished: not ready any more
+            self._runs[run_id].ready.pop(name, None)
         f.phase = Phase.ARMED
         if not f.queued:  # one live heap entry a file; a later deadline re-pushes on pop
             self._push(f.deadline, run_id, name)

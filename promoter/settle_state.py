@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 
-__all__ = ["MAX_BACKOFF_NS", "MIN_BACKOFF_NS", "MS", "Batch", "FileState", "Phase",
+__all__ = ["MAX_BACKOFF_NS", "MIN_BACKOFF_NS", "MS", "Batch", "FileState", "Phase", "Room",
            "RunState", "StatFn", "TrackedFile"]
 
 MS = 1_000_000
@@ -39,6 +39,16 @@ class Batch:
     filenames: tuple[str, ...] = ()
     context: bool = False  # run.json or attribution.jsonl changed: refresh the run's context
     completed: bool = False  # the session folder is gone: mark the run completed
+
+
+@dataclass(frozen=True)
+class Room:
+    """What the shell can take now (`Settler.due`): `workers` batches of any size, then
+    `small` more of at most `small_files` files each (the pipeline's lane)."""
+
+    workers: int
+    small: int = 0
+    small_files: int = 0
 
 
 class Phase(Enum):
@@ -78,6 +88,9 @@ class RunState:
     in_flight: int = 0
     queued_at: int | None = None  # deadline of the run's live heap entry
     limit: int = 0  # files in one batch of this run (0: the settler's max_batch); done() sets it
+    # the names of its READY files, in the order they finished (a dict as an ordered set): a
+    # run kept back is weighed by its count, never looked over file by file (issue 15 r7)
+    ready: dict[str, None] = field(default_factory=dict)
 
     def empty(self) -> bool:
         return (not self.files and not self.context and not self.completed

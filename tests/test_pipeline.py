@@ -364,3 +364,40 @@ def test_a_kept_back_batch_goes_the_moment_a_worker_is_free(tmp_path: Path,
         store.release.set()
         store.lane_release.set()
         assert p.drain(10)
+
+
+def _settle_cpu_s() -> float:
+    """The settle thread's own CPU time so far (Linux: the thread's CPU clock)."""
+    settle = next(t for t in threading.enumerate() if t.name == "promoter-settle")
+    assert settle.ident is not None
+    return time.clock_gettime(time.pthread_getcpuclockid(settle.ident))
+
+
+def test_files_kept_back_for_busy_workers_cost_the_settle_thread_nothing_a_turn(
+        tmp_path: Path) -> None:
+    """Issue 15 round 7 (the overload regression): runs whose finished files are kept back
+    for want of a free worker are not looked over file by file at every turn. With 20,000
+    such files waiting, lone files of another run still go through the lane one by one, and
+    the settle thread's CPU for each stays that of an idle pipeline (~0.6 ms: its wake-ups);
+    main spent 21-24 ms, so under overload the lone file's events, deadline and batch all
+    came late."""
+    store = BlockingStore(tmp_path)
+    p = pipeline(store, settle_ms=5)
+    try:
+        _hold_both_workers(p, store)
+        for k in range(4):
+            for i in range(5_000):
+                p.file_changed(f"busy-{k}", f"f{i}.bin", strong=True)
+        wait_until(lambda: p.queue_length == 80 + 20_000, timeout=20)
+        cpu0 = 0.0
+        for i in range(41):  # the first: every busy file finished before it (deadline order)
+            p.file_changed("lone", f"l{i}.txt", strong=True)
+            wait_until(lambda i=i: len(store.promoted("lone")) == i + 1, timeout=10,
+                       what=repr(store.calls[-3:]))
+            cpu0 = cpu0 or _settle_cpu_s()
+        per_file_ms = (_settle_cpu_s() - cpu0) / 40 * 1000
+        assert per_file_ms < 5.0, f"settle thread: {per_file_ms:.2f} ms of CPU a lone file"
+        assert [kind for kind, run, _ in store.calls if run.startswith("busy-")] == []
+    finally:
+        store.release.set()
+        assert p.drain(20)

@@ -5,7 +5,8 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from promoter.settle import MAX_BACKOFF_NS, MIN_BACKOFF_NS, Batch, FileState, Settler
+from promoter.settle import MAX_BACKOFF_NS, MIN_BACKOFF_NS, Batch, FileState, Room, Settler
+from promoter.settle_state import Phase
 
 MS = 1_000_000
 SETTLE = 50 * MS
@@ -476,8 +477,9 @@ ops = st.lists(st.tuples(
 @settings(max_examples=300, deadline=None)
 @given(ops)
 def test_every_closed_file_is_copied_after_its_last_event(script: list) -> None:  # type: ignore[type-arg]
-    """Whatever the interleaving: no run has two batches in flight, and each file whose last
-    event was a close ends up in a batch handed out after that event."""
+    """Whatever the interleaving (and whatever room the shell has): no run has two batches
+    in flight, each file whose last event was a close ends up in a batch handed out after
+    that event, and a run's list of finished files is exactly its READY files."""
     s, disk = Settler(SETTLE, max_batch=2), Disk()
     now = 0
     in_flight: dict[str, Batch] = {}
@@ -503,11 +505,13 @@ def test_every_closed_file_is_copied_after_its_last_event(script: list) -> None:
             s.context(run, now)
         elif op == "tick":
             now += dt
-            take(s.due(now, disk.stat))
+            take(s.due(now, disk.stat, Room(dt % 2, dt // 2 % 2, 1)))  # some room, or none
         elif in_flight:
             b = in_flight.pop(sorted(in_flight)[0])
             s.done(b, retry=set(b.filenames) if op == "retry" else (), now=now)
             take(s.due(now, disk.stat))
+        for r in s._runs.values():
+            assert set(r.ready) == {n for n, f in r.files.items() if f.phase is Phase.READY}
     for _ in range(200):  # let everything settle and finish
         for b in list(in_flight.values()):
             in_flight.pop(b.run_id)
@@ -543,31 +547,53 @@ def test_flush_takes_the_steady_files_the_shell_names() -> None:
     assert names(s.flush_closed(steady={("r", "steady")})) == {"r": ["closed", "steady"]}
 
 
-def test_a_refused_batch_is_not_made_and_its_files_gather() -> None:
-    """`due(take=...)`: a batch the shell cannot take now is not made; its run's files stay
+def test_a_batch_beyond_the_room_is_not_made_and_its_files_gather() -> None:
+    """`due(room=...)`: a batch the shell has no room for is not made; its run's files stay
     ready, the tracker does not ask to be woken at once (no spin), and the next `due` makes
     one batch of everything finished meanwhile, the runs that waited longest first."""
     s, disk = Settler(SETTLE), Disk()
     s.touch("old", "a", 0, strong=True)
     s.touch("new", "b", 1, strong=True)
-    refused: list[Batch] = []
-
-    def refuse(batch: Batch) -> bool:
-        refused.append(batch)
-        return False
-
-    assert s.due(SETTLE + 1, disk.stat, refuse) == []
-    assert [b.run_id for b in refused] == ["old", "new"]
+    assert s.due(SETTLE + 1, disk.stat, Room(0)) == []
     assert s.next_deadline() is None  # nothing to decide until the shell has room
     s.touch("old", "c", 2 * SETTLE, strong=True)
-    assert s.due(3 * SETTLE, disk.stat, refuse) == []
-    taken: list[str] = []
-
-    def one(batch: Batch) -> bool:
-        taken.append(batch.run_id)
-        return len(taken) == 1
-
-    assert names(s.due(3 * SETTLE, disk.stat, one)) == {"old": ["a", "c"]}
+    assert s.due(3 * SETTLE, disk.stat, Room(0)) == []
+    assert names(s.due(3 * SETTLE, disk.stat, Room(1))) == {"old": ["a", "c"]}
     assert s.next_deadline() is None  # "new" still waits for room, without a spin
-    assert names(s.due(3 * SETTLE, disk.stat, lambda b: True)) == {"new": ["b"]}
+    assert names(s.due(3 * SETTLE, disk.stat, Room(1))) == {"new": ["b"]}
     assert len(s) == 3 and s.in_flight() == 2
+
+
+def test_the_small_room_takes_the_oldest_small_batch_after_the_workers_batches() -> None:
+    """With no worker free, the lane's one small batch goes to the oldest ready run that
+    fits it (a run with more files than its limit never takes it), and the workers'
+    batches come first in the list: the pipeline hands them out in that order."""
+    s, disk = Settler(SETTLE), Disk()
+    for i in range(40):
+        s.touch("busy", f"f{i}", 0, strong=True)
+    for i in range(5):
+        s.touch("leftovers", f"g{i}", 1, strong=True)
+    s.touch("lone", "x", 2, strong=True)
+    s.touch("lone-2", "y", 3, strong=True)
+    assert s.due(SETTLE + 3, disk.stat, Room(0, 0, 16)) == []
+    assert [(b.run_id, len(b.filenames)) for b in s.due(SETTLE + 3, disk.stat, Room(0, 1, 16))
+            ] == [("leftovers", 5)]
+    assert [b.run_id for b in s.due(SETTLE + 3, disk.stat, Room(1, 1, 16))] == ["busy", "lone"]
+    assert s.in_flight() == 3 and s.next_deadline() is None  # "lone-2" waits for room
+
+
+def test_a_ready_file_written_again_or_deleted_leaves_its_run_s_next_batch() -> None:
+    """The settler's per-run list of finished files follows every file: one written again
+    after it finished waits out its quiet period again, one deleted is never batched."""
+    s, disk = Settler(SETTLE), Disk()
+    for name in ("a", "b", "c"):
+        s.touch("r", name, 0, strong=True)
+    assert s.due(SETTLE, disk.stat, Room(0)) == []  # all three finished, kept back
+    s.touch("r", "b", SETTLE)  # written again: open
+    s.forget("r", "c")
+    assert names(s.due(SETTLE, disk.stat, Room(1))) == {"r": ["a"]}
+    s.touch("r", "b", SETTLE + 1, strong=True)
+    s.done(Batch("r", ("a",)), (), SETTLE + 2)
+    assert names(s.due(2 * SETTLE + 1, disk.stat, Room(1))) == {"r": ["b"]}
+    s.done(Batch("r", ("b",)), (), 2 * SETTLE + 2)
+    assert len(s) == 0 and s.next_deadline() is None
