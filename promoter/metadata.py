@@ -12,6 +12,7 @@ import itertools
 import mimetypes
 import threading
 from datetime import UTC, datetime
+from json.encoder import encode_basestring
 from typing import Annotated, Any, ClassVar, Literal, cast
 
 from pydantic import (
@@ -281,10 +282,31 @@ def _entry_text(entry: ArtifactEntry) -> str:
     hit = _entry_texts.get(id(entry))
     if hit is not None and hit[0] is entry:
         return hit[1]
-    text = "    " + entry.model_dump_json(indent=2).replace("\n", "\n    ")
+    text = _ascii_entry_text(entry)
+    if text is None:
+        text = "    " + entry.model_dump_json(indent=2).replace("\n", "\n    ")
     _entry_texts[id(entry)] = (entry, text)
     return text
 
+
+def _ascii_entry_text(entry: ArtifactEntry) -> str | None:
+    """`_entry_text` as pydantic writes it, for an entry whose strings are all ASCII (where
+    JSON's string escapes are one set: pydantic's and `json`'s alike; tests/test_metadata
+    compares them), in a third of pydantic's time (issue 15, seventh round); None for any
+    other entry, which pydantic writes."""
+    fields = entry.__dict__
+    name, path, agent, kind = (fields["filename"], fields["path"], fields["agent_id"],
+                               fields["content_type"])
+    sha, when = fields["sha256"], fields["generated_at"]
+    if not (name.isascii() and path.isascii() and agent.isascii() and kind.isascii()
+            and (sha is None or sha.isascii()) and type(fields["size_bytes"]) is int):
+        return None
+    digest = "" if sha is None else f',\n      "sha256": {encode_basestring(sha)}'
+    return (f'    {{\n      "filename": {encode_basestring(name)},\n      "path": '
+            f'{encode_basestring(path)},\n      "agent_id": {encode_basestring(agent)},\n'
+            f'      "generated_at": "{format_time(when)}",\n      "size_bytes": '
+            f'{fields["size_bytes"]},\n      "content_type": {encode_basestring(kind)}{digest}'
+            "\n    }")
 
 
 class Tombstone(_Document):
