@@ -188,3 +188,19 @@ def test_a_journal_line_holds_the_fields_the_log_line_holds() -> None:
             Auditor(sink, "vm", Actor("daemon")).one("x.y", when=object())
     finally:
         configure_logging("info", "json")
+
+
+def test_a_utc_time_is_formatted_as_a_converted_one() -> None:
+    """`format_time`'s shortcut for a time already in UTC gives what the conversion gives:
+    years 1 and 9999, on the second and with microseconds, and another zone converted."""
+    from datetime import timedelta, timezone
+
+    from promoter.clock import format_time
+
+    for year, micro in ((1, 0), (500, 1), (2026, 999999), (9999, 0)):
+        value = datetime(year, 6, 1, 5, 6, 7, micro, UTC)
+        naive = value.replace(tzinfo=None)
+        want = naive.isoformat(timespec="microseconds" if micro else "seconds") + "Z"
+        assert format_time(value) == want
+        if year > 1:
+            assert format_time(value.astimezone(timezone(timedelta(hours=-3)))) == want
