@@ -276,9 +276,8 @@ _entry_texts_lock = threading.Lock()  # workers write several runs' metadata at 
 
 def _entry_text(entry: ArtifactEntry) -> str:
     """`entry` as it stands in metadata.json's list (indented by two levels), made once an
-    entry: an entry is never changed once made (the rules make new ones; the parse sets
-    its zone before anything is written). The cache holds the entry, so its id is not
-    reused while the text is kept."""
+    entry: an entry is never changed once made (the rules make new ones; the parse sets its
+    zone before anything is written). The cache holds the entry: its id is not reused."""
     hit = _entry_texts.get(id(entry))
     if hit is not None and hit[0] is entry:
         return hit[1]
@@ -290,21 +289,19 @@ def _entry_text(entry: ArtifactEntry) -> str:
 
 
 def _ascii_entry_text(entry: ArtifactEntry) -> str | None:
-    """`_entry_text` as pydantic writes it, for an entry whose strings are all ASCII (where
-    JSON's string escapes are one set: pydantic's and `json`'s alike; tests/test_metadata
-    compares them), in a third of pydantic's time (issue 15, seventh round); None for any
-    other entry, which pydantic writes."""
+    """`_entry_text` as pydantic writes it for an all-ASCII entry (JSON's escapes are then one
+    set, pydantic's and `json`'s: tests/test_metadata), in a third of its time (issue 15,
+    seventh round); None for any other entry, which pydantic writes."""
     fields = entry.__dict__
-    name, path, agent, kind = (fields["filename"], fields["path"], fields["agent_id"],
-                               fields["content_type"])
-    sha, when = fields["sha256"], fields["generated_at"]
+    name, path, agent, kind, sha = (fields["filename"], fields["path"], fields["agent_id"],
+                                    fields["content_type"], fields["sha256"])
     if not (name.isascii() and path.isascii() and agent.isascii() and kind.isascii()
             and (sha is None or sha.isascii()) and type(fields["size_bytes"]) is int):
         return None
     digest = "" if sha is None else f',\n      "sha256": {encode_basestring(sha)}'
     return (f'    {{\n      "filename": {encode_basestring(name)},\n      "path": '
             f'{encode_basestring(path)},\n      "agent_id": {encode_basestring(agent)},\n'
-            f'      "generated_at": "{format_time(when)}",\n      "size_bytes": '
+            f'      "generated_at": "{format_time(fields["generated_at"])}",\n      "size_bytes": '
             f'{fields["size_bytes"]},\n      "content_type": {encode_basestring(kind)}{digest}'
             "\n    }")
 
