@@ -12,7 +12,6 @@ import itertools
 import mimetypes
 import threading
 from datetime import UTC, datetime
-from json.encoder import encode_basestring
 from typing import Annotated, Any, ClassVar, Literal, cast
 
 from pydantic import (
@@ -28,6 +27,7 @@ from pydantic import (
 from pydantic_core import SchemaValidator, ValidationError
 
 from promoter.clock import format_time
+from promoter.entrytext import ascii_entry_text
 from promoter.names import RUN_ID_RE
 
 __all__ = [
@@ -281,29 +281,11 @@ def _entry_text(entry: ArtifactEntry) -> str:
     hit = _entry_texts.get(id(entry))
     if hit is not None and hit[0] is entry:
         return hit[1]
-    text = _ascii_entry_text(entry)
+    text = ascii_entry_text(entry)
     if text is None:
         text = "    " + entry.model_dump_json(indent=2).replace("\n", "\n    ")
     _entry_texts[id(entry)] = (entry, text)
     return text
-
-
-def _ascii_entry_text(entry: ArtifactEntry) -> str | None:
-    """`_entry_text` as pydantic writes it for an all-ASCII entry (JSON's escapes are then one
-    set, pydantic's and `json`'s: tests/test_metadata), in a third of its time (issue 15,
-    seventh round); None for any other entry, which pydantic writes."""
-    fields = entry.__dict__
-    name, path, agent, kind, sha = (fields["filename"], fields["path"], fields["agent_id"],
-                                    fields["content_type"], fields["sha256"])
-    if not (name.isascii() and path.isascii() and agent.isascii() and kind.isascii()
-            and (sha is None or sha.isascii()) and type(fields["size_bytes"]) is int):
-        return None
-    digest = "" if sha is None else f',\n      "sha256": {encode_basestring(sha)}'
-    return (f'    {{\n      "filename": {encode_basestring(name)},\n      "path": '
-            f'{encode_basestring(path)},\n      "agent_id": {encode_basestring(agent)},\n'
-            f'      "generated_at": "{format_time(fields["generated_at"])}",\n      "size_bytes": '
-            f'{fields["size_bytes"]},\n      "content_type": {encode_basestring(kind)}{digest}'
-            "\n    }")
 
 
 class Tombstone(_Document):

@@ -158,7 +158,8 @@ def test_an_ascii_entry_is_written_as_pydantic_writes_it() -> None:
     """The hand-made text of an all-ASCII entry is pydantic's, byte for byte: every control
     character, quotes and backslashes in every string, no digest, the first and last
     microsecond of datetime's range, a time on the second; others are pydantic's own."""
-    from promoter.metadata import ArtifactEntry, _ascii_entry_text, _entry_text
+    from promoter.entrytext import ascii_entry_text as _ascii_entry_text
+    from promoter.metadata import ArtifactEntry, _entry_text
 
     odd = "".join(map(chr, range(0x20))) + '"\\/\x7f~'
     times = [datetime(2026, 1, 2, 3, 4, 5, 7, tzinfo=UTC), datetime(2026, 1, 2, tzinfo=UTC),
