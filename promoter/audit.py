@@ -31,7 +31,7 @@ from typing import Any, Protocol
 from promoter import events
 from promoter.clock import Clock, SystemClock, parse_time
 from promoter.errors import StoreIOError
-from promoter.logs import get_logger, info_many
+from promoter.logs import get_logger, info_many, json_members
 
 __all__ = [
     "AUDIT_DIR",
@@ -187,6 +187,15 @@ def _stamp(value: datetime) -> str:
     return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+def _journal_line(head: str, event: str, fields: dict[str, Any], members: str | None) -> str:
+    """One journal line: `timestamp` and `event` first, then the event's fields (the actor's
+    and host's among them) as the log line has them (`members`, from `json_members`)."""
+    if members is not None and "timestamp" not in fields and "event" not in fields:
+        return f'{head}{json.dumps(event)}{", " if members else ""}{members}}}\n'
+    line = json.loads(f"{head}{json.dumps(event)}}}")  # a field of those names wins, as before
+    return json.dumps({**line, **fields}) + "\n"
+
+
 class Auditor:
     """Logs each change and appends it to the journal, one write per batch."""
 
@@ -204,11 +213,13 @@ class Auditor:
         actor = _current.get() or self.actor
         now = self.clock.now()
         who = {**actor.fields(), "host": self.host}
-        stamp = _stamp(now)
-        info_many(batch, extra=who)  # one write; nothing merged when info is filtered out
-        dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
-        data = "".join(dumps({"timestamp": stamp, "event": event, **who, **fields}) + "\n"
-                       for event, fields in batch).encode("utf-8", "surrogateescape")
+        merged = [(event, {**fields, **who}) for event, fields in batch]
+        encoded = [json_members(fields) for _, fields in merged]  # once: log and journal
+        info_many(merged, encoded=encoded)  # one write; nothing rendered when info is off
+        head = f'{{"timestamp": "{_stamp(now)}", "event": '
+        data = "".join(_journal_line(head, event, fields, members)
+                       for (event, fields), members in zip(merged, encoded, strict=True)
+                       ).encode("utf-8", "surrogateescape")
         try:
             self.sink.append(now.astimezone(UTC).date().isoformat(), data)
         except OSError as exc:

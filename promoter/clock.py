@@ -121,8 +121,11 @@ def format_time(value: datetime) -> str:
     """RFC 3339 in UTC with a `Z`; sub-second digits only when there are any."""
     # isoformat, not strftime: glibc's %Y does not pad, so the year 500 (an agent's
     # `touch -d @-46800000000` on tmpfs) was written "500-...", which no reader accepts
+    spec = "microseconds" if value.microsecond else "seconds"
+    if value.tzinfo is UTC:  # an entry's time, already in UTC: its `+00:00` is the `Z`
+        return value.isoformat(timespec=spec)[:-6] + "Z"
     value = value.astimezone(UTC).replace(tzinfo=None)
-    return value.isoformat(timespec="microseconds" if value.microsecond else "seconds") + "Z"
+    return value.isoformat(timespec=spec) + "Z"
 
 
 def parse_time(text: str) -> datetime:

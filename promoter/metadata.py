@@ -27,6 +27,7 @@ from pydantic import (
 from pydantic_core import SchemaValidator, ValidationError
 
 from promoter.clock import format_time
+from promoter.entrytext import ascii_entry_text
 from promoter.names import RUN_ID_RE
 
 __all__ = [
@@ -275,16 +276,16 @@ _entry_texts_lock = threading.Lock()  # workers write several runs' metadata at 
 
 def _entry_text(entry: ArtifactEntry) -> str:
     """`entry` as it stands in metadata.json's list (indented by two levels), made once an
-    entry: an entry is never changed once made (the rules make new ones; the parse sets
-    its zone before anything is written). The cache holds the entry, so its id is not
-    reused while the text is kept."""
+    entry: an entry is never changed once made (the rules make new ones; the parse sets its
+    zone before anything is written). The cache holds the entry: its id is not reused."""
     hit = _entry_texts.get(id(entry))
     if hit is not None and hit[0] is entry:
         return hit[1]
-    text = "    " + entry.model_dump_json(indent=2).replace("\n", "\n    ")
+    text = ascii_entry_text(entry)
+    if text is None:
+        text = "    " + entry.model_dump_json(indent=2).replace("\n", "\n    ")
     _entry_texts[id(entry)] = (entry, text)
     return text
-
 
 
 class Tombstone(_Document):

@@ -18,7 +18,7 @@ import stat
 import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from promoter.placing import open_staged, place, temp_name, unnamed_supported
 from promoter.writeback import EARLY_WRITEBACK_BYTES, start_writeback
@@ -239,8 +239,9 @@ def atomic_write_bytes(dir_fd: int, name: str, data: bytes, durable: bool = True
     return st
 
 
-@dataclass(frozen=True)
-class CopyResult:
+class CopyResult(NamedTuple):
+    """A copy's size and digest (a tuple: made once a file, issue 15)."""
+
     size: int
     sha256: str | None
 

@@ -22,14 +22,14 @@ import functools
 from collections.abc import Callable
 from typing import Any, cast
 
-__all__ = ["EARLY_WRITEBACK_BYTES", "start_writeback", "syncfs"]
+__all__ = ["EARLY_WRITEBACK_BYTES", "libc_function", "start_writeback", "syncfs"]
 
 EARLY_WRITEBACK_BYTES = 256 << 10  # smaller copies are left to the commit's one flush
 _SYNC_FILE_RANGE_WRITE = 2  # <linux/fs.h>: start writeback of the range's dirty pages
 
 
 @functools.cache
-def _libc_function(name: str, *argtypes: Any) -> Callable[..., int] | None:
+def libc_function(name: str, *argtypes: Any) -> Callable[..., int] | None:
     """The C library's `name`, or None where it has none."""
     try:
         func = getattr(ctypes.CDLL(None, use_errno=True), name)
@@ -42,7 +42,7 @@ def _libc_function(name: str, *argtypes: Any) -> Callable[..., int] | None:
 
 def syncfs(fd: int) -> int:
     """syncfs(fd): 0 when done; -1 on an error or where there is none (then fsync each)."""
-    func = _libc_function("syncfs", ctypes.c_int)
+    func = libc_function("syncfs", ctypes.c_int)
     return -1 if func is None else func(fd)
 
 
@@ -50,6 +50,6 @@ def start_writeback(fd: int, offset: int = 0, length: int = 0) -> bool:
     """Start writing `fd`'s dirty pages in [offset, offset + length) to disk (length 0: to
     the end) without waiting: True if the kernel took the request. A hint: nothing is
     durable until the caller's fsync, which also reports any error met here."""
-    func = _libc_function("sync_file_range", ctypes.c_int, ctypes.c_int64, ctypes.c_int64,
+    func = libc_function("sync_file_range", ctypes.c_int, ctypes.c_int64, ctypes.c_int64,
                           ctypes.c_uint)
     return func is not None and func(fd, offset, length, _SYNC_FILE_RANGE_WRITE) == 0

@@ -403,3 +403,24 @@ def test_an_append_during_anothers_write_leaves_no_blank_or_torn_line(
     lines = raw.split(b"\n")
     assert lines[-1] == b"" and len(lines) == 26
     assert all(json.loads(x)["event"] == "artifact.promoted" for x in lines[:-1])
+
+
+def test_old_and_new_journal_lines_are_read_alike(tmp_path: Path) -> None:
+    """A day holding a line in the journal's former style (no spaces, UTF-8 as it is) and
+    lines written now (the log line's style, `\\u` escapes) reads as the same events."""
+    from promoter.audit import Actor, Auditor, LocalJournal
+
+    folder = tmp_path / AUDIT_DIR
+    folder.mkdir()
+    clock = FakeClock(datetime(2026, 11, 30, 12, 0, tzinfo=UTC))
+    old = {"timestamp": "2026-11-30T11:00:00.000000Z", "event": "artifact.promoted",
+           "actor": "daemon", "host": "h", "run_id": "r", "filename": "é/ü.txt"}
+    (folder / "2026-11-30.jsonl").write_bytes(
+        (json.dumps(old, ensure_ascii=False, separators=(",", ":")) + "\n").encode())
+    Auditor(LocalJournal(folder), "h", Actor("daemon"), clock).record(
+        [("artifact.promoted", {"run_id": "r", "filename": "é/ü.txt"})])
+    raw = (folder / "2026-11-30.jsonl").read_bytes().splitlines()
+    assert raw[1].isascii() and b"\\u00e9" in raw[1]
+    got = read_journal(folder)
+    assert [e["filename"] for e in got] == ["é/ü.txt"] * 2
+    assert got[1] == {**old, "timestamp": "2026-11-30T12:00:00.000000Z"}

@@ -37,7 +37,8 @@ class IoTrace:
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.log: list[tuple[Any, ...]] = []
         self.temps: dict[int, str] = {}  # open fd -> temp name
-        real_open, real_fsync, real_rename, real_link = os.open, os.fsync, os.rename, os.link
+        real_open, real_fsync, real_rename = os.open, os.fsync, os.rename
+        real_link = placing.link_unnamed
         real_syncfs = batchcopy._syncfs
 
         def traced_open(path: Any, flags: int, *args: Any, **kw: Any) -> int:
@@ -76,11 +77,9 @@ class IoTrace:
             ino = os.fstat(dst_dir_fd).st_ino if dst_dir_fd is not None else 0
             self.log.append(("rename", str(src), str(dst), ino, listed))
 
-        def traced_link(src: Any, dst: Any, *, dst_dir_fd: int | None = None) -> None:
-            fd = int(str(src).rsplit("/", 1)[-1])
-            real_link(src, dst, dst_dir_fd=dst_dir_fd)
-            ino = os.fstat(dst_dir_fd).st_ino if dst_dir_fd is not None else 0
-            self.log.append(("link", self.temps[fd], str(dst), ino))
+        def traced_link(fd: int, dst: str, dst_dir_fd: int) -> None:
+            real_link(fd, dst, dst_dir_fd)
+            self.log.append(("link", self.temps[fd], dst, os.fstat(dst_dir_fd).st_ino))
 
         def traced_close(fd: int, real_close: Callable[[int], None] = os.close) -> None:
             self.temps.pop(fd, None)
@@ -89,7 +88,7 @@ class IoTrace:
         monkeypatch.setattr(os, "open", traced_open)
         monkeypatch.setattr(os, "fsync", traced_fsync)
         monkeypatch.setattr(os, "rename", traced_rename)
-        monkeypatch.setattr(os, "link", traced_link)
+        monkeypatch.setattr(placing, "link_unnamed", traced_link)
         monkeypatch.setattr(os, "close", traced_close)
         monkeypatch.setattr(batchcopy, "_syncfs", traced_syncfs)
 

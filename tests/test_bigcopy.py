@@ -116,7 +116,7 @@ def test_a_failed_flush_on_a_helper_fails_the_batch_with_no_entry(
 def test_a_copy_is_whole_where_the_kernel_has_no_sync_file_range(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Without sync_file_range (another C library) the copy is the same, only not started early."""
-    monkeypatch.setattr(writeback, "_libc_function", lambda name, *types: None)
+    monkeypatch.setattr(writeback, "libc_function", lambda name, *types: None)
     assert writeback.start_writeback(0) is False
     assert writeback.syncfs(0) == -1
     src = tmp_path / "src.bin"

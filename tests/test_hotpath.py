@@ -120,3 +120,87 @@ def test_tune_gc_freezes_start_up_and_still_collects_cycles() -> None:
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=60, check=False)
     assert proc.returncode == 0 and proc.stdout == "ok\n", proc.stderr
+
+
+_ODD = {"run_id": "r", "filename": "é/ü\n\"x\"\\\u2028😀", "size_bytes": 4096, "sha256": None,
+        "latency_ms": 1.5, "nan": float("nan"), "list": [1, "a"], "actor": "daemon"}
+
+
+def _without_time(line: str) -> dict[str, Any]:
+    item = json.loads(line)
+    assert item.pop("timestamp").endswith("Z")
+    return item
+
+
+def test_encoded_info_lines_are_the_processors_own() -> None:
+    """`info_many(encoded=...)` writes, byte for byte but the time, the lines the JSON
+    processors make of the same fields, in the same key order; with a context variable
+    bound (the server's `client`) or a test's capture, the processors make them."""
+    import structlog
+
+    from promoter.logs import json_members
+
+    items = [("artifact.promoted", _ODD), ("run.kept", {}), ("library.deleted", {"n": 1})]
+    encoded = [json_members(fields) for _, fields in items]
+    out = io.StringIO()
+    configure_logging("info", "json", stream=out)
+    try:
+        info_many(items, encoded=encoded)
+        info_many(items)
+        lines = out.getvalue().splitlines()
+        assert len(lines) == 6
+        for fast, slow in zip(lines[:3], lines[3:], strict=True):
+            cut = fast.index('"timestamp"')
+            assert fast[:cut] == slow[:slow.index('"timestamp"')]
+            assert list(json.loads(fast)) == list(json.loads(slow))
+        with structlog.contextvars.bound_contextvars(client="10.0.0.1"):
+            info_many(items[:1], encoded=encoded[:1])
+        assert json.loads(out.getvalue().splitlines()[-1])["client"] == "10.0.0.1"
+        with structlog.testing.capture_logs() as captured:
+            info_many(items[:1], encoded=encoded[:1])
+        assert captured[0]["filename"] == _ODD["filename"]
+        info_many([("x.y", {"level": "mine"})], encoded=[json_members({"level": "mine"})])
+        assert json.loads(out.getvalue().splitlines()[-1])["level"] == "info"  # as structlog
+    finally:
+        configure_logging("info", "json")
+
+
+def test_a_journal_line_holds_the_fields_the_log_line_holds() -> None:
+    """An audited event's journal line starts with its time and event and holds the same
+    fields as its log line (encoded once for both); a field named `event` or `timestamp`,
+    or a value JSON cannot hold, takes the long way as before."""
+    out = io.StringIO()
+    configure_logging("info", "json", stream=out)
+    try:
+        sink = _Sink()
+        Auditor(sink, "vm", Actor("daemon")).record([("artifact.promoted", dict(_ODD)),
+                                                     ("run.kept", {})])
+        journal = sink.data.decode("ascii").splitlines()
+        assert [list(json.loads(x))[:2] for x in journal] == [["timestamp", "event"]] * 2
+        logged = [_without_time(x) for x in out.getvalue().splitlines()]
+        for line, log_line in zip(journal, logged, strict=True):
+            assert log_line.pop("level") == "info"
+            item = _without_time(line)  # NaN is no value equal to itself: the texts compared
+            assert json.dumps(item, sort_keys=True) == json.dumps(log_line, sort_keys=True)
+        Auditor(sink, "vm", Actor("daemon")).record([("x.y", {"event": "mine", "n": 1})])
+        assert json.loads(sink.data.splitlines()[-1])["event"] == "mine"
+        with pytest.raises(TypeError):
+            Auditor(sink, "vm", Actor("daemon")).one("x.y", when=object())
+    finally:
+        configure_logging("info", "json")
+
+
+def test_a_utc_time_is_formatted_as_a_converted_one() -> None:
+    """`format_time`'s shortcut for a time already in UTC gives what the conversion gives:
+    years 1 and 9999, on the second and with microseconds, and another zone converted."""
+    from datetime import timedelta, timezone
+
+    from promoter.clock import format_time
+
+    for year, micro in ((1, 0), (500, 1), (2026, 999999), (9999, 0)):
+        value = datetime(year, 6, 1, 5, 6, 7, micro, UTC)
+        naive = value.replace(tzinfo=None)
+        want = naive.isoformat(timespec="microseconds" if micro else "seconds") + "Z"
+        assert format_time(value) == want
+        if year > 1:
+            assert format_time(value.astimezone(timezone(timedelta(hours=-3)))) == want

@@ -152,3 +152,28 @@ def test_the_file_text_is_pydantics_own_with_each_entry_made_once(
     assert not any(id(e) in metadata._entry_texts for e in big)
     m = doc(big[:2], "")
     assert m.to_json() == m.model_dump_json(indent=2) + "\n" and len(metadata._entry_texts) <= 2
+
+
+def test_an_ascii_entry_is_written_as_pydantic_writes_it() -> None:
+    """The hand-made text of an all-ASCII entry is pydantic's, byte for byte: every control
+    character, quotes and backslashes in every string, no digest, the first and last
+    microsecond of datetime's range, a time on the second; others are pydantic's own."""
+    from promoter.entrytext import ascii_entry_text as _ascii_entry_text
+    from promoter.metadata import ArtifactEntry, _entry_text
+
+    odd = "".join(map(chr, range(0x20))) + '"\\/\x7f~'
+    times = [datetime(2026, 1, 2, 3, 4, 5, 7, tzinfo=UTC), datetime(2026, 1, 2, tzinfo=UTC),
+             datetime(1, 1, 1, tzinfo=UTC), datetime(9999, 12, 31, 23, 59, 59, 999999, UTC)]
+    for name in ("a.txt", f"d/{odd}.bin", '  "artifacts": [],'):
+        for sha in (None, "ab" * 32):
+            for when in times:
+                entry = ArtifactEntry.trusted(
+                    filename=name, path=f"files/{name}", agent_id=odd, generated_at=when,
+                    size_bytes=2**40, content_type="text/plain", sha256=sha)
+                want = "    " + entry.model_dump_json(indent=2).replace("\n", "\n    ")
+                assert _ascii_entry_text(entry) == want
+    wide = ArtifactEntry.trusted(filename="é😀", path="files/é😀", agent_id="a",
+                                 generated_at=times[0], size_bytes=1, content_type="x/y",
+                                 sha256=None)
+    assert _ascii_entry_text(wide) is None
+    assert _entry_text(wide) == "    " + wide.model_dump_json(indent=2).replace("\n", "\n    ")

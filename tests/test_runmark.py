@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from promoter import batchcopy, recovery
+from promoter import batchcopy, placing, recovery
 from promoter.layout import MARK, METADATA, REPAIRED
 from promoter.localdisk import LocalDisk
 from promoter.metadata import RunMetadata
@@ -233,7 +233,7 @@ def test_the_mark_is_on_disk_before_the_first_rename(
     run_ino = (tmp_path / "artifacts/r1").stat().st_ino
     log: list[str] = []
     real_open, real_fsync, real_rename, real_unlink = os.open, os.fsync, os.rename, os.unlink
-    real_link = os.link
+    real_link = placing.link_unnamed
     real_syncfs = batchcopy._syncfs
 
     def traced_open(path: Any, flags: int, *args: Any, **kw: Any) -> int:
@@ -255,8 +255,8 @@ def test_the_mark_is_on_disk_before_the_first_rename(
         real_rename(src, dst, **kw)
         log.append("metadata" if str(dst) == METADATA else "rename")
 
-    def traced_link(src: Any, dst: Any, **kw: Any) -> None:
-        real_link(src, dst, **kw)
+    def traced_link(fd: int, dst: str, dir_fd: int) -> None:
+        real_link(fd, dst, dir_fd)
         log.append("rename")  # an unnamed copy linked into place
 
     def traced_unlink(path: Any, **kw: Any) -> None:
@@ -273,7 +273,7 @@ def test_the_mark_is_on_disk_before_the_first_rename(
         patch.setattr(os, "fsync", traced_fsync)
         patch.setattr(os, "rename", traced_rename)
         patch.setattr(os, "unlink", traced_unlink)
-        patch.setattr(os, "link", traced_link)
+        patch.setattr(placing, "link_unnamed", traced_link)
         patch.setattr(batchcopy, "_syncfs", traced_syncfs)
         assert {r.outcome for r in store.promote_files("r1", names)} == {Outcome.PROMOTED}
     assert log.index("mark") < log.index("temp")

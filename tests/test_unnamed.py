@@ -5,6 +5,7 @@ open, and a crash before the link leaves nothing in files/."""
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import hashlib
 import os
@@ -280,3 +281,44 @@ def test_the_raise_stops_at_the_hard_limit_and_the_ceiling(
     monkeypatch.setattr(limits_module.resource, "setrlimit", lambda _, value: calls.append(value))
     assert limits_module.raise_descriptor_limit() == raised
     assert calls == ([] if raised[0] == raised[1] else [(raised[1], limits[1])])
+
+
+@pytest.mark.parametrize("by_descriptor", [True, False])
+def test_an_unnamed_copy_is_linked_by_its_descriptor_or_through_proc(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, by_descriptor: bool) -> None:
+    """`link_unnamed` links by the descriptor alone where the kernel allows it (no /proc path
+    is opened); where it refuses (ENOENT, as an older kernel answers an unprivileged caller),
+    through /proc/self/fd, and from then on only so. A taken name is FileExistsError either
+    way, and a vanished folder is ENOENT, not taken for a refusal."""
+    monkeypatch.setattr(placing, "_by_descriptor", [True])
+    if not by_descriptor:
+        def refused(*args: Any) -> int:
+            ctypes.set_errno(errno.ENOENT)
+            return -1
+        monkeypatch.setattr(placing, "libc_function", lambda name, *types: refused)
+    links: list[str] = []
+    real_link = os.link
+    monkeypatch.setattr(os, "link", lambda src, dst, **kw: (links.append(str(src)),
+                                                            real_link(src, dst, **kw))[1])
+    out, tmp, dir_fd = _staged(tmp_path, b"body")
+    try:
+        assert tmp is None
+        placing.link_unnamed(out, "a", dir_fd)
+        with pytest.raises(FileExistsError):
+            placing.link_unnamed(out, "a", dir_fd)
+        placing.link_unnamed(out, "b", dir_fd)
+    finally:
+        os.close(out)
+    assert (tmp_path / "dst" / "a").read_bytes() == (tmp_path / "dst" / "b").read_bytes() == b"body"
+    assert placing._by_descriptor[0] is by_descriptor
+    assert len(links) == (0 if by_descriptor else 3)  # the path way's own errors are its
+    (tmp_path / "dst" / "a").unlink()
+    (tmp_path / "dst" / "b").unlink()
+    (tmp_path / "dst").rmdir()  # the folder gone: an error, never a link elsewhere
+    out = os.open(str(tmp_path), os.O_TMPFILE | os.O_WRONLY, 0o644)
+    try:
+        with pytest.raises(FileNotFoundError):
+            placing.link_unnamed(out, "c", dir_fd)
+    finally:
+        os.close(out)
+        os.close(dir_fd)

@@ -589,3 +589,50 @@ def test_events_reach_the_sink_from_the_emitter_in_few_wakes(sessions: Path) -> 
         assert closes == names
     finally:
         w.stop()
+
+
+def test_a_files_close_is_handed_over_as_watchdogs_own_path_would(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The emitter's shortcut for a file closed after a write hands the handler exactly what
+    watchdog's own path does (its FileClosedEvent; the folder's modification filtered out),
+    without taking that path; any other mask (a folder's, a write, a creation, attributes,
+    a deletion) takes watchdog's path."""
+    import functools
+    import types
+
+    from watchdog.events import FileClosedEvent
+    from watchdog.observers.inotify import InotifyFullEmitter
+    from watchdog.observers.inotify_c import InotifyConstants as C
+    from watchdog.observers.inotify_c import InotifyEvent
+    from watchdog.observers.inotify_move_event_grouper import PathedInotifyEvent
+
+    from promoter.inotify import SupervisedInotifyEmitter
+    from promoter.observers import EVENT_FILTER
+
+    masks = [C.IN_CLOSE_WRITE, C.IN_CLOSE_WRITE | C.IN_ISDIR, C.IN_MODIFY, C.IN_CREATE,
+             C.IN_CREATE | C.IN_ISDIR, C.IN_ATTRIB, C.IN_DELETE, C.IN_CLOSE_WRITE]
+    events = [PathedInotifyEvent(InotifyEvent(1, mask, 0, b"f"), f"/s/r/output/f{i}".encode())
+              for i, mask in enumerate(masks)]
+
+    def emitter(seen: list[Any]) -> SupervisedInotifyEmitter:
+        made = SupervisedInotifyEmitter.__new__(SupervisedInotifyEmitter)
+        made._event_filter = frozenset(EVENT_FILTER)
+        made._watch = types.SimpleNamespace(path="/s", is_recursive=True)
+        made.handler = types.SimpleNamespace(dispatch=seen.append)
+        return made
+
+    slow: list[Any] = []
+    long_way = functools.partial(InotifyFullEmitter.build_and_queue_event, emitter(slow))
+    for event in events:
+        long_way(event)
+    taken: list[Any] = []
+    original = InotifyFullEmitter.build_and_queue_event
+    monkeypatch.setattr(InotifyFullEmitter, "build_and_queue_event",
+                        lambda *a, **kw: (taken.append(a[1]), original(*a, **kw))[1])
+    fast: list[Any] = []
+    short_way = emitter(fast)
+    for event in events:
+        short_way.build_and_queue_event(event)
+    assert fast == slow and len(fast) == 7  # the folder's close is no event of the filter's
+    assert fast[0] == FileClosedEvent("/s/r/output/f0")
+    assert taken == events[1:-1]  # the two plain closes took the shortcut
