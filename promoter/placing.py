@@ -46,8 +46,9 @@ _FD_LINKS = "/proc/self/fd"
 
 @functools.cache
 def unnamed_supported() -> bool:
-    """Whether unnamed copies can be linked by name: `linkat` through /proc/self/fd (without
-    CAP_DAC_READ_SEARCH, the one way to name an O_TMPFILE file). Without /proc, or on a
+    """Whether unnamed copies may be made: O_TMPFILE, and /proc/self/fd for the link that
+    never fails (`link_unnamed` tries the descriptor's own link first, which kernels
+    before 6.10 refuse a caller without CAP_DAC_READ_SEARCH). Without /proc, or on a
     system without O_TMPFILE, every copy takes a named temporary."""
     return hasattr(os, "O_TMPFILE") and os.path.isdir(_FD_LINKS)
 
