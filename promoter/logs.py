@@ -87,6 +87,22 @@ class _StreamFactory:
         return _LossyPrintLogger(file=self.stream)
 
 
+class _PrintableValues:
+    """The console renderer, given each string value `printable`: a file name an agent chose
+    must not break the line or reach the operator's terminal as ESC (JSON escapes its own).
+    A traceback (`exception`) keeps its lines."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def __call__(self, logger: Any, name: str, event_dict: dict[str, Any]) -> Any:
+        from promoter.render import printable
+
+        shown = {k: printable(v) if isinstance(v, str) and k != "exception" else v
+                 for k, v in event_dict.items()}
+        return self.inner(logger, name, shown)
+
+
 def configure_logging(level: str = "info", fmt: str = "json", stream: TextIO | None = None) -> None:
     """Send every event to `stream` (the current stderr by default) at `level` and above."""
     global _json_chain
@@ -94,7 +110,7 @@ def configure_logging(level: str = "info", fmt: str = "json", stream: TextIO | N
     if fmt == "console":
         target = stream or sys.stderr
         tty = target is not None and target.isatty()  # None: started with `2>&-`
-        renderer = structlog.dev.ConsoleRenderer(colors=tty)
+        renderer = _PrintableValues(structlog.dev.ConsoleRenderer(colors=tty))
     else:
         renderer = structlog.processors.JSONRenderer()
     processors = [

@@ -11,8 +11,10 @@ import re
 import unicodedata
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
-from promoter.metadata import RunMetadata
+if TYPE_CHECKING:  # no pydantic for the log renderer, which imports `printable`
+    from promoter.metadata import RunMetadata
 
 __all__ = ["age", "human_size", "printable", "run_state", "table"]
 
