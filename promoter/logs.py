@@ -87,10 +87,21 @@ class _StreamFactory:
         return _LossyPrintLogger(file=self.stream)
 
 
+class _Quoted:
+    """A string value the console renderer shows as its Python repr (escaped, quoted)."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __repr__(self) -> str:
+        return repr(self.text)
+
+
 class _PrintableValues:
-    """The console renderer, given each string value `printable`: a file name an agent chose
-    must not break the line or reach the operator's terminal as ESC (JSON escapes its own).
-    A traceback (`exception`) keeps its lines."""
+    """The console renderer, with a string value that holds anything `printable` escapes
+    shown as its repr: structlog prints a string without a space raw, and a file name an
+    agent chose must not reach the operator's terminal as ESC (JSON escapes its own). A
+    traceback (`exception`) keeps its lines."""
 
     def __init__(self, inner: Any) -> None:
         self.inner = inner
@@ -98,8 +109,8 @@ class _PrintableValues:
     def __call__(self, logger: Any, name: str, event_dict: dict[str, Any]) -> Any:
         from promoter.render import printable
 
-        shown = {k: printable(v) if isinstance(v, str) and k != "exception" else v
-                 for k, v in event_dict.items()}
+        shown = {k: _Quoted(v) if isinstance(v, str) and k != "exception"
+                 and printable(v) != v else v for k, v in event_dict.items()}
         return self.inner(logger, name, shown)
 
 

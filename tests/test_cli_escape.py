@@ -3,6 +3,7 @@ non-UTF-8 bytes still read (DESIGN §3, §11; r7 probe findings 2 and 3)."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -13,6 +14,7 @@ import pytest
 
 from promoter.audit import AUDIT_DIR, read_journal
 from promoter.cli import main
+from promoter.logs import configure_logging, get_logger
 from promoter.render import printable
 from tests.store_helpers import write_session_file
 from tests.web_helpers import LogCapture
@@ -150,3 +152,28 @@ def test_an_old_line_with_a_raw_non_utf8_byte_is_read(
     assert code == 0 and re.search(r'"sudo_user": "ev\\udcffil"', last)
     assert json.loads(last)["filename"] == "old\udcfe.txt"
     out.encode("utf-8")  # strict: jq gets UTF-8
+
+
+def test_console_log_lines_show_values_escaped() -> None:
+    """Under log.format = "console" a hostile file name stays on its log line, escaped;
+    a JSON log line keeps the value itself."""
+    stream = io.StringIO()
+    try:
+        configure_logging("info", "console", stream=stream)
+        get_logger().warning("artifact.rejected", filename=FORGED, run_id="r1", size=3)
+        console = stream.getvalue()
+        stream = io.StringIO()
+        configure_logging("info", "json", stream=stream)
+        get_logger().warning("artifact.rejected", filename=FORGED)
+    finally:
+        configure_logging("info", "json")
+    assert console.count("\n") == 1 and not _unsafe(console)
+    assert "filename=" + repr(FORGED) in console and "run_id=r1 size=3" in console
+    assert json.loads(stream.getvalue())["filename"] == FORGED
+    spaceless = io.StringIO()  # structlog prints such a string raw: shown as its repr
+    configure_logging("info", "console", stream=spaceless)
+    try:
+        get_logger().warning("artifact.rejected", filename="l\x1b[31m\u202eink")
+    finally:
+        configure_logging("info", "json")
+    assert "filename='l\\x1b[31m\\u202eink'" in spaceless.getvalue()
