@@ -285,9 +285,8 @@ def events_in(raw: bytes, name: str, since: datetime | None,
         if not line.strip():
             continue
         item = _parse_line(line)
-        if item is None:
-            log.warning(events.AUDIT_INVALID, file=name, line=number,
-                        reason="not a whole JSON event (torn by a crash?)")
+        if isinstance(item, str):
+            log.warning(events.AUDIT_INVALID, file=name, line=number, reason=item)
             continue
         when, event = item
         if since is not None and when < since:
@@ -316,15 +315,20 @@ def _read_day(path: Path) -> bytes:
         os.close(fd)
 
 
-def _parse_line(line: bytes) -> tuple[datetime, dict[str, Any]] | None:
+def _parse_line(line: bytes) -> tuple[datetime, dict[str, Any]] | str:
+    """The line's time and event, or why it is none. Decoded with surrogateescape: older
+    versions wrote a non-UTF-8 byte (a SUDO_USER's) raw, and such a line is still an event."""
     try:
-        item = json.loads(line)
-        if not isinstance(item, dict) or not isinstance(item.get("event"), str) \
-                or not isinstance(item.get("timestamp"), str):
-            return None
+        item = json.loads(line.decode("utf-8", "surrogateescape"))
+    except (ValueError, RecursionError):  # RecursionError: `[[[[...` thousands deep
+        return "not JSON (torn by a crash, or not written by promoter)"
+    if not isinstance(item, dict) or not isinstance(item.get("event"), str) \
+            or not isinstance(item.get("timestamp"), str):
+        return "JSON, but not an event (no event or timestamp string)"
+    try:
         return parse_time(item["timestamp"]), item
-    except (ValueError, TypeError, UnicodeDecodeError, OverflowError):
-        return None
+    except (ValueError, TypeError, OverflowError):
+        return "an event whose timestamp is not a time"
 
 
 LOCK_WAIT_S = 2.0

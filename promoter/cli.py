@@ -36,6 +36,7 @@ from promoter.clock import parse_duration
 from promoter.config import Config, load_config, resolve_config_path
 from promoter.errors import PromoterError, UsageError
 from promoter.logs import configure_logging, get_logger, stderr_line
+from promoter.render import printable
 from promoter.safeio import describe_os_error
 from promoter.walk import gc_paused
 
@@ -225,5 +226,5 @@ def _fail(command: str | None, message: str, code: int) -> int:
     if command == "run":
         get_logger().error(events.DAEMON_FAILED, reason=message, exit_code=code)
     else:
-        stderr_line(f"promoter: {message}")
+        stderr_line(f"promoter: {printable(message)}")  # it may echo an agent's name
     return code

@@ -2,7 +2,8 @@
 
 `promoter.cli` parses argv and picks one of these; each reads or changes the store
 through `Store`, prints data on stdout (a table, or JSON with `--json`) and raises a
-`PromoterError` for `cli.main` to turn into one line on stderr.
+`PromoterError` for `cli.main` to turn into one line on stderr. Every value in human
+output goes through `printable` (a table does it for its cells): agents choose names.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,7 @@ from promoter.library import LibraryFile
 from promoter.metadata import RunMetadata, metadata_json_schema
 from promoter.names import check_library_name, check_relpath, check_run_id
 from promoter.progress import terminal_progress
-from promoter.render import age, human_size, matches_filter, run_state, table
+from promoter.render import age, human_size, matches_filter, printable, run_state, table
 from promoter.store import Store
 
 __all__ = ["cmd_audit", "cmd_check", "cmd_config", "cmd_export", "cmd_keep", "cmd_library",
@@ -29,6 +31,7 @@ __all__ = ["cmd_audit", "cmd_check", "cmd_config", "cmd_export", "cmd_keep", "cm
            "cmd_stats", "cmd_sweep"]
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
 PIECE = 64 * 1024  # characters a write of _print_json
 
 
@@ -86,7 +89,7 @@ def cmd_sweep(args: argparse.Namespace, config: Config) -> int:
         return 0
     verb = "would delete" if args.dry_run else "deleted"
     for run_id in report.expired:  # one run a line, for a reader and for `xargs`
-        print(f"{verb} {run_id}")
+        print(f"{verb} {printable(run_id)}")
     if not report.expired:
         print("no expired runs")
     return 0
@@ -124,9 +127,10 @@ def cmd_show(args: argparse.Namespace, config: Config) -> int:
         _print_json(meta.model_dump(mode="json"))
         return 0
     now = store.clock.now()
-    print(f"run        {meta.run_id}  ({run_state(meta, now)}, status {meta.status})")
-    print(f"workflow   {meta.workflow_id or '-'}")
-    print(f"directive  {meta.user_directive or '-'}")
+    print(f"run        {printable(meta.run_id)}  ({run_state(meta, now)}, "
+          f"status {printable(meta.status)})")
+    print(f"workflow   {printable(meta.workflow_id or '-')}")
+    print(f"directive  {printable(meta.user_directive or '-')}")
     print(f"created    {age(meta.created_at, now)}  expires {meta.expires_at:%Y-%m-%d %H:%M}Z"
           f"{'  (kept)' if meta.keep else ''}")
     print()
@@ -156,7 +160,7 @@ def cmd_rm(args: argparse.Namespace, config: Config) -> int:
             entry = store.delete_artifact(run_id, filename)
         out: dict[str, Any] = {"run_id": run_id, "filename": filename,
                                "size_bytes": entry.size_bytes, "dry_run": args.dry_run}
-        text = f"{verb} {filename} from run {run_id}"
+        text = f"{verb} {printable(filename)} from run {printable(run_id)}"
     else:
         if args.dry_run:
             meta = store.get_run(run_id)
@@ -165,7 +169,7 @@ def cmd_rm(args: argparse.Namespace, config: Config) -> int:
             report = store.delete_run(run_id)
             files, size = report.files, report.size_bytes
         out = {"run_id": run_id, "files": files, "size_bytes": size, "dry_run": args.dry_run}
-        text = f"{verb} run {run_id} ({_plural(files, 'file')}, {human_size(size)})"
+        text = f"{verb} run {printable(run_id)} ({_plural(files, 'file')}, {human_size(size)})"
     if args.json:
         _print_json(out)
     else:
@@ -178,7 +182,7 @@ def cmd_keep(args: argparse.Namespace, config: Config) -> int:
     if args.json:
         _print_json(meta.model_dump(mode="json"))
     else:
-        print(f"run {meta.run_id} {'is kept' if meta.keep else 'expires normally'}")
+        print(f"run {printable(meta.run_id)} {'is kept' if meta.keep else 'expires normally'}")
     return 0
 
 
@@ -193,7 +197,7 @@ def cmd_promote(args: argparse.Namespace, config: Config) -> int:
     if args.json:
         _print_json(_library_json(added))
     else:
-        print(f"library/{added.name} ({human_size(added.size_bytes)})")
+        print(f"library/{printable(added.name)} ({human_size(added.size_bytes)})")
     return 0
 
 
@@ -224,7 +228,7 @@ def cmd_library(args: argparse.Namespace, config: Config) -> int:
     if args.json:
         _print_json({**_library_json(item), "dry_run": args.dry_run})
     else:
-        print(f"{'would delete' if args.dry_run else 'deleted'} library/{item.name} "
+        print(f"{'would delete' if args.dry_run else 'deleted'} library/{printable(item.name)} "
               f"({human_size(item.size_bytes)})")
     return 0
 
@@ -241,7 +245,10 @@ def cmd_audit(args: argparse.Namespace, config: Config) -> int:
     found = store.read_journal(since, run_id)  # the local folder, or the bucket (§11)
     if args.json:  # JSON Lines, one event a line, for jq
         for item in found:
-            sys.stdout.write(json.dumps(item, ensure_ascii=False) + "\n")
+            line = json.dumps(item, ensure_ascii=False)
+            if _SURROGATE.search(line):  # a raw non-UTF-8 byte an older version wrote:
+                line = json.dumps(item)  # as `\udcff`, as the journal holds it today
+            sys.stdout.write(line + "\n")
         return 0
     if not found:
         print("no audit events")
@@ -293,7 +300,7 @@ def cmd_export(args: argparse.Namespace, config: Config) -> int:
     except OSError as exc:
         partial.unlink(missing_ok=True)
         raise StoreIOError(f"cannot write {target}: {exc.strerror or exc}") from None
-    print(f"wrote {target} ({human_size(target.stat().st_size)})")
+    print(f"wrote {printable(target)} ({human_size(target.stat().st_size)})")
     return 0
 
 
@@ -315,7 +322,7 @@ def cmd_stats(args: argparse.Namespace, config: Config) -> int:
     if args.json:
         _print_json(stats.model_dump(mode="json"))
     else:
-        print(format_stats(stats, args.since.strip()))
+        print(format_stats(stats, printable(args.since.strip())))
     return 0
 
 

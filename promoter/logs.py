@@ -87,6 +87,33 @@ class _StreamFactory:
         return _LossyPrintLogger(file=self.stream)
 
 
+class _Quoted:
+    """A string value the console renderer shows as its Python repr (escaped, quoted)."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __repr__(self) -> str:
+        return repr(self.text)
+
+
+class _PrintableValues:
+    """The console renderer, with a string value that holds anything `printable` escapes
+    shown as its repr: structlog prints a string without a space raw, and a file name an
+    agent chose must not reach the operator's terminal as ESC (JSON escapes its own). A
+    traceback (`exception`) keeps its lines."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def __call__(self, logger: Any, name: str, event_dict: dict[str, Any]) -> Any:
+        from promoter.render import printable
+
+        shown = {k: _Quoted(v) if isinstance(v, str) and k != "exception"
+                 and printable(v) != v else v for k, v in event_dict.items()}
+        return self.inner(logger, name, shown)
+
+
 def configure_logging(level: str = "info", fmt: str = "json", stream: TextIO | None = None) -> None:
     """Send every event to `stream` (the current stderr by default) at `level` and above."""
     global _json_chain
@@ -94,7 +121,7 @@ def configure_logging(level: str = "info", fmt: str = "json", stream: TextIO | N
     if fmt == "console":
         target = stream or sys.stderr
         tty = target is not None and target.isatty()  # None: started with `2>&-`
-        renderer = structlog.dev.ConsoleRenderer(colors=tty)
+        renderer = _PrintableValues(structlog.dev.ConsoleRenderer(colors=tty))
     else:
         renderer = structlog.processors.JSONRenderer()
     processors = [

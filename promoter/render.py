@@ -1,13 +1,22 @@
-"""Human-readable output for the command line: ages, sizes, states, tables."""
+"""Human-readable output for the command line: ages, sizes, states, tables.
+
+Every value the command line prints for a person goes through `printable` (the tables do it
+for each cell): names come from agents, SUDO_USER from any user, and a raw newline or ESC
+would forge a row or drive the operator's terminal. `--json` output needs none of it.
+"""
 
 from __future__ import annotations
 
+import re
+import unicodedata
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
-from promoter.metadata import RunMetadata
+if TYPE_CHECKING:  # no pydantic for the log renderer, which imports `printable`
+    from promoter.metadata import RunMetadata
 
-__all__ = ["age", "human_size", "run_state", "table"]
+__all__ = ["age", "human_size", "printable", "run_state", "table"]
 
 DAY = timedelta(days=1)
 
@@ -62,9 +71,41 @@ def matches_filter(meta: RunMetadata, name: str, now: datetime) -> bool:
     return True
 
 
+# Candidates: everything but printable ASCII other than the backslash (the common case, a
+# plain ASCII name, is one failed search). Of those, a character is escaped when it is a
+# control (C0, DEL, C1), a format character (bidirectional overrides, zero-width ones, tag
+# characters: they reorder or hide text), a surrogate (a non-UTF-8 byte, as the OS layer
+# decodes it), or a line or paragraph separator.
+_CANDIDATE = re.compile(r"[^\x20-\x5b\x5d-\x7e]")
+_ESCAPED_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+_NAMED = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape(match: re.Match[str]) -> str:
+    char = match.group()
+    named = _NAMED.get(char)
+    if named is not None:
+        return named
+    if unicodedata.category(char) not in _ESCAPED_CATEGORIES:
+        return char  # é, 漢, an emoji: shown as they are
+    code = ord(char)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+def printable(value: object) -> str:
+    """`value` as text a terminal shows and never acts on, on one line: control and format
+    characters, separators and surrogates as Python escapes (`\\n`, `\\x1b`, `\\u2028`,
+    `\\udcff`), a backslash as two, so that what is shown maps back to one name."""
+    return _CANDIDATE.sub(_escape, str(value))
+
+
 def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """Left-aligned columns separated by two spaces."""
-    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=False)]
-    lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=False)).rstrip()
-             for row in (header, *rows)]
+    """Left-aligned columns separated by two spaces; every cell `printable`, so a row is
+    one line whatever its values hold."""
+    cells = [[printable(c) for c in row] for row in (header, *rows)]
+    widths = [max(len(c) for c in col) for col in zip(*cells, strict=False)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)).rstrip()
+             for row in cells]
     return "\n".join(lines)
