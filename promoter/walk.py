@@ -31,7 +31,7 @@ from promoter.names import TEMP_PREFIX
 from promoter.safeio import Refused, open_dir_chain
 
 __all__ = ["Folder", "exclusion", "exclusion_match", "forget_known_copies", "gc_paused",
-           "known_copies", "prepare_known_copies", "walk_tree"]
+           "known_changes", "known_copies", "prepare_known_copies", "walk_tree"]
 
 
 @dataclass
@@ -132,6 +132,16 @@ def prepare_known_copies(metas: Iterable[RunMetadata], stop: threading.Event) ->
 def forget_known_copies() -> None:
     """Drop the copies prepared and not taken (runs the catch-up did not look at)."""
     _prepared.clear()
+
+
+def known_changes(meta: RunMetadata | None) -> dict[str, int]:
+    """The source's ctime as its copy read it (`source_changed_at`, µs since the epoch) by
+    filename of the run's entries that record it (the first of a repeated name, as
+    `known_copies`): a session file changed since is read again (`rules.verdict`)."""
+    if meta is None:
+        return {}
+    return {item.filename: (item.source_changed_at - EPOCH) // ONE_US
+            for item in reversed(meta.artifacts) if item.source_changed_at is not None}
 
 
 class _GcPause:
