@@ -9,8 +9,8 @@ watch is set (DESIGN §5: a folder is listed only after its watch exists, so a
 file written after the listing is an event, never a miss), while the parent
 repairs. The child only lists and `lstat`s, through the same walk as the
 in-process scan (`scan.run_stats`), and sends back through a pipe, in `marshal`
-form, per run: name: (size, µs of the mtime) and name: µs of the ctime of every file
-(the same key objects: marshal writes each name once), and the refusals,
+form, per run: name: (size, µs of the mtime) and name: µs from the mtime to the ctime
+of every file (the same key objects: marshal writes each name once), and the refusals,
 which the daemon logs itself. The comparison with the store stays in the daemon
 (`reconcile.find_pending`): a run whose every file is a copy the store holds as
 it is needs nothing more; any other run is scanned again there, so what is
@@ -224,7 +224,7 @@ def _listing(sessions: str, exclude: tuple[str, ...], max_depth: int
     runs: dict[str, dict[str, tuple[int, int]]] = {}
     refusals: list[tuple[str, str, str, str]] = []
     changed: dict[str, int] = {}  # each run's latest ctime, µs (scan.Listing)
-    ctimes: dict[str, dict[str, int]] = {}  # each file's ctime, µs, by run (the same names)
+    ctimes: dict[str, dict[str, int]] = {}  # each file's ctime less its mtime, µs, by run
 
     def refuse(key: str, run_id: str, filename: str, reason: str) -> None:
         refusals.append((key, run_id, filename, reason))
@@ -237,9 +237,11 @@ def _listing(sessions: str, exclude: tuple[str, ...], max_depth: int
             # a run whose walk fails is left out: the daemon scans it itself, and says why
             with contextlib.suppress(Exception):
                 stats = list(run_stats(fd, run_id, exclude, refuse, max_depth))
-                times = {name: st.st_ctime_ns // 1000 for name, st in stats}
-                changed[run_id] = max(times.values(), default=0)
+                changed[run_id] = max((st.st_ctime_ns for _, st in stats), default=0) // 1000
                 runs[run_id] = {name: (st.st_size, st.st_mtime_ns // 1000)
                                 for name, st in stats}
-                ctimes[run_id] = times
+                # 0 for a file written plainly (ctime = mtime): one small int, sent as a
+                # reference, where a time in µs was 13 bytes and an object to make (issue 15)
+                ctimes[run_id] = {name: st.st_ctime_ns // 1000 - st.st_mtime_ns // 1000
+                                  for name, st in stats}
     return runs, refusals, changed, ctimes

@@ -177,18 +177,20 @@ def scan_run(sessions_fd: int, run_id: str, exclude: Iterable[str],
     """Every non-excluded entry under the run's `output/` (`run_stats`), its refusals logged.
     `unchanged`: (size, µs) by name of the copies the store holds as they are
     (`known_copies`): those are skipped without a SessionFile or a verdict each (issue 15),
-    unless changed (ctime) since their copy read them: after `seen[name]` (µs, the entry's
-    `source_changed_at`: `known_changes`) or, for an entry older than that field, after
-    `written_us`, the run's last write: new bytes under an old mtime (`rules.verdict`)."""
+    unless changed (ctime) since their copy read them: `seen[name]` µs after their mtime
+    (the entry's `source_changed_at`: `known_changes`) or, for an entry older than that
+    field, after `written_us`, the run's last write: new bytes under an old mtime
+    (`rules.verdict`)."""
     held_by = unchanged or {}
     since = MAX_US if written_us is None else written_us
     read_at = seen or {}
     for name, st in run_stats(sessions_fd, run_id, exclude, refusal_log(rejections),
                               max_depth):
         held = held_by.get(name)
-        if held is not None and held[0] == st.st_size and held[1] == st.st_mtime_ns // 1000 \
-                and st.st_ctime_ns // 1000 <= read_at.get(name, since):
-            continue
+        if held is not None and held[0] == st.st_size and held[1] == st.st_mtime_ns // 1000:
+            after = read_at.get(name)
+            if st.st_ctime_ns // 1000 <= (since if after is None else held[1] + after):
+                continue
         yield SessionFile(run_id, name, st.st_size, st.st_mtime_ns, st.st_ino,
                           stat.S_ISREG(st.st_mode), st.st_ctime_ns)
 
@@ -197,7 +199,8 @@ def scan_run(sessions_fd: int, run_id: str, exclude: Iterable[str],
 class Listing:
     """What a second process saw (`promoter.prescan`): the files of each run it listed, as
     name: (size, µs of its mtime) like `known_copies`, the walk's refusals, each run's
-    latest ctime (µs) among its files, and each file's ctime (µs) by run and name."""
+    latest ctime (µs) among its files, and by run, name: µs from each file's mtime to its
+    ctime, like `known_changes`."""
 
     runs: Mapping[str, dict[str, tuple[int, int]]]
     refusals: list[tuple[str, str, str, str]]
@@ -214,11 +217,11 @@ class Listing:
                   ) -> bool:
         """True when the run was listed and each of its files is a copy the store holds as
         it is (`known_copies`: size, µs), none changed (ctime) since its copy read it (`seen`,
-        `known_changes`: the entries' `source_changed_at`, µs) or, for an entry older than
-        that field, since `written_us`, the run's last write: nothing of the run to scan
-        again. A run with any other file is scanned again in-process (`scan_run`): its
-        files' state then is the one judged (settled or not), as it always was, not the
-        listing's, made earlier."""
+        `known_changes`: the entries' `source_changed_at` less their mtime, µs) or, for an
+        entry older than that field, since `written_us`, the run's last write: nothing of
+        the run to scan again. A run with any other file is scanned again in-process
+        (`scan_run`): its files' state then is the one judged (settled or not), as it always
+        was, not the listing's, made earlier."""
         files = self.runs.get(run_id)
         if files is None or not files.items() <= copies.items():  # in C: no loop here
             return False
@@ -232,8 +235,10 @@ class Listing:
             return self.changed.get(run_id, MAX_US) <= written_us
         if ctimes is None:
             return False  # not listed with its ctimes: judged in-process
-        # a run with both kinds of entry, or a ctime other than the recorded one
-        return all(c <= read_at.get(name, written_us) for name, c in ctimes.items())
+        # a run with both kinds of entry, or a ctime other than the recorded one (the same
+        # mtime: the entry's and the file's differences compare as their ctimes do)
+        return all(after <= read_at[name] if name in read_at
+                   else files[name][1] + after <= written_us for name, after in ctimes.items())
 
 
 def too_deep(max_depth: int) -> str:

@@ -135,12 +135,14 @@ def forget_known_copies() -> None:
 
 
 def known_changes(meta: RunMetadata | None) -> dict[str, int]:
-    """The source's ctime as its copy read it (`source_changed_at`, µs since the epoch) by
-    filename of the run's entries that record it (the first of a repeated name, as
-    `known_copies`): a session file changed since is read again (`rules.verdict`)."""
+    """The source's ctime as its copy read it (`source_changed_at`) less its mtime
+    (`generated_at`), in µs, by filename of the run's entries that record it (the first of
+    a repeated name, as `known_copies`): 0 for a file written plainly, as the listing of
+    `promoter.prescan` sends it. A session file of the entry's size and mtime whose ctime
+    is later has changed since its copy read it (`rules.verdict`)."""
     if meta is None:
         return {}
-    return {item.filename: (item.source_changed_at - EPOCH) // ONE_US
+    return {item.filename: (item.source_changed_at - item.generated_at) // ONE_US
             for item in reversed(meta.artifacts) if item.source_changed_at is not None}
 
 

@@ -240,3 +240,21 @@ def test_an_entry_without_the_field_is_judged_by_its_run_write(tmp_path: Path) -
     assert second.startup()["unchanged"] == 1
     assert second.entry("a.txt")["source_changed_at"] == ctime_text(out / "a.txt")
     assert promoted(second.logs, "a.txt") == 0
+
+
+def test_the_listing_compares_each_file_with_its_own_entry() -> None:
+    """The start-up child's listing (µs from each file's mtime to its ctime) against the
+    entries' (`known_changes`): the same difference skips the run in C, a later ctime has it
+    scanned, whatever the run's last write; a run without the field keeps that write's rule,
+    a run with both kinds judges each file by its own."""
+    from promoter.scan import Listing
+    copies = {"a": (3, 1_000), "b": (4, 2_000)}
+    listing = Listing({"r": dict(copies)}, [], {"r": 2_050}, {"r": {"a": 0, "b": 50}})
+    assert listing.unchanged("r", copies, 0, {"a": 0, "b": 50})  # before the run's write
+    assert not listing.unchanged("r", copies, 9_999, {"a": 0, "b": 49})  # b changed since
+    assert listing.unchanged("r", copies, 2_050, {})  # no field: the run's last write
+    assert not listing.unchanged("r", copies, 2_049, {})
+    assert listing.unchanged("r", copies, 2_050, {"a": 0})  # b: by the run's write
+    assert not listing.unchanged("r", copies, 2_049, {"a": 0})
+    assert not listing.unchanged("r", copies, 9_999, {"a": 0, "b": 0})
+    assert not Listing({"r": dict(copies)}, [], {"r": 0}).unchanged("r", copies, 9, {"a": 0})
