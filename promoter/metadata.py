@@ -143,12 +143,9 @@ class ArtifactEntry(_Model):
     # absent, not null, when checksums are off (DESIGN §2)
     sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$",
                                exclude_if=lambda v: v is None)
-    # absent in entries written before it: their run's updated_at stands in (rules.verdict)
-    source_changed_at: _FileTime | None = Field(
-        default=None, exclude_if=lambda v: v is None,
-        description="The source file's change time (ctime) as the copy read it, before "
-        "reading: a file changed since (new bytes under its old mtime: cp -p, rsync -t) is "
-        "read again")
+    source_changed_at: _FileTime | None = Field(  # absent in older entries (rules.verdict)
+        default=None, exclude_if=lambda v: v is None, description="The source file's ctime "
+        "as its copy read it: a file changed since (cp -p, rsync -t) is read again")
 
     @classmethod
     def trusted(cls, filename: str, path: str, agent_id: str, generated_at: datetime,
@@ -226,9 +223,8 @@ class RunMetadata(_Document):
         zero: object = UTC  # a zone seen at offset 0: pydantic-core gives a document's `Z`
         for entry in self.artifacts:  # times one zone object, so one offset call, not 100,000
             fields = entry.__dict__  # no __setattr__
-            if (changed := fields["source_changed_at"]) is not None:  # absent in older ones
-                fields["source_changed_at"] = _in_utc(changed) if changed.tzinfo is zero \
-                    else _as_utc(changed)
+            if (at := fields["source_changed_at"]) is not None:  # absent in older entries
+                fields["source_changed_at"] = _in_utc(at) if at.tzinfo is zero else _as_utc(at)
             value = fields["generated_at"]
             if value.tzinfo is not zero:
                 if value.utcoffset():
