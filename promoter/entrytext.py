@@ -28,6 +28,8 @@ def ascii_entry_text(entry: Any) -> str | None:
             and (sha is None or sha.isascii()) and type(fields["size_bytes"]) is int):
         return None
     digest = "" if sha is None else f',\n      "sha256": {encode_basestring(sha)}'
+    if (changed := fields["source_changed_at"]) is not None:  # absent in older entries
+        digest += f',\n      "source_changed_at": "{format_time(changed)}"'
     return (f'    {{\n      "filename": {encode_basestring(name)},\n      "path": '
             f'{encode_basestring(path)},\n      "agent_id": {encode_basestring(agent)},\n'
             f'      "generated_at": "{format_time(fields["generated_at"])}",\n      "size_bytes": '

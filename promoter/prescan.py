@@ -9,7 +9,8 @@ watch is set (DESIGN §5: a folder is listed only after its watch exists, so a
 file written after the listing is an event, never a miss), while the parent
 repairs. The child only lists and `lstat`s, through the same walk as the
 in-process scan (`scan.run_stats`), and sends back through a pipe, in `marshal`
-form, per run: name: (size, µs of the mtime) of every file, and the refusals,
+form, per run: name: (size, µs of the mtime) and name: µs from the mtime to the ctime
+of every file (the same key objects: marshal writes each name once), and the refusals,
 which the daemon logs itself. The comparison with the store stays in the daemon
 (`reconcile.find_pending`): a run whose every file is a copy the store holds as
 it is needs nothing more; any other run is scanned again there, so what is
@@ -127,11 +128,12 @@ class Prescan:
             return None
         finally:
             self.discard()
-        if not (isinstance(data, tuple) and len(data) == 3 and isinstance(data[0], dict)
-                and isinstance(data[1], list) and isinstance(data[2], dict)):
+        if not (isinstance(data, tuple) and len(data) == 4 and isinstance(data[0], dict)
+                and isinstance(data[1], list) and isinstance(data[2], dict)
+                and isinstance(data[3], dict)):
             _failed("unreadable listing")
             return None
-        return Listing(data[0], data[1], data[2])
+        return Listing(data[0], data[1], data[2], data[3])
 
     def discard(self) -> None:
         """Close the pipe; a child still running is killed. Always reaped: no zombie."""
@@ -218,10 +220,11 @@ def _die_with_parent(parent: int) -> None:
 
 def _listing(sessions: str, exclude: tuple[str, ...], max_depth: int
              ) -> tuple[dict[str, dict[str, tuple[int, int]]], list[tuple[str, str, str, str]],
-                        dict[str, int]]:
+                        dict[str, int], dict[str, dict[str, int]]]:
     runs: dict[str, dict[str, tuple[int, int]]] = {}
     refusals: list[tuple[str, str, str, str]] = []
     changed: dict[str, int] = {}  # each run's latest ctime, µs (scan.Listing)
+    ctimes: dict[str, dict[str, int]] = {}  # each file's ctime less its mtime, µs, by run
 
     def refuse(key: str, run_id: str, filename: str, reason: str) -> None:
         refusals.append((key, run_id, filename, reason))
@@ -237,4 +240,8 @@ def _listing(sessions: str, exclude: tuple[str, ...], max_depth: int
                 changed[run_id] = max((st.st_ctime_ns for _, st in stats), default=0) // 1000
                 runs[run_id] = {name: (st.st_size, st.st_mtime_ns // 1000)
                                 for name, st in stats}
-    return runs, refusals, changed
+                # 0 for a file written plainly (ctime = mtime): one small int, sent as a
+                # reference, where a time in µs was 13 bytes and an object to make (issue 15)
+                ctimes[run_id] = {name: st.st_ctime_ns // 1000 - st.st_mtime_ns // 1000
+                                  for name, st in stats}
+    return runs, refusals, changed, ctimes

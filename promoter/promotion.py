@@ -38,7 +38,7 @@ PutFile = Callable[[str, int, os.stat_result], CopyResult]
 run, under its lock. Raises SourceChanged, Refused or OSError as copy_and_hash does."""
 LARGE_COPY_BYTES = 64 << 20  # a copy this large logs its start (`artifact.copying`)
 MAX_SOURCE_FOLDERS = 64  # source folder descriptors a batch holds at once
-READ_SAME = "read: the same bytes"  # an UNCHANGED found by reading the file (RECHECK)
+READ_SAME = "read: the same bytes"  # an UNCHANGED found by reading: its entry, ctime moved
 
 
 class Outcome(Enum):
@@ -114,7 +114,7 @@ def promote_batch(config: Config, sessions: int, put: PutFile, meta: RunMetadata
         for name in names:
             r = promote_one(config, folders, put, meta, tomb, ctx, name, entries, run_bytes)
             results.append(r)
-            if r.outcome is Outcome.PROMOTED and r.entry is not None:
+            if r.entry is not None:  # promoted, or read the same (READ_SAME: its ctime moved)
                 old = entries.get(name)
                 run_bytes += r.entry.size_bytes - (old.size_bytes if old is not None else 0)
                 entries[name] = r.entry
@@ -143,7 +143,7 @@ def promote_parallel(config: Config, sessions: int, put: PutFile, meta: RunMetad
 
     with ThreadPoolExecutor(workers, thread_name_prefix="promoter-put") as pool:
         results = list(pool.map(decide, names))
-    fresh = [r.entry for r in results if r.outcome is Outcome.PROMOTED and r.entry is not None]
+    fresh = [r.entry for r in results if r.entry is not None]  # promoted, or READ_SAME
     return results, fresh
 
 
@@ -206,16 +206,25 @@ def copy_in(limits: PromoteConfig, put: PutFile, meta: RunMetadata, tomb: Tombst
     if verdict is Verdict.REMOVED:
         return result(Outcome.SKIPPED, "artifact was removed after this file was written")
     old = entries.get(filename)
-    # offered again (an event) with its mtime set since it was written: new bytes under an
-    # old mtime? Read, as a RECHECK is, when there is a digest to compare with (else every
-    # event on a renamed file would copy it again); only a RECHECK writes the run
-    # (READ_SAME): a file whose ctime is before the run's last write is not read by a pass
-    if verdict is Verdict.UNCHANGED and (old is None or old.sha256 is None or not
-                                         rules.times_set(st.st_mtime_ns, st.st_ctime_ns)):
+    # an entry from before `source_changed_at`, offered again (an event) with its mtime set
+    # since it was written: new bytes under an old mtime? Read, as a RECHECK is, when there
+    # is a digest to compare with (else every event on a renamed file would copy it again).
+    # An entry that records its source's ctime has had its answer from `rules.verdict`
+    if verdict is Verdict.UNCHANGED and (
+            old is None or old.source_changed_at is not None or old.sha256 is None
+            or not rules.times_set(st.st_mtime_ns, st.st_ctime_ns)):
         return result(Outcome.UNCHANGED)
-    if verdict in (Verdict.UNCHANGED, Verdict.RECHECK) and old is not None \
+    # the ctime of the descriptor read, from its fstat before any read: a change during
+    # the read or after it shows as a later ctime at the next look, which reads it again
+    seen = file_time(st.st_ctime_ns)
+    if verdict is not Verdict.PROMOTE and old is not None \
             and same_bytes(src, st.st_size, old.sha256):
-        return result(Outcome.UNCHANGED, READ_SAME if verdict is Verdict.RECHECK else "")
+        # the same bytes (a chmod, a rename, a hard link, times put back on them): the entry
+        # records this ctime (one metadata write, no copy, no `artifact.promoted`), so no
+        # later look reads it again (no loop); with no digest (checksum "none") it is copied
+        return PromoteResult(meta.run_id, filename, Outcome.UNCHANGED, READ_SAME,
+                             old.model_copy(update={"source_changed_at": seen}),
+                             st.st_mtime_ns)
     mtime = file_time(st.st_mtime_ns)
     assert mtime is not None  # BAD_TIME otherwise
     run_total = run_bytes - (old.size_bytes if old else 0) + st.st_size
@@ -232,7 +241,8 @@ def copy_in(limits: PromoteConfig, put: PutFile, meta: RunMetadata, tomb: Tombst
     entry = ArtifactEntry.trusted(
         filename=filename, path=f"{FILES}/{filename}", agent_id=rules.agent_for(ctx, filename),
         generated_at=mtime, size_bytes=copied.size,
-        content_type=guess_content_type(filename), sha256=copied.sha256)
+        content_type=guess_content_type(filename), sha256=copied.sha256,
+        source_changed_at=seen)
     return PromoteResult(meta.run_id, filename, Outcome.PROMOTED, entry=entry,
                          source_mtime_ns=st.st_mtime_ns)
 

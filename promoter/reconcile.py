@@ -30,7 +30,7 @@ from promoter.scan import (
     too_deep,
 )
 from promoter.store import Store
-from promoter.walk import exclusion, gc_paused, known_copies
+from promoter.walk import exclusion, gc_paused, known_changes, known_copies
 
 __all__ = [
     "Listing",
@@ -67,11 +67,14 @@ def find_pending(store: Store, rejections: Rejections, runs: Iterable[str] | Non
             try:
                 meta = store.read_run(run_id)
                 known = known_copies(meta)
-                # a file changed since the run's last write is judged again (times put back)
+                # a file changed (ctime) since its copy read it is judged again (times put
+                # back); an entry older than its `source_changed_at`: since the run's last write
+                seen = known_changes(meta)
                 written = micros(meta.updated_at) if meta is not None else None
-                found = [] if listing is not None and listing.unchanged(run_id, known, written) \
-                    else list(scan_run(sessions, run_id, exclude, rejections,
-                                       store.config.watch.max_depth, known, written))
+                found = [] if listing is not None and listing.unchanged(
+                    run_id, known, written, seen) else list(scan_run(
+                        sessions, run_id, exclude, rejections, store.config.watch.max_depth,
+                        known, written, seen))
                 # one lookup a file, not a walk of the run; none when every file is known,
                 # nor a read of its tombstone (1,000 failed opens at a warm start)
                 entries = rules.by_filename(meta) if found else {}

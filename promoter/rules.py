@@ -112,10 +112,13 @@ def verdict(meta: RunMetadata | None, tomb: Tombstone | None, filename: str, siz
         return Verdict.REMOVED
     old = meta.entry(filename) if entries is None else entries.get(filename)
     if old is not None and old.size_bytes == size and micros(old.generated_at) == mtime_us:
-        # the ctime, which nobody sets, says whether it changed since the run's last write
-        # (new bytes under the old mtime, `cp -p` while the daemon was down): to be read
-        return Verdict.RECHECK if ctime_ns // 1000 > micros(meta.updated_at) \
-            else Verdict.UNCHANGED
+        # the ctime, which nobody sets, says whether it changed since its copy read it (new
+        # bytes under the old mtime: `cp -p`, `rsync -t`, `tar x`): to be read. An entry
+        # written before `source_changed_at` existed has its run's last write instead, which
+        # other writers move too (keep, rm, a sibling's promotion: probe r7-fidelity F1-F3)
+        seen = old.source_changed_at
+        return Verdict.RECHECK if ctime_ns // 1000 > micros(
+            meta.updated_at if seen is None else seen) else Verdict.UNCHANGED
     return Verdict.PROMOTE
 
 
@@ -123,8 +126,8 @@ def times_set(mtime_ns: int, ctime_ns: int) -> bool:
     """Whether a file's mtime was set after its last write (its ctime is later: `cp -p`,
     `rsync -t`, `tar x` put an old mtime on new bytes; a rename or a chmod does too,
     harmlessly). A file written plainly has ctime = mtime. The event path reads such a
-    file of the stored size and mtime (RECHECK): the run may have been written since its
-    change, which `verdict` alone could not tell."""
+    file of the stored size and mtime when its entry predates `source_changed_at`: the
+    run may have been written since its change, which `verdict` alone could not tell."""
     return ctime_ns // 1000 > mtime_ns // 1000
 
 

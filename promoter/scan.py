@@ -172,20 +172,25 @@ def _stat_folder(folder: Folder, run_id: str, excluded: Callable[[str], object],
 def scan_run(sessions_fd: int, run_id: str, exclude: Iterable[str],
              rejections: Rejections, max_depth: int = 64,
              unchanged: Mapping[str, tuple[int, int]] | None = None,
-             written_us: int | None = None) -> Iterator[SessionFile]:
+             written_us: int | None = None,
+             seen: Mapping[str, int] | None = None) -> Iterator[SessionFile]:
     """Every non-excluded entry under the run's `output/` (`run_stats`), its refusals logged.
     `unchanged`: (size, µs) by name of the copies the store holds as they are
     (`known_copies`): those are skipped without a SessionFile or a verdict each (issue 15),
-    unless changed (ctime) after `written_us`, the run's last write (µs): new bytes under
-    an old mtime (`rules.times_put_back`)."""
+    unless changed (ctime) since their copy read them: `seen[name]` µs after their mtime
+    (the entry's `source_changed_at`: `known_changes`) or, for an entry older than that
+    field, after `written_us`, the run's last write: new bytes under an old mtime
+    (`rules.verdict`)."""
     held_by = unchanged or {}
     since = MAX_US if written_us is None else written_us
+    read_at = seen or {}
     for name, st in run_stats(sessions_fd, run_id, exclude, refusal_log(rejections),
                               max_depth):
         held = held_by.get(name)
-        if held is not None and held[0] == st.st_size and held[1] == st.st_mtime_ns // 1000 \
-                and st.st_ctime_ns // 1000 <= since:
-            continue
+        if held is not None and held[0] == st.st_size and held[1] == st.st_mtime_ns // 1000:
+            after = read_at.get(name)
+            if st.st_ctime_ns // 1000 <= (since if after is None else held[1] + after):
+                continue
         yield SessionFile(run_id, name, st.st_size, st.st_mtime_ns, st.st_ino,
                           stat.S_ISREG(st.st_mode), st.st_ctime_ns)
 
@@ -193,12 +198,14 @@ def scan_run(sessions_fd: int, run_id: str, exclude: Iterable[str],
 @dataclass(frozen=True)
 class Listing:
     """What a second process saw (`promoter.prescan`): the files of each run it listed, as
-    name: (size, µs of its mtime) like `known_copies`, the walk's refusals, and each run's
-    latest ctime (µs) among its files."""
+    name: (size, µs of its mtime) like `known_copies`, the walk's refusals, each run's
+    latest ctime (µs) among its files, and by run, name: µs from each file's mtime to its
+    ctime, like `known_changes`."""
 
     runs: Mapping[str, dict[str, tuple[int, int]]]
     refusals: list[tuple[str, str, str, str]]
     changed: Mapping[str, int] = field(default_factory=dict)
+    ctimes: Mapping[str, dict[str, int]] = field(default_factory=dict)
 
     def replay(self, refuse: Refuse) -> None:
         """The refusals, told as the in-process scan tells them."""
@@ -206,15 +213,32 @@ class Listing:
             refuse(key, run_id, filename, reason)
 
     def unchanged(self, run_id: str, copies: Mapping[str, tuple[int, int]],
-                  written_us: int | None = None) -> bool:
+                  written_us: int | None = None, seen: Mapping[str, int] | None = None
+                  ) -> bool:
         """True when the run was listed and each of its files is a copy the store holds as
-        it is (`known_copies`: size, µs), none changed (ctime) after `written_us`, the run's
-        last write: nothing of the run to scan again. A run with any other file is scanned
-        again in-process (`scan_run`): its files' state then is the one judged (settled or
-        not), as it always was, not the listing's, made earlier."""
+        it is (`known_copies`: size, µs), none changed (ctime) since its copy read it (`seen`,
+        `known_changes`: the entries' `source_changed_at` less their mtime, µs) or, for an
+        entry older than that field, since `written_us`, the run's last write: nothing of
+        the run to scan again. A run with any other file is scanned again in-process
+        (`scan_run`): its files' state then is the one judged (settled or not), as it always
+        was, not the listing's, made earlier."""
         files = self.runs.get(run_id)
-        return files is not None and files.items() <= copies.items() and (  # in C: no loop
-            written_us is None or self.changed.get(run_id, MAX_US) <= written_us)
+        if files is None or not files.items() <= copies.items():  # in C: no loop here
+            return False
+        ctimes = self.ctimes.get(run_id)
+        read_at = seen or {}
+        if ctimes is not None and ctimes.items() <= read_at.items():
+            return True  # each file's ctime the one its copy read (the usual case): in C
+        if written_us is None:
+            return True  # (no store to compare with: every copy as it is, as before)
+        if not read_at:  # entries from before `source_changed_at` only: the run's last write
+            return self.changed.get(run_id, MAX_US) <= written_us
+        if ctimes is None:
+            return False  # not listed with its ctimes: judged in-process
+        # a run with both kinds of entry, or a ctime other than the recorded one (the same
+        # mtime: the entry's and the file's differences compare as their ctimes do)
+        return all(after <= read_at[name] if name in read_at
+                   else files[name][1] + after <= written_us for name, after in ctimes.items())
 
 
 def too_deep(max_depth: int) -> str:

@@ -125,8 +125,8 @@ class Store(StoreCore):
             results = promotion.failed_renames(results, failed)
             fresh = [e for e in fresh if e.filename not in failed]
         meta = rules.upsert_many(meta, fresh)
-        # a file read and found the same (times put back: rules.Verdict.RECHECK) writes the
-        # run too: its updated_at then passes the file's ctime, not read again at each pass
+        # a file read and found the same (its ctime moved: rules.Verdict.RECHECK) writes the
+        # run too: its entry now records that ctime, so no later pass nor start reads it again
         changed = any(r.outcome is Outcome.PROMOTED or r.reason == promotion.READ_SAME
                       for r in results)
         # a refusal alone creates the run, so that `show` and the page tell why the file is

@@ -31,7 +31,7 @@ from promoter.names import TEMP_PREFIX
 from promoter.safeio import Refused, open_dir_chain
 
 __all__ = ["Folder", "exclusion", "exclusion_match", "forget_known_copies", "gc_paused",
-           "known_copies", "prepare_known_copies", "walk_tree"]
+           "known_changes", "known_copies", "prepare_known_copies", "walk_tree"]
 
 
 @dataclass
@@ -120,18 +120,43 @@ _prepared: dict[int, tuple[RunMetadata, dict[str, tuple[int, int]]]] = {}
 
 
 def prepare_known_copies(metas: Iterable[RunMetadata], stop: threading.Event) -> None:
-    """`known_copies` of each model, made now: the start-up catch-up waits for the listing
-    of `sessions/` with nothing to do, and this was a third of its work after it (100,000
-    entries). Taken once each; `forget_known_copies` drops what no pass took."""
+    """`known_copies` (and `known_changes`) of each model, made now: the start-up catch-up
+    waits for the listing of `sessions/` with nothing to do, and this was a third of its
+    work after it (100,000 entries). Taken once each; `forget_known_copies` drops what no
+    pass took."""
     for meta in metas:
         if stop.is_set():
             return
         _prepared[id(meta)] = (meta, _copies(meta))
+        _prepared_changes[id(meta)] = (meta, _changes(meta))
 
 
 def forget_known_copies() -> None:
     """Drop the copies prepared and not taken (runs the catch-up did not look at)."""
     _prepared.clear()
+    _prepared_changes.clear()
+
+
+def known_changes(meta: RunMetadata | None) -> dict[str, int]:
+    """The source's ctime as its copy read it (`source_changed_at`) less its mtime
+    (`generated_at`), in µs, by filename of the run's entries that record it (the first of
+    a repeated name, as `known_copies`): 0 for a file written plainly, as the listing of
+    `promoter.prescan` sends it. A session file of the entry's size and mtime whose ctime
+    is later has changed since its copy read it (`rules.verdict`)."""
+    if meta is None:
+        return {}
+    prepared = _prepared_changes.pop(id(meta), None)  # (prepare_known_copies)
+    if prepared is not None and prepared[0] is meta:
+        return prepared[1]
+    return _changes(meta)
+
+
+def _changes(meta: RunMetadata) -> dict[str, int]:
+    return {item.filename: (item.source_changed_at - item.generated_at) // ONE_US
+            for item in reversed(meta.artifacts) if item.source_changed_at is not None}
+
+
+_prepared_changes: dict[int, tuple[RunMetadata, dict[str, int]]] = {}  # as _prepared
 
 
 class _GcPause:

@@ -88,6 +88,8 @@ def test_basic_promotion_fills_every_metadata_field(shared: Daemon) -> None:
         "generated_at": format_time(from_timestamp_ns(src.stat().st_mtime_ns)),
         "size_bytes": 5000, "content_type": "image/png",
         "sha256": hashlib.sha256(data).hexdigest(),
+        # the source's ctime as its copy read it (a plain write: its mtime)
+        "source_changed_at": format_time(from_timestamp_ns(src.stat().st_ctime_ns)),
     }
     assert (shared.artifacts / "basic-1" / "files" / "plot.png").read_bytes() == data
     line = shared.wait_log("artifact.promoted", run_id="basic-1", filename="plot.png")

@@ -20,7 +20,8 @@ from promoter.metadata import ArtifactEntry, guess_content_type
 def _entry_fields() -> dict[str, Any]:
     return {"filename": "a/b.txt", "path": "files/a/b.txt", "agent_id": "agent-1",
             "generated_at": datetime(2026, 11, 30, 19, 0, 1, 5, UTC), "size_bytes": 4096,
-            "content_type": "text/plain", "sha256": "ab" * 32}
+            "content_type": "text/plain", "sha256": "ab" * 32,
+            "source_changed_at": datetime(2026, 11, 30, 19, 0, 2, 7, UTC)}
 
 
 def test_a_trusted_entry_is_what_model_construct_makes() -> None:

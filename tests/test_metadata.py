@@ -167,11 +167,13 @@ def test_an_ascii_entry_is_written_as_pydantic_writes_it() -> None:
     for name in ("a.txt", f"d/{odd}.bin", '  "artifacts": [],'):
         for sha in (None, "ab" * 32):
             for when in times:
-                entry = ArtifactEntry.trusted(
-                    filename=name, path=f"files/{name}", agent_id=odd, generated_at=when,
-                    size_bytes=2**40, content_type="text/plain", sha256=sha)
-                want = "    " + entry.model_dump_json(indent=2).replace("\n", "\n    ")
-                assert _ascii_entry_text(entry) == want
+                for seen in (None, when):  # source_changed_at: absent in older entries
+                    entry = ArtifactEntry.trusted(
+                        filename=name, path=f"files/{name}", agent_id=odd, generated_at=when,
+                        size_bytes=2**40, content_type="text/plain", sha256=sha,
+                        source_changed_at=seen)
+                    want = "    " + entry.model_dump_json(indent=2).replace("\n", "\n    ")
+                    assert _ascii_entry_text(entry) == want
     wide = ArtifactEntry.trusted(filename="é😀", path="files/é😀", agent_id="a",
                                  generated_at=times[0], size_bytes=1, content_type="x/y",
                                  sha256=None)

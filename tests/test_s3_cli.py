@@ -20,7 +20,7 @@ from promoter.cli import main
 
 pytest_plugins = ("s3_fixtures",)
 TIMES = {"created_at", "updated_at", "expires_at", "removed_at", "timestamp", "modified_at",
-         "latency_ms", "rejected_at", "generated_at"}
+         "latency_ms", "rejected_at", "generated_at", "source_changed_at"}
 
 
 def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:

@@ -167,9 +167,12 @@ def test_known_copies_made_ahead_are_taken_once_by_the_same_model(trusted: Store
         assert walk.known_copies(first) == taken and walk.known_copies(first) is not taken
         other = first.model_copy()
         assert walk.known_copies(other) == fresh["r1"]
+        changes = walk.known_changes(first)  # the entries' ctimes, likewise (r7-ctime)
+        assert changes == walk._changes(first) and len(changes) == 2
+        assert walk.known_changes(first) == changes and walk.known_changes(first) is not changes
     finally:
         walk.forget_known_copies()
-    assert not walk._prepared
+    assert not walk._prepared and not walk._prepared_changes
 
 
 def test_nothing_is_made_ahead_once_stopped(trusted: Store) -> None:
