@@ -167,7 +167,7 @@ class Store(StoreCore):
                 meta = rules.new_run(run_id, ctx, self.clock.now(), self.config.retention)
                 meta, _ = self.apply_context(meta, ctx)
             noted = meta
-            for filename, reason in refusals:
+            for filename, reason in refusals[-rules.MAX_REJECTED:]:  # the list keeps no more
                 noted = rules.note_rejection(noted, filename, reason, None, self.clock.now())
             if noted is meta and not created:
                 return
