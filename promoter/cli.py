@@ -34,7 +34,7 @@ from promoter.cli_commands import (
 )
 from promoter.clock import parse_duration
 from promoter.config import Config, load_config, resolve_config_path
-from promoter.errors import PromoterError, UsageError
+from promoter.errors import PromoterError, UsageError, host_limit
 from promoter.logs import configure_logging, get_logger, stderr_line
 from promoter.render import printable
 from promoter.safeio import describe_os_error
@@ -204,9 +204,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         return _reader_gone()
     except OSError as exc:  # an I/O error is no bug: name the operation and the path
-        return _fail(command, describe_os_error(exc), 1)
-    except Exception as exc:
-        return _fail(command, f"internal error: {type(exc).__name__}: {exc}", 1)
+        return _fail(command, host_limit(exc) or describe_os_error(exc), 1)
+    except Exception as exc:  # a host limit (threads, memory) is no bug either (r7 probe F10)
+        return _fail(command, host_limit(exc) or f"internal error: {type(exc).__name__}: {exc}",
+                     1)
 
 
 def _reader_gone() -> int:

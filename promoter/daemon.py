@@ -64,7 +64,8 @@ def run_daemon(config: Config, reload: Callable[[], Config]) -> int:
     has not ended the process within its bound ends it (`promoter.stopguard`)."""
     daemon = Daemon(config, reload)
     stopguard.arm(daemon.stop)
-    return daemon.run()
+    with stopguard.last_stop(daemon.request_stop):
+        return daemon.run()
 
 
 def _thread_died(args: threading.ExceptHookArgs) -> None:

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from promoter import events
 from promoter.backlog import Backlog
 from promoter.config import Config
-from promoter.errors import PromoterError
+from promoter.errors import PromoterError, host_limit, plain_reason
 from promoter.logs import get_logger
 from promoter.loopthread import LoopThread
 from promoter.metadata import RunMetadata
@@ -28,11 +28,11 @@ from promoter.reconcile import (
     Rejections,
     complete_finished_runs,
     find_pending,
+    note_walk_refusals,
     quiet,
     reconcile,
 )
 from promoter.s3errors import StoreUnavailable
-from promoter.safeio import out_of_descriptors
 from promoter.store import Outcome, Store
 from promoter.sweep import SweepReport, sweep
 from promoter.walk import forget_known_copies, prepare_known_copies
@@ -165,7 +165,7 @@ class CatchUp(LoopThread):
             return self._backlog is None
         except Exception as exc:
             self._failed = True
-            log.error(events.RECONCILE_FAILED, trigger="startup", reason=failure(exc),
+            log.error(events.RECONCILE_FAILED, trigger="startup", reason=plain_reason(exc),
                       action=f"tried again in {DEGRADED_RESCAN_S:.0f} s",
                       exc_info=not isinstance(exc, OSError | PromoterError))  # a bug's only
             return True
@@ -175,10 +175,17 @@ class CatchUp(LoopThread):
                 shown.close()
         self._metrics.record(report.outcomes.values(), time.time_ns())
         self._pipeline.add_promoted(report.count(Outcome.PROMOTED))
+        left = report.left()
+        for r in left:  # the live path's backoff, which never gives up (DESIGN §5)
+            self._pipeline.offer(r.run_id, r.filename, quiet=False)
         duration = time.monotonic() - started
         self._metrics.reconciled(time.time(), duration)
-        log.info(events.RECONCILE_FINISHED, trigger="startup", **report.summary(),
-                 prescan=listing is not None, duration_ms=round(duration * 1000, 1))
+        failed = [r for r in left if r.outcome is Outcome.FAILED]
+        (log.warning if failed else log.info)(
+            events.RECONCILE_FINISHED, trigger="startup", **report.summary(),
+            prescan=listing is not None, duration_ms=round(duration * 1000, 1),
+            **({"reason": failed[0].reason or "copy failed",
+                "action": "tried again with a backoff"} if failed else {}))
         return True
 
     def _session_models(self) -> Iterator[RunMetadata]:
@@ -209,6 +216,7 @@ class CatchUp(LoopThread):
             for run_id, files in pending.items():
                 for f in files:
                     self._pipeline.offer(run_id, f.filename, quiet=quiet(f, now_ns, settle_ns))
+            note_walk_refusals(self._store, self._rejections)  # the pipeline's time is its own
             if runs is None:
                 complete_finished_runs(self._store)
         except StoreUnavailable as exc:  # the pass waits for the store (see _run)
@@ -216,25 +224,14 @@ class CatchUp(LoopThread):
             self._requeue(requests)
             return
         except Exception as exc:  # a failed pass is logged, and made again soon
-            self._failed = runs is None
-            log.error(events.RECONCILE_FAILED, trigger=reasons, reason=failure(exc))
+            self._failed = runs is None or host_limit(exc) is not None
+            log.error(events.RECONCILE_FAILED, trigger=reasons, reason=plain_reason(exc))
             return
         duration = time.monotonic() - started
         self._metrics.reconciled(time.time(), duration)
         log.info(events.RECONCILE_FINISHED, trigger=reasons, runs=runs if runs else "all",
                  offered=sum(len(f) for f in pending.values()),
                  duration_ms=round(duration * 1000, 1))
-
-
-def failure(exc: Exception) -> str:
-    """A failed pass's reason, in one line: the host's trouble said plainly (out of file
-    descriptors is a limit to raise, not a bug: r6 start probe 5)."""
-    if isinstance(exc, OSError):
-        if out_of_descriptors(exc):
-            return f"out of file descriptors ({exc.strerror}): raise the daemon's limit " \
-                "(LimitNOFILE=)"
-        return f"{exc.strerror or exc}" + (f" ({exc.filename})" if exc.filename else "")
-    return f"{type(exc).__name__}: {exc}"
 
 
 class Sweeper(LoopThread):

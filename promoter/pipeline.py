@@ -27,7 +27,7 @@ from promoter.rules import MAX_BATCH, MIN_BATCH, batch_limit
 from promoter.s3errors import StoreUnavailable
 from promoter.safeio import CopyPools
 from promoter.settle import Batch, FileState, Room, Settler
-from promoter.stopping import STOP_BUDGET_S, one_by_one, promote_chunks, steady_files
+from promoter.stopping import STOP_BUDGET_S, one_by_one, promote_chunks, steady_files, worker_error
 from promoter.store import RETRY, Outcome, PromoteResult, Store
 
 __all__ = ["MAX_BATCH", "STALL_S", "Pipeline", "batch_limit"]
@@ -361,8 +361,7 @@ class Pipeline:
             self.backlog.hold(Batch(batch.run_id, context=batch.context,
                                     completed=batch.completed))
         except Exception as exc:  # nothing a worker meets may stop the daemon (DESIGN §5)
-            log.error(events.WORKER_ERROR, run_id=batch.run_id, files=len(batch.filenames),
-                      reason=f"{type(exc).__name__}: {exc}", exc_info=True)
+            worker_error(batch.run_id, exc, files=len(batch.filenames))
             if len(batch.filenames) < 2:
                 return frozenset(batch.filenames), True
             retry_run = True

@@ -20,6 +20,7 @@ from promoter import events, rules
 from promoter.clock import Clock, file_time
 from promoter.config import Config, PromoteConfig
 from promoter.context import RunContext
+from promoter.errors import host_limit
 from promoter.layout import FILES, OUTPUT
 from promoter.logs import get_logger
 from promoter.metadata import ArtifactEntry, RunMetadata, Tombstone, guess_content_type
@@ -172,7 +173,7 @@ def promote_one(config: Config, folders: SourceFolders, put: PutFile, meta: RunM
     except PermissionError:
         return result(Outcome.REJECTED, "permission denied")
     except OSError as exc:
-        return result(Outcome.FAILED, exc.strerror or str(exc))
+        return result(Outcome.FAILED, host_limit(exc) or exc.strerror or str(exc))
     try:  # the store's side: an error here is retried, never blamed on the file
         return copy_in(config.promote, put, meta, tomb, ctx, filename, src, st, entries,
                        run_bytes)
@@ -182,7 +183,7 @@ def promote_one(config: Config, folders: SourceFolders, put: PutFile, meta: RunM
         return result(Outcome.CHANGED, "changed during the copy")
     except OSError as exc:  # e.g. the run's mark or a temporary refused (EPERM, EROFS)
         where = f" ({exc.filename})" if exc.filename else ""
-        return result(Outcome.FAILED, f"{exc.strerror or exc}{where}")
+        return result(Outcome.FAILED, host_limit(exc) or f"{exc.strerror or exc}{where}")
     finally:
         _close(src)
 
@@ -256,7 +257,8 @@ def failed_renames(results: list[PromoteResult],
         if exc.errno == errno.EISDIR:
             return PromoteResult(r.run_id, r.filename, Outcome.REJECTED, "name clash: the "
                                  f"store holds a folder {r.filename}/ of this name")
-        return PromoteResult(r.run_id, r.filename, Outcome.FAILED, exc.strerror or str(exc))
+        return PromoteResult(r.run_id, r.filename, Outcome.FAILED,
+                             host_limit(exc) or exc.strerror or str(exc))
     return [why(r, failed[r.filename]) if r.filename in failed else r for r in results]
 
 

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from concurrent.futures import CancelledError, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 
 from promoter import events, rules
 from promoter.clock import last_change_ns, micros
-from promoter.errors import StoreIOError
+from promoter.errors import PromoterError, StoreIOError, host_limit, plain_reason
 from promoter.logs import get_logger
 from promoter.promotion import RETRY, Outcome, PromoteResult
 from promoter.safeio import folder
@@ -39,6 +39,7 @@ __all__ = [
     "SessionFile",
     "exclusion",
     "find_pending",
+    "note_walk_refusals",
     "quiet",
     "reconcile",
     "scan_run",
@@ -86,12 +87,36 @@ def find_pending(store: Store, rejections: Rejections, runs: Iterable[str] | Non
             except StoreIOError:
                 raise  # the store itself: every run is concerned
             except Exception as exc:  # one run's surprise never stops the others' (DESIGN §6)
-                log.error(events.RECONCILE_FAILED, run_id=run_id,
-                          reason=f"{type(exc).__name__}: {exc}")
+                if host_limit(exc) is not None:
+                    raise  # the host's (descriptors, memory): every run is concerned
+                _failed(run_id, exc)
                 continue
             if todo:
                 pending[run_id] = todo
+    note_walk_refusals(store, rejections, hold=pending.keys())
     return pending
+
+
+def note_walk_refusals(store: Store, rejections: Rejections,
+                       hold: Collection[str] = ()) -> None:
+    """The walk's refusals of the pass (a folder too deep, `output/` a link) in their runs'
+    `rejected` lists, as a refused file's are (DESIGN §2; r7 probe F4). One that cannot be
+    written now is kept for the next pass; so are those of the runs in `hold`, whose files
+    are about to be promoted: a write now would move the run's `updated_at` past a file
+    changed under an old time before it is judged (`rules.verdict`)."""
+    for run_id, refusals in rejections.take_walk().items():
+        if run_id in hold:
+            for filename, reason in refusals:
+                rejections.walk_refused(run_id, filename, reason)
+            continue
+        try:
+            store.note_refusals(run_id, refusals)
+        except Exception as exc:  # the store's trouble: noted at the next pass
+            for filename, reason in refusals:
+                rejections.walk_refused(run_id, filename, reason)
+            if isinstance(exc, StoreIOError) or host_limit(exc) is not None:
+                raise
+            _failed(run_id, exc)
 
 
 def _session_is_ours(store: Store, host: str | None) -> bool:
@@ -116,8 +141,7 @@ def complete_finished_runs(store: Store) -> None:
         except StoreIOError:
             raise
         except Exception as exc:  # one run's surprise never stops the others' (DESIGN §6)
-            log.error(events.RECONCILE_FAILED, run_id=run_id,
-                      reason=f"{type(exc).__name__}: {exc}")
+            _failed(run_id, exc)
 
 
 @dataclass
@@ -128,6 +152,11 @@ class ReconcileReport:
 
     def count(self, outcome: Outcome) -> int:
         return sum(1 for r in self.outcomes.values() if r.outcome is outcome)
+
+    def left(self) -> list[PromoteResult]:
+        """The files whose last try failed or met a change: the daemon's pipeline takes
+        them over, with its backoff that never gives up (DESIGN §5)."""
+        return [r for r in self.outcomes.values() if r.outcome in RETRY]
 
     def summary(self) -> dict[str, int]:
         counts = {o.value: self.count(o) for o in Outcome}
@@ -217,6 +246,7 @@ def _reconcile(store: Store, rejections: Rejections, stop: threading.Event, max_
         if _wait(stop, max(wait_ns / 1e9, 0.05), None if progress is None else partial(
                 progress, len(report.outcomes), len(found), done_bytes)):
             break
+    note_walk_refusals(store, rejections)  # those held while their runs' files went in
     complete_finished_runs(store)
     return report
 
@@ -245,8 +275,9 @@ def _promote_runs(store: Store, runs: dict[str, dict[str, SessionFile]],
     `promote.workers` threads, as the daemon's workers take them: each run is a metadata
     change of its own, and on an object store every upload waits on the network, so one
     run at a time left the store idle between requests (issue 12). A run whose promotion
-    failed is logged and skipped; a failure of the store itself (StoreIOError) ends the
-    pass: runs not started are cancelled, those in flight finish first."""
+    raised is logged and its files count as failed (tried again); a failure of the store
+    itself (StoreIOError) ends the pass: runs not started are cancelled, those in flight
+    finish first."""
     workers = min(store.config.promote.workers, len(runs))
     if workers <= 1:
         for run_id, names in runs.items():
@@ -255,7 +286,7 @@ def _promote_runs(store: Store, runs: dict[str, dict[str, SessionFile]],
             except StoreIOError:
                 raise
             except Exception as exc:  # one run's surprise never stops the others' (DESIGN §6)
-                _failed(run_id, exc)
+                yield run_id, _failed(run_id, exc, names)
                 continue
             yield run_id, results
         return
@@ -265,6 +296,7 @@ def _promote_runs(store: Store, runs: dict[str, dict[str, SessionFile]],
                 for run_id, names in runs.items()]
         failure: StoreIOError | None = None
         for run_id, job in jobs:
+            names = runs[run_id]
             try:
                 results = job.result()
             except CancelledError:
@@ -275,7 +307,7 @@ def _promote_runs(store: Store, runs: dict[str, dict[str, SessionFile]],
                     other.cancel()
                 continue
             except Exception as exc:  # one run's surprise never stops the others'
-                _failed(run_id, exc)
+                yield run_id, _failed(run_id, exc, names)
                 continue
             yield run_id, results
         if failure is not None:
@@ -284,5 +316,12 @@ def _promote_runs(store: Store, runs: dict[str, dict[str, SessionFile]],
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _failed(run_id: str, exc: Exception) -> None:
-    log.error(events.RECONCILE_FAILED, run_id=run_id, reason=f"{type(exc).__name__}: {exc}")
+def _failed(run_id: str, exc: Exception, files: Iterable[str] = ()) -> list[PromoteResult]:
+    """A run's surprise, logged in one line (a host's trouble plainly, at warning; a bug
+    at error with its traceback); its `files` failed, to be tried again as any failed copy."""
+    reason = plain_reason(exc)
+    if isinstance(exc, OSError | PromoterError):
+        log.warning(events.RECONCILE_FAILED, run_id=run_id, reason=reason)
+    else:
+        log.error(events.RECONCILE_FAILED, run_id=run_id, reason=reason, exc_info=True)
+    return [PromoteResult(run_id, name, Outcome.FAILED, reason) for name in files]

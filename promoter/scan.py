@@ -67,6 +67,18 @@ class Rejections:
         self._seen: dict[tuple[str, str], tuple[int, int, int]] = {}
         self._lock = threading.Lock()
         self._runs_warned: set[str] = set()
+        self._walk: dict[str, list[tuple[str, str]]] = {}  # run -> refusals to note
+
+    def walk_refused(self, run_id: str, filename: str, reason: str) -> None:
+        """A walk's refusal, to be noted in the run's `rejected` list (`take_walk`)."""
+        with self._lock:
+            self._walk.setdefault(run_id, []).append((filename, reason))
+
+    def take_walk(self) -> dict[str, list[tuple[str, str]]]:
+        """The walk's refusals noted since the last call, by run."""
+        with self._lock:
+            taken, self._walk = self._walk, {}
+        return taken
 
     def known(self, f: SessionFile) -> bool:
         with self._lock:
@@ -95,12 +107,14 @@ class Rejections:
 
 
 def refusal_log(rejections: Rejections) -> Refuse:
-    """A walk's refusals logged (`artifact.rejected`), each once."""
+    """A walk's refusals logged (`artifact.rejected`), each once, and kept for the run's
+    `rejected` list (`Rejections.take_walk`)."""
 
     def refuse(key: str, run_id: str, filename: str, reason: str) -> None:
         if rejections.warn_once(key):
             log.warning(events.ARTIFACT_REJECTED, run_id=run_id, filename=filename,
                         reason=reason)
+            rejections.walk_refused(run_id, filename, reason)
     return refuse
 
 

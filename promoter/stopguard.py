@@ -12,16 +12,19 @@ and the next start's catch-up promotes its file again.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sys
 import threading
 import traceback
+from collections.abc import Callable, Iterator
 
 from promoter import events
 from promoter.logs import get_logger
 from promoter.logsink import stderr_sink
 
-__all__ = ["STOP_GUARD_S", "arm", "thread_stacks"]
+__all__ = ["STOP_GUARD_S", "arm", "last_stop", "thread_stacks"]
 
 log = get_logger()
 STOP_GUARD_S = 25.0  # the drain's bound is 20 s; the unit's TimeoutStopSec is 30 s
@@ -36,6 +39,23 @@ def arm(stop: threading.Event, seconds: float | None = None) -> threading.Thread
                              daemon=True)
     guard.start()
     return guard
+
+
+@contextlib.contextmanager
+def last_stop(request_stop: Callable[[], None]) -> Iterator[None]:
+    """The daemon's life, then SIGTERM and SIGINT ignored to the process's end: the stop
+    is under way and its status decided. Python resets a handler of its own to the default
+    action when the interpreter finalizes, so a SIGTERM then ended a stopped daemon with
+    143, and the early handler (entry.py) raising SystemExit in an atexit callback printed
+    a traceback (r7 probe F11). Before the daemon's own handlers, and after them, a signal
+    asks for the stop."""
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda _signum, _frame: request_stop())
+    try:
+        yield
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, signal.SIG_IGN)
 
 
 def _guard(stop: threading.Event, seconds: float) -> None:

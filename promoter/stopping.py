@@ -15,13 +15,14 @@ import time
 from collections.abc import Callable
 
 from promoter import events
+from promoter.errors import host_limit, plain_reason
 from promoter.logs import get_logger
 from promoter.rules import MAX_BATCH, byte_chunks
 from promoter.settle import Batch, FileState, Settler
 from promoter.store import PromoteResult, Store
 
 __all__ = ["STEADY_LOOK_S", "STOP_BUDGET_S", "STOP_BYTES", "STOP_CHUNK", "one_by_one",
-           "promote_chunks", "steady_files"]
+           "promote_chunks", "steady_files", "worker_error"]
 
 log = get_logger()
 STEADY_LOOK_S = 0.05  # at shutdown, a file without a close is looked at twice this far apart
@@ -99,6 +100,12 @@ def one_by_one(store: Store, batch: Batch, step: Callable[[int, int], None],
             results += store.promote_files(batch.run_id, [name])
         except Exception as exc:
             raised.add(name)
-            log.error(events.WORKER_ERROR, run_id=batch.run_id, filename=name,
-                      reason=f"{type(exc).__name__}: {exc}")
+            worker_error(batch.run_id, exc, filename=name)
     return results, raised
+
+
+def worker_error(run_id: str, exc: Exception, **fields: object) -> None:
+    """A batch raised: one line; a host limit (out of descriptors...) said plainly, without
+    the traceback a bug gets (r7 probe F6)."""
+    log.error(events.WORKER_ERROR, run_id=run_id, reason=plain_reason(exc), **fields,
+              exc_info=host_limit(exc) is None)

@@ -17,7 +17,7 @@ from promoter import deletion, events, promotion, rules
 from promoter.backend import StoredRead, TooManyRaces
 from promoter.clock import format_time
 from promoter.deletion import DeleteReport
-from promoter.errors import ConflictError, NotFoundError, StoreIOError
+from promoter.errors import ConflictError, NotFoundError, StoreIOError, host_limit
 from promoter.layout import session_file
 from promoter.library import LibraryFile
 from promoter.localdisk import LockFileError
@@ -80,7 +80,7 @@ class Store(StoreCore):
             reason = str(exc)
             if isinstance(exc, OSError):  # which entry, when the error names one
                 where = f" ({exc.filename})" if exc.filename else ""
-                reason = f"store unusable: {exc.strerror or exc}{where}"
+                reason = host_limit(exc) or f"store unusable: {exc.strerror or exc}{where}"
             done = {r.filename for r in results}
             results = [r if r.outcome is not Outcome.PROMOTED else
                        PromoteResult(run_id, r.filename, Outcome.FAILED, reason) for r in results]
@@ -148,6 +148,35 @@ class Store(StoreCore):
                 log.info(events.RUN_CREATED, run_id=run_id, workflow_id=meta.workflow_id,
                          expires_at=format_time(meta.expires_at))
         return results
+
+    def note_refusals(self, run_id: str, refusals: list[tuple[str, str]]) -> None:
+        """The walk's own refusals (filename, reason: a folder too deep, `output/` a link)
+        in the run's `rejected` list, as a refused file's are (DESIGN §2); a refusal alone
+        creates the run, unless the run was deleted (deleted stays deleted, §1)."""
+        check_run_id(run_id)
+
+        def apply(art: Any) -> None:
+            meta = self.load_current(art, run_id)
+            if meta is not None and meta.status == "deleting":
+                return
+            created = meta is None
+            if meta is None:
+                if self.read_tombstone(run_id) is not None:
+                    return
+                ctx = self.context(run_id)
+                meta = rules.new_run(run_id, ctx, self.clock.now(), self.config.retention)
+                meta, _ = self.apply_context(meta, ctx)
+            noted = meta
+            for filename, reason in refusals[-rules.MAX_REJECTED:]:  # the list keeps no more
+                noted = rules.note_rejection(noted, filename, reason, None, self.clock.now())
+            if noted is meta and not created:
+                return
+            self.remember_local(run_id, noted, self.write_metadata(art, noted))
+            if created:
+                log.info(events.RUN_CREATED, run_id=run_id, workflow_id=noted.workflow_id,
+                         expires_at=format_time(noted.expires_at))
+
+        self.change(run_id, apply)
 
     def _fits_run(self, meta: RunMetadata, run_id: str, names: list[str]) -> bool:
         """Whether the run stays within max_run_bytes even if every named file is added

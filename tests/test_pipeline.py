@@ -3,6 +3,7 @@ stalls and the shutdown drain, without a daemon process."""
 
 from __future__ import annotations
 
+import errno
 import threading
 import time
 from collections.abc import Iterator
@@ -12,6 +13,7 @@ from typing import Any
 import pytest
 import structlog
 
+from promoter.errors import StoreIOError
 from promoter.metrics import DaemonMetrics
 from promoter.pipeline import Pipeline
 from promoter.reconcile import Rejections, SessionFile
@@ -116,6 +118,31 @@ def test_a_worker_error_is_logged_and_the_batch_retried(store: FakeStore) -> Non
             wait_until(lambda: len(store.promoted("r")) == 2, timeout=5)
         assert any(e["event"] == "worker.error" and "disk on fire" in e["reason"] for e in logs)
         assert p.health() is None
+    finally:
+        assert p.drain(5)
+
+
+def test_out_of_descriptors_in_a_worker_is_one_plain_line(store: FakeStore) -> None:
+    """EMFILE, even wrapped in StoreIOError (raised `from None`), is the host's limit:
+    worker.error names it plainly, without a traceback (r7 probe F6); retried as any error."""
+    def wrapped() -> StoreIOError:
+        try:
+            raise OSError(errno.EMFILE, "Too many open files")
+        except OSError as exc:
+            try:
+                raise StoreIOError(f"artifacts folder unusable: {exc.strerror}") from None
+            except StoreIOError as outer:
+                return outer
+    store.script = [wrapped()]
+    p = pipeline(store)
+    try:
+        with structlog.testing.capture_logs() as logs:
+            p.file_changed("r", "a", strong=True)
+            wait_until(lambda: len(store.promoted("r")) == 2, timeout=5)
+        [line] = [e for e in logs if e["event"] == "worker.error"]
+        assert line["reason"] == ("out of file descriptors (Too many open files): raise the "
+                                  "daemon's limit (LimitNOFILE=)")
+        assert not line.get("exc_info")
     finally:
         assert p.drain(5)
 

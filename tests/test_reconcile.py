@@ -171,7 +171,8 @@ def test_rounds_that_promote_some_files_keep_going_until_every_file_is_in(
 
 def test_one_run_that_raises_stops_no_other_runs_catch_up(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """An unexpected error in one run's scan or promotion is logged; the others are promoted."""
+    """An unexpected error in one run's scan or promotion is logged; the others are promoted;
+    the files of a run whose promotion raised count as failed (the daemon tries them again)."""
     store = make_store(tmp_path)
     for run_id in ("a-bad-scan", "b-bad-copy", "c-good"):
         write_session_file(tmp_path, run_id, "f.txt", b"f")
@@ -189,6 +190,9 @@ def test_one_run_that_raises_stops_no_other_runs_catch_up(
 
     monkeypatch.setattr(Store, "read_run", read_run)
     monkeypatch.setattr(Store, "promote_files", promote_files)
-    report = reconcile(store)
-    assert [run for run, _ in report.outcomes] == ["c-good"]
+    report = reconcile(store, max_rounds=1)  # (later rounds: the same again)
+    assert {run: r.outcome for (run, _), r in report.outcomes.items()} == {
+        "b-bad-copy": Outcome.FAILED, "c-good": Outcome.PROMOTED}
+    assert [(r.run_id, r.reason) for r in report.left()] == [("b-bad-copy",
+                                                              "RuntimeError: injected")]
     assert (tmp_path / "artifacts" / "c-good" / "files" / "f.txt").exists()

@@ -63,8 +63,8 @@ def test_one_worker_promotes_one_run_at_a_time(tmp_path: Path,
 
 def test_results_keep_the_run_order_and_one_failing_run_spares_the_others(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A run whose promotion raises is logged (reconcile.failed) and skipped; the rest land,
-    and progress is reported in the order the runs were found."""
+    """A run whose promotion raises is logged (reconcile.failed) and its files count as
+    failed; the rest land, and progress is reported in the order the runs were found."""
     store = make_store(tmp_path, promote={"workers": 3})
     _runs(tmp_path, 5, files=1)
     original = Store.promote_files
@@ -79,8 +79,9 @@ def test_results_keep_the_run_order_and_one_failing_run_spares_the_others(
     with structlog.testing.capture_logs() as logs:
         report = reconcile(store, max_rounds=1,
                            progress=lambda done, found, _bytes: progress.append(done))
-    assert sorted(run for run, _ in report.outcomes) == ["r0", "r1", "r3", "r4"]
-    assert progress == [1, 2, 3, 4]
+    assert sorted(run for run, _ in report.outcomes) == ["r0", "r1", "r2", "r3", "r4"]
+    assert [r.run_id for r in report.left()] == ["r2"]
+    assert list(dict.fromkeys(progress)) == [1, 2, 3, 4, 5]  # (the wait repeats the last)
     failed = [e for e in logs if e["event"] == events.RECONCILE_FAILED]
     assert [(e["run_id"], e["reason"]) for e in failed] == [("r2", "RuntimeError: surprise")]
 

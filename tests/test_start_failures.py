@@ -1,13 +1,18 @@
 """A start that goes wrong says so in one clear line: out of file descriptors (no traceback,
-and the catch-up is made again once it can be), a SIGTERM during the imports (a log line and
-a clean exit, as systemd expects of a stop)."""
+and the catch-up is made again once it can be), no thread to start, a SIGTERM during the
+imports (a log line and a clean exit, as systemd expects of a stop), and many during the
+stop."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import json
+import os
 import resource
 import signal
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -93,3 +98,44 @@ def test_the_command_is_found_past_the_options() -> None:
     assert command_of(["--config", "x.toml", "run"]) == "run"
     assert command_of(["--root", "run", "ls"]) == "ls"
     assert command_of(["--version"]) is None
+
+
+def test_no_thread_to_start_is_a_limit_to_raise_not_an_internal_error(tmp_path: Path) -> None:
+    """A thread the host will not start (LimitAS=, TasksMax=: r7 probe F10) ends `run` with
+    one line naming the limits to raise, not "internal error" (kept for bugs)."""
+    (tmp_path / "sessions").mkdir()
+    code = ("import sys, promoter.cli as cli\n"
+            "def run(args, config):\n"
+            "    raise RuntimeError(\"can't start new thread\")\n"
+            "cli.COMMANDS['run'] = run\n"
+            f"sys.exit(cli.main(['--root', {str(tmp_path)!r}, 'run']))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, env={**os.environ, "PROMOTER_LOG__FORMAT": "json"})
+    assert done.returncode == 1
+    [line] = [json.loads(text) for text in done.stderr.splitlines()]
+    assert line["event"] == "daemon.failed"
+    assert line["reason"] == ("cannot start a thread (can't start new thread): raise the "
+                              "daemon's limits (LimitAS=, TasksMax=, LimitNPROC=)")
+
+
+def test_a_stream_of_sigterms_during_the_stop_still_ends_it_cleanly(tmp_path: Path) -> None:
+    """SIGTERM after SIGTERM while the daemon stops, up to its very end (the interpreter's
+    exit: r7 probe F11): exit 0 and nothing on stderr but log lines, files arriving."""
+    d = start_daemon(tmp_path / "root")
+    try:
+        d.wait_ready()
+        out = d.sessions / "r1" / "output"
+        out.mkdir(parents=True)
+        for i in range(100):
+            (out / f"f{i:03d}.txt").write_text("x" * 100)
+        sent = 0
+        while d.proc.poll() is None and sent < 2000:
+            d.send(signal.SIGTERM)
+            sent += 1
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                d.proc.wait(0.005)
+        assert d.proc.wait(20) == 0, f"after {sent} SIGTERMs"
+        assert d.events("daemon.stopped")
+        assert all("exception" not in e for e in d.logs())  # each line JSON (logs() parses)
+    finally:
+        d.close()
