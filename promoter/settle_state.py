@@ -14,7 +14,7 @@ __all__ = ["MAX_BACKOFF_NS", "MIN_BACKOFF_NS", "MS", "Batch", "FileState", "Phas
 
 MS = 1_000_000
 MIN_BACKOFF_NS = 100 * MS
-MAX_BACKOFF_NS = 60_000 * MS
+MAX_BACKOFF_NS = 30_000 * MS  # DESIGN §5: capped at 30 s
 
 
 @dataclass(frozen=True)
