@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 
 from pydantic import ValidationError
 
+from promoter import events
 from promoter.clock import MAX_US, MIN_US, file_micros, micros, written_at
 from promoter.config import RetentionConfig
 from promoter.context import RunContext
@@ -339,3 +340,16 @@ def raced_deletion(tomb: Tombstone | None, stored_at: datetime, margin: timedelt
     deleted stays deleted (DESIGN §1); a file really written later is promoted again from
     its session."""
     return tomb is not None and stored_at <= tomb.deleted_at + margin
+
+
+def recovered_events(old: RunMetadata, new: RunMetadata) -> list[tuple[str, dict[str, Any]]]:
+    """An `artifact.promoted` for each entry the repair listed (a copy placed, or its entry
+    committed, by a process that died before its journal write): every copy in the store
+    has its promotion in the audit journal (DESIGN §11), marked `recovered`."""
+    before = {(a.filename, a.size_bytes, a.generated_at, a.sha256) for a in old.artifacts}
+    return [(events.ARTIFACT_PROMOTED,
+             {"run_id": new.run_id, "filename": a.filename, "agent_id": a.agent_id,
+              "size_bytes": a.size_bytes, "sha256": a.sha256, "content_type": a.content_type,
+              "recovered": True})
+            for a in new.artifacts
+            if (a.filename, a.size_bytes, a.generated_at, a.sha256) not in before]

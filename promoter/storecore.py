@@ -3,9 +3,8 @@
 Every change to a run is one read-modify-write of its metadata through `change`:
 on the local disk under the run's lock (a write never loses), on an object store
 with a conditional write that may lose its race to another host and is then
-read again and retried (DESIGN §10). Copies are made inside the same change, so
-an entry always describes a stored copy. The backend (`storage.open_backend`)
-keeps the bytes; `rules.py` decides what they say.
+read again and retried (DESIGN §10). Copies are made inside the same change, so an entry
+always describes a stored copy. The backend keeps the bytes; `rules.py` decides what they say.
 """
 
 from __future__ import annotations
@@ -379,7 +378,7 @@ class StoreCore:
         """After a crash: remove temps, list every stored file, drop entries without a copy."""
         check_run_id(run_id)
 
-        def apply(art: Any) -> tuple[int, int] | None:
+        def apply(art: Any) -> tuple[int, int, list[tuple[str, dict[str, Any]]]] | None:
             meta = self.load_for_update(art, run_id)
             if meta is None or meta.status == "deleting":
                 return None
@@ -388,13 +387,14 @@ class StoreCore:
             if fixed is None:
                 self.remember(run_id, meta)
                 return None
-            meta, relisted, dropped = fixed
-            self.write_metadata(art, meta)
-            return relisted, dropped
+            self.write_metadata(art, fixed[0])
+            return fixed[1], fixed[2], rules.recovered_events(meta, fixed[0])
 
         done = self.change(run_id, apply)
         if done is None:
             return False
         log.warning(events.METADATA_RECOVERED, run_id=run_id, reason="repair after restart",
                     relisted=done[0], dropped=done[1])
+        with contextlib.suppress(StoreIOError):  # logged (audit.failed) by the auditor
+            self.audit.record(done[2])  # promotions a crash kept out of the journal (§11)
         return True

@@ -394,6 +394,27 @@ def test_repair_after_crash_lists_orphans_and_removes_temps(tmp_path: Path) -> N
     assert not list(tmp_path.glob("artifacts/**/.promoter-*"))
 
 
+def test_a_copy_the_repair_lists_gets_its_promotion_in_the_journal(tmp_path: Path) -> None:
+    """A copy placed by a process killed before its journal write is listed by the repair
+    and journaled then, marked recovered (DESIGN §11: every change an audit event)."""
+    store = make_store(tmp_path)
+    write_session_file(tmp_path, "r1", "a.txt", b"a")
+    store.promote_files("r1", ["a.txt"])
+    (tmp_path / "artifacts/r1/files/orphan.txt").write_bytes(b"orphan")
+    prepare_store(store.config)
+    lines = [json.loads(line) for day in (tmp_path / "artifacts/.audit").iterdir()
+             for line in day.read_text().splitlines()]
+    promoted = {e["filename"]: e for e in lines if e["event"] == "artifact.promoted"}
+    assert set(promoted) == {"a.txt", "orphan.txt"}
+    assert promoted["orphan.txt"]["recovered"] is True
+    assert promoted["orphan.txt"]["sha256"] == hashlib.sha256(b"orphan").hexdigest()
+    assert "recovered" not in promoted["a.txt"]
+    prepare_store(store.config)  # a second repair finds nothing to list: no second event
+    again = [json.loads(line) for day in (tmp_path / "artifacts/.audit").iterdir()
+             for line in day.read_text().splitlines()]
+    assert len(again) == len(lines)
+
+
 def test_a_folder_planted_under_the_temp_prefix_keeps_no_other_temp(tmp_path: Path) -> None:
     """A `.promoter-*` folder is removed as a tree, and the temps listed after it go too
     (the loop once ended at the folder's unlink, r7 start probe 2)."""
