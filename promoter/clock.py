@@ -61,6 +61,9 @@ def from_timestamp(ts: float) -> datetime:
 
 
 EPOCH = _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# an entry rebuilt from its stored copy knows nothing of its source's ctime: recorded as the
+# epoch, which every ctime is after, so its source is read (and its digest compared) once
+UNREAD = EPOCH
 _MIN = datetime.min.replace(tzinfo=UTC)
 _MAX = datetime.max.replace(tzinfo=UTC)
 

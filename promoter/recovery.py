@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from datetime import datetime
 
 from promoter import events, rules
-from promoter.clock import EPOCH, MAX_US, MIN_US, ONE_US, from_timestamp_ns
+from promoter.clock import EPOCH, MAX_US, MIN_US, ONE_US, UNREAD, from_timestamp_ns
 from promoter.context import RunContext
 from promoter.layout import FILES, MARK, METADATA
 from promoter.logs import get_logger
@@ -93,7 +93,8 @@ def has_files(art: int, run_id: str) -> bool:
 
 
 def hash_entry(dir_fd: int, filename: str, ctx: RunContext, checksum: bool) -> ArtifactEntry:
-    """An entry for a stored copy, hashing it (recovery only: promotion hashes as it copies)."""
+    """An entry for a stored copy, hashing it (recovery only: promotion hashes as it copies).
+    Its source's ctime is not known (`UNREAD`): the source, if any, is read once more."""
     fd, st = open_regular(dir_fd, filename.rsplit("/", 1)[-1], allow_hardlinks=True)
     try:
         digest = hashlib.sha256()
@@ -105,7 +106,8 @@ def hash_entry(dir_fd: int, filename: str, ctx: RunContext, checksum: bool) -> A
                          agent_id=rules.agent_for(ctx, filename),
                          generated_at=from_timestamp_ns(st.st_mtime_ns),
                          size_bytes=st.st_size, content_type=guess_content_type(filename),
-                         sha256=digest.hexdigest() if checksum else None)
+                         sha256=digest.hexdigest() if checksum else None,
+                         source_changed_at=UNREAD)
 
 
 def stored_entries(art: int, run_id: str, ctx: RunContext, checksum: bool) -> list[ArtifactEntry]:

@@ -21,7 +21,7 @@ from datetime import datetime, timedelta
 
 from promoter import rules
 from promoter.backend import ByteBudget, ImmediateBatch, LostRace, Relisted, StoredRead
-from promoter.clock import file_time, format_time, parse_time
+from promoter.clock import UNREAD, file_time, format_time, parse_time
 from promoter.context import RunContext
 from promoter.errors import InvalidNameError
 from promoter.layout import FILES
@@ -282,7 +282,8 @@ class S3Backend:
                              generated_at=generated or head.info.last_modified,
                              size_bytes=head.info.size,
                              content_type=guess_content_type(filename),
-                             sha256=sha if checksum else None)
+                             sha256=sha if checksum else None,
+                             source_changed_at=UNREAD)  # the source is read once more
 
     def stored_entries(self, handle: S3Handle, run_id: str, ctx: RunContext,
                        checksum: bool) -> list[ArtifactEntry]:

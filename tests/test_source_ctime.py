@@ -97,6 +97,31 @@ def test_a_rewrite_while_down_survives_another_write_of_its_run(tmp_path: Path,
     assert promoted(second.logs, "a.txt") == 1
 
 
+@pytest.mark.parametrize("damage", ["removed", "corrupt"])
+def test_a_rewrite_while_down_survives_a_rebuilt_metadata(tmp_path: Path, damage: str) -> None:
+    """Probe r7-ctime N1: new bytes under the old mtime while the daemon is down, and the
+    run's metadata.json gone or corrupt: the entry rebuilt from the stored copy knows no
+    ctime of its source, so the source is read once and its new bytes promoted (the
+    rebuild's own write time once hid it for good)."""
+    root = tmp_path / "root"
+    config = base_config()
+    out = root / "sessions" / "r1" / "output"
+    out.mkdir(parents=True)
+    write_dated(out / "a.txt", b"AAAA", 1_767_225_600)  # 2026-01-01
+    run_once(root, config, ("a.txt",))
+    write_dated(out / "a.txt", b"BBBB", 1_767_225_600)
+    meta = root / "artifacts" / "r1" / "metadata.json"
+    if damage == "removed":
+        meta.unlink()
+    else:
+        meta.write_bytes(meta.read_bytes()[:100])
+    second = run_once(root, config)
+    assert second.entry("a.txt")["sha256"] == sha(b"BBBB")
+    assert (root / "artifacts" / "r1" / "files" / "a.txt").read_bytes() == b"BBBB"
+    third = run_once(root, config)  # read once: the next start leaves it alone
+    assert third.startup()["promoted"] == 0 and third.startup()["unchanged"] == 0
+
+
 def test_a_live_rewrite_survives_a_sibling_promoted_before_its_turn(tmp_path: Path) -> None:
     """F2: b written, then a rewritten (same size, the same future mtime) before b's turn:
     b's promotion writes the run after a's change; a's new bytes are promoted all the same."""
