@@ -107,6 +107,14 @@ def test_a_run_that_is_not_clean_is_repaired_under_its_lock(
         assert (tmp_path / "artifacts" / run / METADATA).read_bytes() == before[run]
 
 
+def last_line_of(script: str, cwd: Path) -> str:
+    """The last line a fresh interpreter running `script` prints (outside the repository,
+    so the installed package is imported)."""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=60, cwd=cwd, check=True).stdout
+    return out.splitlines()[-1]
+
+
 def test_the_cli_is_imported_with_the_collector_off_and_it_is_back_on_after(
         tmp_path: Path) -> None:
     """`promoter.entry.main`: the CLI's imports run with gc disabled (3-15 % of their CPU),
@@ -124,9 +132,7 @@ def test_the_cli_is_imported_with_the_collector_off_and_it_is_back_on_after(
         "code = main()\n"
         "print(seen, gc.isenabled(), code)\n"
     )
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                         timeout=60, cwd=tmp_path, check=True).stdout
-    assert out.splitlines()[-1] == "[False, False, False] True 0"
+    assert last_line_of(script, tmp_path) == "[False, False, False] True 0"
 
 
 def test_the_hosts_mime_types_are_read_at_the_first_guess_not_at_import(
@@ -146,9 +152,7 @@ def test_the_hosts_mime_types_are_read_at_the_first_guess_not_at_import(
         "before = len(made)\n"
         "print(before, guess_content_type('a.md'), guess_content_type('b.tar.gz'), len(made) > 0)\n"
     )
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                         timeout=60, cwd=tmp_path, check=True).stdout
-    assert out.splitlines()[-1] == "0 text/markdown application/x-tar True"
+    assert last_line_of(script, tmp_path) == "0 text/markdown application/x-tar True"
 
 
 def test_known_copies_made_ahead_are_taken_once_by_the_same_model(trusted: Store) -> None:
