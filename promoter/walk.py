@@ -24,6 +24,7 @@ import re
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from promoter.clock import EPOCH, ONE_US
 from promoter.metadata import RunMetadata
@@ -99,12 +100,7 @@ def known_copies(meta: RunMetadata | None) -> dict[str, tuple[int, int]]:
     `rules.verdict` says UNCHANGED for it, or DELETED or REMOVED when a tombstone or the
     removed list is later, and none of those is promoted (a time equal to a stored one is
     in range, so never BAD_TIME)."""
-    if meta is None:
-        return {}
-    prepared = _prepared.pop(id(meta), None)
-    if prepared is not None and prepared[0] is meta:
-        return prepared[1]
-    return _copies(meta)
+    return {} if meta is None else _take(_prepared, meta, _copies)
 
 
 def _copies(meta: RunMetadata) -> dict[str, tuple[int, int]]:
@@ -114,9 +110,17 @@ def _copies(meta: RunMetadata) -> dict[str, tuple[int, int]]:
             for item in reversed(meta.artifacts)}
 
 
+_T = TypeVar("_T")
 # made ahead by the start-up catch-up while the second process still lists (issue 15), each
 # taken by the first `known_copies` of the same model (an entry is never changed once made)
 _prepared: dict[int, tuple[RunMetadata, dict[str, tuple[int, int]]]] = {}
+
+
+def _take(cache: dict[int, tuple[RunMetadata, _T]], meta: RunMetadata,
+          compute: Callable[[RunMetadata], _T]) -> _T:
+    """What `prepare_known_copies` made of this very model, taken once; else made now."""
+    prepared = cache.pop(id(meta), None)
+    return prepared[1] if prepared is not None and prepared[0] is meta else compute(meta)
 
 
 def prepare_known_copies(metas: Iterable[RunMetadata], stop: threading.Event) -> None:
@@ -143,12 +147,7 @@ def known_changes(meta: RunMetadata | None) -> dict[str, int]:
     a repeated name, as `known_copies`): 0 for a file written plainly, as the listing of
     `promoter.prescan` sends it. A session file of the entry's size and mtime whose ctime
     is later has changed since its copy read it (`rules.verdict`)."""
-    if meta is None:
-        return {}
-    prepared = _prepared_changes.pop(id(meta), None)  # (prepare_known_copies)
-    if prepared is not None and prepared[0] is meta:
-        return prepared[1]
-    return _changes(meta)
+    return {} if meta is None else _take(_prepared_changes, meta, _changes)
 
 
 def _changes(meta: RunMetadata) -> dict[str, int]:
