@@ -31,6 +31,7 @@ from promoter import events, stopguard
 from promoter.audit import DAEMON
 from promoter.backlog import Backlog
 from promoter.config import Config, merge_reload
+from promoter.entry import take_early_reload
 from promoter.errors import PromoterError
 from promoter.logs import StdlibBridge, configure_logging, get_logger
 from promoter.loops import CatchUp, Sink, Sweeper
@@ -151,6 +152,8 @@ class Daemon:
         if self._install_signals:
             for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 saved[signum.name] = signal.signal(signum, self._on_signal)
+            if take_early_reload():  # a SIGHUP during the imports: made once ready (F7)
+                self._reload.set()
         return saved
 
     def _restore_process(self, saved: dict[str, Any]) -> None:

@@ -12,9 +12,11 @@ every command, for no cycle worth collecting.
 own signal handlers; a SIGTERM then (systemd stopping a unit just started) killed the
 process with status -15 and not a line logged. Here, before the imports, a handler for
 SIGTERM and SIGINT logs `daemon.stopping` and exits 0: nothing has started yet, so there
-is nothing to finish. A SIGHUP (reload) is ignored: the configuration is not read yet. The
-daemon's handlers replace these once it runs (daemon.py). Only for `run`: the other
-commands keep Python's own behaviour.
+is nothing to finish. A SIGHUP (reload) is remembered: one from the configuration's read on
+(it may have read the file before its change) is a reload the daemon makes once its own
+handlers are in place (`take_early_reload`; r7 probe F7: it was dropped), one before it is
+forgotten (the file is read after it). The daemon's handlers replace these once it runs
+(daemon.py). Only for `run`: the other commands keep Python's own behaviour.
 """
 
 from __future__ import annotations
@@ -31,9 +33,10 @@ from types import FrameType
 
 from promoter.events import DAEMON_STOPPING
 
-__all__ = ["command_of", "main"]
+__all__ = ["command_of", "main", "take_early_reload"]
 
 VALUED = frozenset({"--config", "--root"})  # the options before a command that take a value
+_early_reloads = [0]  # SIGHUPs since the configuration's read began, before the daemon's own
 
 
 def main() -> int:
@@ -41,9 +44,9 @@ def main() -> int:
     if command_of(sys.argv[1:]) == "run":
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, _stop_early)
-        # a reload before the configuration is even read: nothing to do (its default
-        # action, the end of the process, would be a silent death)
-        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        # a reload: remembered (its default action, the end of the process, would be a
+        # silent death), for the daemon to make once it handles SIGHUP itself
+        signal.signal(signal.SIGHUP, _reload_early)
     enabled = gc.isenabled()
     gc.disable()
     try:
@@ -51,7 +54,20 @@ def main() -> int:
     finally:
         if enabled:
             gc.enable()
+    _early_reloads[0] = 0  # the configuration is read from here on: one before is no reload
     return cli_main()
+
+
+def take_early_reload() -> bool:
+    """Whether a SIGHUP came while `run` started, from its configuration's read on, to when
+    the daemon's own handler replaced `_reload_early` (call it after that, so that none
+    falls between): the daemon then reloads once (r7 probe F7)."""
+    came, _early_reloads[0] = _early_reloads[0] > 0, 0
+    return came
+
+
+def _reload_early(signum: int, frame: FrameType | None) -> None:
+    _early_reloads[0] += 1
 
 
 def command_of(argv: Sequence[str]) -> str | None:
