@@ -27,11 +27,10 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
-from promoter import events, stopguard
+from promoter import earlyreload, events, stopguard
 from promoter.audit import DAEMON
 from promoter.backlog import Backlog
 from promoter.config import Config, merge_reload
-from promoter.entry import take_early_reload
 from promoter.errors import PromoterError
 from promoter.logs import StdlibBridge, configure_logging, get_logger
 from promoter.loops import CatchUp, Sink, Sweeper
@@ -152,7 +151,7 @@ class Daemon:
         if self._install_signals:
             for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 saved[signum.name] = signal.signal(signum, self._on_signal)
-            if take_early_reload():  # a SIGHUP during the imports: made once ready (F7)
+            if earlyreload.take():  # a SIGHUP during the imports: made once ready (F7)
                 self._reload.set()
         return saved
 

@@ -14,7 +14,7 @@ process with status -15 and not a line logged. Here, before the imports, a handl
 SIGTERM and SIGINT logs `daemon.stopping` and exits 0: nothing has started yet, so there
 is nothing to finish. A SIGHUP (reload) is remembered: one from the configuration's read on
 (it may have read the file before its change) is a reload the daemon makes once its own
-handlers are in place (`take_early_reload`; r7 probe F7: it was dropped), one before it is
+handlers are in place (`promoter.earlyreload`; r7 probe F7: it was dropped), one before it is
 forgotten (the file is read after it). The daemon's handlers replace these once it runs
 (daemon.py). Only for `run`: the other commands keep Python's own behaviour.
 """
@@ -31,12 +31,12 @@ import time
 from collections.abc import Sequence
 from types import FrameType
 
+from promoter import earlyreload
 from promoter.events import DAEMON_STOPPING
 
-__all__ = ["command_of", "main", "take_early_reload"]
+__all__ = ["command_of", "main"]
 
 VALUED = frozenset({"--config", "--root"})  # the options before a command that take a value
-_early_reloads = [0]  # SIGHUPs since the configuration's read began, before the daemon's own
 
 
 def main() -> int:
@@ -46,7 +46,7 @@ def main() -> int:
             signal.signal(signum, _stop_early)
         # a reload: remembered (its default action, the end of the process, would be a
         # silent death), for the daemon to make once it handles SIGHUP itself
-        signal.signal(signal.SIGHUP, _reload_early)
+        signal.signal(signal.SIGHUP, earlyreload.remember)
     enabled = gc.isenabled()
     gc.disable()
     try:
@@ -54,20 +54,8 @@ def main() -> int:
     finally:
         if enabled:
             gc.enable()
-    _early_reloads[0] = 0  # the configuration is read from here on: one before is no reload
+    earlyreload.forget()  # the configuration is read from here on: one before is no reload
     return cli_main()
-
-
-def take_early_reload() -> bool:
-    """Whether a SIGHUP came while `run` started, from its configuration's read on, to when
-    the daemon's own handler replaced `_reload_early` (call it after that, so that none
-    falls between): the daemon then reloads once (r7 probe F7)."""
-    came, _early_reloads[0] = _early_reloads[0] > 0, 0
-    return came
-
-
-def _reload_early(signum: int, frame: FrameType | None) -> None:
-    _early_reloads[0] += 1
 
 
 def command_of(argv: Sequence[str]) -> str | None:
