@@ -72,6 +72,7 @@ AUDIT_INVALID: Final = "audit.invalid"
 AUDIT_PRUNED: Final = "audit.pruned"
 DAEMON_FAILED: Final = "daemon.failed"
 ARTIFACT_COPYING: Final = "artifact.copying"
+LIMIT_RECOVERED: Final = "limit.recovered"  # out of descriptors no more: the episode's count
 METADATA_UNREADABLE: Final = "metadata.unreadable"  # serve over a bucket: a meta/ object left out
 STORE_UNAVAILABLE: Final = "store.unavailable"  # the bucket cannot be reached (DESIGN §10)
 STORE_AVAILABLE: Final = "store.available"  # it answers again; with the backlog it held
