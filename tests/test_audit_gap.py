@@ -1,0 +1,84 @@
+"""A daemon killed between a batch's metadata commit and its journal append left entries
+whose `artifact.promoted` was in no journal (DESIGN §11). The next start, seeing that the
+last life did not stop cleanly, journals them with `"recovered": true`, once."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.daemon_helpers import Daemon, base_config, start_daemon, wait_until
+
+# `promoter run` as it is, but killed (SIGKILL, as kill -9) in the batch that promotes
+# `victim.txt`, after its metadata commit and before its journal append
+KILLED = """
+import os, signal, sys
+import promoter.store as store
+from promoter.entry import main
+journal = store.Store._journal_promoted
+def killed(self, results):
+    if any(r.filename == "victim.txt" for r in results):
+        os.kill(os.getpid(), signal.SIGKILL)
+    journal(self, results)
+store.Store._journal_promoted = killed
+sys.exit(main())
+"""
+
+
+def journal(root: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for f in sorted((root / "artifacts" / ".audit").glob("*.jsonl"))
+            for line in f.read_text().splitlines() if line]
+
+
+def promotions(root: Path, filename: str) -> list[dict[str, Any]]:
+    return [e for e in journal(root) if e["event"] == "artifact.promoted"
+            and e["filename"] == filename]
+
+
+def test_a_kill_between_commit_and_journal_is_journaled_at_the_next_start(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Killed in the window: victim.txt is listed, not journaled. The next start journals
+    it (recovered, the daemon's actor, its digest), nothing else; the start after a clean
+    stop journals nothing more."""
+    root = tmp_path / "root"
+    popen = subprocess.Popen
+
+    def killing(args: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
+        return popen([sys.executable, "-c", KILLED, *args[3:]], **kwargs)
+    with monkeypatch.context() as patch:
+        patch.setattr(subprocess, "Popen", killing)
+        d = start_daemon(root, base_config())
+    out = d.sessions / "r1" / "output"
+    try:
+        d.wait_ready()
+        out.mkdir(parents=True)
+        (out / "first.txt").write_text("journaled")
+        wait_until(lambda: promotions(root, "first.txt"), what="first.txt journaled")
+        (out / "victim.txt").write_text("killed before its journal line")
+        assert d.proc.wait(30) == -9
+    finally:
+        d.close()
+    entry = d.entry("r1", "victim.txt")
+    assert entry is not None and not promotions(root, "victim.txt")
+    again = run_clean(root)
+    [line] = promotions(root, "victim.txt")
+    assert line["recovered"] is True and line["actor"] == "daemon"
+    assert (line["sha256"], line["size_bytes"]) == (entry["sha256"], entry["size_bytes"])
+    assert len(promotions(root, "first.txt")) == 1
+    assert again.events("audit.recovered")[0]["events"] == 1
+    third = run_clean(root)
+    assert len(promotions(root, "victim.txt")) == 1 and not third.events("audit.recovered")
+
+
+def run_clean(root: Path) -> Daemon:
+    d = start_daemon(root, base_config())
+    try:
+        d.wait_ready()
+    finally:
+        assert d.stop() == 0
+    return d
