@@ -82,3 +82,29 @@ def run_clean(root: Path) -> Daemon:
     finally:
         assert d.stop() == 0
     return d
+
+
+def test_a_kill_after_every_line_was_written_journals_nothing(tmp_path: Path) -> None:
+    """No false events: a file promoted in an earlier life, read again (a chmod: same
+    bytes, its entry's recorded ctime moved) by a daemon then killed (everything journaled
+    meanwhile): the next start finds every entry's promotion and journals nothing."""
+    root = tmp_path / "root"
+    out = root / "sessions" / "r1" / "output"
+    out.mkdir(parents=True)
+    (out / "a.txt").write_text("promoted in the first life")
+    first = run_clean(root)
+    assert first.entry("r1", "a.txt") is not None and len(promotions(root, "a.txt")) == 1
+    out.joinpath("a.txt").chmod(0o600)
+    d = start_daemon(root, base_config())
+    try:
+        d.wait_ready()
+        (out / "b.txt").write_text("promoted in the killed life")
+        wait_until(lambda: promotions(root, "b.txt"), what="b.txt journaled")
+        d.proc.kill()
+        assert d.proc.wait(30) == -9
+    finally:
+        d.close()
+    again = run_clean(root)
+    assert not again.events("audit.recovered")
+    assert len(promotions(root, "a.txt")) == 1 and len(promotions(root, "b.txt")) == 1
+    assert not [e for e in journal(root) if e.get("recovered")]
