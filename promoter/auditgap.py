@@ -73,6 +73,13 @@ def _read(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+def _day(name: str) -> date | None:
+    try:
+        return date.fromisoformat(name[:10])
+    except ValueError:  # 2026-13-45.jsonl: named like a day, but none (audit.read_journal)
+        return None
+
+
 def began(store: Store) -> int:
     """At the daemon's start, after the repair and before any promotion: the last life's
     entries a crash kept out of the journal are journaled (how many), and this life's marker
@@ -81,18 +88,20 @@ def began(store: Store) -> int:
     if path is None:
         return 0
     count = 0
-    try:
+    try:  # a marker or journal this cannot read is told, and replaced: no failure each start
         last = _read(path)
-        since = parse_time(last["started_at"]) if last and last.get("clean") is False \
-            and isinstance(last.get("started_at"), str) else None
-        if since is not None:
-            count = recover(store, since)
+        if last and last.get("clean") is not True:
+            count = recover(store, parse_time(str(last.get("started_at"))))
+    except (OSError, ValueError, TypeError, StoreIOError) as exc:  # TypeError: a naive time
+        log.warning(events.AUDIT_FAILED, path=str(path), reason=str(exc),
+                    action="the journal was not compared with the last life's promotions")
+    try:
         _write(path, {"pid": os.getpid(), "started_at": format_time(store.clock.now()),
                       "clean": False})
         _mine.add(path)
-    except (OSError, ValueError, StoreIOError) as exc:
-        log.warning(events.AUDIT_FAILED, path=str(path), reason=str(exc),
-                    action="the journal is not compared after a crash")
+    except OSError as exc:
+        log.warning(events.AUDIT_FAILED, path=str(path), reason=exc.strerror or str(exc),
+                    action="a crash of this daemon will not be looked for at the next start")
     return count
 
 
@@ -113,7 +122,7 @@ def recover(store: Store, since: datetime) -> int:
     runs = [m for m in store.list_runs() if m.host in ("", store.host) and m.updated_at >= since]
     if not runs:
         return 0
-    days = sorted(date.fromisoformat(p.name[:10]) for p in path.parent.glob("????-??-??.jsonl"))
+    days = sorted(day for p in path.parent.glob("????-??-??.jsonl") if (day := _day(p.name)))
     lines = read_journal(path.parent, since=min(m.created_at for m in runs))
     seen = {(e.get("run_id"), e.get("filename"), e.get("sha256"), e.get("size_bytes"))
             for e in lines if e.get("event") == events.ARTIFACT_PROMOTED}

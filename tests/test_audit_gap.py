@@ -108,3 +108,21 @@ def test_a_kill_after_every_line_was_written_journals_nothing(tmp_path: Path) ->
     assert not again.events("audit.recovered")
     assert len(promotions(root, "a.txt")) == 1 and len(promotions(root, "b.txt")) == 1
     assert not [e for e in journal(root) if e.get("recovered")]
+
+
+@pytest.mark.parametrize("text", ['{"clean": false, "started_at": "2026-01-01T00:00:00"}',
+                                  '{"clean": false, "started_at": 5}', "not json", "[]"])
+def test_a_bad_marker_never_fails_a_start_and_is_replaced(tmp_path: Path, text: str) -> None:
+    """A marker planted or torn (a naive time, a number, not JSON): the start goes on, the
+    marker is this life's again, and a drained stop marks it clean."""
+    from promoter import auditgap
+    from tests.store_helpers import make_store
+    store = make_store(tmp_path)
+    folder = tmp_path / "artifacts" / ".audit"
+    folder.mkdir(exist_ok=True)
+    marker = folder / f".daemon-{store.host}.json"
+    marker.write_text(text)
+    assert auditgap.began(store) == 0
+    assert json.loads(marker.read_text())["clean"] is False
+    auditgap.stopped(store, drained=True)
+    assert json.loads(marker.read_text())["clean"] is True
