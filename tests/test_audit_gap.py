@@ -12,7 +12,9 @@ from typing import Any
 
 import pytest
 
+from promoter import auditgap
 from tests.daemon_helpers import Daemon, base_config, start_daemon, wait_until
+from tests.store_helpers import make_store
 
 # `promoter run` as it is, but killed (SIGKILL, as kill -9) in the batch that promotes
 # `victim.txt`, after its metadata commit and before its journal append
@@ -115,8 +117,6 @@ def test_a_kill_after_every_line_was_written_journals_nothing(tmp_path: Path) ->
 def test_a_bad_marker_never_fails_a_start_and_is_replaced(tmp_path: Path, text: str) -> None:
     """A marker planted or torn (a naive time, a number, not JSON): the start goes on, the
     marker is this life's again, and a drained stop marks it clean."""
-    from promoter import auditgap
-    from tests.store_helpers import make_store
     store = make_store(tmp_path)
     folder = tmp_path / "artifacts" / ".audit"
     folder.mkdir(exist_ok=True)
