@@ -27,7 +27,7 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
-from promoter import events, stopguard
+from promoter import auditgap, earlyreload, events, stopguard
 from promoter.audit import DAEMON
 from promoter.backlog import Backlog
 from promoter.config import Config, merge_reload
@@ -221,6 +221,7 @@ class Daemon:
         prepare(store, stop=self.stop)
         if self.stop.is_set():
             return  # a SIGTERM during the repair: the rest is the next start's
+        auditgap.began(store)  # a crash's promotions not journaled (DESIGN §11), this life's
         store.total.reset(store.list_runs())  # once; then kept as metadata is written
         if ceiling and store.total.total > ceiling:
             self.sweeper.over_budget()
@@ -254,7 +255,7 @@ class Daemon:
             self.wake.clear()
             if self.stop.is_set():
                 break
-            if self._reload.is_set():
+            if self._reload.is_set() or earlyreload.take():  # F7: one during the imports
                 self._reload.clear()
                 self._do_reload()
             assert self.watcher is not None
@@ -317,9 +318,8 @@ class Daemon:
             return 0
 
     def _write_metrics(self) -> None:
-        assert self.watcher is not None
+        assert self.watcher is not None and self.store is not None
         self.metrics.runs_watched.set(self._runs_watched())
-        assert self.store is not None
         self.metrics.store_bytes.set(self.store.total.total)
         self.metrics.store_max_bytes.set(self.config.retention.max_store_bytes)
         overflows, errors = self.watcher.overflows, self.watcher.errors
@@ -383,6 +383,7 @@ class Daemon:
         if self.pipeline is not None:
             self.pipeline.close()  # nothing promotes any more: the copy helpers end
             self.pipeline.backlog.leave()  # an outage's files: the next start catches up
+        auditgap.stopped(self.store, drained)  # every batch journaled: no gap to look for
         self.metrics.up.set(0)
         if self.config.metrics.textfile and self.watcher is not None:
             self._write_metrics()

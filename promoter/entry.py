@@ -12,9 +12,11 @@ every command, for no cycle worth collecting.
 own signal handlers; a SIGTERM then (systemd stopping a unit just started) killed the
 process with status -15 and not a line logged. Here, before the imports, a handler for
 SIGTERM and SIGINT logs `daemon.stopping` and exits 0: nothing has started yet, so there
-is nothing to finish. A SIGHUP (reload) is ignored: the configuration is not read yet. The
-daemon's handlers replace these once it runs (daemon.py). Only for `run`: the other
-commands keep Python's own behaviour.
+is nothing to finish. A SIGHUP (reload) is remembered: one from the configuration's read on
+(it may have read the file before its change) is a reload the daemon makes once its own
+handlers are in place (`promoter.earlyreload`; r7 probe F7: it was dropped), one before it is
+forgotten (the file is read after it). The daemon's handlers replace these once it runs
+(daemon.py). Only for `run`: the other commands keep Python's own behaviour.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import time
 from collections.abc import Sequence
 from types import FrameType
 
+from promoter import earlyreload
 from promoter.events import DAEMON_STOPPING
 
 __all__ = ["command_of", "main"]
@@ -41,9 +44,9 @@ def main() -> int:
     if command_of(sys.argv[1:]) == "run":
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, _stop_early)
-        # a reload before the configuration is even read: nothing to do (its default
-        # action, the end of the process, would be a silent death)
-        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        # a reload: remembered (its default action, the end of the process, would be a
+        # silent death), for the daemon to make once it handles SIGHUP itself
+        signal.signal(signal.SIGHUP, earlyreload.remember)
     enabled = gc.isenabled()
     gc.disable()
     try:
@@ -51,6 +54,7 @@ def main() -> int:
     finally:
         if enabled:
             gc.enable()
+    earlyreload.forget()  # the configuration is read from here on: one before is no reload
     return cli_main()
 
 

@@ -20,7 +20,7 @@ from promoter import events, rules
 from promoter.clock import Clock, file_time
 from promoter.config import Config, PromoteConfig
 from promoter.context import RunContext
-from promoter.errors import host_limit
+from promoter.errors import DESCRIPTORS, QUIET, descriptor_episodes, host_limit
 from promoter.layout import FILES, OUTPUT
 from promoter.logs import get_logger
 from promoter.metadata import ArtifactEntry, RunMetadata, Tombstone, guess_content_type
@@ -286,9 +286,14 @@ def log_results(clock: Clock, results: list[PromoteResult]) -> None:
         elif r.outcome is Outcome.LOST:
             log.warning(events.ARTIFACT_LOST, run_id=r.run_id, filename=r.filename,
                         reason=r.reason)
-        elif r.outcome is Outcome.FAILED:
-            log.error(events.ARTIFACT_FAILED, run_id=r.run_id, filename=r.filename,
-                      reason=r.reason)
+        elif r.outcome is Outcome.FAILED:  # out of descriptors: one line an episode
+            level = descriptor_episodes.failed(r.run_id, r.filename, r.reason)
+            getattr(log, level)(events.ARTIFACT_FAILED, run_id=r.run_id, filename=r.filename,
+                                reason=r.reason, **QUIET if level == "warning" else {})
         elif r.outcome is not Outcome.UNCHANGED:
             log.debug(_QUIET_EVENTS[r.outcome], run_id=r.run_id, filename=r.filename,
                       reason=r.reason)
+    if descriptor_episodes.open and (ended := descriptor_episodes.settled(
+            (r.run_id, r.filename) for r in results if r.outcome is not Outcome.FAILED)):
+        log.info(events.LIMIT_RECOVERED, reason=DESCRIPTORS, quiet_failures=ended[0],
+                 duration_s=round(ended[1], 1))

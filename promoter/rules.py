@@ -116,10 +116,15 @@ def verdict(meta: RunMetadata | None, tomb: Tombstone | None, filename: str, siz
         # the ctime, which nobody sets, says whether it changed since its copy read it (new
         # bytes under the old mtime: `cp -p`, `rsync -t`, `tar x`): to be read. An entry
         # written before `source_changed_at` existed has its run's last write instead, which
-        # other writers move too (keep, rm, a sibling's promotion: probe r7-fidelity F1-F3)
+        # other writers move too (keep, rm, a sibling's promotion: probe r7-fidelity F1-F3).
+        # A recorded ctime is trusted only when it is the file's: a later one (a hand edit,
+        # a clock stepped back since the read, a JSON number) would hide every rewrite until
+        # the clock passed it (probe r7-ctime N2), so any other ctime is read once
         seen = old.source_changed_at
-        return Verdict.RECHECK if ctime_ns // 1000 > micros(
-            meta.updated_at if seen is None else seen) else Verdict.UNCHANGED
+        if seen is None:
+            return Verdict.RECHECK if ctime_ns // 1000 > micros(meta.updated_at) \
+                else Verdict.UNCHANGED
+        return Verdict.RECHECK if ctime_ns // 1000 != micros(seen) else Verdict.UNCHANGED
     return Verdict.PROMOTE
 
 

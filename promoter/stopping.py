@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 
 from promoter import events
-from promoter.errors import host_limit, plain_reason
+from promoter.errors import QUIET, descriptor_episodes, host_limit, plain_reason
 from promoter.logs import get_logger
 from promoter.rules import MAX_BATCH, byte_chunks
 from promoter.settle import Batch, FileState, Settler
@@ -107,5 +107,7 @@ def one_by_one(store: Store, batch: Batch, step: Callable[[int, int], None],
 def worker_error(run_id: str, exc: Exception, **fields: object) -> None:
     """A batch raised: one line; a host limit (out of descriptors...) said plainly, without
     the traceback a bug gets (r7 probe F6)."""
-    log.error(events.WORKER_ERROR, run_id=run_id, reason=plain_reason(exc), **fields,
-              exc_info=host_limit(exc) is None)
+    reason, name = plain_reason(exc), fields.get("filename")  # out of descriptors: once
+    level = descriptor_episodes.failed(run_id, name if isinstance(name, str) else None, reason)
+    getattr(log, level)(events.WORKER_ERROR, run_id=run_id, reason=reason, **fields,
+                        exc_info=host_limit(exc) is None, **QUIET if level == "warning" else {})

@@ -1,0 +1,146 @@
+"""The audit window after a crash (DESIGN §11): entries without their `artifact.promoted`.
+
+A batch's metadata.json is committed, then its promotions are appended to the journal (the
+other order would journal promotions whose commit then failed). A daemon killed between the
+two leaves entries whose event is in no journal. Nothing is paid for this per batch: the
+daemon keeps a marker of its own life beside the journal, `.audit/.daemon-<host>.json`,
+`"clean": false` from its start (after the repair, before any promotion) and `true` once a
+stop has drained every batch. A start that finds `false` knows the last life ended in a
+crash, and when that life began (`started_at`): the runs of this host written since are
+compared with the journal, and each entry whose promotion is in no line is journaled now,
+`"recovered": true`, as the repair does for copies it lists (`rules.recovered_events`).
+
+Which entries: one whose key (run, filename, sha256, size) has an `artifact.promoted` line
+has its event (a same-bytes recheck keeps its first promotion's line; a line without a
+digest, checksum "none", matches any entry of that size). Of the others, one whose source
+was read in that life (`source_changed_at` at or after `started_at`: its copy or its
+recheck was made then) or whose run's whole life the journal covers (its first day file is
+older than the run's creation) lacks its event. Any other is left (a day pruned, a store
+from before the journal): a miss, never an event for a promotion that did not happen. A
+crash during the append leaves lines the next check finds: never journaled twice.
+Local backend only (a bucket's journal is one object a batch: left, README).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import stat
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any
+
+from promoter import events
+from promoter.audit import LocalJournal, read_journal
+from promoter.clock import format_time, parse_time
+from promoter.errors import StoreIOError
+from promoter.logs import get_logger
+from promoter.safeio import atomic_write_bytes
+from promoter.store import Store
+
+__all__ = ["began", "stopped"]
+
+log = get_logger()
+_mine: set[Path] = set()  # markers this process wrote: only those are marked clean
+
+
+def _marker(store: Store) -> Path | None:
+    sink = store.audit.sink
+    if not isinstance(sink, LocalJournal):
+        return None
+    return sink.folder / f".daemon-{store.host}.json"
+
+
+def _write(path: Path, fields: dict[str, Any]) -> None:
+    path.parent.mkdir(mode=0o750, exist_ok=True)
+    if not stat.S_ISDIR(os.lstat(path.parent).st_mode):
+        raise OSError(f"not a folder (a link?): {path.parent}")
+    fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        atomic_write_bytes(fd, path.name, json.dumps(fields).encode() + b"\n")
+    finally:
+        os.close(fd)
+
+
+def _read(path: Path) -> dict[str, Any] | None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+        with os.fdopen(fd, "rb") as fh:
+            data = json.loads(fh.read(4096))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _day(name: str) -> date | None:
+    try:
+        return date.fromisoformat(name[:10])
+    except ValueError:  # 2026-13-45.jsonl: named like a day, but none (audit.read_journal)
+        return None
+
+
+def began(store: Store) -> int:
+    """At the daemon's start, after the repair and before any promotion: the last life's
+    entries a crash kept out of the journal are journaled (how many), and this life's marker
+    is written. A failure here is logged, never a failed start."""
+    path = _marker(store)
+    if path is None:
+        return 0
+    count = 0
+    try:  # a marker or journal this cannot read is told, and replaced: no failure each start
+        last = _read(path)
+        if last and last.get("clean") is not True:
+            count = recover(store, parse_time(str(last.get("started_at"))))
+    except (OSError, ValueError, TypeError, StoreIOError) as exc:  # TypeError: a naive time
+        log.warning(events.AUDIT_FAILED, path=str(path), reason=str(exc),
+                    action="the journal was not compared with the last life's promotions")
+    try:
+        _write(path, {"pid": os.getpid(), "started_at": format_time(store.clock.now()),
+                      "clean": False})
+        _mine.add(path)
+    except OSError as exc:
+        log.warning(events.AUDIT_FAILED, path=str(path), reason=exc.strerror or str(exc),
+                    action="a crash of this daemon will not be looked for at the next start")
+    return count
+
+
+def stopped(store: Store | None, drained: bool) -> None:
+    """At the end of a stop that drained every batch: this life ended cleanly."""
+    path = _marker(store) if store is not None else None
+    if store is None or path is None or path not in _mine or not drained:
+        return
+    last = _read(path) or {}
+    with contextlib.suppress(OSError):
+        _write(path, {**last, "clean": True, "stopped_at": format_time(store.clock.now())})
+
+
+def recover(store: Store, since: datetime) -> int:
+    """Journal, `"recovered": true`, the promotions since `since` that no line records."""
+    path = _marker(store)
+    assert path is not None
+    runs = [m for m in store.list_runs() if m.host in ("", store.host) and m.updated_at >= since]
+    if not runs:
+        return 0
+    days = sorted(day for p in path.parent.glob("????-??-??.jsonl") if (day := _day(p.name)))
+    lines = read_journal(path.parent, since=min(m.created_at for m in runs))
+    seen = {(e.get("run_id"), e.get("filename"), e.get("sha256"), e.get("size_bytes"))
+            for e in lines if e.get("event") == events.ARTIFACT_PROMOTED}
+    missing = []
+    for meta in runs:
+        whole = bool(days) and days[0] < meta.created_at.date()
+        for a in meta.artifacts:
+            if (meta.run_id, a.filename, a.sha256, a.size_bytes) in seen \
+                    or (meta.run_id, a.filename, None, a.size_bytes) in seen:
+                continue
+            if whole or (a.source_changed_at is not None and a.source_changed_at >= since):
+                missing.append((events.ARTIFACT_PROMOTED, {
+                    "run_id": meta.run_id, "filename": a.filename, "agent_id": a.agent_id,
+                    "size_bytes": a.size_bytes, "sha256": a.sha256,
+                    "content_type": a.content_type, "recovered": True}))
+    if missing:
+        store.audit.record(missing)
+        log.warning(events.AUDIT_RECOVERED, events=len(missing), since=format_time(since),
+                    reason="the last run of the daemon ended between metadata and journal "
+                    "writes")
+    return len(missing)
