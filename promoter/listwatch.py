@@ -65,6 +65,7 @@ class ListWatch:
         if self.fd < 0:
             raise OSError(ctypes.get_errno(), "inotify_init1")
         self._runs: dict[int, set[str]] = {}
+        self.top = (0, 0)  # device and inode of the `sessions/` watched (TOP)
         self._left = _limit() // SHARE
 
     def add(self, fd: int, run_id: str) -> None:
@@ -77,6 +78,9 @@ class ListWatch:
             raise OSError(ctypes.get_errno(), "inotify_add_watch")
         self._left -= 1
         self._runs.setdefault(wd, set()).add(run_id)
+        if run_id == TOP:
+            st = os.fstat(fd)
+            self.top = (st.st_dev, st.st_ino)
 
     def changed(self) -> set[str] | None:
         """The runs whose folders saw any change since their watch was added; None when

@@ -44,6 +44,7 @@ import os
 import resource
 import select
 import signal
+import struct
 import sys
 import threading
 import time
@@ -70,13 +71,16 @@ LOOK_MS = 100  # how soon a stop is seen while the child works
 STALL_S = 10.0  # a child whose CPU time stands still this long is given up (SIGSTOP, ...)
 PR_SET_PDEATHSIG = 1
 CHILD_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+FOLDER = struct.Struct("QQ")  # a folder's device and inode, as go() tells them
 
 
 class Prescan:
     """The child scanning `sessions/`, and the pipe its listing comes through."""
 
-    def __init__(self, pid: int, fd: int, go: int | None = None) -> None:
+    def __init__(self, pid: int, fd: int, go: int | None = None,
+                 sessions: Path | None = None) -> None:
         self.pid = pid
+        self._sessions = sessions
         self._fd: int | None = fd
         self._go = go  # the pipe's end that tells the child the daemon's watches are set
         self._reaped = False
@@ -122,13 +126,19 @@ class Prescan:
         signal.pthread_sigmask(signal.SIG_SETMASK, held)
         os.close(w)
         os.close(go_r)
-        return cls(pid, r, go_w)
+        return cls(pid, r, go_w, sessions)
 
     def go(self) -> None:
-        """The daemon's watches are all set: the child may end its own and send."""
+        """The daemon's watches are all set: the child may end its own and send. With it,
+        which folder `sessions/` is now (device, inode): when it is not the one the child
+        listed (replaced meanwhile), the child leaves every run to the daemon."""
         if self._go is not None:
+            try:
+                st = os.stat(self._sessions) if self._sessions is not None else None
+            except OSError:
+                st = None
             with contextlib.suppress(OSError):  # a child gone already: collect() says so
-                os.write(self._go, b"g")
+                os.write(self._go, b"g" + FOLDER.pack(st.st_dev, st.st_ino) if st else b"g")
             os.close(self._go)
             self._go = None
 
@@ -254,9 +264,10 @@ def _child(r: int, w: int, go: int, sessions: str, exclude: tuple[str, ...],
         _die_with_parent(parent)
         watch = ListWatch(libc())
         runs, refusals, changed, ctimes = _listing(sessions, exclude, max_depth, watch)
-        if os.read(go, 1) != b"g":
+        said = os.read(go, 1 + FOLDER.size)
+        if said[:1] != b"g":
             os._exit(1)  # the daemon gave the listing up
-        gone = watch.changed()
+        gone = watch.changed() if said[1:] == FOLDER.pack(*watch.top) else None
         for run_id in set(runs) if gone is None else gone & set(runs):
             runs.pop(run_id)
             changed.pop(run_id, None)

@@ -201,3 +201,29 @@ def test_a_sigterm_to_the_group_while_the_child_lists_is_one_clean_stop(
     finally:
         gate.touch()
         d.close()
+
+
+def test_a_sessions_folder_replaced_before_go_leaves_every_run_to_the_daemon(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`sessions` a link re-pointed to another folder after the listing (no event in the one
+    listed): the daemon now watches another folder than the child listed, so the listing
+    comes without any run."""
+    for side in ("a", "b"):
+        write(tmp_path / side / "r1" / "output" / "f.txt", side)
+    link = tmp_path / "sessions"
+    link.symlink_to(tmp_path / "a")
+    listed = tmp_path / "listed"
+    real = prescan_mod._listing
+
+    def marked(*args: Any) -> Any:
+        found = real(*args)
+        listed.touch()
+        return found
+    monkeypatch.setattr(prescan_mod, "_listing", marked)
+    started = Prescan.start(link, (), 64)
+    assert started is not None
+    wait_until(listed.exists, timeout=20, what="the child's listing")
+    (tmp_path / "next").symlink_to(tmp_path / "b")
+    (tmp_path / "next").replace(link)
+    listing = started.collect(threading.Event())
+    assert listing is not None and listing.runs == {}
