@@ -227,3 +227,15 @@ def test_a_sessions_folder_replaced_before_go_leaves_every_run_to_the_daemon(
     (tmp_path / "next").replace(link)
     listing = started.collect(threading.Event())
     assert listing is not None and listing.runs == {}
+
+
+def test_without_inotify_watches_the_early_child_is_ended_and_reaped(tmp_path: Path) -> None:
+    """The daemon fell back to polling (or has no watcher): the early child's listing could
+    not be trusted past its own watches, so it is killed and reaped, and none is made."""
+    sessions = tmp_path / "sessions"
+    write(sessions / "r1" / "output" / "a.txt", "a")
+    started = Prescan.start(sessions, (), 64)
+    assert started is not None
+    assert prescan_mod.watches_set(started, "polling", sessions, (), 64) is None
+    with pytest.raises(ChildProcessError):
+        os.waitpid(started.pid, os.WNOHANG)  # reaped already
