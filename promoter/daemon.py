@@ -1,9 +1,8 @@
 """`promoter run`: the long-running daemon (DESIGN §5).
 
-Start: start the watcher, prepare the store while a second process (made before the
-daemon's imports) lists `sessions/` (`promoter.prescan`), start the pipeline, run the
-start-up catch-up (telling systemd `EXTEND_TIMEOUT_USEC=` while it runs), `READY=1`.
-Nothing written meanwhile is missed; a file found twice is promoted once.
+Start: start the watcher, prepare the store while a second process lists `sessions/`
+(`promoter.prescan`), start the pipeline, run the start-up catch-up (telling systemd
+`EXTEND_TIMEOUT_USEC=` while it runs), `READY=1`; a file found twice is promoted once.
 
 Threads: the main thread handles signals, supervision of the watcher, systemd
 pings and metrics; `promoter-settle` and `promoter-worker-N` promote
