@@ -148,6 +148,9 @@ def _duration(text: str) -> timedelta:
 
 def _cmd_run(args: argparse.Namespace, config: Config) -> int:
     with gc_paused():  # objects that live as long as the daemon (entry.py)
+        from promoter.prescan import early
+
+        prescan = early(config)  # its listing runs beside the imports below (prescan.py)
         from promoter.daemon import run_daemon
         from promoter.limits import raise_descriptor_limit, tune_gc
 
@@ -157,7 +160,7 @@ def _cmd_run(args: argparse.Namespace, config: Config) -> int:
     def reload() -> Config:
         return _load(args)
 
-    return run_daemon(config, reload)
+    return run_daemon(config, reload, prescan)
 
 
 def _cmd_serve(args: argparse.Namespace, config: Config) -> int:

@@ -1,10 +1,8 @@
 """`promoter run`: the long-running daemon (DESIGN §5).
 
-Start: start the watcher, prepare the store while a second process lists
-`sessions/` (`promoter.prescan`), start the pipeline, run the start-up catch-up
-(telling systemd `EXTEND_TIMEOUT_USEC=` while it runs), then `READY=1`. The
-watcher starts first so that nothing written meanwhile is missed; a file both
-find is promoted once (the second look sees it unchanged).
+Start: start the watcher, prepare the store while a second process lists `sessions/`
+(`promoter.prescan`), start the pipeline, run the start-up catch-up (telling systemd
+`EXTEND_TIMEOUT_USEC=` while it runs), `READY=1`; a file found twice is promoted once.
 
 Threads: the main thread handles signals, supervision of the watcher, systemd
 pings and metrics; `promoter-settle` and `promoter-worker-N` promote
@@ -39,7 +37,7 @@ from promoter.names import is_valid_run_id
 from promoter.notify import Notifier, NullNotifier, make_notifier, monotonic_usec, watchdog_interval
 from promoter.observers import make_observer
 from promoter.pipeline import STALL_S, Pipeline
-from promoter.prescan import Prescan
+from promoter.prescan import Prescan, watches_set
 from promoter.reconcile import Rejections
 from promoter.runlock import hold_daemon_lock
 from promoter.s3errors import StoreUnavailable
@@ -59,10 +57,10 @@ OUTAGE_STATUS_S = 5.0  # while the store is down, STATUS= follows the files wait
 SHUTDOWN_S = 20.0  # the drain's bound: the unit's TimeoutStopSec is 30 s
 
 
-def run_daemon(config: Config, reload: Callable[[], Config]) -> int:
+def run_daemon(config: Config, reload: Callable[[], Config], prescan: Prescan | None = None) -> int:
     """Run until SIGTERM or SIGINT; returns the exit status (0 on a clean stop). A stop that
     has not ended the process within its bound ends it (`promoter.stopguard`)."""
-    daemon = Daemon(config, reload)
+    daemon = Daemon(config, reload, prescan=prescan)
     stopguard.arm(daemon.stop)
     with stopguard.last_stop(daemon.request_stop):
         return daemon.run()
@@ -80,8 +78,9 @@ class Daemon:
     def __init__(self, config: Config, reload: Callable[[], Config],
                  notifier: Notifier | None = None, install_signals: bool = True,
                  observer_factory: ObserverFactory = make_observer,
-                 stall_s: float = STALL_S) -> None:
+                 stall_s: float = STALL_S, prescan: Prescan | None = None) -> None:
         self.config = config
+        self._prescan = prescan  # made early (prescan.early): told once the watches are set
         self._reload_fn = reload
         self.notifier = notifier or make_notifier()
         self._install_signals = install_signals
@@ -135,6 +134,8 @@ class Daemon:
             self._shutdown()
             return 0
         finally:
+            if self._prescan is not None:
+                self._prescan.discard()  # the start ended before the watches
             self._restore_process(saved)
             if self._lock_fd is not None:
                 os.close(self._lock_fd)
@@ -190,8 +191,9 @@ class Daemon:
         with contextlib.suppress(OSError, ImportError, RuntimeError):
             self.watcher.start()  # before the repair: its events wait for the pipeline
         # every folder watched: the start-up catch-up's scan, on the other core (prescan.py)
-        prescan = Prescan.start(store.sessions_path, cfg.watch.exclude, cfg.watch.max_depth) \
-            if self.watcher.in_use == "inotify" else None
+        prescan, self._prescan = self._prescan, None
+        prescan = watches_set(prescan, self.watcher.in_use, store.sessions_path,
+                              cfg.watch.exclude, cfg.watch.max_depth)
         try:
             self._open_store()
         except StoreUnavailable as exc:  # a store down at boot must not leave the host

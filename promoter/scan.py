@@ -132,7 +132,8 @@ def session_runs(sessions_fd: int, rejections: Rejections) -> list[str]:
 
 
 def run_stats(sessions_fd: int, run_id: str, exclude: Iterable[str], refuse: Refuse,
-              max_depth: int = 64) -> Iterator[tuple[str, os.stat_result]]:
+              max_depth: int = 64, opened: Callable[[str, int], None] | None = None
+              ) -> Iterator[tuple[str, os.stat_result]]:
     """(name below `output/`, its `lstat`) of every non-excluded entry under the run's
     `output/`, walked without following links (walk.walk_tree); a folder deeper than
     `max_depth` is refused, not entered. One `lstat` a file, none a folder (the directory
@@ -152,7 +153,7 @@ def run_stats(sessions_fd: int, run_id: str, exclude: Iterable[str], refuse: Ref
 
     excluded = exclusion_match(tuple(exclude))
     try:
-        for folder in walk_tree(top, denied):
+        for folder in walk_tree(top, denied, opened):
             yield from _stat_folder(folder, run_id, excluded, refuse, max_depth)
     finally:
         os.close(top)

@@ -49,10 +49,11 @@ class Folder:
 
 def walk_tree(top: int,
               on_error: Callable[[str, OSError | Refused], None] | None = None,
-              ) -> Iterator[Folder]:
+              opened: Callable[[str, int], None] | None = None) -> Iterator[Folder]:
     """Every folder from `top` down that the caller entered, depth first. A folder that
     cannot be opened or listed (gone, swapped for a link, permission denied) is passed to
-    `on_error` with its prefix and skipped; the walk goes on."""
+    `on_error` with its prefix and skipped; the walk goes on. `opened(prefix, fd)` is
+    called with each folder opened, before it is listed (the start-up child's watch)."""
     stack = [""]
     while stack:
         prefix = stack.pop()
@@ -63,6 +64,8 @@ def walk_tree(top: int,
                 on_error(prefix, exc)
             continue
         try:
+            if opened is not None:
+                opened(prefix, fd)
             try:
                 with os.scandir(fd) as it:
                     entries = list(it)

@@ -282,6 +282,9 @@ def test_a_child_that_makes_no_progress_is_given_up(
     assert ignored & (1 << (signal.SIGHUP - 1)) and ignored & (1 << (signal.SIGINT - 1)), \
         "a SIGHUP (reload) or Ctrl-C to the group must not end the child"
     assert not ignored & (1 << (signal.SIGTERM - 1))
+    blocked = next(line for line in Path(f"/proc/{started.pid}/status").read_text()
+                   .splitlines() if line.startswith("SigBlk:")).split()[1]
+    assert int(blocked, 16) == 0, "the signals held across the fork are let go in the child"
     assert started.collect(threading.Event()) is None
     assert "made no progress" in capsys.readouterr().err
     with pytest.raises(ChildProcessError):

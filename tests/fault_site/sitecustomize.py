@@ -28,12 +28,18 @@ variable (removed once read) and changes as little as it can:
   stop as a long copy is) until PATH exists.
 - `FAULTSITE_REPAIR_RUN_S=S`: the start-up repair takes S seconds more for each run, as a
   large store on a slow disk would.
+- `FAULTSITE_LISTED=PATH`: the start-up child writes PATH once its listing is made, saying
+  whether the daemon's module was imported when it was forked ("daemon" / "early").
+- `FAULTSITE_WATCH_WAIT=PATH`: the watcher's start waits (30 s at most) until PATH exists.
+- `FAULTSITE_IMPORT_WAIT=PATH`: the import of promoter.daemon waits (30 s at most) until
+  PATH exists (a SIGTERM in that wait is one during the imports).
 """
 
 from __future__ import annotations
 
 import ctypes
 import os
+import sys
 from collections.abc import Iterable
 from typing import Any
 
@@ -174,6 +180,53 @@ def _catchup_waits(path: str) -> None:
     promoter.loops.reconcile = reconcile
 
 
+def _wait_for(path: str) -> None:
+    import time
+
+    deadline = time.monotonic() + 30
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def _listed_marker(path: str) -> None:
+    import promoter.prescan
+
+    original = promoter.prescan._listing
+
+    def _listing(*args: Any) -> Any:
+        found = original(*args)
+        _write(f"{path}.part", "daemon" if "promoter.daemon" in sys.modules else "early")
+        os.rename(f"{path}.part", path)  # (whole when it appears)
+        return found
+
+    promoter.prescan._listing = _listing
+
+
+def _watch_waits(path: str) -> None:
+    import promoter.watch
+
+    original = promoter.watch.Watcher.start
+
+    def start(self: Any) -> None:
+        _wait_for(path)
+        original(self)
+
+    promoter.watch.Watcher.start = start  # type: ignore[method-assign]
+
+
+def _import_waits(path: str) -> None:
+    import importlib.abc
+
+    class Gate(importlib.abc.MetaPathFinder):
+        def find_spec(self, name: str, *_: Any) -> None:
+            if name == "promoter.daemon":
+                sys.meta_path.remove(self)
+                _wait_for(path)
+            return None  # the usual finders find it
+
+    sys.meta_path.insert(0, Gate())
+
+
 def _install() -> None:
     watches = os.environ.pop("FAULTSITE_USERNS_WATCHES", "")
     if watches:
@@ -206,6 +259,15 @@ def _install() -> None:
         _pause_after_listing(prefix, folder)
     if os.environ.pop("FAULTSITE_EXIT_HANG", ""):
         _hang_at_exit()
+    listed = os.environ.pop("FAULTSITE_LISTED", "")
+    if listed:
+        _listed_marker(listed)
+    watch_gate = os.environ.pop("FAULTSITE_WATCH_WAIT", "")
+    if watch_gate:
+        _watch_waits(watch_gate)
+    import_gate = os.environ.pop("FAULTSITE_IMPORT_WAIT", "")
+    if import_gate:
+        _import_waits(import_gate)
     guard = os.environ.pop("FAULTSITE_STOP_GUARD_S", "")
     if guard:
         import promoter.stopguard
