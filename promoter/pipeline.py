@@ -350,8 +350,8 @@ class Pipeline:
         retry_run = False
         try:
             if batch.filenames:
-                results, deferred = promote_chunks(self.store, batch, self._stat,
-                                                    lambda: self._stop_by, self._step)
+                results, deferred = promote_chunks(self.store, batch, lambda: self._stop_by,
+                                                    self._step)
             elif batch.context:
                 self.store.refresh_context(batch.run_id)
             if batch.completed:
