@@ -190,22 +190,6 @@ def _stamp(value: datetime) -> str:
     return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def _members(batch: Sequence[tuple[str, dict[str, Any]]],
-             who: dict[str, str]) -> list[str | None]:
-    """Each event's fields with `who` after them, as `json_members` of the merged fields
-    would make them; `who` (the actor and host, the same for the batch) encoded once."""
-    tail = json_members(who)
-    out: list[str | None] = []
-    for _, fields in batch:
-        own = None if tail is None or not who.keys().isdisjoint(fields) \
-            else json_members(fields)
-        if own is None:  # a field of who's names (its value and place change), or not JSON
-            out.append(json_members({**fields, **who}))
-        else:
-            out.append(f"{own}, {tail}" if own else tail)
-    return out
-
-
 def _journal_line(head: str, event: str, fields: dict[str, Any], members: str | None) -> str:
     """One journal line: `timestamp` and `event` first, then the event's fields (the actor's
     and host's among them) as the log line has them (`members`, from `json_members`)."""
@@ -233,7 +217,7 @@ class Auditor:
         now = self.clock.now()
         who = {**actor.fields(), "host": self.host}
         merged = [(event, {**fields, **who}) for event, fields in batch]
-        encoded = _members(batch, who)  # once: log and journal
+        encoded = [json_members(fields) for _, fields in merged]  # once: log and journal
         info_many(merged, encoded=encoded)  # one write; nothing rendered when info is off
         head = f'{{"timestamp": "{_stamp(now)}", "event": '
         data = "".join(_journal_line(head, event, fields, members)

@@ -191,22 +191,6 @@ def test_a_journal_line_holds_the_fields_the_log_line_holds() -> None:
         configure_logging("info", "json")
 
 
-def test_the_actor_is_encoded_once_a_batch_as_the_merged_fields_would_be() -> None:
-    """An audited batch encodes its actor and host once; each event's members are the text
-    `json_members` makes of its fields merged with them: a field of the actor's name (its
-    value and place change), no fields, or a value that is not plain JSON."""
-    from promoter.audit import _members
-    from promoter.logs import json_members
-
-    who = {"actor": "cli:1000(ev)", "sudo_user": "é\x01", "host": "vm"}
-    batch: list[tuple[str, dict[str, Any]]] = [
-        ("a", dict(_ODD)), ("b", {}), ("c", {"actor": "forged", "n": 1}),
-        ("d", {"host": "x"}), ("e", {"v": float("nan"), "w": "\u2028"}), ("f", {"o": object()})]
-    expected = [json_members({**fields, **who}) for _, fields in batch]
-    assert _members(batch, who) == expected
-    assert expected[-1] is None and expected[1] == json_members(who)
-
-
 def test_a_utc_time_is_formatted_as_a_converted_one() -> None:
     """`format_time`'s shortcut for a time already in UTC gives what the conversion gives:
     years 1 and 9999, on the second and with microseconds, and another zone converted."""
