@@ -104,8 +104,15 @@ def flush_all(files: Sequence[tuple[int, str | None, int, int | None]],
 
 
 def _fsync_each(jobs: Sequence[tuple[int, str | None, int | None]]) -> None:
+    """Every one flushed (tried), as a task each were; then the first error, if any."""
+    first: OSError | None = None
     for dir_fd, name, fd in jobs:
-        _fsync_one(dir_fd, name, fd)
+        try:
+            _fsync_one(dir_fd, name, fd)
+        except OSError as exc:
+            first = first or exc
+    if first is not None:
+        raise first
 
 
 def _fsync_one(dir_fd: int, name: str | None, fd: int | None) -> None:
