@@ -132,8 +132,11 @@ class LocalJournal:
             raise OSError(errno.ENOTDIR, "not a folder (a link?)", str(self.folder))
 
     def append(self, day: str, data: bytes) -> None:
-        self.folder.mkdir(mode=0o750, exist_ok=True)
-        self._check_folder()
+        try:  # the folder is made once: a mkdir a batch (EEXIST, then pathlib's stat) was not
+            self._check_folder()
+        except FileNotFoundError:
+            self.folder.mkdir(mode=0o750, exist_ok=True)
+            self._check_folder()
         path = self.folder / f"{day}.jsonl"
         # O_NONBLOCK: a FIFO put in place of a day must fail here, not block the daemon
         # once its buffer is full (it is a no-op on a regular file).

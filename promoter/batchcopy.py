@@ -33,7 +33,15 @@ from types import TracebackType
 from promoter import writeback
 from promoter.names import split_relpath
 from promoter.runmark import RunMark
-from promoter.safeio import CopyPools, CopyResult, fsync_dir, open_dir_chain, place, stage_copy
+from promoter.safeio import (
+    FLUSHERS,
+    CopyPools,
+    CopyResult,
+    fsync_dir,
+    open_dir_chain,
+    place,
+    stage_copy,
+)
 
 __all__ = ["MAX_HELD", "MAX_UNNAMED", "SYNCFS_MIN_FILES", "CopyBatch", "flush_all"]
 
@@ -83,13 +91,28 @@ def flush_all(files: Sequence[tuple[int, str | None, int, int | None]],
         if folder is not None:
             os.fsync(folder)
         return
-    flushes = [pools.flusher.submit(_fsync_one, dir_fd, name, fd)
-               for dir_fd, name, _, fd in files]
+    jobs = [(dir_fd, name, fd) for dir_fd, name, _, fd in files]
     if folder is not None:
-        flushes.append(pools.flusher.submit(os.fsync, folder))
+        jobs.insert(0, (folder, None, folder))  # a descriptor's fsync, as a copy's is
+    # as many tasks as flushers, each flushing its share in turn: the same fsyncs in flight
+    # at once as a task a file, without a future, a queue put and a wake-up a file
+    width = min(FLUSHERS, len(jobs))
+    flushes = [pools.flusher.submit(_fsync_each, jobs[i::width]) for i in range(width)]
     futures.wait(flushes)  # every one done before the folders may be closed
     for flush in flushes:
         flush.result()  # the first error fails the batch
+
+
+def _fsync_each(jobs: Sequence[tuple[int, str | None, int | None]]) -> None:
+    """Every one flushed (tried), as a task each were; then the first error, if any."""
+    first: OSError | None = None
+    for dir_fd, name, fd in jobs:
+        try:
+            _fsync_one(dir_fd, name, fd)
+        except OSError as exc:
+            first = first or exc
+    if first is not None:
+        raise first
 
 
 def _fsync_one(dir_fd: int, name: str | None, fd: int | None) -> None:

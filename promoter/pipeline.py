@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from promoter import events
 from promoter.backlog import Backlog
@@ -42,22 +43,19 @@ GATHER_S = 0.002  # the settle thread, woken by a message, lets the next ones co
 
 # -- messages to the settle thread (each names what happened; see Pipeline._apply) -------
 
-@dataclass(frozen=True)
-class _Touch:
+class _Touch(NamedTuple):  # a file's: made for each event, a tuple is cheapest
     run_id: str
     filename: str
     strong: bool
     open_unknown: bool
 
 
-@dataclass(frozen=True)
-class _Nudge:
+class _Nudge(NamedTuple):  # a file's: made for each event, a tuple is cheapest
     run_id: str
     filename: str
 
 
-@dataclass(frozen=True)
-class _Forget:
+class _Forget(NamedTuple):  # a file's: made for each event, a tuple is cheapest
     run_id: str
     filename: str
 
@@ -78,8 +76,7 @@ class _Gone:
     run_id: str
 
 
-@dataclass(frozen=True)
-class _Offer:
+class _Offer(NamedTuple):  # a file's: made for each event, a tuple is cheapest
     run_id: str
     filename: str
     quiet: bool
@@ -350,8 +347,8 @@ class Pipeline:
         retry_run = False
         try:
             if batch.filenames:
-                results, deferred = promote_chunks(self.store, batch, self._stat,
-                                                    lambda: self._stop_by, self._step)
+                results, deferred = promote_chunks(self.store, batch, lambda: self._stop_by,
+                                                    self._step)
             elif batch.context:
                 self.store.refresh_context(batch.run_id)
             if batch.completed:

@@ -24,6 +24,7 @@ from promoter.placing import open_staged, place, temp_name, unnamed_supported
 from promoter.writeback import EARLY_WRITEBACK_BYTES, start_writeback
 
 __all__ = [
+    "FLUSHERS",
     "CopyPools",
     "CopyResult",
     "Refused",
@@ -48,6 +49,7 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 CHUNK = 128 << 10  # read, hashed and written while it is still in the core's cache
 WRITEBACK_STEP = 1 << 20  # a long copy starts the writeback of each MiB it has written
+FLUSHERS = 4  # a batch's fsyncs in flight at once (CopyPools.flusher's threads)
 
 
 class Refused(Exception):
@@ -259,7 +261,7 @@ class CopyPools:
     thread of ours outlives its work)."""
 
     def __init__(self) -> None:
-        self.flusher = ThreadPoolExecutor(max_workers=4,
+        self.flusher = ThreadPoolExecutor(max_workers=FLUSHERS,
                                           thread_name_prefix="promoter-copy-flusher")
 
     def shutdown(self) -> None:

@@ -10,19 +10,22 @@ Files left are logged `artifact.deferred`; the next start's catch-up finds them.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from functools import partial
 
 from promoter import events
 from promoter.errors import QUIET, descriptor_episodes, host_limit, plain_reason
+from promoter.layout import session_file
 from promoter.logs import get_logger
 from promoter.rules import MAX_BATCH, byte_chunks
 from promoter.settle import Batch, FileState, Settler
 from promoter.store import PromoteResult, Store
 
 __all__ = ["STEADY_LOOK_S", "STOP_BUDGET_S", "STOP_BYTES", "STOP_CHUNK", "one_by_one",
-           "promote_chunks", "steady_files", "worker_error"]
+           "promote_chunks", "sizes", "steady_files", "worker_error"]
 
 log = get_logger()
 STEADY_LOOK_S = 0.05  # at shutdown, a file without a close is looked at twice this far apart
@@ -31,6 +34,7 @@ STOP_CHUNK = 256  # files in one chunk while stopping: the budget is looked at b
 STOP_BYTES = 16 << 20  # and bytes (a file bigger goes alone: a copy begun is finished)
 
 Stat = Callable[[str, str], FileState | None]
+Measure = Callable[[str, Sequence[str]], list[tuple[str, int]]]
 
 
 def steady_files(s: Settler, stat: Stat) -> set[tuple[str, str]]:
@@ -59,14 +63,30 @@ def steady_files(s: Settler, stat: Stat) -> set[tuple[str, str]]:
     return steady
 
 
-def promote_chunks(store: Store, batch: Batch, stat: Stat, stop_by: Callable[[], float | None],
-                   step: Callable[[int, int], None] = lambda files, nbytes: None
-                   ) -> tuple[list[PromoteResult], list[str]]:
+def sizes(sessions: str | os.PathLike[str], run_id: str, names: Sequence[str]
+          ) -> list[tuple[str, int]]:
+    """(name, size) of a batch's files, 0 for one gone: an lstat each by its path, made once
+    (a `FileState` and the path's making a file were a twentieth of a worker's time)."""
+    prefix = session_file(sessions, run_id, "")
+    lstat = os.lstat
+    out: list[tuple[str, int]] = []
+    for name in names:
+        try:
+            out.append((name, lstat(prefix + name).st_size))
+        except (OSError, ValueError):
+            out.append((name, 0))
+    return out
+
+
+def promote_chunks(store: Store, batch: Batch, stop_by: Callable[[], float | None],
+                   step: Callable[[int, int], None] = lambda files, nbytes: None,
+                   measure: Measure | None = None) -> tuple[list[PromoteResult], list[str]]:
     """Promote `batch` chunk by chunk; returns the results and the files deferred because
     `stop_by()` (the stop budget's end, None while running) passed before their chunk.
-    `step(files, bytes)` is told as each chunk starts: the worker's progress (stall check)."""
-    sized = [(n, st.size if (st := stat(batch.run_id, n)) else 0) for n in batch.filenames]
-    sizes = dict(sized)
+    `step(files, bytes)` is told as each chunk starts: the worker's progress (stall check).
+    `measure(run_id, names)`: the files' sizes the cuts go by (`sizes` by default)."""
+    sized = (measure or partial(sizes, store.sessions_path))(batch.run_id, batch.filenames)
+    sizes_by_name = dict(sized)
     results: list[PromoteResult] = []
     todo = byte_chunks(sized, None, MAX_BATCH)[::-1]  # within rules.MAX_BATCH_BYTES
     while todo:
@@ -79,9 +99,10 @@ def promote_chunks(store: Store, batch: Batch, stat: Stat, stop_by: Callable[[],
                      "budget: the next start catches up")
             return results, left
         if end is not None and len(chunk) > 1:  # stopping: smaller chunks, budget between
-            chunk, *rest = byte_chunks([(n, sizes[n]) for n in chunk], STOP_BYTES, STOP_CHUNK)
+            chunk, *rest = byte_chunks([(n, sizes_by_name[n]) for n in chunk], STOP_BYTES,
+                                        STOP_CHUNK)
             todo += rest[::-1]
-        step(len(chunk), sum(sizes[n] for n in chunk))
+        step(len(chunk), sum(sizes_by_name[n] for n in chunk))
         results += store.promote_files(batch.run_id, chunk)
     return results, []
 

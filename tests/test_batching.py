@@ -332,3 +332,44 @@ def test_a_rename_that_fails_costs_only_its_own_file(tmp_path: Path) -> None:
     files = tmp_path / "art" / "r" / "files"
     assert (files / "a" / "b").read_text() == "file b"
     assert sorted(p.name for p in files.rglob("*")) == ["a", "b"]  # no temp left
+
+
+def test_a_small_batch_is_flushed_in_as_many_tasks_as_flushers(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fewer small copies than a syncfs is worth: each copy and the mark's folder are
+    flushed once, spread over at most FLUSHERS tasks (not a future a file); an fsync's
+    error still fails the batch, once every other was tried."""
+    from promoter.safeio import FLUSHERS, CopyPools
+
+    folder_fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    fds = [os.open(tmp_path / f"f{i}", os.O_WRONLY | os.O_CREAT, 0o644) for i in range(10)]
+    pools = CopyPools()
+    submitted: list[int] = []
+    real_submit, real_fsync = pools.flusher.submit, os.fsync
+    flushed: list[int] = []
+
+    def counted(fn: Callable[..., Any], *args: Any) -> Any:
+        submitted.append(1)
+        return real_submit(fn, *args)
+
+    def traced(fd: int) -> None:
+        flushed.append(fd)
+        if fd == fds[7] and failing:
+            raise OSError(errno.EIO, "Input/output error")
+        real_fsync(fd)
+
+    try:
+        monkeypatch.setattr(pools.flusher, "submit", counted)
+        monkeypatch.setattr(os, "fsync", traced)
+        failing = False
+        batchcopy.flush_all([(folder_fd, None, 100, fd) for fd in fds], pools, folder_fd)
+        assert sorted(flushed) == sorted([*fds, folder_fd]) and len(submitted) == FLUSHERS
+        failing, flushed[:] = True, []
+        with pytest.raises(OSError, match="Input/output"):
+            batchcopy.flush_all([(folder_fd, None, 100, fd) for fd in fds], pools, None)
+        assert sorted(flushed) == sorted(fds)  # the failed one's group-mates flushed too
+    finally:
+        monkeypatch.undo()
+        pools.shutdown()
+        for fd in [*fds, folder_fd]:
+            os.close(fd)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +14,8 @@ import pytest
 from promoter import rules
 from promoter.reconcile import reconcile
 from promoter.rules import MAX_BATCH_BYTES, byte_chunks
-from promoter.settle import Batch, FileState
-from promoter.stopping import promote_chunks
+from promoter.settle import Batch
+from promoter.stopping import promote_chunks, sizes
 from promoter.store import Outcome, PromoteResult, Store
 from tests.daemon_helpers import base_config, start_daemon, wait_until
 from tests.store_helpers import make_store, write_session_file
@@ -123,11 +124,7 @@ def test_a_worker_cuts_its_batch_by_bytes(tmp_path: Path,
         write_session_file(tmp_path, "r1", name, b"x" * 4096)
     sizes = _spy_batches(store, monkeypatch)
 
-    def stat(run_id: str, name: str) -> FileState:
-        st = (tmp_path / "sessions" / run_id / "output" / name).stat()
-        return FileState(st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
-
-    results, deferred = promote_chunks(store, Batch("r1", tuple(names)), stat, lambda: None)
+    results, deferred = promote_chunks(store, Batch("r1", tuple(names)), lambda: None)
     assert [r.outcome for r in results] == [Outcome.PROMOTED] * 10 and deferred == []
     assert sizes == [2] * 5
 
@@ -138,7 +135,7 @@ def test_once_the_stop_budget_is_spent_no_chunk_starts(tmp_path: Path,
     store = make_store(tmp_path)
     write_session_file(tmp_path, "r1", "a", b"a")
     sizes = _spy_batches(store, monkeypatch)
-    results, deferred = promote_chunks(store, Batch("r1", ("a",)), lambda r, n: None,
+    results, deferred = promote_chunks(store, Batch("r1", ("a",)),
                                        lambda: time.monotonic() - 1)
     assert results == [] and deferred == ["a"] and sizes == []
 
@@ -154,11 +151,22 @@ def test_once_stopping_chunks_are_cut_by_bytes_too(tmp_path: Path,
     sizes = _spy_batches(store, monkeypatch)
     big = {"huge": 3 * (16 << 20)}  # STOP_BYTES is 16 MiB: four 4 MB files a chunk
 
-    def stat(run_id: str, name: str) -> FileState:  # the sizes the cut believes
-        return FileState(big.get(name, 4_000_000), 1, 1, 1)
+    def measure(run_id: str, names: Sequence[str]) -> list[tuple[str, int]]:
+        return [(name, big.get(name, 4_000_000)) for name in names]  # the sizes the cut believes
 
-    results, deferred = promote_chunks(store, Batch("r1", tuple(names)), stat,
-                                       lambda: time.monotonic() + 60)
+    results, deferred = promote_chunks(store, Batch("r1", tuple(names)),
+                                       lambda: time.monotonic() + 60, measure=measure)
     assert len(results) == 41 and deferred == []
     assert sizes == [4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 1]
     assert rules.MAX_BATCH_BYTES <= 64 << 20  # a chunk begun before the signal: 64 MiB at most
+
+
+def test_a_batch_is_sized_by_an_lstat_of_each_file(tmp_path: Path) -> None:
+    """The sizes a worker cuts its batch by: a file's, a nested one's, a link's own (never
+    followed), 0 for one gone or a name no path can hold."""
+    write_session_file(tmp_path, "r1", "a", b"x" * 5000)
+    write_session_file(tmp_path, "r1", "sub/b", b"y" * 7)
+    (tmp_path / "sessions/r1/output/link").symlink_to(tmp_path / "sessions/r1/output/a")
+    assert sizes(tmp_path / "sessions", "r1", ["a", "sub/b", "link", "gone", "n\0ul"]) == [
+        ("a", 5000), ("sub/b", 7), ("link", len(str(tmp_path / "sessions/r1/output/a"))),
+        ("gone", 0), ("n\0ul", 0)]
