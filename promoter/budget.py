@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from promoter.metadata import RunMetadata
+from promoter.parsedruns import RunView
 
 __all__ = ["BudgetFigures", "StoreTotal", "evictable", "figures", "select_victims"]
 
@@ -49,7 +50,7 @@ class StoreTotal:
             self._total -= self._runs.pop(run_id, 0)
             return self._total
 
-    def reset(self, runs: Iterable[RunMetadata]) -> int:
+    def reset(self, runs: Iterable[RunMetadata | RunView]) -> int:
         """Replace every figure with what the metadata says now; returns the total."""
         fresh = {m.run_id: m.total_bytes for m in runs}
         with self._lock:

@@ -21,6 +21,7 @@ from promoter.loopthread import LoopThread
 from promoter.metadata import RunMetadata
 from promoter.metrics import DaemonMetrics
 from promoter.names import is_valid_run_id
+from promoter.parsedruns import give_back_memory
 from promoter.pipeline import Pipeline
 from promoter.prescan import Prescan
 from promoter.progress import terminal_progress
@@ -96,6 +97,7 @@ class CatchUp(LoopThread):
             if self._prescan is not None:
                 self._prescan.discard()
             self.started.set()
+        give_back_memory()  # what the start freed (its listing, its parse): DESIGN §9
         self._kick.set()  # requests that came meanwhile
         next_rescan = self._next_rescan()
         next_degraded: float | None = None
