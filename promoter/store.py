@@ -274,14 +274,15 @@ class Store(StoreCore):
 
     # -- expiry --------------------------------------------------------------------------
 
-    def is_expired(self, meta: RunMetadata, now: datetime | None = None,
+    def is_expired(self, meta: RunMetadata | RunView, now: datetime | None = None,
                    created_before: datetime | None = None) -> bool:
         """rules.is_expired (DESIGN §2), with the lever `created_before` (`sweep --older-than`)."""
         return rules.is_expired(meta, now or self.clock.now(), created_before)
 
-    def expired_runs(self, created_before: datetime | None = None) -> list[RunMetadata]:
-        now = self.clock.now()
-        return [m for m in self.list_runs() if self.is_expired(m, now, created_before)]
+    def expired_runs(self, created_before: datetime | None = None
+                     ) -> list[RunMetadata | RunView]:
+        now = self.clock.now()  # heads only: no parse of the runs the daemon let go (§9)
+        return [m for m in self.list_looks() if self.is_expired(m, now, created_before)]
 
     # -- serving -------------------------------------------------------------------------
 
