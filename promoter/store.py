@@ -73,9 +73,7 @@ class Store(StoreCore):
         """Re-read the run's context and update its metadata if the run exists. A current
         cached run (or the view the bounded cache left of it) the context leaves as it is
         takes no write session and no parse (issue 15)."""
-        cached = self.cached_run(check_run_id(run_id))
-        version = self.disk.meta_version(run_id) if cached is None else None
-        view = self.cache.view(run_id, version) if version is not None else None
+        cached, view = self.current(check_run_id(run_id))
         if cached is None and view is None and not self._exists(run_id):
             return None
         ctx = self.context(run_id)

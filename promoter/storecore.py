@@ -132,8 +132,10 @@ class StoreCore:
         Parsed models are cached by the metadata's version tag, so listing many runs
         re-reads only the ones that changed. A run being deleted is gone.
         """
-        check_run_id(run_id)
-        key = self.disk.meta_version(run_id)
+        return self._read_at(check_run_id(run_id), self.disk.meta_version(run_id))
+
+    def _read_at(self, run_id: str, key: Hashable | None) -> RunMetadata | None:
+        """`read_run` with the version tag taken (on an object store a tag may be a HEAD)."""
         if key is None:
             return self._recover_if_orphaned(run_id)
         cached = self.cache.model(run_id, key)
@@ -161,11 +163,16 @@ class StoreCore:
         model when held, else the view the bounded cache left of it when current (no
         parse: parsedruns.py), else `read_run`."""
         key = self.disk.meta_version(check_run_id(run_id))
-        if key is not None:
-            held = self.cache.model(run_id, key) or self.cache.view(run_id, key)
-            if held is not None:
-                return held
-        return self.read_run(run_id)
+        view = self.cache.view(run_id, key) if key is not None else None
+        return view if view is not None else self._read_at(run_id, key)
+
+    def current(self, run_id: str) -> tuple[RunMetadata | None, RunView | None]:
+        """The cached model if current, else the view if current (one version tag read)."""
+        key = self.disk.meta_version(run_id)
+        if key is None:
+            return None, None
+        cached = self.cache.model(run_id, key)
+        return (cached, None) if cached is not None else (None, self.cache.view(run_id, key))
 
     def remember(self, run_id: str, meta: RunMetadata, version: Hashable | None = None) -> None:
         """In a write session: `meta` is what the metadata holds now, so readers need not
