@@ -17,8 +17,9 @@ from __future__ import annotations
 import sys
 import threading
 from array import array
-from collections.abc import Hashable, Iterable
-from datetime import datetime
+from collections.abc import Callable, Hashable, Iterable
+from datetime import UTC, datetime, tzinfo
+from typing import cast
 
 from promoter.clock import EPOCH, ONE_US
 from promoter.context import RunContext
@@ -28,20 +29,24 @@ __all__ = ["KEEP_RUNS", "MODEL_ENTRIES", "ParsedRuns", "RunView", "give_back_mem
 
 MODEL_ENTRIES = 5_000  # entries of parsed models the bounded cache keeps (~6 MiB)
 KEEP_RUNS = 8  # runs used last always kept parsed, however big (a big run being written)
-_NO_CHANGE = -(1 << 63)  # `changes` of an entry without `source_changed_at`
+# a time from its pickled state (10 bytes: its fields, without its zone, `__reduce__`'s)
+_from_state = cast(Callable[[bytes, tzinfo], datetime], datetime)
+_NO_TIME = bytes(10)  # an entry without `source_changed_at` (no time's state: year 0)
 
 
 class RunView:
     """What the daemon's passes over every run need of a run whose model was let go: the
     fields of its head, and its entries' names, sizes and times as `walk.known_copies` and
     `walk.known_changes` give them, and their agents (`context_changes`). Made from a
-    model, never from a file: the model was validated."""
+    model, never from a file: the model was validated. Made for most runs while the start
+    parses them, so it is made cheaply: each time as the 10 bytes of its pickled state,
+    turned into microseconds only when a pass asks (`known_copies`)."""
 
-    __slots__ = ("_agents", "_changes", "_count", "_micros", "_names", "_sizes", "created_at",
-                 "expires_at", "host", "keep", "run_id", "status", "total_bytes", "updated_at",
-                 "user_directive", "workflow_id")
+    __slots__ = ("_agents", "_changed", "_count", "_generated", "_names", "_sizes",
+                 "created_at", "expires_at", "host", "keep", "run_id", "status", "total_bytes",
+                 "updated_at", "user_directive", "workflow_id")
 
-    def __init__(self, meta: RunMetadata) -> None:
+    def __init__(self, meta: RunMetadata, names: str, generated: bytes, changed: bytes) -> None:
         self.run_id = meta.run_id
         self.created_at: datetime = meta.created_at
         self.updated_at: datetime = meta.updated_at
@@ -52,24 +57,37 @@ class RunView:
         self.workflow_id = meta.workflow_id
         self.user_directive = meta.user_directive
         items = meta.artifacts
-        self.total_bytes = sum(item.size_bytes for item in items)
         self._count = len(items)
-        self._names = "\0".join([item.filename for item in items])
+        self._names = names
         self._sizes = array("q", [item.size_bytes for item in items])
-        self._micros = array("q", [(item.generated_at - EPOCH) // ONE_US for item in items])
-        self._changes = array("q", [_NO_CHANGE if item.source_changed_at is None else
-                                    (item.source_changed_at - item.generated_at) // ONE_US
-                                    for item in items])
-        self._agents = tuple(sys.intern(item.agent_id) for item in items)
+        self.total_bytes = sum(self._sizes)
+        self._generated = generated
+        self._changed = changed
+        agents = [item.agent_id for item in items]
+        # one agent for the whole run (often "unknown"): one string, not one an entry
+        self._agents: str | tuple[str, ...] = agents[0] if len(set(agents)) == 1 else \
+            tuple(sys.intern(agent) for agent in agents)
 
     @staticmethod
     def of(meta: RunMetadata) -> RunView | None:
         """The view of `meta`; None when one cannot hold it (a name with a NUL, which the
-        joined names cannot split; a size or time beyond 64 bits): such a run is parsed."""
-        if any("\0" in item.filename for item in meta.artifacts):
+        joined names cannot split; a size beyond 64 bits; a time not in UTC, which every
+        model's is): such a run is parsed when next looked at."""
+        items = meta.artifacts
+        names = "\0".join([item.filename for item in items])
+        if names.count("\0") != max(len(items) - 1, 0):
+            return None
+        times = [item.generated_at for item in items]
+        changed = [item.source_changed_at for item in items]
+        if any(at.tzinfo is not UTC for at in times) \
+                or any(at is not None and at.tzinfo is not UTC for at in changed):
             return None
         try:
-            return RunView(meta)
+            # `__reduce__` inline (a call a time was a third of the view): mypy sees str | tuple
+            generated = b"".join([at.__reduce__()[1][0] for at in times])  # type: ignore[misc]
+            return RunView(meta, names, generated, b"".join(
+                [_NO_TIME if at is None else at.__reduce__()[1][0]  # type: ignore[misc]
+                 for at in changed]))
         except OverflowError:
             return None
 
@@ -77,17 +95,28 @@ class RunView:
         """The entries' filenames, in the metadata's order."""
         return self._names.split("\0") if self._count else []
 
+    def _micros(self) -> list[int]:
+        """Each entry's `generated_at` in µs since the epoch (clock.micros)."""
+        state = self._generated
+        return [(_from_state(state[k:k + 10], UTC) - EPOCH) // ONE_US
+                for k in range(0, len(state), 10)]
+
     def known_copies(self) -> dict[str, tuple[int, int]]:
         """`walk.known_copies` of the model this view was made from (the same dict)."""
         return {name: (size, micros) for name, size, micros in zip(
-            reversed(self.names()), reversed(self._sizes), reversed(self._micros),
+            reversed(self.names()), reversed(self._sizes), reversed(self._micros()),
             strict=True)}
 
     def known_changes(self) -> dict[str, int]:
         """`walk.known_changes` of the model this view was made from (the same dict)."""
-        return {name: change for name, change in zip(
-            reversed(self.names()), reversed(self._changes), strict=True)
-            if change != _NO_CHANGE}
+        state, changed = self._generated, self._changed
+        found: dict[str, int] = {}
+        for k, name in reversed(list(enumerate(self.names()))):
+            at = changed[k * 10:k * 10 + 10]
+            if at != _NO_TIME:
+                found[name] = (_from_state(at, UTC)
+                               - _from_state(state[k * 10:k * 10 + 10], UTC)) // ONE_US
+        return found
 
     def context_changes(self, ctx: RunContext) -> bool:
         """Whether `rules.apply_context` would change the run (tests/test_parsedruns.py holds
@@ -100,7 +129,9 @@ class RunView:
             return True
         if ctx.agents:
             agents = ctx.agents
-            for name, agent in zip(self.names(), self._agents, strict=True):
+            names = self.names()
+            each = self._agents if isinstance(self._agents, tuple) else (self._agents,) * len(names)
+            for name, agent in zip(names, each, strict=True):
                 new = agents.get(name) or agents.get(name.rsplit("/", 1)[-1]) or "unknown"
                 if new != "unknown" and new != agent:  # rules.agent_for, rules._with_agent
                     return True
