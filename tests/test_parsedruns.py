@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -37,6 +37,10 @@ def _meta(run_id: str, entries: list[ArtifactEntry], **fields: object) -> RunMet
 EDGE_RUNS = [
     _meta("empty", []),
     _meta("plain", [_entry("a.txt", 3), _entry("sub/b.txt", 0, at=AT - timedelta(days=9000))]),
+    _meta("far", [_entry("min", at=datetime.min.replace(tzinfo=UTC),
+                         changed=datetime.max.replace(tzinfo=UTC)),
+                  _entry("max", at=datetime.max.replace(tzinfo=UTC),
+                         changed=datetime.min.replace(tzinfo=UTC))]),
     # a repeated name: the first entry is the one both keep; one with a ctime, one without
     _meta("repeated", [_entry("x", 1), _entry("x", 2, changed=AT + timedelta(seconds=3)),
                        _entry("y", 5, changed=AT), _entry("y", 6)]),
@@ -60,9 +64,14 @@ def test_view_gives_the_models_known_copies_and_changes(meta: RunMetadata) -> No
 
 
 def test_a_run_a_view_cannot_hold_has_none() -> None:
-    """A NUL in a name (the joined names could not split) or a size past 64 bits: no view."""
+    """A NUL in a name (the joined names could not split), a size past 64 bits, a time not
+    in UTC (its state is its local fields): no view, the run is parsed when looked at."""
     assert RunView.of(_meta("nul", [_entry("a\0b")])) is None
     assert RunView.of(_meta("huge", [_entry("a", 1 << 63)])) is None
+    # an entry put in by model_copy keeps its zone (a parse converts every time to UTC)
+    east = timezone(timedelta(hours=2))
+    for entry in (_entry("a", at=AT.astimezone(east)), _entry("b", changed=AT.astimezone(east))):
+        assert RunView.of(_meta("zone", []).model_copy(update={"artifacts": [entry]})) is None
 
 
 CONTEXTS = [
