@@ -21,7 +21,7 @@ import threading
 from array import array
 from collections.abc import Callable, Hashable, Iterable
 from datetime import UTC, datetime, tzinfo
-from typing import cast
+from typing import Any, cast
 
 from promoter.clock import EPOCH, ONE_US
 from promoter.context import RunContext
@@ -44,7 +44,7 @@ class RunView:
     parses them, so it is made cheaply: each time as the 10 bytes of its pickled state,
     turned into microseconds only when a pass asks (`known_copies`)."""
 
-    __slots__ = ("_agents", "_changed", "_count", "_generated", "_names", "_sizes",
+    __slots__ = ("_agents", "_ahead", "_changed", "_count", "_generated", "_names", "_sizes",
                  "created_at", "expires_at", "host", "keep", "run_id", "status", "total_bytes",
                  "updated_at", "user_directive", "workflow_id")
 
@@ -65,6 +65,7 @@ class RunView:
         self.total_bytes = sum(self._sizes)
         self._generated = generated
         self._changed = changed
+        self._ahead: list[Any] = []  # known copies and changes made ahead (`prepare`)
         agents = [item.agent_id for item in items]
         # one agent for the whole run (often "unknown"): one string, not one an entry
         self._agents: str | tuple[str, ...] = agents[0] if len(set(agents)) == 1 else \
@@ -103,14 +104,37 @@ class RunView:
         return [(_from_state(state[k:k + 10], UTC) - EPOCH) // ONE_US
                 for k in range(0, len(state), 10)]
 
+    def prepare(self) -> None:
+        """Make `known_copies` and `known_changes` now, each taken once by its next call:
+        the start-up catch-up waits for the listing of `sessions/` with nothing else to do
+        (as `walk.prepare_known_copies` for models). `forget` drops what was not taken."""
+        self._ahead = [self._known_copies(), self._known_changes()]
+
+    def forget(self) -> None:
+        self._ahead = []
+
     def known_copies(self) -> dict[str, tuple[int, int]]:
         """`walk.known_copies` of the model this view was made from (the same dict)."""
+        if self._ahead and self._ahead[0] is not None:
+            copies: dict[str, tuple[int, int]] = self._ahead[0]
+            self._ahead[0] = None
+            return copies
+        return self._known_copies()
+
+    def _known_copies(self) -> dict[str, tuple[int, int]]:
         return {name: (size, micros) for name, size, micros in zip(
             reversed(self.names()), reversed(self._sizes), reversed(self._micros()),
             strict=True)}
 
     def known_changes(self) -> dict[str, int]:
         """`walk.known_changes` of the model this view was made from (the same dict)."""
+        if self._ahead and self._ahead[1] is not None:
+            changes: dict[str, int] = self._ahead[1]
+            self._ahead[1] = None
+            return changes
+        return self._known_changes()
+
+    def _known_changes(self) -> dict[str, int]:
         state, changed = self._generated, self._changed
         found: dict[str, int] = {}
         for k, name in reversed(list(enumerate(self.names()))):

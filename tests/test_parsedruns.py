@@ -181,3 +181,17 @@ def test_sweep_expires_runs_let_go_from_their_views(tmp_path: Path) -> None:
     report = sweep(store)
     assert sorted(report.expired) == ids
     assert store.run_ids() == []
+
+
+def test_known_copies_made_ahead_are_taken_once_then_made_again() -> None:
+    """`prepare` makes both dicts ahead; each is taken once, then made anew (the same)."""
+    meta = EDGE_RUNS[2]
+    view = RunView.of(meta)
+    assert view is not None
+    view.prepare()
+    first = view.known_copies()
+    assert first == known_copies(meta) and view.known_changes() == known_changes(meta)
+    assert view.known_copies() is not first and view.known_copies() == first
+    view.prepare()
+    view.forget()
+    assert view.known_changes() == known_changes(meta)
