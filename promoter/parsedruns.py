@@ -19,9 +19,9 @@ from __future__ import annotations
 import sys
 import threading
 from array import array
-from collections.abc import Callable, Hashable, Iterable
-from datetime import UTC, datetime, tzinfo
-from typing import Any, cast
+from collections.abc import Hashable, Iterable
+from datetime import datetime
+from typing import Any
 
 from promoter.clock import EPOCH, ONE_US
 from promoter.context import RunContext
@@ -31,24 +31,20 @@ __all__ = ["KEEP_RUNS", "MODEL_ENTRIES", "ParsedRuns", "RunView", "give_back_mem
 
 MODEL_ENTRIES = 5_000  # entries of parsed models the bounded cache keeps (~6 MiB)
 KEEP_RUNS = 8  # runs used last always kept parsed, however big (a big run being written)
-# a time from its pickled state (10 bytes: its fields, without its zone, `__reduce__`'s)
-_from_state = cast(Callable[[bytes, tzinfo], datetime], datetime)
-_NO_TIME = bytes(10)  # an entry without `source_changed_at` (no time's state: year 0)
+_NO_CHANGE = -(1 << 63)  # `_changes` of an entry without `source_changed_at` (none is so far)
 
 
 class RunView:
     """What the daemon's passes over every run need of a run whose model was let go: the
     fields of its head, and its entries' names, sizes and times as `walk.known_copies` and
     `walk.known_changes` give them, and their agents (`context_changes`). Made from a
-    model, never from a file: the model was validated. Made for most runs while the start
-    parses them, so it is made cheaply: each time as the 10 bytes of its pickled state,
-    turned into microseconds only when a pass asks (`known_copies`)."""
+    model, never from a file: the model was validated."""
 
-    __slots__ = ("_agents", "_ahead", "_changed", "_count", "_generated", "_names", "_sizes",
+    __slots__ = ("_agents", "_ahead", "_changes", "_count", "_micros", "_names", "_sizes",
                  "created_at", "expires_at", "host", "keep", "run_id", "status", "total_bytes",
                  "updated_at", "user_directive", "workflow_id")
 
-    def __init__(self, meta: RunMetadata, names: str, generated: bytes, changed: bytes) -> None:
+    def __init__(self, meta: RunMetadata, names: str) -> None:
         self.run_id = meta.run_id
         self.created_at: datetime = meta.created_at
         self.updated_at: datetime = meta.updated_at
@@ -63,46 +59,33 @@ class RunView:
         self._names = names
         self._sizes = array("q", [item.size_bytes for item in items])
         self.total_bytes = sum(self._sizes)
-        self._generated = generated
-        self._changed = changed
-        self._ahead: list[Any] = []  # known copies and changes made ahead (`prepare`)
+        self._micros = array("q", [(item.generated_at - EPOCH) // ONE_US for item in items])
+        self._changes = array("q", [_NO_CHANGE if item.source_changed_at is None else
+                                    (item.source_changed_at - item.generated_at) // ONE_US
+                                    for item in items])
         agents = [item.agent_id for item in items]
         # one agent for the whole run (often "unknown"): one string, not one an entry
         self._agents: str | tuple[str, ...] = agents[0] if len(set(agents)) == 1 else \
             tuple(sys.intern(agent) for agent in agents)
+        self._ahead: list[Any] = []  # known copies and changes made ahead (`prepare`)
 
     @staticmethod
     def of(meta: RunMetadata) -> RunView | None:
         """The view of `meta`; None when one cannot hold it (a name with a NUL, which the
-        joined names cannot split; a size beyond 64 bits; a time not in UTC, which every
-        model's is): such a run is parsed when next looked at."""
+        joined names cannot split; a size or time beyond 64 bits): such a run is parsed
+        when next looked at."""
         items = meta.artifacts
         names = "\0".join([item.filename for item in items])
         if names.count("\0") != max(len(items) - 1, 0):
             return None
-        times = [item.generated_at for item in items]
-        changed = [item.source_changed_at for item in items]
-        if any(at.tzinfo is not UTC for at in times) \
-                or any(at is not None and at.tzinfo is not UTC for at in changed):
-            return None
         try:
-            # `__reduce__` inline (a call a time was a third of the view): mypy sees str | tuple
-            generated = b"".join([at.__reduce__()[1][0] for at in times])  # type: ignore[misc]
-            return RunView(meta, names, generated, b"".join(
-                [_NO_TIME if at is None else at.__reduce__()[1][0]  # type: ignore[misc]
-                 for at in changed]))
+            return RunView(meta, names)
         except OverflowError:
             return None
 
     def names(self) -> list[str]:
         """The entries' filenames, in the metadata's order."""
         return self._names.split("\0") if self._count else []
-
-    def _micros(self) -> list[int]:
-        """Each entry's `generated_at` in µs since the epoch (clock.micros)."""
-        state = self._generated
-        return [(_from_state(state[k:k + 10], UTC) - EPOCH) // ONE_US
-                for k in range(0, len(state), 10)]
 
     def prepare(self) -> None:
         """Make `known_copies` and `known_changes` now, each taken once by its next call:
@@ -123,7 +106,7 @@ class RunView:
 
     def _known_copies(self) -> dict[str, tuple[int, int]]:
         return {name: (size, micros) for name, size, micros in zip(
-            reversed(self.names()), reversed(self._sizes), reversed(self._micros()),
+            reversed(self.names()), reversed(self._sizes), reversed(self._micros),
             strict=True)}
 
     def known_changes(self) -> dict[str, int]:
@@ -135,14 +118,9 @@ class RunView:
         return self._known_changes()
 
     def _known_changes(self) -> dict[str, int]:
-        state, changed = self._generated, self._changed
-        found: dict[str, int] = {}
-        for k, name in reversed(list(enumerate(self.names()))):
-            at = changed[k * 10:k * 10 + 10]
-            if at != _NO_TIME:
-                found[name] = (_from_state(at, UTC)
-                               - _from_state(state[k * 10:k * 10 + 10], UTC)) // ONE_US
-        return found
+        return {name: change for name, change in zip(
+            reversed(self.names()), reversed(self._changes), strict=True)
+            if change != _NO_CHANGE}
 
     def context_changes(self, ctx: RunContext) -> bool:
         """Whether `rules.apply_context` would change the run (tests/test_parsedruns.py holds
