@@ -100,7 +100,7 @@ def finish_deletions(core: StoreCore) -> list[str]:
     finished = []
     if core.disk.marks_deletion:
         core.deleting.clear()
-        core.list_runs()  # one listing; only changed runs are read again (the cache)
+        core.list_looks()  # one listing; only changed runs are read again (the cache, views)
         for run_id in sorted(core.deleting):
             with core.locked(run_id) as handle:
                 raw = core._read_metadata_bytes(handle, run_id)
