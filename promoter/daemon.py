@@ -36,7 +36,6 @@ from promoter.metrics import DaemonMetrics
 from promoter.names import is_valid_run_id
 from promoter.notify import Notifier, NullNotifier, make_notifier, monotonic_usec, watchdog_interval
 from promoter.observers import make_observer
-from promoter.parsedruns import MODEL_ENTRIES
 from promoter.pipeline import STALL_S, Pipeline
 from promoter.prescan import Prescan, watches_set
 from promoter.reconcile import Rejections
@@ -173,8 +172,7 @@ class Daemon:
                  settle_ms=cfg.watch.settle_ms)
         self.notifier.notify(f"EXTEND_TIMEOUT_USEC={EXTEND_USEC}")
         self._lock_fd = hold_daemon_lock(cfg.storage.sessions_dir)
-        store = self.store = Store(cfg, actor=DAEMON)
-        store.cache.bound(MODEL_ENTRIES)  # a run the start parses and lets go leaves a view
+        store = self.store = Store(cfg, actor=DAEMON, bounded=True)  # parsedruns.py
         backlog = self.backlog = Backlog(store, self.metrics, cfg.watch.settle_ms, self.stop)
         pipeline = self.pipeline = Pipeline(store, self.metrics, self.rejections,
                                             cfg.promote.workers, cfg.watch.settle_ms,

@@ -31,7 +31,7 @@ from promoter.localdisk import LocalDisk, Oversized
 from promoter.logs import get_logger
 from promoter.metadata import RunMetadata, Tombstone, parse_metadata
 from promoter.names import check_run_id
-from promoter.parsedruns import ParsedRuns, RunView
+from promoter.parsedruns import MODEL_ENTRIES, ParsedRuns, RunView
 from promoter.safeio import CopyPools, folder
 from promoter.storage import open_parts
 
@@ -55,7 +55,7 @@ class StoreCore:
     """Owns the artifacts (and, through `.library`, the library); reads `sessions/` only."""
 
     def __init__(self, config: Config, clock: Clock | None = None,
-                 actor: Actor | None = None) -> None:
+                 actor: Actor | None = None, bounded: bool = False) -> None:
         self.config = config
         self.clock: Clock = clock or SystemClock()
         self.sessions_path = config.storage.sessions_dir
@@ -69,7 +69,9 @@ class StoreCore:
         self.read_journal = parts.read_journal
         self.host = config.storage.host
         self.attribution = AttributionReader()
-        self.cache = ParsedRuns()  # parsed runs by version; bounded in the daemon (§9)
+        self.cache = ParsedRuns()  # parsed runs by version; bounded in the daemon (§9):
+        if bounded:  # a run the start parses and lets go leaves a view at once
+            self.cache.bound(MODEL_ENTRIES)
         self.deleting: set[str] = set()  # runs seen marked "deleting" (DESIGN §10)
         self.total = StoreTotal()  # the store's size, kept as metadata is written (DESIGN §4)
         self.on_over_budget: Callable[[], None] | None = None  # the daemon kicks its sweeper
