@@ -190,7 +190,7 @@ def bigfile_table(results: Sequence[Result]) -> str:
 def idle_table(results: Sequence[Result]) -> str:
     header = [
         "tool",
-        "runs",
+        "runs × files",
         "CPU % over window",
         "CPU s",
         "RSS MiB",
@@ -216,7 +216,7 @@ def idle_table(results: Sequence[Result]) -> str:
         rows.append(
             [
                 r["tool"],
-                fmt(r["runs"]),
+                f"{fmt(r['runs'])} × {fmt(r.get('files_per_run', 1))}",
                 f"{r['cpu_pct']:.3f} % ({r['window_s']:.0f} s)",
                 fmt(r["cpu_s"], 2),
                 fmt(r["rss_mib"]),

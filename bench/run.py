@@ -125,6 +125,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--bigfile-mib", type=int, default=512)
     p.add_argument("--bigfile-repeats", type=int, default=3)
     p.add_argument("--idle-runs", type=int, default=1000)
+    p.add_argument(
+        "--idle-files", type=int, default=100,
+        help="promoted files in each idle run (1 KiB each; default 100: 100,000 in all)",
+    )
     p.add_argument("--idle-seconds", type=float, default=60.0)
     p.add_argument("--catchup-files", type=int, default=100_000)
     p.add_argument("--catchup-repeats", type=int, default=3)
@@ -248,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         bigfile_mib=args.bigfile_mib,
         bigfile_repeats=args.bigfile_repeats,
         idle_runs=args.idle_runs,
+        idle_files=args.idle_files,
         idle_seconds=args.idle_seconds,
         catchup_files=args.catchup_files,
         catchup_repeats=args.catchup_repeats,

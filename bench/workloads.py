@@ -49,6 +49,7 @@ class Ctx:
     bigfile_mib: int = 512
     bigfile_repeats: int = 3
     idle_runs: int = 1000
+    idle_files: int = 100  # promoted files a run (1 KiB each): the store the daemon holds
     idle_seconds: float = 60.0
     catchup_files: int = 100_000
     catchup_files_per_run: int = 100
@@ -452,12 +453,17 @@ def wait_quiet(pg: int, timeout_s: float, quiet_s: float = 2.0) -> float:
 def idle(ctx: Ctx, factory: ToolFactory) -> Result:
     def body(tool: Tool) -> Result:
         runs = [f"idle{i:04d}" for i in range(ctx.idle_runs)]
-        data = os.urandom(4096)
+        # every run holds idle_files promoted files, as a store in use does: the daemon's
+        # memory grows with what it has promoted, not with the runs alone (DESIGN §9)
+        names = [f"file{j:04d}.bin" for j in range(max(1, ctx.idle_files))]
+        data = os.urandom(1024)
         for run in runs:
             out = output_dir(tool, run)
             out.mkdir(parents=True)
-            write_file(str(out / "file.bin"), data)
-        result: Result = {"runs": ctx.idle_runs, "window_s": ctx.idle_seconds}
+            for name in names:
+                write_file(str(out / name), data)
+        result: Result = {"runs": ctx.idle_runs, "files_per_run": len(names),
+                          "window_s": ctx.idle_seconds}
         # "all already promoted": promoter reconcile, or an rsync for the peers' mirror
         if isinstance(tool, PromoterTool):
             (tool.storage / "artifacts").mkdir(parents=True, exist_ok=True)
@@ -473,7 +479,8 @@ def idle(ctx: Ctx, factory: ToolFactory) -> Result:
         with tracker_for(ctx, tool, 0.05, 600) as tracker:
             now = time.monotonic_ns()
             for run in runs:
-                tracker.add(run, "file.bin", 4096, now)
+                for name in names:
+                    tracker.add(run, name, len(data), now)
             result["all_promoted"] = tracker.wait_all(300.0)
             result["missing"] = tracker.pending_count()
         pg = pgid(tool)

@@ -119,7 +119,11 @@ def recover(store: Store, since: datetime) -> int:
     """Journal, `"recovered": true`, the promotions since `since` that no line records."""
     path = _marker(store)
     assert path is not None
-    runs = [m for m in store.list_runs() if m.host in ("", store.host) and m.updated_at >= since]
+    # the heads first (views of the runs the daemon let go: parsedruns.py), then the runs
+    # written since parsed, one at a time: not every run's model at once
+    heads = [m.run_id for m in store.list_looks()
+             if m.host in ("", store.host) and m.updated_at >= since]
+    runs = [m for m in map(store.read_run, heads) if m is not None]
     if not runs:
         return 0
     days = sorted(day for p in path.parent.glob("????-??-??.jsonl") if (day := _day(p.name)))

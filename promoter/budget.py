@@ -16,8 +16,10 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from promoter.metadata import RunMetadata
+from promoter.parsedruns import RunView
 
 __all__ = ["BudgetFigures", "StoreTotal", "evictable", "figures", "select_victims"]
 
@@ -49,7 +51,7 @@ class StoreTotal:
             self._total -= self._runs.pop(run_id, 0)
             return self._total
 
-    def reset(self, runs: Iterable[RunMetadata]) -> int:
+    def reset(self, runs: Iterable[RunMetadata | RunView]) -> int:
         """Replace every figure with what the metadata says now; returns the total."""
         fresh = {m.run_id: m.total_bytes for m in runs}
         with self._lock:
@@ -58,17 +60,20 @@ class StoreTotal:
             return self._total
 
 
-def evictable(meta: RunMetadata) -> bool:
+def evictable(meta: RunMetadata | RunView) -> bool:
     """The ceiling may take this run: neither kept nor still active (DESIGN §4)."""
     return not meta.keep and meta.status != "active"
 
 
-def select_victims(runs: Iterable[RunMetadata], ceiling: int,
-                   busy: Callable[[str], bool] | None = None) -> list[RunMetadata]:
+_Run = TypeVar("_Run", bound=RunMetadata | RunView)  # a view: a run the daemon let go
+
+
+def select_victims(runs: Iterable[_Run], ceiling: int,
+                   busy: Callable[[str], bool] | None = None) -> list[_Run]:
     """Runs to expire so that the store is at or under `ceiling`, oldest first."""
     runs = list(runs)
     total = sum(m.total_bytes for m in runs)
-    victims: list[RunMetadata] = []
+    victims: list[_Run] = []
     if ceiling <= 0 or total <= ceiling:
         return victims
     for meta in sorted(runs, key=lambda m: (m.created_at, m.run_id)):
@@ -92,7 +97,7 @@ class BudgetFigures:
     runs: int
 
 
-def figures(runs: Iterable[RunMetadata], ceiling: int) -> BudgetFigures:
+def figures(runs: Iterable[RunMetadata | RunView], ceiling: int) -> BudgetFigures:
     runs = list(runs)
     return BudgetFigures(
         total_bytes=sum(m.total_bytes for m in runs),

@@ -172,7 +172,7 @@ class Daemon:
                  settle_ms=cfg.watch.settle_ms)
         self.notifier.notify(f"EXTEND_TIMEOUT_USEC={EXTEND_USEC}")
         self._lock_fd = hold_daemon_lock(cfg.storage.sessions_dir)
-        store = self.store = Store(cfg, actor=DAEMON)
+        store = self.store = Store(cfg, actor=DAEMON, bounded=True)  # parsedruns.py
         backlog = self.backlog = Backlog(store, self.metrics, cfg.watch.settle_ms, self.stop)
         pipeline = self.pipeline = Pipeline(store, self.metrics, self.rejections,
                                             cfg.promote.workers, cfg.watch.settle_ms,
@@ -224,7 +224,7 @@ class Daemon:
         if self.stop.is_set():
             return  # a SIGTERM during the repair: the rest is the next start's
         auditgap.began(store)  # a crash's promotions not journaled (DESIGN §11), this life's
-        store.total.reset(store.list_runs())  # once; then kept as metadata is written
+        store.total.reset(store.list_looks())  # once; then kept as metadata is written
         if ceiling and store.total.total > ceiling:
             self.sweeper.over_budget()
 

@@ -64,7 +64,7 @@ def delete_run(core: StoreCore, run_id: str, reason: str = "rm",
             meta.status = "deleting"
             core.write_metadata(handle, meta)  # conditional: a concurrent keep may win
         core.disk.trash_run(handle, run_id)
-        core._cache.pop(run_id, None)
+        core.cache.pop(run_id)
         core.total.drop(run_id)
         return report
 
@@ -100,7 +100,7 @@ def finish_deletions(core: StoreCore) -> list[str]:
     finished = []
     if core.disk.marks_deletion:
         core.deleting.clear()
-        core.list_runs()  # one listing; only changed runs are read again (the cache)
+        core.list_looks()  # one listing; only changed runs are read again (the cache, views)
         for run_id in sorted(core.deleting):
             with core.locked(run_id) as handle:
                 raw = core._read_metadata_bytes(handle, run_id)
@@ -108,7 +108,7 @@ def finish_deletions(core: StoreCore) -> list[str]:
                 if meta is None or meta.status != "deleting":
                     continue
                 core.disk.trash_run(handle, run_id)
-            core._cache.pop(run_id, None)
+            core.cache.pop(run_id)
             finished.append(run_id)
             log.info(events.RUN_DELETION_FINISHED, run_id=run_id)
     core.disk.clean_leftovers()

@@ -21,6 +21,7 @@ from promoter.loopthread import LoopThread
 from promoter.metadata import RunMetadata
 from promoter.metrics import DaemonMetrics
 from promoter.names import is_valid_run_id
+from promoter.parsedruns import RunView, give_back_memory
 from promoter.pipeline import Pipeline
 from promoter.prescan import Prescan
 from promoter.progress import terminal_progress
@@ -96,6 +97,7 @@ class CatchUp(LoopThread):
             if self._prescan is not None:
                 self._prescan.discard()
             self.started.set()
+        give_back_memory()  # what the start freed (its listing, its parse): DESIGN §9
         self._kick.set()  # requests that came meanwhile
         next_rescan = self._next_rescan()
         next_degraded: float | None = None
@@ -152,9 +154,14 @@ class CatchUp(LoopThread):
         started = time.monotonic()
         log.info(events.RECONCILE_STARTED, trigger="startup")
         shown = terminal_progress("start-up catch-up: files")  # a person at a terminal
+        views: list[RunView] = []
         try:
-            if prescan is not None:
-                prepare_known_copies(self._session_models(), self._stop)  # while it lists
+            if prescan is not None:  # while it lists: the runs' known copies, made ahead
+                prepare_known_copies(self._session_models(views), self._stop)
+                for view in views:
+                    if self._stop.is_set():
+                        break
+                    view.prepare()
             listing = prescan.collect(self._stop) if prescan is not None else None
             if self._stop.is_set():
                 return True  # stopped while the child listed: no pass to make (r6 probe)
@@ -171,6 +178,8 @@ class CatchUp(LoopThread):
             return True
         finally:
             forget_known_copies()
+            for view in views:
+                view.forget()
             if shown:
                 shown.close()
         self._metrics.record(report.outcomes.values(), time.time_ns())
@@ -188,10 +197,11 @@ class CatchUp(LoopThread):
                 "action": "tried again with a backoff"} if failed else {}))
         return True
 
-    def _session_models(self) -> Iterator[RunMetadata]:
+    def _session_models(self, views: list[RunView]) -> Iterator[RunMetadata]:
         """The store's parsed model of each run that has a session folder (the runs the
         catch-up compares), as `read_run` will give it: on the local disk only (an object
-        store's version tag may cost a request)."""
+        store's version tag may cost a request). The runs the bounded cache let go: their
+        views, in `views` (parsedruns.py)."""
         if self._store.config.storage.backend != "local":
             return
         try:
@@ -200,9 +210,11 @@ class CatchUp(LoopThread):
         except OSError:
             return
         for run_id in run_ids:
-            meta = self._store.cached_run(run_id)
+            meta, view = self._store.current(run_id)
             if meta is not None:
                 yield meta
+            elif view is not None:
+                views.append(view)
 
     def _scan(self, requests: dict[str, set[str]]) -> None:
         """Offer every file the store lacks to the pipeline, which settles and promotes it."""

@@ -17,6 +17,7 @@ from promoter import events, rules
 from promoter.clock import last_change_ns, micros
 from promoter.errors import PromoterError, StoreIOError, host_limit, plain_reason
 from promoter.logs import get_logger
+from promoter.parsedruns import RunView
 from promoter.promotion import RETRY, Outcome, PromoteResult
 from promoter.safeio import folder
 from promoter.scan import (
@@ -66,18 +67,23 @@ def find_pending(store: Store, rejections: Rejections, runs: Iterable[str] | Non
             if stop is not None and stop.is_set():
                 break
             try:
-                meta = store.read_run(run_id)
-                known = known_copies(meta)
+                # a run the bounded cache let go is compared from its view, parsed only
+                # when some file needs a verdict (parsedruns.py, DESIGN §9)
+                look = store.look(run_id)
+                meta = look if not isinstance(look, RunView) else None
+                known = look.known_copies() if isinstance(look, RunView) else known_copies(meta)
                 # a file changed (ctime) since its copy read it is judged again (times put
                 # back); an entry older than its `source_changed_at`: since the run's last write
-                seen = known_changes(meta)
-                written = micros(meta.updated_at) if meta is not None else None
+                seen = look.known_changes() if isinstance(look, RunView) else known_changes(meta)
+                written = micros(look.updated_at) if look is not None else None
                 found = [] if listing is not None and listing.unchanged(
                     run_id, known, written, seen) else list(scan_run(
                         sessions, run_id, exclude, rejections, store.config.watch.max_depth,
                         known, written, seen))
                 # one lookup a file, not a walk of the run; none when every file is known,
                 # nor a read of its tombstone (1,000 failed opens at a warm start)
+                if found and isinstance(look, RunView):
+                    meta = store.read_run(run_id)
                 entries = rules.by_filename(meta) if found else {}
                 tomb = store.read_tombstone(run_id) if found else None
                 todo = [f for f in found
@@ -130,7 +136,7 @@ def complete_finished_runs(store: Store) -> None:
     """Runs whose session folder is gone are completed; run.json changes are folded in."""
     for run_id in store.run_ids():
         try:
-            meta = store.read_run(run_id)
+            meta = store.look(run_id)  # status and host: a view does (no parse)
             if meta is None or meta.status == "completed":
                 continue
             if not store.session_exists(run_id):

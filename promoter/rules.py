@@ -23,6 +23,7 @@ from promoter.clock import MAX_US, MIN_US, file_micros, micros, written_at
 from promoter.config import RetentionConfig
 from promoter.context import RunContext
 from promoter.metadata import ArtifactEntry, RejectedEntry, RemovedEntry, RunMetadata, Tombstone
+from promoter.parsedruns import RunView
 
 __all__ = [
     "MAX_BATCH",
@@ -168,7 +169,8 @@ def expiry(created_at: datetime, workflow_id: str, retention: RetentionConfig) -
     return created_at + timedelta(days=retention.days_for(workflow_id))
 
 
-def is_expired(meta: RunMetadata, now: datetime, created_before: datetime | None = None) -> bool:
+def is_expired(meta: RunMetadata | RunView, now: datetime,
+               created_before: datetime | None = None) -> bool:
     """At or past expires_at and not kept: nothing else decides it (DESIGN §2), but for the
     explicit lever `created_before` (`sweep --older-than`), which expires an unkept run
     created before it."""

@@ -16,6 +16,7 @@ from typing import Any
 from promoter import deletion, events, promotion, rules
 from promoter.backend import StoredRead, TooManyRaces
 from promoter.clock import format_time
+from promoter.context import RunContext
 from promoter.deletion import DeleteReport
 from promoter.errors import ConflictError, NotFoundError, StoreIOError, host_limit
 from promoter.layout import session_file
@@ -24,6 +25,7 @@ from promoter.localdisk import LockFileError
 from promoter.logs import get_logger
 from promoter.metadata import ArtifactEntry, RunMetadata
 from promoter.names import check_library_name, check_run_id, split_relpath
+from promoter.parsedruns import RunView
 from promoter.promotion import RETRY, Outcome, PromoteResult
 from promoter.s3errors import StoreUnavailable
 from promoter.safeio import CopyResult, Refused, folder, out_of_descriptors
@@ -57,6 +59,56 @@ class Store(StoreCore):
         if changed:
             self.audit.one(events.RUN_KEPT if keep else events.RUN_UNKEPT, run_id=run_id)
         return meta
+
+    # -- run context ---------------------------------------------------------------------
+
+    def apply_context(self, meta: RunMetadata, ctx: RunContext) -> tuple[RunMetadata, bool]:
+        """Fold run.json and attribution into the run (rules.apply_context); True if changed."""
+        applied = rules.apply_context(meta, ctx, self.config.retention)
+        if applied.completed:
+            log.info(events.RUN_COMPLETED, run_id=meta.run_id, reason=f"run.json {ctx.status}")
+        return applied.meta, applied.changed
+
+    def refresh_context(self, run_id: str) -> RunMetadata | RunView | None:
+        """Re-read the run's context and update its metadata if the run exists. A current
+        cached run (or the view the bounded cache left of it) the context leaves as it is
+        takes no write session and no parse (issue 15)."""
+        cached, view = self.current(check_run_id(run_id))
+        if cached is None and view is None and not self._exists(run_id):
+            return None
+        ctx = self.context(run_id)
+        if cached is not None and cached.status != "deleting" \
+                and not rules.apply_context(cached, ctx, self.config.retention).changed:
+            return cached
+        if view is not None and not view.context_changes(ctx):
+            return view
+
+        def apply(art: Any) -> RunMetadata | None:
+            meta = self.load_current(art, run_id)  # shared: apply_context copies to change
+            if meta is None or meta.status == "deleting":
+                return None
+            meta, changed = self.apply_context(meta, ctx)
+            if changed:
+                self.write_metadata(art, meta)
+            return meta
+
+        return self.change(run_id, apply)
+
+    def mark_completed(self, run_id: str, reason: str = "session gone") -> None:
+        """A run whose session folder is gone is complete (DESIGN §2)."""
+        if not self._exists(check_run_id(run_id)):
+            return
+
+        def apply(art: Any) -> bool:
+            meta = self.load_for_update(art, run_id)
+            if meta is None or meta.status != "active":
+                return False
+            meta.status = "completed"
+            self.write_metadata(art, meta)
+            return True
+
+        if self.change(run_id, apply):
+            log.info(events.RUN_COMPLETED, run_id=run_id, reason=reason)
 
     # -- promotion -----------------------------------------------------------------------
 
@@ -220,14 +272,15 @@ class Store(StoreCore):
 
     # -- expiry --------------------------------------------------------------------------
 
-    def is_expired(self, meta: RunMetadata, now: datetime | None = None,
+    def is_expired(self, meta: RunMetadata | RunView, now: datetime | None = None,
                    created_before: datetime | None = None) -> bool:
         """rules.is_expired (DESIGN §2), with the lever `created_before` (`sweep --older-than`)."""
         return rules.is_expired(meta, now or self.clock.now(), created_before)
 
-    def expired_runs(self, created_before: datetime | None = None) -> list[RunMetadata]:
-        now = self.clock.now()
-        return [m for m in self.list_runs() if self.is_expired(m, now, created_before)]
+    def expired_runs(self, created_before: datetime | None = None
+                     ) -> list[RunMetadata | RunView]:
+        now = self.clock.now()  # heads only: no parse of the runs the daemon let go (§9)
+        return [m for m in self.list_looks() if self.is_expired(m, now, created_before)]
 
     # -- serving -------------------------------------------------------------------------
 

@@ -31,6 +31,7 @@ from promoter.localdisk import LocalDisk, Oversized
 from promoter.logs import get_logger
 from promoter.metadata import RunMetadata, Tombstone, parse_metadata
 from promoter.names import check_run_id
+from promoter.parsedruns import MODEL_ENTRIES, ParsedRuns, RunView
 from promoter.safeio import CopyPools, folder
 from promoter.storage import open_parts
 
@@ -54,7 +55,7 @@ class StoreCore:
     """Owns the artifacts (and, through `.library`, the library); reads `sessions/` only."""
 
     def __init__(self, config: Config, clock: Clock | None = None,
-                 actor: Actor | None = None) -> None:
+                 actor: Actor | None = None, bounded: bool = False) -> None:
         self.config = config
         self.clock: Clock = clock or SystemClock()
         self.sessions_path = config.storage.sessions_dir
@@ -68,7 +69,9 @@ class StoreCore:
         self.read_journal = parts.read_journal
         self.host = config.storage.host
         self.attribution = AttributionReader()
-        self._cache: dict[str, tuple[Hashable, RunMetadata]] = {}
+        self.cache = ParsedRuns()  # parsed runs by version; bounded in the daemon (§9):
+        if bounded:  # a run the start parses and lets go leaves a view at once
+            self.cache.bound(MODEL_ENTRIES)
         self.deleting: set[str] = set()  # runs seen marked "deleting" (DESIGN §10)
         self.total = StoreTotal()  # the store's size, kept as metadata is written (DESIGN §4)
         self.on_over_budget: Callable[[], None] | None = None  # the daemon kicks its sweeper
@@ -115,7 +118,7 @@ class StoreCore:
                 with self.locked(run_id, wait) as handle:
                     return apply(handle)
             except LostRace:
-                self._cache.pop(run_id, None)
+                self.cache.pop(run_id)
                 time.sleep(random.uniform(0, min(0.2, 0.005 * 2 ** attempt)))  # noqa: S311 (jitter)
         raise TooManyRaces(f"run {run_id}: {MAX_RACES} writes in a row lost to other writers")
 
@@ -131,13 +134,15 @@ class StoreCore:
         Parsed models are cached by the metadata's version tag, so listing many runs
         re-reads only the ones that changed. A run being deleted is gone.
         """
-        check_run_id(run_id)
-        key = self.disk.meta_version(run_id)
+        return self._read_at(check_run_id(run_id), self.disk.meta_version(run_id))
+
+    def _read_at(self, run_id: str, key: Hashable | None) -> RunMetadata | None:
+        """`read_run` with the version tag taken (on an object store a tag may be a HEAD)."""
         if key is None:
             return self._recover_if_orphaned(run_id)
-        cached = self._cache.get(run_id)
-        if cached is not None and cached[0] == key:
-            return cached[1]
+        cached = self.cache.model(run_id, key)
+        if cached is not None:
+            return cached
         with self.disk.reading() as art:
             meta = self._parse(art, run_id)
         if meta is None:
@@ -145,15 +150,31 @@ class StoreCore:
         if meta.status == "deleting":
             self.deleting.add(run_id)  # for the sweep to finish (deletion.finish_deletions)
             return None
-        self._cache[run_id] = (key, meta)
+        self.cache.put(run_id, key, meta)
         return meta
 
     def cached_run(self, run_id: str) -> RunMetadata | None:
         """The run's metadata if the cached copy is current (one stat), else None. Never
         parses: the server calls it on its event loop and, on None, reads the run in a
         worker thread (DESIGN §7: metadata is never parsed on the loop)."""
-        cached = self._cache.get(run_id)
-        return cached[1] if cached and cached[0] == self.disk.meta_version(run_id) else None
+        version = self.disk.meta_version(run_id)
+        return self.cache.model(run_id, version) if version is not None else None
+
+    def look(self, run_id: str) -> RunMetadata | RunView | None:
+        """The run as the daemon's passes over every run need it (reconcile.py, sweep.py): its
+        model when held, else the view the bounded cache left of it when current (no
+        parse: parsedruns.py), else `read_run`."""
+        key = self.disk.meta_version(check_run_id(run_id))
+        view = self.cache.view(run_id, key) if key is not None else None
+        return view if view is not None else self._read_at(run_id, key)
+
+    def current(self, run_id: str) -> tuple[RunMetadata | None, RunView | None]:
+        """The cached model if current, else the view if current (one version tag read)."""
+        key = self.disk.meta_version(run_id)
+        if key is None:
+            return None, None
+        cached = self.cache.model(run_id, key)
+        return (cached, None) if cached is not None else (None, self.cache.view(run_id, key))
 
     def remember(self, run_id: str, meta: RunMetadata, version: Hashable | None = None) -> None:
         """In a write session: `meta` is what the metadata holds now, so readers need not
@@ -161,7 +182,7 @@ class StoreCore:
         `version`: `write_metadata`'s (a later stat tagged others' changes as ours, probe-15)."""
         version = version if version is not None else self.disk.meta_version(run_id)
         if version is not None:
-            self._cache[run_id] = (version, meta)
+            self.cache.put(run_id, version, meta)
 
     def remember_local(self, run_id: str, meta: RunMetadata, version: Hashable | None) -> None:
         """`remember` on the local disk (its lock held, the version tag the file's own): a big
@@ -172,11 +193,8 @@ class StoreCore:
 
     def load_current(self, art: Any, run_id: str) -> RunMetadata | None:
         """In a write session: the metadata, the remembered model when current (shared)."""
-        cached = self._cache.get(run_id)
-        if cached is not None and isinstance(self.disk, LocalDisk) \
-                and cached[0] == self.disk.meta_version(run_id):
-            return cached[1]
-        return self.load_for_update(art, run_id)
+        cached = self.cached_run(run_id) if isinstance(self.disk, LocalDisk) else None
+        return cached if cached is not None else self.load_for_update(art, run_id)
 
     def get_run(self, run_id: str) -> RunMetadata:
         """The run's metadata, or NotFoundError."""
@@ -188,6 +206,13 @@ class StoreCore:
     def list_runs(self) -> list[RunMetadata]:
         """Every run, newest first."""
         runs = [m for m in (self.read_run(r) for r in self.run_ids()) if m is not None]
+        runs.sort(key=lambda m: (m.created_at, m.run_id), reverse=True)
+        return runs
+
+    def list_looks(self) -> list[RunMetadata | RunView]:
+        """`list_runs` as `look` gives each run: what a pass over every run's head needs,
+        without parsing the runs the bounded cache let go (the sweep, the store's size)."""
+        runs = [m for m in (self.look(r) for r in self.run_ids()) if m is not None]
         runs.sort(key=lambda m: (m.created_at, m.run_id), reverse=True)
         return runs
 
@@ -264,8 +289,7 @@ class StoreCore:
         """What run.json and attribution.jsonl say about the run now. `names`: files about to
         be promoted; with the entries already known they are the lines worth keeping."""
         def known() -> set[str]:  # made only if the run has attribution lines to judge
-            cached = self._cache.get(run_id)
-            wanted = {*names, *(item.filename for item in (cached[1].artifacts if cached else ()))}
+            wanted = {*names, *self.cache.names(run_id)}
             return wanted | {n.rsplit("/", 1)[-1] for n in wanted}  # lines may name the base
 
         try:
@@ -296,58 +320,13 @@ class StoreCore:
         except OSError:
             return True
 
-    def apply_context(self, meta: RunMetadata, ctx: RunContext) -> tuple[RunMetadata, bool]:
-        """Fold run.json and attribution into the run (rules.apply_context); True if changed."""
-        applied = rules.apply_context(meta, ctx, self.config.retention)
-        if applied.completed:
-            log.info(events.RUN_COMPLETED, run_id=meta.run_id, reason=f"run.json {ctx.status}")
-        return applied.meta, applied.changed
-
-    def refresh_context(self, run_id: str) -> RunMetadata | None:
-        """Re-read the run's context and update its metadata if the run exists. A current
-        cached run the context leaves as it is takes no write session (issue 15)."""
-        cached = self.cached_run(check_run_id(run_id))
-        if cached is None and not self._exists(run_id):
-            return None
-        ctx = self.context(run_id)
-        if cached is not None and cached.status != "deleting" \
-                and not rules.apply_context(cached, ctx, self.config.retention).changed:
-            return cached
-
-        def apply(art: Any) -> RunMetadata | None:
-            meta = self.load_current(art, run_id)  # shared: apply_context copies to change
-            if meta is None or meta.status == "deleting":
-                return None
-            meta, changed = self.apply_context(meta, ctx)
-            if changed:
-                self.write_metadata(art, meta)
-            return meta
-
-        return self.change(run_id, apply)
-
-    def mark_completed(self, run_id: str, reason: str = "session gone") -> None:
-        """A run whose session folder is gone is complete (DESIGN §2)."""
-        if not self._exists(check_run_id(run_id)):
-            return
-
-        def apply(art: Any) -> bool:
-            meta = self.load_for_update(art, run_id)
-            if meta is None or meta.status != "active":
-                return False
-            meta.status = "completed"
-            self.write_metadata(art, meta)
-            return True
-
-        if self.change(run_id, apply):
-            log.info(events.RUN_COMPLETED, run_id=run_id, reason=reason)
-
     # -- writing metadata ----------------------------------------------------------------
 
     def write_metadata(self, art: Any, meta: RunMetadata) -> Hashable | None:
         meta.updated_at = self.clock.now()
         meta.host = meta.host or self.host  # the run's own host: the first writer's
         version = self.disk.write_meta(art, meta.run_id, meta.to_json().encode())
-        self._cache.pop(meta.run_id, None)
+        self.cache.pop(meta.run_id)
         total = self.total.set(meta.run_id, meta.total_bytes)
         ceiling = self.config.retention.max_store_bytes
         if ceiling and total > ceiling and self.on_over_budget is not None:

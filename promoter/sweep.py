@@ -93,7 +93,7 @@ def _budget(store: Store, report: SweepReport, busy: Callable[[str], bool] | Non
     """
     ceiling = store.config.retention.max_store_bytes
     gone = set(report.expired)
-    runs = [m for m in store.list_runs() if m.run_id not in gone]  # a dry run deleted nothing
+    runs = [m for m in store.list_looks() if m.run_id not in gone]  # a dry run deleted nothing
     if not report.dry_run:
         store.total.reset(runs)
     passed_over: set[str] = set()  # busy when the choice was made: asked once, not twice

@@ -176,19 +176,19 @@ def test_one_run_that_raises_stops_no_other_runs_catch_up(
     store = make_store(tmp_path)
     for run_id in ("a-bad-scan", "b-bad-copy", "c-good"):
         write_session_file(tmp_path, run_id, "f.txt", b"f")
-    original_read, original_promote = Store.read_run, Store.promote_files
+    original_look, original_promote = Store.look, Store.promote_files
 
-    def read_run(self: Store, run_id: str) -> object:
+    def look(self: Store, run_id: str) -> object:  # the scan's read of the run
         if run_id == "a-bad-scan":
             raise RuntimeError("injected")
-        return original_read(self, run_id)
+        return original_look(self, run_id)
 
     def promote_files(self: Store, run_id: str, names: list[str]) -> object:
         if run_id == "b-bad-copy":
             raise RuntimeError("injected")
         return original_promote(self, run_id, names)
 
-    monkeypatch.setattr(Store, "read_run", read_run)
+    monkeypatch.setattr(Store, "look", look)
     monkeypatch.setattr(Store, "promote_files", promote_files)
     report = reconcile(store, max_rounds=1)  # (later rounds: the same again)
     assert {run: r.outcome for (run, _), r in report.outcomes.items()} == {
