@@ -13,7 +13,7 @@ import signal
 import sys
 from collections.abc import Callable, Sequence
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from promoter import __version__, events
 from promoter.cli_commands import (
@@ -39,6 +39,9 @@ from promoter.logs import configure_logging, get_logger, stderr_line
 from promoter.render import printable
 from promoter.safeio import describe_os_error
 from promoter.walk import gc_paused
+
+if TYPE_CHECKING:
+    from promoter.prescan import Prescan
 
 __all__ = ["main"]
 
@@ -147,20 +150,26 @@ def _duration(text: str) -> timedelta:
 
 
 def _cmd_run(args: argparse.Namespace, config: Config) -> int:
-    with gc_paused():  # objects that live as long as the daemon (entry.py)
-        from promoter.prescan import early
+    prescan: Prescan | None = None
+    try:
+        with gc_paused():  # objects that live as long as the daemon (entry.py)
+            from promoter.prescan import early
 
-        prescan = early(config)  # its listing runs beside the imports below (prescan.py)
-        from promoter.daemon import run_daemon
-        from promoter.limits import raise_descriptor_limit, tune_gc
+            prescan = early(config)  # its listing runs beside the imports below (prescan.py)
+            from promoter.daemon import run_daemon
+            from promoter.limits import raise_descriptor_limit, tune_gc
 
-    raise_descriptor_limit()
-    tune_gc()  # the imports are done: the collector leaves their objects (limits.py)
+        raise_descriptor_limit()
+        tune_gc()  # the imports are done: the collector leaves their objects (limits.py)
 
-    def reload() -> Config:
-        return _load(args)
+        def reload() -> Config:
+            return _load(args)
 
-    return run_daemon(config, reload, prescan)
+        return run_daemon(config, reload, prescan)
+    except BaseException:  # a stop during the imports (entry.py): the child is killed and
+        if prescan is not None:  # reaped, even one stopped before it could arrange to die
+            prescan.discard()  # with the daemon (r8 probe F6)
+        raise
 
 
 def _cmd_serve(args: argparse.Namespace, config: Config) -> int:

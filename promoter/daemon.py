@@ -14,7 +14,6 @@ event or a timer; signal handlers only set events.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import re
@@ -37,7 +36,7 @@ from promoter.names import is_valid_run_id
 from promoter.notify import Notifier, NullNotifier, make_notifier, monotonic_usec, watchdog_interval
 from promoter.observers import make_observer
 from promoter.pipeline import STALL_S, Pipeline
-from promoter.prescan import Prescan, watches_set
+from promoter.prescan import Prescan, start_watching
 from promoter.reconcile import Rejections
 from promoter.runlock import hold_daemon_lock
 from promoter.s3errors import StoreUnavailable
@@ -187,13 +186,10 @@ class Daemon:
         self.watcher = Watcher(store.sessions_path, Sink(catchup, pipeline), cfg.watch.exclude,
                                cfg.watch.observer, factory=self._observer_factory,
                                on_trouble=self.wake.set, max_depth=cfg.watch.max_depth)
-        # a failure is logged; the main loop's supervision retries, catch-ups cover meanwhile
-        with contextlib.suppress(OSError, ImportError, RuntimeError):
-            self.watcher.start()  # before the repair: its events wait for the pipeline
-        # every folder watched: the start-up catch-up's scan, on the other core (prescan.py)
-        prescan, self._prescan = self._prescan, None
-        prescan = watches_set(prescan, self.watcher.in_use, store.sessions_path,
-                              cfg.watch.exclude, cfg.watch.max_depth)
+        # watches before the repair (their events wait for the pipeline), then the start-up
+        # catch-up's scan, on the other core (prescan.py); a failure is logged, retried
+        prescan, self._prescan = start_watching(self.watcher, self._prescan, store.sessions_path,
+                                                cfg), None
         try:
             self._open_store()
         except StoreUnavailable as exc:  # a store down at boot must not leave the host

@@ -278,5 +278,16 @@ class SupervisedInotifyEmitter(InotifyFullEmitter):
             event_mask=self.get_event_mask_from_filter(),
             follow_symlink=self.watch.follow_symlink)
 
+    def rewatch(self, paths: list[str]) -> None:
+        """Watches put off at the start (`promoter.watchshare`), under the group's lock as
+        watchdog adds those of a new folder; one that fails now is reported as any."""
+        group = getattr(self, "_inotify", None)
+        if group is None:
+            return
+        with group._lock:
+            for path in paths:
+                if os.path.isdir(path):
+                    group._add_all_callbacks(os.fsencode(path))
+
     def run(self) -> None:
         run_reporting(self.name, self._report, super().run, lambda: self.asked_to_stop)

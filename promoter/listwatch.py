@@ -21,7 +21,7 @@ import os
 import struct
 from typing import Any, NamedTuple
 
-__all__ = ["Libc", "ListWatch", "libc"]
+__all__ = ["Libc", "ListWatch", "NoWatch", "libc"]
 
 IN_MODIFY, IN_ATTRIB, IN_CLOSE_WRITE = 0x2, 0x4, 0x8
 IN_MOVED_FROM, IN_MOVED_TO, IN_CREATE, IN_DELETE = 0x40, 0x80, 0x100, 0x200
@@ -105,6 +105,22 @@ class ListWatch:
                         found.add(os.fsdecode(name))  # a run folder made, moved or removed
                     else:
                         return None
+
+
+class NoWatch:
+    """A child made once the daemon's watches are set needs none of its own: no inotify
+    instance and no watch taken from the daemon's limits (r8 probe F1, F4)."""
+
+    def __init__(self) -> None:
+        self.top = (0, 0)
+
+    def add(self, fd: int, run_id: str) -> None:
+        if run_id == TOP:
+            st = os.fstat(fd)
+            self.top = (st.st_dev, st.st_ino)
+
+    def changed(self) -> set[str] | None:
+        return set()
 
 
 def _limit() -> int:

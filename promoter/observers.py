@@ -146,6 +146,11 @@ class _Observer(BaseObserver):
             return f"{self._fd.name} is not running"
         return None
 
+    def rewatch(self, paths: list[str]) -> None:
+        """Add the watches of these folders (and of any folder below made meanwhile)."""
+        for emitter in list(self.emitters):
+            getattr(emitter, "rewatch", lambda _: None)(paths)
+
     def idle(self) -> bool:
         if self._fd is not None and not self._fd.idle():
             return False

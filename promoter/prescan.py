@@ -49,22 +49,24 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 from promoter import events
-from promoter.listwatch import TOP, ListWatch, libc
+from promoter.listwatch import TOP, ListWatch, NoWatch, libc
 from promoter.logs import get_logger
 from promoter.names import is_valid_run_id
 from promoter.safeio import folder, open_dir_chain
 from promoter.scan import Listing, run_stats
 from promoter.walk import exclusion_match
+from promoter.watchshare import ChildShare
 
 if TYPE_CHECKING:
     from promoter.config import Config
+    from promoter.watch import Watcher
 
-__all__ = ["Prescan", "early", "watches_set"]
+__all__ = ["Prescan", "early", "start_watching", "watches_set"]
 
 log = get_logger()
 LOOK_MS = 100  # how soon a stop is seen while the child works
@@ -84,12 +86,18 @@ class Prescan:
         self._fd: int | None = fd
         self._go = go  # the pipe's end that tells the child the daemon's watches are set
         self._reaped = False
+        # called once the child is gone (its watches freed): the runs to take out of its
+        # listing (None: every run), the daemon's watches put off for the child's (F1)
+        self.ended: Callable[[], frozenset[str] | None] | None = None
+        self.rewatched: frozenset[str] | None = frozenset()
 
     @classmethod
-    def start(cls, sessions: Path, exclude: Iterable[str], max_depth: int) -> Prescan | None:
-        """Fork the child (its listing starts at once, under its own watches); None when it
-        cannot be made, or on one CPU, where it could only take turns with the daemon.
-        Its listing comes once `go()` has said the daemon's watches are set."""
+    def start(cls, sessions: Path, exclude: Iterable[str], max_depth: int,
+              watching: bool = True) -> Prescan | None:
+        """Fork the child (its listing starts at once, under its own watches unless the
+        daemon's are set already: `watching`); None when it cannot be made, or on one CPU,
+        where it could only take turns with the daemon. Its listing comes once `go()` has
+        said the daemon's watches are set."""
         if len(os.sched_getaffinity(0)) < 2:
             return None
         patterns = tuple(exclude)
@@ -122,11 +130,21 @@ class Prescan:
             _failed(f"fork: {exc.strerror}")
             return None
         if pid == 0:
-            _child(r, w, go_r, str(sessions), patterns, max_depth, parent, held)
-        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+            _child(r, w, go_r, str(sessions), patterns, max_depth, parent, held, watching)
         os.close(w)
         os.close(go_r)
-        return cls(pid, r, go_w, sessions)
+        made = cls(pid, r, go_w, sessions)
+        try:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
+        except BaseException:  # entry.py's early stop, held across the fork: the child too
+            made.discard()
+            raise
+        return made
+
+    @property
+    def alive(self) -> bool:
+        """Not discarded (killed, or ended and reaped) yet."""
+        return not self._reaped
 
     def go(self) -> None:
         """The daemon's watches are all set: the child may end its own and send. With it,
@@ -185,7 +203,15 @@ class Prescan:
                 and isinstance(data[3], dict)):
             _failed("unreadable listing")
             return None
-        return Listing(data[0], data[1], data[2], data[3])
+        runs, refusals, changed, ctimes = data
+        again = set(runs) if self.rewatched is None else self.rewatched & runs.keys()
+        for run_id in again:  # watched only now: what changed meanwhile, the daemon sees
+            runs.pop(run_id)
+            changed.pop(run_id, None)
+            ctimes.pop(run_id, None)
+        if again:
+            refusals = [one for one in refusals if one[1] in runs]
+        return Listing(runs, refusals, changed, ctimes)
 
     def discard(self) -> None:
         """Close the pipes; a child still running is killed. Always reaped: no zombie."""
@@ -201,6 +227,9 @@ class Prescan:
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(self.pid, 0)
             self._reaped = True
+        ended, self.ended = self.ended, None
+        if ended is not None:
+            self.rewatched = ended()
 
 
 def early(config: Config) -> Prescan | None:
@@ -214,15 +243,33 @@ def early(config: Config) -> Prescan | None:
     return Prescan.start(storage.sessions_dir, watch.exclude, watch.max_depth)
 
 
+def start_watching(watcher: Watcher, made: Prescan | None, sessions: Path, config: Config
+                   ) -> Prescan | None:
+    """The daemon's watches, then its start-up child told they are set (or made now). The
+    early child shares the user's inotify limits with them: a watch that fails for the
+    limit while the child lives is added once it has ended (its listing then leaves that
+    run to the daemon), and when the daemon's inotify instance or its first watch cannot
+    be made, the child is ended first and it is tried again (r8 probe F1, F4)."""
+    if made is not None:
+        watcher.share = ChildShare(made)
+        made.ended = watcher.rewatch
+    with contextlib.suppress(OSError, ImportError, RuntimeError):
+        watcher.start()  # (a failure is logged; the main loop's supervision retries)
+    return watches_set(made if made is not None and made.alive else None, watcher.in_use,
+                       sessions, config.watch.exclude, config.watch.max_depth)
+
+
 def watches_set(made: Prescan | None, observer: str, sessions: Path, exclude: Iterable[str],
                 max_depth: int) -> Prescan | None:
     """The daemon's watches are set (`observer` in use): the child made early is told so, or
-    one is made now; with no inotify watches none (an early one is killed)."""
+    one is made now (with no watches of its own: the daemon's are there); with no inotify
+    watches none (an early one is killed)."""
     if observer != "inotify":
         if made is not None:
             made.discard()
         return None
-    started = made if made is not None else Prescan.start(sessions, exclude, max_depth)
+    started = made if made is not None else Prescan.start(sessions, exclude, max_depth,
+                                                           watching=False)
     if started is not None:
         started.go()
     return started
@@ -234,7 +281,8 @@ def _failed(reason: str) -> None:
 
 
 def _child(r: int, w: int, go: int, sessions: str, exclude: tuple[str, ...],
-           max_depth: int, parent: int, held: set[int | signal.Signals]) -> NoReturn:
+           max_depth: int, parent: int, held: set[int | signal.Signals],
+           watching: bool) -> NoReturn:
     """The child's whole life: list under its own watches, wait for the daemon's, leave out
     the runs that changed meanwhile, send, `_exit` (never back into the daemon's code, no
     log line, no lock another thread held at the fork)."""
@@ -262,7 +310,7 @@ def _child(r: int, w: int, go: int, sessions: str, exclude: tuple[str, ...],
         os.closerange(keep[0] + 1, keep[1])
         os.closerange(keep[1] + 1, top if top != resource.RLIM_INFINITY else 1 << 20)
         _die_with_parent(parent)
-        watch = ListWatch(libc())
+        watch = ListWatch(libc()) if watching else NoWatch()
         runs, refusals, changed, ctimes = _listing(sessions, exclude, max_depth, watch)
         said = os.read(go, 1 + FOLDER.size)
         if said[:1] != b"g":
@@ -303,7 +351,8 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
-def _listing(sessions: str, exclude: tuple[str, ...], max_depth: int, watch: ListWatch
+def _listing(sessions: str, exclude: tuple[str, ...], max_depth: int,
+             watch: ListWatch | NoWatch
              ) -> tuple[dict[str, dict[str, tuple[int, int]]], list[tuple[str, str, str, str]],
                         dict[str, int], dict[str, dict[str, int]]]:
     runs: dict[str, dict[str, tuple[int, int]]] = {}
@@ -330,6 +379,9 @@ def _listing(sessions: str, exclude: tuple[str, ...], max_depth: int, watch: Lis
                     os.close(run_fd)
                 stats = list(run_stats(fd, run_id, exclude, refuse, max_depth,
                                        opened=functools.partial(_watch, watch, run_id)))
+                if any(st.st_nlink > 1 for _, st in stats):
+                    continue  # written through another link, no event here: the daemon
+                    # stats the run itself (r8 probe F2)
                 changed[run_id] = max((st.st_ctime_ns for _, st in stats), default=0) // 1000
                 runs[run_id] = {name: (st.st_size, st.st_mtime_ns // 1000)
                                 for name, st in stats}
@@ -340,5 +392,5 @@ def _listing(sessions: str, exclude: tuple[str, ...], max_depth: int, watch: Lis
     return runs, refusals, changed, ctimes
 
 
-def _watch(watch: ListWatch, run_id: str, prefix: str, fd: int) -> None:
+def _watch(watch: ListWatch | NoWatch, run_id: str, prefix: str, fd: int) -> None:
     watch.add(fd, run_id)

@@ -1,17 +1,16 @@
 """Watching `sessions/`: events in, settle touches and catch-up requests out (DESIGN §5).
 
-Events are hints, never the truth. One recursive schedule covers the whole
-tree whatever the number of runs (every `schedule()` is a thread of its own),
-watches are added only to `<run>/` and `<run>/output/**` (see
-`promoter.observers`), and the handler filters paths: invalid run ids,
-`input/` and anything else outside `output/` except `run.json` and
+Events are hints, never the truth. One recursive schedule covers the whole tree whatever
+the number of runs (every `schedule()` is a thread of its own), watches are added only to
+`<run>/` and `<run>/output/**` (see `promoter.observers`), and the handler filters paths:
+invalid run ids, `input/` and anything else outside `output/` except `run.json` and
 `attribution.jsonl`, excluded names and promoter's own `.promoter-` temporaries.
 
-The handler never raises: an error is logged (`watch.error`) and the run
-concerned is caught up. The watcher supervises the observer: a thread of it
-that ends, an overflow, a watch that could not be added, or a warning that
-watchdog logs, each is logged and answered with a catch-up pass of the runs
-concerned (all of them when that is unknown). A restart replaces the observer.
+The handler never raises: an error is logged (`watch.error`) and the run concerned is
+caught up. The watcher supervises the observer: a thread of it that ends, an overflow, a
+watch that could not be added, or a warning that watchdog logs, each is logged and
+answered with a catch-up pass of the runs concerned (all of them when that is unknown).
+A restart replaces the observer.
 """
 
 from __future__ import annotations
@@ -38,6 +37,7 @@ from promoter.observers import (
     overflow_being_reported,
 )
 from promoter.walk import exclusion
+from promoter.watchshare import ChildShare, runs_of
 
 __all__ = ["ObserverFactory", "WatchSink", "Watcher"]
 
@@ -200,11 +200,10 @@ class Watcher:
         self._retry_at = 0.0
         self._degraded: set[str] = set()
         self._warned: set[str] = set()
-        self.overflows = 0
-        self.errors = 0
-        self.restarts = 0
+        self.overflows = self.errors = self.restarts = 0
         self.max_depth = max_depth  # read by the observers' walks (watch.max_depth)
         self._too_deep: set[str] = set()
+        self.share: ChildShare | None = None  # the start-up child's inotify use (prescan)
 
     # -- what watchdog's threads call (Report) --------------------------------------------
 
@@ -215,6 +214,8 @@ class Watcher:
         self.sink.catch_up(None, "overflow")
 
     def watch_failed(self, path: str, reason: str) -> None:
+        if self.share is not None and self.share.defer(path, reason):
+            return  # added once the start-up child's are gone (`rewatch`)
         parts = self._handler._parts(path) or []
         run_id = parts[0] if parts and is_valid_run_id(parts[0]) else None
         with self._lock:
@@ -286,16 +287,25 @@ class Watcher:
                 observer.start()
             except (OSError, ImportError, RuntimeError) as exc:
                 last = exc
-                log.error(events.WATCH_ERROR, source="start", observer=kind, reason=str(exc),
-                          action="trying polling" if kind != kinds[-1] else "retrying later")
                 if observer is not None:
                     self._stop_observer(observer)
+                if self.share is not None and self.share.end_for(exc):
+                    kinds.insert(kinds.index(kind) + 1, kind)  # (once: the child is gone)
+                    continue
+                log.error(events.WATCH_ERROR, source="start", observer=kind, reason=str(exc),
+                          action="trying polling" if kind != kinds[-1] else "retrying later")
                 continue
             self.in_use = kind
             log.info(events.WATCH_STARTED, observer=kind, root=self.root, schedules=1)
             return observer
-        assert last is not None
-        raise last
+        raise last if last is not None else RuntimeError("no observer")
+
+    def rewatch(self) -> frozenset[str] | None:
+        """The watches put off for the start-up child's, added; their runs (`watchshare`)."""
+        paths = self.share.take() if self.share is not None else []
+        if paths and self._observer is not None and not self.stopping:
+            getattr(self._observer, "rewatch", lambda _: None)(paths)
+        return runs_of(self.root, paths)
 
     def stop(self, timeout: float = 5.0) -> None:
         self.stopping = True

@@ -9,6 +9,7 @@ variable (removed once read) and changes as little as it can:
   mapped to root, so file access is unchanged) and set its inotify watch limit
   to N: `inotify_add_watch` then fails with the kernel's real ENOSPC for this
   process only, while the machine's limit stays as it is.
+  `FAULTSITE_USERNS_INSTANCES=N`: the same for the inotify instance limit (EMFILE).
 - `FAULTSITE_STALL_S=S`: the pipeline's stall bound (120 s in production) is S,
   so a test sees the systemd watchdog pings stop within seconds.
 - `FAULTSITE_WORKER_RAISE=PREFIX`: `Store.promote_files` raises RuntimeError for
@@ -31,6 +32,8 @@ variable (removed once read) and changes as little as it can:
 - `FAULTSITE_LISTED=PATH`: the start-up child writes PATH once its listing is made, saying
   whether the daemon's module was imported when it was forked ("daemon" / "early").
 - `FAULTSITE_WATCH_WAIT=PATH`: the watcher's start waits (30 s at most) until PATH exists.
+- `FAULTSITE_CHILD_STOPS=1`: the start-up child stops itself (SIGSTOP) before it arranges
+  to die with the daemon (PR_SET_PDEATHSIG).
 - `FAULTSITE_IMPORT_WAIT=PATH`: the import of promoter.daemon waits (30 s at most) until
   PATH exists (a SIGTERM in that wait is one during the imports).
 """
@@ -51,7 +54,7 @@ def _write(path: str, text: str) -> None:
         fh.write(text)
 
 
-def _own_user_namespace(watches: int) -> None:
+def _own_user_namespace(watches: int | None, instances: int | None = None) -> None:
     uid, gid = os.geteuid(), os.getegid()
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.unshare(CLONE_NEWUSER) != 0:
@@ -59,7 +62,10 @@ def _own_user_namespace(watches: int) -> None:
     _write("/proc/self/setgroups", "deny")
     _write("/proc/self/uid_map", f"{uid} {uid} 1")
     _write("/proc/self/gid_map", f"{gid} {gid} 1")
-    _write("/proc/sys/user/max_inotify_watches", str(watches))
+    if watches is not None:
+        _write("/proc/sys/user/max_inotify_watches", str(watches))
+    if instances is not None:
+        _write("/proc/sys/user/max_inotify_instances", str(instances))
 
 
 def _raise_on(prefix: str) -> None:
@@ -227,10 +233,24 @@ def _import_waits(path: str) -> None:
     sys.meta_path.insert(0, Gate())
 
 
+def _child_stops() -> None:
+    import promoter.prescan
+
+    original = promoter.prescan._die_with_parent
+
+    def _die_with_parent(parent: int) -> None:
+        os.kill(os.getpid(), 19)  # SIGSTOP before its prctl, as a stop in those microseconds
+        original(parent)
+
+    promoter.prescan._die_with_parent = _die_with_parent
+
+
 def _install() -> None:
     watches = os.environ.pop("FAULTSITE_USERNS_WATCHES", "")
-    if watches:
-        _own_user_namespace(int(watches))
+    instances = os.environ.pop("FAULTSITE_USERNS_INSTANCES", "")
+    if watches or instances:
+        _own_user_namespace(int(watches) if watches else None,
+                            int(instances) if instances else None)
     stall = os.environ.pop("FAULTSITE_STALL_S", "")
     if stall:
         import promoter.pipeline
@@ -265,6 +285,8 @@ def _install() -> None:
     watch_gate = os.environ.pop("FAULTSITE_WATCH_WAIT", "")
     if watch_gate:
         _watch_waits(watch_gate)
+    if os.environ.pop("FAULTSITE_CHILD_STOPS", ""):
+        _child_stops()
     import_gate = os.environ.pop("FAULTSITE_IMPORT_WAIT", "")
     if import_gate:
         _import_waits(import_gate)
