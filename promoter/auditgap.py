@@ -27,7 +27,7 @@ import contextlib
 import json
 import os
 import stat
-from datetime import date, datetime
+from datetime import UTC, date, datetime, time
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,8 @@ __all__ = ["began", "stopped"]
 
 log = get_logger()
 _mine: set[Path] = set()  # markers this process wrote: only those are marked clean
+# marker -> (the crashed last life's start or None, since when the journal is whole)
+_lives: dict[Path, tuple[datetime | None, datetime]] = {}
 
 
 def _marker(store: Store) -> Path | None:
@@ -80,28 +82,77 @@ def _day(name: str) -> date | None:
         return None
 
 
-def began(store: Store) -> int:
-    """At the daemon's start, after the repair and before any promotion: the last life's
-    entries a crash kept out of the journal are journaled (how many), and this life's marker
-    is written. A failure here is logged, never a failed start."""
+def opening(store: Store) -> None:
+    """Before the repair: this life's marker says `"clean": false` from here on, so a kill
+    during the repair (whose relisting commits, then journals) is looked for at the next
+    start. A crashed last life's start is kept in it until `began` has compared it."""
     path = _marker(store)
     if path is None:
-        return 0
-    count = 0
-    try:  # a marker or journal this cannot read is told, and replaced: no failure each start
-        last = _read(path)
-        if last and last.get("clean") is not True:
-            count = recover(store, parse_time(str(last.get("started_at"))))
-    except (OSError, ValueError, TypeError, StoreIOError) as exc:  # TypeError: a naive time
-        log.warning(events.AUDIT_FAILED, path=str(path), reason=str(exc),
-                    action="the journal was not compared with the last life's promotions")
+        return
+    now = store.clock.now()
+    since, journal_from = None, now
+    last = _read(path)
+    if last is not None:
+        with contextlib.suppress(KeyError, ValueError):
+            journal_from = min(parse_time(str(last["journal_from"])), now)
+        if last.get("clean") is not True:
+            try:
+                since = parse_time(str(last.get("started_at")))
+            except ValueError as exc:  # a naive time, a number: told, and replaced
+                log.warning(events.AUDIT_FAILED, path=str(path), reason=str(exc),
+                            action="the journal was not compared with the last life's "
+                            "promotions")
+    _lives[path] = (since, journal_from)
+    if path.parent.parent.is_dir():  # else a new store, made by the repair: began() marks it
+        _mark(path, since or now, journal_from)
+
+
+def _mark(path: Path, started: datetime, journal_from: datetime) -> None:
     try:
-        _write(path, {"pid": os.getpid(), "started_at": format_time(store.clock.now()),
-                      "clean": False})
+        _write(path, {"pid": os.getpid(), "started_at": format_time(started), "clean": False,
+                      "journal_from": format_time(journal_from)})
         _mine.add(path)
     except OSError as exc:
         log.warning(events.AUDIT_FAILED, path=str(path), reason=exc.strerror or str(exc),
                     action="a crash of this daemon will not be looked for at the next start")
+
+
+def _covered_from(days: list[date], journal_from: datetime | None) -> datetime | None:
+    """Since when every promotion of this host has its line unless a crash cut it: the
+    markers' `journal_from` (their first life), or the oldest kept day's midnight when the
+    retention has pruned days since. An entry's promotion came after its run's creation
+    and after its source's read, so one of those at or after this is surely in the journal
+    or lost to a crash."""
+    if not days or journal_from is None:
+        return None
+    if days[0] <= journal_from.astimezone(UTC).date():
+        return journal_from
+    return max(journal_from, datetime.combine(days[0], time(), UTC))
+
+
+def began(store: Store) -> int:
+    """After the repair, before any promotion: the last life's entries a crash kept out of
+    the journal are journaled (how many), and the marker is this life's alone. A failure
+    is logged, never a failed start; the crashed life's start is then kept for the next."""
+    path = _marker(store)
+    if path is None:
+        return 0
+    if path not in _lives:
+        opening(store)
+    since, journal_from = _lives.pop(path, (None, store.clock.now()))
+    if since is None:
+        if path not in _mine:  # a new store: artifacts/ was made by the repair
+            _mark(path, store.clock.now(), journal_from)
+        return 0
+    now = store.clock.now()  # every commit so far (the repair's) is journaled
+    try:
+        count = recover(store, since, journal_from)
+    except (OSError, ValueError, TypeError, StoreIOError) as exc:  # TypeError: a naive time
+        log.warning(events.AUDIT_FAILED, path=str(path), reason=str(exc),
+                    action="the journal was not compared with the last life's promotions; "
+                    "the next start tries again")
+        return 0
+    _mark(path, now, journal_from)
     return count
 
 
@@ -115,7 +166,7 @@ def stopped(store: Store | None, drained: bool) -> None:
         _write(path, {**last, "clean": True, "stopped_at": format_time(store.clock.now())})
 
 
-def recover(store: Store, since: datetime) -> int:
+def recover(store: Store, since: datetime, journal_from: datetime | None = None) -> int:
     """Journal, `"recovered": true`, the promotions since `since` that no line records."""
     path = _marker(store)
     assert path is not None
@@ -127,6 +178,7 @@ def recover(store: Store, since: datetime) -> int:
     if not runs:
         return 0
     days = sorted(day for p in path.parent.glob("????-??-??.jsonl") if (day := _day(p.name)))
+    cover = _covered_from(days, journal_from)
     lines = read_journal(path.parent, since=min(m.created_at for m in runs))
     seen = {(e.get("run_id"), e.get("filename"), e.get("sha256"), e.get("size_bytes"))
             for e in lines if e.get("event") == events.ARTIFACT_PROMOTED}
@@ -137,7 +189,9 @@ def recover(store: Store, since: datetime) -> int:
             if (meta.run_id, a.filename, a.sha256, a.size_bytes) in seen \
                     or (meta.run_id, a.filename, None, a.size_bytes) in seen:
                 continue
-            if whole or (a.source_changed_at is not None and a.source_changed_at >= since):
+            read = max(meta.created_at, a.source_changed_at or meta.created_at)
+            if whole or (a.source_changed_at is not None and a.source_changed_at >= since) \
+                    or (cover is not None and read >= cover):
                 missing.append((events.ARTIFACT_PROMOTED, {
                     "run_id": meta.run_id, "filename": a.filename, "agent_id": a.agent_id,
                     "size_bytes": a.size_bytes, "sha256": a.sha256,
