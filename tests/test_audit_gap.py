@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -180,3 +181,15 @@ def test_a_kill_in_the_repair_after_a_clean_stop_is_looked_for(
     lines = read_journal(tmp_path / "artifacts" / ".audit")
     assert sorted((e["filename"], e.get("recovered")) for e in lines
                   if e["event"] == "artifact.promoted") == [("a.txt", None), ("b.txt", True)]
+
+
+def test_the_journal_is_trusted_whole_only_since_the_first_marker_and_the_oldest_kept_day(
+        ) -> None:
+    """Coverage: the markers' first life when no day since was pruned; else the oldest kept
+    day's midnight; nothing without a day file or a first life."""
+    first = datetime(2026, 3, 5, 10, 30, tzinfo=UTC)
+    covered = auditgap._covered_from
+    assert covered([date(2026, 3, 5), date(2026, 3, 6)], first) == first
+    assert covered([date(2026, 3, 1)], first) == first
+    assert covered([date(2026, 3, 8)], first) == datetime(2026, 3, 8, tzinfo=UTC)
+    assert covered([], first) is None and covered([date(2026, 3, 5)], None) is None
