@@ -33,7 +33,7 @@ from typing import Any
 
 from promoter import events
 from promoter.audit import LocalJournal, read_journal
-from promoter.clock import format_time, parse_time
+from promoter.clock import UNREAD, format_time, parse_time
 from promoter.errors import StoreIOError
 from promoter.logs import get_logger
 from promoter.safeio import atomic_write_bytes
@@ -189,9 +189,11 @@ def recover(store: Store, since: datetime, journal_from: datetime | None = None)
             if (meta.run_id, a.filename, a.sha256, a.size_bytes) in seen \
                     or (meta.run_id, a.filename, None, a.size_bytes) in seen:
                 continue
-            read = max(meta.created_at, a.source_changed_at or meta.created_at)
-            if whole or (a.source_changed_at is not None and a.source_changed_at >= since) \
-                    or (cover is not None and read >= cover):
+            read = a.source_changed_at  # None: older than the field; UNREAD: rebuilt from
+            # its copy, whose run's created_at may be its files' (an agent's) mtimes
+            if whole or (read is not None and read >= since) or (
+                    cover is not None and read is not None and read != UNREAD
+                    and max(read, meta.created_at) >= cover):
                 missing.append((events.ARTIFACT_PROMOTED, {
                     "run_id": meta.run_id, "filename": a.filename, "agent_id": a.agent_id,
                     "size_bytes": a.size_bytes, "sha256": a.sha256,
