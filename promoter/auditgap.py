@@ -4,8 +4,9 @@ A batch's metadata.json is committed, then its promotions are appended to the jo
 other order would journal promotions whose commit then failed). A daemon killed between the
 two leaves entries whose event is in no journal. Nothing is paid for this per batch: the
 daemon keeps a marker of its own life beside the journal, `.audit/.daemon-<host>.json`,
-`"clean": false` from its start (after the repair, before any promotion) and `true` once a
-stop has drained every batch. A start that finds `false` knows the last life ended in a
+`"clean": false` from its start (before the repair: `opening`) and `true` once a stop has
+drained every batch; after a crash it keeps the crashed life's start until `began` has
+compared. A start that finds `false` knows the last life ended in a
 crash, and when that life began (`started_at`): the runs of this host written since are
 compared with the journal, and each entry whose promotion is in no line is journaled now,
 `"recovered": true`, as the repair does for copies it lists (`rules.recovered_events`).
@@ -14,8 +15,10 @@ Which entries: one whose key (run, filename, sha256, size) has an `artifact.prom
 has its event (a same-bytes recheck keeps its first promotion's line; a line without a
 digest, checksum "none", matches any entry of that size). Of the others, one whose source
 was read in that life (`source_changed_at` at or after `started_at`: its copy or its
-recheck was made then) or whose run's whole life the journal covers (its first day file is
-older than the run's creation) lacks its event. Any other is left (a day pruned, a store
+recheck was made then), or whose run's whole life the journal covers (its first day file is
+older than the run's creation), or whose source was read and whose promotion came after
+the journal was known whole (`journal_from`, `_covered_from`: r8 probe F2, a file written
+while the daemon was down and promoted by the next life's catch-up) lacks its event. Any other is left (a day pruned, a store
 from before the journal): a miss, never an event for a promotion that did not happen. A
 crash during the append leaves lines the next check finds: never journaled twice.
 Local backend only (a bucket's journal is one object a batch: left, README).
