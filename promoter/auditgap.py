@@ -20,7 +20,8 @@ older than the run's creation), or whose source was read and whose promotion cam
 the journal was known whole (`journal_from`, `_covered_from`: r8 probe F2, a file written
 while the daemon was down and promoted by the next life's catch-up) lacks its event. Any
 other is left (a day pruned, a store from before the journal): a miss, never an event for
-a promotion that did not happen. A crash during the append leaves lines the next check finds: never journaled twice.
+a promotion that did not happen. A crash during the append leaves lines the next check
+finds: never journaled twice.
 Local backend only (a bucket's journal is one object a batch: left, README).
 """
 
