@@ -4,8 +4,9 @@ A batch's metadata.json is committed, then its promotions are appended to the jo
 other order would journal promotions whose commit then failed). A daemon killed between the
 two leaves entries whose event is in no journal. Nothing is paid for this per batch: the
 daemon keeps a marker of its own life beside the journal, `.audit/.daemon-<host>.json`,
-`"clean": false` from its start (after the repair, before any promotion) and `true` once a
-stop has drained every batch. A start that finds `false` knows the last life ended in a
+`"clean": false` from its start (before the repair: `opening`) and `true` once a stop has
+drained every batch; after a crash it keeps the crashed life's start until `began` has
+compared. A start that finds `false` knows the last life ended in a
 crash, and when that life began (`started_at`): the runs of this host written since are
 compared with the journal, and each entry whose promotion is in no line is journaled now,
 `"recovered": true`, as the repair does for copies it lists (`rules.recovered_events`).
@@ -14,10 +15,13 @@ Which entries: one whose key (run, filename, sha256, size) has an `artifact.prom
 has its event (a same-bytes recheck keeps its first promotion's line; a line without a
 digest, checksum "none", matches any entry of that size). Of the others, one whose source
 was read in that life (`source_changed_at` at or after `started_at`: its copy or its
-recheck was made then) or whose run's whole life the journal covers (its first day file is
-older than the run's creation) lacks its event. Any other is left (a day pruned, a store
-from before the journal): a miss, never an event for a promotion that did not happen. A
-crash during the append leaves lines the next check finds: never journaled twice.
+recheck was made then), or whose run's whole life the journal covers (its first day file is
+older than the run's creation), or whose source was read and whose promotion came after
+the journal was known whole (`journal_from`, `_covered_from`: r8 probe F2, a file written
+while the daemon was down and promoted by the next life's catch-up) lacks its event. Any
+other is left (a day pruned, a store from before the journal): a miss, never an event for
+a promotion that did not happen. A crash during the append leaves lines the next check
+finds: never journaled twice.
 Local backend only (a bucket's journal is one object a batch: left, README).
 """
 
@@ -27,13 +31,13 @@ import contextlib
 import json
 import os
 import stat
-from datetime import date, datetime
+from datetime import UTC, date, datetime, time
 from pathlib import Path
 from typing import Any
 
 from promoter import events
 from promoter.audit import LocalJournal, read_journal
-from promoter.clock import format_time, parse_time
+from promoter.clock import UNREAD, format_time, parse_time
 from promoter.errors import StoreIOError
 from promoter.logs import get_logger
 from promoter.safeio import atomic_write_bytes
@@ -43,6 +47,8 @@ __all__ = ["began", "stopped"]
 
 log = get_logger()
 _mine: set[Path] = set()  # markers this process wrote: only those are marked clean
+# marker -> (the crashed last life's start or None, since when the journal is whole)
+_lives: dict[Path, tuple[datetime | None, datetime]] = {}
 
 
 def _marker(store: Store) -> Path | None:
@@ -80,28 +86,77 @@ def _day(name: str) -> date | None:
         return None
 
 
-def began(store: Store) -> int:
-    """At the daemon's start, after the repair and before any promotion: the last life's
-    entries a crash kept out of the journal are journaled (how many), and this life's marker
-    is written. A failure here is logged, never a failed start."""
+def opening(store: Store) -> None:
+    """Before the repair: this life's marker says `"clean": false` from here on, so a kill
+    during the repair (whose relisting commits, then journals) is looked for at the next
+    start. A crashed last life's start is kept in it until `began` has compared it."""
     path = _marker(store)
     if path is None:
-        return 0
-    count = 0
-    try:  # a marker or journal this cannot read is told, and replaced: no failure each start
-        last = _read(path)
-        if last and last.get("clean") is not True:
-            count = recover(store, parse_time(str(last.get("started_at"))))
-    except (OSError, ValueError, TypeError, StoreIOError) as exc:  # TypeError: a naive time
-        log.warning(events.AUDIT_FAILED, path=str(path), reason=str(exc),
-                    action="the journal was not compared with the last life's promotions")
+        return
+    now = store.clock.now()
+    since, journal_from = None, now
+    last = _read(path)
+    if last is not None:
+        with contextlib.suppress(KeyError, ValueError):
+            journal_from = min(parse_time(str(last["journal_from"])), now)
+        if last.get("clean") is not True:
+            try:
+                since = parse_time(str(last.get("started_at")))
+            except ValueError as exc:  # a naive time, a number: told, and replaced
+                log.warning(events.AUDIT_FAILED, path=str(path), reason=str(exc),
+                            action="the journal was not compared with the last life's "
+                            "promotions")
+    _lives[path] = (since, journal_from)
+    if path.parent.parent.is_dir():  # else a new store, made by the repair: began() marks it
+        _mark(path, since or now, journal_from)
+
+
+def _mark(path: Path, started: datetime, journal_from: datetime) -> None:
     try:
-        _write(path, {"pid": os.getpid(), "started_at": format_time(store.clock.now()),
-                      "clean": False})
+        _write(path, {"pid": os.getpid(), "started_at": format_time(started), "clean": False,
+                      "journal_from": format_time(journal_from)})
         _mine.add(path)
     except OSError as exc:
         log.warning(events.AUDIT_FAILED, path=str(path), reason=exc.strerror or str(exc),
                     action="a crash of this daemon will not be looked for at the next start")
+
+
+def _covered_from(days: list[date], journal_from: datetime | None) -> datetime | None:
+    """Since when every promotion of this host has its line unless a crash cut it: the
+    markers' `journal_from` (their first life), or the oldest kept day's midnight when the
+    retention has pruned days since. An entry's promotion came after its run's creation
+    and after its source's read, so one of those at or after this is surely in the journal
+    or lost to a crash."""
+    if not days or journal_from is None:
+        return None
+    if days[0] <= journal_from.astimezone(UTC).date():
+        return journal_from
+    return max(journal_from, datetime.combine(days[0], time(), UTC))
+
+
+def began(store: Store) -> int:
+    """After the repair, before any promotion: the last life's entries a crash kept out of
+    the journal are journaled (how many), and the marker is this life's alone. A failure
+    is logged, never a failed start; the crashed life's start is then kept for the next."""
+    path = _marker(store)
+    if path is None:
+        return 0
+    if path not in _lives:
+        opening(store)
+    since, journal_from = _lives.pop(path, (None, store.clock.now()))
+    if since is None:
+        if path not in _mine:  # a new store: artifacts/ was made by the repair
+            _mark(path, store.clock.now(), journal_from)
+        return 0
+    now = store.clock.now()  # every commit so far (the repair's) is journaled
+    try:
+        count = recover(store, since, journal_from)
+    except (OSError, ValueError, TypeError, StoreIOError) as exc:  # TypeError: a naive time
+        log.warning(events.AUDIT_FAILED, path=str(path), reason=str(exc),
+                    action="the journal was not compared with the last life's promotions; "
+                    "the next start tries again")
+        return 0
+    _mark(path, now, journal_from)
     return count
 
 
@@ -115,7 +170,7 @@ def stopped(store: Store | None, drained: bool) -> None:
         _write(path, {**last, "clean": True, "stopped_at": format_time(store.clock.now())})
 
 
-def recover(store: Store, since: datetime) -> int:
+def recover(store: Store, since: datetime, journal_from: datetime | None = None) -> int:
     """Journal, `"recovered": true`, the promotions since `since` that no line records."""
     path = _marker(store)
     assert path is not None
@@ -127,6 +182,7 @@ def recover(store: Store, since: datetime) -> int:
     if not runs:
         return 0
     days = sorted(day for p in path.parent.glob("????-??-??.jsonl") if (day := _day(p.name)))
+    cover = _covered_from(days, journal_from)
     lines = read_journal(path.parent, since=min(m.created_at for m in runs))
     seen = {(e.get("run_id"), e.get("filename"), e.get("sha256"), e.get("size_bytes"))
             for e in lines if e.get("event") == events.ARTIFACT_PROMOTED}
@@ -137,7 +193,11 @@ def recover(store: Store, since: datetime) -> int:
             if (meta.run_id, a.filename, a.sha256, a.size_bytes) in seen \
                     or (meta.run_id, a.filename, None, a.size_bytes) in seen:
                 continue
-            if whole or (a.source_changed_at is not None and a.source_changed_at >= since):
+            read = a.source_changed_at  # None: older than the field; UNREAD: rebuilt from
+            # its copy, whose run's created_at may be its files' (an agent's) mtimes
+            if whole or (read is not None and read >= since) or (
+                    cover is not None and read is not None and read != UNREAD
+                    and max(read, meta.created_at) >= cover):
                 missing.append((events.ARTIFACT_PROMOTED, {
                     "run_id": meta.run_id, "filename": a.filename, "agent_id": a.agent_id,
                     "size_bytes": a.size_bytes, "sha256": a.sha256,

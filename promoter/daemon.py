@@ -212,10 +212,10 @@ class Daemon:
                 extend_at += EXTEND_EVERY_S
 
     def _open_store(self) -> None:
-        """Prepare the store (the probe, leftovers, repairs) and take its size; the backlog
-        does it again once the store answers when it was unreachable at start."""
+        """Prepare the store (probe, leftovers, repairs), take its size; again by the backlog."""
         assert self.store is not None and self.sweeper is not None
         store, ceiling = self.store, self.config.retention.max_store_bytes
+        auditgap.opening(store)  # unclean from here: a kill in the repair is looked for
         prepare(store, stop=self.stop)
         if self.stop.is_set():
             return  # a SIGTERM during the repair: the rest is the next start's

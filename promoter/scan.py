@@ -56,15 +56,17 @@ class SessionFile:
     ctime_ns: int = 0
 
     @property
-    def identity(self) -> tuple[int, int, int]:
-        return (self.ino, self.mtime_ns, self.size)
+    def identity(self) -> tuple[int, int, int, int]:
+        """A refusal holds while this does: the ctime too, so a hard link removed again (no
+        new bytes, mtime or inode) has the file looked at again (r8 probe)."""
+        return (self.ino, self.mtime_ns, self.size, self.ctime_ns)
 
 
 class Rejections:
     """Remembers refused entries, so a rescan does not log the same refusal again."""
 
     def __init__(self) -> None:
-        self._seen: dict[tuple[str, str], tuple[int, int, int]] = {}
+        self._seen: dict[tuple[str, str], tuple[int, int, int, int]] = {}
         self._lock = threading.Lock()
         self._runs_warned: set[str] = set()
         self._walk: dict[str, list[tuple[str, str]]] = {}  # run -> refusals to note
@@ -95,7 +97,7 @@ class Rejections:
         except (OSError, ValueError):
             return
         self.add(SessionFile(run_id, filename, st.st_size, st.st_mtime_ns, st.st_ino,
-                             stat.S_ISREG(st.st_mode)))
+                             stat.S_ISREG(st.st_mode), st.st_ctime_ns))
 
     def warn_once(self, key: str) -> bool:
         """True the first time `key` is seen: one warning per bad run id or folder."""

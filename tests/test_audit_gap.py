@@ -7,14 +7,17 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from promoter import auditgap
+from promoter.audit import read_journal
+from promoter.store import Store
 from tests.daemon_helpers import Daemon, base_config, start_daemon, wait_until
-from tests.store_helpers import make_store
+from tests.store_helpers import make_store, write_session_file
 
 # `promoter run` as it is, but killed (SIGKILL, as kill -9) in the batch that promotes
 # `victim.txt`, after its metadata commit and before its journal append
@@ -77,6 +80,35 @@ def test_a_kill_between_commit_and_journal_is_journaled_at_the_next_start(
     assert len(promotions(root, "victim.txt")) == 1 and not third.events("audit.recovered")
 
 
+def test_a_file_written_while_down_then_killed_in_the_window_is_journaled(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Probe F2: victim.txt written while no daemon ran (its ctime before the next life's
+    start), promoted by that life's catch-up, killed before its journal line: the next
+    start journals it once, recovered."""
+    root = tmp_path / "root"
+    out = root / "sessions" / "r1" / "output"
+    out.mkdir(parents=True)
+    (out / "first.txt").write_text("journaled in a clean life")
+    run_clean(root)
+    (out / "victim.txt").write_text("written while down, killed before its journal line")
+    popen = subprocess.Popen
+
+    def killing(args: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
+        return popen([sys.executable, "-c", KILLED, *args[3:]], **kwargs)
+    with monkeypatch.context() as patch:
+        patch.setattr(subprocess, "Popen", killing)
+        d = start_daemon(root, base_config())
+    try:
+        assert d.proc.wait(60) == -9
+    finally:
+        d.close()
+    assert d.entry("r1", "victim.txt") is not None and not promotions(root, "victim.txt")
+    again = run_clean(root)
+    [line] = promotions(root, "victim.txt")
+    assert line["recovered"] is True and len(promotions(root, "first.txt")) == 1
+    assert again.events("audit.recovered")[0]["events"] == 1
+
+
 def run_clean(root: Path) -> Daemon:
     d = start_daemon(root, base_config())
     try:
@@ -126,3 +158,38 @@ def test_a_bad_marker_never_fails_a_start_and_is_replaced(tmp_path: Path, text: 
     assert json.loads(marker.read_text())["clean"] is False
     auditgap.stopped(store, drained=True)
     assert json.loads(marker.read_text())["clean"] is True
+
+
+def test_a_kill_in_the_repair_after_a_clean_stop_is_looked_for(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The marker says unclean from before the repair: a commit then (the repair's
+    relisting) whose journal line a kill cut, after a clean stop, is journaled next start."""
+    store = make_store(tmp_path)
+    write_session_file(tmp_path, "r1", "a.txt", b"clean life")
+    auditgap.began(store)
+    store.promote_files("r1", ["a.txt"])
+    auditgap.stopped(store, drained=True)
+    auditgap._mine.clear()  # a new process, killed in its repair's window
+    auditgap.opening(store)
+    write_session_file(tmp_path, "r1", "b.txt", b"committed by the repair, then a kill")
+    with monkeypatch.context() as patch:
+        patch.setattr(Store, "_journal_promoted", lambda self, results: None)
+        store.promote_files("r1", ["b.txt"])
+    auditgap._mine.clear()  # the next process
+    auditgap.opening(store)
+    assert auditgap.began(store) == 1
+    lines = read_journal(tmp_path / "artifacts" / ".audit")
+    assert sorted((e["filename"], e.get("recovered")) for e in lines
+                  if e["event"] == "artifact.promoted") == [("a.txt", None), ("b.txt", True)]
+
+
+def test_the_journal_is_trusted_whole_only_since_the_first_marker_and_the_oldest_kept_day(
+        ) -> None:
+    """Coverage: the markers' first life when no day since was pruned; else the oldest kept
+    day's midnight; nothing without a day file or a first life."""
+    first = datetime(2026, 3, 5, 10, 30, tzinfo=UTC)
+    covered = auditgap._covered_from
+    assert covered([date(2026, 3, 5), date(2026, 3, 6)], first) == first
+    assert covered([date(2026, 3, 1)], first) == first
+    assert covered([date(2026, 3, 8)], first) == datetime(2026, 3, 8, tzinfo=UTC)
+    assert covered([], first) is None and covered([date(2026, 3, 5)], None) is None

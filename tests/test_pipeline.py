@@ -253,7 +253,7 @@ def test_rejected_files_are_remembered_for_rescans(store: FakeStore, tmp_path: P
     try:
         p.file_changed("r", "link", strong=True)
         st = path.stat()
-        f = SessionFile("r", "link", st.st_size, st.st_mtime_ns, st.st_ino, True)
+        f = SessionFile("r", "link", st.st_size, st.st_mtime_ns, st.st_ino, True, st.st_ctime_ns)
         wait_until(lambda: rejections.known(f), timeout=5)
     finally:
         assert p.drain(5)
