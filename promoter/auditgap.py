@@ -161,9 +161,11 @@ def began(store: Store) -> int:
 
 
 def stopped(store: Store | None, drained: bool) -> None:
-    """At the end of a stop that drained every batch: this life ended cleanly."""
+    """At the end of a stop that drained every batch and journaled every event: this life
+    ended cleanly (else the next start looks for the promotions not journaled)."""
     path = _marker(store) if store is not None else None
-    if store is None or path is None or path not in _mine or not drained:
+    journaled = store is None or store.audit.settle()  # lines a failed append held: last try
+    if store is None or path is None or path not in _mine or not drained or not journaled:
         return
     last = _read(path) or {}
     with contextlib.suppress(OSError):
