@@ -48,6 +48,7 @@ __all__ = [
     "http_actor",
     "merged",
     "read_journal",
+    "unjournaled",
 ]
 
 log = get_logger()
@@ -271,6 +272,21 @@ class Auditor:
         if removed:
             log.info(events.AUDIT_PRUNED, days=removed)
         return removed
+
+
+def unjournaled(auditor: Auditor, run_id: str, since: datetime,
+                batch: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, dict[str, Any]]]:
+    """The promotions of `batch` (one run's) that no `artifact.promoted` line of the local
+    journal since `since` records (a line without a digest matches any of that size); none
+    when the journal is not a local folder (a bucket's is not read here)."""
+    if not isinstance(auditor.sink, LocalJournal):
+        return []
+    seen = {(e.get("filename"), e.get("sha256"), e.get("size_bytes"))
+            for e in read_journal(auditor.sink.folder, since, run_id)
+            if e.get("event") == events.ARTIFACT_PROMOTED}
+    return [(event, f) for event, f in batch
+            if (f["filename"], f["sha256"], f["size_bytes"]) not in seen
+            and (f["filename"], None, f["size_bytes"]) not in seen]
 
 
 def read_journal(folder: Path, since: datetime | None = None,

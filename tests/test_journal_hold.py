@@ -5,6 +5,7 @@ the next start journals them (DESIGN §11: every change is an audit event)."""
 
 from __future__ import annotations
 
+import errno
 import json
 import shutil
 from datetime import UTC, datetime, timedelta
@@ -17,8 +18,9 @@ from promoter import journalhold
 from promoter.audit import DAEMON, Auditor, LocalJournal, read_journal
 from promoter.errors import StoreIOError
 from promoter.journalhold import PartlyWritten
+from promoter.promotion import Outcome
 from tests.daemon_helpers import base_config, start_daemon, wait_until
-from tests.store_helpers import FakeClock
+from tests.store_helpers import FakeClock, make_store, write_session_file
 
 T0 = datetime(2026, 12, 1, 1, 0, tzinfo=UTC)
 
@@ -179,3 +181,31 @@ def test_a_stop_with_lines_held_leaves_them_to_the_next_start(tmp_path: Path) ->
         assert again.stop() == 0
     lines = [e for e in read_journal(day.parent) if e["event"] == "artifact.promoted"]
     assert [(e["filename"], e.get("recovered")) for e in lines] == [("a.txt", True)]
+
+
+def test_a_run_whose_first_list_was_never_written_is_journaled_when_rebuilt(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Probe F2: a full disk at a new run's first metadata write leaves copies under files/
+    and no list; the retry rebuilds the run from them ("metadata.json missing"): each copy's
+    promotion is journaled then (recovered), once, and a second rebuild adds nothing."""
+    store = make_store(tmp_path)
+    write_session_file(tmp_path, "r1", "a.txt", b"a")
+    write_session_file(tmp_path, "r1", "b.txt", b"bb")
+    write_meta = store.disk.write_meta
+
+    def full(*args: Any) -> Any:
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(store.disk, "write_meta", full)
+    assert not any(r.outcome is Outcome.PROMOTED for r in store.promote_files("r1", ["a.txt"]))
+    monkeypatch.setattr(store.disk, "write_meta", write_meta)
+    assert list((tmp_path / "artifacts" / "r1" / "files").iterdir())  # the copy, unlisted
+    store.promote_files("r1", ["a.txt", "b.txt"])
+    assert {a.filename for a in store.get_run("r1").artifacts} == {"a.txt", "b.txt"}
+    lines = [(e["filename"], e.get("recovered")) for e in
+             read_journal(tmp_path / "artifacts" / ".audit") if e["event"] == "artifact.promoted"]
+    assert sorted(lines) == [("a.txt", True), ("b.txt", None)]
+    (tmp_path / "artifacts" / "r1" / "metadata.json").unlink()  # by hand: every line exists
+    store.repair("r1")
+    again = [e for e in read_journal(tmp_path / "artifacts" / ".audit")
+             if e["event"] == "artifact.promoted"]
+    assert len(again) == 2
