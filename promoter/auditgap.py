@@ -90,6 +90,7 @@ def opening(store: Store) -> None:
     """Before the repair: this life's marker says `"clean": false` from here on, so a kill
     during the repair (whose relisting commits, then journals) is looked for at the next
     start. A crashed last life's start is kept in it until `began` has compared it."""
+    store.audit.held.keep_retrying()  # lines a failed append held: tried on a timer too
     path = _marker(store)
     if path is None:
         return

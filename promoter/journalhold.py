@@ -2,7 +2,8 @@
 
 Every change is one audit event. A batch the journal could not take (`.audit` made a file
 or a link, a full disk, any OSError) is held as its encoded lines, with their own times,
-and appended before any later batch of the process and every RETRY_S until it goes through:
+and appended before any later batch of the process (and, in the daemon, every RETRY_S)
+until it goes through:
 every change gets its one line, late, in its order, in the day file of its time. Lines a
 failed append did write are never held again (no line twice; a torn one is written again
 whole after it, the torn part is a bad line that reading skips). Past MAX_HELD_BYTES a
@@ -54,6 +55,11 @@ class Held:
         self.dropped = 0  # events given up past MAX_HELD_BYTES
         self._lock = threading.Lock()
         self._timer: threading.Timer | None = None
+        self.retry_s: float | None = None  # the timer's period; None: no timer (a CLI)
+
+    def keep_retrying(self) -> None:
+        """Held lines are tried every RETRY_S too, not only before a later batch (a daemon)."""
+        self.retry_s = RETRY_S
 
     def __bool__(self) -> bool:
         return bool(self._lines)
@@ -82,11 +88,15 @@ class Held:
             return failed
 
     def settle(self) -> bool:
-        """One last try (at a stop); False when an event is still not journaled."""
+        """One last try (at a stop; the timer ends); False when an event is still not
+        journaled."""
         with self._lock:
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
+            self.retry_s = None
+            timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.cancel()
+            timer.join()  # outside the lock: a tick may be waiting for it
+        with self._lock:
             self._flush()
             if self._lines:
                 log.error(events.AUDIT_FAILED, events=self.events(),
@@ -107,8 +117,8 @@ class Held:
         self._arm()
 
     def _arm(self) -> None:
-        if self._timer is None and self._lines:
-            self._timer = threading.Timer(RETRY_S, self._tick)
+        if self._timer is None and self._lines and self.retry_s is not None:
+            self._timer = threading.Timer(self.retry_s, self._tick)
             self._timer.daemon = True
             self._timer.start()
 
