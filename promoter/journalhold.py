@@ -3,13 +3,12 @@
 Every change is one audit event. A batch the journal could not take (`.audit` made a file
 or a link, a full disk, any OSError) is held as its encoded lines, with their own times,
 and appended before any later batch of the process (and, in the daemon, every RETRY_S)
-until it goes through:
-every change gets its one line, late, in its order, in the day file of its time. Lines a
-failed append did write are never held again (no line twice; a torn one is written again
-whole after it, the torn part is a bad line that reading skips). Past MAX_HELD_BYTES a
-batch is dropped (told, and counted): `settle` says whether anything is still missing, so a
-daemon that stops with lines missing leaves its life marked unclean and the next start
-looks for them (auditgap.py). Nothing here runs while nothing is held.
+until it goes through: every change gets its one line, late, in its order, in the day file
+of its time. Lines a failed append did write are never held again (no line twice; a torn
+one is written again whole after it, the torn part is a bad line that reading skips).
+Past MAX_HELD_BYTES a batch is dropped (told, and counted): `settle` says whether anything
+is still missing, so a daemon that stops with lines missing leaves its life marked unclean
+and the next start looks for them (auditgap.py). Nothing here runs while nothing is held.
 """
 
 from __future__ import annotations
