@@ -31,6 +31,7 @@ from typing import Any, Protocol
 from promoter import events
 from promoter.clock import Clock, SystemClock, parse_time
 from promoter.errors import StoreIOError
+from promoter.journalhold import Held, PartlyWritten, unwritten
 from promoter.logs import get_logger, info_many, json_members
 
 __all__ = [
@@ -40,12 +41,14 @@ __all__ = [
     "Auditor",
     "JournalSink",
     "LocalJournal",
+    "PartlyWritten",
     "acting_as",
     "cli_actor",
     "events_in",
     "http_actor",
     "merged",
     "read_journal",
+    "unjournaled",
 ]
 
 log = get_logger()
@@ -140,6 +143,7 @@ class LocalJournal:
         path = self.folder / f"{day}.jsonl"
         # O_NONBLOCK: a FIFO put in place of a day must fail here, not block the daemon
         # once its buffer is full (it is a no-op on a regular file).
+        sent = 0  # bytes of `data` in the file: what a failure must not have retried
         fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
                      | os.O_NONBLOCK, 0o640)
         try:
@@ -161,12 +165,21 @@ class LocalJournal:
             size = os.fstat(fd).st_size
             if size and os.pread(fd, 1, size - 1) != b"\n":
                 data = b"\n" + data
+                sent = -1  # the separator is not the caller's
             view = memoryview(data)
             written = os.write(fd, view)  # one write a batch: O_APPEND keeps lines whole
+            sent += written
             while written < len(view):  # a short write (full disk, signal): finish the lines
                 view = view[written:]
                 written = os.write(fd, view)
+                sent += written
             os.fdatasync(fd)
+        except OSError as exc:
+            if sent <= 0:
+                raise
+            torn = PartlyWritten(exc.errno, exc.strerror, exc.filename)
+            torn.sent = sent
+            raise torn from exc
         finally:
             os.close(fd)
 
@@ -200,7 +213,8 @@ def _journal_line(head: str, event: str, fields: dict[str, Any], members: str | 
 
 
 class Auditor:
-    """Logs each change and appends it to the journal, one write per batch."""
+    """Logs each change and appends it to the journal, one write per batch. A batch the
+    journal could not take is held and written late, in order (journalhold.py)."""
 
     def __init__(self, sink: JournalSink, host: str, actor: Actor,
                  clock: Clock | None = None) -> None:
@@ -208,9 +222,11 @@ class Auditor:
         self.host = host or socket.gethostname()
         self.actor = actor
         self.clock: Clock = clock or SystemClock()
+        self.held = Held(sink)
 
     def record(self, batch: Sequence[tuple[str, dict[str, Any]]]) -> None:
-        """Log and journal `batch` ((event, fields) pairs); StoreIOError if the journal failed."""
+        """Log and journal `batch` ((event, fields) pairs); StoreIOError if the journal failed
+        (the lines are then held and written later: see the class)."""
         if not batch:
             return
         actor = _current.get() or self.actor
@@ -223,14 +239,28 @@ class Auditor:
         data = "".join(_journal_line(head, event, fields, members)
                        for (event, fields), members in zip(merged, encoded, strict=True)
                        ).encode("utf-8", "surrogateescape")
-        try:
-            self.sink.append(now.astimezone(UTC).date().isoformat(), data)
-        except OSError as exc:
-            log.error(events.AUDIT_FAILED, events=len(batch), reason=exc.strerror or str(exc),
-                      path=str(exc.filename or ""))
-            where = f" {exc.filename}" if exc.filename else ""
-            raise StoreIOError(f"audit journal{where} not written ({exc.strerror or exc}): "
-                               f"{len(batch)} change(s) done but not journaled") from None
+        day = now.astimezone(UTC).date().isoformat()
+        if self.held:
+            error = self.held.write(day, data, len(batch))  # after the held lines, in order
+            if error is None:
+                return
+        else:  # the hot path: nothing held, no lock
+            try:
+                self.sink.append(day, data)
+                return
+            except OSError as exc:
+                error = exc
+                self.held.keep(day, unwritten(exc, data), len(batch))
+        log.error(events.AUDIT_FAILED, events=len(batch), reason=error.strerror or str(error),
+                  path=str(error.filename or ""), held=self.held.events())
+        where = f" {error.filename}" if error.filename else ""
+        raise StoreIOError(f"audit journal{where} not written ({error.strerror or error}): "
+                           f"{len(batch)} change(s) done but not journaled yet") from None
+
+    def settle(self) -> bool:
+        """One last try for the held lines (at a stop); False when an event is still not
+        journaled (held, or dropped past the bound)."""
+        return self.held.settle()
 
     def one(self, event: str, **fields: Any) -> None:
         self.record([(event, fields)])
@@ -242,6 +272,21 @@ class Auditor:
         if removed:
             log.info(events.AUDIT_PRUNED, days=removed)
         return removed
+
+
+def unjournaled(auditor: Auditor, run_id: str, since: datetime,
+                batch: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, dict[str, Any]]]:
+    """The promotions of `batch` (one run's) that no `artifact.promoted` line of the local
+    journal since `since` records (a line without a digest matches any of that size); none
+    when the journal is not a local folder (a bucket's is not read here)."""
+    if not isinstance(auditor.sink, LocalJournal):
+        return []
+    seen = {(e.get("filename"), e.get("sha256"), e.get("size_bytes"))
+            for e in read_journal(auditor.sink.folder, since, run_id)
+            if e.get("event") == events.ARTIFACT_PROMOTED}
+    return [(event, f) for event, f in batch
+            if (f["filename"], f["sha256"], f["size_bytes"]) not in seen
+            and (f["filename"], None, f["size_bytes"]) not in seen]
 
 
 def read_journal(folder: Path, since: datetime | None = None,

@@ -90,6 +90,7 @@ def opening(store: Store) -> None:
     """Before the repair: this life's marker says `"clean": false` from here on, so a kill
     during the repair (whose relisting commits, then journals) is looked for at the next
     start. A crashed last life's start is kept in it until `began` has compared it."""
+    store.audit.held.keep_retrying()  # lines a failed append held: tried on a timer too
     path = _marker(store)
     if path is None:
         return
@@ -161,9 +162,11 @@ def began(store: Store) -> int:
 
 
 def stopped(store: Store | None, drained: bool) -> None:
-    """At the end of a stop that drained every batch: this life ended cleanly."""
+    """At the end of a stop that drained every batch and journaled every event: this life
+    ended cleanly (else the next start looks for the promotions not journaled)."""
     path = _marker(store) if store is not None else None
-    if store is None or path is None or path not in _mine or not drained:
+    journaled = store is None or store.audit.settle()  # lines a failed append held: last try
+    if store is None or path is None or path not in _mine or not drained or not journaled:
         return
     last = _read(path) or {}
     with contextlib.suppress(OSError):

@@ -71,6 +71,7 @@ LIBRARY_DELETED: Final = "library.deleted"
 AUDIT_FAILED: Final = "audit.failed"
 AUDIT_INVALID: Final = "audit.invalid"
 AUDIT_PRUNED: Final = "audit.pruned"
+AUDIT_RETRIED: Final = "audit.retried"  # lines a failed append held, journaled late
 AUDIT_RECOVERED: Final = "audit.recovered"  # promotions a crash kept out of the journal
 DAEMON_FAILED: Final = "daemon.failed"
 ARTIFACT_COPYING: Final = "artifact.copying"

@@ -349,11 +349,14 @@ def raced_deletion(tomb: Tombstone | None, stored_at: datetime, margin: timedelt
     return tomb is not None and stored_at <= tomb.deleted_at + margin
 
 
-def recovered_events(old: RunMetadata, new: RunMetadata) -> list[tuple[str, dict[str, Any]]]:
+def recovered_events(old: RunMetadata | None,
+                     new: RunMetadata) -> list[tuple[str, dict[str, Any]]]:
     """An `artifact.promoted` for each entry the repair listed (a copy placed, or its entry
     committed, by a process that died before its journal write): every copy in the store
-    has its promotion in the audit journal (DESIGN §11), marked `recovered`."""
-    before = {(a.filename, a.size_bytes, a.generated_at, a.sha256) for a in old.artifacts}
+    has its promotion in the audit journal (DESIGN §11), marked `recovered`. `old` None:
+    every entry of `new` (a run rebuilt from copies no list was ever committed for)."""
+    before = {(a.filename, a.size_bytes, a.generated_at, a.sha256)
+              for a in (old.artifacts if old is not None else ())}
     return [(events.ARTIFACT_PROMOTED,
              {"run_id": new.run_id, "filename": a.filename, "agent_id": a.agent_id,
               "size_bytes": a.size_bytes, "sha256": a.sha256, "content_type": a.content_type,

@@ -15,12 +15,13 @@ import random
 import stat
 import time
 from collections.abc import Callable, Hashable, Iterable
+from datetime import timedelta
 from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
 from promoter import events, rules
-from promoter.audit import Actor, Auditor, cli_actor
+from promoter.audit import Actor, Auditor, cli_actor, unjournaled
 from promoter.backend import Backend, LostRace, TooManyRaces
 from promoter.budget import StoreTotal
 from promoter.clock import Clock, SystemClock
@@ -351,6 +352,13 @@ class StoreCore:
         self.write_metadata(art, applied.meta)
         log.warning(events.METADATA_RECOVERED, run_id=run_id, reason=reason, set_aside=aside,
                     files=len(entries))
+        if raw is None:  # no list was ever committed (a full disk at the run's first write,
+            # a crash): its copies' promotions are in no journal line yet (DESIGN §11)
+            since = min(applied.meta.created_at, self.clock.now()) - timedelta(days=1)
+            batch = unjournaled(self.audit, run_id, since,
+                                rules.recovered_events(None, applied.meta))
+            with contextlib.suppress(StoreIOError):  # logged (audit.failed), held: audit.py
+                self.audit.record(batch)
         return applied.meta
 
     def repair(self, run_id: str) -> bool:
