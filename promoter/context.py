@@ -9,9 +9,11 @@ from __future__ import annotations
 import functools
 import json
 import os
+import stat
 from collections import OrderedDict
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from promoter import events
@@ -20,7 +22,7 @@ from promoter.logs import get_logger
 from promoter.names import split_relpath
 from promoter.safeio import Refused, open_dir_chain, open_regular
 
-__all__ = ["AttributionReader", "RunContext", "read_run_json"]
+__all__ = ["AttributionReader", "RunContext", "read_run_json", "session_exists"]
 
 log = get_logger()
 MAX_RUN_JSON_BYTES = 1 << 20
@@ -67,6 +69,25 @@ def _open_in_run(sessions_fd: int, run_id: str, name: str,
     finally:
         os.close(run_fd)
     return fd, st, output_fd
+
+
+def session_exists(sessions: Path, run_id: str) -> bool:
+    """False only when the session is known to be gone (DESIGN §1).
+
+    When sessions/ itself cannot be seen (promoter-web's unit makes it
+    inaccessible; a web container may not mount it) nothing is known, and a
+    tombstone must be kept rather than dropped.
+    """
+    try:
+        os.lstat(sessions / run_id)
+        return True
+    except FileNotFoundError:
+        try:
+            return not stat.S_ISDIR(os.stat(sessions).st_mode)
+        except OSError:
+            return True
+    except OSError:
+        return True
 
 
 def _read_small(
