@@ -23,7 +23,7 @@ from promoter.backend import Backend, LostRace, TooManyRaces
 from promoter.budget import StoreTotal
 from promoter.clock import Clock, SystemClock
 from promoter.config import Config
-from promoter.context import AttributionReader, RunContext, read_run_json, session_exists
+from promoter.context import AttributionReader, RunContext, RunJsonReader, session_exists
 from promoter.errors import NotFoundError, StoreIOError
 from promoter.localdisk import LocalDisk, Oversized
 from promoter.logs import get_logger
@@ -70,6 +70,7 @@ class StoreCore:
         self.cache = ParsedRuns()  # parsed runs by version; bounded in the daemon (§9):
         if bounded:  # a run the start parses and lets go leaves a view at once
             self.cache.bound(MODEL_ENTRIES)
+        self.run_json = RunJsonReader()
         self.deleting: set[str] = set()  # runs seen marked "deleting" (DESIGN §10)
         self.total = StoreTotal()  # the store's size, kept as metadata is written (DESIGN §4)
         self.on_over_budget: Callable[[], None] | None = None  # the daemon kicks its sweeper
@@ -295,7 +296,7 @@ class StoreCore:
         try:
             with contextlib.nullcontext(base) if base is not None \
                     else folder(self.sessions_path) as sessions:
-                fields = read_run_json(sessions, run_id)
+                fields = self.run_json.read(sessions, run_id)
                 agents = self.attribution.agents(sessions, run_id, known)
         except OSError:
             return RunContext()
