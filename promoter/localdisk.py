@@ -202,12 +202,15 @@ class LocalDisk:
     def write_meta(self, art: int, run_id: str, data: bytes) -> Version:
         """Replace metadata.json atomically and durably (the run's lock is held); the version
         tag of what was written (as `meta_version`), not of what a `stat` finds after it."""
-        run_fd = open_dir_chain(art, [run_id], create=True)
+        mark = self._mark(art, run_id)
+        held = mark.run_folder()  # the session's mark opened the run folder: no second open
+        run_fd = held if held is not None else open_dir_chain(art, [run_id], create=True)
         try:
             st = atomic_write_bytes(run_fd, METADATA, data)
         finally:
-            os.close(run_fd)
-        self._mark(art, run_id).written()  # it lists every change the session made so far
+            if held is None:
+                os.close(run_fd)
+        mark.written()  # it lists every change the session made so far
         return (st.st_ino, st.st_mtime_ns, st.st_size)
 
     # -- stored files ------------------------------------------------------------------------
