@@ -9,9 +9,13 @@ from __future__ import annotations
 import functools
 import json
 import os
+import stat
+import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from promoter import events
@@ -20,7 +24,7 @@ from promoter.logs import get_logger
 from promoter.names import split_relpath
 from promoter.safeio import Refused, open_dir_chain, open_regular
 
-__all__ = ["AttributionReader", "RunContext", "read_run_json"]
+__all__ = ["AttributionReader", "RunContext", "RunJsonReader", "read_run_json", "session_exists"]
 
 log = get_logger()
 MAX_RUN_JSON_BYTES = 1 << 20
@@ -69,6 +73,25 @@ def _open_in_run(sessions_fd: int, run_id: str, name: str,
     return fd, st, output_fd
 
 
+def session_exists(sessions: Path, run_id: str) -> bool:
+    """False only when the session is known to be gone (DESIGN §1).
+
+    When sessions/ itself cannot be seen (promoter-web's unit makes it
+    inaccessible; a web container may not mount it) nothing is known, and a
+    tombstone must be kept rather than dropped.
+    """
+    try:
+        os.lstat(sessions / run_id)
+        return True
+    except FileNotFoundError:
+        try:
+            return not stat.S_ISDIR(os.stat(sessions).st_mode)
+        except OSError:
+            return True
+    except OSError:
+        return True
+
+
 def _read_small(
     sessions_fd: int, run_id: str, name: str, limit: int, offset: int = 0
 ) -> bytes | None:
@@ -88,29 +111,83 @@ def _read_small(
 
 def read_run_json(sessions_fd: int, run_id: str) -> dict[str, str]:
     """`workflow_id`, `user_directive` and `status` from run.json, each only when valid."""
+    return _run_json(sessions_fd, run_id)[0]
+
+
+def _run_json(sessions_fd: int, run_id: str) -> tuple[dict[str, str], bool]:
+    """`read_run_json`, and whether the file was there and valid (nothing logged)."""
     raw = _read_small(sessions_fd, run_id, "run.json", MAX_RUN_JSON_BYTES)
     if raw is None:
-        return {}
+        return {}, False
     try:
         data: Any = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
         log.warning(events.CONTEXT_INVALID, run_id=run_id, file="run.json", reason="not JSON")
-        return {}
+        return {}, False
     if not isinstance(data, dict):
         log.warning(events.CONTEXT_INVALID, run_id=run_id, file="run.json", reason="not an object")
-        return {}
+        return {}, False
     out: dict[str, str] = {}
+    clean = True
     for key in ("workflow_id", "user_directive", "status"):
         value = data.get(key)
         if isinstance(value, str):
             out[key] = value
         elif value is not None:
+            clean = False
             log.warning(events.CONTEXT_INVALID, run_id=run_id, file="run.json",
                         reason=f"{key} is not a string")
     if out.get("status") not in (None, "running", "completed", "failed"):
+        clean = False
         log.warning(events.CONTEXT_INVALID, run_id=run_id, file="run.json", reason="unknown status")
         out.pop("status")
-    return out
+    return out, clean
+
+
+FileKey = tuple[int, int, int, int, int]  # device, inode, size, mtime, ctime (ns)
+SETTLED_NS = 2_000_000_000  # a file changed this recently may change again within its time tick
+KEPT_RUNS = 256  # run.json parses kept, the last ones made (memory stays small when idle, §9)
+KEPT_CHARS = 16_384  # a longer run.json (a long user_directive) is read every time
+
+
+def _lstat(sessions_fd: int, run_id: str, name: str) -> os.stat_result | None:
+    """A session file's own stat by its path (one call, no descriptor); None when absent or
+    unreadable. A link in the run's place is followed: callers only compare the result with
+    a file they opened the safe way before, and take the safe way on any difference."""
+    try:
+        return os.stat(f"{run_id}/{name}", dir_fd=sessions_fd, follow_symlinks=False)
+    except (OSError, ValueError):
+        return None
+
+
+class RunJsonReader:
+    """run.json's fields by run, parsed again only when the file changed (issue 15: every
+    batch read and parsed it: a descriptor for the run, one for the file, its read). A
+    file's version is its device, inode, size, mtime and ctime; one changed in the last
+    SETTLED_NS is not kept, so a rewrite within the same time tick is never missed (ctime
+    cannot be set back). Only a valid file is kept: an invalid one is logged each read."""
+
+    def __init__(self) -> None:
+        self._runs: dict[str, tuple[FileKey, dict[str, str]]] = {}
+        self._lock = threading.Lock()
+
+    def read(self, sessions_fd: int, run_id: str) -> dict[str, str]:
+        st = _lstat(sessions_fd, run_id, "run.json")
+        key: FileKey | None = None
+        if st is not None and stat.S_ISREG(st.st_mode) \
+                and st.st_ctime_ns < time.time_ns() - SETTLED_NS:
+            key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+            kept = self._runs.get(run_id)
+            if kept is not None and kept[0] == key:
+                return dict(kept[1])
+        fields, clean = _run_json(sessions_fd, run_id)
+        with self._lock:  # workers read several runs at once
+            self._runs.pop(run_id, None)
+            if key is not None and clean and sum(map(len, fields.values())) <= KEPT_CHARS:
+                self._runs[run_id] = (key, dict(fields))  # the key read before the file: a
+                if len(self._runs) > KEPT_RUNS:  # later change shows; the last parsed stay
+                    del self._runs[next(iter(self._runs))]
+        return fields
 
 
 @dataclass
@@ -154,6 +231,9 @@ class AttributionReader:
 
     def _read(self, sessions_fd: int, run_id: str, state: _Attribution,
               wanted: Callable[[], frozenset[str]]) -> None:
+        st = _lstat(sessions_fd, run_id, "attribution.jsonl")
+        if st is None or (st.st_ino == state.ino and st.st_size == state.offset):
+            return  # absent, or nothing appended since the last read: no descriptor (issue 15)
         opened = _open_in_run(sessions_fd, run_id, "attribution.jsonl", output=True)
         if opened is None:
             return

@@ -122,9 +122,8 @@ class LocalDisk:
         """Hold the run's lock; yields the artifacts folder's descriptor, the handle the
         writes below take. `wait=False`: BlockingIOError at once when it is held."""
         with self.reading() as art:
-            with contextlib.suppress(FileExistsError):
-                os.mkdir(LOCKS, dir_fd=art)
-            locks = open_dir_chain(art, [LOCKS])
+            # made when missing (ENOENT), not tried by a `mkdir` every session (issue 15)
+            locks = open_dir_chain(art, [LOCKS], create=True)
             try:
                 with contextlib.ExitStack() as stack:
                     try:
@@ -203,12 +202,15 @@ class LocalDisk:
     def write_meta(self, art: int, run_id: str, data: bytes) -> Version:
         """Replace metadata.json atomically and durably (the run's lock is held); the version
         tag of what was written (as `meta_version`), not of what a `stat` finds after it."""
-        run_fd = open_dir_chain(art, [run_id], create=True)
+        mark = self._mark(art, run_id)
+        held = mark.run_folder()  # the session's mark opened the run folder: no second open
+        run_fd = held if held is not None else open_dir_chain(art, [run_id], create=True)
         try:
             st = atomic_write_bytes(run_fd, METADATA, data)
         finally:
-            os.close(run_fd)
-        self._mark(art, run_id).written()  # it lists every change the session made so far
+            if held is None:
+                os.close(run_fd)
+        mark.written()  # it lists every change the session made so far
         return (st.st_ino, st.st_mtime_ns, st.st_size)
 
     # -- stored files ------------------------------------------------------------------------
@@ -358,10 +360,21 @@ class LocalDisk:
     # -- tombstones --------------------------------------------------------------------------
 
     def read_tombstone(self, run_id: str) -> bytes | None:
+        """The tombstone's bytes, None when there is none (read every batch: a string path
+        and a plain descriptor, not pathlib's and io's layers, issue 15)."""
         try:
-            return (self.path / TOMBSTONES / run_id).read_bytes()
-        except OSError:
+            fd = os.open(f"{self.path}/{TOMBSTONES}/{run_id}", os.O_RDONLY | os.O_CLOEXEC)
+        except (OSError, ValueError):
             return None
+        try:
+            parts = []
+            while piece := os.read(fd, 1 << 16):
+                parts.append(piece)
+            return b"".join(parts)
+        except OSError:  # a folder in its place (EISDIR), as pathlib's read said
+            return None
+        finally:
+            os.close(fd)
 
     def write_tombstone(self, art: int, run_id: str, data: bytes) -> None:
         tomb_fd = open_dir_chain(art, [TOMBSTONES], create=True)

@@ -83,6 +83,11 @@ class RunMark:
             self._run_fd = run_fd  # flushed before the first rename (`pending_flush`)
         self._present = True
 
+    def run_folder(self) -> int | None:
+        """The run folder's descriptor this session opened to make the mark (open until
+        `end`), for the session's metadata write; None when it made none."""
+        return self._run_fd
+
     def pending_flush(self) -> int | None:
         """The run folder to flush before a rename or removal in files/ (a mark made this
         session, not yet on disk); None when nothing is waiting."""

@@ -103,6 +103,8 @@ def _open_child_dir(parent_fd: int, name: str, create: bool) -> int:
 
 def open_dir_chain(base_fd: int, parts: Sequence[str], create: bool = False) -> int:
     """Open `base/parts...` as a folder without following any link; the caller closes it."""
+    if len(parts) == 1:  # the common case (a run's folder): no `dup` and `close` around it
+        return _open_child_dir(base_fd, parts[0], create)
     fd = os.dup(base_fd)
     try:
         for part in parts:

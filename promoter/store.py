@@ -121,11 +121,11 @@ class Store(StoreCore):
         """
         check_run_id(run_id)
         names = list(dict.fromkeys(filenames))
-        ctx = self.context(run_id, names)
         stored: dict[str, tuple[tuple[int, int, int], CopyResult]] = {}
         results: list[PromoteResult] = []
         try:
             with folder(self.sessions_path) as sessions:
+                ctx = self.context(run_id, names, sessions)
                 results = self.change(run_id, lambda art: self._promote_batch(
                     art, sessions, run_id, names, ctx, stored))
         except (OSError, StoreUnavailable, TooManyRaces) as exc:  # the store: all wait

@@ -10,9 +10,7 @@ always describes a stored copy. The backend keeps the bytes; `rules.py` decides 
 from __future__ import annotations
 
 import contextlib
-import os
 import random
-import stat
 import time
 from collections.abc import Callable, Hashable, Iterable
 from datetime import timedelta
@@ -26,7 +24,7 @@ from promoter.backend import Backend, LostRace, TooManyRaces
 from promoter.budget import StoreTotal
 from promoter.clock import Clock, SystemClock
 from promoter.config import Config
-from promoter.context import AttributionReader, RunContext, read_run_json
+from promoter.context import AttributionReader, RunContext, RunJsonReader, session_exists
 from promoter.errors import NotFoundError, StoreIOError
 from promoter.localdisk import LocalDisk, Oversized
 from promoter.logs import get_logger
@@ -73,6 +71,7 @@ class StoreCore:
         self.cache = ParsedRuns()  # parsed runs by version; bounded in the daemon (§9):
         if bounded:  # a run the start parses and lets go leaves a view at once
             self.cache.bound(MODEL_ENTRIES)
+        self.run_json = RunJsonReader()
         self.deleting: set[str] = set()  # runs seen marked "deleting" (DESIGN §10)
         self.total = StoreTotal()  # the store's size, kept as metadata is written (DESIGN §4)
         self.on_over_budget: Callable[[], None] | None = None  # the daemon kicks its sweeper
@@ -286,16 +285,19 @@ class StoreCore:
 
     # -- run context ---------------------------------------------------------------------
 
-    def context(self, run_id: str, names: Iterable[str] = ()) -> RunContext:
+    def context(self, run_id: str, names: Iterable[str] = (), base: int | None = None
+                ) -> RunContext:
         """What run.json and attribution.jsonl say about the run now. `names`: files about to
-        be promoted; with the entries already known they are the lines worth keeping."""
+        be promoted; with the entries already known they are the lines worth keeping. `base`:
+        sessions/ open already (a batch's), else opened here."""
         def known() -> set[str]:  # made only if the run has attribution lines to judge
             wanted = {*names, *self.cache.names(run_id)}
             return wanted | {n.rsplit("/", 1)[-1] for n in wanted}  # lines may name the base
 
         try:
-            with folder(self.sessions_path) as sessions:
-                fields = read_run_json(sessions, run_id)
+            with contextlib.nullcontext(base) if base is not None \
+                    else folder(self.sessions_path) as sessions:
+                fields = self.run_json.read(sessions, run_id)
                 agents = self.attribution.agents(sessions, run_id, known)
         except OSError:
             return RunContext()
@@ -304,22 +306,8 @@ class StoreCore:
                           status=fields.get("status", ""), agents=agents)
 
     def session_exists(self, run_id: str) -> bool:
-        """False only when the session is known to be gone (DESIGN §1).
-
-        When sessions/ itself cannot be seen (promoter-web's unit makes it
-        inaccessible; a web container may not mount it) nothing is known, and a
-        tombstone must be kept rather than dropped.
-        """
-        try:
-            os.lstat(self.sessions_path / run_id)
-            return True
-        except FileNotFoundError:
-            try:
-                return not stat.S_ISDIR(os.stat(self.sessions_path).st_mode)
-            except OSError:
-                return True
-        except OSError:
-            return True
+        """False only when the session is known to be gone (context.session_exists)."""
+        return session_exists(self.sessions_path, run_id)
 
     # -- writing metadata ----------------------------------------------------------------
 
