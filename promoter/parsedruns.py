@@ -6,8 +6,10 @@ catch-up or a listing re-reads only the runs that changed. A parsed entry costs 
 runs of 100 promoted files held 124 MiB, and the idle daemon sat at 186 MiB (issue 15,
 eighth round). The daemon bounds it from its start (`bound`): the models of the runs used
 last are kept up to a number of entries; each run pushed out leaves a `RunView`, what the
-daemon's passes over every run need of it (its head; each entry's name, size, times and
-agent packed: ~45 bytes an entry), until the run is next read or written. Bounded from the
+daemon's passes over every run need of it (its head; each entry's name, size and times
+packed into one zlib-compressed blob, unpacked where a pass reads it: ~10-20 bytes an entry
+whatever the names' length, since a run's names share long prefixes), until the run is
+next read or written. Bounded from the
 start, not after it: the start's models freed at its end left the heap's arenas pinned by
 the small objects made between them (RSS stayed at 175 MiB); a model freed as soon as its
 view is made is reused by the next parse. A command and the server keep every model (no
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import sys
 import threading
+import zlib
 from array import array
 from collections.abc import Hashable, Iterable
 from datetime import datetime
@@ -32,6 +35,22 @@ __all__ = ["KEEP_RUNS", "MODEL_ENTRIES", "ParsedRuns", "RunView", "give_back_mem
 MODEL_ENTRIES = 5_000  # entries of parsed models the bounded cache keeps (~6 MiB)
 KEEP_RUNS = 8  # runs used last always kept parsed, however big (a big run being written)
 _NO_CHANGE = -(1 << 63)  # `_changes` of an entry without `source_changed_at` (none is so far)
+_LEVEL = 1  # zlib's fastest: names within a run repeat their folders, any level packs them
+
+
+class _Unpacked:
+    """A view's entries unpacked for one pass: sizes, µs mtimes, ctime - mtime (µs), names."""
+
+    __slots__ = ("changes", "micros", "names", "sizes")
+
+    def __init__(self, blob: bytes, count: int) -> None:
+        raw = memoryview(zlib.decompress(blob))
+        width = 8 * count
+        self.sizes, self.micros, self.changes = array("q"), array("q"), array("q")
+        self.sizes.frombytes(raw[:width])
+        self.micros.frombytes(raw[width:2 * width])
+        self.changes.frombytes(raw[2 * width:3 * width])
+        self.names = str(raw[3 * width:], "utf-8", "surrogatepass").split("\0") if count else []
 
 
 class RunView:
@@ -40,9 +59,9 @@ class RunView:
     `walk.known_changes` give them, and their agents (`context_changes`). Made from a
     model, never from a file: the model was validated."""
 
-    __slots__ = ("_agents", "_ahead", "_changes", "_count", "_micros", "_names", "_sizes",
-                 "created_at", "expires_at", "host", "keep", "run_id", "status", "total_bytes",
-                 "updated_at", "user_directive", "workflow_id")
+    __slots__ = ("_agents", "_ahead", "_count", "_packed", "created_at", "expires_at", "host",
+                 "keep", "run_id", "status", "total_bytes", "updated_at", "user_directive",
+                 "workflow_id")
 
     def __init__(self, meta: RunMetadata, names: str) -> None:
         self.run_id = meta.run_id
@@ -56,13 +75,14 @@ class RunView:
         self.user_directive = meta.user_directive
         items = meta.artifacts
         self._count = len(items)
-        self._names = names
-        self._sizes = array("q", [item.size_bytes for item in items])
-        self.total_bytes = sum(self._sizes)
-        self._micros = array("q", [(item.generated_at - EPOCH) // ONE_US for item in items])
-        self._changes = array("q", [_NO_CHANGE if item.source_changed_at is None else
-                                    (item.source_changed_at - item.generated_at) // ONE_US
-                                    for item in items])
+        sizes = [item.size_bytes for item in items]
+        self.total_bytes = sum(sizes)
+        fields = array("q", sizes)  # sizes, then µs mtimes, then ctime - mtime: one blob
+        fields.extend([(item.generated_at - EPOCH) // ONE_US for item in items])
+        fields.extend([_NO_CHANGE if item.source_changed_at is None else
+                       (item.source_changed_at - item.generated_at) // ONE_US for item in items])
+        self._packed = zlib.compress(fields.tobytes() + names.encode("utf-8", "surrogatepass"),
+                                     _LEVEL)
         agents = [item.agent_id for item in items]
         # one agent for the whole run (often "unknown"): one string, not one an entry
         self._agents: str | tuple[str, ...] = agents[0] if len(set(agents)) == 1 else \
@@ -85,13 +105,21 @@ class RunView:
 
     def names(self) -> list[str]:
         """The entries' filenames, in the metadata's order."""
-        return self._names.split("\0") if self._count else []
+        return self._unpack().names
+
+    def _unpack(self) -> _Unpacked:
+        return _Unpacked(self._packed, self._count)
+
+    def packed_bytes(self) -> int:
+        """Bytes the entries take packed (the README's figure; tests hold it small)."""
+        return sys.getsizeof(self._packed)
 
     def prepare(self) -> None:
         """Make `known_copies` and `known_changes` now, each taken once by its next call:
         the start-up catch-up waits for the listing of `sessions/` with nothing else to do
         (as `walk.prepare_known_copies` for models). `forget` drops what was not taken."""
-        self._ahead = [self._known_copies(), self._known_changes()]
+        entries = self._unpack()
+        self._ahead = [self._known_copies(entries), self._known_changes(entries)]
 
     def forget(self) -> None:
         self._ahead = []
@@ -102,11 +130,12 @@ class RunView:
             copies: dict[str, tuple[int, int]] = self._ahead[0]
             self._ahead[0] = None
             return copies
-        return self._known_copies()
+        return self._known_copies(self._unpack())
 
-    def _known_copies(self) -> dict[str, tuple[int, int]]:
+    @staticmethod
+    def _known_copies(entries: _Unpacked) -> dict[str, tuple[int, int]]:
         return {name: (size, micros) for name, size, micros in zip(
-            reversed(self.names()), reversed(self._sizes), reversed(self._micros),
+            reversed(entries.names), reversed(entries.sizes), reversed(entries.micros),
             strict=True)}
 
     def known_changes(self) -> dict[str, int]:
@@ -115,11 +144,12 @@ class RunView:
             changes: dict[str, int] = self._ahead[1]
             self._ahead[1] = None
             return changes
-        return self._known_changes()
+        return self._known_changes(self._unpack())
 
-    def _known_changes(self) -> dict[str, int]:
+    @staticmethod
+    def _known_changes(entries: _Unpacked) -> dict[str, int]:
         return {name: change for name, change in zip(
-            reversed(self.names()), reversed(self._changes), strict=True)
+            reversed(entries.names), reversed(entries.changes), strict=True)
             if change != _NO_CHANGE}
 
     def context_changes(self, ctx: RunContext) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tracemalloc
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -45,8 +46,26 @@ EDGE_RUNS = [
     _meta("repeated", [_entry("x", 1), _entry("x", 2, changed=AT + timedelta(seconds=3)),
                        _entry("y", 5, changed=AT), _entry("y", 6)]),
     _meta("odd", [_entry("new\nline", 7), _entry("ünï/çødé", 8, changed=AT - timedelta(1)),
-                  _entry(" ", 9)]),
+                  _entry(" ", 9), _entry("lone\udc80surrogate", 10)]),
 ]
+
+
+def test_a_views_cost_an_entry_stays_small_with_long_names() -> None:
+    """A view of 100 entries named by ~250-character nested paths costs under 32 bytes an
+    entry (the names kept whole cost ~280: idle memory grew with name length, probe F3)."""
+    folder = "plots/2026-q3/analysis_" + "x" * 220
+    meta = _meta("long", [_entry(f"{folder}/f{i:05}.txt", 4096 + i,
+                                 changed=AT + timedelta(microseconds=i)) for i in range(100)])
+    assert min(len(a.filename) for a in meta.artifacts) > 250
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        view = RunView.of(meta)
+        cost = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert view is not None and view.names() == [a.filename for a in meta.artifacts]
+    assert cost / 100 < 32, f"{cost / 100:.0f} bytes an entry"
 
 
 @pytest.mark.parametrize("meta", EDGE_RUNS, ids=lambda m: m.run_id)
