@@ -97,7 +97,6 @@ class CatchUp(LoopThread):
             if self._prescan is not None:
                 self._prescan.discard()
             self.started.set()
-        self._store.cache.pack_views()  # views made whole for the start's speed
         give_back_memory()  # what the start freed (its listing, its parse): DESIGN §9
         self._kick.set()  # requests that came meanwhile
         next_rescan = self._next_rescan()

@@ -10,8 +10,8 @@ daemon's passes over every run need of it (its head; each entry's name, size and
 packed into one zlib-compressed blob, unpacked where a pass reads it: ~14 bytes an entry
 whatever the names' length, since a run's names share long prefixes; the names kept whole
 held 25 MiB more over 1,000 x 100 files named by 250-character paths), until the run is
-next read or written. The views the start makes are packed once the start-up catch-up is
-over (`pack_views`): packing costs ~0.07 s a 1,000 runs, and that catch-up reads them all.
+next read or written. The views the start makes are packed once the daemon is ready
+(`pack_views`): packing costs ~0.07 s a 1,000 runs, and the start-up catch-up reads them all.
 Bounded from the start, not after it: the start's models freed at its end left the heap's
 arenas pinned by the small objects made between them (RSS stayed at 175 MiB); a model
 freed as soon as its view is made is reused by the next parse. A command and the server
