@@ -35,6 +35,7 @@ from promoter.metrics import DaemonMetrics
 from promoter.names import is_valid_run_id
 from promoter.notify import Notifier, NullNotifier, make_notifier, monotonic_usec, watchdog_interval
 from promoter.observers import make_observer
+from promoter.parsedruns import give_back_memory
 from promoter.pipeline import STALL_S, Pipeline
 from promoter.prescan import Prescan, start_watching
 from promoter.reconcile import Rejections
@@ -229,11 +230,13 @@ class Daemon:
         return self.config
 
     def _ready(self) -> None:
-        assert self.watcher is not None
+        assert self.watcher is not None and self.store is not None
         self.notifier.notify("READY=1\n" + self._status())
         log.info(events.DAEMON_READY, pid=os.getpid(), observer=self.watcher.in_use or "none",
                  runs=self._runs_watched(), workers=self.config.promote.workers,
                  settle_ms=self.config.watch.settle_ms)
+        self.store.cache.pack_views()  # the start's views packed after READY, not on its path
+        give_back_memory()  # and what they held whole
 
     def _main_loop(self) -> None:
         ping_every = watchdog_interval()

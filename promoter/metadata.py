@@ -27,21 +27,13 @@ from pydantic import (
 from pydantic_core import SchemaValidator, ValidationError
 
 from promoter.clock import format_time
+from promoter.config import MAX_BYTES
 from promoter.entrytext import ascii_entry_text
 from promoter.names import RUN_ID_RE
 
-__all__ = [
-    "SCHEMA_VERSION",
-    "ArtifactEntry",
-    "RejectedEntry",
-    "RemovedEntry",
-    "RunMetadata",
-    "Tombstone",
-    "UtcTime",
-    "guess_content_type",
-    "metadata_json_schema",
-    "parse_metadata",
-]
+__all__ = ["SCHEMA_VERSION", "ArtifactEntry", "RejectedEntry", "RemovedEntry", "RunMetadata",
+           "Tombstone", "UtcTime", "guess_content_type", "metadata_json_schema",
+           "parse_metadata"]
 
 SCHEMA_VERSION = 1
 
@@ -138,7 +130,9 @@ class ArtifactEntry(_Model):
     path: str = Field(min_length=1, description="Path of the copy relative to the run folder")
     agent_id: str = "unknown"
     generated_at: _FileTime = Field(description="The source file's modification time")
-    size_bytes: int = Field(ge=0)
+    # no configuration promotes a file over MAX_BYTES (max_file_bytes' bound): a size past it
+    # is a lie that would count toward the run's and the store's limits (probe r8-memory F1)
+    size_bytes: int = Field(ge=0, le=MAX_BYTES)
     content_type: str = "application/octet-stream"
     # absent, not null, when checksums are off (DESIGN §2)
     sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$",

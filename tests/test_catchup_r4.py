@@ -42,6 +42,7 @@ _DOCS = [
     json.dumps(_doc(generated_at="2026-01-09T10:30:00")),  # naive
     json.dumps(_doc(generated_at="9999-12-31T23:59:59-23:59")),  # leaves the calendar in UTC
     json.dumps(_doc(size_bytes=-1)), json.dumps(_doc(sha256="X")),
+    json.dumps(_doc(size_bytes=2**64)), json.dumps(_doc(size_bytes=(1 << 50) + 1)),
     json.dumps({**_doc(), "run_id": "../x"}), json.dumps({**_doc(), "schema_version": 2}),
     '{"run_id": "r", "artifacts": [' + ",".join(['{"x": 1}'] * 20_000) + "]}",
     '{"run_id": "r", ' + ",".join(f'"x{i}": 1' for i in range(20_000)) + "}",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tracemalloc
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -45,15 +46,63 @@ EDGE_RUNS = [
     _meta("repeated", [_entry("x", 1), _entry("x", 2, changed=AT + timedelta(seconds=3)),
                        _entry("y", 5, changed=AT), _entry("y", 6)]),
     _meta("odd", [_entry("new\nline", 7), _entry("ünï/çødé", 8, changed=AT - timedelta(1)),
-                  _entry(" ", 9)]),
+                  _entry(" ", 9), _entry("lone\udc80surrogate", 10)]),
 ]
 
 
+def test_a_views_cost_an_entry_stays_small_with_long_names() -> None:
+    """A view of 100 entries named by ~250-character nested paths costs under 32 bytes an
+    entry (the names kept whole cost ~280: idle memory grew with name length, probe F3)."""
+    folder = "plots/2026-q3/analysis_" + "x" * 220
+    meta = _meta("long", [_entry(f"{folder}/f{i:05}.txt", 4096 + i,
+                                 changed=AT + timedelta(microseconds=i)) for i in range(100)])
+    assert min(len(a.filename) for a in meta.artifacts) > 250
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        view = RunView.of(meta)
+        assert view is not None
+        view.pack()  # as every view is once the start is over
+        cost = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert view.names() == [a.filename for a in meta.artifacts]
+    assert view.known_copies() == known_copies(meta)
+    assert cost / 100 < 32, f"{cost / 100:.0f} bytes an entry"
+
+
+def test_views_are_packed_once_the_start_is_over_and_when_made_after() -> None:
+    """Views made before `pack_views` (the start) are kept whole until it, then packed;
+    a view made after it is packed at once; both answer the same."""
+    folder = "deep/" * 50
+    cache = ParsedRuns()
+    cache.bound(0)
+    runs = [_meta(f"r{i}", [_entry(f"{folder}f{j}") for j in range(20)])
+            for i in range(KEEP_RUNS + 2)]
+    for i, meta in enumerate(runs[:-1]):
+        cache.put(meta.run_id, i, meta)
+    first = cache.view("r0", 0)
+    assert first is not None and first.held_bytes() > 20 * 250  # whole: the names' length
+    cache.pack_views()
+    assert first.held_bytes() < 20 * 32
+    cache.put(runs[-1].run_id, 99, runs[-1])  # pushes r1 out: packed as it is made
+    second = cache.view("r1", 1)
+    assert second is not None and second.held_bytes() < 20 * 32
+    for view, meta in ((first, runs[0]), (second, runs[1])):
+        assert (view.known_copies(), view.known_changes(), view.names()) == (
+            known_copies(meta), known_changes(meta), [a.filename for a in meta.artifacts])
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["whole", "packed"])
 @pytest.mark.parametrize("meta", EDGE_RUNS, ids=lambda m: m.run_id)
-def test_view_gives_the_models_known_copies_and_changes(meta: RunMetadata) -> None:
-    """A view's known copies and changes are the dicts walk.py makes of the model."""
+def test_view_gives_the_models_known_copies_and_changes(meta: RunMetadata, packed: bool
+                                                        ) -> None:
+    """A view's known copies and changes are the dicts walk.py makes of the model, its
+    entries whole (the start) or packed."""
     view = RunView.of(meta)
     assert view is not None
+    if packed:
+        view.pack()
     assert view.known_copies() == known_copies(meta)
     assert view.known_changes() == known_changes(meta)
     assert view.names() == [a.filename for a in meta.artifacts]
@@ -98,9 +147,12 @@ RUNS_FOR_CONTEXT = [
 @pytest.mark.parametrize("meta", RUNS_FOR_CONTEXT, ids=["plain", "known"])
 def test_view_says_whether_a_context_changes_the_run_as_the_rules_do(
         meta: RunMetadata, ctx: RunContext) -> None:
-    """`context_changes` answers as `rules.apply_context(...).changed`, case by case."""
+    """`context_changes` answers as `rules.apply_context(...).changed`, case by case, from a
+    view whole and packed."""
     view = RunView.of(meta)
     assert view is not None
+    assert view.context_changes(ctx) == rules.apply_context(meta, ctx, RetentionConfig()).changed
+    view.pack()
     assert view.context_changes(ctx) == rules.apply_context(meta, ctx, RetentionConfig()).changed
 
 

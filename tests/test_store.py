@@ -378,6 +378,26 @@ def test_corrupt_metadata_is_rebuilt_not_emptied(tmp_path: Path, garbage: bytes)
     meta_of(tmp_path, "r1")  # valid on disk again
 
 
+@pytest.mark.parametrize("size", [2**64, 2**63 - 1, (1 << 50) + 1])
+def test_an_entry_claiming_a_size_no_file_can_have_is_corrupt(tmp_path: Path, size: int) -> None:
+    """An entry whose size_bytes is past any max_file_bytes (1 PiB) makes metadata.json
+    corrupt, rebuilt from the stored copies: the run's next file is promoted, not rejected
+    for a max_run_bytes the run never reached (probe r8-memory F1)."""
+    store = make_store(tmp_path)
+    write_session_file(tmp_path, "r1", "a.txt", b"alpha")
+    store.promote_files("r1", ["a.txt"])
+    path = tmp_path / "artifacts/r1/metadata.json"
+    doc = json.loads(path.read_text())
+    doc["artifacts"][0]["size_bytes"] = size
+    path.write_text(json.dumps(doc))
+    write_session_file(tmp_path, "r1", "b.txt", b"beta")
+    assert store.promote_files("r1", ["b.txt"])[0].outcome is Outcome.PROMOTED
+    meta = meta_of(tmp_path, "r1")
+    assert sorted((a.filename, a.size_bytes) for a in meta.artifacts) == [("a.txt", 5),
+                                                                          ("b.txt", 4)]
+    assert not meta.rejected and list(path.parent.glob("metadata.json.corrupt-*"))
+
+
 def test_repair_after_crash_lists_orphans_and_removes_temps(tmp_path: Path) -> None:
     """After a crash every file under files/ is listed and no temp file is left."""
     store = make_store(tmp_path)
