@@ -273,3 +273,12 @@ class FakeFactory:
         observer = FakeObserver(kind)
         self.made.append(observer)
         return observer
+
+
+def child_pids(pid: int) -> list[int]:
+    """The pids of `pid`'s children (its main thread's, as /proc lists them); [] once gone."""
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(one) for one in text.split()]

@@ -45,19 +45,24 @@ def promotions(root: Path, filename: str) -> list[dict[str, Any]]:
             and e["filename"] == filename]
 
 
-def test_a_kill_between_commit_and_journal_is_journaled_at_the_next_start(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Killed in the window: victim.txt is listed, not journaled. The next start journals
-    it (recovered, the daemon's actor, its digest), nothing else; the start after a clean
-    stop journals nothing more."""
-    root = tmp_path / "root"
+def _start_killed_in_window(root: Path, monkeypatch: pytest.MonkeyPatch) -> Daemon:
+    """`promoter run` through KILLED: it kills itself after the victim's commit."""
     popen = subprocess.Popen
 
     def killing(args: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
         return popen([sys.executable, "-c", KILLED, *args[3:]], **kwargs)
     with monkeypatch.context() as patch:
         patch.setattr(subprocess, "Popen", killing)
-        d = start_daemon(root, base_config())
+        return start_daemon(root, base_config())
+
+
+def test_a_kill_between_commit_and_journal_is_journaled_at_the_next_start(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Killed in the window: victim.txt is listed, not journaled. The next start journals
+    it (recovered, the daemon's actor, its digest), nothing else; the start after a clean
+    stop journals nothing more."""
+    root = tmp_path / "root"
+    d = _start_killed_in_window(root, monkeypatch)
     out = d.sessions / "r1" / "output"
     try:
         d.wait_ready()
@@ -91,13 +96,7 @@ def test_a_file_written_while_down_then_killed_in_the_window_is_journaled(
     (out / "first.txt").write_text("journaled in a clean life")
     run_clean(root)
     (out / "victim.txt").write_text("written while down, killed before its journal line")
-    popen = subprocess.Popen
-
-    def killing(args: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
-        return popen([sys.executable, "-c", KILLED, *args[3:]], **kwargs)
-    with monkeypatch.context() as patch:
-        patch.setattr(subprocess, "Popen", killing)
-        d = start_daemon(root, base_config())
+    d = _start_killed_in_window(root, monkeypatch)
     try:
         assert d.proc.wait(60) == -9
     finally:

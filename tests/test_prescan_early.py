@@ -17,16 +17,8 @@ from promoter import prescan as prescan_mod
 from promoter.listwatch import TOP, ListWatch, libc
 from promoter.prescan import Prescan
 from promoter.safeio import open_dir
-from tests.daemon_helpers import base_config, start_daemon, wait_until, write
+from tests.daemon_helpers import base_config, child_pids, start_daemon, wait_until, write
 from tests.fault_helpers import hook_env
-
-
-def _children(pid: int) -> list[int]:
-    try:
-        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
-    except OSError:
-        return []
-    return [int(one) for one in text.split()]
 
 
 def _gone(pid: int) -> bool:
@@ -35,6 +27,18 @@ def _gone(pid: int) -> bool:
     except FileNotFoundError:
         return True
     return state in ("Z", "X")
+
+def _mark_listing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A file the child touches once its listing is made (the test waits for it)."""
+    listed = tmp_path / "listed"
+    real = prescan_mod._listing
+
+    def marked(*args: Any) -> Any:
+        found = real(*args)
+        listed.touch()
+        return found
+    monkeypatch.setattr(prescan_mod, "_listing", marked)
+    return listed
 
 
 def test_files_changed_between_the_early_listing_and_the_watches_are_promoted(
@@ -160,14 +164,7 @@ def test_a_run_changed_before_go_is_left_to_the_daemon(
     sessions = tmp_path / "sessions"
     for run_id in ("r1", "r2"):
         write(sessions / run_id / "output" / "a.txt", "a")
-    listed = tmp_path / "listed"
-    real = prescan_mod._listing
-
-    def marked(*args: Any) -> Any:
-        found = real(*args)
-        listed.touch()
-        return found
-    monkeypatch.setattr(prescan_mod, "_listing", marked)
+    listed = _mark_listing(tmp_path, monkeypatch)
     started = Prescan.start(sessions, (), 64)
     assert started is not None
     wait_until(listed.exists, timeout=20, what="the child's listing")
@@ -189,7 +186,7 @@ def test_a_sigterm_to_the_group_while_the_child_lists_is_one_clean_stop(
     gate = tmp_path / "import-may-go"
     d = start_daemon(root, base_config(), env=hook_env(import_wait=str(gate)))
     try:
-        [child] = wait_until(lambda: _children(d.proc.pid), timeout=20, interval=0.005,
+        [child] = wait_until(lambda: child_pids(d.proc.pid), timeout=20, interval=0.005,
                              what="the early child")
         os.kill(child, signal.SIGTERM)  # as a stop of the whole unit sends it to each
         d.send(signal.SIGTERM)
@@ -212,14 +209,7 @@ def test_a_sessions_folder_replaced_before_go_leaves_every_run_to_the_daemon(
         write(tmp_path / side / "r1" / "output" / "f.txt", side)
     link = tmp_path / "sessions"
     link.symlink_to(tmp_path / "a")
-    listed = tmp_path / "listed"
-    real = prescan_mod._listing
-
-    def marked(*args: Any) -> Any:
-        found = real(*args)
-        listed.touch()
-        return found
-    monkeypatch.setattr(prescan_mod, "_listing", marked)
+    listed = _mark_listing(tmp_path, monkeypatch)
     started = Prescan.start(link, (), 64)
     assert started is not None
     wait_until(listed.exists, timeout=20, what="the child's listing")

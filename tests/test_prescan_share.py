@@ -14,7 +14,7 @@ import pytest
 
 from promoter import prescan as prescan_mod
 from promoter.prescan import Prescan
-from tests.daemon_helpers import Daemon, base_config, start_daemon, wait_until, write
+from tests.daemon_helpers import Daemon, base_config, child_pids, start_daemon, wait_until, write
 from tests.fault_helpers import hook_env, is_root
 
 RUNS = 20
@@ -40,14 +40,6 @@ def _state(pid: int) -> str | None:
         return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
     except FileNotFoundError:
         return None
-
-
-def _children(pid: int) -> list[int]:
-    try:
-        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
-    except OSError:
-        return []
-    return [int(one) for one in text.split()]
 
 
 def _promoted_root(tmp_path: Path) -> Path:
@@ -137,7 +129,7 @@ def test_a_child_stopped_before_it_can_die_with_the_daemon_is_ended_by_a_stop(
     d = start_daemon(root, base_config(), env=hook_env(import_wait=str(gate), child_stops=1))
     child = None
     try:
-        [child] = wait_until(lambda: _children(d.proc.pid), timeout=20, interval=0.005,
+        [child] = wait_until(lambda: child_pids(d.proc.pid), timeout=20, interval=0.005,
                              what="the early child")
         wait_until(lambda: _state(child) == "T", timeout=10, what="the child stopped")
         d.send(signal.SIGTERM)

@@ -43,7 +43,7 @@ from __future__ import annotations
 import ctypes
 import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 CLONE_NEWUSER = 0x10000000
@@ -245,6 +245,13 @@ def _child_stops() -> None:
     promoter.prescan._die_with_parent = _die_with_parent
 
 
+def _hook(name: str, install: Callable[[str], None]) -> None:
+    """Install one hook whose variable carries its argument (a gate or marker path)."""
+    value = os.environ.pop(name, "")
+    if value:
+        install(value)
+
+
 def _install() -> None:
     watches = os.environ.pop("FAULTSITE_USERNS_WATCHES", "")
     instances = os.environ.pop("FAULTSITE_USERNS_INSTANCES", "")
@@ -259,15 +266,11 @@ def _install() -> None:
     prefix = os.environ.pop("FAULTSITE_WORKER_RAISE", "")
     if prefix:
         _raise_on(prefix)
-    held = os.environ.pop("FAULTSITE_CATCHUP_WAIT", "")
-    if held:
-        _catchup_waits(held)
+    _hook("FAULTSITE_CATCHUP_WAIT", _catchup_waits)
     slow = os.environ.pop("FAULTSITE_REPAIR_RUN_S", "")
     if slow:
         _repair_slowly(float(slow))
-    gate = os.environ.pop("FAULTSITE_REPAIR_WAIT", "")
-    if gate:
-        _repair_waits(gate)
+    _hook("FAULTSITE_REPAIR_WAIT", _repair_waits)
     faults = os.environ.pop("FAULTSITE_WATCH_FAULTS", "")
     if faults:
         from watch_faults import install  # this folder is first on the path
@@ -279,17 +282,11 @@ def _install() -> None:
         _pause_after_listing(prefix, folder)
     if os.environ.pop("FAULTSITE_EXIT_HANG", ""):
         _hang_at_exit()
-    listed = os.environ.pop("FAULTSITE_LISTED", "")
-    if listed:
-        _listed_marker(listed)
-    watch_gate = os.environ.pop("FAULTSITE_WATCH_WAIT", "")
-    if watch_gate:
-        _watch_waits(watch_gate)
+    _hook("FAULTSITE_LISTED", _listed_marker)
+    _hook("FAULTSITE_WATCH_WAIT", _watch_waits)
     if os.environ.pop("FAULTSITE_CHILD_STOPS", ""):
         _child_stops()
-    import_gate = os.environ.pop("FAULTSITE_IMPORT_WAIT", "")
-    if import_gate:
-        _import_waits(import_gate)
+    _hook("FAULTSITE_IMPORT_WAIT", _import_waits)
     guard = os.environ.pop("FAULTSITE_STOP_GUARD_S", "")
     if guard:
         import promoter.stopguard
