@@ -10,6 +10,7 @@ composition in `store.py`.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -49,8 +50,8 @@ Version = tuple[int, int, int]  # metadata.json's inode, mtime (ns) and size: it
 
 
 class LockFileError(OSError):
-    """A run's lock file cannot be opened: `.locks/` is unusable, so the whole store is
-    (a read-only or full disk), not one run."""
+    """A run's lock file cannot be opened: `.locks/` is unusable (a read-only or full disk,
+    a file planted in its place), so the whole store is, not one run."""
 
 
 class Oversized(Exception):
@@ -122,17 +123,18 @@ class LocalDisk:
         """Hold the run's lock; yields the artifacts folder's descriptor, the handle the
         writes below take. `wait=False`: BlockingIOError at once when it is held."""
         with self.reading() as art:
-            # made when missing (ENOENT), not tried by a `mkdir` every session (issue 15)
-            locks = open_dir_chain(art, [LOCKS], create=True)
+            try:  # made when missing (ENOENT), not tried by a `mkdir` every session
+                locks = open_dir_chain(art, [LOCKS], create=True)
+            except Refused as exc:  # a file or a link planted as `.locks`: the store's
+                raise LockFileError(errno.ENOTDIR, exc.reason, str(self.path / LOCKS)) from None
             try:
                 with contextlib.ExitStack() as stack:
                     try:
                         stack.enter_context(run_lock(locks, run_id, wait))
                     except BlockingIOError:  # wait=False and the lock is taken
                         raise
-                    except OSError as exc:  # a read-only store: name the path and the
-                        # operation for the CLI and the daemon (describe_os_error); the
-                        # server answers with the reason alone (web/errors.py)
+                    except OSError as exc:  # a read-only store: the path and operation named
+                        # (describe_os_error); the server gives the reason (web/errors.py)
                         named = LockFileError(exc.errno, exc.strerror,
                                               str(self.path / LOCKS / run_id))
                         named.add_note(f"open the lock file of run {run_id}")

@@ -187,6 +187,26 @@ def test_a_session_deleted_while_its_batch_waits(marena: Arena, md: Daemon) -> N
 
 
 @pytest.mark.slow
+def test_a_file_planted_as_the_lock_folder_is_one_plain_line_then_retried(
+        marena: Arena, md: Daemon) -> None:
+    """`.locks` replaced by a file while the daemon runs: the store is unusable, said in one
+    line naming it (before: worker.error with a traceback), and the file is promoted once
+    the folder is back (the retries go on)."""
+    locks, saved = marena.artifacts / ".locks", marena.artifacts / "locks-saved"
+    locks.rename(saved)
+    locks.write_text("planted")
+    try:
+        write(marena.out("planted-locks") / "a.txt", "a")
+        line = md.wait_log("artifact.failed", run_id="planted-locks")
+        assert str(locks) in line["reason"] and "exception" not in line
+    finally:
+        locks.unlink()
+        saved.rename(locks)
+    md.wait_entry("planted-locks", "a.txt", timeout=40)
+    assert not md.events("worker.error", run_id="planted-locks")
+    marena.check(md, allow_errors=["artifact.failed"])
+
+
 def test_kill_9_mid_burst_then_restart_loses_nothing(arena: Arena) -> None:
     """kill -9 at random moments of four bursts, then a clean start: nothing lost, no temporary."""
     # Four rounds of 300 files over three runs each, the daemon killed with SIGKILL at a random
