@@ -298,14 +298,13 @@ class ParsedRuns:
 def give_back_memory() -> None:
     """Hand the heap's free pages back to the system (glibc's `malloc_trim`): the start-up's
     parse and listing leave freed blocks between live ones, which `free` keeps for reuse;
-    nothing on another C library."""
+    nothing on another C library. The symbol is looked up in the libraries the process has
+    (`CDLL(None)`): `ctypes.util.find_library` runs ldconfig, which out of descriptors
+    raised EMFILE and failed the daemon right after READY."""
     import ctypes  # only here: the daemon calls it once, after its start
-    import ctypes.util
 
-    name = ctypes.util.find_library("c")
     try:
-        libc = ctypes.CDLL(name or "libc.so.6")
-        trim = libc.malloc_trim
+        trim = ctypes.CDLL(None).malloc_trim
     except (OSError, AttributeError):
         return
     trim.argtypes = [ctypes.c_size_t]
