@@ -9,7 +9,7 @@ pings and metrics; `promoter-settle` and `promoter-worker-N` promote
 (`promoter.pipeline`); `promoter-catchup` runs catch-up passes on request and
 every `rescan_interval_s`; `promoter-sweeper` expires runs every
 `retention.sweep_interval_s` (both `promoter.loops`). Every loop waits on an
-event or a timer; signal handlers only set events.
+event or a timer; `promoter-signals` (`promoter.sigrelay`) acts on signals: it sets events.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from types import FrameType
 from typing import Any
 
 from promoter import auditgap, earlyreload, events, stopguard
@@ -41,6 +40,7 @@ from promoter.prescan import Prescan, start_watching
 from promoter.reconcile import Rejections
 from promoter.runlock import hold_daemon_lock
 from promoter.s3errors import StoreUnavailable
+from promoter.sigrelay import SignalRelay
 from promoter.startup import prepare
 from promoter.store import Store
 from promoter.watch import ObserverFactory, Watcher
@@ -104,7 +104,7 @@ class Daemon:
 
     # -- signals -------------------------------------------------------------------------
 
-    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+    def _on_signal(self, signum: int) -> None:
         if signum == signal.SIGHUP:
             self._reload.set()
         else:
@@ -150,8 +150,9 @@ class Daemon:
         logging.captureWarnings(True)
         threading.excepthook = _thread_died
         if self._install_signals:
+            relay = saved["relay"] = SignalRelay(self._on_signal)
             for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-                saved[signum.name] = signal.signal(signum, self._on_signal)
+                saved[signum.name] = signal.signal(signum, relay.handler)
         return saved
 
     def _restore_process(self, saved: dict[str, Any]) -> None:
@@ -161,6 +162,7 @@ class Daemon:
         if self._install_signals:
             for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 signal.signal(signum, saved[signum.name])
+            saved["relay"].close()
         close = getattr(self.notifier, "close", None)
         if close is not None:
             close()
@@ -394,6 +396,5 @@ class Daemon:
 
 
 def _kind(problem: str) -> str:
-    """A health problem without its numbers: "worker-1 has finished no chunk for 31 s" and
-    "... for 32 s" are one problem, logged once (not once a ping)."""
+    """A problem without its numbers ("no chunk for 31 s", "32 s"): logged once, not a ping."""
     return re.sub(r"\d+", "#", problem)
