@@ -16,6 +16,7 @@ round-robin over RUNS new runs (the burst workload, `workloads.burst`). Two more
 from __future__ import annotations
 
 import dataclasses
+import statistics
 import time
 from typing import Any
 
@@ -143,6 +144,7 @@ def summary(results: dict[str, list[Result]]) -> str:
             "|---|---|---|---|---|---|---|---|---|\n")
     rows: list[str] = []
     notes: list[str] = []
+    extra: list[str] = []
     for key, items in results.items():
         if not key.startswith("shape:"):
             continue
@@ -159,12 +161,29 @@ def summary(results: dict[str, list[Result]]) -> str:
             f"{(pf / lf) if pf and lf else float('nan'):.2f}× | "
             f"{_n(p.get('cpu_ms_per_file'), 3)} | {p.get('missing', '—')} | "
             f"{p.get('duplicates', '—')} | {p.get('loadavg_before', float('nan')):.1f} |")
+        if key == "shape:catchup":
+            extra.append(_catchup_note(p, lsy))
         if durable:
             notes.append(f"- {key[6:]}: lsyncd + rsync --fsync {_n(durable)} files/s; promoter ÷ "
                          f"that {(pf / durable) if pf else float('nan'):.2f}×")
     if notes:
         rows += ["", "Beside the peer that flushes its copies too (--durable-peer):", *notes]
+    if extra:
+        rows += ["", *extra]
     return head + "\n".join(rows) + "\n" if rows else ""
+
+
+def _catchup_note(p: Result, lsy: Result) -> str:
+    """The catch-up row's figures: start to READY beside lsyncd's warm start-up rsync."""
+    ready, rsync = _median(p.get("daemon_ready_s")), _median(lsy.get("warm_start_s"))
+    ratio = f"{ready / rsync:.2f}×" if ready and rsync else "—"
+    return (f"- catchup: promoter start to READY {_n(ready, 2)} s (median), warm reconcile "
+            f"{_n(_median(p.get('warm_reconcile_s')), 2)} s; lsyncd warm start-up rsync "
+            f"{_n(rsync, 2)} s; promoter ÷ that {ratio}")
+
+
+def _median(values: list[float] | None) -> float | None:
+    return statistics.median(values) if values else None
 
 
 def _n(x: float | None, digits: int = 0) -> str:
