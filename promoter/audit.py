@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import json
 import os
 import pwd
@@ -149,14 +150,22 @@ class LocalJournal:
 
 
 def _stamp(value: datetime) -> str:
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """`2026-11-30T12:00:00.000000Z`; isoformat is a few times cheaper than strftime (a batch
+    stamps once, but the daemon stamps every batch)."""
+    return value.astimezone(UTC).isoformat(timespec="microseconds")[:-6] + "Z"
+
+
+@functools.lru_cache(maxsize=64)
+def _quoted(event: str) -> str:
+    """An event's name as JSON: a few constants, encoded once each, not once a line."""
+    return json.dumps(event)
 
 
 def _journal_line(head: str, event: str, fields: dict[str, Any], members: str | None) -> str:
     """One journal line: `timestamp` and `event` first, then the event's fields (the actor's
     and host's among them) as the log line has them (`members`, from `json_members`)."""
     if members is not None and "timestamp" not in fields and "event" not in fields:
-        return f'{head}{json.dumps(event)}{", " if members else ""}{members}}}\n'
+        return f'{head}{_quoted(event)}{", " if members else ""}{members}}}\n'
     line = json.loads(f"{head}{json.dumps(event)}}}")  # a field of those names wins, as before
     return json.dumps({**line, **fields}) + "\n"
 

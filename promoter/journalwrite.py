@@ -30,21 +30,23 @@ log = get_logger()
 LOCK_WAIT_S = 2.0
 
 
-def check_folder(folder: Path) -> None:
+def check_folder(folder: Path) -> os.stat_result:
     """`.audit` must be a folder of the store, never a link to one elsewhere (the day files
-    would be written, and pruned, wherever it points)."""
-    if not stat.S_ISDIR(os.lstat(folder).st_mode):
+    would be written, and pruned, wherever it points); its stat (its owner's) when it is."""
+    st = os.lstat(folder)
+    if not stat.S_ISDIR(st.st_mode):
         raise OSError(errno.ENOTDIR, "not a folder (a link?)", str(folder))
+    return st
 
 
 def append_lines(folder: Path, day: str, data: bytes) -> None:
     """Append `data` (whole lines) to `folder/<day>.jsonl` and flush it; PartlyWritten (with
     the bytes of `data` that reached the file) when it failed after writing some."""
     try:  # the folder is made once: a mkdir a batch (EEXIST, then pathlib's stat) was not
-        check_folder(folder)
+        owner = check_folder(folder)
     except FileNotFoundError:
         folder.mkdir(mode=0o750, exist_ok=True)
-        check_folder(folder)
+        owner = check_folder(folder)
     path = folder / f"{day}.jsonl"
     # O_NONBLOCK: a FIFO put in place of a day must fail here, not block the daemon
     # once its buffer is full (it is a no-op on a regular file).
@@ -52,23 +54,21 @@ def append_lines(folder: Path, day: str, data: bytes) -> None:
     fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
                  | os.O_NONBLOCK, 0o640)
     try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise OSError(errno.EINVAL, "not a regular file", str(path))
-        if os.geteuid() == 0:
-            # `sudo promoter rm` must not leave the day's file owned by root, where the
-            # daemon (user promoter) could no longer append: it belongs to the folder's
-            # owner, whom `promoter run` made when it created the store.
-            owner = os.stat(folder)
-            if (st.st_uid, st.st_gid) != (owner.st_uid, owner.st_gid):
-                os.fchown(fd, owner.st_uid, owner.st_gid)
         # A line torn by a crash (another process's, or a full disk) must not swallow
         # this batch's first line: the batch then starts on a line of its own. The lock
         # (every process; a process's own threads take turns in GroupCommit) keeps another
         # append from growing the file between the look and the write: a half-seen write
-        # made a blank line (F2).
+        # made a blank line (F2). One fstat, under the lock, serves every check.
         _lock(fd)
-        size = os.fstat(fd).st_size
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        # `sudo promoter rm` must not leave the day's file owned by root, where the daemon
+        # (user promoter) could no longer append: it belongs to the folder's owner, whom
+        # `promoter run` made when it created the store.
+        if (st.st_uid, st.st_gid) != (owner.st_uid, owner.st_gid) and os.geteuid() == 0:
+            os.fchown(fd, owner.st_uid, owner.st_gid)
+        size = st.st_size
         if size and os.pread(fd, 1, size - 1) != b"\n":
             data = b"\n" + data
             sent = -1  # the separator is not the caller's
