@@ -183,3 +183,22 @@ def test_threads_and_another_process_appending_keep_every_line_whole(tmp_path: P
     assert len(order) == len(by_batch) == 1 + 60 + 180  # no batch split by another's lines
     assert all(ns == list(range(len(ns))) for ns in by_batch.values())
     assert journal.writer.flushes <= 1 + 180
+
+
+def test_a_day_file_or_folder_replaced_between_appends_is_followed_or_refused(
+        tmp_path: Path) -> None:
+    """No descriptor outlives an append: a day file renamed away (rotated) gets nothing more,
+    the next append makes a new one; `.audit` then replaced by a link is refused."""
+    folder = tmp_path / AUDIT_DIR
+    journal = LocalJournal(folder)
+    journal.append(DAY, lines_of(0, 2))
+    (folder / f"{DAY}.jsonl").rename(tmp_path / "rotated.jsonl")
+    journal.append(DAY, lines_of(1, 1))
+    assert (tmp_path / "rotated.jsonl").read_bytes() == lines_of(0, 2)
+    assert read_events(folder) == [json.loads(lines_of(1, 1))]
+    elsewhere = tmp_path / "elsewhere"
+    folder.rename(elsewhere)
+    folder.symlink_to(elsewhere)
+    with pytest.raises(NotADirectoryError):
+        journal.append(DAY, lines_of(2, 1))
+    assert (elsewhere / f"{DAY}.jsonl").read_bytes() == lines_of(1, 1)
