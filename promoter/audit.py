@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
+import functools
 import json
 import os
 import pwd
 import re
 import socket
 import stat
-import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from promoter import events
 from promoter.clock import Clock, SystemClock, parse_time
 from promoter.errors import StoreIOError
 from promoter.journalhold import Held, PartlyWritten, unwritten
+from promoter.journalwrite import GroupCommit, check_folder
 from promoter.logs import get_logger, info_many, json_members
 
 __all__ = [
@@ -120,73 +120,23 @@ class JournalSink(Protocol):
 class LocalJournal:
     """`<artifacts>/.audit/<day>.jsonl`, appended with O_APPEND by every process.
 
-    The file is opened for each batch and closed after it: a Store never holds a
+    The file is opened for each append and closed after it: a Store never holds a
     descriptor between changes (tests and servers make many), and a day switch
-    needs no bookkeeping. A batch is still one write and one flush.
+    needs no bookkeeping. An append is one write and one flush; the batches that
+    threads append at the same time share them (journalwrite.py).
     """
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
-
-    def _check_folder(self) -> None:
-        """`.audit` must be a folder of the store, never a link to one elsewhere (the day files
-        would be written, and pruned, wherever it points)."""
-        if not stat.S_ISDIR(os.lstat(self.folder).st_mode):
-            raise OSError(errno.ENOTDIR, "not a folder (a link?)", str(self.folder))
+        self.writer = GroupCommit(folder)
 
     def append(self, day: str, data: bytes) -> None:
-        try:  # the folder is made once: a mkdir a batch (EEXIST, then pathlib's stat) was not
-            self._check_folder()
-        except FileNotFoundError:
-            self.folder.mkdir(mode=0o750, exist_ok=True)
-            self._check_folder()
-        path = self.folder / f"{day}.jsonl"
-        # O_NONBLOCK: a FIFO put in place of a day must fail here, not block the daemon
-        # once its buffer is full (it is a no-op on a regular file).
-        sent = 0  # bytes of `data` in the file: what a failure must not have retried
-        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
-                     | os.O_NONBLOCK, 0o640)
-        try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                raise OSError(errno.EINVAL, "not a regular file", str(path))
-            if os.geteuid() == 0:
-                # `sudo promoter rm` must not leave the day's file owned by root, where the
-                # daemon (user promoter) could no longer append: it belongs to the folder's
-                # owner, whom `promoter run` made when it created the store.
-                owner = os.stat(self.folder)
-                if (st.st_uid, st.st_gid) != (owner.st_uid, owner.st_gid):
-                    os.fchown(fd, owner.st_uid, owner.st_gid)
-            # A line torn by a crash (another process's, or a full disk) must not swallow
-            # this batch's first line: the batch then starts on a line of its own. The lock
-            # (every thread, every process) keeps another append from growing the file
-            # between the look and the write: a half-seen write made a blank line (F2).
-            _lock(fd)
-            size = os.fstat(fd).st_size
-            if size and os.pread(fd, 1, size - 1) != b"\n":
-                data = b"\n" + data
-                sent = -1  # the separator is not the caller's
-            view = memoryview(data)
-            written = os.write(fd, view)  # one write a batch: O_APPEND keeps lines whole
-            sent += written
-            while written < len(view):  # a short write (full disk, signal): finish the lines
-                view = view[written:]
-                written = os.write(fd, view)
-                sent += written
-            os.fdatasync(fd)
-        except OSError as exc:
-            if sent <= 0:
-                raise
-            torn = PartlyWritten(exc.errno, exc.strerror, exc.filename)
-            torn.sent = sent
-            raise torn from exc
-        finally:
-            os.close(fd)
+        self.writer.append(day, data)
 
     def prune(self, before: str) -> list[str]:
         removed = []
         try:
-            self._check_folder()
+            check_folder(self.folder)
             names = sorted(os.listdir(self.folder))
         except (FileNotFoundError, NotADirectoryError):  # none yet, or a link: nothing pruned
             return []
@@ -200,14 +150,22 @@ class LocalJournal:
 
 
 def _stamp(value: datetime) -> str:
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """`2026-11-30T12:00:00.000000Z`; isoformat is a few times cheaper than strftime (a batch
+    stamps once, but the daemon stamps every batch)."""
+    return value.astimezone(UTC).isoformat(timespec="microseconds")[:-6] + "Z"
+
+
+@functools.lru_cache(maxsize=64)
+def _quoted(event: str) -> str:
+    """An event's name as JSON: a few constants, encoded once each, not once a line."""
+    return json.dumps(event)
 
 
 def _journal_line(head: str, event: str, fields: dict[str, Any], members: str | None) -> str:
     """One journal line: `timestamp` and `event` first, then the event's fields (the actor's
     and host's among them) as the log line has them (`members`, from `json_members`)."""
     if members is not None and "timestamp" not in fields and "event" not in fields:
-        return f'{head}{json.dumps(event)}{", " if members else ""}{members}}}\n'
+        return f'{head}{_quoted(event)}{", " if members else ""}{members}}}\n'
     line = json.loads(f"{head}{json.dumps(event)}}}")  # a field of those names wins, as before
     return json.dumps({**line, **fields}) + "\n"
 
@@ -378,22 +336,3 @@ def _parse_line(line: bytes) -> tuple[datetime, dict[str, Any]] | str:
     except (ValueError, TypeError, OverflowError):
         return "an event whose timestamp is not a time"
 
-
-LOCK_WAIT_S = 2.0
-
-
-def _lock(fd: int) -> None:
-    """The day file's lock, waited for at most LOCK_WAIT_S: another process that holds it for
-    ever must cost at worst a blank line in the journal, never a worker stuck with its batch's
-    lines (a probe's held lock kept a worker past the stop and lost the lines)."""
-    deadline = time.monotonic() + LOCK_WAIT_S
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return
-        except BlockingIOError:
-            if time.monotonic() >= deadline:
-                log.warning(events.AUDIT_FAILED, reason="journal lock held by another "
-                            "process: appended without it")
-                return
-            time.sleep(0.005)

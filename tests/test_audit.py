@@ -363,8 +363,9 @@ def test_a_batch_of_promotions_is_logged_in_one_write(tmp_path: Path, level: str
 
 def test_an_append_during_anothers_write_leaves_no_blank_or_torn_line(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """probe-cpu F2: an append that looks at the file while another thread's batch is half
-    written waits for it (one lock over look and write): strict JSON Lines, no blank line."""
+    """probe-cpu F2: an append that looks at the file while another's batch is half written
+    waits for it (one lock over look and write): strict JSON Lines, no blank line. B is
+    another journal object, as another process's (a process's own threads take turns)."""
     import fcntl
     import threading
 
@@ -393,7 +394,8 @@ def test_an_append_during_anothers_write_leaves_no_blank_or_torn_line(
     monkeypatch.setattr(fcntl, "flock", flock)
     a = threading.Thread(name="A", target=journal.append,
                          args=("2026-11-30", (line * 21).encode()))  # half: mid-line
-    b = threading.Thread(name="B", target=lambda: (half.wait(10), journal.append(
+    other = LocalJournal(tmp_path / AUDIT_DIR)
+    b = threading.Thread(name="B", target=lambda: (half.wait(10), other.append(
         "2026-11-30", (line * 3).encode()), b_done.set()))
     a.start()
     b.start()

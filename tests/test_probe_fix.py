@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from promoter import audit
+from promoter import journalwrite
 from promoter.audit import AUDIT_DIR, LocalJournal
 from promoter.daemon import _kind
 from promoter.settle import Batch, FileState
@@ -26,7 +26,7 @@ def test_a_journal_lock_held_for_ever_costs_no_line_and_no_stuck_worker(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """G1: another process holds the day file's lock and never lets go: the append waits at
     most LOCK_WAIT_S, then writes its lines anyway (was: the worker waited for ever)."""
-    monkeypatch.setattr(audit, "LOCK_WAIT_S", 0.2)
+    monkeypatch.setattr(journalwrite, "LOCK_WAIT_S", 0.2)
     journal = LocalJournal(tmp_path / AUDIT_DIR)
     journal.append("2026-11-30", LINE)
     holder = os.open(tmp_path / AUDIT_DIR / "2026-11-30.jsonl", os.O_RDONLY)
