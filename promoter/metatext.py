@@ -43,11 +43,15 @@ class Rendered(NamedTuple):
 
 
 class _Block(NamedTuple):
-    """A run's entries as last written: the objects, their texts joined by `_SEP`, the end
-    of each text in it, and the running total of their sizes."""
+    """A run's entries as last written: the objects; the document written, in which their
+    texts, joined by `_SEP`, start at `base`; the end of each text after `base`; and the
+    running total of their sizes. The entries' text is not kept apart: a big run's document
+    is made with one copy of its text, not two (each a fresh allocation whose pages fault
+    in: 0.4 ms a batch at 1,000 entries)."""
 
     entries: tuple[Any, ...]
     data: bytes
+    base: int
     ends: list[int]
     totals: list[int]
 
@@ -60,14 +64,15 @@ def entry_text(entry: Any) -> bytes:
     return text.encode()
 
 
-def _block(entries: list[Any], old: _Block | None) -> _Block:
-    """The block of `entries`, reusing `old`'s text of every entry object it holds."""
+def _block(meta: Any, old: _Block | None) -> _Block:
+    """The document of `meta`, reusing `old`'s text of every entry object it holds."""
+    entries: list[Any] = meta.artifacts
     held = old.entries if old is not None else ()
     start = len(held) if len(held) <= len(entries) and all(map(operator.is_, entries, held)) \
         else 0  # the common case: the old entries first, in order (one C-speed pass)
     ends = old.ends[:start] if old is not None else []
     totals = old.totals[:start] if old is not None else []
-    text = memoryview(old.data) if old is not None else memoryview(b"")
+    text = memoryview(old.data)[old.base:] if old is not None else memoryview(b"")
     pieces: list[bytes | memoryview] = [text[:ends[-1]]] if start else []
     # an entry's place in `old`, when the order changed (an entry replaced or removed):
     # `held` keeps each object, so an id is its own
@@ -86,25 +91,25 @@ def _block(entries: list[Any], old: _Block | None) -> _Block:
         ends.append(pos)
         total += entry.size_bytes
         totals.append(total)
-    return _Block(tuple(entries), _SEP.join(pieces), ends, totals)
-
-
-def _document(meta: Any, block: _Block) -> bytes:
-    """The file around the block: pydantic's head with the entries put in its list."""
-    if not block.entries:
+    if not pieces:
         whole: str = meta.model_dump_json(indent=2)
-        return (whole + "\n").encode()
+        return _Block((), (whole + "\n").encode(), 0, [], [])
     head: str = meta.model_copy(update={"artifacts": []}).model_dump_json(indent=2)
     # a key is the only line that starts so: a value's newlines are escaped
     before, sep, after = head.partition(_EMPTY_ARTIFACTS)
     assert sep, "the artifacts key is always written"
-    return b"".join((before.encode(), b'\n  "artifacts": [\n', block.data, b"\n  ],\n",
-                     after.encode(), b"\n"))
+    opening = before.encode() + b'\n  "artifacts": [\n'
+    parts: list[bytes | memoryview] = [opening]
+    for piece in pieces:  # one copy of it all (a join's separator needs a second)
+        parts += (piece, _SEP)
+    parts[-1] = b"\n  ],\n" + after.encode() + b"\n"
+    data = b"".join(parts)
+    return _Block(tuple(entries), data, len(opening), ends, totals)
 
 
 def render_fresh(meta: Any) -> bytes:
     """The file's bytes, every entry written anew (what `RunMetadata.to_json` gives)."""
-    return _document(meta, _block(meta.artifacts, None))
+    return _block(meta, None).data
 
 
 class RunTexts:
@@ -120,10 +125,9 @@ class RunTexts:
         """metadata.json's bytes for `meta` (as `render_fresh`), its run's text kept."""
         with self._lock:
             old = self._blocks.get(meta.run_id)
-        block = _block(meta.artifacts, old)
-        data = _document(meta, block)
+        block = _block(meta, old)
         self._keep(meta.run_id, block)
-        return Rendered(data, block.totals[-1] if block.totals else 0)
+        return Rendered(block.data, block.totals[-1] if block.totals else 0)
 
     def _keep(self, run_id: str, block: _Block) -> None:
         with self._lock:
