@@ -6,11 +6,12 @@ Each entry's text was made once already (seventh round), but each batch still lo
 every entry's text up, joined them and encoded the whole: O(run) a batch, and a run past
 the text cache's 8,192 entries was dumped by pydantic whole, 50 ms a batch at 10,000.
 
-So each run's last written list of entries is kept with its text (`_Block`: the entries'
-texts joined, where each ends, the running total of their sizes). A new list that starts
-with the same entry objects (`upsert_many` keeps the old ones first and adds the batch's at
-the end) reuses that text whole, and only its new entries are written; one that differs
-earlier (an entry replaced or removed) reuses the text of each entry it still holds. An
+So each run's last written list of entries is kept with the document written (`_Block`:
+where each entry's text ends in it, the running total of their sizes). A new list that
+starts with the same entry objects (`upsert_many` keeps the old ones first and adds the
+batch's at the end) reuses that text whole (one C-speed identity pass, one copy), and only
+its new entries are written; one that differs earlier (an entry replaced or removed)
+reuses the text of each entry it still holds, found through a map of their ids. An
 entry is never changed once made (the rules make new ones; the parse sets its zone before
 anything is written), and the block holds the entry objects it was made from, so an
 identity check is exact: a stale text can never be written, whatever the disk holds.
@@ -139,13 +140,6 @@ class RunTexts:
             while self._entries > BLOCK_ENTRIES and len(self._blocks) > KEEP_BLOCKS:
                 gone = self._blocks.pop(next(iter(self._blocks)))
                 self._entries -= len(gone.entries)
-
-    def forget(self, run_id: str) -> None:
-        """Drop the run's text (the run was deleted)."""
-        with self._lock:
-            old = self._blocks.pop(run_id, None)
-            if old is not None:
-                self._entries -= len(old.entries)
 
     def sizes(self) -> tuple[int, int]:
         """Runs held and their entries (tests)."""
