@@ -151,3 +151,20 @@ def test_the_stores_file_is_the_fresh_text_through_its_life(tmp_path: Path) -> N
     store.promote_files("r1", ["late.txt"])
     meta = check()
     assert meta.artifacts[0].agent_id == "edited-by-hand" and meta.entry("late.txt")
+
+
+def test_the_kept_texts_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """At most BLOCK_ENTRIES entries' text over all runs, the least recently written go
+    first; the KEEP_BLOCKS runs written last stay whatever their size (a big run)."""
+    monkeypatch.setattr(metatext, "BLOCK_ENTRIES", 10)
+    monkeypatch.setattr(metatext, "KEEP_BLOCKS", 2)
+    texts = RunTexts()
+    base = rules.new_run("r0", RunContext(), T0, _retention())
+    for r in range(6):
+        meta = rules.upsert_many(base.model_copy(update={"run_id": f"r{r}"}),
+                                 [_entry(f"f{i}", i, i) for i in range(4)])
+        assert texts.render(meta).data == _pydantic(meta)
+    assert texts.sizes() == (2, 8)
+    huge = rules.upsert_many(base, [_entry(f"h{i}", i, i) for i in range(30)])
+    assert texts.render(huge).data == _pydantic(huge)
+    assert texts.sizes() == (2, 34)  # r0's 30 and the run written before it
