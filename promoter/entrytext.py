@@ -1,6 +1,6 @@
 """An artifact entry's text in metadata.json, made by hand (issue 15, seventh round).
 
-Every entry's text is made once (`metadata._entry_text` keeps it); pydantic's dump of an
+Every entry's text is made once (`metatext.RunTexts` keeps it); pydantic's dump of an
 entry, with its time formatted by a Python call, was most of that. For an entry whose
 strings are all ASCII, JSON's string escapes are one set, pydantic's and `json`'s alike,
 so the same bytes are made here in a third of the time (tests/test_metadata compares

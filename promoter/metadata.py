@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import itertools
 import mimetypes
-import threading
 from datetime import UTC, datetime
 from typing import Annotated, Any, ClassVar, Literal, cast
 
@@ -28,7 +27,7 @@ from pydantic_core import SchemaValidator, ValidationError
 
 from promoter.clock import format_time
 from promoter.config import MAX_BYTES
-from promoter.entrytext import ascii_entry_text
+from promoter.metatext import render_fresh
 from promoter.names import RUN_ID_RE
 
 __all__ = ["SCHEMA_VERSION", "ArtifactEntry", "RejectedEntry", "RemovedEntry", "RunMetadata",
@@ -251,42 +250,9 @@ class RunMetadata(_Document):
 
     def to_json(self) -> str:
         """The file's text: pydantic's own serializer (the same bytes as `json.dumps(...,
-        indent=2, ensure_ascii=False)`, 2.5 times faster: a big run rewrites it often).
-        Each entry's text is made once (`_entry_text`) and the document is made around
-        them: every batch rewrites the whole file, so a burst into one run serialised each
-        entry several times, 13 µs each (issue 15). The same bytes (tests/test_metadata)."""
-        if not self.artifacts or len(self.artifacts) > ENTRY_TEXTS_MAX:  # too big to keep
-            return self.model_dump_json(indent=2) + "\n"
-        head = self.model_copy(update={"artifacts": []}).model_dump_json(indent=2)
-        with _entry_texts_lock:
-            texts = [_entry_text(entry) for entry in self.artifacts]
-            while len(_entry_texts) > ENTRY_TEXTS_MAX:
-                del _entry_texts[next(iter(_entry_texts))]  # the oldest first
-        # a key is the only line that starts so: a value's newlines are escaped
-        before, sep, after = head.partition(_EMPTY_ARTIFACTS)
-        assert sep, "the artifacts key is always written"
-        return "".join((before, '\n  "artifacts": [\n', ",\n".join(texts), "\n  ],\n", after,
-                        "\n"))
-
-
-ENTRY_TEXTS_MAX = 8_192  # entries whose text is kept with the entry (its id stays its own): 16 MB
-_EMPTY_ARTIFACTS = '\n  "artifacts": [],\n'
-_entry_texts: dict[int, tuple[ArtifactEntry, str]] = {}
-_entry_texts_lock = threading.Lock()  # workers write several runs' metadata at once
-
-
-def _entry_text(entry: ArtifactEntry) -> str:
-    """`entry` as it stands in metadata.json's list (indented by two levels), made once an
-    entry: an entry is never changed once made (the rules make new ones; the parse sets its
-    zone before anything is written). The cache holds the entry: its id is not reused."""
-    hit = _entry_texts.get(id(entry))
-    if hit is not None and hit[0] is entry:
-        return hit[1]
-    text = ascii_entry_text(entry)
-    if text is None:
-        text = "    " + entry.model_dump_json(indent=2).replace("\n", "\n    ")
-    _entry_texts[id(entry)] = (entry, text)
-    return text
+        indent=2, ensure_ascii=False)`), each entry's text made by hand where it can be
+        (metatext.py; the store's writes keep each run's text: `RunTexts`)."""
+        return render_fresh(self).decode()
 
 
 class Tombstone(_Document):

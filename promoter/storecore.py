@@ -29,6 +29,7 @@ from promoter.errors import NotFoundError, StoreIOError
 from promoter.localdisk import LocalDisk, Oversized
 from promoter.logs import get_logger
 from promoter.metadata import RunMetadata, Tombstone, parse_metadata
+from promoter.metatext import RunTexts
 from promoter.names import check_run_id
 from promoter.parsedruns import MODEL_ENTRIES, ParsedRuns, RunView
 from promoter.safeio import CopyPools, folder
@@ -72,6 +73,7 @@ class StoreCore:
         if bounded:  # a run the start parses and lets go leaves a view at once
             self.cache.bound(MODEL_ENTRIES)
         self.run_json = RunJsonReader()
+        self.texts = RunTexts()  # each run's metadata text as last written (metatext.py)
         self.deleting: set[str] = set()  # runs seen marked "deleting" (DESIGN §10)
         self.total = StoreTotal()  # the store's size, kept as metadata is written (DESIGN §4)
         self.on_over_budget: Callable[[], None] | None = None  # the daemon kicks its sweeper
@@ -314,9 +316,11 @@ class StoreCore:
     def write_metadata(self, art: Any, meta: RunMetadata) -> Hashable | None:
         meta.updated_at = self.clock.now()
         meta.host = meta.host or self.host  # the run's own host: the first writer's
-        version = self.disk.write_meta(art, meta.run_id, meta.to_json().encode())
+        # the run's text as last written is kept: a batch writes only its new entries' text
+        rendered = self.texts.render(meta)
+        version = self.disk.write_meta(art, meta.run_id, rendered.data)
         self.cache.pop(meta.run_id)
-        total = self.total.set(meta.run_id, meta.total_bytes)
+        total = self.total.set(meta.run_id, rendered.total_bytes)
         ceiling = self.config.retention.max_store_bytes
         if ceiling and total > ceiling and self.on_over_budget is not None:
             self.on_over_budget()  # sets an event: nothing waits on it under the run's lock

@@ -110,12 +110,11 @@ def test_json_schema_names_every_field() -> None:
     assert {"filename", "path", "generated_at", "size_bytes"} <= set(entry["required"])
 
 
-def test_the_file_text_is_pydantics_own_with_each_entry_made_once(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_file_text_is_pydantics_own() -> None:
     """to_json writes the same bytes as pydantic's model_dump_json (hostile names, a host,
-    a workflow naming the artifacts key, removed and rejected entries) while reusing each
-    entry's text; an entry replaced by a new one for the same name is written anew."""
-    from promoter import metadata
+    a workflow naming the artifacts key, removed and rejected entries); an entry replaced
+    by a new one for the same name is written anew (a store's kept texts:
+    tests/test_metatext.py)."""
     from promoter.metadata import ArtifactEntry, RejectedEntry, RemovedEntry, RunMetadata
 
     t0 = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
@@ -138,20 +137,11 @@ def test_the_file_text_is_pydantics_own_with_each_entry_made_once(
         for arts in ([], entries[:1], entries):
             m = doc(arts, host)
             assert m.to_json() == m.model_dump_json(indent=2) + "\n"
-            assert m.to_json() == m.model_dump_json(indent=2) + "\n"  # from the texts kept
-    assert all(metadata._entry_texts[id(e)][0] is e for e in entries)
     grown = [*entries[:-1], entry(names[-1], 999)]
     m = doc(grown, "")
     assert m.to_json() == m.model_dump_json(indent=2) + "\n"
     assert '"size_bytes": 999' in m.to_json()
     assert RunMetadata.model_validate_json(m.to_json()) == m
-    monkeypatch.setattr(metadata, "ENTRY_TEXTS_MAX", 2)  # a run bigger than the cache: not kept
-    big = [entry(f"big{i}", i) for i in range(3)]
-    m = doc(big, "")
-    assert m.to_json() == m.model_dump_json(indent=2) + "\n"
-    assert not any(id(e) in metadata._entry_texts for e in big)
-    m = doc(big[:2], "")
-    assert m.to_json() == m.model_dump_json(indent=2) + "\n" and len(metadata._entry_texts) <= 2
 
 
 def test_an_ascii_entry_is_written_as_pydantic_writes_it() -> None:
@@ -159,7 +149,8 @@ def test_an_ascii_entry_is_written_as_pydantic_writes_it() -> None:
     character, quotes and backslashes in every string, no digest, the first and last
     microsecond of datetime's range, a time on the second; others are pydantic's own."""
     from promoter.entrytext import ascii_entry_text as _ascii_entry_text
-    from promoter.metadata import ArtifactEntry, _entry_text
+    from promoter.metadata import ArtifactEntry
+    from promoter.metatext import entry_text
 
     odd = "".join(map(chr, range(0x20))) + '"\\/\x7f~'
     times = [datetime(2026, 1, 2, 3, 4, 5, 7, tzinfo=UTC), datetime(2026, 1, 2, tzinfo=UTC),
@@ -178,4 +169,5 @@ def test_an_ascii_entry_is_written_as_pydantic_writes_it() -> None:
                                  generated_at=times[0], size_bytes=1, content_type="x/y",
                                  sha256=None)
     assert _ascii_entry_text(wide) is None
-    assert _entry_text(wide) == "    " + wide.model_dump_json(indent=2).replace("\n", "\n    ")
+    assert entry_text(wide) == ("    " + wide.model_dump_json(indent=2).replace("\n", "\n    ")
+                                ).encode()
