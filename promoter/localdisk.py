@@ -46,7 +46,7 @@ from promoter.safeio import (
 __all__ = ["LocalDisk", "LockFileError", "Oversized", "Version"]
 
 log = get_logger()
-Version = tuple[int, int, int]  # metadata.json's inode, mtime (ns) and size: its version tag
+Version = tuple[int, int, int, int]  # metadata.json's inode, mtime, ctime (ns), size: its tag
 
 
 class LockFileError(OSError):
@@ -175,7 +175,7 @@ class LocalDisk:
             st = os.stat(f"{self.path}/{run_id}/{METADATA}", follow_symlinks=False)
         except (OSError, ValueError):
             return None
-        return (st.st_ino, st.st_mtime_ns, st.st_size)
+        return (st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
 
     def read_meta(self, art: int, run_id: str, limit: int) -> bytes | None:
         """metadata.json's bytes; None when absent, b"" for a link (corrupt).
@@ -213,7 +213,7 @@ class LocalDisk:
             if held is None:
                 os.close(run_fd)
         mark.written()  # it lists every change the session made so far
-        return (st.st_ino, st.st_mtime_ns, st.st_size)
+        return (st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
 
     # -- stored files ------------------------------------------------------------------------
 

@@ -115,10 +115,11 @@ def stored_entries(art: int, run_id: str, ctx: RunContext, checksum: bool) -> li
     return [hash_entry(fd, name, ctx, checksum) for name, fd, _ in walk_files(art, run_id)]
 
 
-def clean_metadata(art: int, run_id: str, limit: int) -> tuple[tuple[int, int, int], bytes] | None:
+def clean_metadata(art: int, run_id: str,
+                   limit: int) -> tuple[tuple[int, int, int, int], bytes] | None:
     """A run the start-up repair has nothing to do in, seen without its lock (issue 15): no
     temporary file and no mark (runmark.py) in its folder, one listing for both, and a
-    metadata.json that is a regular file within `limit`. Its version tag (inode, mtime, size
+    metadata.json that is a regular file within `limit`. Its version tag (inode, times, size
     of what was read, as `LocalDisk.meta_version`) and bytes; None for anything else, which
     the repair looks at under the run's lock as before. A temporary file or a mark that
     appears after the listing is a live write session's, not a crash's leftover."""
@@ -143,7 +144,7 @@ def clean_metadata(art: int, run_id: str, limit: int) -> tuple[tuple[int, int, i
         return None
     finally:
         os.close(fd)
-    return (st.st_ino, st.st_mtime_ns, st.st_size), raw
+    return (st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size), raw
 
 
 def set_aside(art: int, run_id: str, now: datetime) -> str:

@@ -230,10 +230,10 @@ def atomic_write_bytes(dir_fd: int, name: str, data: bytes, durable: bool = True
                 view = view[os.write(fd, view):]
             if durable:
                 os.fsync(fd)
-            st = os.fstat(fd)  # the version of what we wrote, whatever follows the rename
+            os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            st = os.fstat(fd)  # what we wrote, after the rename (which moves its ctime)
         finally:
             os.close(fd)
-        os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp, dir_fd=dir_fd)
