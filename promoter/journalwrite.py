@@ -39,9 +39,10 @@ def check_folder(folder: Path) -> os.stat_result:
     return st
 
 
-def append_lines(folder: Path, day: str, data: bytes) -> None:
+def append_lines(folder: Path, day: str, data: bytes, lock_wait: float | None = None) -> bool:
     """Append `data` (whole lines) to `folder/<day>.jsonl` and flush it; PartlyWritten (with
-    the bytes of `data` that reached the file) when it failed after writing some."""
+    the bytes of `data` that reached the file) when it failed after writing some. Whether
+    the day file's lock was had (waited for at most `lock_wait`, LOCK_WAIT_S by default)."""
     try:  # the folder is made once: a mkdir a batch (EEXIST, then pathlib's stat) was not
         owner = check_folder(folder)
     except FileNotFoundError:
@@ -59,7 +60,7 @@ def append_lines(folder: Path, day: str, data: bytes) -> None:
         # (every process; a process's own threads take turns in GroupCommit) keeps another
         # append from growing the file between the look and the write: a half-seen write
         # made a blank line (F2). One fstat, under the lock, serves every check.
-        _lock(fd)
+        locked = _lock(fd, LOCK_WAIT_S if lock_wait is None else lock_wait)
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise OSError(errno.EINVAL, "not a regular file", str(path))
@@ -80,14 +81,16 @@ def append_lines(folder: Path, day: str, data: bytes) -> None:
             written = os.write(fd, view)
             sent += written
         os.fdatasync(fd)
-    except OSError as exc:
+    except Exception as exc:  # not only OSError: what reached the file must not be sent twice
         if sent <= 0:
             raise
-        torn = PartlyWritten(exc.errno, exc.strerror, exc.filename)
+        torn = (PartlyWritten(exc.errno, exc.strerror, exc.filename) if isinstance(exc, OSError)
+                else PartlyWritten(errno.EIO, repr(exc), str(path)))
         torn.sent = sent
         raise torn from exc
     finally:
         os.close(fd)
+    return locked
 
 
 class _Waiting:
@@ -110,6 +113,10 @@ class GroupCommit:
         self._queue: list[_Waiting] = []
         self._leading = False  # a thread is writing a group: the others queue
         self.flushes = 0  # groups written (each one write and one flush a day)
+        # The lock was found held by another process for a whole wait: the next groups try
+        # it once, without waiting again, until they have it (probe r9-journal F1: each
+        # group waited its own 2 s, one after another, where threads had waited together).
+        self._lock_stuck = False
 
     def append(self, day: str, data: bytes) -> None:
         """Append `data` (whole lines) to the day's file: returns once they are flushed,
@@ -153,9 +160,13 @@ class GroupCommit:
         sent = len(data)
         error: OSError | None = None
         try:
-            append_lines(self.folder, batches[0].day, data)
+            locked = append_lines(self.folder, batches[0].day, data,
+                                  0.0 if self._lock_stuck else None)
+            self._lock_stuck = not locked
         except OSError as exc:
             error, sent = exc, max(exc.sent if isinstance(exc, PartlyWritten) else 0, 0)
+        except Exception as exc:  # a bug or MemoryError before any write: held, retried
+            error, sent = OSError(errno.EIO, f"journal append failed: {exc!r}"), 0
         self.flushes += 1
         offset = 0
         for batch in batches:
@@ -175,18 +186,20 @@ def _share(error: OSError, sent: int) -> OSError:
     return torn
 
 
-def _lock(fd: int) -> None:
-    """The day file's lock, waited for at most LOCK_WAIT_S: another process that holds it for
+def _lock(fd: int, wait: float) -> bool:
+    """The day file's lock, waited for at most `wait` s: another process that holds it for
     ever must cost at worst a blank line in the journal, never a worker stuck with its batch's
-    lines (a probe's held lock kept a worker past the stop and lost the lines)."""
-    deadline = time.monotonic() + LOCK_WAIT_S
+    lines (a probe's held lock kept a worker past the stop and lost the lines). Whether it
+    was had; the warning once a wait (a try without one, after a wait in vain, is quiet)."""
+    deadline = time.monotonic() + wait
     while True:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return
+            return True
         except BlockingIOError:
             if time.monotonic() >= deadline:
-                log.warning(events.AUDIT_FAILED, reason="journal lock held by another "
-                            "process: appended without it")
-                return
+                if wait > 0:
+                    log.warning(events.AUDIT_FAILED, reason="journal lock held by another "
+                                "process: appended without it")
+                return False
             time.sleep(0.005)

@@ -202,3 +202,46 @@ def test_a_day_file_or_folder_replaced_between_appends_is_followed_or_refused(
     with pytest.raises(NotADirectoryError):
         journal.append(DAY, lines_of(2, 1))
     assert (elsewhere / f"{DAY}.jsonl").read_bytes() == lines_of(1, 1)
+
+
+def test_a_lock_held_by_another_process_is_waited_for_once_not_once_a_group(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Probe r9-journal F1: with the day file's lock held for ever elsewhere, each group
+    waited LOCK_WAIT_S in turn (twice main's stop time); after a wait in vain the next
+    appends try once, and wait again only after the lock was had once more."""
+    from promoter import journalwrite
+    monkeypatch.setattr(journalwrite, "LOCK_WAIT_S", 0.4)
+    journal = LocalJournal(tmp_path / AUDIT_DIR)
+    journal.append(DAY, lines_of(0, 1))
+    holder = os.open(tmp_path / AUDIT_DIR / f"{DAY}.jsonl", os.O_RDONLY)
+    try:
+        import fcntl
+        fcntl.flock(holder, fcntl.LOCK_EX)
+        started = journalwrite.time.monotonic()
+        for batch in (1, 2, 3, 4):
+            journal.append(DAY, lines_of(batch, 2))
+        assert journalwrite.time.monotonic() - started < 0.4 * 2  # one wait, not four
+    finally:
+        os.close(holder)
+    journal.append(DAY, lines_of(5, 1))  # the lock had again: a later holder is waited for
+    assert [e["batch"] for e in read_events(tmp_path / AUDIT_DIR)] == [0, 1, 1, 2, 2, 3, 3,
+                                                                       4, 4, 5]
+
+
+def test_a_non_os_error_after_the_write_is_no_second_copy(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Probe r9-journal F2: an exception other than OSError once the lines were written
+    (here after the real flush) reports them as sent, so they are never written again."""
+    real = os.fdatasync
+
+    def flush_then_fail(fd: int) -> None:
+        real(fd)
+        raise RuntimeError("injected")
+
+    journal = LocalJournal(tmp_path / AUDIT_DIR)
+    monkeypatch.setattr(os, "fdatasync", flush_then_fail)
+    data = lines_of(7, 3)
+    with pytest.raises(PartlyWritten) as raised:
+        journal.append(DAY, data)
+    assert raised.value.sent == len(data)
+    assert [e["n"] for e in read_events(tmp_path / AUDIT_DIR)] == [0, 1, 2]
