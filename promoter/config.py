@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
+import stat
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -52,6 +53,7 @@ MAX_INTERVAL_S = 7 * 86400.0
 MAX_RETENTION_DAYS = 36_500.0  # 100 years: created_at + days stays far inside datetime's range
 MAX_BYTES = 1 << 50  # 1 PiB
 MAX_METADATA_BYTES = 4 << 30  # parsing more than this would freeze any reader
+MAX_CONFIG_BYTES = 1 << 20  # a configuration file; more is a mistake (a link to /dev/zero)
 MAX_DEPTH = 500  # folders below output/: the polling observer's snapshot recurses once a level
 
 
@@ -194,9 +196,20 @@ def resolve_config_path(explicit: str | None, env: Mapping[str, str]) -> Path | 
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
+    """The file's TOML: a regular file of at most MAX_CONFIG_BYTES. A reload must not read
+    for ever (a link to /dev/zero) or wait on a FIFO: the main thread would never act on a
+    signal again (probe r9-signals F3)."""
     try:
-        with path.open("rb") as fh:
-            return tomllib.load(fh)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise ConfigError(f"config file {path} is not a regular file")
+            data = os.read(fd, MAX_CONFIG_BYTES + 1)
+        finally:
+            os.close(fd)
+        if len(data) > MAX_CONFIG_BYTES:
+            raise ConfigError(f"config file {path} is larger than {MAX_CONFIG_BYTES} bytes")
+        return tomllib.loads(data.decode())
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
     except (OSError, UnicodeDecodeError) as exc:

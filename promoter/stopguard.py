@@ -53,8 +53,9 @@ def last_stop(request_stop: Callable[[], None]) -> Iterator[None]:
         signal.signal(signum, lambda _signum, _frame: request_stop())
     try:
         yield
-    finally:
-        for signum in (signal.SIGTERM, signal.SIGINT):
+    finally:  # SIGHUP too: Python puts back its default action (the end of the process,
+        # status 129) as it finalizes (probe r9-signals F1)
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, signal.SIG_IGN)
 
 

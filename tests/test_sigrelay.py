@@ -1,12 +1,22 @@
-"""The signal relay: a signal that lands while the main thread holds the lock its action
+"""Signals. The relay: a signal that lands while the main thread holds the lock its action
 needs is acted on once that lock is free, instead of deadlocking the main thread."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import socket
 import subprocess
 import sys
 import textwrap
+import time
+from pathlib import Path
 
+import pytest
+
+from promoter.config import MAX_CONFIG_BYTES, load_config
+from promoter.errors import ConfigError
 from promoter.sigrelay import SignalRelay
 
 # The main thread takes the event's own lock (as `Event.wait` does between its acquire and
@@ -60,3 +70,84 @@ def test_signals_in_order_and_close_waits_for_them() -> None:
         relay.handler(signum, None)
     relay.close()
     assert seen == [1, 15, 2]
+
+
+# -- what an outside probe found around the daemon's and the server's signals (r9) -------
+
+
+def _env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items()
+            if not k.startswith(("PROMOTER_", "NOTIFY_", "WATCHDOG_"))}
+
+
+def test_sighups_during_the_stop_do_not_end_the_daemon_with_129(tmp_path: Path) -> None:
+    """Probe r9-signals F1: after a clean stop, SIGHUP kept a handler that Python resets to
+    its default action as it finalizes; a SIGHUP then ended the process with status 129.
+    Here SIGHUPs are sent without pause from the SIGTERM to the end (20 in 20 before)."""
+    (tmp_path / "sessions").mkdir()
+    run = subprocess.Popen([sys.executable, "-m", "promoter", "run", "--root", str(tmp_path)],
+                           stderr=subprocess.PIPE, env=_env())
+    assert run.stderr is not None
+    try:
+        seen = b""
+        while b"daemon.ready" not in seen:
+            line = run.stderr.readline()
+            assert line, seen[-2000:]
+            seen += line
+        run.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 20
+        while run.poll() is None and time.monotonic() < deadline:
+            with contextlib.suppress(ProcessLookupError):
+                run.send_signal(signal.SIGHUP)
+            time.sleep(0.0005)  # a stream of signals, not a wait for something
+        assert run.wait(10) == 0
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait(10)
+        run.stderr.close()
+
+
+def test_a_sigterm_just_after_listening_stops_the_server(tmp_path: Path) -> None:
+    """Probe r9-signals F2: a SIGTERM between `http.listening` and uvicorn's own handlers
+    was taken quietly (9 in 110) and the server went on. Each try signals the moment the
+    line is logged; every one must end the server, with status 0."""
+    root = tmp_path / "root"
+    (root / "artifacts").mkdir(parents=True)
+    for _ in range(6):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        serve = subprocess.Popen([sys.executable, "-m", "promoter", "serve", "--root",
+                                  str(root), "--listen", f"127.0.0.1:{port}"],
+                                 stderr=subprocess.PIPE, env=_env())
+        assert serve.stderr is not None
+        try:
+            seen = b""
+            while b"http.listening" not in seen:
+                line = serve.stderr.readline()
+                assert line, seen[-2000:]
+                seen += line
+            serve.send_signal(signal.SIGTERM)
+            assert serve.wait(15) == 0, seen[-2000:]
+        finally:
+            if serve.poll() is None:
+                serve.kill()
+                serve.wait(10)
+            serve.stderr.close()
+
+
+@pytest.mark.parametrize("kind", ["zero", "fifo", "big"])
+def test_a_configuration_that_is_no_regular_small_file_is_refused_at_once(
+        tmp_path: Path, kind: str) -> None:
+    """Probe r9-signals F3: a reload of a configuration linked to /dev/zero read for ever,
+    a FIFO waited for a writer: the main thread never acted on a signal again."""
+    path = tmp_path / "config.toml"
+    if kind == "zero":
+        path.symlink_to("/dev/zero")
+    elif kind == "fifo":
+        os.mkfifo(path)
+    else:
+        path.write_text("# " + "x" * MAX_CONFIG_BYTES + "\n")
+    with pytest.raises(ConfigError, match=r"regular file|larger than"):
+        load_config(path, env={})
