@@ -154,6 +154,8 @@ class _Observer(BaseObserver):
     def idle(self) -> bool:
         if self._fd is not None and not self._fd.idle():
             return False
+        if any(getattr(e, "in_hand", 0) for e in list(self.emitters)):
+            return False  # taken from the group's queue, not yet handed to the handler
         return bool(self.event_queue.unfinished_tasks == 0)
 
 

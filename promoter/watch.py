@@ -30,13 +30,9 @@ from promoter import events
 from promoter.layout import CONTEXT_FILES, OUTPUT
 from promoter.logs import get_logger
 from promoter.names import is_valid_run_id
-from promoter.observers import (
-    ObserverLike,
-    Report,
-    make_observer,
-    overflow_being_reported,
-)
+from promoter.observers import ObserverLike, Report, make_observer
 from promoter.walk import exclusion
+from promoter.watchlog import LogBridge
 from promoter.watchshare import ChildShare, runs_of
 
 __all__ = ["ObserverFactory", "WatchSink", "Watcher"]
@@ -89,9 +85,23 @@ class _Handler(FileSystemEventHandler):
         try:
             self.route(event)
         except Exception as exc:
-            run_id = self._run_of(str(event.src_path))
-            self.w.error("handler", f"{type(exc).__name__}: {exc}",
-                         frozenset({run_id}) if run_id else None, path=str(event.src_path))
+            self._failed(str(event.src_path), exc)
+
+    def closed(self, path: str) -> None:
+        """`dispatch(FileClosedEvent(path))` without the object: a burst's one event a file
+        (the emitter's shortcut, `SupervisedInotifyEmitter.build_and_queue_event`)."""
+        self.seen += 1
+        try:
+            parts = self._parts(path)
+            if parts is not None:
+                self._apply("closed", parts, False)
+        except Exception as exc:
+            self._failed(path, exc)
+
+    def _failed(self, path: str, exc: Exception) -> None:
+        run_id = self._run_of(path)
+        self.w.error("handler", f"{type(exc).__name__}: {exc}",
+                     frozenset({run_id}) if run_id else None, path=path)
 
     def _parts(self, path: str) -> list[str] | None:
         if not path:
@@ -155,26 +165,6 @@ class _Handler(FileSystemEventHandler):
                                    open_unknown=kind == "created" or self.w.in_use == "polling")
 
 
-class _LogBridge(logging.Handler):
-    """watchdog's own warnings: its log is the only place some failures show (DESIGN §5)."""
-
-    def __init__(self, watcher: Watcher) -> None:
-        super().__init__(level=logging.WARNING)
-        self.w = watcher
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            if overflow_being_reported() or self.w.stopping:
-                return
-            message = record.getMessage()
-            if "overflow" in message.lower():
-                self.w.overflow()
-            else:
-                self.w.error(record.name, message, None)
-        except Exception:  # a logging handler must never raise into watchdog
-            self.handleError(record)
-
-
 class Watcher:
     """Owns the observer: starts it, supervises it, restarts it, and stops it."""
 
@@ -193,7 +183,7 @@ class Watcher:
         self._on_trouble = on_trouble
         self._observer: ObserverLike | None = None
         self._handler = _Handler(self)
-        self._bridge = _LogBridge(self)
+        self._bridge = LogBridge(self)
         self._lock = threading.Lock()
         self._trouble: str | None = None
         self._failures = 0

@@ -48,7 +48,16 @@ def install(kinds: Collection[str], setattr_: Setter = setattr) -> None:
             return  # injected: these events are lost (see the reader below)
         apply(self, kind, parts, is_dir)
 
+    closed = handler.closed
+
+    def faulty_closed(self: Any, path: str) -> None:  # the emitter's shortcut for a close
+        if "kill" in kinds and os.path.basename(path).startswith("fault-kill"):
+            self.seen += 1
+            raise InjectedDeath("injected: the handler's error kills the dispatcher thread")
+        closed(self, path)
+
     setattr_(handler, "dispatch", faulty_dispatch)
+    setattr_(handler, "closed", faulty_closed)
     setattr_(handler, "_apply", faulty_apply)
     if "nowatch" in kinds:
         from watchdog.observers.inotify_c import InotifyFD
