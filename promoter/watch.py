@@ -193,6 +193,7 @@ class Watcher:
         self.overflows = self.errors = self.restarts = 0
         self.max_depth = max_depth  # read by the observers' walks (watch.max_depth)
         self._too_deep: set[str] = set()
+        self._root_id = (-1, -1)  # sessions/'s device and inode when the observer started
         self.share: ChildShare | None = None  # the start-up child's inotify use (prescan)
 
     # -- what watchdog's threads call (Report) --------------------------------------------
@@ -273,6 +274,8 @@ class Watcher:
         for kind in kinds:
             observer: ObserverLike | None = None
             try:
+                st = os.stat(self.root)  # the folder watched: `_root_replaced` compares it
+                self._root_id = (st.st_dev, st.st_ino)
                 observer = self._factory(kind, self.root, self._handler, self)
                 observer.start()
             except (OSError, ImportError, RuntimeError) as exc:
@@ -330,7 +333,15 @@ class Watcher:
             return trouble
         if self._observer is None:
             return "not watching"
-        return self._observer.health()
+        return self._root_replaced() or self._observer.health()
+
+    def _root_replaced(self) -> str | None:
+        """sessions/ gone or replaced since the watch began: no event says so (r9-watch F1)."""
+        try:
+            st = os.stat(self.root)
+        except OSError:
+            return "sessions/ is gone"
+        return None if (st.st_dev, st.st_ino) == self._root_id else "sessions/ was replaced"
 
     def supervise(self, now: float | None = None) -> float | None:
         """Restart a dead or missing observer (with backoff) and catch up every run.
