@@ -25,7 +25,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from bench import report, shapes, workloads
+from bench import floor, report, shapes, workloads
 from bench.procs import stop_all
 from bench.tools import (
     LSYNCD_DELAY,
@@ -293,6 +293,10 @@ def main(argv: list[str] | None = None) -> int:
             chosen = factories(args, "catchup" if shape == "catchup" else "burst")
             if shape == "bigrun":  # promoter only: the target is its own flat cost per file
                 chosen = chosen[:1] if args.only != "peers" else []
+            elif shape != "catchup":  # what a durable file of its size costs now (floor.py)
+                size = shapes.SHAPES[shape][2]
+                results[key].append(floor.durable_creates(tmp / f"floor-{len(results)}", size,
+                                                          500 if size <= 65536 else 50))
             for factory in chosen:
                 if shape == "catchup":
                     results[key].append(workloads.catchup(ctx, factory))

@@ -161,6 +161,13 @@ def summary(results: dict[str, list[Result]]) -> str:
             f"{(pf / lf) if pf and lf else float('nan'):.2f}× | "
             f"{_n(p.get('cpu_ms_per_file'), 3)} | {p.get('missing', '—')} | "
             f"{p.get('duplicates', '—')} | {p.get('loadavg_before', float('nan')):.1f} |")
+        if (low := by.get("floor", {}).get("floor_ms_per_file")) is not None:
+            cpu = p.get("cpu_ms_per_file")
+            above = f"{cpu - low:.3f}" if cpu is not None else "—"
+            extra.append(f"- {key[6:]}: a durable create of its size by the harness, in the "
+                         f"same minutes: {low:.3f} ms CPU a file (kernel "
+                         f"{by['floor'].get('floor_sys_ms_per_file', 0):.3f}); promoter's "
+                         f"CPU a file above that floor: {above}")
         if key == "shape:catchup":
             extra.append(_catchup_note(p, lsy))
         if durable:

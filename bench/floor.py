@@ -1,0 +1,38 @@
+"""The CPU floor of a durable small copy on this machine, in the same minutes as a shape.
+
+On this VM the kernel's cost of a durable 4 KiB file (create, write, fsync, close) moves
+2-5x with the disk's recent history (ext4 mounted with `discard`: what was deleted in the
+last minute is paid for by the next flushes), from ~0.2 to ~0.5 ms of CPU a file. The
+daemon's CPU per file means little without it, so each shape measures it just before its
+tools: the harness itself writes FILES such files, one after another, each flushed, and
+reads its own thread's CPU. The files are left in place (deleting them would raise the
+next measurement's floor); the run's temporary folder goes at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+from pathlib import Path
+from typing import Any
+
+__all__ = ["durable_creates"]
+
+
+def durable_creates(folder: Path, size: int, files: int = 500) -> dict[str, Any]:
+    """CPU (ms) a file of writing `files` files of `size` bytes, each fsynced."""
+    folder.mkdir(parents=True, exist_ok=True)
+    data = os.urandom(size)
+    before = resource.getrusage(resource.RUSAGE_THREAD)
+    for i in range(files):
+        fd = os.open(folder / f"f{i:05d}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    after = resource.getrusage(resource.RUSAGE_THREAD)
+    user = (after.ru_utime - before.ru_utime) / files * 1000
+    sys = (after.ru_stime - before.ru_stime) / files * 1000
+    return {"tool": "floor (durable create, fsync each)", "files": files,
+            "floor_ms_per_file": round(user + sys, 3), "floor_sys_ms_per_file": round(sys, 3)}
