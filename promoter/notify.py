@@ -7,6 +7,7 @@ The sdnotify package only sends datagrams to `$NOTIFY_SOCKET`; reading
 from __future__ import annotations
 
 import os
+import select
 import time
 from collections.abc import Mapping
 from typing import Any, Protocol
@@ -24,6 +25,8 @@ __all__ = [
 ]
 
 log = get_logger()
+STATE_WAIT_S = 0.5
+STATE_CHANGES = ("READY=1", "RELOADING=1", "STOPPING=1")
 
 
 class Notifier(Protocol):
@@ -49,6 +52,7 @@ class SystemdNotifier:
         self._failed = False
         self._notifier: Any = None
         self.dropped = 0  # messages dropped because the reader's queue was full
+        self._episode = 0  # of them, since the last message sent
         address = os.environ.get("NOTIFY_SOCKET", "")
         if not address.startswith("@") and not os.path.exists(address):
             # sdnotify would leak the socket it opened before failing to connect
@@ -72,11 +76,31 @@ class SystemdNotifier:
         if self._notifier is None:
             return
         try:
-            self._notifier.notify(message)
+            self._send(message)
+            self._episode = 0
         except BlockingIOError:
             self.dropped += 1
+            self._episode += 1
+            if self._episode == 1:  # once an episode: a reader that fell behind (r9 F4)
+                log.warning(events.NOTIFY_FAILED, reason="systemd's queue is full: dropped",
+                            message=message.split("\n", 1)[0])
         except OSError as exc:
             self._fail(str(exc))
+
+    def _send(self, message: str) -> None:
+        """A state change (READY=1, RELOADING=1, STOPPING=1) waits up to STATE_WAIT_S for
+        room: a READY=1 dropped after a reload left systemd thinking the unit reloads for
+        ever (probe r9-signals F4). Anything else is dropped at once when there is none."""
+        deadline = time.monotonic() + STATE_WAIT_S
+        while True:
+            try:
+                self._notifier.notify(message)
+                return
+            except BlockingIOError:
+                left = deadline - time.monotonic()
+                if not message.startswith(STATE_CHANGES) or left <= 0:
+                    raise
+                select.select([], [self._notifier.socket], [], left)
 
     def close(self) -> None:
         sock = getattr(self._notifier, "socket", None)

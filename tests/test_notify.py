@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 import time
 from collections.abc import Iterator
 
@@ -103,3 +104,24 @@ def test_monotonic_usec_is_clock_monotonic() -> None:
     before = time.monotonic_ns() // 1000
     value = monotonic_usec()
     assert before <= value <= time.monotonic_ns() // 1000
+
+
+def test_a_state_change_waits_for_room_and_a_full_queue_is_said_once(
+        listener: NotifySocket) -> None:
+    """Probe r9-signals F4: with systemd's queue full, the READY=1 that ends a reload was
+    dropped without a word (systemd then thinks the unit reloads for ever). It now waits a
+    moment for room; what is dropped is said once an episode."""
+    notifier = SystemdNotifier()
+    with structlog.testing.capture_logs() as logs:
+        while notifier.dropped == 0:
+            notifier.notify("WATCHDOG=1")
+        for _ in range(10):
+            notifier.notify("WATCHDOG=1")
+        reader = threading.Timer(0.1, listener._drain)  # the reader catches up meanwhile
+        reader.start()
+        notifier.notify("READY=1\nSTATUS=reloaded")
+        reader.join()
+    listener._drain()
+    assert any(m.startswith("READY=1") for m in listener.messages)
+    assert [e["event"] for e in logs] == ["notify.failed"]
+    notifier.close()
