@@ -1,11 +1,12 @@
-"""The CPU floor of a durable small copy on this machine, in the same minutes as a shape.
+"""A gauge of what a durable small file costs this machine, in the same minutes as a shape.
 
 On this VM the kernel's cost of a durable 4 KiB file (create, write, fsync, close) moves
 2-5x with the disk's recent history (ext4 mounted with `discard`: what was deleted in the
 last minute is paid for by the next flushes), from ~0.2 to ~0.5 ms of CPU a file. The
 daemon's CPU per file means little without it, so each shape measures it just before its
 tools: the harness itself writes FILES such files, one after another, each flushed, and
-reads its own thread's CPU. The files are left in place (deleting them would raise the
+reads its own thread's CPU. It is a gauge, not a floor: promoter shares its flushes
+(one syncfs for a big batch), so it can spend less than this a file. The files are left in place (deleting them would raise the
 next measurement's floor); the run's temporary folder goes at the end.
 """
 

@@ -163,11 +163,11 @@ def summary(results: dict[str, list[Result]]) -> str:
             f"{p.get('duplicates', '—')} | {p.get('loadavg_before', float('nan')):.1f} |")
         if (low := by.get("floor", {}).get("floor_ms_per_file")) is not None:
             cpu = p.get("cpu_ms_per_file")
-            above = f"{cpu - low:.3f}" if cpu is not None else "—"
-            extra.append(f"- {key[6:]}: a durable create of its size by the harness, in the "
-                         f"same minutes: {low:.3f} ms CPU a file (kernel "
+            ratio = f"{cpu / low:.2f}×" if cpu is not None and low else "—"
+            extra.append(f"- {key[6:]}: the harness's own durable creates of its size (one "
+                         f"fsync each) just before: {low:.3f} ms CPU a file (kernel "
                          f"{by['floor'].get('floor_sys_ms_per_file', 0):.3f}); promoter's "
-                         f"CPU a file above that floor: {above}")
+                         f"CPU a file ÷ that: {ratio}")
         if key == "shape:catchup":
             extra.append(_catchup_note(p, lsy))
         if durable:
