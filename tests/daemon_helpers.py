@@ -3,6 +3,7 @@ JSON log lines, and waiting with a deadline (never a fixed sleep)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -282,3 +283,30 @@ def child_pids(pid: int) -> list[int]:
     except OSError:
         return []
     return [int(one) for one in text.split()]
+
+
+@contextlib.contextmanager
+def logging_process(argv: list[str],
+                    env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
+    """`argv` started with its stderr (the JSON log) on a pipe; killed at the end if it
+    still runs, its pipe closed."""
+    proc = subprocess.Popen(argv, stderr=subprocess.PIPE, env=env)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        assert proc.stderr is not None
+        proc.stderr.close()
+
+
+def read_until(proc: subprocess.Popen[bytes], marker: bytes) -> bytes:
+    """`proc`'s stderr up to the first line holding `marker` (the process must say it)."""
+    assert proc.stderr is not None
+    seen = b""
+    while marker not in seen:
+        line = proc.stderr.readline()
+        assert line, seen[-2000:]
+        seen += line
+    return seen

@@ -29,7 +29,9 @@ from tests.daemon_helpers import (
     Daemon,
     FakeFactory,
     base_config,
+    logging_process,
     no_thread_leak,
+    read_until,
     start_daemon,
     wait_until,
     write,
@@ -603,21 +605,10 @@ def test_commands_and_the_daemon_with_stdout_closed_drop_their_output(
 def _ready_then_sigterm(argv: list[str], env: dict[str, str] | None = None) -> tuple[int, bytes]:
     """Start `argv` (a `promoter run`), SIGTERM it as soon as it logs daemon.ready; its exit
     status (None: not ended 10 s after the signal, then killed) and its stderr."""
-    run = subprocess.Popen(argv, stderr=subprocess.PIPE, env=env)
-    assert run.stderr is not None
-    seen = b""
-    try:
-        while b"daemon.ready" not in seen:
-            line = run.stderr.readline()
-            assert line, seen[-2000:]
-            seen += line
+    with logging_process(argv, env) as run:
+        seen = read_until(run, b"daemon.ready")
         run.send_signal(signal.SIGTERM)
         return run.wait(10), seen
-    finally:
-        if run.poll() is None:
-            run.kill()
-            run.wait(10)
-        run.stderr.close()
 
 
 def test_sigterm_the_moment_it_is_ready_always_stops_it(tmp_path: Path) -> None:

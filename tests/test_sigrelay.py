@@ -18,6 +18,7 @@ import pytest
 from promoter.config import MAX_CONFIG_BYTES, load_config
 from promoter.errors import ConfigError
 from promoter.sigrelay import SignalRelay
+from tests.daemon_helpers import logging_process, read_until
 
 # The main thread takes the event's own lock (as `Event.wait` does between its acquire and
 # its next bytecode), a SIGTERM lands, the handler runs while the lock is held; then the
@@ -85,15 +86,9 @@ def test_sighups_during_the_stop_do_not_end_the_daemon_with_129(tmp_path: Path) 
     its default action as it finalizes; a SIGHUP then ended the process with status 129.
     Here SIGHUPs are sent without pause from the SIGTERM to the end (20 in 20 before)."""
     (tmp_path / "sessions").mkdir()
-    run = subprocess.Popen([sys.executable, "-m", "promoter", "run", "--root", str(tmp_path)],
-                           stderr=subprocess.PIPE, env=_env())
-    assert run.stderr is not None
-    try:
-        seen = b""
-        while b"daemon.ready" not in seen:
-            line = run.stderr.readline()
-            assert line, seen[-2000:]
-            seen += line
+    argv = [sys.executable, "-m", "promoter", "run", "--root", str(tmp_path)]
+    with logging_process(argv, _env()) as run:
+        read_until(run, b"daemon.ready")
         run.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + 20
         while run.poll() is None and time.monotonic() < deadline:
@@ -101,11 +96,6 @@ def test_sighups_during_the_stop_do_not_end_the_daemon_with_129(tmp_path: Path) 
                 run.send_signal(signal.SIGHUP)
             time.sleep(0.0005)  # a stream of signals, not a wait for something
         assert run.wait(10) == 0
-    finally:
-        if run.poll() is None:
-            run.kill()
-            run.wait(10)
-        run.stderr.close()
 
 
 def test_a_sigterm_just_after_listening_stops_the_server(tmp_path: Path) -> None:
@@ -118,23 +108,12 @@ def test_a_sigterm_just_after_listening_stops_the_server(tmp_path: Path) -> None
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]
-        serve = subprocess.Popen([sys.executable, "-m", "promoter", "serve", "--root",
-                                  str(root), "--listen", f"127.0.0.1:{port}"],
-                                 stderr=subprocess.PIPE, env=_env())
-        assert serve.stderr is not None
-        try:
-            seen = b""
-            while b"http.listening" not in seen:
-                line = serve.stderr.readline()
-                assert line, seen[-2000:]
-                seen += line
+        argv = [sys.executable, "-m", "promoter", "serve", "--root", str(root), "--listen",
+                f"127.0.0.1:{port}"]
+        with logging_process(argv, _env()) as serve:
+            seen = read_until(serve, b"http.listening")
             serve.send_signal(signal.SIGTERM)
             assert serve.wait(15) == 0, seen[-2000:]
-        finally:
-            if serve.poll() is None:
-                serve.kill()
-                serve.wait(10)
-            serve.stderr.close()
 
 
 @pytest.mark.parametrize("kind", ["zero", "fifo", "big"])
