@@ -21,6 +21,7 @@ from promoter.errors import QUIET, descriptor_episodes, host_limit, plain_reason
 from promoter.layout import session_file
 from promoter.logs import get_logger
 from promoter.rules import MAX_BATCH, byte_chunks
+from promoter.safeio import Refused
 from promoter.settle import Batch, FileState, Settler
 from promoter.store import PromoteResult, Store
 
@@ -127,8 +128,31 @@ def one_by_one(store: Store, batch: Batch, step: Callable[[int, int], None],
 
 def worker_error(run_id: str, exc: Exception, **fields: object) -> None:
     """A batch raised: one line; a host limit (out of descriptors...) said plainly, without
-    the traceback a bug gets (r7 probe F6)."""
+    the traceback a bug gets (r7 probe F6). A store path refused (the run's folder in
+    artifacts/ made a file or a link) is no bug either: said once a minute a run, plainly,
+    while its files are retried (a batch probe counted ~100 tracebacks a second)."""
     reason, name = plain_reason(exc), fields.get("filename")  # out of descriptors: once
     level = descriptor_episodes.failed(run_id, name if isinstance(name, str) else None, reason)
+    refused = isinstance(exc, Refused)
+    if refused and not _refusal_told(run_id, reason):
+        level = "debug"
     getattr(log, level)(events.WORKER_ERROR, run_id=run_id, reason=reason, **fields,
-                        exc_info=host_limit(exc) is None, **QUIET if level == "warning" else {})
+                        exc_info=host_limit(exc) is None and not refused,
+                        **QUIET if level == "warning" else {})
+
+
+_told: dict[tuple[str, str], float] = {}  # a store refusal said: when (run, reason)
+_told_lock = threading.Lock()
+REFUSAL_EVERY_S = 60.0
+
+
+def _refusal_told(run_id: str, reason: str) -> bool:
+    """Whether to say this refusal now: not said for this run in the last minute."""
+    now = time.monotonic()
+    with _told_lock:
+        if now - _told.get((run_id, reason), -REFUSAL_EVERY_S) < REFUSAL_EVERY_S:
+            return False
+        if len(_told) >= 10_000:
+            _told.clear()
+        _told[(run_id, reason)] = now
+        return True
