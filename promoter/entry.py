@@ -51,6 +51,8 @@ def main() -> int:
     gc.disable()
     try:
         from promoter.cli import main as cli_main
+    except KeyboardInterrupt:  # Ctrl-C during the imports: as the CLI's own, no traceback
+        return 130
     finally:
         if enabled:
             gc.enable()

@@ -130,3 +130,23 @@ def test_a_configuration_that_is_no_regular_small_file_is_refused_at_once(
         path.write_text("# " + "x" * MAX_CONFIG_BYTES + "\n")
     with pytest.raises(ConfigError, match=r"regular file|larger than"):
         load_config(path, env={})
+
+
+def test_ctrl_c_during_a_commands_imports_is_status_130_without_a_traceback() -> None:
+    """Probe r9-signals F7: a Ctrl-C while `promoter ls` still imported its modules printed
+    a KeyboardInterrupt traceback. It lands here at the import of the CLI, made to raise."""
+    script = textwrap.dedent("""
+        import builtins, sys
+        from promoter import entry
+        real = builtins.__import__
+        def interrupted(name, *args, **kwargs):
+            if name == "promoter.cli":
+                raise KeyboardInterrupt
+            return real(name, *args, **kwargs)
+        builtins.__import__ = interrupted
+        sys.argv = ["promoter", "ls"]
+        raise SystemExit(entry.main())
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 130 and "Traceback" not in done.stderr, done.stderr
