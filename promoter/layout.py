@@ -5,6 +5,7 @@
     artifacts/<run_id>/metadata.json            one run's metadata, replaced atomically
     artifacts/<run_id>/files/<relpath>          the stored copies
     artifacts/<run_id>/.unlisted                a write into files/ under way or cut short
+    artifacts/<run_id>/.listed                  the same empty file at rest (runmark.py)
     artifacts/.repaired                         the marks above are trusted (runmark.py)
     artifacts/.locks/<run_id>                   the run's lock (flock)
     artifacts/.tombstones/<run_id>              a deleted run that must not come back
@@ -18,13 +19,14 @@ from __future__ import annotations
 import os
 from typing import Final
 
-__all__ = ["CONTEXT_FILES", "FILES", "LOCKS", "MARK", "METADATA", "OUTPUT", "REPAIRED",
-           "TOMBSTONES", "TRASH", "session_file"]
+__all__ = ["CONTEXT_FILES", "FILES", "LOCKS", "MARK", "MARK_AT_REST", "METADATA", "OUTPUT",
+           "REPAIRED", "TOMBSTONES", "TRASH", "session_file"]
 
 METADATA: Final = "metadata.json"
 FILES: Final = "files"
 LOCKS: Final = ".locks"
 MARK: Final = ".unlisted"
+MARK_AT_REST: Final = ".listed"
 REPAIRED: Final = ".repaired"
 TRASH: Final = ".trash"
 TOMBSTONES: Final = ".tombstones"

@@ -17,6 +17,15 @@ session that changes `files/` can leave such a thing, so each one marks its run 
    session ended clean and without an error; a mark it found is never removed (another
    session was cut short, or failed, before its metadata write).
 
+The mark is one file for the life of the run: at a clean end it is renamed to
+`.listed` (`MARK_AT_REST`), and the next session renames it back (`renameat2` with
+`RENAME_NOREPLACE`, so that another session's mark is never replaced). A create and an
+unlink a session freed an inode a batch; on an ext4 without a journal every later create
+in the group, the agents' too, then scans past each inode freed in the last minute
+(`recently_deleted` in fs/ext4/ialloc.c: up to a third of a burst's CPU, issue 15). Where
+renaming cannot be done so (no `renameat2`, a file system without the flag) the mark is
+made and removed as before.
+
 So a run without a mark has nothing unlisted: its start-up repair reads its metadata and
 leaves `files/` alone. A marked run is walked as before (`recovery.relist`); the repair
 then owns the mark (`adopt`) and removes it once the run is listed again. The marks are
@@ -29,14 +38,35 @@ All of it happens under the run's lock: one session a run at a time, on every pr
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import os
 
-from promoter.layout import MARK
+from promoter.layout import MARK, MARK_AT_REST
 from promoter.safeio import open_dir_chain, remove_tree
+from promoter.writeback import libc_function
 
 __all__ = ["RunMark", "is_marked"]
 
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_RENAME_NOREPLACE = 1  # <linux/fs.h>
+_CANNOT = frozenset({errno.ENOENT, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP})
+
+
+def rename_noreplace(dir_fd: int, src: str, dst: str) -> bool:
+    """Rename `src` to `dst` in one folder unless `dst` exists: True when done; False when
+    there is no `src` or no such rename here (then the caller does without). Raises
+    FileExistsError when `dst` exists, OSError on any other failure."""
+    func = libc_function("renameat2", ctypes.c_int, ctypes.c_char_p, ctypes.c_int,
+                         ctypes.c_char_p, ctypes.c_uint)
+    if func is None:
+        return False
+    if func(dir_fd, os.fsencode(src), dir_fd, os.fsencode(dst), _RENAME_NOREPLACE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in _CANNOT:
+        return False
+    raise OSError(err, os.strerror(err), dst)
 
 
 def is_marked(art: int, run_id: str) -> bool:
@@ -72,7 +102,8 @@ class RunMark:
             return
         run_fd = open_dir_chain(self._art, [self._run_id], create=True)
         try:
-            os.close(os.open(MARK, _CREATE, 0o644, dir_fd=run_fd))
+            if not rename_noreplace(run_fd, MARK_AT_REST, MARK):  # no inode made (above)
+                os.close(os.open(MARK, _CREATE, 0o644, dir_fd=run_fd))
         except FileExistsError:  # another session's (cut short or failed): it stays
             os.close(run_fd)
         except BaseException:
@@ -118,15 +149,25 @@ class RunMark:
         self._clean = True
 
     def end(self, ok: bool) -> None:
-        """The session ends: remove the mark if this session made it and left the run clean.
-        Its removal need not be durable: a mark that comes back costs one walk."""
+        """The session ends: put the mark to rest if this session made it and left the run
+        clean. Need not be durable: a mark that comes back costs one walk."""
         run_fd, self._run_fd = self._run_fd, None
         try:
             if ok and self._ours and self._clean:
                 with contextlib.suppress(OSError):
-                    if run_fd is None:  # adopted by a repair
+                    if run_fd is not None and _rest(run_fd):
+                        return  # made (or woken) by this session: the empty file it was
+                    if run_fd is None:  # adopted by a repair: whatever it is goes
                         run_fd = open_dir_chain(self._art, [self._run_id])
                     remove_tree(run_fd, MARK)  # a file as a rule; a planted folder goes too
         finally:
             if run_fd is not None:
                 os.close(run_fd)
+
+
+def _rest(run_fd: int) -> bool:
+    """Rename the mark to its resting name: False when it cannot be (then it is removed)."""
+    try:
+        return rename_noreplace(run_fd, MARK, MARK_AT_REST)
+    except OSError:  # a resting mark already there (two at once): remove this one
+        return False

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from promoter import batchcopy, placing, recovery
+from promoter import batchcopy, placing, recovery, runmark
 from promoter.layout import MARK, METADATA, REPAIRED
 from promoter.localdisk import LocalDisk
 from promoter.metadata import RunMetadata
@@ -52,6 +52,19 @@ def _walks(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
     monkeypatch.setattr(recovery, "relist", counted)
     return walked
+
+
+def _trace_mark_renames(patch: pytest.MonkeyPatch, log: list[str]) -> None:
+    """Log "mark" when the resting mark is woken, "unmark" when the mark is put to rest."""
+    real = runmark.rename_noreplace
+
+    def traced(dir_fd: int, src: str, dst: str) -> bool:
+        done = real(dir_fd, src, dst)
+        if done:
+            log.append("mark" if dst == MARK else "unmark")
+        return done
+
+    patch.setattr(runmark, "rename_noreplace", traced)
 
 
 def _promoted(tmp_path: Path, runs: dict[str, list[str]]) -> Store:
@@ -275,6 +288,7 @@ def test_the_mark_is_on_disk_before_the_first_rename(
         patch.setattr(os, "unlink", traced_unlink)
         patch.setattr(placing, "link_unnamed", traced_link)
         patch.setattr(batchcopy, "_syncfs", traced_syncfs)
+        _trace_mark_renames(patch, log)
         assert {r.outcome for r in store.promote_files("r1", names)} == {Outcome.PROMOTED}
     assert log.index("mark") < log.index("temp")
     flushed = [i for i, e in enumerate(log) if e in ("flush-run", "syncfs")]
@@ -319,8 +333,12 @@ def test_a_mark_that_cannot_be_made_stops_the_batch_before_any_rename(
             raise OSError(errno.EROFS, "Read-only file system")
         return real_open(path, flags, *args, **kw)
 
+    def refused_rename(dir_fd: int, src: str, dst: str) -> bool:
+        raise OSError(errno.EROFS, "Read-only file system")
+
     with monkeypatch.context() as patch:
         patch.setattr(os, "open", refused)
+        patch.setattr(runmark, "rename_noreplace", refused_rename)  # the resting mark's way
         results = store.promote_files("r1", ["b.txt"])
     assert {r.outcome for r in results} != {Outcome.PROMOTED}
     assert not (tmp_path / "artifacts/r1/files/b.txt").exists()
@@ -343,8 +361,13 @@ def test_a_catch_up_whose_mark_cannot_be_made_backs_off_and_names_the_mark(
             raise OSError(errno.EPERM, "Operation not permitted", MARK)
         return real_open(path, flags, *args, **kw)
 
+    def refused_rename(dir_fd: int, src: str, dst: str) -> bool:
+        tries.append(time.monotonic())
+        raise OSError(errno.EPERM, "Operation not permitted", MARK)
+
     with monkeypatch.context() as patch:
         patch.setattr(os, "open", refused)
+        patch.setattr(runmark, "rename_noreplace", refused_rename)  # the resting mark's way
         report = reconcile(store)
     assert len(tries) == 1 + RETRY_ROUNDS
     gaps = [b - a for a, b in itertools.pairwise(tries)]
@@ -411,6 +434,7 @@ def test_a_removal_marks_the_run_on_disk_before_its_entry_goes(
         patch.setattr(os, "fsync", traced_fsync)
         patch.setattr(os, "rename", traced_rename)
         patch.setattr(os, "unlink", traced_unlink)
+        _trace_mark_renames(patch, log)
         store.delete_artifact("r1", "a.txt")
     order = ["mark", "flush-run", "metadata", "unlink-copy", "flush-files", "unmark"]
     first = [log.index(e) for e in order]  # ValueError if one is missing
