@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import statistics
 from collections.abc import Sequence
 from typing import Any
 
@@ -14,6 +15,9 @@ IDLE_RSS_MIB = 80.0
 CATCHUP_S = 5.0
 LATENCY_SLACK_MS = 30.0
 BIGFILE_FACTOR = 1.25
+# a drain (writer's last close -> last file visible) under this share of the all-visible
+# time: the shape timed the harness's writer, not the tool
+WRITER_BOUND = 0.15
 
 
 def fmt(value: Any, digits: int = 1) -> str:
@@ -89,6 +93,63 @@ def latency_table(results: Sequence[Result]) -> str:
     return table(header, rows)
 
 
+def drains(r: Result) -> tuple[list[tuple[float, float]], int]:
+    """(drain s, all visible s) of each complete round, and the number of rounds. Results
+    written before drain_s was recorded have it derived: all_visible_s - write_s. A result
+    without rounds (bigrun) is its own single round."""
+    rounds = r.get("rounds")
+    if not isinstance(rounds, list):
+        rounds = [r]
+    out: list[tuple[float, float]] = []
+    for x in rounds:
+        seen, wrote = x.get("all_visible_s"), x.get("write_s")
+        if not isinstance(seen, int | float) or not isinstance(wrote, int | float):
+            continue
+        drain = x.get("drain_s")
+        out.append((drain if isinstance(drain, int | float) else max(0.0, seen - wrote), seen))
+    return out, len(rounds)
+
+
+def drain_median(r: Result) -> tuple[float | None, float | None, str]:
+    """(median drain s, median all visible s, "" or " (k of n rounds)")."""
+    found, n = drains(r)
+    if not found:
+        return None, None, ""
+    partial = f" ({len(found)} of {n} rounds)" if len(found) < n else ""
+    return (statistics.median(d for d, _ in found), statistics.median(s for _, s in found),
+            partial)
+
+
+def writer_bound(r: Result) -> bool:
+    """The tool's last file came within WRITER_BOUND of its all-visible time after the
+    writer's last close: its files/s is the writer's."""
+    drain, seen, _ = drain_median(r)
+    return drain is not None and seen is not None and seen > 0 and drain < WRITER_BOUND * seen
+
+
+def short_name(r: Result) -> str:
+    if r.get("is_promoter"):
+        return "promoter"
+    return str(r["tool"]).split()[0] + (" --fsync" if "--fsync" in str(r["tool"]) else "")
+
+
+def writer_line(label: str, results: Sequence[Result]) -> str:
+    """One line: each tool's writer time and drain (medians), and which are writer-bound."""
+    items = []
+    for r in results:
+        drain, seen, partial = drain_median(r)
+        if drain is None or seen is None or "error" in r:
+            continue
+        share = drain / seen * 100 if seen else math.nan
+        bound = ": bound by the writer" if writer_bound(r) else ""
+        items.append(f"{short_name(r)} write {fmt(r.get('write_s'), 2)} s, drain "
+                     f"{drain:.3f} s ({share:.0f} % of all visible {seen:.2f} s{bound})"
+                     f"{partial}")
+    if not items:
+        return ""
+    return f"- {label}, writer's last close → tool's last file (medians): " + "; ".join(items)
+
+
 def burst_table(results: Sequence[Result]) -> str:
     header = [
         "tool",
@@ -97,6 +158,7 @@ def burst_table(results: Sequence[Result]) -> str:
         "dups",
         "write s (median)",
         "all visible s (median)",
+        "drain s (median)",
         "files/s (median)",
         "files/s each round",
         "CPU s (median)",
@@ -135,6 +197,7 @@ def burst_table(results: Sequence[Result]) -> str:
                 fmt(r.get("duplicates")),
                 fmt(r["write_s"], 2),
                 fmt(r.get("all_visible_s"), 2),
+                fmt(drain_median(r)[0], 3) + drain_median(r)[2],
                 fmt(r.get("files_per_s"), 0),
                 " / ".join(fmt(x, 0) for x in r.get("files_per_s_each", [])) or "—",
                 fmt(r["cpu_s"], 2),
@@ -142,7 +205,10 @@ def burst_table(results: Sequence[Result]) -> str:
                 ok_txt,
             ]
         )
-    return table(header, rows)
+    bound = [r["tool"] for r in results if "error" not in r and writer_bound(r)]
+    note = (f"\n\nBound by the writer (drain under {WRITER_BOUND:.0%} of all visible: files/s "
+            f"measures the harness's writer, not the tool): {', '.join(bound)}." if bound else "")
+    return table(header, rows) + note
 
 
 def bigfile_table(results: Sequence[Result]) -> str:

@@ -25,7 +25,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from bench import floor, report, shapes, workloads
+from bench import floor, fsjournal, report, shapes, teardown, workloads
 from bench.procs import stop_all
 from bench.tools import (
     LSYNCD_DELAY,
@@ -140,6 +140,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "(collapsed stacks, all threads, idle included; needs py-spy)",
     )
     p.add_argument("--keep-tmp", action="store_true", help="keep the temporary folders")
+    p.add_argument(
+        "--no-teardown-wait",
+        action="store_true",
+        help="on an ext4 without a journal, do not wait out the 65 s after the last run's "
+        "teardown (every create is taxed meanwhile; teardown.py)",
+    )
     p.add_argument("--no-save", action="store_true", help="do not write bench/results/*.json")
     p.add_argument(
         "--tmp-dir", default="/tmp", help="where the temporary folders go (default /tmp)"
@@ -163,7 +169,7 @@ def tool_version(argv: list[str]) -> str:
     return text[0] if text else f"exit {out.returncode}"
 
 
-def machine_info(tmp_dir: str) -> dict[str, Any]:
+def machine_info(tmp_dir: str, tmp_fs: dict[str, Any] | None = None) -> dict[str, Any]:
     cpu = "?"
     with open("/proc/cpuinfo") as f:
         for line in f:
@@ -190,6 +196,8 @@ def machine_info(tmp_dir: str) -> dict[str, Any]:
         "cpu": cpu,
         "mem_gib": round(mem_kib / 1024 / 1024, 1),
         "tmp_fs": fs,
+        # journal False: every create pays for the inodes freed in the last minute
+        "tmp_journal": tmp_fs if tmp_fs is not None else fsjournal.describe(tmp_dir),
         "kernel": platform.release(),
         "python": platform.python_version(),
         "lsyncd": tool_version(["lsyncd", "--version"]),
@@ -236,6 +244,9 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _on_signal)
     if args.nice:
         os.nice(args.nice)  # inherited by every tool started from here
+    tmp_fs = fsjournal.describe(args.tmp_dir)
+    print(fsjournal.line(tmp_fs), flush=True)
+    waited = teardown.wait_before_run(args.tmp_dir, tmp_fs["journal"], args.no_teardown_wait)
     started = dt.datetime.now(dt.UTC)
     tmp = Path(tempfile.mkdtemp(prefix="promoter-bench-", dir=args.tmp_dir))
     ctx = Ctx(
@@ -265,7 +276,8 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, list[Result]] = {}
     doc: dict[str, Any] = {
         "started": started.isoformat(timespec="seconds").replace("+00:00", "Z"),
-        "machine": machine_info(args.tmp_dir),
+        "machine": machine_info(args.tmp_dir, tmp_fs),
+        "teardown_wait": waited,
         "args": {k: v for k, v in vars(args).items()},
         "results": results,
     }
@@ -307,8 +319,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\n{shape}: " + json.dumps(_brief(results[key]), default=str), flush=True)
     finally:
         stop_all()
-        if not args.keep_tmp:
-            shutil.rmtree(tmp, ignore_errors=True)
+        # remove, sync and stamp: the next run waits out ext4's window (teardown.py)
+        doc["teardown"] = teardown.finish(tmp, args.tmp_dir, args.keep_tmp)
         doc["finished"] = (
             dt.datetime.now(dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
         )

@@ -20,6 +20,7 @@ import statistics
 import time
 from typing import Any
 
+from bench import report
 from bench.procs import group_cpu_ticks
 from bench.tools import PromoterTool, Tool, ToolFactory
 from bench.workloads import Ctx, Result, burst, cpu_s, output_dir, pgid, with_tool, write_file
@@ -91,6 +92,8 @@ def bigrun(ctx: Ctx, factory: ToolFactory, files: int = 100_000, extra: int = 20
             "visible": count,
             "missing": files - count,
             "all_visible_s": samples[-1][0] if count >= files else None,
+            # writer's last close to the last entry (to within the 0.25 s sampling)
+            "drain_s": round(samples[-1][0] - write_s, 3) if count >= files else None,
             "cpu_s": cpu_s(cpu1 - cpu0),
             "samples": samples,
             "tenths_files_per_s": tenths(samples, files),
@@ -170,6 +173,8 @@ def summary(results: dict[str, list[Result]]) -> str:
                          f"CPU a file ÷ that: {ratio}")
         if key == "shape:catchup":
             extra.append(_catchup_note(p, lsy))
+        elif line := report.writer_line(key[6:], items):
+            extra.append(line)
         if durable:
             notes.append(f"- {key[6:]}: lsyncd + rsync --fsync {_n(durable)} files/s; promoter ÷ "
                          f"that {(pf / durable) if pf else float('nan'):.2f}×")

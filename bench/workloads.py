@@ -132,7 +132,7 @@ def with_tool(
         if tool.proc is not None and "error" in result:
             result["log_tail"] = tool.proc.log_tail(1500)
         # the tree stays until the run's end (run.py removes ctx.tmp): on an ext4 without a
-        # journal (this VM's) every new inode scans past the inodes freed in the last ~35 s,
+        # journal (this VM's) every new inode scans past the inodes freed in the last 60 s,
         # so a teardown here would tax the next tool's burst (r7-cpu: 0.38 -> 0.68 CPU ms a
         # file after 30,000 deletions)
     result["wall_s"] = round(time.monotonic() - t0, 2)
@@ -322,6 +322,10 @@ def burst_round(ctx: Ctx, tool: Tool, prefix: str, data: bytes) -> Result:
         elapsed = (max(seen) - t_first) / 1e9
         result["all_visible_s"] = elapsed
         result["files_per_s"] = ctx.burst_files / elapsed
+        # the writer's last close to the last file visible: what the tool added after the
+        # writer (small: the shape measured the writer); an event read a few µs before the
+        # writer read its clock would make it negative
+        result["drain_s"] = max(0.0, elapsed - result["write_s"])
     elif seen:
         result["last_visible_s"] = (max(seen) - t_first) / 1e9
     return result
@@ -340,7 +344,9 @@ def burst(ctx: Ctx, factory: ToolFactory) -> Result:
             rounds.append(burst_round(ctx, tool, f"burst{k}x", data))
             r = rounds[-1]
             r["sync_before_s"] = round(synced_s, 3)
+            drain = "—" if r.get("drain_s") is None else f"{r['drain_s']:.3f}"
             print(f"    round {k}: files/s {r['files_per_s']}, missing {r['missing']}, "
+                  f"write {r['write_s']:.3f} s, drain {drain} s, "
                   f"sync before {synced_s:.2f} s, cpu user {r['cpu_user_s']:.3f} s "
                   f"sys {r['cpu_sys_s']:.3f} s", flush=True)
         fps = [r["files_per_s"] for r in rounds]
@@ -360,6 +366,9 @@ def burst(ctx: Ctx, factory: ToolFactory) -> Result:
             "files_per_s": median([x if x is not None else 0.0 for x in fps]),
             "files_per_s_each": fps,
             "all_visible_s": median([r["all_visible_s"] for r in rounds])
+            if len(complete) == len(rounds)
+            else None,
+            "drain_s": median([r["drain_s"] for r in rounds])
             if len(complete) == len(rounds)
             else None,
         }
