@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 
-from promoter import events
+from promoter import events, stopcopy
 from promoter.backlog import Backlog
 from promoter.config import Config
 from promoter.errors import PromoterError, host_limit, plain_reason
@@ -86,6 +86,7 @@ class CatchUp(LoopThread):
         self._kick.set()
 
     def _run(self) -> None:
+        stopcopy.watch(self._stop.is_set)  # a long copy gives way to a stop
         try:
             while not self._startup() and not self._stop.is_set():
                 # the store is unreachable (DESIGN §10): the daemon is ready without this

@@ -18,7 +18,7 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from promoter import events
+from promoter import events, stopcopy
 from promoter.backlog import Backlog
 from promoter.layout import session_file
 from promoter.logs import get_logger
@@ -317,6 +317,7 @@ class Pipeline:
 
     def _worker(self, source: queue.SimpleQueue[Batch | None] | None = None) -> None:
         work = self._work if source is None else source
+        stopcopy.watch(lambda: self._stop_by is not None)  # a long copy gives way to a stop
         while True:
             batch = self._from_lane() if source is None else None
             batch = work.get() if batch is None else batch

@@ -29,6 +29,7 @@ from promoter.recheck import same_bytes
 from promoter.render import human_size
 from promoter.rules import Verdict
 from promoter.safeio import CopyResult, Refused, SourceChanged, open_dir_chain, open_regular
+from promoter.stopcopy import GivenUp
 
 __all__ = ["READ_SAME", "RETRY", "Outcome", "PromoteResult", "SourceFolders", "copy_in",
            "failed_renames", "log_results", "promote_batch", "promote_one", "promote_parallel"]
@@ -39,6 +40,7 @@ PutFile = Callable[[str, int, os.stat_result], CopyResult]
 run, under its lock. Raises SourceChanged, Refused or OSError as copy_and_hash does."""
 LARGE_COPY_BYTES = 64 << 20  # a copy this large logs its start (`artifact.copying`)
 MAX_SOURCE_FOLDERS = 64  # source folder descriptors a batch holds at once
+GIVEN_UP = "given up at shutdown"  # a CHANGED of a copy the stop cut short (stopcopy.py)
 READ_SAME = "read: the same bytes"  # an UNCHANGED found by reading: its entry, ctime moved
 
 
@@ -181,6 +183,10 @@ def promote_one(config: Config, folders: SourceFolders, put: PutFile, meta: RunM
         return result(Outcome.REJECTED, exc.reason)
     except SourceChanged:
         return result(Outcome.CHANGED, "changed during the copy")
+    except GivenUp as exc:  # stopping: nothing of it kept, not listed, caught up at start
+        log.info(events.ARTIFACT_DEFERRED, run_id=meta.run_id, filename=filename,
+                 reason=f"{exc}: given up, the next start catches up")
+        return result(Outcome.CHANGED, GIVEN_UP)
     except OSError as exc:  # e.g. the run's mark or a temporary refused (EPERM, EROFS)
         where = f" ({exc.filename})" if exc.filename else ""
         return result(Outcome.FAILED, host_limit(exc) or f"{exc.strerror or exc}{where}")

@@ -20,6 +20,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
+from promoter import stopcopy
 from promoter.placing import open_staged, place, temp_name, unnamed_supported
 from promoter.writeback import EARLY_WRITEBACK_BYTES, start_writeback
 
@@ -331,15 +332,19 @@ def stage_copy(
     hashed and written from there (1 MiB chunks, read, hashed and written by two threads,
     cost 1.6 times the CPU: issue 15). A big copy's writeback is started as it goes
     (`writeback.start_writeback`), so the caller's flush waits only for what is left.
-    SourceChanged unless the source kept its size and times; nothing left on any error.
+    SourceChanged unless the source kept its size and times; GivenUp (stopcopy.py) when the
+    daemon stops meanwhile; nothing left on any error.
     """
     out, tmp = open_staged(dst_dir_fd, dst_name, unnamed)
     digest = hashlib.sha256() if checksum else None
     buf = _buffer()
-    size = started = 0  # bytes copied; bytes whose writeback was started
+    size = started = looked = 0  # bytes copied, whose writeback was started, at the last look
     try:
         while n := os.readv(src_fd, [buf]):
             size += n
+            if size - looked >= stopcopy.CHECK_BYTES:  # a long copy may hold a stop
+                stopcopy.check()
+                looked = size
             if size > max_bytes:
                 raise Refused(f"grew over the max_file_bytes limit ({max_bytes}) while copied")
             if size > src_stat.st_size:  # doomed: stop now, not at the end of the growth

@@ -92,7 +92,9 @@ class Daemon:
     """One `promoter run` subprocess on its own storage root."""
 
     def __init__(self, root: Path, config: dict[str, Any], env: dict[str, str] | None = None,
-                 notify: NotifySocket | None = None) -> None:
+                 notify: NotifySocket | None = None, before: str = "") -> None:
+        """`before`: Python run in the daemon's process before promoter's own entry point
+        (to set a module's constant the way no configuration does)."""
         self.root = root
         self.sessions = root / "sessions"
         self.artifacts = root / "artifacts"
@@ -109,9 +111,11 @@ class Daemon:
         self._log_offset = 0  # logs(): what has been parsed so far
         self._log_lines: list[dict[str, Any]] = []
         self._out = self.stdout_path.open("wb")
+        entry = ["-m", "promoter"] if not before else [
+            "-c", f"{before}\nimport runpy\nrunpy.run_module('promoter', run_name='__main__', "
+            "alter_sys=True)"]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "promoter", "run", "--root", str(root),
-             "--config", str(self.cfgfile)],
+            [sys.executable, *entry, "run", "--root", str(root), "--config", str(self.cfgfile)],
             stdout=self._out, stderr=self._err, env=environ, stdin=subprocess.DEVNULL)
 
     def write_config(self, config: dict[str, Any]) -> None:

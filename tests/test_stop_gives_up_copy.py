@@ -1,0 +1,149 @@
+"""A long copy gives way to a stop (stopcopy.py): a SIGTERM during a big copy no longer
+waits for its end; nothing of it is kept or listed, and the next start copies the file."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from promoter import stopcopy
+from promoter.promotion import GIVEN_UP
+from promoter.safeio import stage_copy
+from promoter.store import Outcome
+from tests.daemon_helpers import Daemon, base_config, copy_under_way, wait_until
+from tests.store_helpers import make_store, write_session_file
+
+MIB = 1 << 20
+
+
+@pytest.fixture(autouse=True)
+def _unwatched() -> None:
+    """Each test's thread starts as a thread that never gives up (as the CLI's)."""
+    stopcopy.watch(None)
+
+
+def _sparse(path: Path, size: int) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("wb") as f:
+        f.truncate(size)
+    return path
+
+
+def _copy(src: Path, folder: Path) -> None:
+    fd = os.open(src, os.O_RDONLY)
+    dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        out, _, _ = stage_copy(fd, os.fstat(fd), dir_fd, "copy", checksum=True,
+                               max_bytes=1 << 40, unnamed=False)
+        os.close(out)
+    finally:
+        os.close(fd)
+        os.close(dir_fd)
+
+
+def test_a_copy_gives_up_only_once_the_stop_is_old_enough(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    src = _sparse(tmp_path / "big", 4 * stopcopy.CHECK_BYTES)
+    out = tmp_path / "out"
+    out.mkdir()
+    _copy(src, out)  # never watched: copied whatever happens
+    stopcopy.watch(lambda: True)
+    _copy(src, out)  # stopping, but not for GIVE_UP_S yet: this copy ends
+    monkeypatch.setattr(stopcopy, "GIVE_UP_S", 0.0)
+    before = sorted(p.name for p in out.iterdir())  # the two staged copies above
+    assert len(before) == 2
+    with pytest.raises(stopcopy.GivenUp):
+        _copy(src, out)
+    assert sorted(p.name for p in out.iterdir()) == before  # nothing of it left
+
+
+def test_a_small_copy_never_looks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Below CHECK_BYTES a copy costs no look at all, stopping or not."""
+    src = tmp_path / "small"
+    src.write_bytes(b"x" * 4096)
+    out = tmp_path / "out"
+    out.mkdir()
+    looks: list[int] = []
+    monkeypatch.setattr(stopcopy, "check", lambda: looks.append(1))
+    _copy(src, out)
+    assert looks == []
+
+
+def test_a_given_up_file_is_neither_stored_nor_listed_and_comes_next_time(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = make_store(tmp_path)
+    write_session_file(tmp_path, "r1", "small.txt", b"small")
+    write_session_file(tmp_path, "r1", "big.bin", b"\0" * (3 * stopcopy.CHECK_BYTES))
+    monkeypatch.setattr(stopcopy, "GIVE_UP_S", 0.0)
+    stopcopy.watch(lambda: True)
+    results = {r.filename: r for r in store.promote_files("r1", ["small.txt", "big.bin"])}
+    assert results["small.txt"].outcome is Outcome.PROMOTED
+    assert (results["big.bin"].outcome, results["big.bin"].reason) == (Outcome.CHANGED, GIVEN_UP)
+    files = tmp_path / "artifacts/r1/files"
+    assert sorted(p.name for p in files.iterdir()) == ["small.txt"]
+    assert [a.filename for a in store.read_run("r1").artifacts] == ["small.txt"]
+    stopcopy.watch(None)  # the next start
+    assert {r.outcome for r in store.promote_files("r1", ["big.bin"])} == {Outcome.PROMOTED}
+
+
+def test_other_threads_do_not_give_up(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The state is the thread's: a watching worker never makes the server's copy give up."""
+    monkeypatch.setattr(stopcopy, "GIVE_UP_S", 0.0)
+    stopcopy.watch(lambda: True)
+    src = _sparse(tmp_path / "big", 3 * stopcopy.CHECK_BYTES)
+    out = tmp_path / "out"
+    out.mkdir()
+    errors: list[BaseException] = []
+
+    def other() -> None:
+        try:
+            _copy(src, out)
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    thread.join(30)
+    assert errors == []
+
+
+def test_sigterm_during_a_big_copy_stops_at_once_and_the_next_start_copies_it(
+        tmp_path: Path) -> None:
+    """The real daemon (GIVE_UP_S set to 0 in its process: a real big copy takes seconds):
+    SIGTERM while a 1 GiB file is copied; the daemon exits 0 without finishing the copy,
+    says so, lists nothing; started again, it copies the file."""
+    root = tmp_path / "root"
+    (root / "sessions").mkdir(parents=True)
+    config = base_config(promote={"max_file_bytes": 2 << 30})
+    daemon = Daemon(root, config, before="import promoter.stopcopy as s; s.GIVE_UP_S = 0.0")
+    try:
+        daemon.wait_ready()
+        _sparse(root / "sessions/r1/output/big.bin", 1 << 30)
+        daemon.wait_log("artifact.copying", filename="big.bin")
+        wait_until(lambda: copy_under_way(daemon.proc.pid, root / "artifacts/r1/files"),
+                   timeout=10)
+        t0 = time.monotonic()
+        code = daemon.stop(signal.SIGTERM, timeout=30)
+        took = time.monotonic() - t0
+    finally:
+        daemon.close()
+    assert code == 0
+    deferred = [e for e in daemon.logs() if e.get("event") == "artifact.deferred"
+                and e.get("filename") == "big.bin"]
+    assert deferred and "given up" in deferred[0]["reason"], daemon.logs()[-10:]
+    assert not daemon.events("artifact.promoted", filename="big.bin")
+    assert daemon.entry("r1", "big.bin") is None
+    assert not (root / "artifacts/r1/files/big.bin").exists()
+    assert took < 5.0, took
+    again = Daemon(root, config)
+    try:
+        again.wait_ready(timeout=60)
+        entry = again.wait_entry("r1", "big.bin", timeout=60)
+        assert entry["size_bytes"] == 1 << 30
+    finally:
+        assert again.stop() == 0
