@@ -333,12 +333,9 @@ def test_a_mark_that_cannot_be_made_stops_the_batch_before_any_rename(
             raise OSError(errno.EROFS, "Read-only file system")
         return real_open(path, flags, *args, **kw)
 
-    def refused_rename(dir_fd: int, src: str, dst: str) -> bool:
-        raise OSError(errno.EROFS, "Read-only file system")
-
     with monkeypatch.context() as patch:
         patch.setattr(os, "open", refused)
-        patch.setattr(runmark, "rename_noreplace", refused_rename)  # the resting mark's way
+        patch.setattr(runmark, "rename_noreplace", lambda *args: False)  # nor woken at rest
         results = store.promote_files("r1", ["b.txt"])
     assert {r.outcome for r in results} != {Outcome.PROMOTED}
     assert not (tmp_path / "artifacts/r1/files/b.txt").exists()
@@ -361,13 +358,9 @@ def test_a_catch_up_whose_mark_cannot_be_made_backs_off_and_names_the_mark(
             raise OSError(errno.EPERM, "Operation not permitted", MARK)
         return real_open(path, flags, *args, **kw)
 
-    def refused_rename(dir_fd: int, src: str, dst: str) -> bool:
-        tries.append(time.monotonic())
-        raise OSError(errno.EPERM, "Operation not permitted", MARK)
-
     with monkeypatch.context() as patch:
         patch.setattr(os, "open", refused)
-        patch.setattr(runmark, "rename_noreplace", refused_rename)  # the resting mark's way
+        patch.setattr(runmark, "rename_noreplace", lambda *args: False)  # nor woken at rest
         report = reconcile(store)
     assert len(tries) == 1 + RETRY_ROUNDS
     gaps = [b - a for a, b in itertools.pairwise(tries)]

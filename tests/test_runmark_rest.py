@@ -4,6 +4,8 @@ renamed between `.listed` and `.unlisted`, so that a write session makes and fre
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import os
 from pathlib import Path
 
@@ -106,3 +108,27 @@ def test_rename_noreplace_refuses_an_existing_name(tmp_path: Path) -> None:
         os.close(fd)
     assert (tmp_path / "dst").read_bytes() == b"d"
     assert (tmp_path / "moved").read_bytes() == b"s" and not (tmp_path / "src").exists()
+
+
+@pytest.mark.parametrize("err", [errno.EPERM, errno.EACCES, errno.EBUSY, errno.EXDEV])
+def test_a_refused_rename_falls_back_to_making_the_mark(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, err: int) -> None:
+    """A sandbox that answers renameat2 with EPERM, a resting mark made immutable, bind
+    mounted or in an overlay's lower layer: the mark is made and removed as before, and
+    every file is promoted (probe r10 F1: nothing was promoted any more)."""
+    store = make_store(tmp_path)
+    _promote(store, tmp_path, "r1", ["a.txt"])  # a resting mark exists from here on
+
+    def refused(*args: object) -> int:
+        ctypes.set_errno(err)
+        return -1
+
+    monkeypatch.setattr(runmark, "libc_function", lambda name, *args: refused)
+    _promote(store, tmp_path, "r1", ["b.txt"])
+    _promote(store, tmp_path, "r2", ["c.txt"])
+    assert _listed(tmp_path, "r1") == ["a.txt", "b.txt"]
+    assert _listed(tmp_path, "r2") == ["c.txt"]
+    assert not (tmp_path / "artifacts/r1" / MARK).exists()
+    assert not (tmp_path / "artifacts/r2" / MARK).exists()
+    store.delete_artifact("r1", "a.txt")
+    assert _listed(tmp_path, "r1") == ["b.txt"]
