@@ -379,7 +379,7 @@ class Daemon:
         if self.watcher is not None:
             self.watcher.quiesce(1.0)  # events of files closed just before the signal
             self.watcher.stop()
-        drained = self.pipeline.drain(SHUTDOWN_S) if self.pipeline is not None else True
+        drained = self.pipeline.drain(SHUTDOWN_S, started) if self.pipeline is not None else True
         for loop in self._loops():
             if not loop.join(max(started + SHUTDOWN_S - time.monotonic(), 0.1)):
                 log.error(events.DAEMON_THREAD_STUCK, threads=[loop.name])

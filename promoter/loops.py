@@ -86,7 +86,7 @@ class CatchUp(LoopThread):
         self._kick.set()
 
     def _run(self) -> None:
-        stopcopy.watch(self._stop.is_set)  # a long copy gives way to a stop
+        stopcopy.watch(lambda: self.stopped_at)  # a long copy gives way to a stop
         try:
             while not self._startup() and not self._stop.is_set():
                 # the store is unreachable (DESIGN §10): the daemon is ready without this

@@ -9,6 +9,7 @@ stop event may be the daemon's one event, so a single `set()` ends every loop.
 from __future__ import annotations
 
 import threading
+import time
 
 __all__ = ["LoopThread"]
 
@@ -22,6 +23,7 @@ class LoopThread:
         self._stop = stop or threading.Event()
         self._kick = threading.Event()
         self._thread: threading.Thread | None = None
+        self.stopped_at: float | None = None  # when `stop` was first asked (time.monotonic())
 
     def _run(self) -> None:
         raise NotImplementedError
@@ -36,6 +38,8 @@ class LoopThread:
 
     def stop(self) -> None:
         """Set the stop event and wake the loop; `join` waits for it."""
+        if self.stopped_at is None:
+            self.stopped_at = time.monotonic()  # a long copy of the loop's gives way (stopcopy)
         self._stop.set()
         self._kick.set()
 

@@ -21,6 +21,7 @@ import secrets
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from promoter import stopcopy
 from promoter.errors import PromoterError
 from promoter.objectfields import (
     EntryFields,
@@ -153,19 +154,20 @@ class ObjectStore:
         file changed) abort the multipart upload and raise SourceChanged, so no object is ever
         stored under a digest that is not its own. (rclone does the same for its MD5.)
         """
+        look = stopcopy.carried(stopcopy.check)  # the caller's stop, in obstore's threads too
         if size <= self.settings.multipart_threshold_bytes:
             digest, data = hashlib.sha256(), bytearray()
-            for chunk in _read_fd(fd, size):
+            for chunk in _read_fd(fd, size, look):
                 digest.update(chunk)
                 data += chunk
             if len(data) != size:
                 raise SourceChanged(f"file for {key!r} shrank while read ({len(data)} of {size})")
             return self._put_small(key, bytes(data), digest.hexdigest(), fields)
         first = hashlib.sha256()
-        for chunk in _read_fd(fd, size):
+        for chunk in _read_fd(fd, size, look):
             first.update(chunk)
         sha = first.hexdigest()
-        return self._put_multipart(key, fd, size, sha, fields)
+        return self._put_multipart(key, fd, size, sha, fields, look)
 
     def _put_small(self, key: str, data: bytes, sha: str, fields: EntryFields) -> StoredFile:
         import obstore
@@ -177,19 +179,24 @@ class ObjectStore:
         return StoredFile(etag=str(result["e_tag"]), sha256=sha, size=len(data))
 
     def _put_multipart(self, key: str, fd: int, size: int, sha: str,
-                       fields: EntryFields) -> StoredFile:
+                       fields: EntryFields, look: Callable[[], None] | None = None) -> StoredFile:
         import obstore
 
         part = part_size_for(size)
         second = hashlib.sha256()
         sent = 0
+        given_up: list[stopcopy.GivenUp] = []
 
         def chunks() -> Iterator[bytes]:
             nonlocal sent
-            for chunk in _read_fd(fd, size):
-                second.update(chunk)
-                sent += len(chunk)
-                yield chunk
+            try:
+                for chunk in _read_fd(fd, size, look):
+                    second.update(chunk)
+                    sent += len(chunk)
+                    yield chunk
+            except stopcopy.GivenUp as exc:  # obstore aborts the multipart upload
+                given_up.append(exc)
+                raise
             # raised inside the upload's input: obstore aborts the multipart upload
             if sent != size or second.hexdigest() != sha:
                 raise SourceChanged(f"file for {key!r} changed while it was uploaded")
@@ -200,6 +207,8 @@ class ObjectStore:
                                  use_multipart=True, chunk_size=part,
                                  max_concurrency=UPLOAD_CONCURRENCY)
         except Exception as exc:  # SourceChanged from chunks() included: the check below
+            if given_up:
+                raise given_up[0] from None
             if sent != size or second.hexdigest() != sha:
                 raise SourceChanged(f"file for {key!r} changed while it was uploaded") from None
             raise classify(exc, endpoint=self.settings.endpoint,
@@ -350,10 +359,13 @@ def _info(meta: Any) -> ObjectInfo:
                       last_modified=meta["last_modified"])
 
 
-def _read_fd(fd: int, size: int) -> Iterator[bytes]:
-    """The first `size` bytes of `fd` by pread (the fd's offset is left alone)."""
+def _read_fd(fd: int, size: int, look: Callable[[], None] | None = None) -> Iterator[bytes]:
+    """The first `size` bytes of `fd` by pread (the fd's offset is left alone); `look()`
+    before each read (stopcopy.check: a stop may give the upload up)."""
     offset = 0
     while offset < size:
+        if look is not None:
+            look()
         chunk = os.pread(fd, min(READ_BYTES, size - offset), offset)
         if not chunk:
             return

@@ -131,6 +131,7 @@ class Pipeline:
         self._laned: set[int] = set()  # id() of the batches handed to the lane
         self._working: dict[str, tuple[float, float]] = {}  # worker -> (last step, allowance s)
         self._stop_by: float | None = None  # set by drain(): no chunk starts after it
+        self._stop_since: float | None = None  # set by drain(): when the stop began
         self.pools = CopyPools()  # the copy helper threads, lent to the store; see close()
         store.pools = self.pools
         # published by the settle thread after every turn; read anywhere without a lock
@@ -206,8 +207,9 @@ class Pipeline:
         for thread in self._threads:
             thread.start()
 
-    def drain(self, timeout: float) -> bool:
-        """Shutdown: promote the closed files now, finish, stop the threads; False: too late."""
+    def drain(self, timeout: float, since: float | None = None) -> bool:
+        """Shutdown (begun at `since`): promote the closed files, finish; False: too late."""
+        self._stop_since = time.monotonic() if since is None else since
         self._stop_by = time.monotonic() + min(STOP_BUDGET_S, timeout)
         self._inbox.put(_Flush())
         deadline = time.monotonic() + timeout
@@ -317,7 +319,7 @@ class Pipeline:
 
     def _worker(self, source: queue.SimpleQueue[Batch | None] | None = None) -> None:
         work = self._work if source is None else source
-        stopcopy.watch(lambda: self._stop_by is not None)  # a long copy gives way to a stop
+        stopcopy.watch(lambda: self._stop_since)  # a long copy gives way to a stop
         while True:
             batch = self._from_lane() if source is None else None
             batch = work.get() if batch is None else batch

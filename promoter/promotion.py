@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from enum import Enum
 from typing import Any, NamedTuple
 
-from promoter import events, rules
+from promoter import events, rules, stopcopy
 from promoter.clock import Clock, file_time
 from promoter.config import Config, PromoteConfig
 from promoter.context import RunContext
@@ -29,7 +29,6 @@ from promoter.recheck import same_bytes
 from promoter.render import human_size
 from promoter.rules import Verdict
 from promoter.safeio import CopyResult, Refused, SourceChanged, open_dir_chain, open_regular
-from promoter.stopcopy import GivenUp
 
 __all__ = ["READ_SAME", "RETRY", "Outcome", "PromoteResult", "SourceFolders", "copy_in",
            "failed_renames", "log_results", "promote_batch", "promote_one", "promote_parallel"]
@@ -40,7 +39,6 @@ PutFile = Callable[[str, int, os.stat_result], CopyResult]
 run, under its lock. Raises SourceChanged, Refused or OSError as copy_and_hash does."""
 LARGE_COPY_BYTES = 64 << 20  # a copy this large logs its start (`artifact.copying`)
 MAX_SOURCE_FOLDERS = 64  # source folder descriptors a batch holds at once
-GIVEN_UP = "given up at shutdown"  # a CHANGED of a copy the stop cut short (stopcopy.py)
 READ_SAME = "read: the same bytes"  # an UNCHANGED found by reading: its entry, ctime moved
 
 
@@ -53,6 +51,7 @@ class Outcome(Enum):
     REJECTED = "rejected"  # never promoted: a link, a FIFO, too large, ...
     LOST = "lost"  # vanished before it could be copied
     CHANGED = "changed"  # changed during the copy: try again once quiet
+    DEFERRED = "deferred"  # a copy the stop gave up (stopcopy.py): the next start catches up
     FAILED = "failed"  # an I/O error in the store: try again later
 
 
@@ -145,7 +144,7 @@ def promote_parallel(config: Config, sessions: int, put: PutFile, meta: RunMetad
             folders.close()
 
     with ThreadPoolExecutor(workers, thread_name_prefix="promoter-put") as pool:
-        results = list(pool.map(decide, names))
+        results = list(pool.map(stopcopy.carried(decide), names))  # the stop's watch too
     fresh = [r.entry for r in results if r.entry is not None]  # promoted, or READ_SAME
     return results, fresh
 
@@ -183,10 +182,8 @@ def promote_one(config: Config, folders: SourceFolders, put: PutFile, meta: RunM
         return result(Outcome.REJECTED, exc.reason)
     except SourceChanged:
         return result(Outcome.CHANGED, "changed during the copy")
-    except GivenUp as exc:  # stopping: nothing of it kept, not listed, caught up at start
-        log.info(events.ARTIFACT_DEFERRED, run_id=meta.run_id, filename=filename,
-                 reason=f"{exc}: given up, the next start catches up")
-        return result(Outcome.CHANGED, GIVEN_UP)
+    except stopcopy.GivenUp as exc:  # stopping: nothing of it kept, not listed, not retried
+        return result(Outcome.DEFERRED, f"{exc}: given up, the next start catches up")
     except OSError as exc:  # e.g. the run's mark or a temporary refused (EPERM, EROFS)
         where = f" ({exc.filename})" if exc.filename else ""
         return result(Outcome.FAILED, host_limit(exc) or f"{exc.strerror or exc}{where}")
@@ -289,6 +286,9 @@ def log_results(clock: Clock, results: list[PromoteResult]) -> None:
         if r.outcome is Outcome.REJECTED:
             log.warning(events.ARTIFACT_REJECTED, run_id=r.run_id, filename=r.filename,
                         reason=r.reason)
+        elif r.outcome is Outcome.DEFERRED:
+            log.info(events.ARTIFACT_DEFERRED, run_id=r.run_id, filename=r.filename,
+                     reason=r.reason)
         elif r.outcome is Outcome.LOST:
             log.warning(events.ARTIFACT_LOST, run_id=r.run_id, filename=r.filename,
                         reason=r.reason)

@@ -13,7 +13,7 @@ from concurrent.futures import CancelledError, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 
-from promoter import events, rules
+from promoter import events, rules, stopcopy
 from promoter.clock import last_change_ns, micros
 from promoter.errors import PromoterError, StoreIOError, host_limit, plain_reason
 from promoter.logs import get_logger
@@ -298,7 +298,7 @@ def _promote_runs(store: Store, runs: dict[str, dict[str, SessionFile]],
         return
     pool = ThreadPoolExecutor(workers, thread_name_prefix="promoter-catchup-copy")
     try:
-        jobs = [(run_id, pool.submit(_promote_run, store, run_id, names, stop))
+        jobs = [(run_id, pool.submit(stopcopy.carried(_promote_run), store, run_id, names, stop))
                 for run_id, names in runs.items()]
         failure: StoreIOError | None = None
         for run_id, job in jobs:

@@ -18,7 +18,7 @@ import pytest
 from s3_helpers import admin_client, aws_env, settings_for
 from s3_server import S3Server
 
-from promoter import objectstore
+from promoter import objectstore, stopcopy
 from promoter.objectstore import EntryFields, ObjectStore
 from promoter.s3errors import (
     ObjectNotFound,
@@ -174,6 +174,54 @@ def test_changed_source_aborts_the_upload(objstore: ObjectStore, tmp_path: Path)
             objstore._put_multipart(key, fd, size, "0" * 64, FIELDS)
     finally:
         os.close(fd)
+    with pytest.raises(ObjectNotFound):
+        objstore.head(key)
+    client = admin_client_for(objstore)
+    uploads = client.list_multipart_uploads(Bucket=objstore.settings.bucket).get("Uploads", [])
+    assert uploads == []
+
+
+def test_an_upload_gives_way_to_a_stop_old_enough(objstore: ObjectStore, tmp_path: Path) -> None:
+    """The stop began GIVE_UP_S ago (stopcopy.py): the upload is given up at its first read,
+    nothing stored."""
+    path = tmp_path / "f.bin"
+    _write(path, 3 * 1024 * 1024)
+    key = file_key(objstore.prefix, "r", "f.bin")
+    fd = os.open(path, os.O_RDONLY)
+    stopcopy.watch(lambda: time.monotonic() - stopcopy.GIVE_UP_S)
+    try:
+        with pytest.raises(stopcopy.GivenUp):
+            objstore.put_file(key, fd, 3 * 1024 * 1024, FIELDS)
+    finally:
+        stopcopy.watch(None)
+        os.close(fd)
+    with pytest.raises(ObjectNotFound):
+        objstore.head(key)
+
+
+def test_a_multipart_upload_given_up_midway_is_aborted(
+        objstore: ObjectStore, tmp_path: Path) -> None:
+    """Given up after its first part was read: GivenUp (not "changed"), no object, and no
+    multipart upload left in the bucket."""
+    path = tmp_path / "f.bin"
+    size = 12 * 1024 * 1024
+    _write(path, size)
+    key = file_key(objstore.prefix, "r", "f.bin")
+    reads: list[int] = []
+
+    def look() -> None:
+        reads.append(1)
+        if len(reads) > 6:  # past the first part's reads (5 MiB parts, 1 MiB reads)
+            raise stopcopy.GivenUp("still copying 5.0 s into the stop")
+
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        with pytest.raises(stopcopy.GivenUp):
+            objstore._put_multipart(key, fd, size, hashlib.sha256(path.read_bytes())
+                                    .hexdigest(), FIELDS, look)
+    finally:
+        os.close(fd)
+    assert len(reads) == 7
     with pytest.raises(ObjectNotFound):
         objstore.head(key)
     client = admin_client_for(objstore)

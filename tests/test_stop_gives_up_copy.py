@@ -7,12 +7,12 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from promoter import stopcopy
-from promoter.promotion import GIVEN_UP
 from promoter.safeio import stage_copy
 from promoter.store import Outcome
 from tests.daemon_helpers import Daemon, base_config, copy_under_way, wait_until
@@ -22,8 +22,11 @@ MIB = 1 << 20
 
 
 @pytest.fixture(autouse=True)
-def _unwatched() -> None:
-    """Each test's thread starts as a thread that never gives up (as the CLI's)."""
+def _unwatched() -> Iterator[None]:
+    """Each test's thread starts, and is left, as a thread that never gives up (the CLI's
+    way): the watch is the thread's, and pytest runs every test on the same thread."""
+    stopcopy.watch(None)
+    yield
     stopcopy.watch(None)
 
 
@@ -52,7 +55,7 @@ def test_a_copy_gives_up_only_once_the_stop_is_old_enough(
     out = tmp_path / "out"
     out.mkdir()
     _copy(src, out)  # never watched: copied whatever happens
-    stopcopy.watch(lambda: True)
+    stopcopy.watch(time.monotonic)  # the stop begins now
     _copy(src, out)  # stopping, but not for GIVE_UP_S yet: this copy ends
     monkeypatch.setattr(stopcopy, "GIVE_UP_S", 0.0)
     before = sorted(p.name for p in out.iterdir())  # the two staged copies above
@@ -80,10 +83,11 @@ def test_a_given_up_file_is_neither_stored_nor_listed_and_comes_next_time(
     write_session_file(tmp_path, "r1", "small.txt", b"small")
     write_session_file(tmp_path, "r1", "big.bin", b"\0" * (3 * stopcopy.CHECK_BYTES))
     monkeypatch.setattr(stopcopy, "GIVE_UP_S", 0.0)
-    stopcopy.watch(lambda: True)
+    stopcopy.watch(time.monotonic)
     results = {r.filename: r for r in store.promote_files("r1", ["small.txt", "big.bin"])}
     assert results["small.txt"].outcome is Outcome.PROMOTED
-    assert (results["big.bin"].outcome, results["big.bin"].reason) == (Outcome.CHANGED, GIVEN_UP)
+    assert results["big.bin"].outcome is Outcome.DEFERRED
+    assert "given up, the next start catches up" in results["big.bin"].reason
     files = tmp_path / "artifacts/r1/files"
     assert sorted(p.name for p in files.iterdir()) == ["small.txt"]
     assert [a.filename for a in store.read_run("r1").artifacts] == ["small.txt"]
@@ -94,7 +98,7 @@ def test_a_given_up_file_is_neither_stored_nor_listed_and_comes_next_time(
 def test_other_threads_do_not_give_up(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The state is the thread's: a watching worker never makes the server's copy give up."""
     monkeypatch.setattr(stopcopy, "GIVE_UP_S", 0.0)
-    stopcopy.watch(lambda: True)
+    stopcopy.watch(time.monotonic)
     src = _sparse(tmp_path / "big", 3 * stopcopy.CHECK_BYTES)
     out = tmp_path / "out"
     out.mkdir()
@@ -147,3 +151,54 @@ def test_sigterm_during_a_big_copy_stops_at_once_and_the_next_start_copies_it(
         assert entry["size_bytes"] == 1 << 30
     finally:
         assert again.stop() == 0
+
+
+def test_sigterm_during_the_start_up_catch_up_gives_up_its_parallel_copies(
+        tmp_path: Path) -> None:
+    """Two runs' big files waiting at the start: the catch-up copies them on its pool's
+    threads (promote.workers = 2), which take the catch-up's watch along (probe r10 F1:
+    they never gave up, and the stop guard killed the daemon after 26 s)."""
+    root = tmp_path / "root"
+    for run in ("r1", "r2"):
+        _sparse(root / f"sessions/{run}/output/big.bin", 1 << 30)
+    config = base_config(promote={"max_file_bytes": 2 << 30, "workers": 2})
+    daemon = Daemon(root, config, before="import promoter.stopcopy as s; s.GIVE_UP_S = 0.0")
+    try:
+        daemon.wait_log("artifact.copying", timeout=30, filename="big.bin")
+        t0 = time.monotonic()
+        code = daemon.stop(signal.SIGTERM, timeout=30)
+        took = time.monotonic() - t0
+    finally:
+        daemon.close()
+    assert code == 0
+    assert not daemon.events("daemon.thread_stuck") and not daemon.events("daemon.stop_stuck")
+    given_up = [e["run_id"] for e in daemon.events("artifact.deferred", filename="big.bin")
+                if "given up" in e.get("reason", "")]
+    promoted = [e["run_id"] for e in daemon.events("artifact.promoted", filename="big.bin")]
+    assert given_up and sorted(given_up + promoted) == ["r1", "r2"], daemon.logs()[-12:]
+    assert not daemon.events("artifact.copying", filename="big.bin")[2:]  # never tried again
+    assert took < 5.0, took
+    for run in given_up:
+        assert daemon.entry(run, "big.bin") is None
+
+
+def test_the_give_up_counts_from_the_stop_not_from_the_copys_first_look() -> None:
+    """A slow copy's first look after the stop may come seconds later: the stop's age is
+    what counts (probe r10 F2: a 2 MiB/s copy gave up 13 s into the stop)."""
+    now = time.monotonic()
+    stopcopy.watch(lambda: now - stopcopy.GIVE_UP_S + 60)  # began in the future: no
+    stopcopy.check()
+    stopcopy.watch(lambda: now - stopcopy.GIVE_UP_S)
+    with pytest.raises(stopcopy.GivenUp, match=r"still copying 5\.\d s into the stop"):
+        stopcopy.check()
+    ran: list[bool] = []
+
+    def on_a_pool() -> None:  # `carried` takes the watch along; the thread's own is kept
+        with pytest.raises(stopcopy.GivenUp):
+            stopcopy.check()
+        ran.append(True)
+
+    thread = threading.Thread(target=stopcopy.carried(on_a_pool))
+    thread.start()
+    thread.join(10)
+    assert ran == [True]
