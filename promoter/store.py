@@ -8,6 +8,7 @@ configuration names (storage.py): folders, or one bucket for many hosts.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 from collections.abc import Iterable
 from datetime import datetime
@@ -357,10 +358,23 @@ class Store(StoreCore):
         return removed
 
 
+_NO_KERNEL_COPY = frozenset({errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP})
+
+
 def _copy_range(src: int, dst: int, size: int) -> None:
+    """Copied in the kernel; read and written here where it cannot be (library/ on another
+    file system than artifacts/: EXDEV, probe r10-mark F3; a file system without it)."""
     offset = 0
     while offset < size:
-        sent = os.copy_file_range(src, dst, size - offset, offset, offset)
+        try:
+            sent = os.copy_file_range(src, dst, size - offset, offset, offset)
+        except OSError as exc:
+            if exc.errno not in _NO_KERNEL_COPY:
+                raise
+            sent = len(piece := os.pread(src, min(size - offset, 1 << 20), offset))
+            view = memoryview(piece)
+            while view:
+                view = view[os.pwrite(dst, view, offset + sent - len(view)):]
         if sent == 0:
             break
         offset += sent

@@ -10,7 +10,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import socket
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -580,6 +582,24 @@ def test_promote_to_library_names_and_conflicts(tmp_path: Path) -> None:
     assert (tmp_path / "library/a.png").read_bytes() == b"one"
     assert [f.name for f in store.library.list()] == ["a.png", "b.png"]
     assert not list((tmp_path / "library").glob(".promoter-*"))
+
+
+def test_promote_to_library_on_another_file_system(tmp_path: Path) -> None:
+    """library/ on tmpfs (/dev/shm), artifacts/ on the test's disk: the kernel's copy says
+    EXDEV, and the bytes are read and written instead (probe r10-mark F3: it failed)."""
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or os.stat(shm).st_dev == os.stat(tmp_path).st_dev:
+        pytest.fail("this test needs /dev/shm on a file system of its own")
+    library = Path(tempfile.mkdtemp(dir=shm))
+    try:
+        store = make_store(tmp_path, storage={"library": str(library)})
+        data = os.urandom(3 << 20) + b"tail"
+        write_session_file(tmp_path, "r1", "big.bin", data)
+        store.promote_files("r1", ["big.bin"])
+        added = store.promote_to_library("r1", "big.bin")
+        assert (library / "big.bin").read_bytes() == data and added.size_bytes == len(data)
+    finally:
+        shutil.rmtree(library, ignore_errors=True)
 
 
 @pytest.mark.parametrize("as_name", ["../escape", ".hidden", "a/b", "x\n"])
