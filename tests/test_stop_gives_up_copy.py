@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -47,6 +48,21 @@ def _copy(src: Path, folder: Path) -> None:
     finally:
         os.close(fd)
         os.close(dir_fd)
+
+
+def _impatient(root: Path, config: dict[str, Any]) -> Daemon:
+    """The real daemon with GIVE_UP_S at 0 in its process: a big copy on a fast disk takes
+    a second or two, not the 5 s a copy gets before it gives up."""
+    return Daemon(root, config, before="import promoter.stopcopy as s; s.GIVE_UP_S = 0.0")
+
+
+def _sigterm(daemon: Daemon) -> tuple[int, float]:
+    """SIGTERM; the exit code and how long the stop took (the process ended either way)."""
+    t0 = time.monotonic()
+    try:
+        return daemon.stop(signal.SIGTERM, timeout=30), time.monotonic() - t0
+    finally:
+        daemon.close()
 
 
 def test_a_copy_gives_up_only_once_the_stop_is_old_enough(
@@ -124,18 +140,15 @@ def test_sigterm_during_a_big_copy_stops_at_once_and_the_next_start_copies_it(
     root = tmp_path / "root"
     (root / "sessions").mkdir(parents=True)
     config = base_config(promote={"max_file_bytes": 2 << 30})
-    daemon = Daemon(root, config, before="import promoter.stopcopy as s; s.GIVE_UP_S = 0.0")
+    daemon = _impatient(root, config)
     try:
         daemon.wait_ready()
         _sparse(root / "sessions/r1/output/big.bin", 1 << 30)
         daemon.wait_log("artifact.copying", filename="big.bin")
         wait_until(lambda: copy_under_way(daemon.proc.pid, root / "artifacts/r1/files"),
                    timeout=10)
-        t0 = time.monotonic()
-        code = daemon.stop(signal.SIGTERM, timeout=30)
-        took = time.monotonic() - t0
     finally:
-        daemon.close()
+        code, took = _sigterm(daemon)
     assert code == 0
     deferred = [e for e in daemon.logs() if e.get("event") == "artifact.deferred"
                 and e.get("filename") == "big.bin"]
@@ -162,14 +175,11 @@ def test_sigterm_during_the_start_up_catch_up_gives_up_its_parallel_copies(
     for run in ("r1", "r2"):
         _sparse(root / f"sessions/{run}/output/big.bin", 1 << 30)
     config = base_config(promote={"max_file_bytes": 2 << 30, "workers": 2})
-    daemon = Daemon(root, config, before="import promoter.stopcopy as s; s.GIVE_UP_S = 0.0")
+    daemon = _impatient(root, config)
     try:
         daemon.wait_log("artifact.copying", timeout=30, filename="big.bin")
-        t0 = time.monotonic()
-        code = daemon.stop(signal.SIGTERM, timeout=30)
-        took = time.monotonic() - t0
     finally:
-        daemon.close()
+        code, took = _sigterm(daemon)
     assert code == 0
     assert not daemon.events("daemon.thread_stuck") and not daemon.events("daemon.stop_stuck")
     given_up = [e["run_id"] for e in daemon.events("artifact.deferred", filename="big.bin")
