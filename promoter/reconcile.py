@@ -272,6 +272,10 @@ def _promote_run(store: Store, run_id: str, files: dict[str, SessionFile],
         chunk = rules.byte_chunks([(n, files[n].size) for n in chunk])[0]
         start += len(chunk)
         results += store.promote_files(run_id, chunk)
+    if start < len(names):  # the stop came first: said once a run (probe r10-stop2 N3)
+        log.info(events.ARTIFACT_DEFERRED, run_id=run_id, filename=names[start],
+                 files=len(names) - start,
+                 reason="not reached before the stop: the next start catches up")
     return results
 
 

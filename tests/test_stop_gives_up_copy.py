@@ -12,8 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 
 from promoter import stopcopy
+from promoter.reconcile import reconcile
 from promoter.safeio import stage_copy
 from promoter.store import Outcome
 from tests.daemon_helpers import Daemon, base_config, copy_under_way, wait_until
@@ -212,3 +214,28 @@ def test_the_give_up_counts_from_the_stop_not_from_the_copys_first_look() -> Non
     thread.start()
     thread.join(10)
     assert ran == [True]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_runs_a_stopped_catch_up_never_reached_are_said(tmp_path: Path, workers: int) -> None:
+    """A catch-up stopped before it reached some runs says so, one line a run, as the
+    workers' deferrals do (probe r10-stop2 N3: the third of three runs went unmentioned)."""
+    store = make_store(tmp_path, promote={"workers": workers})
+    for run in ("r1", "r2", "r3"):
+        for name in ("a.txt", "b.txt"):
+            write_session_file(tmp_path, run, name, f"{run}/{name}".encode())
+    stop = threading.Event()
+    real = store.promote_files
+
+    def then_stop(run_id: str, names: list[str]) -> list[Any]:
+        stop.set()  # the SIGTERM comes while the first run is promoted
+        return real(run_id, names)
+
+    store.promote_files = then_stop  # type: ignore[method-assign]
+    with structlog.testing.capture_logs() as logs:
+        report = reconcile(store, stop=stop)
+    promoted = {run for run, _ in report.outcomes}
+    said = {(e["run_id"], e["files"]) for e in logs if e["event"] == "artifact.deferred"}
+    assert said and {run for run, _ in said} | promoted == {"r1", "r2", "r3"}, logs
+    assert not {run for run, _ in said} & promoted
+    assert {files for _, files in said} == {2}
