@@ -23,8 +23,8 @@ The mark is one file for the life of the run: at a clean end it is renamed to
 unlink a session freed an inode a batch; on an ext4 without a journal every later create
 in the group, the agents' too, then scans past each inode freed in the last minute
 (`recently_deleted` in fs/ext4/ialloc.c: up to a third of a burst's CPU, issue 15). Where
-renaming cannot be done so (no `renameat2`, a file system without the flag) the mark is
-made and removed as before.
+renaming cannot be done so (no `renameat2`, a file system without the flag, a sandbox that
+refuses the call, a resting mark that cannot move) the mark is made and removed as before.
 
 So a run without a mark has nothing unlisted: its start-up repair reads its metadata and
 leaves `files/` alone. A marked run is walked as before (`recovery.relist`); the repair
