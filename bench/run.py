@@ -181,14 +181,8 @@ def machine_info(tmp_dir: str, tmp_fs: dict[str, Any] | None = None) -> dict[str
         for line in f:
             if line.startswith("MemTotal:"):
                 mem_kib = int(line.split()[1])
-    fs = "?"
-    best = ""
-    real = os.path.realpath(tmp_dir)
-    with open("/proc/mounts") as f:
-        for line in f:
-            _dev, mnt, fstype, *_ = line.split()
-            if (real == mnt or real.startswith(mnt.rstrip("/") + "/")) and len(mnt) >= len(best):
-                best, fs = mnt, f"{fstype} (mounted on {mnt})"
+    info = tmp_fs if tmp_fs is not None else fsjournal.describe(tmp_dir)
+    fs = f"{info['fstype']} (mounted on {info['mount']})" if info.get("mount") else "?"
     repo = Path(__file__).resolve().parent.parent
     commit = tool_version(["git", "-C", str(repo), "log", "-1", "--format=%h %s"])
     return {
@@ -197,7 +191,7 @@ def machine_info(tmp_dir: str, tmp_fs: dict[str, Any] | None = None) -> dict[str
         "mem_gib": round(mem_kib / 1024 / 1024, 1),
         "tmp_fs": fs,
         # journal False: every create pays for the inodes freed in the last minute
-        "tmp_journal": tmp_fs if tmp_fs is not None else fsjournal.describe(tmp_dir),
+        "tmp_journal": info,
         "kernel": platform.release(),
         "python": platform.python_version(),
         "lsyncd": tool_version(["lsyncd", "--version"]),

@@ -371,10 +371,10 @@ def _copy_range(src: int, dst: int, size: int) -> None:
         except OSError as exc:
             if exc.errno not in _NO_KERNEL_COPY:
                 raise
-            sent = len(piece := os.pread(src, min(size - offset, 1 << 20), offset))
-            view = memoryview(piece)
-            while view:
-                view = view[os.pwrite(dst, view, offset + sent - len(view)):]
+            piece = memoryview(os.pread(src, min(size - offset, 1 << 20), offset))
+            sent = 0
+            while sent < len(piece):
+                sent += os.pwrite(dst, piece[sent:], offset + sent)
         if sent == 0:
             break
         offset += sent
