@@ -143,7 +143,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--no-teardown-wait",
         action="store_true",
-        help="on an ext4 without a journal, do not wait out the 65 s after the last run's "
+        help="on an ext4 without a journal, do not wait out the 365 s after the last run's "
         "teardown (every create is taxed meanwhile; teardown.py)",
     )
     p.add_argument("--no-save", action="store_true", help="do not write bench/results/*.json")

@@ -132,7 +132,7 @@ def with_tool(
         if tool.proc is not None and "error" in result:
             result["log_tail"] = tool.proc.log_tail(1500)
         # the tree stays until the run's end (run.py removes ctx.tmp): on an ext4 without a
-        # journal (this VM's) every new inode scans past the inodes freed in the last 60 s,
+        # journal (this VM's) every new inode scans past the inodes freed in the last 60-360 s,
         # so a teardown here would tax the next tool's burst (r7-cpu: 0.38 -> 0.68 CPU ms a
         # file after 30,000 deletions)
     result["wall_s"] = round(time.monotonic() - t0, 2)

@@ -110,13 +110,14 @@ def test_this_machine_does_not_crash() -> None:
 @pytest.mark.parametrize(
     ("stamp", "journal", "expected"),
     [
-        (990.0, False, 55.0),   # 10 s ago, no journal: the rest of the 65 s
-        (900.0, False, 0.0),    # 100 s ago: nothing left
-        (935.0, False, 0.0),    # exactly 65 s ago
+        (990.0, False, 355.0),  # 10 s ago, no journal: the rest of the 365 s
+        (600.0, False, 0.0),    # 400 s ago: nothing left
+        (635.0, False, 0.0),    # exactly 365 s ago
+        (900.0, False, 265.0),  # 100 s ago: a sync then does not shorten the window
         (None, False, 0.0),     # no stamp
         (990.0, True, 0.0),     # a journal: no tax
         (990.0, None, 0.0),     # unknown: no wait
-        (5000.0, False, 65.0),  # from the future (clock set back): one window at most
+        (5000.0, False, 365.0),  # from the future (clock set back): one window at most
     ],
 )
 def test_the_wait_decision(stamp: float | None, journal: bool | None, expected: float) -> None:
@@ -136,8 +137,8 @@ def test_a_young_stamp_waits_out_the_rest(tmp_path: Path) -> None:
     slept: list[float] = []
     out = teardown.wait_before_run(tmp_path, False, skip=False, sleep=slept.append,
                                    now=lambda: 1000.0)
-    assert slept == [pytest.approx(45.0)]
-    assert out["needed_s"] == 45.0 and out["last_teardown_age_s"] == 20.0
+    assert slept == [pytest.approx(345.0)]
+    assert out["needed_s"] == 345.0 and out["last_teardown_age_s"] == 20.0
     assert out["skipped"] is False
 
 
@@ -146,7 +147,7 @@ def test_no_wait_when_skipped_or_journaled_or_old(tmp_path: Path) -> None:
     slept: list[float] = []
     skipped = teardown.wait_before_run(tmp_path, False, skip=True, sleep=slept.append,
                                        now=lambda: 1000.0)
-    assert skipped["skipped"] is True and skipped["needed_s"] == 45.0
+    assert skipped["skipped"] is True and skipped["needed_s"] == 345.0
     teardown.wait_before_run(tmp_path, True, skip=False, sleep=slept.append, now=lambda: 1000.0)
     old = teardown.wait_before_run(tmp_path, False, skip=False, sleep=slept.append,
                                    now=lambda: 2000.0)
