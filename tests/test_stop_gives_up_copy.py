@@ -239,3 +239,61 @@ def test_runs_a_stopped_catch_up_never_reached_are_said(tmp_path: Path, workers:
     assert said and {run for run, _ in said} | promoted == {"r1", "r2", "r3"}, logs
     assert not {run for run, _ in said} & promoted
     assert {files for _, files in said} == {2}
+
+
+_SLOW_BIG_COPIES = """
+import os, time
+import promoter.safeio as safeio, promoter.stopcopy as stopcopy
+stopcopy.GIVE_UP_S = 2.5  # past the stop budget (1.5 s): the workers are still copying then
+_write_all = safeio._write_all
+def _slow_past_a_mib(fd, data):
+    if os.fstat(fd).st_size >= 1 << 20:  # a big copy crawls; a small one is as fast as ever
+        time.sleep(0.02)
+    _write_all(fd, data)
+safeio._write_all = _slow_past_a_mib
+"""
+
+
+def test_files_closed_before_the_stop_do_not_wait_behind_copies_that_will_give_up(
+        tmp_path: Path) -> None:
+    """Probe r10-stop F6: both workers in big copies at the SIGTERM, 40 small files of a
+    third run closed before it and still settling. They went to the workers' queue, the
+    stop budget was spent before a worker came back from its give-up, and all 40 were
+    deferred to the next start. Now the stop hands them to the lane: promoted, and the big
+    copies given up, in the same stop."""
+    root = tmp_path / "root"
+    (root / "sessions").mkdir(parents=True)
+    metrics = tmp_path / "metrics.prom"
+    config = base_config(watch={"settle_ms": 50},
+                         metrics={"textfile": str(metrics), "interval_s": 0.05})
+    daemon = Daemon(root, config, before=_SLOW_BIG_COPIES)
+    try:
+        daemon.wait_ready()
+        for run in ("b1", "b2"):
+            _sparse(root / f"sessions/{run}/output/big.bin", 32 * MIB)
+        pid = daemon.proc.pid  # both workers busy (the lane takes no batch of a big file)
+        wait_until(lambda: all(copy_under_way(pid, root / f"artifacts/{run}/files")
+                               for run in ("b1", "b2")), timeout=10)
+        daemon.write_config({**config, "watch": {"settle_ms": 60_000}})
+        daemon.send(signal.SIGHUP)  # the small files are seen, closed, and left settling
+        daemon.wait_log("daemon.reloaded")
+        for i in range(40):
+            (root / "sessions/rs/output").mkdir(parents=True, exist_ok=True)
+            (root / f"sessions/rs/output/s{i:02d}.txt").write_text(f"small {i}")
+
+        def queued() -> float:
+            text = metrics.read_text() if metrics.exists() else ""
+            found = [line.split()[1] for line in text.splitlines()
+                     if line.startswith("promoter_queue_files ")]
+            return float(found[0]) if found else 0.0
+
+        wait_until(lambda: queued() >= 42, timeout=10)  # 40 settling, 2 in flight
+    finally:
+        code, took = _sigterm(daemon)
+    assert code == 0
+    promoted = {e["filename"] for e in daemon.events("artifact.promoted", run_id="rs")}
+    assert promoted == {f"s{i:02d}.txt" for i in range(40)}, daemon.logs()[-10:]
+    assert not daemon.events("artifact.deferred", run_id="rs")
+    assert {e["run_id"] for e in daemon.events("artifact.deferred")
+            if "given up" in e.get("reason", "")} == {"b1", "b2"}
+    assert took < 10.0, took
