@@ -23,6 +23,7 @@ _RESULTS = {
     Outcome.REJECTED: "rejected",
     Outcome.FAILED: "failed",
     Outcome.LOST: "lost",
+    Outcome.DEFERRED: "deferred",  # a copy a stop gave up (the budget's are `deferred()`)
 }
 
 
@@ -95,6 +96,11 @@ class DaemonMetrics:
             self.files.labels(result=label).inc(n)
         if size:
             self.bytes.inc(size)
+
+    def deferred(self, files: int) -> None:
+        """Settled files a stop left for the next start without trying them (its budget)."""
+        if files:
+            self.files.labels(result="deferred").inc(files)
 
     def reconciled(self, finished_at: float, duration_s: float) -> None:
         self.reconcile_time.set(finished_at)

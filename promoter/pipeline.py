@@ -373,6 +373,7 @@ class Pipeline:
             # the ones that raise alone are retried (with the run chores).
             results, raised = one_by_one(self.store, batch, self._step, self._stat)
         try:
+            self.metrics.deferred(len(deferred))
             self._account(batch, results)
         except Exception as exc:
             log.error(events.WORKER_ERROR, run_id=batch.run_id, reason=repr(exc), exc_info=True)

@@ -47,6 +47,19 @@ def test_outcomes_are_counted_by_result(tmp_path: Path) -> None:
     for label in ("rejected", "failed", "lost"):
         assert got[f'promoter_files_total{{result="{label}"}}'] == 1
     assert got["promoter_promoted_bytes_total"] == 123
+    assert got['promoter_files_total{result="deferred"}'] == 0
+
+
+def test_files_a_stop_left_are_counted_deferred(tmp_path: Path) -> None:
+    """Copies a stop gave up (their outcome) and settled files its budget never reached
+    (`deferred()`) share one label."""
+    m = DaemonMetrics()
+    m.record([result(Outcome.DEFERRED), result(Outcome.PROMOTED, 1)], now_ns=0)
+    m.deferred(40)
+    m.deferred(0)
+    path = tmp_path / "p.prom"
+    m.write(str(path))
+    assert samples(path)['promoter_files_total{result="deferred"}'] == 41
 
 
 def test_latency_runs_from_the_files_last_change(tmp_path: Path) -> None:

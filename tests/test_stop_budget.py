@@ -49,7 +49,9 @@ def test_sigterm_with_thousands_pending_exits_fast_and_the_next_start_catches_up
     root = tmp_path / "storage"
     out = root / "sessions" / "big-1" / "output"
     out.mkdir(parents=True)
-    config = base_config(watch={"settle_ms": 30_000})  # all pending at the signal
+    metrics = tmp_path / "metrics.prom"
+    config = base_config(watch={"settle_ms": 30_000},  # all pending at the signal
+                         metrics={"textfile": str(metrics), "interval_s": 60})
     d = start_daemon(root, config)
     try:
         d.wait_ready()
@@ -71,6 +73,9 @@ def test_sigterm_with_thousands_pending_exits_fast_and_the_next_start_catches_up
         assert temps == []
         deferred = sum(e.get("files", 1) for e in d.events("artifact.deferred", run_id="big-1"))
         assert len(stored) + deferred == count, (len(stored), deferred)
+        # written once more at the stop's end: the files it left, counted
+        assert f'promoter_files_total{{result="deferred"}} {float(deferred)}' \
+            in metrics.read_text()
     finally:
         d.close()
     d2 = start_daemon(root, base_config())

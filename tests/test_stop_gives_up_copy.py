@@ -297,3 +297,4 @@ def test_files_closed_before_the_stop_do_not_wait_behind_copies_that_will_give_u
     assert {e["run_id"] for e in daemon.events("artifact.deferred")
             if "given up" in e.get("reason", "")} == {"b1", "b2"}
     assert took < 10.0, took
+    assert 'promoter_files_total{result="deferred"} 2.0' in metrics.read_text()
