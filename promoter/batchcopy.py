@@ -158,6 +158,8 @@ class CopyBatch:
         self._cap, self._max_folders = _caps()
         self.committed = 0  # copies renamed into place so far
         self.failed: dict[str, OSError] = {}  # filename -> why its rename failed
+        self._was_clean = mark is None or mark.clean  # the run listed whole at the start
+        self._placed = False  # a rename into files/ was begun
 
     def __enter__(self) -> CopyBatch:
         return self
@@ -165,6 +167,8 @@ class CopyBatch:
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.abort()
+        if kind is None and not self._placed and self._was_clean and self._mark is not None:
+            self._mark.untouched()  # marked for copies that never came: nothing unlisted
 
     def _folder(self, parts: tuple[str, ...]) -> int:
         fd = self._folders.get(parts)
@@ -211,6 +215,7 @@ class CopyBatch:
             raise
         if mark is not None and staged:
             mark.flushed()  # the mark is on disk: the renames may follow
+        self._placed = self._placed or bool(staged)
         for s in staged:
             dir_fd = self._folders[s.folder]
             try:

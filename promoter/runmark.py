@@ -145,8 +145,19 @@ class RunMark:
         self._present = self._ours = True
         self._clean = False
 
+    @property
+    def clean(self) -> bool:
+        """No change to files/ since the session's last metadata write (or its start)."""
+        return self._clean
+
     def written(self) -> None:
         """A metadata write that lists every change of the session so far."""
+        self._clean = True
+
+    def untouched(self) -> None:
+        """Set for a change that never came (every copy of a batch given up at a stop,
+        changed or refused before its rename): files/ holds nothing new, the mark may rest
+        (probe r10-stop F4: it stayed, and the next start walked the run)."""
         self._clean = True
 
     def end(self, ok: bool) -> None:

@@ -15,6 +15,7 @@ import pytest
 import structlog
 
 from promoter import stopcopy
+from promoter.layout import MARK, MARK_AT_REST
 from promoter.reconcile import reconcile
 from promoter.safeio import stage_copy
 from promoter.store import Outcome
@@ -111,6 +112,26 @@ def test_a_given_up_file_is_neither_stored_nor_listed_and_comes_next_time(
     assert [a.filename for a in store.read_run("r1").artifacts] == ["small.txt"]
     stopcopy.watch(None)  # the next start
     assert {r.outcome for r in store.promote_files("r1", ["big.bin"])} == {Outcome.PROMOTED}
+
+
+def test_a_batch_whose_every_copy_gave_up_leaves_the_mark_at_rest(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Probe r10-stop F4: nothing was renamed into files/, so the run's mark rests as after
+    any clean session; it stayed `.unlisted`, and the next start walked the run."""
+    store = make_store(tmp_path)
+    write_session_file(tmp_path, "r1", "small.txt", b"small")
+    store.promote_files("r1", ["small.txt"])
+    run = tmp_path / "artifacts/r1"
+    assert (run / MARK_AT_REST).exists()
+    write_session_file(tmp_path, "r1", "big.bin", b"\0" * (3 * stopcopy.CHECK_BYTES))
+    monkeypatch.setattr(stopcopy, "GIVE_UP_S", 0.0)
+    stopcopy.watch(time.monotonic)
+    [result] = store.promote_files("r1", ["big.bin"])
+    assert result.outcome is Outcome.DEFERRED
+    assert (run / MARK_AT_REST).exists() and not (run / MARK).exists()
+    stopcopy.watch(None)
+    store.promote_files("r1", ["big.bin", "small.txt"])  # a copy, and one already there
+    assert (run / MARK_AT_REST).exists() and not (run / MARK).exists()
 
 
 def test_other_threads_do_not_give_up(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
