@@ -190,11 +190,6 @@ class Backend(Protocol[H]):
 
     def remove_temps(self, handle: H, run_id: str) -> None: ...
 
-    def drop_unborn(self, handle: H, run_id: str) -> bool:
-        """A run with no metadata and no stored copy, only a first write's leftovers: gone
-        (True), so that no folder no command shows stays for ever."""
-        ...
-
     def relist(self, handle: H, meta: RunMetadata, context: Callable[[], RunContext],
                checksum: bool) -> Relisted | None: ...
 

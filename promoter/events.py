@@ -20,7 +20,6 @@ RUN_EXPIRED: Final = "run.expired"
 RUN_DELETED: Final = "run.deleted"
 RUN_IGNORED: Final = "run.ignored"
 RUN_DELETION_FINISHED: Final = "run.deletion_finished"  # a deletion a crash cut short (§10)
-RUN_UNBORN_REMOVED: Final = "run.unborn_removed"  # a first write that never completed
 LIBRARY_PROMOTED: Final = "library.promoted"
 LIBRARY_UPLOADED: Final = "library.uploaded"
 RECONCILE_FINISHED: Final = "reconcile.finished"

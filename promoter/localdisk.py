@@ -325,9 +325,6 @@ class LocalDisk:
     def remove_temps(self, art: int, run_id: str) -> None:
         recovery.remove_temps(art, run_id)
 
-    def drop_unborn(self, art: int, run_id: str) -> bool:
-        return recovery.drop_unborn(art, run_id)
-
     def relist(self, art: int, meta: RunMetadata, context: Callable[[], RunContext],
                checksum: bool) -> Relisted | None:
         """Walk files/ only where a write may have been cut short: a marked run, or every

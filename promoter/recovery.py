@@ -18,7 +18,7 @@ from datetime import datetime
 from promoter import events, rules
 from promoter.clock import EPOCH, MAX_US, MIN_US, ONE_US, UNREAD, from_timestamp_ns
 from promoter.context import RunContext
-from promoter.layout import FILES, MARK, MARK_AT_REST, METADATA
+from promoter.layout import FILES, MARK, METADATA
 from promoter.logs import get_logger
 from promoter.metadata import ArtifactEntry, RunMetadata, guess_content_type
 from promoter.names import TEMP_PREFIX
@@ -27,7 +27,6 @@ from promoter.walk import Folder, walk_tree
 
 __all__ = [
     "clean_metadata",
-    "drop_unborn",
     "has_files",
     "hash_entry",
     "relist",
@@ -91,43 +90,6 @@ def _finish_removal(fd: int, filename: str, run_id: str) -> None:
 def has_files(art: int, run_id: str) -> bool:
     """Any stored copy under files/ (a first copy that never completed leaves none)."""
     return next(walk_files(art, run_id), None) is not None
-
-
-UNBORN_LEFTOVERS = frozenset({FILES, MARK, MARK_AT_REST})  # and temporaries: all promoter's own
-
-
-def drop_unborn(art: int, run_id: str) -> bool:
-    """Remove a run folder that holds no metadata.json and no stored copy, only what a first
-    write session leaves when it never completes (its mark, empty folders under files/,
-    temporaries): a copy given up at a stop, or a crash, before the run's first listing.
-    No command shows such a folder, and nothing else ever removes it (probe r10-stop F5).
-    Anything else in it (a set-aside metadata file, a stored copy) keeps it. The caller
-    holds the run's lock. True if the folder is gone."""
-    try:
-        run_fd = open_dir_chain(art, [run_id])
-    except (OSError, Refused):
-        return False
-    try:
-        names = os.listdir(run_fd)
-        if any(n not in UNBORN_LEFTOVERS and not n.startswith(TEMP_PREFIX) for n in names):
-            return False
-        if FILES in names and has_files(art, run_id):
-            return False
-        for name in names:
-            remove_tree(run_fd, name)
-    except (OSError, Refused) as exc:
-        log.warning(events.REPAIR_FAILED, run_id=run_id,
-                    reason=f"a first write's leftovers stay: {exc}")
-        return False
-    finally:
-        os.close(run_fd)
-    try:
-        os.rmdir(run_id, dir_fd=art)
-    except OSError as exc:  # something new in it: kept, for the next look
-        log.warning(events.REPAIR_FAILED, run_id=run_id,
-                    reason=f"a first write's leftovers stay: {exc}")
-        return False
-    return True
 
 
 def hash_entry(dir_fd: int, filename: str, ctx: RunContext, checksum: bool) -> ArtifactEntry:

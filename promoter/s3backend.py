@@ -309,10 +309,6 @@ class S3Backend:
     def remove_temps(self, handle: S3Handle, run_id: str) -> None:
         """Nothing: an object is never visible half-written."""
 
-    def drop_unborn(self, handle: S3Handle, run_id: str) -> bool:
-        """Nothing: a run without objects is no folder (a cut upload is aborted at start)."""
-        return False
-
     def mark(self, handle: S3Handle, run_id: str) -> None:
         """Nothing: `relist` looks at every run's objects (its own rule of what to HEAD)."""
 

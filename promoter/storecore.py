@@ -357,15 +357,9 @@ class StoreCore:
         """After a crash: remove temps, list every stored file, drop entries without a copy."""
         check_run_id(run_id)
 
-        unborn = False
-
         def apply(art: Any) -> tuple[int, int, list[tuple[str, dict[str, Any]]]] | None:
-            nonlocal unborn
             meta = self.load_for_update(art, run_id)
-            if meta is None:  # no run yet: what its first write left, if anything, goes
-                unborn = self.disk.drop_unborn(art, run_id)
-                return None
-            if meta.status == "deleting":
+            if meta is None or meta.status == "deleting":
                 return None
             self.disk.remove_temps(art, run_id)
             fixed = self.disk.relist(art, meta, lambda: self.context(run_id), self._checksum)
@@ -376,9 +370,6 @@ class StoreCore:
             return fixed[1], fixed[2], rules.recovered_events(meta, fixed[0])
 
         done = self.change(run_id, apply)
-        if unborn:
-            log.info(events.RUN_UNBORN_REMOVED, run_id=run_id, reason="no metadata.json and "
-                     "no stored copy: a first write that never completed left only its folder")
         if done is None:
             return False
         log.warning(events.METADATA_RECOVERED, run_id=run_id, reason="repair after restart",
