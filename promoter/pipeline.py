@@ -267,10 +267,7 @@ class Pipeline:
         self._lane.put(None)
 
     def _hand_out(self, batch: Batch, stopping: bool = False) -> None:
-        """To the workers; a small batch to the lane while they are all busy (probe-15 #5),
-        and at the stop any batch: the files closed before the signal are not left behind
-        busy workers until the stop budget is spent (probe r10-stop F6: their big copies
-        then gave up at 5 s and 300 small files were deferred with them)."""
+        """To the workers; while all are busy, to the lane: a small batch, any at the stop."""
         if (stopping or len(batch.filenames) <= SMALL_BATCH) and self._on_work >= self._workers:
             self._laned.add(id(batch))
             self._lane.put(batch)
